@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# A real, local Kubernetes control plane for tests and the demo: etcd, kube-apiserver (RBAC,
+# ServiceAccount token issuer, so TokenRequest works) and kube-controller-manager (garbage
+# collector, namespace deletion, default ServiceAccounts), all on 127.0.0.1.
+#
+#   hack/controlplane.sh up DIR     start, write DIR/kubeconfig and DIR/env, return when ready
+#   hack/controlplane.sh down DIR   stop everything started in DIR
+#
+# DIR/env holds shell exports (KUBECONFIG, FEDCRED_TEST_*) for whatever runs against it.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$here/lib.sh"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+pki() {
+  local d=$1
+  mkdir -p "$d"
+  ( cd "$d"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+      -keyout ca.key -out ca.crt -subj "/CN=fedcred-test-ca" 2>/dev/null
+    leaf() { # name subject [sans]
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
+      if [[ -n "${3:-}" ]]; then printf 'subjectAltName=%s\n' "$3" >"$1.ext"; else : >"$1.ext"; fi
+      openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 \
+        -extfile "$1.ext" -out "$1.crt" 2>/dev/null
+      rm -f "$1.csr" "$1.ext"
+    }
+    leaf apiserver "/CN=kube-apiserver" "IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.0.0.1"
+    leaf admin "/O=system:masters/CN=fedcred-test-admin"
+    leaf controller-manager "/CN=system:kube-controller-manager"
+    # ServiceAccount tokens are signed with RSA, which every client of TokenRequest verifies.
+    openssl genrsa -out sa.key 2048 2>/dev/null
+    openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+  )
+}
+
+kubeconfig() { # file server cert key
+  cat >"$1" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster:
+    server: $2
+    certificate-authority: $(dirname "$1")/pki/ca.crt
+users:
+- name: user
+  user:
+    client-certificate: $3
+    client-key: $4
+contexts:
+- name: local
+  context: {cluster: local, user: user}
+current-context: local
+KC
+}
+
+wait_for() { # what seconds command...
+  local what=$1 limit=$2; shift 2
+  local start=$SECONDS
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS - start < limit)) || return 1
+    sleep 0.2
+  done
+  log "$what ready after $((SECONDS - start)) s"
+}
+
+up() {
+  local dir=$1
+  for b in etcd kube-apiserver kube-controller-manager kubectl; do
+    [[ -x "$BIN_DIR/$b" ]] || die "$b missing: run hack/build-controlplane.sh and hack/install-tools.sh first"
+  done
+  mkdir -p "$dir/logs"
+  dir=$(cd "$dir" && pwd)
+  pki "$dir/pki"
+  local etcd_port etcd_peer api_port
+  etcd_port=$(free_port); etcd_peer=$(free_port); api_port=$(free_port)
+  local server="https://127.0.0.1:$api_port"
+
+  log "starting etcd $(cat "$BIN_DIR/etcd.version") on 127.0.0.1:$etcd_port"
+  etcd --name fedcred-test --data-dir "$dir/etcd" \
+    --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
+    --initial-cluster "fedcred-test=http://127.0.0.1:$etcd_peer" \
+    --unsafe-no-fsync --log-level warn >"$dir/logs/etcd.log" 2>&1 &
+  echo $! >"$dir/etcd.pid"
+  wait_for etcd 60 curl -sf "http://127.0.0.1:$etcd_port/health" || die "etcd did not start; see $dir/logs/etcd.log"
+
+  log "starting kube-apiserver $(cat "$BIN_DIR/kube-apiserver.version") on $server"
+  kube-apiserver \
+    --etcd-servers "http://127.0.0.1:$etcd_port" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+    --tls-cert-file "$dir/pki/apiserver.crt" --tls-private-key-file "$dir/pki/apiserver.key" \
+    --client-ca-file "$dir/pki/ca.crt" \
+    --authorization-mode RBAC \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$dir/pki/sa.pub" \
+    --service-account-signing-key-file "$dir/pki/sa.key" \
+    --service-cluster-ip-range 10.0.0.0/24 \
+    --allow-privileged=true \
+    --enable-priority-and-fairness=false \
+    --profiling=false \
+    --v=1 >"$dir/logs/kube-apiserver.log" 2>&1 &
+  echo $! >"$dir/kube-apiserver.pid"
+
+  kubeconfig "$dir/kubeconfig" "$server" "$dir/pki/admin.crt" "$dir/pki/admin.key"
+  kubeconfig "$dir/controller-manager.kubeconfig" "$server" "$dir/pki/controller-manager.crt" "$dir/pki/controller-manager.key"
+  export KUBECONFIG="$dir/kubeconfig"
+  wait_for kube-apiserver 120 kubectl get --raw /readyz || die "kube-apiserver did not become ready; see $dir/logs/kube-apiserver.log"
+
+  log "starting kube-controller-manager (garbage collector, namespaces, ServiceAccounts)"
+  kube-controller-manager \
+    --kubeconfig "$dir/controller-manager.kubeconfig" \
+    --authentication-kubeconfig "$dir/controller-manager.kubeconfig" \
+    --authorization-kubeconfig "$dir/controller-manager.kubeconfig" \
+    --controllers garbagecollector,namespace,serviceaccount \
+    --leader-elect=false --bind-address 127.0.0.1 --secure-port 0 \
+    --v=1 >"$dir/logs/kube-controller-manager.log" 2>&1 &
+  echo $! >"$dir/kube-controller-manager.pid"
+  wait_for "default ServiceAccount" 60 kubectl -n default get serviceaccount default ||
+    die "kube-controller-manager did not create ServiceAccounts; see $dir/logs/kube-controller-manager.log"
+
+  cat >"$dir/env" <<ENV
+export KUBECONFIG="$dir/kubeconfig"
+export FEDCRED_TEST_KUBECONFIG="$dir/kubeconfig"
+export FEDCRED_TEST_RUN_DIR="$dir"
+export PATH="$BIN_DIR:\$PATH"
+ENV
+  log "control plane up: $(kubectl version -o json | sed -n 's/.*"gitVersion": "\(.*\)".*/\1/p' | tail -1) at $server; kubeconfig $dir/kubeconfig"
+}
+
+down() {
+  local dir=$1
+  for c in kube-controller-manager kube-apiserver etcd; do
+    local f="$dir/$c.pid"
+    [[ -f "$f" ]] || continue
+    local pid; pid=$(cat "$f")
+    if kill "$pid" 2>/dev/null; then
+      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -9 "$pid" 2>/dev/null || true
+    fi
+    rm -f "$f"
+  done
+  log "control plane in $dir stopped"
+}
+
+case "${1:-}" in
+  up) up "${2:?usage: $0 up DIR}" ;;
+  down) down "${2:?usage: $0 down DIR}" ;;
+  *) die "usage: $0 up|down DIR" ;;
+esac

@@ -1,0 +1,12 @@
+# Shared settings for the scripts in hack/. Sourced, never run.
+# Everything built or downloaded for tests lives in a cache outside the repository so a
+# clean checkout reuses it and a fresh machine rebuilds it unattended.
+
+FEDCRED_CACHE="${FEDCRED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/fedcred}"
+KUBE_VERSION="${KUBE_VERSION:-v1.35.4}"
+ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
+BIN_DIR="$FEDCRED_CACHE/bin"
+export PATH="$BIN_DIR:$PATH"
+
+log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }

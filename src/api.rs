@@ -1,0 +1,548 @@
+//! The `FederatedCredential` API (`fedcred.io/v1alpha1`).
+//!
+//! These structs are the single source of truth for the CRD: `fedcred crd` prints the schema
+//! derived from them, doc comments become `kubectl explain` text, and every rule the API server
+//! can check lives here as a schema bound or a CEL rule whose message says what to fix. Rules
+//! that need the outside world (does the ServiceAccount exist, does Google accept the audience)
+//! are the controller's job and surface as status conditions.
+//!
+//! This module owns the shape of the API only; it performs no I/O.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of every fedcred resource.
+pub const GROUP: &str = "fedcred.io";
+
+/// Scope requested when the spec names none: what Google's client libraries ask for by default.
+pub const CLOUD_PLATFORM_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
+
+/// Scope the AlloyDB Auth Proxy needs on top of cloud-platform for automatic IAM login.
+pub const ALLOYDB_LOGIN_SCOPE: &str = "https://www.googleapis.com/auth/alloydb.login";
+
+/// Default token lifetime: one hour, what Google issues when nothing else is asked for.
+pub const DEFAULT_TOKEN_LIFETIME_SECONDS: i64 = 3600;
+
+/// Upper bound Google accepts for a federated (not impersonated) access token, in seconds.
+pub const MAX_FEDERATED_TOKEN_LIFETIME_SECONDS: i64 = 3600;
+
+/// Default local port of the first AlloyDB instance, PostgreSQL's own.
+pub const DEFAULT_ALLOYDB_PORT: i32 = 5432;
+
+/// A FederatedCredential turns an AWS identity into a Google Cloud access token through
+/// Workload Identity Federation and keeps that token fresh in a Secret of its namespace.
+/// Pods labelled `fedcred.io/inject: "true"` and annotated `fedcred.io/credential: <name>`
+/// get a local GCE metadata emulator serving the token, and the AlloyDB Auth Proxy for each
+/// instance listed under `alloydb`.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "fedcred.io",
+    version = "v1alpha1",
+    kind = "FederatedCredential",
+    namespaced,
+    shortname = "fedcred",
+    category = "fedcred",
+    status = "FederatedCredentialStatus",
+    derive = "PartialEq",
+    doc = "A FederatedCredential exchanges an AWS identity for a Google Cloud access token through Workload Identity Federation and keeps the token fresh in a Secret of its namespace.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the Secret holds a valid token"
+    ),
+    printcolumn(
+        name = "Identity",
+        type_ = "string",
+        json_path = ".status.identity",
+        description = "The AWS identity presented to Google: ServiceAccount and role, or the controller's role"
+    ),
+    printcolumn(
+        name = "Google SA",
+        type_ = "string",
+        json_path = ".spec.google.serviceAccount",
+        description = "The Google service account impersonated, if any"
+    ),
+    printcolumn(
+        name = "Expires",
+        type_ = "string",
+        json_path = ".status.expiresAt",
+        description = "When the token in the Secret expires"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new(
+    "!has(self.alloydb) || !self.alloydb.instances.exists(i, i.autoIamAuthn) || has(self.google.serviceAccount)"
+).message(
+    "AlloyDB automatic IAM login needs google.serviceAccount: federated identities cannot log in to AlloyDB; set google.serviceAccount to the service account that has the AlloyDB IAM user, or set autoIamAuthn: false on every instance"
+))]
+#[serde(rename_all = "camelCase")]
+pub struct FederatedCredentialSpec {
+    /// The AWS identity whose signed GetCallerIdentity request Google accepts as proof.
+    pub aws: AwsIdentity,
+
+    /// The Google side: the Workload Identity Federation provider and, optionally, the
+    /// service account to impersonate.
+    pub google: GoogleTarget,
+
+    /// The Secret that receives the token. Defaults to a Secret named like this resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<SecretTarget>,
+
+    /// AlloyDB instances that injected pods reach through the AlloyDB Auth Proxy, one local
+    /// port each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alloydb: Option<AlloyDb>,
+}
+
+/// Where the AWS identity comes from. Set exactly one of `serviceAccount` (IRSA, the usual
+/// EKS setup) or `controllerIdentity`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("has(self.serviceAccount) != has(self.controllerIdentity)").message(
+    "set exactly one AWS identity source: aws.serviceAccount (IRSA, a ServiceAccount of this namespace) or aws.controllerIdentity (the controller's own identity, if the cluster admin allows this namespace)"
+))]
+#[serde(rename_all = "camelCase")]
+pub struct AwsIdentity {
+    /// IRSA: a ServiceAccount in this namespace whose token is exchanged with AWS STS
+    /// (AssumeRoleWithWebIdentity) for its IAM role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<ServiceAccountIdentity>,
+
+    /// The controller's own AWS identity (EC2 instance role, EKS Pod Identity, ECS task role
+    /// or environment credentials), optionally chained into another role. Only namespaces
+    /// the cluster admin allows may use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller_identity: Option<ControllerIdentity>,
+
+    /// AWS region of the STS endpoint that signs the request Google verifies, for example
+    /// `us-east-1`. Defaults to the controller's region (AWS_REGION, AWS_DEFAULT_REGION, or
+    /// the instance metadata).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(
+        "self.matches('^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]{1,2}$')"
+    ).message("aws.region must be an AWS region code such as us-east-1 or eu-west-2"))]
+    #[schemars(length(max = 32))]
+    pub region: Option<String>,
+
+    /// AWS STS endpoint URL override, for example a VPC endpoint. Defaults to the regional
+    /// endpoint `https://sts.REGION.amazonaws.com`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(
+        "isURL(self) && (url(self).getScheme() == 'https' || (url(self).getScheme() == 'http' && url(self).getHostname() in ['127.0.0.1', 'localhost', '::1']))"
+    ).message("aws.stsEndpoint must be an https:// URL (plain http:// is allowed only on loopback, for local testing)"))]
+    #[schemars(length(max = 2048))]
+    pub sts_endpoint: Option<String>,
+}
+
+/// IRSA: a ServiceAccount of the resource's own namespace. References never cross namespaces.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountIdentity {
+    /// Name of the ServiceAccount in this namespace.
+    #[x_kube(validation = Rule::new(
+        "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')"
+    ).message("aws.serviceAccount.name must be the name of a ServiceAccount in this namespace (lowercase letters, digits, '-' and '.')"))]
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+
+    /// IAM role to assume. Defaults to the ServiceAccount's `eks.amazonaws.com/role-arn`
+    /// annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = role_arn_rule("aws.serviceAccount.roleArn"))]
+    #[schemars(length(max = 2048))]
+    pub role_arn: Option<String>,
+}
+
+/// The controller's own AWS identity, optionally chained into another role.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ControllerIdentity {
+    /// IAM role to assume with the controller's credentials (AssumeRole, with a session name
+    /// derived from this namespace and name). Empty: present the controller's identity as is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = role_arn_rule("aws.controllerIdentity.roleArn"))]
+    #[schemars(length(max = 2048))]
+    pub role_arn: Option<String>,
+}
+
+fn role_arn_rule(field: &str) -> kube::core::Rule {
+    kube::core::Rule::new("self.matches('^arn:aws(-cn|-us-gov|-iso|-iso-b)?:iam::[0-9]{12}:role/[\\\\w+=,.@/-]{1,576}$')")
+        .message(kube::core::Message::Message(format!(
+            "{field} must be an IAM role ARN such as arn:aws:iam::123456789012:role/my-role"
+        )))
+}
+
+/// The Google side of the exchange.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new(
+    "has(self.serviceAccount) || self.tokenLifetimeSeconds <= 3600"
+).message(
+    "google.tokenLifetimeSeconds above 3600 needs google.serviceAccount: Google STS issues federated tokens for at most one hour, longer lifetimes come only from impersonation"
+))]
+#[x_kube(validation = Rule::new("has(self.serviceAccount) || size(self.delegates) == 0").message(
+    "google.delegates only apply when google.serviceAccount is set"
+))]
+#[serde(rename_all = "camelCase")]
+pub struct GoogleTarget {
+    /// Full resource name of the Workload Identity Federation provider:
+    /// `//iam.googleapis.com/projects/PROJECT_NUMBER/locations/global/workloadIdentityPools/POOL/providers/PROVIDER`.
+    #[x_kube(validation = Rule::new(
+        "self.matches('^//iam\\\\.googleapis\\\\.com/projects/[0-9]{1,20}/locations/global/workloadIdentityPools/[a-z0-9-]{4,32}/providers/[a-z0-9-]{4,32}$')"
+    ).message(
+        "google.audience must look like //iam.googleapis.com/projects/PROJECT_NUMBER/locations/global/workloadIdentityPools/POOL/providers/PROVIDER (the project number, not its ID; copy it from `gcloud iam workload-identity-pools providers describe`)"
+    ))]
+    #[schemars(length(max = 512))]
+    pub audience: String,
+
+    /// Google service account to impersonate, for example
+    /// `app@my-project.iam.gserviceaccount.com`. Needed for AlloyDB IAM login and for
+    /// lifetimes above one hour. Empty: the federated token is used directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = sa_email_rule("google.serviceAccount"))]
+    #[schemars(length(max = 254))]
+    pub service_account: Option<String>,
+
+    /// Delegation chain of service-account emails for impersonation, in order; each needs
+    /// roles/iam.serviceAccountTokenCreator on the next.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = Rule::new(
+        "self.all(d, d.matches('^[a-z0-9-]{1,63}@([a-z0-9][a-z0-9.-]*\\\\.iam|developer|appspot)\\\\.gserviceaccount\\\\.com$'))"
+    ).message("every entry of google.delegates must be a service-account email such as hop@my-project.iam.gserviceaccount.com"))]
+    #[schemars(length(max = 10), inner(length(max = 254)))]
+    pub delegates: Vec<String>,
+
+    /// OAuth scopes of the token.
+    #[serde(default = "default_scopes")]
+    #[x_kube(validation = Rule::new(
+        "self.all(s, s.startsWith('https://www.googleapis.com/auth/'))"
+    ).message("every entry of google.scopes must be a Google OAuth scope URL such as https://www.googleapis.com/auth/cloud-platform"))]
+    #[schemars(length(min = 1, max = 20), inner(length(max = 256)))]
+    pub scopes: Vec<String>,
+
+    /// Lifetime of the access token in seconds, 600 (10 min) to 43200 (12 h). Above 3600
+    /// needs impersonation and the organization policy
+    /// `constraints/iam.allowServiceAccountCredentialLifetimeExtension`.
+    #[serde(default = "default_token_lifetime")]
+    #[schemars(range(min = 600, max = 43200))]
+    pub token_lifetime_seconds: i64,
+
+    /// Endpoint overrides, for private access or other universes. Defaults are Google's
+    /// public endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<GoogleEndpoints>,
+}
+
+fn sa_email_rule(field: &str) -> kube::core::Rule {
+    kube::core::Rule::new(
+        "self.matches('^[a-z0-9-]{1,63}@([a-z0-9][a-z0-9.-]*\\\\.iam|developer|appspot)\\\\.gserviceaccount\\\\.com$')",
+    )
+    .message(kube::core::Message::Message(format!(
+        "{field} must be a Google service-account email such as app@my-project.iam.gserviceaccount.com"
+    )))
+}
+
+fn default_scopes() -> Vec<String> {
+    vec![CLOUD_PLATFORM_SCOPE.to_owned()]
+}
+
+fn default_token_lifetime() -> i64 {
+    DEFAULT_TOKEN_LIFETIME_SECONDS
+}
+
+/// Google endpoint overrides.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct GoogleEndpoints {
+    /// Security Token Service URL. Default `https://sts.googleapis.com/v1/token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = endpoint_rule("google.endpoints.sts"))]
+    #[schemars(length(max = 2048))]
+    pub sts: Option<String>,
+
+    /// IAM Service Account Credentials base URL. Default `https://iamcredentials.googleapis.com`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = endpoint_rule("google.endpoints.iamCredentials"))]
+    #[schemars(length(max = 2048))]
+    pub iam_credentials: Option<String>,
+}
+
+fn endpoint_rule(field: &str) -> kube::core::Rule {
+    kube::core::Rule::new(
+        "isURL(self) && (url(self).getScheme() == 'https' || (url(self).getScheme() == 'http' && url(self).getHostname() in ['127.0.0.1', 'localhost', '::1']))",
+    )
+    .message(kube::core::Message::Message(format!(
+        "{field} must be an https:// URL (plain http:// is allowed only on loopback, for local testing)"
+    )))
+}
+
+/// The Secret that receives the token, with the keys `access_token`, `expiry`, `token_type`,
+/// `service_account`, `db_user` and `project_id`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretTarget {
+    /// Name of the Secret in this namespace. Defaults to the FederatedCredential's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(
+        "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')"
+    ).message("secret.name must be a valid Secret name: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"))]
+    #[schemars(length(min = 1, max = 253))]
+    pub name: Option<String>,
+
+    /// Extra labels for the Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+
+    /// Extra annotations for the Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+
+    /// When to refresh, as a share of the token's lifetime counted back from its expiry:
+    /// 50 refreshes a one-hour token about 30 minutes before it expires. A little jitter is
+    /// added so resources created together do not refresh together.
+    #[serde(default = "default_renew_before_percentage")]
+    #[schemars(range(min = 10, max = 90))]
+    pub renew_before_percentage: i32,
+}
+
+fn default_renew_before_percentage() -> i32 {
+    50
+}
+
+/// AlloyDB instances reached through the AlloyDB Auth Proxy sidecar.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AlloyDb {
+    /// Instances to connect; each gets its own proxy sidecar on its own local port.
+    #[x_kube(validation = Rule::new(
+        "self.all(a, self.exists_one(b, b.port == a.port))"
+    ).message(
+        "each AlloyDB instance needs its own local port: set alloydb.instances[].port so that no two are equal (the default is 5432)"
+    ))]
+    #[schemars(length(min = 1, max = 8))]
+    pub instances: Vec<AlloyDbInstance>,
+
+    /// The proxy container. Defaults come from the controller's configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<AlloyDbProxy>,
+}
+
+/// One AlloyDB instance.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AlloyDbInstance {
+    /// Instance URI: `projects/PROJECT/locations/REGION/clusters/CLUSTER/instances/INSTANCE`.
+    #[x_kube(validation = Rule::new(
+        "self.matches('^projects/[a-z][a-z0-9-]{4,28}[a-z0-9]/locations/[a-z]+-[a-z]+[0-9]+/clusters/[a-z]([a-z0-9-]{0,61}[a-z0-9])?/instances/[a-z]([a-z0-9-]{0,61}[a-z0-9])?$')"
+    ).message(
+        "alloydb.instances[].uri must look like projects/PROJECT_ID/locations/REGION/clusters/CLUSTER/instances/INSTANCE (copy it from `gcloud alloydb instances describe --format='value(name)'`)"
+    ))]
+    #[schemars(length(max = 512))]
+    pub uri: String,
+
+    /// How the proxy reaches the instance: `PSC` (Private Service Connect), `PublicIP`, or
+    /// `PrivateIP` (VPC peering).
+    #[serde(default)]
+    pub connectivity: Connectivity,
+
+    /// Log in with the impersonated service account's IAM database user
+    /// (`SA@PROJECT.iam`) instead of a password.
+    #[serde(default = "default_true")]
+    pub auto_iam_authn: bool,
+
+    /// Local port the proxy listens on inside the pod (127.0.0.1).
+    #[serde(default = "default_alloydb_port")]
+    #[schemars(range(min = 1024, max = 65535))]
+    pub port: i32,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_alloydb_port() -> i32 {
+    DEFAULT_ALLOYDB_PORT
+}
+
+/// How the AlloyDB Auth Proxy reaches an instance.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Connectivity {
+    /// Private Service Connect (`--psc`).
+    #[default]
+    #[serde(rename = "PSC")]
+    Psc,
+    /// The instance's public IP (`--public-ip`).
+    #[serde(rename = "PublicIP")]
+    PublicIp,
+    /// The instance's private IP through VPC peering (the proxy's default).
+    #[serde(rename = "PrivateIP")]
+    PrivateIp,
+}
+
+/// The AlloyDB Auth Proxy sidecar.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AlloyDbProxy {
+    /// Proxy image, for example `gcr.io/alloydb-connectors/alloydb-auth-proxy:1.13.4`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+
+    /// Compute resources of the proxy container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// Observed state. Everything the controller needs to schedule the next refresh is here, so
+/// a restarted controller resumes where the last one stopped.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FederatedCredentialStatus {
+    /// Standard conditions; `Ready` tells whether the Secret holds a valid token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// The metadata.generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// A short description of the AWS identity in use, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+
+    /// The AWS principal Google saw, for example
+    /// `arn:aws:sts::123456789012:assumed-role/ROLE/SESSION`; bind Google IAM to this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_principal_arn: Option<String>,
+
+    /// The Google service account the token belongs to, when impersonating.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub google_service_account: Option<String>,
+
+    /// The AlloyDB IAM database user of that service account (`SA@PROJECT.iam`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_user: Option<String>,
+
+    /// Name of the Secret holding the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+
+    /// When the token in the Secret expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+
+    /// When the token was last obtained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refresh_time: Option<Time>,
+
+    /// When the controller will next refresh the token (or retry after a failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_refresh_time: Option<Time>,
+
+    /// Consecutive failed refreshes; reset by a success. Drives the retry backoff.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failure_count: i32,
+
+    /// When the last refresh failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_time: Option<Time>,
+
+    /// Stable reason of the last failure, as in the Ready condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_reason: Option<String>,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
+}
+
+/// The CRD as YAML, exactly as `fedcred crd` prints it and `crds/` stores it.
+pub fn crd_yaml() -> String {
+    let crd = FederatedCredential::crd();
+    // Serializing a value built by kube's own derive cannot fail; a failure here is a bug.
+    serde_yaml::to_string(&crd).expect("the derived CRD serializes to YAML")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> serde_json::Value {
+        serde_json::json!({
+            "aws": {"serviceAccount": {"name": "app"}},
+            "google": {"audience": "//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/pool/providers/aws"}
+        })
+    }
+
+    #[test]
+    fn defaults_fill_in_what_users_leave_out() {
+        let spec: FederatedCredentialSpec = serde_json::from_value(minimal()).unwrap();
+        assert_eq!(spec.google.scopes, vec![CLOUD_PLATFORM_SCOPE]);
+        assert_eq!(spec.google.token_lifetime_seconds, 3600);
+        assert_eq!(spec.secret, None);
+        let inst: AlloyDbInstance = serde_json::from_value(
+            serde_json::json!({"uri": "projects/p/locations/r/clusters/c/instances/i"}),
+        )
+        .unwrap();
+        assert_eq!(inst.connectivity, Connectivity::Psc);
+        assert!(inst.auto_iam_authn);
+        assert_eq!(inst.port, 5432);
+    }
+
+    #[test]
+    fn crd_carries_names_subresource_and_columns() {
+        let crd: serde_json::Value = serde_yaml::from_str(&crd_yaml()).unwrap();
+        assert_eq!(crd["metadata"]["name"], "federatedcredentials.fedcred.io");
+        assert_eq!(crd["spec"]["scope"], "Namespaced");
+        assert_eq!(crd["spec"]["names"]["shortNames"][0], "fedcred");
+        let version = &crd["spec"]["versions"][0];
+        assert_eq!(version["name"], "v1alpha1");
+        assert!(version["subresources"]["status"].is_object());
+        let columns: Vec<&str> = version["additionalPrinterColumns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            columns,
+            ["Ready", "Identity", "Google SA", "Expires", "Age"]
+        );
+    }
+
+    #[test]
+    fn every_cel_rule_has_a_message() {
+        fn walk(v: &serde_json::Value, found: &mut usize) {
+            match v {
+                serde_json::Value::Object(map) => {
+                    if let Some(rules) = map.get("x-kubernetes-validations") {
+                        for rule in rules.as_array().unwrap() {
+                            let msg = rule["message"].as_str().unwrap_or_default();
+                            assert!(msg.len() > 20, "rule without a helpful message: {rule}");
+                            *found += 1;
+                        }
+                    }
+                    map.values().for_each(|v| walk(v, found));
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, found)),
+                _ => {}
+            }
+        }
+        let crd: serde_json::Value = serde_yaml::from_str(&crd_yaml()).unwrap();
+        let mut found = 0;
+        walk(&crd, &mut found);
+        assert!(
+            found >= 12,
+            "expected the CEL rules of the API, found {found}"
+        );
+    }
+}

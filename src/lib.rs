@@ -1,0 +1,5 @@
+//! fedcred: turns AWS identities into fresh Google Cloud access tokens through Workload
+//! Identity Federation, keeps them in Secrets, and delivers them to pods.
+#![forbid(unsafe_code)]
+
+pub mod api;
