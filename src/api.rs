@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
@@ -39,6 +40,8 @@ pub const DEFAULT_ALLOYDB_PORT: i32 = 5432;
 /// Pods labelled `fedcred.io/inject: "true"` and annotated `fedcred.io/credential: <name>`
 /// get a local GCE metadata emulator serving the token, and the AlloyDB Auth Proxy for each
 /// instance listed under `alloydb`.
+// Each printcolumn(...) names its own type_; clippy reads them as one repeated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "fedcred.io",
@@ -188,7 +191,9 @@ fn role_arn_rule(field: &str) -> kube::core::Rule {
 ).message(
     "google.tokenLifetimeSeconds above 3600 needs google.serviceAccount: Google STS issues federated tokens for at most one hour, longer lifetimes come only from impersonation"
 ))]
-#[x_kube(validation = Rule::new("has(self.serviceAccount) || size(self.delegates) == 0").message(
+#[x_kube(validation = Rule::new(
+    "has(self.serviceAccount) || !has(self.delegates) || size(self.delegates) == 0"
+).message(
     "google.delegates only apply when google.serviceAccount is set"
 ))]
 #[serde(rename_all = "camelCase")]
@@ -465,11 +470,45 @@ fn is_zero(n: &i32) -> bool {
     *n == 0
 }
 
+/// The CRD, with doc comments reflowed so `kubectl explain` wraps them itself.
+pub fn crd() -> CustomResourceDefinition {
+    let mut value = serde_json::to_value(FederatedCredential::crd())
+        .expect("the derived CRD serializes to JSON");
+    unwrap_descriptions(&mut value);
+    serde_json::from_value(value).expect("reflowing descriptions keeps the CRD valid")
+}
+
 /// The CRD as YAML, exactly as `fedcred crd` prints it and `crds/` stores it.
 pub fn crd_yaml() -> String {
-    let crd = FederatedCredential::crd();
     // Serializing a value built by kube's own derive cannot fail; a failure here is a bug.
-    serde_yaml::to_string(&crd).expect("the derived CRD serializes to YAML")
+    serde_yaml::to_string(&crd()).expect("the derived CRD serializes to YAML")
+}
+
+/// Joins the hard-wrapped lines of doc comments; blank lines stay paragraph breaks.
+fn unwrap_descriptions(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                match v {
+                    serde_json::Value::String(text) if key == "description" => {
+                        *text = text
+                            .split("\n\n")
+                            .map(|para| {
+                                para.split('\n')
+                                    .map(str::trim)
+                                    .collect::<Vec<_>>()
+                                    .join(" ")
+                            })
+                            .collect::<Vec<_>>()
+                            .join("\n\n");
+                    }
+                    _ => unwrap_descriptions(v),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(unwrap_descriptions),
+        _ => {}
+    }
 }
 
 #[cfg(test)]

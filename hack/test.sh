@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs the tools, builds (or reuses) the real
+# control plane, starts it, runs every test against it, and stops it.
+#   hack/test.sh [cargo test arguments...]
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$here/lib.sh"
+cd "$here/.."
+
+"$here/install-tools.sh"
+"$here/build-controlplane.sh"
+
+run_dir=$(mktemp -d "${TMPDIR:-/tmp}/fedcred-test.XXXXXX")
+cleanup() {
+  local rc=$?
+  if ((rc != 0)) && [[ -f "$run_dir/logs/kube-apiserver.log" ]]; then
+    log "last lines of the kube-apiserver log:"
+    tail -n 20 "$run_dir/logs/kube-apiserver.log" >&2 || true
+  fi
+  "$here/controlplane.sh" down "$run_dir" || true
+  rm -rf "$run_dir"
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+"$here/controlplane.sh" up "$run_dir"
+source "$run_dir/env"
+export FEDCRED_TEST_VENV="$FEDCRED_CACHE/venv"
+
+log "running cargo test"
+cargo test --locked "$@"

@@ -1,0 +1,181 @@
+//! Test support shared by the integration tests: the real control plane that `hack/test.sh`
+//! started, the real kubectl, and one namespace per test.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The kubeconfig of the control plane `hack/test.sh` started. Tests that claim to work with
+/// Kubernetes must run against it; without it they fail and say how to get one.
+pub fn kubeconfig() -> PathBuf {
+    match std::env::var_os("FEDCRED_TEST_KUBECONFIG") {
+        Some(path) => PathBuf::from(path),
+        None => panic!(
+            "FEDCRED_TEST_KUBECONFIG is not set: run the suite with `hack/test.sh`, which starts a \
+             real kube-apiserver and etcd, or start one with `hack/controlplane.sh up DIR` and \
+             `source DIR/env`"
+        ),
+    }
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// What a kubectl invocation returned.
+pub struct Kubectl {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Kubectl {
+    /// Panics with the full output unless the command succeeded.
+    pub fn success(self) -> String {
+        assert!(
+            self.ok,
+            "kubectl failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self.stdout
+    }
+
+    /// Panics unless the command failed; returns stderr.
+    pub fn failure(self) -> String {
+        assert!(
+            !self.ok,
+            "kubectl unexpectedly succeeded:\nstdout: {}",
+            self.stdout
+        );
+        self.stderr
+    }
+}
+
+impl From<Output> for Kubectl {
+    fn from(out: Output) -> Self {
+        Kubectl {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// Runs the real kubectl against the test control plane, feeding `stdin` if given.
+pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Kubectl {
+    let mut cmd = Command::new("kubectl");
+    cmd.args(args)
+        .env("KUBECONFIG", kubeconfig())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .expect("kubectl is on PATH (hack/test.sh puts the cached one there)");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin is piped")
+            .write_all(input.as_bytes())
+            .expect("kubectl reads its input");
+    }
+    child.wait_with_output().expect("kubectl runs").into()
+}
+
+/// Installs the CRD from `crds/` once per test binary and waits until it is Established.
+pub fn ensure_crd() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let crd = repo_root().join("crds/fedcred.io_federatedcredentials.yaml");
+        kubectl(
+            &[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "--field-manager=fedcred-tests",
+                "-f",
+                crd.to_str().unwrap(),
+            ],
+            None,
+        )
+        .success();
+        kubectl(
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/federatedcredentials.fedcred.io",
+            ],
+            None,
+        )
+        .success();
+    });
+}
+
+/// A namespace that exists for one test and is deleted when the test ends.
+pub struct TestNamespace {
+    pub name: String,
+}
+
+impl TestNamespace {
+    /// Creates `fedcred-test-<prefix>-<random>`.
+    pub fn new(prefix: &str) -> Self {
+        let suffix = format!("{:x}", rand_u32());
+        let name = format!("t-{prefix}-{suffix}");
+        kubectl(&["create", "namespace", &name], None).success();
+        // The ServiceAccount admission plugin refuses pods until the namespace's default
+        // ServiceAccount exists; kube-controller-manager creates it within a moment.
+        wait_until(Duration::from_secs(30), || {
+            kubectl(&["-n", &name, "get", "serviceaccount", "default"], None).ok
+        });
+        TestNamespace { name }
+    }
+
+    /// kubectl with `-n <this namespace>` prepended.
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Kubectl {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        kubectl(&all, stdin)
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let _ = kubectl(&["delete", "namespace", &self.name, "--wait=false"], None);
+    }
+}
+
+/// Polls `check` until it returns true, panicking after `limit`.
+pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < limit,
+            "condition not met within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn rand_u32() -> u32 {
+    // Unique enough for namespace names: time, process and a counter.
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    nanos
+        ^ std::process::id().rotate_left(16)
+        ^ COUNTER
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9e37_79b9)
+}
