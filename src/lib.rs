@@ -3,3 +3,5 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod secret;
+pub mod subject_token;

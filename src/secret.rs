@@ -1,0 +1,59 @@
+//! Values that must never reach logs, events, status, metrics or panic messages.
+//!
+//! `Secret` wraps a credential (a Google access token, an AWS subject token, a Kubernetes
+//! ServiceAccount token). Its `Debug` and `Display` print a redaction marker; the value leaves
+//! only through `expose`, which makes every use greppable.
+
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+
+/// A credential value that prints as `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The raw value, for the one place that sends or stores it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// A short, stable fingerprint for correlating log lines without revealing the value.
+    pub fn fingerprint(&self) -> String {
+        let digest = Sha256::digest(self.0.as_bytes());
+        digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_prints_its_value() {
+        let s = Secret::new("ya29.very-secret");
+        assert_eq!(
+            format!("{s:?} {s} {:?}", Some(&s)),
+            "<redacted> <redacted> Some(<redacted>)"
+        );
+        assert_eq!(s.expose(), "ya29.very-secret");
+        assert_eq!(s.fingerprint().len(), 12);
+        assert!(!s.fingerprint().contains("secret"));
+    }
+}

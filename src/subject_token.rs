@@ -1,0 +1,377 @@
+//! The AWS subject token Google STS accepts for Workload Identity Federation: a SigV4-signed
+//! `POST sts.REGION.amazonaws.com?Action=GetCallerIdentity&Version=2011-06-15` with no body,
+//! serialized as JSON `{"url","method","headers":[{"key","value"},…]}` and URL-encoded.
+//!
+//! Pure: credentials, region, audience and time in, token out. No I/O, no clock.
+//!
+//! The `x-goog-cloud-target-resource` header (the provider's full resource name) is signed, as
+//! Google's STS API recommends and its Go and Java libraries do, so a token minted for one
+//! provider cannot be replayed against another.
+
+use std::time::SystemTime;
+
+use aws_credential_types::Credentials;
+use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+use aws_sigv4::sign::v4::SigningParams;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::Serialize;
+
+use crate::secret::Secret;
+
+/// Header carrying the audience inside the signed request.
+pub const TARGET_RESOURCE_HEADER: &str = "x-goog-cloud-target-resource";
+
+/// `subject_token_type` of an AWS subject token.
+pub const TOKEN_TYPE: &str = "urn:ietf:params:aws:token-type:aws4_request";
+
+const QUERY: &str = "Action=GetCallerIdentity&Version=2011-06-15";
+
+/// What to sign, apart from the credentials.
+#[derive(Clone, Debug)]
+pub struct SubjectTokenRequest<'a> {
+    /// AWS region whose STS endpoint the signature is scoped to.
+    pub region: &'a str,
+    /// The Workload Identity provider's full resource name; empty leaves the header out.
+    pub audience: &'a str,
+    /// STS endpoint (scheme and host, optional path); `None` for the regional default.
+    pub endpoint: Option<&'a str>,
+    /// Signing time; Google accepts tokens signed within the last 15 minutes.
+    pub time: SystemTime,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubjectTokenError {
+    #[error("aws.region {0:?} is not an AWS region code such as us-east-1")]
+    InvalidRegion(String),
+    #[error("aws.stsEndpoint {0:?} is not an http(s) URL with a host")]
+    InvalidEndpoint(String),
+    #[error("signing the GetCallerIdentity request failed: {0}")]
+    Signing(String),
+}
+
+/// The regional STS URL Google forwards the signed request to.
+pub fn regional_url(region: &str) -> String {
+    // China regions live under their own top-level domain.
+    let domain = if region.starts_with("cn-") {
+        "amazonaws.com.cn"
+    } else {
+        "amazonaws.com"
+    };
+    format!("https://sts.{region}.{domain}?{QUERY}")
+}
+
+/// Whether `region` has the shape of an AWS region code (`us-east-1`, `us-gov-west-1`, …).
+pub fn is_region(region: &str) -> bool {
+    let parts: Vec<&str> = region.split('-').collect();
+    parts.len() >= 3
+        && parts.len() <= 4
+        && parts[0].len() == 2
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
+        && parts
+            .last()
+            .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn endpoint_url(endpoint: &str) -> Result<String, SubjectTokenError> {
+    let invalid = || SubjectTokenError::InvalidEndpoint(endpoint.to_owned());
+    let parsed = url::Url::parse(endpoint).map_err(|_| invalid())?;
+    if !matches!(parsed.scheme(), "https" | "http")
+        || parsed.host_str().is_none()
+        || parsed.query().is_some()
+    {
+        return Err(invalid());
+    }
+    Ok(format!("{}?{QUERY}", endpoint))
+}
+
+#[derive(Serialize)]
+struct SignedRequest<'a> {
+    url: &'a str,
+    method: &'static str,
+    headers: Vec<KeyValue<'a>>,
+}
+
+#[derive(Serialize)]
+struct KeyValue<'a> {
+    key: &'a str,
+    value: &'a str,
+}
+
+/// Characters left unescaped: RFC 3986's unreserved set, as `encodeURIComponent` would.
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Builds the URL-encoded subject token for `credentials`.
+pub fn build(
+    credentials: &Credentials,
+    req: &SubjectTokenRequest<'_>,
+) -> Result<Secret, SubjectTokenError> {
+    let json = signed_request_json(credentials, req)?;
+    Ok(Secret::new(
+        utf8_percent_encode(json.expose(), COMPONENT).to_string(),
+    ))
+}
+
+/// The signed request as JSON, before URL encoding.
+pub fn signed_request_json(
+    credentials: &Credentials,
+    req: &SubjectTokenRequest<'_>,
+) -> Result<Secret, SubjectTokenError> {
+    if !is_region(req.region) {
+        return Err(SubjectTokenError::InvalidRegion(req.region.to_owned()));
+    }
+    let url = match req.endpoint {
+        Some(endpoint) => endpoint_url(endpoint)?,
+        None => regional_url(req.region),
+    };
+    let host = url::Url::parse(&url)
+        .ok()
+        .and_then(|u| {
+            u.host_str().map(|h| match u.port() {
+                Some(port) => format!("{h}:{port}"),
+                None => h.to_owned(),
+            })
+        })
+        .ok_or_else(|| SubjectTokenError::InvalidEndpoint(url.clone()))?;
+
+    let mut unsigned: Vec<(&str, &str)> = vec![("host", &host)];
+    if !req.audience.is_empty() {
+        unsigned.push((TARGET_RESOURCE_HEADER, req.audience));
+    }
+    let identity = credentials.clone().into();
+    let params = SigningParams::builder()
+        .identity(&identity)
+        .region(req.region)
+        .name("sts")
+        .time(req.time)
+        .settings(SigningSettings::default())
+        .build()
+        .map_err(|e| SubjectTokenError::Signing(e.to_string()))?;
+    let signable = SignableRequest::new(
+        "POST",
+        url.as_str(),
+        unsigned.iter().copied(),
+        SignableBody::Bytes(b""),
+    )
+    .map_err(|e| SubjectTokenError::Signing(e.to_string()))?;
+    let (instructions, _signature) = sign(signable, &params.into())
+        .map_err(|e| SubjectTokenError::Signing(e.to_string()))?
+        .into_parts();
+
+    let (added, _) = instructions.into_parts();
+    let mut headers: Vec<(String, String)> = unsigned
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    for header in &added {
+        // Google's libraries spell it "Authorization"; the other names stay lowercase.
+        let key = if header.name().eq_ignore_ascii_case("authorization") {
+            "Authorization"
+        } else {
+            header.name()
+        };
+        headers.push((key.to_owned(), header.value().to_owned()));
+    }
+    // Sorted by key, byte-wise, as Google's libraries send them.
+    headers.sort();
+    let body = SignedRequest {
+        url: &url,
+        method: "POST",
+        headers: headers
+            .iter()
+            .map(|(key, value)| KeyValue { key, value })
+            .collect(),
+    };
+    Ok(Secret::new(
+        serde_json::to_string(&body).map_err(|e| SubjectTokenError::Signing(e.to_string()))?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn creds(key: &str, secret: &str, token: Option<String>) -> Credentials {
+        Credentials::new(key, secret, token, None, "test")
+    }
+
+    fn at(rfc3339: &str) -> SystemTime {
+        let ts: jiff::Timestamp = rfc3339.parse().unwrap();
+        SystemTime::from(ts)
+    }
+
+    fn header<'a>(json: &'a serde_json::Value, key: &str) -> Option<&'a str> {
+        json["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["key"] == key)
+            .map(|h| h["value"].as_str().unwrap())
+    }
+
+    fn signed(creds: &Credentials, audience: &str) -> serde_json::Value {
+        let req = SubjectTokenRequest {
+            region: "us-east-2",
+            audience,
+            endpoint: None,
+            time: at("2020-08-11T06:55:22Z"),
+        };
+        serde_json::from_str(signed_request_json(creds, &req).unwrap().expose()).unwrap()
+    }
+
+    // Public vectors from Google's auth libraries (DESIGN.md §4): only host and x-amz-date signed.
+    #[test]
+    fn public_vector_permanent_credentials() {
+        let creds = creds(
+            "AKIAIOSFODNN7EXAMPLE",
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            None,
+        );
+        let json = signed(&creds, "");
+        assert_eq!(
+            header(&json, "Authorization").unwrap(),
+            "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20200811/us-east-2/sts/aws4_request, \
+             SignedHeaders=host;x-amz-date, \
+             Signature=9e722e5b7bfa163447e2a14df118b45ebd283c5aea72019bdf921d6e7dc01a9a"
+        );
+        assert_eq!(header(&json, "x-amz-date"), Some("20200811T065522Z"));
+        assert_eq!(header(&json, "host"), Some("sts.us-east-2.amazonaws.com"));
+        assert_eq!(
+            json["url"],
+            "https://sts.us-east-2.amazonaws.com?Action=GetCallerIdentity&Version=2011-06-15"
+        );
+        assert_eq!(json["method"], "POST");
+    }
+
+    #[test]
+    fn public_vector_second_key() {
+        let creds = creds(
+            "ASIARD4OQDT6A77FR3CL",
+            "Y8AfSaucF37G4PpvfguKZ3/l7Id4uocLXxX0+VTx",
+            None,
+        );
+        let json = signed(&creds, "");
+        assert!(
+            header(&json, "Authorization").unwrap().ends_with(
+                "Signature=d095ba304919cd0d5570ba8a3787884ee78b860f268ed040ba23831d55536d56"
+            ),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn target_resource_and_session_token_are_signed_and_sorted() {
+        let creds = creds("ASIAEXAMPLE", "secret", Some("session-token".into()));
+        let audience =
+            "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/x";
+        let json = signed(&creds, audience);
+        let auth = header(&json, "Authorization").unwrap();
+        assert!(
+            auth.contains(
+                "SignedHeaders=host;x-amz-date;x-amz-security-token;x-goog-cloud-target-resource,"
+            ),
+            "{auth}"
+        );
+        assert_eq!(header(&json, TARGET_RESOURCE_HEADER), Some(audience));
+        assert_eq!(header(&json, "x-amz-security-token"), Some("session-token"));
+        let keys: Vec<&str> = json["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["key"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "Authorization",
+                "host",
+                "x-amz-date",
+                "x-amz-security-token",
+                TARGET_RESOURCE_HEADER
+            ]
+        );
+    }
+
+    #[test]
+    fn url_encoding_round_trips() {
+        let creds = creds("AKIDEXAMPLE", "secret", None);
+        let req = SubjectTokenRequest {
+            region: "eu-west-1",
+            audience: "//a/b",
+            endpoint: None,
+            time: at("2024-01-01T00:00:00Z"),
+        };
+        let token = build(&creds, &req).unwrap();
+        assert!(!token.expose().contains(['{', '"', ' ', '/', ':']));
+        let decoded = percent_encoding::percent_decode_str(token.expose())
+            .decode_utf8()
+            .unwrap();
+        assert_eq!(decoded, signed_request_json(&creds, &req).unwrap().expose());
+    }
+
+    #[test]
+    fn endpoint_override_and_china_regions() {
+        assert_eq!(
+            regional_url("cn-north-1"),
+            "https://sts.cn-north-1.amazonaws.com.cn?Action=GetCallerIdentity&Version=2011-06-15"
+        );
+        let creds = creds("AKIDEXAMPLE", "secret", None);
+        let req = SubjectTokenRequest {
+            region: "us-east-1",
+            audience: "",
+            endpoint: Some("http://127.0.0.1:5000"),
+            time: at("2024-01-01T00:00:00Z"),
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(signed_request_json(&creds, &req).unwrap().expose()).unwrap();
+        assert_eq!(
+            json["url"],
+            "http://127.0.0.1:5000?Action=GetCallerIdentity&Version=2011-06-15"
+        );
+        assert_eq!(header(&json, "host"), Some("127.0.0.1:5000"));
+    }
+
+    #[test]
+    fn bad_region_and_endpoint_name_the_field() {
+        let creds = creds("AKIDEXAMPLE", "secret", None);
+        let mut req = SubjectTokenRequest {
+            region: "Tokyo",
+            audience: "",
+            endpoint: None,
+            time: SystemTime::UNIX_EPOCH,
+        };
+        assert!(
+            build(&creds, &req)
+                .unwrap_err()
+                .to_string()
+                .starts_with("aws.region \"Tokyo\"")
+        );
+        req.region = "us-east-1";
+        req.endpoint = Some("sts.amazonaws.com");
+        assert!(
+            build(&creds, &req)
+                .unwrap_err()
+                .to_string()
+                .starts_with("aws.stsEndpoint")
+        );
+        for ok in [
+            "us-east-1",
+            "us-gov-west-1",
+            "ap-northeast-1",
+            "cn-north-1",
+            "eu-central-2",
+        ] {
+            assert!(is_region(ok), "{ok}");
+        }
+        for bad in ["", "us", "us-east", "US-EAST-1", "us-east-x", "us--1"] {
+            assert!(!is_region(bad), "{bad}");
+        }
+    }
+}
