@@ -1,0 +1,2 @@
+//! Verifying test doubles for fedcred.
+#![forbid(unsafe_code)]
