@@ -136,8 +136,9 @@ pub struct AwsIdentity {
     #[schemars(length(max = 32))]
     pub region: Option<String>,
 
-    /// AWS STS endpoint URL override, for example a VPC endpoint. Defaults to the regional
-    /// endpoint `https://sts.REGION.amazonaws.com`.
+    /// AWS STS endpoint URL override. fedcred calls it and also signs the GetCallerIdentity
+    /// request Google forwards to it, so Google must be able to reach it (a VPC endpoint will
+    /// not do). Defaults to the regional endpoint `https://sts.REGION.amazonaws.com`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new(
         "isURL(self) && (url(self).getScheme() == 'https' || (url(self).getScheme() == 'http' && url(self).getHostname() in ['127.0.0.1', 'localhost', '::1']))"

@@ -3,5 +3,9 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod aws;
+pub mod error;
+pub mod exchange;
+pub mod google;
 pub mod secret;
 pub mod subject_token;

@@ -1,0 +1,466 @@
+//! AWS credential sources: the adapters that turn a FederatedCredential's `aws` section into
+//! temporary AWS credentials and the principal ARN Google will see.
+//!
+//! - IRSA: a Kubernetes TokenRequest for the named ServiceAccount (audience
+//!   `sts.amazonaws.com`), then `AssumeRoleWithWebIdentity` (unsigned) for its role.
+//! - The controller's own identity: environment, web identity, ECS / EKS Pod Identity container
+//!   credentials and EC2 IMDSv2, tried in that order, optionally chained with `AssumeRole`.
+//!
+//! Session names are derived from the namespace (and ServiceAccount), so Google sees one stable
+//! principal per namespace identity and IAM can be bound per namespace.
+//!
+//! This module talks to AWS and to the Kubernetes API; it decides nothing about scheduling.
+
+use std::time::{Duration, SystemTime};
+
+use aws_config::provider_config::ProviderConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::ProvideCredentials;
+use aws_credential_types::provider::error::CredentialsError;
+use aws_sdk_sts::error::{DisplayErrorContext, SdkError};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::Api;
+use kube::api::PostParams;
+use sha2::{Digest, Sha256};
+use tokio::sync::Mutex;
+
+use crate::error::{ExchangeError, Reason};
+
+/// Annotation EKS uses to name a ServiceAccount's IAM role.
+pub const ROLE_ARN_ANNOTATION: &str = "eks.amazonaws.com/role-arn";
+
+/// Audience of ServiceAccount tokens AWS STS accepts.
+pub const STS_AUDIENCE: &str = "sts.amazonaws.com";
+
+/// Lifetime asked for in TokenRequest; the API server's minimum. The token is used once.
+const SERVICE_ACCOUNT_TOKEN_SECONDS: i64 = 600;
+
+/// Lifetime of assumed-role credentials: AWS's minimum. They only sign one request.
+const ASSUMED_ROLE_SECONDS: i32 = 900;
+
+/// Credentials for signing, and the principal Google will see (when known before asking).
+#[derive(Clone, Debug)]
+pub struct AwsIdentity {
+    pub credentials: Credentials,
+    pub principal_arn: Option<String>,
+}
+
+/// Deterministic STS session name: `fedcred.NAMESPACE` or `fedcred.NAMESPACE.SERVICEACCOUNT`,
+/// at most 64 characters of `[\w+=,.@-]`. Longer names keep a readable prefix and end in a
+/// hash of the whole, so distinct inputs stay distinct.
+pub fn session_name(namespace: &str, service_account: Option<&str>) -> String {
+    let full = match service_account {
+        Some(sa) => format!("fedcred.{namespace}.{sa}"),
+        None => format!("fedcred.{namespace}"),
+    };
+    let clean: String = full
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_+=,.@-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if clean.len() <= 64 {
+        return clean;
+    }
+    let digest = Sha256::digest(full.as_bytes());
+    let hash: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{hash}", &clean[..55])
+}
+
+/// Whether `arn` is an IAM role ARN (`arn:PARTITION:iam::ACCOUNT:role/NAME`).
+pub fn is_role_arn(arn: &str) -> bool {
+    let mut parts = arn.splitn(6, ':');
+    let (Some("arn"), Some(partition), Some("iam"), Some(""), Some(account), Some(resource)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return false;
+    };
+    partition.starts_with("aws")
+        && account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && resource.strip_prefix("role/").is_some_and(|name| {
+            !name.is_empty()
+                && name.len() <= 576
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_+=,.@-/".contains(c))
+        })
+}
+
+/// The AWS side's clients and configuration, shared by all resources.
+pub struct Aws {
+    base: SdkConfig,
+    controller: Mutex<Option<Credentials>>,
+}
+
+impl Aws {
+    /// Loads region, endpoint overrides (`AWS_ENDPOINT_URL_STS`, …) and retry settings from
+    /// the environment the way every AWS SDK does.
+    pub async fn from_env() -> Self {
+        let base = aws_config::defaults(BehaviorVersion::latest())
+            // Credentials are resolved per use below, so each failure can be explained.
+            .no_credentials()
+            .load()
+            .await;
+        Aws {
+            base,
+            controller: Mutex::new(None),
+        }
+    }
+
+    /// The region from the environment or instance metadata, used when the spec names none.
+    pub fn default_region(&self) -> Option<&str> {
+        self.base.region().map(Region::as_ref)
+    }
+
+    fn sts(
+        &self,
+        region: &str,
+        endpoint: Option<&str>,
+        credentials: Option<Credentials>,
+    ) -> aws_sdk_sts::Client {
+        let mut conf =
+            aws_sdk_sts::config::Builder::from(&self.base).region(Region::new(region.to_owned()));
+        if let Some(url) = endpoint {
+            conf = conf.endpoint_url(url);
+        }
+        if let Some(creds) = credentials {
+            conf = conf.credentials_provider(creds);
+        }
+        aws_sdk_sts::Client::from_conf(conf.build())
+    }
+
+    /// IRSA: exchanges a fresh token of `namespace/service_account` for the role's credentials.
+    pub async fn irsa(
+        &self,
+        kube: &kube::Client,
+        namespace: &str,
+        service_account: &str,
+        role_override: Option<&str>,
+        region: &str,
+        sts_endpoint: Option<&str>,
+    ) -> Result<AwsIdentity, ExchangeError> {
+        let accounts: Api<ServiceAccount> = Api::namespaced(kube.clone(), namespace);
+        let sa = match accounts.get_opt(service_account).await {
+            Ok(Some(sa)) => sa,
+            Ok(None) => {
+                return Err(ExchangeError::new(
+                    Reason::ServiceAccountNotFound,
+                    format!(
+                        "ServiceAccount {namespace}/{service_account} does not exist; create it or fix aws.serviceAccount.name"
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err(ExchangeError::new(
+                    Reason::TokenRequestFailed,
+                    format!("reading ServiceAccount {namespace}/{service_account} failed: {e}"),
+                ));
+            }
+        };
+        let annotated = sa
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ROLE_ARN_ANNOTATION))
+            .map(String::as_str);
+        let role_arn = match role_override.or(annotated) {
+            Some(arn) if is_role_arn(arn) => arn,
+            Some(arn) => {
+                return Err(ExchangeError::new(
+                    Reason::InvalidSpec,
+                    format!(
+                        "the {ROLE_ARN_ANNOTATION} annotation of ServiceAccount {namespace}/{service_account} is {arn:?}, not an IAM role ARN such as arn:aws:iam::123456789012:role/my-role"
+                    ),
+                ));
+            }
+            None => {
+                return Err(ExchangeError::new(
+                    Reason::RoleArnMissing,
+                    format!(
+                        "ServiceAccount {namespace}/{service_account} has no {ROLE_ARN_ANNOTATION} annotation; annotate it with the IAM role to assume or set aws.serviceAccount.roleArn"
+                    ),
+                ));
+            }
+        };
+
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: vec![STS_AUDIENCE.to_owned()],
+                expiration_seconds: Some(SERVICE_ACCOUNT_TOKEN_SECONDS),
+                bound_object_ref: None,
+            },
+            ..Default::default()
+        };
+        let issued = accounts
+            .create_token_request(service_account, &PostParams::default(), &request)
+            .await
+            .map_err(|e| {
+                ExchangeError::new(
+                    Reason::TokenRequestFailed,
+                    format!(
+                        "TokenRequest for ServiceAccount {namespace}/{service_account} failed: {e}; the controller needs `create` on serviceaccounts/token"
+                    ),
+                )
+            })?;
+        let web_identity_token = issued.status.map(|s| s.token).unwrap_or_default();
+
+        let session = session_name(namespace, Some(service_account));
+        let out = self
+            .sts(region, sts_endpoint, None)
+            .assume_role_with_web_identity()
+            .role_arn(role_arn)
+            .role_session_name(&session)
+            .web_identity_token(web_identity_token)
+            .duration_seconds(ASSUMED_ROLE_SECONDS)
+            .send()
+            .await
+            .map_err(|e| sts_error("AssumeRoleWithWebIdentity", role_arn, &e))?;
+        assumed(
+            out.credentials,
+            out.assumed_role_user.map(|u| u.arn),
+            role_arn,
+        )
+    }
+
+    /// The controller's own identity, chained into `role_arn` when given.
+    pub async fn controller(
+        &self,
+        namespace: &str,
+        role_arn: Option<&str>,
+        region: &str,
+        sts_endpoint: Option<&str>,
+    ) -> Result<AwsIdentity, ExchangeError> {
+        let own = self.own_credentials(region).await?;
+        let Some(role_arn) = role_arn else {
+            // Google will see the controller's own principal; ask AWS who that is, so status
+            // and error messages can name it.
+            let who = self
+                .sts(region, sts_endpoint, Some(own.clone()))
+                .get_caller_identity()
+                .send()
+                .await
+                .map_err(|e| sts_error("GetCallerIdentity", "the controller's own identity", &e))?;
+            return Ok(AwsIdentity {
+                credentials: own,
+                principal_arn: who.arn,
+            });
+        };
+        let out = self
+            .sts(region, sts_endpoint, Some(own))
+            .assume_role()
+            .role_arn(role_arn)
+            .role_session_name(session_name(namespace, None))
+            .duration_seconds(ASSUMED_ROLE_SECONDS)
+            .send()
+            .await
+            .map_err(|e| sts_error("AssumeRole", role_arn, &e))?;
+        assumed(
+            out.credentials,
+            out.assumed_role_user.map(|u| u.arn),
+            role_arn,
+        )
+    }
+
+    /// The controller's credentials from the standard sources, cached until five minutes
+    /// before they expire.
+    async fn own_credentials(&self, region: &str) -> Result<Credentials, ExchangeError> {
+        let mut cached = self.controller.lock().await;
+        if let Some(creds) = cached.as_ref() {
+            let fresh = creds
+                .expiry()
+                .is_none_or(|exp| exp > SystemTime::now() + Duration::from_secs(300));
+            if fresh {
+                return Ok(creds.clone());
+            }
+        }
+        let creds = default_chain(region).await?;
+        *cached = Some(creds.clone());
+        Ok(creds)
+    }
+}
+
+fn assumed(
+    credentials: Option<aws_sdk_sts::types::Credentials>,
+    arn: Option<String>,
+    role_arn: &str,
+) -> Result<AwsIdentity, ExchangeError> {
+    let c = credentials.ok_or_else(|| {
+        ExchangeError::new(
+            Reason::Upstream,
+            format!("AWS STS returned no credentials for {role_arn}"),
+        )
+    })?;
+    let expiry = SystemTime::try_from(c.expiration).ok();
+    Ok(AwsIdentity {
+        credentials: Credentials::new(
+            c.access_key_id,
+            c.secret_access_key,
+            Some(c.session_token),
+            expiry,
+            "fedcred-sts",
+        ),
+        principal_arn: arn,
+    })
+}
+
+fn sts_error<E, R>(operation: &str, target: &str, err: &SdkError<E, R>) -> ExchangeError
+where
+    E: std::error::Error + aws_sdk_sts::error::ProvideErrorMetadata + 'static,
+    R: std::fmt::Debug,
+{
+    match err {
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            let code = e.code().unwrap_or("Unknown");
+            let msg = e.message().unwrap_or("");
+            ExchangeError::new(
+                Reason::AwsStsDenied,
+                format!(
+                    "AWS STS refused {operation} for {target}: {code}: {msg}; check the role's trust policy allows this cluster's OIDC provider (IRSA) or the controller's role (sts:AssumeRole)"
+                ),
+            )
+        }
+        SdkError::TimeoutError(_) => ExchangeError::new(
+            Reason::Timeout,
+            format!("AWS STS {operation} for {target} timed out"),
+        ),
+        other => ExchangeError::new(
+            Reason::Upstream,
+            format!(
+                "AWS STS {operation} for {target} failed: {}",
+                DisplayErrorContext(other)
+            ),
+        ),
+    }
+}
+
+/// The standard AWS credential sources, in the order every AWS SDK tries them. Unlike the SDK's
+/// own chain, the error lists every source and why it gave nothing.
+async fn default_chain(region: &str) -> Result<Credentials, ExchangeError> {
+    let conf = ProviderConfig::default().with_region(Some(Region::new(region.to_owned())));
+    let sources: [(&str, Box<dyn ProvideCredentials>); 4] = [
+        (
+            "environment (AWS_ACCESS_KEY_ID)",
+            Box::new(aws_config::environment::EnvironmentVariableCredentialsProvider::new()),
+        ),
+        (
+            "web identity (AWS_WEB_IDENTITY_TOKEN_FILE, AWS_ROLE_ARN)",
+            Box::new(
+                aws_config::web_identity_token::WebIdentityTokenCredentialsProvider::builder()
+                    .configure(&conf)
+                    .build(),
+            ),
+        ),
+        (
+            "container (ECS task role or EKS Pod Identity, AWS_CONTAINER_CREDENTIALS_*)",
+            Box::new(
+                aws_config::ecs::EcsCredentialsProvider::builder()
+                    .configure(&conf)
+                    .build(),
+            ),
+        ),
+        (
+            "EC2 instance metadata (IMDSv2)",
+            Box::new(
+                aws_config::imds::credentials::ImdsCredentialsProvider::builder()
+                    .configure(&conf)
+                    .build(),
+            ),
+        ),
+    ];
+    let mut tried = Vec::new();
+    for (name, source) in sources {
+        match source.provide_credentials().await {
+            Ok(creds) => return Ok(creds),
+            Err(e @ CredentialsError::CredentialsNotLoaded(_)) => {
+                tried.push(format!(
+                    "{name}: not configured ({})",
+                    DisplayErrorContext(&e)
+                ));
+            }
+            Err(e) => {
+                tried.push(format!("{name}: {}", DisplayErrorContext(&e)));
+                break;
+            }
+        }
+    }
+    Err(ExchangeError::new(
+        Reason::AwsCredentialsUnavailable,
+        format!(
+            "the controller found no AWS credentials of its own; tried {}. Give the controller an identity (IRSA or Pod Identity on its ServiceAccount, or an instance role) or use aws.serviceAccount instead",
+            tried.join("; ")
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid_session(s: &str) -> bool {
+        (2..=64).contains(&s.len())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_+=,.@-".contains(c))
+    }
+
+    #[test]
+    fn session_names_are_stable_per_namespace_identity() {
+        assert_eq!(
+            session_name("shop", Some("orders-api")),
+            "fedcred.shop.orders-api"
+        );
+        assert_eq!(session_name("analytics", None), "fedcred.analytics");
+        assert_eq!(
+            session_name("shop", Some("orders-api")),
+            session_name("shop", Some("orders-api"))
+        );
+        assert_ne!(session_name("shop", Some("a")), session_name("shop", None));
+    }
+
+    #[test]
+    fn long_session_names_stay_valid_and_distinct() {
+        let ns = "n".repeat(63);
+        let a = session_name(&ns, Some(&"a".repeat(253)));
+        let b = session_name(&ns, Some(&format!("{}b", "a".repeat(252))));
+        assert!(valid_session(&a), "{a}");
+        assert!(valid_session(&b), "{b}");
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
+        assert!(a.starts_with("fedcred.nnn"));
+    }
+
+    #[test]
+    fn role_arns() {
+        for ok in [
+            "arn:aws:iam::123456789012:role/shop-orders-api",
+            "arn:aws:iam::123456789012:role/path/to/role",
+            "arn:aws-cn:iam::123456789012:role/x",
+            "arn:aws-us-gov:iam::123456789012:role/a+b=c,d.e@f_g",
+        ] {
+            assert!(is_role_arn(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "arn:aws:iam::123456789012:user/alice",
+            "arn:aws:iam::1234:role/x",
+            "arn:aws:sts::123456789012:assumed-role/x/y",
+            "arn:aws:iam::123456789012:role/",
+            "arn:aws:iam:us-east-1:123456789012:role/x",
+            "arn:aws:iam::123456789012:role/has space",
+        ] {
+            assert!(!is_role_arn(bad), "{bad}");
+        }
+    }
+}

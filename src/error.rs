@@ -1,0 +1,104 @@
+//! Why an exchange failed, as a short stable reason plus a message that says what to do.
+//!
+//! The reason is what lands in the `Ready` condition, in events and in metric labels, so its
+//! spelling is an interface. The message names the resource's AWS principal when it is known
+//! (Google's own errors do not) and the next step.
+
+use std::fmt;
+
+/// Stable failure reasons, one per thing the user would fix differently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The spec is valid for the API server but unusable here (for example no region known).
+    InvalidSpec,
+    /// The namespace may not lend the controller's own AWS identity.
+    ControllerIdentityNotAllowed,
+    /// The named Kubernetes ServiceAccount does not exist in the namespace.
+    ServiceAccountNotFound,
+    /// Neither the ServiceAccount annotation nor the spec names an IAM role.
+    RoleArnMissing,
+    /// Kubernetes refused or failed the ServiceAccount TokenRequest.
+    TokenRequestFailed,
+    /// No AWS credentials could be found for the controller's own identity.
+    AwsCredentialsUnavailable,
+    /// AWS STS refused AssumeRole / AssumeRoleWithWebIdentity.
+    AwsStsDenied,
+    /// Google's attribute condition rejected the AWS principal.
+    AttributeConditionRejected,
+    /// The audience is malformed.
+    InvalidAudience,
+    /// The pool or provider does not exist or is disabled.
+    ProviderNotFound,
+    /// Google could not verify the signed AWS request (clock skew, wrong region, bad signature).
+    InvalidSubjectToken,
+    /// The federated principal may not impersonate the service account.
+    ImpersonationDenied,
+    /// The requested lifetime or scopes were refused by IAM Credentials.
+    InvalidTokenRequest,
+    /// A peer did not answer in time.
+    Timeout,
+    /// A peer failed in a way not listed above (5xx, unexpected body, network).
+    Upstream,
+}
+
+impl Reason {
+    /// The CamelCase spelling used in conditions, events and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::InvalidSpec => "InvalidSpec",
+            Reason::ControllerIdentityNotAllowed => "ControllerIdentityNotAllowed",
+            Reason::ServiceAccountNotFound => "ServiceAccountNotFound",
+            Reason::RoleArnMissing => "RoleArnMissing",
+            Reason::TokenRequestFailed => "TokenRequestFailed",
+            Reason::AwsCredentialsUnavailable => "AwsCredentialsUnavailable",
+            Reason::AwsStsDenied => "AwsStsDenied",
+            Reason::AttributeConditionRejected => "AttributeConditionRejected",
+            Reason::InvalidAudience => "InvalidAudience",
+            Reason::ProviderNotFound => "ProviderNotFound",
+            Reason::InvalidSubjectToken => "InvalidSubjectToken",
+            Reason::ImpersonationDenied => "ImpersonationDenied",
+            Reason::InvalidTokenRequest => "InvalidTokenRequest",
+            Reason::Timeout => "Timeout",
+            Reason::Upstream => "Upstream",
+        }
+    }
+
+    /// Whether trying again later may succeed without anyone changing anything.
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            Reason::Timeout | Reason::Upstream | Reason::TokenRequestFailed
+        )
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failed exchange: a stable reason and a message for humans. Never carries a credential.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ExchangeError {
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl ExchangeError {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        ExchangeError {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// Prefixes the message with the AWS principal Google was shown, when known.
+    pub fn with_principal(mut self, principal: Option<&str>) -> Self {
+        if let Some(arn) = principal {
+            self.message = format!("AWS principal {arn}: {}", self.message);
+        }
+        self
+    }
+}

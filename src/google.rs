@@ -1,0 +1,548 @@
+//! Google's side of the exchange: the Security Token Service (AWS subject token → federated
+//! access token) and IAM Service Account Credentials (federated token → service account
+//! token), over HTTPS with rustls.
+//!
+//! Transient failures (5xx, 429, timeouts, connection errors) are retried a bounded number of
+//! times with exponential backoff and full jitter, honouring `Retry-After`; definite rejections
+//! are not retried. Every failure maps to a stable [`Reason`] with a message naming the next
+//! step. Tokens travel as [`Secret`] and never appear in errors.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ExchangeError, Reason};
+use crate::secret::Secret;
+use crate::subject_token;
+
+/// Google STS token endpoint.
+pub const DEFAULT_STS_URL: &str = "https://sts.googleapis.com/v1/token";
+/// IAM Service Account Credentials base URL.
+pub const DEFAULT_IAM_CREDENTIALS_URL: &str = "https://iamcredentials.googleapis.com";
+
+const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const REQUESTED_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// How hard to try before giving up on a transient failure.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// Total attempts, the first included.
+    pub attempts: u32,
+    /// Backoff ceiling of the first retry; doubles per retry.
+    pub base_delay: Duration,
+    /// Longest single wait. A `Retry-After` beyond it ends the retries.
+    pub max_delay: Duration,
+    /// Timeout of one HTTP request.
+    pub request_timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 4,
+            base_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(8),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before retry number `retry` (0-based), or `None` when retries are exhausted or
+    /// the server asked for a longer pause than this policy will wait. `unit` is a uniform
+    /// random number in [0, 1) for the jitter.
+    pub fn delay(&self, retry: u32, retry_after: Option<Duration>, unit: f64) -> Option<Duration> {
+        if retry + 1 >= self.attempts {
+            return None;
+        }
+        let ceiling = self
+            .base_delay
+            .saturating_mul(1 << retry.min(16))
+            .min(self.max_delay);
+        let jittered = ceiling.mul_f64(unit.clamp(0.0, 1.0));
+        match retry_after {
+            Some(after) if after > self.max_delay => None,
+            Some(after) => Some(after.max(jittered)),
+            None => Some(jittered),
+        }
+    }
+}
+
+/// An access token and when it expires.
+#[derive(Clone, Debug)]
+pub struct AccessToken {
+    pub token: Secret,
+    pub expires_at: Timestamp,
+}
+
+/// Client of Google STS and IAM Credentials.
+#[derive(Clone)]
+pub struct GoogleClient {
+    http: reqwest::Client,
+    policy: RetryPolicy,
+}
+
+#[derive(Deserialize)]
+struct StsResponse {
+    access_token: String,
+    #[serde(default)]
+    token_type: Option<String>,
+    expires_in: NumberOrString,
+}
+
+/// Google documents `expires_in` as a number but has been seen sending a string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumberOrString {
+    Number(i64),
+    String(String),
+}
+
+impl NumberOrString {
+    fn seconds(&self) -> Option<i64> {
+        match self {
+            NumberOrString::Number(n) => Some(*n),
+            NumberOrString::String(s) => s.trim().parse().ok(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct GenerateAccessTokenRequest<'a> {
+    scope: &'a [String],
+    lifetime: String,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    delegates: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GenerateAccessTokenResponse {
+    access_token: String,
+    expire_time: String,
+}
+
+/// What one HTTP attempt came to.
+enum Attempt {
+    Done(reqwest::StatusCode, String),
+    Transient(String, Option<Duration>),
+    TimedOut,
+}
+
+impl GoogleClient {
+    pub fn new(policy: RetryPolicy) -> Result<Self, ExchangeError> {
+        let http = reqwest::Client::builder()
+            .timeout(policy.request_timeout)
+            .connect_timeout(policy.request_timeout.min(Duration::from_secs(5)))
+            .user_agent(concat!("fedcred/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| {
+                ExchangeError::new(
+                    Reason::Upstream,
+                    format!("building the HTTP client failed: {e}"),
+                )
+            })?;
+        Ok(GoogleClient { http, policy })
+    }
+
+    /// Sends the request built by `build` until it gets a definite answer, retrying transient
+    /// failures per the policy. Returns the final status and body.
+    async fn send(
+        &self,
+        what: &str,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<(reqwest::StatusCode, String), ExchangeError> {
+        let mut retry = 0;
+        loop {
+            let attempt = match build().send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let retry_after = resp
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    match resp.text().await {
+                        Ok(body) if status.is_server_error() || status.as_u16() == 429 => {
+                            Attempt::Transient(
+                                format!("HTTP {status}: {}", snippet(&body)),
+                                retry_after,
+                            )
+                        }
+                        Ok(body) => Attempt::Done(status, body),
+                        Err(e) if e.is_timeout() => Attempt::TimedOut,
+                        Err(e) => {
+                            Attempt::Transient(format!("reading the answer failed: {e}"), None)
+                        }
+                    }
+                }
+                Err(e) if e.is_timeout() => Attempt::TimedOut,
+                Err(e) => Attempt::Transient(format!("request failed: {}", without_url(&e)), None),
+            };
+            let (last, retry_after) = match attempt {
+                Attempt::Done(status, body) => return Ok((status, body)),
+                Attempt::Transient(msg, after) => (msg, after),
+                Attempt::TimedOut => (
+                    format!("no answer within {:?}", self.policy.request_timeout),
+                    None,
+                ),
+            };
+            match self.policy.delay(retry, retry_after, rand::random::<f64>()) {
+                Some(wait) => {
+                    tracing::debug!(what, retry, wait_ms = wait.as_millis() as u64, %last, "retrying");
+                    tokio::time::sleep(wait).await;
+                    retry += 1;
+                }
+                None => {
+                    let reason = if last.starts_with("no answer") {
+                        Reason::Timeout
+                    } else {
+                        Reason::Upstream
+                    };
+                    let advice = match retry_after {
+                        Some(after) if after > self.policy.max_delay => {
+                            format!(
+                                "; Google asked to wait {} s before retrying",
+                                after.as_secs()
+                            )
+                        }
+                        _ => String::new(),
+                    };
+                    return Err(ExchangeError::new(
+                        reason,
+                        format!("{what} failed after {} attempts: {last}{advice}", retry + 1),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Exchanges an AWS subject token for a federated access token.
+    pub async fn sts_exchange(
+        &self,
+        sts_url: &str,
+        audience: &str,
+        scopes: &[String],
+        subject_token: &Secret,
+    ) -> Result<AccessToken, ExchangeError> {
+        let scope = scopes.join(" ");
+        let form = [
+            ("grant_type", GRANT_TYPE),
+            ("requested_token_type", REQUESTED_TOKEN_TYPE),
+            ("audience", audience),
+            ("scope", scope.as_str()),
+            ("subject_token_type", subject_token::TOKEN_TYPE),
+            ("subject_token", subject_token.expose()),
+        ];
+        let now = Timestamp::now();
+        let (status, body) = self
+            .send("Google STS token exchange", || {
+                self.http.post(sts_url).form(&form)
+            })
+            .await?;
+        if !status.is_success() {
+            return Err(classify_sts(status.as_u16(), &body));
+        }
+        let parsed: StsResponse = serde_json::from_str(&body).map_err(|e| {
+            ExchangeError::new(
+                Reason::Upstream,
+                format!("Google STS answered with an unexpected body ({e})"),
+            )
+        })?;
+        if parsed
+            .token_type
+            .as_deref()
+            .is_some_and(|t| !t.eq_ignore_ascii_case("bearer"))
+        {
+            return Err(ExchangeError::new(
+                Reason::Upstream,
+                "Google STS issued a token that is not a Bearer token",
+            ));
+        }
+        let seconds = parsed
+            .expires_in
+            .seconds()
+            .filter(|s| *s > 0)
+            .ok_or_else(|| {
+                ExchangeError::new(
+                    Reason::Upstream,
+                    "Google STS answered without a usable expires_in",
+                )
+            })?;
+        Ok(AccessToken {
+            token: Secret::new(parsed.access_token),
+            expires_at: truncate(now + Duration::from_secs(seconds as u64)),
+        })
+    }
+
+    /// Exchanges a federated token for an access token of `service_account`.
+    pub async fn impersonate(
+        &self,
+        iam_base_url: &str,
+        federated: &Secret,
+        service_account: &str,
+        scopes: &[String],
+        delegates: &[String],
+        lifetime: Duration,
+    ) -> Result<AccessToken, ExchangeError> {
+        let url = format!(
+            "{}/v1/projects/-/serviceAccounts/{}:generateAccessToken",
+            iam_base_url.trim_end_matches('/'),
+            service_account
+        );
+        let body = GenerateAccessTokenRequest {
+            scope: scopes,
+            lifetime: format!("{}s", lifetime.as_secs()),
+            delegates: delegates
+                .iter()
+                .map(|d| format!("projects/-/serviceAccounts/{d}"))
+                .collect(),
+        };
+        let (status, text) = self
+            .send("IAM Credentials generateAccessToken", || {
+                self.http
+                    .post(&url)
+                    .bearer_auth(federated.expose())
+                    .json(&body)
+            })
+            .await?;
+        if !status.is_success() {
+            return Err(classify_iam(status.as_u16(), &text, service_account));
+        }
+        let parsed: GenerateAccessTokenResponse = serde_json::from_str(&text).map_err(|e| {
+            ExchangeError::new(
+                Reason::Upstream,
+                format!("IAM Credentials answered with an unexpected body ({e})"),
+            )
+        })?;
+        let expires_at: Timestamp = parsed.expire_time.parse().map_err(|_| {
+            ExchangeError::new(
+                Reason::Upstream,
+                "IAM Credentials answered with an unreadable expireTime",
+            )
+        })?;
+        Ok(AccessToken {
+            token: Secret::new(parsed.access_token),
+            expires_at: truncate(expires_at),
+        })
+    }
+}
+
+/// Status keeps whole seconds; so do we, so that comparisons after a round trip agree.
+pub fn truncate(t: Timestamp) -> Timestamp {
+    Timestamp::from_second(t.as_second()).unwrap_or(t)
+}
+
+fn snippet(body: &str) -> String {
+    let one_line: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
+    one_line.chars().take(200).collect()
+}
+
+/// reqwest errors print the URL; keep only the cause.
+fn without_url(e: &reqwest::Error) -> String {
+    let mut msg = e.to_string();
+    if let Some(url) = e.url() {
+        msg = msg.replace(url.as_str(), "<endpoint>");
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+#[derive(Deserialize, Default)]
+struct OAuthError {
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    error_description: String,
+}
+
+/// Maps a Google STS error answer to a reason and an actionable message.
+pub fn classify_sts(status: u16, body: &str) -> ExchangeError {
+    let e: OAuthError = serde_json::from_str(body).unwrap_or_default();
+    let desc = if e.error_description.is_empty() {
+        snippet(body)
+    } else {
+        e.error_description.clone()
+    };
+    let lower = desc.to_ascii_lowercase();
+    let (reason, next) = match e.error.as_str() {
+        _ if lower.contains("attribute condition") => (
+            Reason::AttributeConditionRejected,
+            "the provider's attribute condition does not admit this AWS principal; update the condition \
+             (gcloud iam workload-identity-pools providers update-aws … --attribute-condition=…) or use an \
+             identity it admits",
+        ),
+        "invalid_target" => (
+            Reason::ProviderNotFound,
+            "the Workload Identity pool or provider in google.audience does not exist or is disabled; check it \
+             with `gcloud iam workload-identity-pools providers describe`",
+        ),
+        "invalid_request" if lower.contains("audience") => (
+            Reason::InvalidAudience,
+            "google.audience is not a valid provider name; copy it from the provider's `name` field and \
+             prefix it with //iam.googleapis.com/",
+        ),
+        "invalid_grant" | "invalid_request" => (
+            Reason::InvalidSubjectToken,
+            "Google could not verify the signed AWS request; check the controller's clock, aws.region, and \
+             that the provider's AWS account ID is the role's account",
+        ),
+        "unauthorized_client" => (
+            Reason::AttributeConditionRejected,
+            "the provider refused this AWS principal; check the provider's attribute condition and AWS account",
+        ),
+        _ => (Reason::Upstream, "Google STS refused the exchange"),
+    };
+    ExchangeError::new(
+        reason,
+        format!(
+            "Google STS answered HTTP {status} {}: {desc}; {next}",
+            e.error
+        ),
+    )
+}
+
+#[derive(Deserialize, Default)]
+struct GoogleApiError {
+    #[serde(default)]
+    error: GoogleApiErrorBody,
+}
+
+#[derive(Deserialize, Default)]
+struct GoogleApiErrorBody {
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    status: String,
+}
+
+/// Maps an IAM Credentials error answer to a reason and an actionable message.
+pub fn classify_iam(status: u16, body: &str, service_account: &str) -> ExchangeError {
+    let e: GoogleApiError = serde_json::from_str(body).unwrap_or_default();
+    let msg = if e.error.message.is_empty() {
+        snippet(body)
+    } else {
+        e.error.message.clone()
+    };
+    let (reason, next) = match (status, e.error.status.as_str()) {
+        (403, _) | (_, "PERMISSION_DENIED") | (404, _) => (
+            Reason::ImpersonationDenied,
+            format!(
+                "grant roles/iam.workloadIdentityUser on {service_account} to this principal \
+                 (principal://iam.googleapis.com/projects/NUMBER/locations/global/workloadIdentityPools/POOL/subject/ARN) \
+                 and check that the service account exists"
+            ),
+        ),
+        (400, _) => (
+            Reason::InvalidTokenRequest,
+            "check google.scopes and google.tokenLifetimeSeconds (above 3600 needs the organization policy \
+             constraints/iam.allowServiceAccountCredentialLifetimeExtension)"
+                .to_owned(),
+        ),
+        _ => (Reason::Upstream, "IAM Credentials refused the request".to_owned()),
+    };
+    ExchangeError::new(
+        reason,
+        format!(
+            "impersonating {service_account} failed: HTTP {status} {}: {msg}; {next}",
+            e.error.status
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_jittered_and_bounded() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.delay(0, None, 0.999).unwrap().as_millis(), 249);
+        assert_eq!(p.delay(1, None, 0.5).unwrap(), Duration::from_millis(250));
+        assert_eq!(p.delay(2, None, 0.0).unwrap(), Duration::ZERO);
+        assert_eq!(p.delay(3, None, 0.5), None, "four attempts in all");
+        let long = RetryPolicy {
+            attempts: 30,
+            ..p.clone()
+        };
+        assert!(long.delay(20, None, 0.999).unwrap() <= long.max_delay);
+    }
+
+    #[test]
+    fn retry_after_is_honoured_up_to_the_cap() {
+        let p = RetryPolicy::default();
+        assert_eq!(
+            p.delay(0, Some(Duration::from_secs(2)), 0.1).unwrap(),
+            Duration::from_secs(2)
+        );
+        assert_eq!(p.delay(0, Some(Duration::from_secs(60)), 0.1), None);
+    }
+
+    #[test]
+    fn sts_errors_map_to_stable_reasons() {
+        let cases = [
+            (
+                r#"{"error":"unauthorized_client","error_description":"The given credential is rejected by the attribute condition."}"#,
+                Reason::AttributeConditionRejected,
+            ),
+            (
+                r#"{"error":"invalid_target","error_description":"The target service indicated by the \"audience\" parameters is invalid."}"#,
+                Reason::ProviderNotFound,
+            ),
+            (
+                r#"{"error":"invalid_request","error_description":"Invalid value for \"audience\"."}"#,
+                Reason::InvalidAudience,
+            ),
+            (
+                r#"{"error":"invalid_grant","error_description":"AWS request has invalid format."}"#,
+                Reason::InvalidSubjectToken,
+            ),
+            ("<html>bad gateway</html>", Reason::Upstream),
+        ];
+        for (body, reason) in cases {
+            let e = classify_sts(400, body);
+            assert_eq!(e.reason, reason, "{body}");
+            assert!(e.message.contains("HTTP 400"), "{}", e.message);
+        }
+        let e = classify_sts(400, cases[0].0);
+        assert!(e.message.contains("attribute-condition"), "{}", e.message);
+    }
+
+    #[test]
+    fn iam_errors_map_to_stable_reasons() {
+        let denied = r#"{"error":{"code":403,"message":"Permission 'iam.serviceAccounts.getAccessToken' denied on resource (or it may not exist).","status":"PERMISSION_DENIED"}}"#;
+        let e = classify_iam(403, denied, "app@p.iam.gserviceaccount.com");
+        assert_eq!(e.reason, Reason::ImpersonationDenied);
+        assert!(
+            e.message
+                .contains("roles/iam.workloadIdentityUser on app@p.iam.gserviceaccount.com")
+        );
+        let bad = r#"{"error":{"code":400,"message":"Lifetime must be between 1s and 3600s","status":"INVALID_ARGUMENT"}}"#;
+        assert_eq!(
+            classify_iam(400, bad, "a@b.iam.gserviceaccount.com").reason,
+            Reason::InvalidTokenRequest
+        );
+        assert_eq!(
+            classify_iam(500, "", "a@b.iam.gserviceaccount.com").reason,
+            Reason::Upstream
+        );
+    }
+
+    #[test]
+    fn expires_in_may_be_a_string() {
+        let a: StsResponse =
+            serde_json::from_str(r#"{"access_token":"x","token_type":"Bearer","expires_in":3599}"#)
+                .unwrap();
+        let b: StsResponse =
+            serde_json::from_str(r#"{"access_token":"x","expires_in":"3599"}"#).unwrap();
+        assert_eq!(a.expires_in.seconds(), Some(3599));
+        assert_eq!(b.expires_in.seconds(), Some(3599));
+    }
+}
