@@ -29,4 +29,4 @@ source "$run_dir/env"
 export FEDCRED_TEST_VENV="$FEDCRED_CACHE/venv"
 
 log "running cargo test"
-cargo test --locked "$@"
+cargo test --locked --workspace "$@"

@@ -1,0 +1,221 @@
+//! What the doubles are configured with: the Workload Identity providers (audience, attribute
+//! condition, disabled flag), the IAM bindings that allow impersonation, which AWS STS endpoints
+//! and keys are trusted, and token lifetimes.
+//!
+//! Plain data. (De)serializable so the `fedcred-doubles` binary can read it from JSON; every
+//! field has a default, durations are whole seconds, e.g.
+//!
+//! ```json
+//! {
+//!   "providers": [{"audience": "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/aws-pool/providers/aws-prov",
+//!                  "condition": {"aws_role_equals": "arn:aws:sts::123456789012:assumed-role/demo"}}],
+//!   "bindings": [{"service_account": "app@proj.iam.gserviceaccount.com",
+//!                 "members": ["principalSet://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/aws-pool/attribute.aws_role/arn:aws:sts::123456789012:assumed-role/demo"]}],
+//!   "aws_sts_endpoints": ["http://127.0.0.1:5000"],
+//!   "moto_url": "http://127.0.0.1:5000",
+//!   "federated_lifetime": 3600
+//! }
+//! ```
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Default lifetime of federated (STS) tokens and the default impersonation limit.
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// The impersonation limit when the org policy
+/// `constraints/iam.allowServiceAccountCredentialLifetimeExtension` allows the service account.
+pub const EXTENDED_LIFETIME: Duration = Duration::from_secs(43200);
+
+/// Everything the doubles decide with.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Workload Identity providers Google STS knows.
+    pub providers: Vec<Provider>,
+    /// Who may impersonate which service account.
+    pub bindings: Vec<Binding>,
+    /// `scheme://host[:port]` of AWS STS endpoints a subject token may point at (real Google:
+    /// only AWS's own hosts; in tests, the moto server's URL).
+    pub aws_sts_endpoints: Vec<String>,
+    /// `(access key id, secret access key)` pairs the signature verifier knows.
+    pub static_keys: Vec<(String, String)>,
+    /// A moto server whose `/moto-api/data.json` lists the temporary credentials it issued.
+    pub moto_url: Option<String>,
+    /// Require the `x-goog-cloud-target-resource` header to be among the signed headers.
+    /// Google's Python library does not sign it; fedcred does.
+    pub require_signed_target: bool,
+    /// Lifetime of tokens the STS double issues.
+    #[serde(with = "seconds")]
+    pub federated_lifetime: Duration,
+    /// Longest `lifetime` the IAM Credentials double grants ([`EXTENDED_LIFETIME`] models the
+    /// lifetime-extension org policy).
+    #[serde(with = "seconds")]
+    pub max_impersonation_lifetime: Duration,
+    /// Answer STS `expires_in` as a JSON string, as Google sometimes does.
+    pub expires_in_as_string: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            providers: Vec::new(),
+            bindings: Vec::new(),
+            aws_sts_endpoints: Vec::new(),
+            static_keys: Vec::new(),
+            moto_url: None,
+            require_signed_target: false,
+            federated_lifetime: DEFAULT_LIFETIME,
+            max_impersonation_lifetime: DEFAULT_LIFETIME,
+            expires_in_as_string: false,
+        }
+    }
+}
+
+impl Config {
+    /// A config trusting the moto server at `moto_url`, both as the AWS STS endpoint subject
+    /// tokens may name and as the source of secret keys.
+    pub fn with_moto(moto_url: &str) -> Config {
+        Config {
+            aws_sts_endpoints: vec![moto_url.to_owned()],
+            moto_url: Some(moto_url.to_owned()),
+            ..Config::default()
+        }
+    }
+
+    /// Adds a provider.
+    pub fn provider(mut self, provider: Provider) -> Config {
+        self.providers.push(provider);
+        self
+    }
+
+    /// Adds a binding.
+    pub fn binding(mut self, binding: Binding) -> Config {
+        self.bindings.push(binding);
+        self
+    }
+}
+
+impl fmt::Debug for Config {
+    // Secrets of the static keys never reach a log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let key_ids: Vec<&str> = self.static_keys.iter().map(|(id, _)| id.as_str()).collect();
+        f.debug_struct("Config")
+            .field("providers", &self.providers)
+            .field("bindings", &self.bindings)
+            .field("aws_sts_endpoints", &self.aws_sts_endpoints)
+            .field("static_keys (ids)", &key_ids)
+            .field("moto_url", &self.moto_url)
+            .field("require_signed_target", &self.require_signed_target)
+            .field("federated_lifetime", &self.federated_lifetime)
+            .field("max_impersonation_lifetime", &self.max_impersonation_lifetime)
+            .field("expires_in_as_string", &self.expires_in_as_string)
+            .finish()
+    }
+}
+
+/// A Workload Identity pool provider for AWS.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provider {
+    /// Full resource name, as sent in the STS `audience`:
+    /// `//iam.googleapis.com/projects/NUM/locations/global/workloadIdentityPools/POOL/providers/ID`.
+    pub audience: String,
+    /// The provider's attribute condition.
+    #[serde(default)]
+    pub condition: Condition,
+    /// A disabled provider answers like a missing one.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+impl Provider {
+    /// An enabled provider without attribute condition.
+    pub fn new(audience: &str) -> Provider {
+        Provider {
+            audience: audience.to_owned(),
+            condition: Condition::None,
+            disabled: false,
+        }
+    }
+
+    pub fn with_condition(mut self, condition: Condition) -> Provider {
+        self.condition = condition;
+        self
+    }
+}
+
+/// An attribute condition, evaluated after the attribute mapping. JSON: `"none"`,
+/// `{"arn_contains": "…"}`, `{"aws_role_equals": "…"}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Condition {
+    /// No condition: every verified AWS identity is accepted.
+    #[default]
+    None,
+    /// CEL `assertion.arn.contains(VALUE)`.
+    ArnContains(String),
+    /// CEL `attribute.aws_role == VALUE` (seed 003's condition).
+    AwsRoleEquals(String),
+}
+
+/// An IAM policy binding of `roles/iam.workloadIdentityUser` (or Token Creator) on a service
+/// account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Binding {
+    /// The service account's email.
+    pub service_account: String,
+    /// Members: `principal://…/subject/S`, `principalSet://…/attribute.NAME/V`,
+    /// `principalSet://…/*`, `serviceAccount:EMAIL` (see [`crate::names`]).
+    pub members: Vec<String>,
+}
+
+impl Binding {
+    pub fn new(service_account: &str, members: &[String]) -> Binding {
+        Binding {
+            service_account: service_account.to_owned(),
+            members: members.to_vec(),
+        }
+    }
+}
+
+/// Durations as whole seconds in JSON.
+mod seconds {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_secs(u64::deserialize(d)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_json_with_defaults() {
+        let config: Config = serde_json::from_str(
+            r#"{"providers":[{"audience":"a","condition":{"aws_role_equals":"r"}}],
+                "static_keys":[["AKID","very-secret"]],"federated_lifetime":600}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            config.providers[0].condition,
+            Condition::AwsRoleEquals("r".into())
+        );
+        assert_eq!(config.federated_lifetime, Duration::from_secs(600));
+        assert_eq!(config.max_impersonation_lifetime, DEFAULT_LIFETIME);
+        assert!(!format!("{config:?}").contains("very-secret"));
+        let none: Provider = serde_json::from_str(r#"{"audience":"a","condition":"none"}"#).unwrap();
+        assert_eq!(none.condition, Condition::None);
+    }
+}
