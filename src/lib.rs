@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod aws;
+pub mod controller;
 pub mod error;
 pub mod exchange;
 pub mod google;

@@ -1,0 +1,403 @@
+//! The controller's decisions, as small pure functions over what it observed.
+//!
+//! Everything here is computed from the resource's status and the Secret as read from the
+//! cache, never from memory of earlier reconciles, so a restarted controller makes the same
+//! decisions as the one before it and resumes without a burst of exchanges. Times are whole
+//! seconds, as status stores them.
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+
+use crate::google::truncate;
+
+/// What the controller saw of the Secret it manages.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SecretState {
+    /// No Secret of that name.
+    Missing,
+    /// A Secret of that name that this resource does not own: never touched.
+    ForeignOwner,
+    /// Our Secret; `intact` is false when its data no longer matches what we wrote.
+    Ours { intact: bool },
+}
+
+/// What the last refresh left in status.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Schedule {
+    /// metadata.generation the status describes.
+    pub observed_generation: Option<i64>,
+    pub expires_at: Option<Timestamp>,
+    pub next_refresh: Option<Timestamp>,
+    pub failure_count: i32,
+}
+
+/// Why a refresh runs; its name lands in events and logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    FirstIssue,
+    SpecChanged,
+    SecretMissing,
+    SecretEdited,
+    Expired,
+    Due,
+    Retry,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::FirstIssue => "FirstIssue",
+            Trigger::SpecChanged => "SpecChanged",
+            Trigger::SecretMissing => "SecretMissing",
+            Trigger::SecretEdited => "SecretEdited",
+            Trigger::Expired => "Expired",
+            Trigger::Due => "Due",
+            Trigger::Retry => "Retry",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// Obtain a token (from the shared cache or a new exchange) and write it.
+    Refresh(Trigger),
+    /// Nothing to do before this time.
+    Wait(Timestamp),
+    /// The Secret belongs to someone else; report SecretConflict and leave it alone.
+    Conflict,
+}
+
+/// The ordered checks; the first that fires decides.
+pub fn decide(
+    now: Timestamp,
+    generation: Option<i64>,
+    schedule: &Schedule,
+    secret: &SecretState,
+) -> Decision {
+    if *secret == SecretState::ForeignOwner {
+        return Decision::Conflict;
+    }
+    let checks: [fn(Timestamp, Option<i64>, &Schedule, &SecretState) -> Option<Trigger>; 5] = [
+        spec_changed,
+        never_issued,
+        secret_missing,
+        secret_edited,
+        expired,
+    ];
+    if let Some(trigger) = checks
+        .iter()
+        .find_map(|check| check(now, generation, schedule, secret))
+    {
+        // A failing identity is not retried faster because its Secret went missing or its
+        // token expired: those wait for the backoff like any retry. A spec change does not.
+        let in_backoff =
+            schedule.failure_count > 0 && schedule.next_refresh.is_some_and(|t| now < t);
+        if in_backoff && trigger != Trigger::SpecChanged {
+            return Decision::Wait(schedule.next_refresh.unwrap_or(now));
+        }
+        return Decision::Refresh(trigger);
+    }
+    match schedule.next_refresh {
+        Some(at) if now < at => Decision::Wait(at),
+        _ if schedule.failure_count > 0 => Decision::Refresh(Trigger::Retry),
+        _ => Decision::Refresh(Trigger::Due),
+    }
+}
+
+fn spec_changed(
+    _: Timestamp,
+    generation: Option<i64>,
+    s: &Schedule,
+    _: &SecretState,
+) -> Option<Trigger> {
+    (s.observed_generation.is_some() && generation != s.observed_generation)
+        .then_some(Trigger::SpecChanged)
+}
+
+fn never_issued(_: Timestamp, _: Option<i64>, s: &Schedule, _: &SecretState) -> Option<Trigger> {
+    (s.expires_at.is_none() && s.failure_count == 0).then_some(Trigger::FirstIssue)
+}
+
+fn secret_missing(
+    _: Timestamp,
+    _: Option<i64>,
+    s: &Schedule,
+    secret: &SecretState,
+) -> Option<Trigger> {
+    (*secret == SecretState::Missing && s.expires_at.is_some()).then_some(Trigger::SecretMissing)
+}
+
+fn secret_edited(
+    _: Timestamp,
+    _: Option<i64>,
+    _: &Schedule,
+    secret: &SecretState,
+) -> Option<Trigger> {
+    (*secret == SecretState::Ours { intact: false }).then_some(Trigger::SecretEdited)
+}
+
+fn expired(now: Timestamp, _: Option<i64>, s: &Schedule, _: &SecretState) -> Option<Trigger> {
+    s.expires_at
+        .is_some_and(|exp| exp <= now)
+        .then_some(Trigger::Expired)
+}
+
+/// When to refresh a token issued at `issued_at` that expires at `expires_at`: when
+/// `renew_before_percentage` of its lifetime is left, minus up to a tenth of that window of
+/// jitter (`unit` in [0, 1)) so resources issued together spread out.
+pub fn refresh_at(
+    issued_at: Timestamp,
+    expires_at: Timestamp,
+    renew_before_percentage: i32,
+    unit: f64,
+) -> Timestamp {
+    let lifetime = expires_at.duration_since(issued_at).as_secs_f64().max(0.0);
+    let window = lifetime * f64::from(renew_before_percentage.clamp(1, 99)) / 100.0;
+    let jitter = window * 0.1 * unit.clamp(0.0, 1.0);
+    let at = expires_at - SignedDuration::from_secs_f64(window + jitter);
+    truncate(at.max(issued_at + SignedDuration::from_secs(1)))
+}
+
+/// How long a reused token must still live for a resource: its refresh window plus a quarter
+/// of the rest of its lifetime, so a token taken from the shared cache is not due again at once
+/// and a fresh one always qualifies.
+pub fn min_remaining(lifetime_seconds: i64, renew_before_percentage: i32) -> Duration {
+    let lifetime = lifetime_seconds.max(0) as f64;
+    let window = lifetime * f64::from(renew_before_percentage.clamp(1, 99)) / 100.0;
+    Duration::from_secs_f64(window + (lifetime - window) / 4.0)
+}
+
+/// First retry delay after a failure.
+pub const BACKOFF_BASE: Duration = Duration::from_secs(5);
+/// Longest delay between retries.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(300);
+/// A still-valid token gets a last retry at least this long before it expires.
+pub const LAST_CHANCE: Duration = Duration::from_secs(30);
+
+/// When to retry after the `failures`-th consecutive failure (1-based): exponential from
+/// [`BACKOFF_BASE`], capped at [`BACKOFF_CAP`], and never later than [`LAST_CHANCE`] before a
+/// token that is still valid expires.
+pub fn retry_at(now: Timestamp, failures: i32, expires_at: Option<Timestamp>) -> Timestamp {
+    let exponent = (failures.max(1) - 1).min(16) as u32;
+    let delay = BACKOFF_BASE.saturating_mul(1 << exponent).min(BACKOFF_CAP);
+    let mut at = now + delay;
+    if let Some(exp) = expires_at.filter(|exp| *exp > now) {
+        let last_chance = exp - LAST_CHANCE;
+        at = at.min(last_chance.max(now + Duration::from_secs(1)));
+    }
+    truncate(at)
+}
+
+/// A stable number in [0, 1) from `seed`, for jitter that a restarted controller recomputes
+/// identically.
+pub fn unit_from(seed: &str) -> f64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(seed.as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    (u64::from_be_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn healthy() -> Schedule {
+        Schedule {
+            observed_generation: Some(1),
+            expires_at: Some(t("2026-01-01T01:00:00Z")),
+            next_refresh: Some(t("2026-01-01T00:30:00Z")),
+            failure_count: 0,
+        }
+    }
+
+    const INTACT: SecretState = SecretState::Ours { intact: true };
+
+    #[test]
+    fn a_new_resource_is_issued_at_once() {
+        let d = decide(
+            t("2026-01-01T00:00:00Z"),
+            Some(1),
+            &Schedule::default(),
+            &SecretState::Missing,
+        );
+        assert_eq!(d, Decision::Refresh(Trigger::FirstIssue));
+    }
+
+    #[test]
+    fn a_healthy_resource_waits_for_its_refresh_time() {
+        let d = decide(t("2026-01-01T00:10:00Z"), Some(1), &healthy(), &INTACT);
+        assert_eq!(d, Decision::Wait(t("2026-01-01T00:30:00Z")));
+        let d = decide(t("2026-01-01T00:30:00Z"), Some(1), &healthy(), &INTACT);
+        assert_eq!(d, Decision::Refresh(Trigger::Due));
+    }
+
+    #[test]
+    fn spec_change_missing_or_edited_secret_refresh_now() {
+        let now = t("2026-01-01T00:10:00Z");
+        assert_eq!(
+            decide(now, Some(2), &healthy(), &INTACT),
+            Decision::Refresh(Trigger::SpecChanged)
+        );
+        assert_eq!(
+            decide(now, Some(1), &healthy(), &SecretState::Missing),
+            Decision::Refresh(Trigger::SecretMissing)
+        );
+        assert_eq!(
+            decide(
+                now,
+                Some(1),
+                &healthy(),
+                &SecretState::Ours { intact: false }
+            ),
+            Decision::Refresh(Trigger::SecretEdited)
+        );
+    }
+
+    #[test]
+    fn a_foreign_secret_is_a_conflict_whatever_else_holds() {
+        assert_eq!(
+            decide(
+                t("2026-01-01T00:00:00Z"),
+                Some(9),
+                &Schedule::default(),
+                &SecretState::ForeignOwner
+            ),
+            Decision::Conflict
+        );
+    }
+
+    #[test]
+    fn failures_wait_for_the_backoff_except_for_spec_changes() {
+        let failing = Schedule {
+            failure_count: 3,
+            next_refresh: Some(t("2026-01-01T00:12:00Z")),
+            ..healthy()
+        };
+        let now = t("2026-01-01T00:10:00Z");
+        assert_eq!(
+            decide(now, Some(1), &failing, &INTACT),
+            Decision::Wait(t("2026-01-01T00:12:00Z"))
+        );
+        assert_eq!(
+            decide(now, Some(1), &failing, &SecretState::Missing),
+            Decision::Wait(t("2026-01-01T00:12:00Z"))
+        );
+        assert_eq!(
+            decide(now, Some(2), &failing, &INTACT),
+            Decision::Refresh(Trigger::SpecChanged)
+        );
+        assert_eq!(
+            decide(t("2026-01-01T00:12:00Z"), Some(1), &failing, &INTACT),
+            Decision::Refresh(Trigger::Retry)
+        );
+    }
+
+    #[test]
+    fn first_issue_failing_is_retried_on_schedule() {
+        let failing = Schedule {
+            observed_generation: Some(1),
+            failure_count: 1,
+            next_refresh: Some(t("2026-01-01T00:00:05Z")),
+            expires_at: None,
+        };
+        assert_eq!(
+            decide(
+                t("2026-01-01T00:00:01Z"),
+                Some(1),
+                &failing,
+                &SecretState::Missing
+            ),
+            Decision::Wait(t("2026-01-01T00:00:05Z"))
+        );
+        assert_eq!(
+            decide(
+                t("2026-01-01T00:00:05Z"),
+                Some(1),
+                &failing,
+                &SecretState::Missing
+            ),
+            Decision::Refresh(Trigger::Retry)
+        );
+    }
+
+    #[test]
+    fn an_expired_token_is_refreshed() {
+        let stale = Schedule {
+            next_refresh: Some(t("2026-01-01T02:00:00Z")),
+            ..healthy()
+        };
+        assert_eq!(
+            decide(t("2026-01-01T01:00:00Z"), Some(1), &stale, &INTACT),
+            Decision::Refresh(Trigger::Expired)
+        );
+    }
+
+    #[test]
+    fn refresh_time_is_a_share_of_the_lifetime_with_bounded_jitter() {
+        let issued = t("2026-01-01T00:00:00Z");
+        let exp = t("2026-01-01T01:00:00Z");
+        assert_eq!(refresh_at(issued, exp, 50, 0.0), t("2026-01-01T00:30:00Z"));
+        assert_eq!(
+            refresh_at(issued, exp, 50, 0.999_999),
+            t("2026-01-01T00:27:00Z")
+        );
+        assert_eq!(refresh_at(issued, exp, 10, 0.0), t("2026-01-01T00:54:00Z"));
+        let jittered = refresh_at(issued, exp, 50, 0.5);
+        assert_eq!(jittered.subsec_nanosecond(), 0, "whole seconds");
+        assert!(jittered < t("2026-01-01T00:30:00Z") && jittered > t("2026-01-01T00:27:00Z"));
+    }
+
+    #[test]
+    fn backoff_doubles_caps_and_never_outlives_a_valid_token() {
+        let now = t("2026-01-01T00:00:00Z");
+        assert_eq!(retry_at(now, 1, None), t("2026-01-01T00:00:05Z"));
+        assert_eq!(retry_at(now, 2, None), t("2026-01-01T00:00:10Z"));
+        assert_eq!(retry_at(now, 5, None), t("2026-01-01T00:01:20Z"));
+        assert_eq!(retry_at(now, 30, None), t("2026-01-01T00:05:00Z"));
+        // Token expires in 2 minutes: the retry comes 30 s before, not 5 minutes later.
+        assert_eq!(
+            retry_at(now, 30, Some(t("2026-01-01T00:02:00Z"))),
+            t("2026-01-01T00:01:30Z")
+        );
+        // Expires in 10 s: retry right away rather than after expiry.
+        assert_eq!(
+            retry_at(now, 30, Some(t("2026-01-01T00:00:10Z"))),
+            t("2026-01-01T00:00:01Z")
+        );
+        // Already expired: plain backoff.
+        assert_eq!(
+            retry_at(now, 2, Some(t("2025-12-31T00:00:00Z"))),
+            t("2026-01-01T00:00:10Z")
+        );
+    }
+
+    #[test]
+    fn reuse_threshold_exceeds_the_refresh_window() {
+        assert_eq!(min_remaining(3600, 50), Duration::from_secs(2250));
+        assert_eq!(min_remaining(600, 90), Duration::from_secs(555));
+        for pct in [10, 50, 90] {
+            let m = min_remaining(3600, pct);
+            assert!(
+                m > Duration::from_secs(36 * pct as u64) && m < Duration::from_secs(3600),
+                "{pct}"
+            );
+        }
+    }
+
+    #[test]
+    fn jitter_units_are_stable_and_in_range() {
+        let a = unit_from("uid-1/2026-01-01T01:00:00Z");
+        assert_eq!(a, unit_from("uid-1/2026-01-01T01:00:00Z"));
+        assert_ne!(a, unit_from("uid-2/2026-01-01T01:00:00Z"));
+        for i in 0..1000 {
+            let u = unit_from(&i.to_string());
+            assert!((0.0..1.0).contains(&u));
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! The FederatedCredential controller.
+
+pub mod decide;
