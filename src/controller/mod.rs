@@ -1,3 +1,4 @@
 //! The FederatedCredential controller.
 
 pub mod decide;
+pub mod objects;

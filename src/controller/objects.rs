@@ -1,0 +1,483 @@
+//! What the controller writes, built as plain data: the Secret, the status, and how a Secret
+//! read back from the API compares with what was written. Pure: no clients, no clock.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+
+use super::decide::SecretState;
+use crate::api::{FederatedCredential, FederatedCredentialStatus};
+use crate::error::ExchangeError;
+use crate::exchange::{IdentityKey, Issued};
+
+/// Label on everything fedcred manages.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "fedcred";
+/// Label naming the FederatedCredential a Secret belongs to.
+pub const CREDENTIAL_LABEL: &str = "fedcred.io/credential";
+/// Annotation with a digest of the Secret's data as written, to notice edits.
+pub const CONTENT_HASH_ANNOTATION: &str = "fedcred.io/content-hash";
+
+pub const READY: &str = "Ready";
+pub const REFRESH_FAILING: &str = "RefreshFailing";
+/// Reason of a Ready condition when the Secret holds a fresh token.
+pub const TOKEN_ISSUED: &str = "TokenIssued";
+/// Reason when the Secret's name is taken by a Secret this resource does not own.
+pub const SECRET_CONFLICT: &str = "SecretConflict";
+
+/// The Secret a resource writes its token to.
+pub fn secret_name(fc: &FederatedCredential) -> String {
+    fc.spec
+        .secret
+        .as_ref()
+        .and_then(|s| s.name.clone())
+        .unwrap_or_else(|| fc.name_any())
+}
+
+fn put(data: &mut BTreeMap<String, ByteString>, key: &str, value: &str) {
+    data.insert(key.to_owned(), ByteString(value.as_bytes().to_vec()));
+}
+
+/// Digest of a Secret's data, independent of key order.
+pub fn content_hash(data: &BTreeMap<String, ByteString>) -> String {
+    let mut hasher = Sha256::new();
+    for (k, v) in data {
+        hasher.update((k.len() as u64).to_be_bytes());
+        hasher.update(k.as_bytes());
+        hasher.update((v.0.len() as u64).to_be_bytes());
+        hasher.update(&v.0);
+    }
+    let digest = hasher.finalize();
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The Secret holding `issued`, owned by `fc`, with the keys of DESIGN.md §2.
+pub fn desired_secret(fc: &FederatedCredential, issued: &Issued) -> Secret {
+    let mut data = BTreeMap::new();
+    put(&mut data, "access_token", issued.access_token.expose());
+    put(&mut data, "expiry", &issued.expires_at.to_string());
+    put(&mut data, "token_type", "Bearer");
+    if let Some(sa) = &issued.service_account {
+        put(&mut data, "service_account", sa);
+    }
+    if let Some(user) = &issued.db_user {
+        put(&mut data, "db_user", user);
+    }
+    if let Some(project) = &issued.project_id {
+        put(&mut data, "project_id", project);
+    }
+    let target = fc.spec.secret.clone().unwrap_or_default();
+    let mut labels = target.labels;
+    labels.insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned());
+    labels.insert(CREDENTIAL_LABEL.to_owned(), fc.name_any());
+    let mut annotations = target.annotations;
+    annotations.insert(CONTENT_HASH_ANNOTATION.to_owned(), content_hash(&data));
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(secret_name(fc)),
+            namespace: fc.namespace(),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: fc.controller_owner_ref(&()).map(|r| vec![r]),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".to_owned()),
+        data: Some(data),
+        ..Secret::default()
+    }
+}
+
+/// How the Secret found in the cluster relates to `fc`.
+pub fn secret_state(fc: &FederatedCredential, found: Option<&Secret>) -> SecretState {
+    let Some(secret) = found else {
+        return SecretState::Missing;
+    };
+    let uid = fc.uid();
+    let ours = secret
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && Some(&r.uid) == uid.as_ref());
+    if !ours {
+        return SecretState::ForeignOwner;
+    }
+    let empty = BTreeMap::new();
+    let data = secret.data.as_ref().unwrap_or(&empty);
+    let recorded = secret.annotations().get(CONTENT_HASH_ANNOTATION);
+    SecretState::Ours {
+        intact: recorded.is_some_and(|h| *h == content_hash(data))
+            && data.contains_key("access_token"),
+    }
+}
+
+fn time(t: Timestamp) -> Time {
+    Time(t)
+}
+
+/// Sets condition `type_` in `conditions`, keeping its lastTransitionTime when the status did
+/// not change.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let status = if status { "True" } else { "False" }.to_owned();
+    let previous = conditions.iter().position(|c| c.type_ == type_);
+    let last_transition_time = match previous.map(|i| &conditions[i]) {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => time(now),
+    };
+    let condition = Condition {
+        type_: type_.to_owned(),
+        status,
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    };
+    match previous {
+        Some(i) => conditions[i] = condition,
+        None => conditions.push(condition),
+    }
+}
+
+fn remove_condition(conditions: &mut Vec<Condition>, type_: &str) {
+    conditions.retain(|c| c.type_ != type_);
+}
+
+/// Status after a successful refresh.
+pub fn success_status(
+    fc: &FederatedCredential,
+    key: &IdentityKey,
+    issued: &Issued,
+    next_refresh: Timestamp,
+    now: Timestamp,
+) -> FederatedCredentialStatus {
+    let previous = fc.status.clone().unwrap_or_default();
+    let mut conditions = previous.conditions;
+    let generation = fc.metadata.generation;
+    set_condition(
+        &mut conditions,
+        READY,
+        true,
+        TOKEN_ISSUED,
+        format!(
+            "Secret {} holds a token valid until {}; next refresh at {next_refresh}",
+            secret_name(fc),
+            issued.expires_at
+        ),
+        generation,
+        now,
+    );
+    remove_condition(&mut conditions, REFRESH_FAILING);
+    FederatedCredentialStatus {
+        conditions,
+        observed_generation: generation,
+        identity: Some(key.describe()),
+        aws_principal_arn: issued.principal_arn.clone(),
+        google_service_account: issued.service_account.clone(),
+        db_user: issued.db_user.clone(),
+        secret_name: Some(secret_name(fc)),
+        expires_at: Some(time(issued.expires_at)),
+        last_refresh_time: Some(time(issued.issued_at)),
+        next_refresh_time: Some(time(next_refresh)),
+        failure_count: 0,
+        last_failure_time: None,
+        last_failure_reason: None,
+    }
+}
+
+/// Status after a failed refresh. A token that is still valid keeps the resource Ready; the
+/// failure shows in the RefreshFailing condition, the failure count and the retry time.
+pub fn failure_status(
+    fc: &FederatedCredential,
+    key: Option<&IdentityKey>,
+    err: &ExchangeError,
+    retry_at: Timestamp,
+    now: Timestamp,
+) -> FederatedCredentialStatus {
+    let previous = fc.status.clone().unwrap_or_default();
+    let mut conditions = previous.conditions.clone();
+    let generation = fc.metadata.generation;
+    let still_valid = previous.expires_at.as_ref().is_some_and(|t| t.0 > now);
+    let reason = err.reason.as_str();
+    if still_valid {
+        let until = previous
+            .expires_at
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .unwrap_or_default();
+        set_condition(
+            &mut conditions,
+            READY,
+            true,
+            TOKEN_ISSUED,
+            format!(
+                "Secret {} holds a token valid until {until}; refreshing it fails, next try at {retry_at}",
+                secret_name(fc)
+            ),
+            generation,
+            now,
+        );
+    } else {
+        set_condition(
+            &mut conditions,
+            READY,
+            false,
+            reason,
+            err.message.clone(),
+            generation,
+            now,
+        );
+    }
+    set_condition(
+        &mut conditions,
+        REFRESH_FAILING,
+        true,
+        reason,
+        err.message.clone(),
+        generation,
+        now,
+    );
+    FederatedCredentialStatus {
+        conditions,
+        // The failure describes this generation: a spec change is not retried as "changed".
+        observed_generation: generation,
+        identity: key.map(IdentityKey::describe).or(previous.identity),
+        aws_principal_arn: previous
+            .aws_principal_arn
+            .or_else(|| principal_in(&err.message)),
+        google_service_account: previous.google_service_account,
+        db_user: previous.db_user,
+        secret_name: Some(secret_name(fc)),
+        expires_at: previous.expires_at,
+        last_refresh_time: previous.last_refresh_time,
+        next_refresh_time: Some(time(retry_at)),
+        failure_count: previous.failure_count.saturating_add(1),
+        last_failure_time: Some(time(now)),
+        last_failure_reason: Some(reason.to_owned()),
+    }
+}
+
+/// The AWS principal named at the start of an exchange error ("AWS principal ARN: …").
+fn principal_in(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("AWS principal ")?;
+    rest.split_once(": ").map(|(arn, _)| arn.to_owned())
+}
+
+/// Status when the Secret's name is taken by someone else.
+pub fn conflict_status(fc: &FederatedCredential, now: Timestamp) -> FederatedCredentialStatus {
+    let previous = fc.status.clone().unwrap_or_default();
+    let mut conditions = previous.conditions.clone();
+    let name = secret_name(fc);
+    set_condition(
+        &mut conditions,
+        READY,
+        false,
+        SECRET_CONFLICT,
+        format!(
+            "Secret {name} exists and is not owned by this FederatedCredential; fedcred will not overwrite it. Delete or rename that Secret, or set spec.secret.name to another name"
+        ),
+        fc.metadata.generation,
+        now,
+    );
+    FederatedCredentialStatus {
+        conditions,
+        observed_generation: fc.metadata.generation,
+        secret_name: Some(name),
+        ..previous
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Reason;
+    use crate::exchange::{AwsSource, IdentityKey};
+    use crate::secret::Secret as Token;
+
+    fn fc() -> FederatedCredential {
+        let mut fc: FederatedCredential = serde_json::from_value(serde_json::json!({
+            "apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
+            "metadata": {"name": "orders-db", "namespace": "shop", "uid": "uid-1", "generation": 2},
+            "spec": {
+                "aws": {"serviceAccount": {"name": "orders-api"}},
+                "google": {"audience": "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/aws",
+                           "serviceAccount": "orders-api@acme-shop.iam.gserviceaccount.com"},
+                "secret": {"labels": {"team": "orders"}, "annotations": {"note": "x"}}
+            }
+        }))
+        .unwrap();
+        fc.status = None;
+        fc
+    }
+
+    fn issued() -> Issued {
+        Issued {
+            access_token: Token::new("ya29.token"),
+            expires_at: "2026-01-01T01:00:00Z".parse().unwrap(),
+            issued_at: "2026-01-01T00:00:00Z".parse().unwrap(),
+            principal_arn: Some(
+                "arn:aws:sts::123456789012:assumed-role/shop/fedcred.shop.orders-api".into(),
+            ),
+            service_account: Some("orders-api@acme-shop.iam.gserviceaccount.com".into()),
+            db_user: Some("orders-api@acme-shop.iam".into()),
+            project_id: Some("acme-shop".into()),
+        }
+    }
+
+    fn key() -> IdentityKey {
+        IdentityKey {
+            namespace: "shop".into(),
+            source: AwsSource::ServiceAccount {
+                name: "orders-api".into(),
+                role_arn: None,
+            },
+            region: "us-east-1".into(),
+            aws_sts_endpoint: None,
+            audience: "aud".into(),
+            service_account: None,
+            delegates: vec![],
+            scopes: vec![],
+            lifetime_seconds: 3600,
+            sts_url: String::new(),
+            iam_credentials_url: String::new(),
+        }
+    }
+
+    fn text(secret: &Secret, key: &str) -> String {
+        String::from_utf8(secret.data.as_ref().unwrap()[key].0.clone()).unwrap()
+    }
+
+    #[test]
+    fn the_secret_carries_the_documented_keys_labels_and_owner() {
+        let s = desired_secret(&fc(), &issued());
+        assert_eq!(s.metadata.name.as_deref(), Some("orders-db"));
+        assert_eq!(text(&s, "access_token"), "ya29.token");
+        assert_eq!(text(&s, "expiry"), "2026-01-01T01:00:00Z");
+        assert_eq!(text(&s, "token_type"), "Bearer");
+        assert_eq!(
+            text(&s, "service_account"),
+            "orders-api@acme-shop.iam.gserviceaccount.com"
+        );
+        assert_eq!(text(&s, "db_user"), "orders-api@acme-shop.iam");
+        assert_eq!(text(&s, "project_id"), "acme-shop");
+        let labels = s.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels[MANAGED_BY_LABEL], "fedcred");
+        assert_eq!(labels["team"], "orders");
+        assert_eq!(s.metadata.annotations.as_ref().unwrap()["note"], "x");
+        let owner = &s.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.uid.as_str(), owner.controller),
+            ("uid-1", Some(true))
+        );
+    }
+
+    #[test]
+    fn secret_state_tells_ours_edited_foreign_and_missing_apart() {
+        let fc = fc();
+        let mut s = desired_secret(&fc, &issued());
+        assert_eq!(secret_state(&fc, None), SecretState::Missing);
+        assert_eq!(
+            secret_state(&fc, Some(&s)),
+            SecretState::Ours { intact: true }
+        );
+        s.data
+            .as_mut()
+            .unwrap()
+            .insert("access_token".into(), ByteString(b"edited".to_vec()));
+        assert_eq!(
+            secret_state(&fc, Some(&s)),
+            SecretState::Ours { intact: false }
+        );
+        s.metadata.owner_references = None;
+        assert_eq!(secret_state(&fc, Some(&s)), SecretState::ForeignOwner);
+    }
+
+    #[test]
+    fn success_then_failure_keeps_ready_while_the_token_lives() {
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let mut fc = fc();
+        let ok = success_status(
+            &fc,
+            &key(),
+            &issued(),
+            "2026-01-01T00:30:00Z".parse().unwrap(),
+            now,
+        );
+        assert_eq!(ok.conditions[0].status, "True");
+        assert_eq!(ok.observed_generation, Some(2));
+        assert_eq!(ok.identity.as_deref(), Some("ServiceAccount/orders-api"));
+        fc.status = Some(ok);
+        let later: Timestamp = "2026-01-01T00:31:00Z".parse().unwrap();
+        let err = ExchangeError::new(Reason::Upstream, "Google STS answered HTTP 503");
+        let failing = failure_status(
+            &fc,
+            Some(&key()),
+            &err,
+            "2026-01-01T00:31:05Z".parse().unwrap(),
+            later,
+        );
+        let ready = failing
+            .conditions
+            .iter()
+            .find(|c| c.type_ == READY)
+            .unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.last_transition_time.0),
+            ("True", now)
+        );
+        let failing_cond = failing
+            .conditions
+            .iter()
+            .find(|c| c.type_ == REFRESH_FAILING)
+            .unwrap();
+        assert_eq!(failing_cond.reason, "Upstream");
+        assert_eq!(failing.failure_count, 1);
+        assert_eq!(failing.expires_at, fc.status.as_ref().unwrap().expires_at);
+        fc.status = Some(failing);
+        let after_expiry: Timestamp = "2026-01-01T01:00:01Z".parse().unwrap();
+        let lapsed = failure_status(&fc, Some(&key()), &err, after_expiry, after_expiry);
+        let ready = lapsed.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "Upstream")
+        );
+        assert_eq!(lapsed.failure_count, 2);
+    }
+
+    #[test]
+    fn first_failure_is_not_ready_and_names_the_principal() {
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let err = ExchangeError::new(Reason::AttributeConditionRejected, "rejected")
+            .with_principal(Some("arn:aws:sts::1:assumed-role/r/s"));
+        let st = failure_status(&fc(), Some(&key()), &err, now, now);
+        let ready = &st.conditions[0];
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "AttributeConditionRejected")
+        );
+        assert!(ready.message.contains("arn:aws:sts::1:assumed-role/r/s"));
+        assert_eq!(
+            st.aws_principal_arn.as_deref(),
+            Some("arn:aws:sts::1:assumed-role/r/s")
+        );
+    }
+
+    #[test]
+    fn conflict_says_what_to_do() {
+        let st = conflict_status(&fc(), "2026-01-01T00:00:00Z".parse().unwrap());
+        assert_eq!(st.conditions[0].reason, SECRET_CONFLICT);
+        assert!(st.conditions[0].message.contains("set spec.secret.name"));
+    }
+}
