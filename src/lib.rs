@@ -8,5 +8,8 @@ pub mod controller;
 pub mod error;
 pub mod exchange;
 pub mod google;
+pub mod health;
+pub mod leader;
+pub mod metrics;
 pub mod secret;
 pub mod subject_token;

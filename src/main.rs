@@ -42,6 +42,8 @@ enum Command {
         #[arg(long)]
         sts_endpoint: Option<String>,
     },
+    /// Run the controller: keep every FederatedCredential's Secret fresh.
+    Controller(ControllerArgs),
     /// Run one full exchange for a FederatedCredential manifest and print what Google issued.
     Exchange {
         /// The FederatedCredential manifest (YAML or JSON); `-` reads standard input.
@@ -54,6 +56,41 @@ enum Command {
         #[arg(long)]
         show_token: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct ControllerArgs {
+    /// Watch only this namespace (default: all).
+    #[arg(long, env = "FEDCRED_NAMESPACE")]
+    namespace: Option<String>,
+    /// Namespaces allowed to use the controller's own AWS identity (comma-separated, `*` for
+    /// all). Default: none.
+    #[arg(long, env = "FEDCRED_ALLOW_CONTROLLER_IDENTITY", value_delimiter = ',')]
+    allow_controller_identity: Vec<String>,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "FEDCRED_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    metrics_address: std::net::SocketAddr,
+    /// Elect a leader through a Lease so several replicas can run.
+    #[arg(long, env = "FEDCRED_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Namespace of the leader-election Lease (default: POD_NAMESPACE, then `default`).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "fedcred-controller")]
+    lease_name: String,
+    /// This replica's identity in the Lease and in events (default: POD_NAME, then the host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Google STS endpoint used when a resource names none.
+    #[arg(long, env = "FEDCRED_GOOGLE_STS_URL", default_value = fedcred::google::DEFAULT_STS_URL)]
+    google_sts_url: String,
+    /// IAM Credentials endpoint used when a resource names none.
+    #[arg(long, env = "FEDCRED_GOOGLE_IAM_CREDENTIALS_URL", default_value = fedcred::google::DEFAULT_IAM_CREDENTIALS_URL)]
+    google_iam_credentials_url: String,
+    /// Log format: `json` or `text`.
+    #[arg(long, env = "FEDCRED_LOG_FORMAT", default_value = "json")]
+    log_format: String,
 }
 
 #[tokio::main]
@@ -69,6 +106,7 @@ async fn main() -> ExitCode {
             at,
             sts_endpoint,
         } => subject_token_command(region, &audience, at.as_deref(), sts_endpoint.as_deref()),
+        Command::Controller(args) => controller_command(args).await,
         Command::Exchange {
             file,
             namespace,
@@ -201,6 +239,149 @@ async fn exchange_command(
     println!("expires at:      {}", issued.expires_at);
     if show_token {
         println!("access token:    {}", issued.access_token.expose());
+    }
+    Ok(())
+}
+
+fn init_logging(format: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        "json" => builder.json().flatten_event(true).init(),
+        "text" => builder.init(),
+        other => return Err(format!("--log-format {other:?}: use json or text")),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+async fn controller_command(args: ControllerArgs) -> Result<(), String> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use fedcred::leader::{Elector, LeaseSettings};
+    use fedcred::metrics::Metrics;
+    use kube::runtime::events::Reporter;
+
+    init_logging(&args.log_format)?;
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("no usable kubeconfig or in-cluster configuration: {e}"))?;
+    let identity = args
+        .identity
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .unwrap_or_else(|| "fedcred".to_owned());
+    let aws = Aws::from_env().await;
+    let defaults = Defaults {
+        region: aws.default_region().map(str::to_owned),
+        sts_url: args.google_sts_url,
+        iam_credentials_url: args.google_iam_credentials_url,
+        controller_identity: ControllerIdentityPolicy::new(args.allow_controller_identity),
+    };
+    let google = GoogleClient::new(RetryPolicy::default()).map_err(|e| e.to_string())?;
+    let engine = Arc::new(Engine::new(aws, google, Some(client.clone())));
+    let metrics = Metrics::shared();
+    let ready = Arc::new(AtomicBool::new(false));
+    let health = tokio::spawn(fedcred::health::serve(
+        args.metrics_address,
+        metrics.clone(),
+        ready.clone(),
+    ));
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_tx_for_leader = stop_tx.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let elector = args.leader_election.then(|| {
+        Elector::new(
+            client.clone(),
+            LeaseSettings {
+                namespace: args
+                    .lease_namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".to_owned()),
+                name: args.lease_name.clone(),
+                identity: identity.clone(),
+                lease_duration: std::time::Duration::from_secs(15),
+                renew_every: std::time::Duration::from_secs(5),
+            },
+        )
+    });
+    ready.store(true, Ordering::Relaxed);
+    if let Some(elector) = &elector {
+        tokio::select! {
+            _ = elector.acquire() => {},
+            _ = stopped(stop_rx.clone()) => { health.abort(); return Ok(()); }
+        }
+    }
+    // The controller stops on SIGTERM, or when leadership is lost.
+    let lost = Arc::new(AtomicBool::new(false));
+    let holder = elector.clone().map(|elector| {
+        let lost = lost.clone();
+        let stop = stop_tx_for_leader.clone();
+        tokio::spawn(async move {
+            elector.hold().await;
+            lost.store(true, Ordering::Relaxed);
+            let _ = stop.send(true);
+        })
+    });
+    let shutdown = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let reporter = Reporter {
+        controller: "fedcred".to_owned(),
+        instance: Some(identity),
+    };
+    fedcred::controller::run(
+        client,
+        args.namespace.as_deref(),
+        engine,
+        defaults,
+        metrics,
+        reporter,
+        shutdown,
+    )
+    .await;
+    if let Some(holder) = holder {
+        holder.abort();
+    }
+    if let Some(elector) = &elector {
+        elector.release().await;
+    }
+    health.abort();
+    if lost.load(Ordering::Relaxed) {
+        return Err("lost the leader Lease; exiting so a fresh start can compete again".to_owned());
     }
     Ok(())
 }

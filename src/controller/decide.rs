@@ -68,6 +68,9 @@ pub enum Decision {
     Conflict,
 }
 
+/// One named check of [`decide`]: fires with the trigger it stands for.
+type Check = fn(Timestamp, Option<i64>, &Schedule, &SecretState) -> Option<Trigger>;
+
 /// The ordered checks; the first that fires decides.
 pub fn decide(
     now: Timestamp,
@@ -78,7 +81,7 @@ pub fn decide(
     if *secret == SecretState::ForeignOwner {
         return Decision::Conflict;
     }
-    let checks: [fn(Timestamp, Option<i64>, &Schedule, &SecretState) -> Option<Trigger>; 5] = [
+    let checks: [Check; 5] = [
         spec_changed,
         never_issued,
         secret_missing,

@@ -1,4 +1,384 @@
-//! The FederatedCredential controller.
+//! The FederatedCredential controller: keeps a fresh token in each resource's Secret and
+//! explains itself in status.
+//!
+//! Decisions live in [`decide`] and the objects written in [`objects`]; this module is the
+//! adapter that reads the cache, asks the exchange engine, and writes the Secret and status
+//! with server-side apply under field manager `fedcred`. It never writes a spec.
 
 pub mod decide;
 pub mod objects;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::Mutex;
+
+use crate::api::{FederatedCredential, FederatedCredentialStatus};
+use crate::error::ExchangeError;
+use crate::exchange::{Defaults, Engine, plan};
+use crate::metrics::Metrics;
+use decide::{Decision, Schedule, Trigger};
+
+/// Field manager of every write.
+pub const FIELD_MANAGER: &str = "fedcred";
+
+/// Routine refreshes are reported as events at most this often per resource; first issues,
+/// repairs, spec changes and failures always are.
+const ROUTINE_EVENT_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Errors that make a reconcile retry: the API server refused or failed a write.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("writing Secret {namespace}/{name} failed: {source}")]
+    SecretWrite {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("writing the status of FederatedCredential {namespace}/{name} failed: {source}")]
+    StatusWrite {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::SecretWrite { .. } => "SecretWrite",
+            Error::StatusWrite { .. } => "StatusWrite",
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub engine: Arc<Engine>,
+    pub defaults: Defaults,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    secrets: Store<Secret>,
+    last_routine_event: Mutex<HashMap<ObjectRef<FederatedCredential>, Instant>>,
+}
+
+fn schedule_of(status: Option<&FederatedCredentialStatus>) -> Schedule {
+    let Some(s) = status else {
+        return Schedule::default();
+    };
+    Schedule {
+        observed_generation: s.observed_generation,
+        expires_at: s.expires_at.as_ref().map(|t| t.0),
+        next_refresh: s.next_refresh_time.as_ref().map(|t| t.0),
+        failure_count: s.failure_count,
+    }
+}
+
+fn until(t: Timestamp, now: Timestamp) -> Duration {
+    // Wake a second late rather than early: times are whole seconds.
+    t.duration_since(now)
+        .unsigned_abs()
+        .saturating_add(Duration::from_secs(1))
+        .max(Duration::from_secs(1))
+}
+
+async fn write_status(
+    api: &Api<FederatedCredential>,
+    fc: &FederatedCredential,
+    status: FederatedCredentialStatus,
+) -> Result<(), Error> {
+    if fc.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": "fedcred.io/v1alpha1",
+        "kind": "FederatedCredential",
+        "status": status,
+    });
+    api.patch_status(
+        &fc.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|source| Error::StatusWrite {
+        namespace: fc.namespace().unwrap_or_default(),
+        name: fc.name_any(),
+        source,
+    })
+}
+
+impl Context {
+    async fn event(
+        &self,
+        fc: &FederatedCredential,
+        type_: EventType,
+        reason: &str,
+        note: String,
+        action: &str,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &fc.object_ref(&())).await {
+            tracing::warn!(error = %e, "publishing an event failed");
+        }
+    }
+
+    async fn routine_event_due(&self, fc: &FederatedCredential) -> bool {
+        let mut last = self.last_routine_event.lock().await;
+        let key = ObjectRef::from_obj(fc);
+        let due = last
+            .get(&key)
+            .is_none_or(|t| t.elapsed() >= ROUTINE_EVENT_INTERVAL);
+        if due {
+            last.insert(key, Instant::now());
+        }
+        due
+    }
+}
+
+/// One reconcile: decide, and if a refresh is due, obtain a token and write it.
+pub async fn reconcile(fc: Arc<FederatedCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = fc.namespace().unwrap_or_default();
+    let name = fc.name_any();
+    if fc.meta().deletion_timestamp.is_some() {
+        // The Secret is owned by the resource; the garbage collector removes it.
+        ctx.metrics.forget(&namespace, &name);
+        return Ok(Action::await_change());
+    }
+    let api: Api<FederatedCredential> = Api::namespaced(ctx.client.clone(), &namespace);
+    let secret_name = objects::secret_name(&fc);
+    let found = ctx
+        .secrets
+        .get(&ObjectRef::new(&secret_name).within(&namespace));
+    let state = objects::secret_state(&fc, found.as_deref());
+    let now = google_now();
+    let schedule = schedule_of(fc.status.as_ref());
+
+    let trigger = match decide::decide(now, fc.metadata.generation, &schedule, &state) {
+        Decision::Wait(at) => {
+            if let Some(exp) = schedule.expires_at {
+                ctx.metrics
+                    .set_expiry(&namespace, &name, exp.as_second() - now.as_second());
+            }
+            return Ok(Action::requeue(until(at, now)));
+        }
+        Decision::Conflict => {
+            let status = objects::conflict_status(&fc, now);
+            let first = fc.status.as_ref().is_none_or(|s| {
+                !s.conditions
+                    .iter()
+                    .any(|c| c.reason == objects::SECRET_CONFLICT)
+            });
+            write_status(&api, &fc, status).await?;
+            if first {
+                let note = format!(
+                    "Secret {secret_name} exists and is not owned by this FederatedCredential"
+                );
+                ctx.event(
+                    &fc,
+                    EventType::Warning,
+                    objects::SECRET_CONFLICT,
+                    note,
+                    "WriteSecret",
+                )
+                .await;
+            }
+            return Ok(Action::requeue(Duration::from_secs(60)));
+        }
+        Decision::Refresh(trigger) => trigger,
+    };
+
+    let key = match plan(&namespace, &fc.spec, &ctx.defaults) {
+        Ok(key) => key,
+        Err(err) => return fail(&api, &fc, &ctx, None, err, &schedule, now).await,
+    };
+    let renew = fc
+        .spec
+        .secret
+        .as_ref()
+        .map(|s| s.renew_before_percentage)
+        .unwrap_or(50);
+    let started = Instant::now();
+    let result = ctx
+        .engine
+        .token(&key, decide::min_remaining(key.lifetime_seconds, renew))
+        .await;
+    let issued = match result {
+        Ok(issued) => {
+            ctx.metrics.observe_refresh(started.elapsed(), None);
+            issued
+        }
+        Err(err) => {
+            ctx.metrics
+                .observe_refresh(started.elapsed(), Some(err.reason.as_str()));
+            return fail(&api, &fc, &ctx, Some(&key), err, &schedule, now).await;
+        }
+    };
+
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let desired = objects::desired_secret(&fc, &issued);
+    secrets
+        .patch(
+            &secret_name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&desired),
+        )
+        .await
+        .map_err(|source| Error::SecretWrite {
+            namespace: namespace.clone(),
+            name: secret_name.clone(),
+            source,
+        })?;
+
+    let unit = decide::unit_from(&format!(
+        "{}/{}",
+        fc.uid().unwrap_or_default(),
+        issued.expires_at
+    ));
+    let next = decide::refresh_at(issued.issued_at, issued.expires_at, renew, unit)
+        .max(now + Duration::from_secs(1));
+    write_status(
+        &api,
+        &fc,
+        objects::success_status(&fc, &key, &issued, next, now),
+    )
+    .await?;
+    ctx.metrics.set_expiry(
+        &namespace,
+        &name,
+        issued.expires_at.as_second() - now.as_second(),
+    );
+    tracing::info!(%namespace, %name, trigger = trigger.as_str(), expires_at = %issued.expires_at, next_refresh = %next, "token written");
+    if trigger != Trigger::Due || ctx.routine_event_due(&fc).await {
+        let note = format!(
+            "Secret {secret_name} refreshed ({}); valid until {}",
+            trigger.as_str(),
+            issued.expires_at
+        );
+        ctx.event(&fc, EventType::Normal, "TokenRefreshed", note, "Refresh")
+            .await;
+    }
+    Ok(Action::requeue(until(next, now)))
+}
+
+async fn fail(
+    api: &Api<FederatedCredential>,
+    fc: &FederatedCredential,
+    ctx: &Context,
+    key: Option<&crate::exchange::IdentityKey>,
+    err: ExchangeError,
+    schedule: &Schedule,
+    now: Timestamp,
+) -> Result<Action, Error> {
+    let failures = fc
+        .status
+        .as_ref()
+        .map(|s| s.failure_count)
+        .unwrap_or(0)
+        .saturating_add(1);
+    let retry = decide::retry_at(now, failures, schedule.expires_at);
+    tracing::warn!(
+        namespace = %fc.namespace().unwrap_or_default(),
+        name = %fc.name_any(),
+        reason = err.reason.as_str(),
+        failures,
+        retry_at = %retry,
+        "refresh failed: {}", err.message
+    );
+    write_status(api, fc, objects::failure_status(fc, key, &err, retry, now)).await?;
+    ctx.event(
+        fc,
+        EventType::Warning,
+        err.reason.as_str(),
+        err.message.clone(),
+        "Refresh",
+    )
+    .await;
+    Ok(Action::requeue(until(retry, now)))
+}
+
+fn google_now() -> Timestamp {
+    crate::google::truncate(Timestamp::now())
+}
+
+fn error_policy(fc: Arc<FederatedCredential>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&crate::metrics::ReasonLabels {
+            reason: err.metric_label(),
+        })
+        .inc();
+    tracing::warn!(namespace = %fc.namespace().unwrap_or_default(), name = %fc.name_any(), error = %err, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    namespace: Option<&str>,
+    engine: Arc<Engine>,
+    defaults: Defaults,
+    metrics: Arc<Metrics>,
+    reporter: Reporter,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (fcs, secrets_api): (Api<FederatedCredential>, Api<Secret>) = match namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let selector = format!("{}={}", objects::MANAGED_BY_LABEL, objects::MANAGED_BY);
+    let (store, writer) = reflector::store();
+    let secret_events = reflector::reflector(
+        writer,
+        watcher(secrets_api, watcher::Config::default().labels(&selector))
+            .default_backoff()
+            // The cache needs names, owners, annotations and data; not the field history.
+            .modify(|s: &mut Secret| s.managed_fields_mut().clear()),
+    )
+    .touched_objects();
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        engine: engine.clone(),
+        defaults,
+        metrics,
+        secrets: store,
+        last_routine_event: Mutex::new(HashMap::new()),
+    });
+    let prune = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            engine.prune();
+        }
+    });
+    Controller::new(fcs, watcher::Config::default().any_semantic())
+        .owns_stream(secret_events)
+        .with_config(ControllerConfig::default().concurrency(64))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+    prune.abort();
+}
