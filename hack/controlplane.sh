@@ -19,9 +19,18 @@ pki() {
   ( cd "$d"
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
       -keyout ca.key -out ca.crt -subj "/CN=fedcred-test-ca" 2>/dev/null
-    leaf() { # name subject [sans]
+    leaf() { # name subject [sans]: a v3 certificate (rustls refuses v1) for a server or a client
       openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
-      if [[ -n "${3:-}" ]]; then printf 'subjectAltName=%s\n' "$3" >"$1.ext"; else : >"$1.ext"; fi
+      {
+        echo "basicConstraints=critical,CA:FALSE"
+        echo "keyUsage=critical,digitalSignature,keyEncipherment"
+        if [[ -n "${3:-}" ]]; then
+          echo "extendedKeyUsage=serverAuth"
+          echo "subjectAltName=$3"
+        else
+          echo "extendedKeyUsage=clientAuth"
+        fi
+      } >"$1.ext"
       openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 \
         -extfile "$1.ext" -out "$1.crt" 2>/dev/null
       rm -f "$1.csr" "$1.ext"

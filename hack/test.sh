@@ -27,6 +27,8 @@ trap 'exit 130' INT TERM
 "$here/controlplane.sh" up "$run_dir"
 source "$run_dir/env"
 export FEDCRED_TEST_VENV="$FEDCRED_CACHE/venv"
+# Tests bring their own AWS peers; never let the SDK probe a real instance metadata service.
+export AWS_EC2_METADATA_DISABLED=true AWS_REGION=us-east-1
 
 log "running cargo test"
 cargo test --locked --workspace "$@"

@@ -120,7 +120,10 @@ mod tests {
 
     #[test]
     fn maps_assumed_roles_to_their_role() {
-        let attrs = map(&assertion("arn:aws:sts::123456789012:assumed-role/demo/ns-a.app")).unwrap();
+        let attrs = map(&assertion(
+            "arn:aws:sts::123456789012:assumed-role/demo/ns-a.app",
+        ))
+        .unwrap();
         assert_eq!(
             attrs["google.subject"],
             "arn:aws:sts::123456789012:assumed-role/demo/ns-a.app"
@@ -142,7 +145,10 @@ mod tests {
 
     #[test]
     fn refuses_subjects_over_127_bytes() {
-        let long = format!("arn:aws:sts::123456789012:assumed-role/{}/s", "r".repeat(100));
+        let long = format!(
+            "arn:aws:sts::123456789012:assumed-role/{}/s",
+            "r".repeat(100)
+        );
         assert_eq!(
             map(&assertion(&long)),
             Err(MappingError::SubjectTooLong(long.len()))
@@ -154,7 +160,11 @@ mod tests {
         let a = assertion("arn:aws:sts::123456789012:assumed-role/demo/s");
         let attrs = map(&a).unwrap();
         assert!(admits(&Condition::None, &a, &attrs));
-        assert!(admits(&Condition::ArnContains("role/demo/".into()), &a, &attrs));
+        assert!(admits(
+            &Condition::ArnContains("role/demo/".into()),
+            &a,
+            &attrs
+        ));
         assert!(!admits(&Condition::ArnContains("other".into()), &a, &attrs));
         assert!(admits(
             &Condition::AwsRoleEquals("arn:aws:sts::123456789012:assumed-role/demo".into()),

@@ -110,7 +110,10 @@ impl fmt::Debug for Config {
             .field("moto_url", &self.moto_url)
             .field("require_signed_target", &self.require_signed_target)
             .field("federated_lifetime", &self.federated_lifetime)
-            .field("max_impersonation_lifetime", &self.max_impersonation_lifetime)
+            .field(
+                "max_impersonation_lifetime",
+                &self.max_impersonation_lifetime,
+            )
             .field("expires_in_as_string", &self.expires_in_as_string)
             .finish()
     }
@@ -215,7 +218,8 @@ mod tests {
         assert_eq!(config.federated_lifetime, Duration::from_secs(600));
         assert_eq!(config.max_impersonation_lifetime, DEFAULT_LIFETIME);
         assert!(!format!("{config:?}").contains("very-secret"));
-        let none: Provider = serde_json::from_str(r#"{"audience":"a","condition":"none"}"#).unwrap();
+        let none: Provider =
+            serde_json::from_str(r#"{"audience":"a","condition":"none"}"#).unwrap();
         assert_eq!(none.condition, Condition::None);
     }
 }

@@ -22,8 +22,16 @@ impl ProviderName {
     pub fn parse(audience: &str) -> Option<ProviderName> {
         let rest = audience.strip_prefix(IAM_HOST)?;
         let parts: Vec<&str> = rest.split('/').collect();
-        let ["projects", project, "locations", "global", "workloadIdentityPools", pool, "providers", provider] =
-            parts[..]
+        let [
+            "projects",
+            project,
+            "locations",
+            "global",
+            "workloadIdentityPools",
+            pool,
+            "providers",
+            provider,
+        ] = parts[..]
         else {
             return None;
         };
@@ -136,7 +144,8 @@ mod tests {
 
     #[test]
     fn builds_members() {
-        let pool = "iam.googleapis.com/projects/123456789/locations/global/workloadIdentityPools/aws-pool";
+        let pool =
+            "iam.googleapis.com/projects/123456789/locations/global/workloadIdentityPools/aws-pool";
         assert_eq!(
             principal_member(AUDIENCE, "arn:aws:sts::1:assumed-role/r/s"),
             format!("principal://{pool}/subject/arn:aws:sts::1:assumed-role/r/s")

@@ -48,12 +48,20 @@ pub enum SigV4Error {
 impl fmt::Display for SigV4Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SigV4Error::MissingAuthorization => f.write_str("the AWS request has no Authorization header"),
+            SigV4Error::MissingAuthorization => {
+                f.write_str("the AWS request has no Authorization header")
+            }
             SigV4Error::MalformedAuthorization(what) => {
-                write!(f, "the AWS request's Authorization header is malformed: {what}")
+                write!(
+                    f,
+                    "the AWS request's Authorization header is malformed: {what}"
+                )
             }
             SigV4Error::MissingSignedHeader(name) => {
-                write!(f, "the AWS request signs header {name:?} but does not carry it")
+                write!(
+                    f,
+                    "the AWS request signs header {name:?} but does not carry it"
+                )
             }
             SigV4Error::DuplicateHeader(name) => {
                 write!(f, "the AWS request carries header {name:?} more than once")
@@ -129,7 +137,9 @@ impl Authorization {
 
         let scope: Vec<&str> = credential.split('/').collect();
         let [access_key_id, date, region, service, terminator] = scope[..] else {
-            return Err(Bad("Credential is not AKID/DATE/REGION/SERVICE/aws4_request"));
+            return Err(Bad(
+                "Credential is not AKID/DATE/REGION/SERVICE/aws4_request",
+            ));
         };
         if terminator != "aws4_request" {
             return Err(Bad("the credential scope does not end in aws4_request"));

@@ -179,3 +179,16 @@ fn rand_u32() -> u32 {
             .fetch_add(1, Ordering::Relaxed)
             .wrapping_mul(0x9e37_79b9)
 }
+
+/// An async client of the test control plane, for tests that use kube directly.
+pub async fn kube_client() -> kube::Client {
+    let kubeconfig =
+        kube::config::Kubeconfig::read_from(kubeconfig()).expect("the test kubeconfig is readable");
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .expect("the test kubeconfig is usable");
+    kube::Client::try_from(config).expect("a client for the test control plane")
+}

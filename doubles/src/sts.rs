@@ -1,0 +1,351 @@
+//! The Google STS double: `POST /v1/token` exchanging an AWS subject token for a federated access
+//! token, in the order Google checks: form parameters, audience and provider, the subject
+//! token's shape ([`crate::subject`]), its signature ([`crate::sigv4`] with a secret from
+//! [`crate::keys`]), the caller AWS reports ([`crate::aws`]), the attribute mapping and condition
+//! ([`crate::attributes`]). Errors are OAuth-shaped `{"error","error_description"}`.
+//!
+//! Logs each decision in one line, never a token, signature or secret.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State as Extract;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::attributes::{self, MappingError};
+use crate::aws::{self, AwsError};
+use crate::faults::{Fault, Target};
+use crate::keys::KeyError;
+use crate::names::ProviderName;
+use crate::sigv4::{self, SigV4Error};
+use crate::state::{Principal, State, TokenInfo, now};
+use crate::subject::{self, Expectations};
+
+pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+pub const AWS_SUBJECT_TOKEN_TYPE: &str = "urn:ietf:params:aws:token-type:aws4_request";
+
+const INVALID_TARGET: &str = "The target service indicated by the \"audience\" parameters is \
+    invalid. This might either be because the pool or provider is disabled or deleted or because \
+    it doesn't exist.";
+const INVALID_AUDIENCE: &str = "Invalid value for \"audience\". This value should be the full \
+    resource name of the Identity Provider. See \
+    https://cloud.google.com/iam/docs/reference/sts/rest/v1/TopLevel/token for the list of \
+    possible formats.";
+const REJECTED_BY_CONDITION: &str = "The given credential is rejected by the attribute condition.";
+
+/// An OAuth error answer.
+#[derive(Debug)]
+pub(crate) struct StsError {
+    status: StatusCode,
+    error: &'static str,
+    description: String,
+    retry_after: Option<u64>,
+}
+
+impl StsError {
+    fn new(status: StatusCode, error: &'static str, description: impl Into<String>) -> Self {
+        StsError {
+            status,
+            error,
+            description: description.into(),
+            retry_after: None,
+        }
+    }
+
+    fn invalid_request(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
+    }
+
+    fn invalid_grant(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_grant", description)
+    }
+
+    fn server_error(description: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            description,
+        )
+    }
+
+    /// The answer of an injected `Status` fault.
+    pub(crate) fn injected(code: u16, retry_after: Option<u64>) -> Self {
+        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let error = match status.as_u16() {
+            429 | 503 => "temporarily_unavailable",
+            500..=599 => "server_error",
+            401 => "invalid_client",
+            403 => "access_denied",
+            _ => "invalid_request",
+        };
+        StsError {
+            retry_after,
+            ..Self::new(
+                status,
+                error,
+                format!("Injected fault: HTTP {}.", status.as_u16()),
+            )
+        }
+    }
+}
+
+impl IntoResponse for StsError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            Json(json!({"error": self.error, "error_description": self.description})),
+        )
+            .into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+/// `POST /v1/token`.
+pub(crate) async fn token(
+    Extract(state): Extract<Arc<State>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut reject = false;
+    match state.arrive(Target::Sts) {
+        Some(Fault::Status {
+            code, retry_after, ..
+        }) => {
+            eprintln!("[doubles] sts: injected fault: HTTP {code}");
+            return StsError::injected(code, retry_after).into_response();
+        }
+        Some(Fault::Delay { millis, .. }) => {
+            eprintln!("[doubles] sts: injected fault: delay {millis} ms");
+            tokio::time::sleep(Duration::from_millis(millis)).await;
+        }
+        Some(Fault::Reject { .. }) => reject = true,
+        None => {}
+    }
+    match exchange(&state, &headers, &body, reject).await {
+        Ok(answer) => {
+            state.succeeded(Target::Sts);
+            Json(answer).into_response()
+        }
+        Err(e) => {
+            eprintln!(
+                "[doubles] sts: {} {}: {}",
+                e.status.as_u16(),
+                e.error,
+                e.description
+            );
+            e.into_response()
+        }
+    }
+}
+
+/// The form parameters, each at most once.
+fn form(headers: &HeaderMap, body: &[u8]) -> Result<HashMap<String, String>, StsError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type
+        .to_ascii_lowercase()
+        .starts_with("application/x-www-form-urlencoded")
+    {
+        return Err(StsError::invalid_request(
+            "The request body must be application/x-www-form-urlencoded.",
+        ));
+    }
+    let mut params = HashMap::new();
+    for (name, value) in url::form_urlencoded::parse(body) {
+        if params
+            .insert(name.clone().into_owned(), value.into_owned())
+            .is_some()
+        {
+            return Err(StsError::invalid_request(format!(
+                "Parameter {name:?} is repeated."
+            )));
+        }
+    }
+    Ok(params)
+}
+
+fn require<'a>(params: &'a HashMap<String, String>, name: &str) -> Result<&'a str, StsError> {
+    match params.get(name).map(String::as_str) {
+        Some(value) if !value.is_empty() => Ok(value),
+        _ => Err(StsError::invalid_request(format!(
+            "Parameter {name:?} is required."
+        ))),
+    }
+}
+
+fn expect_param(
+    params: &HashMap<String, String>,
+    name: &str,
+    expected: &str,
+) -> Result<(), StsError> {
+    let value = require(params, name)?;
+    if value != expected {
+        return Err(StsError::invalid_request(format!(
+            "Invalid value for {name:?}: {value:?}; expected {expected:?}."
+        )));
+    }
+    Ok(())
+}
+
+async fn exchange(
+    state: &State,
+    headers: &HeaderMap,
+    body: &[u8],
+    reject: bool,
+) -> Result<serde_json::Value, StsError> {
+    if headers.contains_key(header::AUTHORIZATION) {
+        return Err(StsError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_client",
+            "Workload identity pool exchanges take no client authentication; send no \
+             Authorization header.",
+        ));
+    }
+    let params = form(headers, body)?;
+    match require(&params, "grant_type")? {
+        GRANT_TYPE => {}
+        other => {
+            return Err(StsError::new(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                format!("Unsupported grant_type {other:?}; expected {GRANT_TYPE:?}."),
+            ));
+        }
+    }
+    expect_param(&params, "requested_token_type", ACCESS_TOKEN_TYPE)?;
+    let audience = require(&params, "audience")?;
+    if ProviderName::parse(audience).is_none() {
+        return Err(StsError::invalid_request(INVALID_AUDIENCE));
+    }
+    let config = state.config();
+    let provider = config
+        .providers
+        .iter()
+        .find(|p| p.audience == audience && !p.disabled)
+        .ok_or_else(|| StsError::new(StatusCode::BAD_REQUEST, "invalid_target", INVALID_TARGET))?;
+    expect_param(&params, "subject_token_type", AWS_SUBJECT_TOKEN_TYPE)?;
+    let subject_token = require(&params, "subject_token")?;
+    let scopes: Vec<String> = params
+        .get("scope")
+        .map(|s| s.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+
+    let checked = subject::check(
+        subject_token,
+        &Expectations {
+            audience,
+            endpoints: &config.aws_sts_endpoints,
+            require_signed_target: config.require_signed_target,
+            now: jiff::Timestamp::now(),
+        },
+    )
+    .map_err(|e| StsError::invalid_grant(e.to_string()))?;
+
+    let key_id = &checked.authorization.access_key_id;
+    let secret = match state.keys.secret(key_id).await {
+        Ok(secret) => secret,
+        Err(KeyError::Unknown) => {
+            eprintln!("[doubles] sts: access key id {key_id} is unknown");
+            return Err(StsError::invalid_grant(
+                "Received invalid AWS response of type InvalidClientTokenId with error message: \
+                 The security token included in the request is invalid (the signature does not \
+                 match any AWS access key known here).",
+            ));
+        }
+        Err(KeyError::Moto(problem)) => {
+            return Err(StsError::server_error(format!(
+                "The double could not look up the AWS access key: {problem}"
+            )));
+        }
+    };
+    match sigv4::verify(&checked.signed(), &secret) {
+        Ok(()) => {}
+        Err(SigV4Error::SignatureMismatch) => {
+            return Err(StsError::invalid_grant(
+                "Received invalid AWS response of type SignatureDoesNotMatch with error message: \
+                 The request signature we calculated does not match the signature you provided. \
+                 Check your AWS Secret Access Key and signing method.",
+            ));
+        }
+        Err(other) => {
+            return Err(StsError::invalid_grant(format!(
+                "AWS request has invalid format. {other}"
+            )));
+        }
+    }
+
+    let assertion = aws::get_caller_identity(&state.http, &checked)
+        .await
+        .map_err(|e| match e {
+            AwsError::Rejected {
+                status,
+                code,
+                message,
+            } => StsError::invalid_grant(format!(
+                "AWS rejected the GetCallerIdentity request (HTTP {status}): Received invalid \
+                 AWS response of type {code} with error message: {message}"
+            )),
+            AwsError::Unreachable(problem) => StsError::server_error(format!(
+                "Could not reach AWS STS to verify the request: {problem}"
+            )),
+            AwsError::Unreadable => {
+                StsError::server_error("AWS STS answered GetCallerIdentity without an Arn.")
+            }
+        })?;
+    state.saw_principal(&assertion.arn);
+
+    let attributes = attributes::map(&assertion)
+        .map_err(|e: MappingError| StsError::invalid_request(e.to_string()))?;
+    if reject || !attributes::admits(&provider.condition, &assertion, &attributes) {
+        eprintln!(
+            "[doubles] sts: {} rejected by the attribute condition{} of {audience}",
+            assertion.arn,
+            if reject { " (injected)" } else { "" }
+        );
+        return Err(StsError::new(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            REJECTED_BY_CONDITION,
+        ));
+    }
+
+    let lifetime = config.federated_lifetime;
+    let token = state.issue(TokenInfo {
+        principal: Principal::Federated {
+            subject: assertion.arn.clone(),
+            audience: audience.to_owned(),
+            attributes,
+        },
+        scopes: scopes.clone(),
+        expires_at: now() + lifetime,
+    });
+    eprintln!(
+        "[doubles] sts: issued a federated token for {} via {audience}, scopes {scopes:?}, {} s",
+        assertion.arn,
+        lifetime.as_secs()
+    );
+    let expires_in = if config.expires_in_as_string {
+        json!(lifetime.as_secs().to_string())
+    } else {
+        json!(lifetime.as_secs())
+    };
+    Ok(json!({
+        "access_token": token,
+        "issued_token_type": ACCESS_TOKEN_TYPE,
+        "token_type": "Bearer",
+        "expires_in": expires_in,
+    }))
+}

@@ -1,0 +1,461 @@
+//! The exchange engine against real peers: TokenRequest on the real kube-apiserver, AWS STS as
+//! the real moto server, and the Google doubles that verify the SigV4 signature, the target
+//! resource, the time window, the attribute condition and the IAM bindings.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use fedcred::api::FederatedCredentialSpec;
+use fedcred::aws::Aws;
+use fedcred::error::Reason;
+use fedcred::exchange::{ControllerIdentityPolicy, Defaults, Engine, IdentityKey, plan};
+use fedcred::google::{GoogleClient, RetryPolicy};
+use fedcred_doubles::moto::Moto;
+use fedcred_doubles::{
+    Binding, Condition, Config, Fault, GoogleDoubles, Provider, Target, role_member,
+};
+use serde_json::json;
+use support::TestNamespace;
+
+const AUDIENCE: &str = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/eks-pool/providers/aws-shop";
+const SA_EMAIL: &str = "orders-api@acme-shop.iam.gserviceaccount.com";
+const ROLE: &str = "arn:aws:iam::123456789012:role/shop-orders";
+const ASSUMED_ROLE: &str = "arn:aws:sts::123456789012:assumed-role/shop-orders";
+
+/// Moto and the Google doubles, with a provider for AUDIENCE and SA_EMAIL bound to ROLE.
+struct Cloud {
+    moto: Moto,
+    google: GoogleDoubles,
+}
+
+impl Cloud {
+    async fn start(configure: impl FnOnce(Config) -> Config) -> Cloud {
+        let moto = Moto::start_async()
+            .await
+            .expect("moto starts (hack/install-tools.sh installs it)");
+        let config = Config::with_moto(&moto.url())
+            .provider(Provider::new(AUDIENCE))
+            .binding(Binding::new(
+                SA_EMAIL,
+                &[role_member(AUDIENCE, ASSUMED_ROLE)],
+            ));
+        let google = GoogleDoubles::start(configure(config))
+            .await
+            .expect("the Google doubles start");
+        Cloud { moto, google }
+    }
+
+    /// A spec for `aws` pointed at these peers.
+    fn spec(&self, aws: serde_json::Value, google: serde_json::Value) -> FederatedCredentialSpec {
+        let mut spec = json!({
+            "aws": aws,
+            "google": {
+                "audience": AUDIENCE,
+                "serviceAccount": SA_EMAIL,
+                "endpoints": {"sts": self.google.sts_url(), "iamCredentials": self.google.iam_credentials_url()}
+            }
+        });
+        spec["aws"]["region"] = json!("us-east-1");
+        spec["aws"]["stsEndpoint"] = json!(self.moto.url());
+        for (k, v) in google.as_object().unwrap() {
+            spec["google"][k] = v.clone();
+        }
+        serde_json::from_value(spec).unwrap()
+    }
+
+    async fn engine(&self, policy: RetryPolicy) -> Engine {
+        Engine::new(
+            Aws::from_env().await,
+            GoogleClient::new(policy).unwrap(),
+            Some(support::kube_client().await),
+        )
+    }
+}
+
+fn defaults() -> Defaults {
+    Defaults {
+        controller_identity: ControllerIdentityPolicy::new(["*"]),
+        ..Defaults::default()
+    }
+}
+
+fn fast_retries() -> RetryPolicy {
+    RetryPolicy {
+        attempts: 4,
+        base_delay: Duration::from_millis(20),
+        max_delay: Duration::from_secs(3),
+        request_timeout: Duration::from_secs(2),
+    }
+}
+
+fn service_account(ns: &TestNamespace, name: &str, role: Option<&str>) {
+    let annotations = role
+        .map(|r| json!({"eks.amazonaws.com/role-arn": r}))
+        .unwrap_or(json!({}));
+    let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "annotations": annotations}});
+    ns.kubectl(&["apply", "-f", "-"], Some(&sa.to_string()))
+        .success();
+}
+
+fn irsa_key(cloud: &Cloud, ns: &TestNamespace) -> IdentityKey {
+    service_account(ns, "orders-api", Some(ROLE));
+    let spec = cloud.spec(json!({"serviceAccount": {"name": "orders-api"}}), json!({}));
+    plan(&ns.name, &spec, &defaults()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn irsa_becomes_an_impersonated_token_the_iam_double_accepts() {
+    let ns = TestNamespace::new("irsa");
+    let cloud = Cloud::start(|c| Config {
+        require_signed_target: true,
+        ..c
+    })
+    .await;
+    let key = irsa_key(&cloud, &ns);
+    let engine = cloud.engine(fast_retries()).await;
+
+    let issued = engine.exchange(&key).await.unwrap();
+
+    let principal = format!("{ASSUMED_ROLE}/fedcred.{}.orders-api", ns.name);
+    assert_eq!(issued.principal_arn.as_deref(), Some(principal.as_str()));
+    assert_eq!(cloud.google.seen_principals(), vec![principal.clone()]);
+    let info = cloud
+        .google
+        .lookup(issued.access_token.expose())
+        .expect("the IAM double knows the token");
+    assert_eq!(info.email(), Some(SA_EMAIL));
+    assert!(
+        info.scopes
+            .contains(&"https://www.googleapis.com/auth/cloud-platform".to_owned())
+    );
+    let lifetime = info.expires_at.duration_since(SystemTime::now()).unwrap();
+    assert!(
+        lifetime > Duration::from_secs(3500) && lifetime <= Duration::from_secs(3600),
+        "{lifetime:?}"
+    );
+    assert_eq!(issued.db_user.as_deref(), Some("orders-api@acme-shop.iam"));
+    assert_eq!(issued.project_id.as_deref(), Some("acme-shop"));
+    // The token is the IAM double's, not the federated one.
+    assert_eq!(cloud.google.exchanges(Target::Sts), 1);
+    assert_eq!(cloud.google.exchanges(Target::Iam), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spec_role_overrides_the_annotation_and_a_missing_role_is_explained() {
+    let ns = TestNamespace::new("irsa-role");
+    let cloud = Cloud::start(|c| c).await;
+    service_account(&ns, "plain", None);
+    let engine = cloud.engine(fast_retries()).await;
+
+    let spec = cloud.spec(json!({"serviceAccount": {"name": "plain"}}), json!({}));
+    let err = engine
+        .exchange(&plan(&ns.name, &spec, &defaults()).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason, Reason::RoleArnMissing);
+    assert!(
+        err.message.contains(&format!(
+            "ServiceAccount {}/plain has no eks.amazonaws.com/role-arn",
+            ns.name
+        )),
+        "{}",
+        err.message
+    );
+
+    let spec = cloud.spec(
+        json!({"serviceAccount": {"name": "plain", "roleArn": ROLE}}),
+        json!({}),
+    );
+    let issued = engine
+        .exchange(&plan(&ns.name, &spec, &defaults()).unwrap())
+        .await
+        .unwrap();
+    assert!(issued.principal_arn.unwrap().starts_with(ASSUMED_ROLE));
+
+    let spec = cloud.spec(json!({"serviceAccount": {"name": "nobody"}}), json!({}));
+    let err = engine
+        .exchange(&plan(&ns.name, &spec, &defaults()).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason, Reason::ServiceAccountNotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_for_one_identity_share_one_exchange() {
+    let ns = TestNamespace::new("single-flight");
+    let cloud = Cloud::start(|c| c).await;
+    let key = irsa_key(&cloud, &ns);
+    let engine = Arc::new(cloud.engine(fast_retries()).await);
+
+    let tasks: Vec<_> = (0..25)
+        .map(|_| {
+            let engine = engine.clone();
+            let key = key.clone();
+            tokio::spawn(async move { engine.token(&key, Duration::from_secs(600)).await })
+        })
+        .collect();
+    let mut tokens = Vec::new();
+    for t in tasks {
+        tokens.push(t.await.unwrap().unwrap().access_token.expose().to_owned());
+    }
+    tokens.dedup();
+    assert_eq!(tokens.len(), 1, "all callers got the same token");
+    assert_eq!(cloud.google.exchanges(Target::Sts), 1);
+    assert_eq!(cloud.google.calls(Target::Iam), 1);
+
+    // Reused while it has enough life; a caller needing more than it has gets a new one.
+    engine.token(&key, Duration::from_secs(600)).await.unwrap();
+    assert_eq!(cloud.google.exchanges(Target::Sts), 1);
+    engine.token(&key, Duration::from_secs(7200)).await.unwrap();
+    assert_eq!(cloud.google.exchanges(Target::Sts), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_principal_is_named_in_the_error() {
+    let ns = TestNamespace::new("condition");
+    let cloud = Cloud::start(|c| c).await;
+    cloud.google.set_condition(
+        AUDIENCE,
+        Condition::ArnContains("assumed-role/payments/".into()),
+    );
+    let key = irsa_key(&cloud, &ns);
+    let err = cloud
+        .engine(fast_retries())
+        .await
+        .exchange(&key)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason, Reason::AttributeConditionRejected);
+    let principal = format!("{ASSUMED_ROLE}/fedcred.{}.orders-api", ns.name);
+    assert!(
+        err.message
+            .starts_with(&format!("AWS principal {principal}:")),
+        "{}",
+        err.message
+    );
+    assert!(
+        err.message.contains("attribute condition"),
+        "{}",
+        err.message
+    );
+    assert_eq!(
+        cloud.google.calls(Target::Sts),
+        1,
+        "a definite rejection is not retried"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_provider_and_missing_binding_map_to_their_reasons() {
+    let ns = TestNamespace::new("reasons");
+    let cloud = Cloud::start(|c| c).await;
+    let engine = cloud.engine(fast_retries()).await;
+    service_account(&ns, "orders-api", Some(ROLE));
+
+    let other = AUDIENCE.replace("aws-shop", "aws-gone");
+    let spec = cloud.spec(
+        json!({"serviceAccount": {"name": "orders-api"}}),
+        json!({"audience": other}),
+    );
+    let err = engine
+        .exchange(&plan(&ns.name, &spec, &defaults()).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason, Reason::ProviderNotFound, "{}", err.message);
+
+    let spec = cloud.spec(
+        json!({"serviceAccount": {"name": "orders-api"}}),
+        json!({"serviceAccount": "billing@acme-shop.iam.gserviceaccount.com"}),
+    );
+    let err = engine
+        .exchange(&plan(&ns.name, &spec, &defaults()).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason, Reason::ImpersonationDenied, "{}", err.message);
+    assert!(
+        err.message.contains(
+            "roles/iam.workloadIdentityUser on billing@acme-shop.iam.gserviceaccount.com"
+        )
+    );
+    assert!(
+        err.message.contains(ASSUMED_ROLE),
+        "names the principal: {}",
+        err.message
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_are_retried_with_backoff_and_retry_after() {
+    let ns = TestNamespace::new("retries");
+    let cloud = Cloud::start(|c| c).await;
+    let key = irsa_key(&cloud, &ns);
+    let engine = cloud.engine(fast_retries()).await;
+
+    cloud.google.inject(
+        Target::Sts,
+        Fault::Status {
+            code: 503,
+            retry_after: None,
+            count: 2,
+        },
+    );
+    engine.exchange(&key).await.unwrap();
+    assert_eq!(cloud.google.calls(Target::Sts), 3);
+
+    cloud.google.inject(
+        Target::Iam,
+        Fault::Status {
+            code: 429,
+            retry_after: Some(1),
+            count: 1,
+        },
+    );
+    let started = Instant::now();
+    engine.exchange(&key).await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After honoured"
+    );
+    assert_eq!(cloud.google.calls(Target::Iam), 3);
+
+    cloud.google.inject(
+        Target::Sts,
+        Fault::Status {
+            code: 500,
+            retry_after: None,
+            count: 10,
+        },
+    );
+    let err = engine.exchange(&key).await.unwrap_err();
+    assert_eq!(err.reason, Reason::Upstream);
+    assert!(err.message.contains("after 4 attempts"), "{}", err.message);
+    cloud.google.clear_faults();
+
+    cloud.google.inject(
+        Target::Sts,
+        Fault::Delay {
+            millis: 2500,
+            count: 10,
+        },
+    );
+    let err = engine.exchange(&key).await.unwrap_err();
+    assert_eq!(err.reason, Reason::Timeout, "{}", err.message);
+    cloud.google.clear_faults();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_identity_is_chained_into_a_per_namespace_session() {
+    let ns = TestNamespace::new("controller-id");
+    // Credentials from moto for "the controller", verified by the double through moto's state.
+    let cloud = Cloud::start(|c| c).await;
+    let own = cloud
+        .moto
+        .assume_role_with_web_identity(
+            "arn:aws:iam::123456789012:role/fedcred-controller",
+            "controller",
+        )
+        .await
+        .unwrap();
+    // The default chain reads the environment; run the CLI as a child with those variables.
+    let spec = cloud.spec(json!({"controllerIdentity": {"roleArn": ROLE}}), json!({}));
+    let manifest = json!({
+        "apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
+        "metadata": {"name": "bq", "namespace": ns.name}, "spec": spec
+    });
+    let dir = tempdir();
+    let file = dir.join("fc.yaml");
+    std::fs::write(&file, manifest.to_string()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fedcred"))
+        .args(["exchange", "-f", file.to_str().unwrap()])
+        .env("AWS_ACCESS_KEY_ID", &own.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &own.secret_access_key)
+        .env("AWS_SESSION_TOKEN", &own.session_token)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!(
+            "principal:       {ASSUMED_ROLE}/fedcred.{}",
+            ns.name
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("db user:         orders-api@acme-shop.iam"),
+        "{stdout}"
+    );
+    for token in cloud.google.issued_tokens() {
+        assert!(
+            !stdout.contains(&token),
+            "the token is printed only with --show-token"
+        );
+    }
+    let shown = std::process::Command::new(env!("CARGO_BIN_EXE_fedcred"))
+        .args(["exchange", "--show-token", "-f", file.to_str().unwrap()])
+        .env("AWS_ACCESS_KEY_ID", &own.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &own.secret_access_key)
+        .env("AWS_SESSION_TOKEN", &own.session_token)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        cloud
+            .google
+            .issued_tokens()
+            .iter()
+            .any(|t| shown.contains(t.as_str())),
+        "{shown}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_controller_credentials_lists_every_source_tried() {
+    let dir = tempdir();
+    let manifest = json!({
+        "apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
+        "metadata": {"name": "bq", "namespace": "analytics"},
+        "spec": {"aws": {"controllerIdentity": {}, "region": "us-east-1"}, "google": {"audience": AUDIENCE}}
+    });
+    let file = dir.join("fc.yaml");
+    std::fs::write(&file, manifest.to_string()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fedcred"))
+        .args(["exchange", "-f", file.to_str().unwrap()])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
+        .env_remove("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("HOME", &dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for source in [
+        "environment",
+        "web identity",
+        "container",
+        "EC2 instance metadata",
+        "AwsCredentialsUnavailable",
+    ] {
+        assert!(stderr.contains(source), "{source} missing from: {stderr}");
+    }
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "fedcred-test-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
