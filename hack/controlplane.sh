@@ -37,7 +37,9 @@ pki() {
     }
     leaf apiserver "/CN=kube-apiserver" "IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.0.0.1"
     leaf admin "/O=system:masters/CN=fedcred-test-admin"
-    leaf controller-manager "/CN=system:kube-controller-manager"
+    # The controller manager runs all its controllers under one identity here (no per-controller
+    # ServiceAccounts), so it needs the permissions they would have together.
+    leaf controller-manager "/O=system:masters/CN=system:kube-controller-manager"
     # ServiceAccount tokens are signed with RSA, which every client of TokenRequest verifies.
     openssl genrsa -out sa.key 2048 2>/dev/null
     openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use jiff::Timestamp;
 
-use crate::api::{ALLOYDB_LOGIN_SCOPE, FederatedCredentialSpec};
+use crate::api::{ALLOYDB_LOGIN_SCOPE, CLOUD_PLATFORM_SCOPE, FederatedCredentialSpec};
 use crate::aws::{Aws, AwsIdentity};
 use crate::error::{ExchangeError, Reason};
 use crate::google::{self, AccessToken, GoogleClient};
@@ -315,9 +315,17 @@ impl Engine {
             },
         )
         .map_err(|e| ExchangeError::new(Reason::InvalidSpec, e.to_string()))?;
+        // A federated token that is only a step towards impersonation needs cloud-platform to
+        // call IAM Credentials; the user's scopes go on the impersonated token.
+        let iam_scope = [CLOUD_PLATFORM_SCOPE.to_owned()];
+        let sts_scopes: &[String] = if key.service_account.is_some() {
+            &iam_scope
+        } else {
+            &key.scopes
+        };
         let federated = self
             .google
-            .sts_exchange(&key.sts_url, &key.audience, &key.scopes, &subject)
+            .sts_exchange(&key.sts_url, &key.audience, sts_scopes, &subject)
             .await
             .map_err(|e| e.with_principal(principal))?;
         let token: AccessToken = match &key.service_account {

@@ -7,72 +7,13 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use fedcred::api::FederatedCredentialSpec;
-use fedcred::aws::Aws;
 use fedcred::error::Reason;
-use fedcred::exchange::{ControllerIdentityPolicy, Defaults, Engine, IdentityKey, plan};
-use fedcred::google::{GoogleClient, RetryPolicy};
-use fedcred_doubles::moto::Moto;
-use fedcred_doubles::{
-    Binding, Condition, Config, Fault, GoogleDoubles, Provider, Target, role_member,
-};
+use fedcred::exchange::{ControllerIdentityPolicy, Defaults, IdentityKey, plan};
+use fedcred::google::RetryPolicy;
+use fedcred_doubles::{Condition, Config, Fault, Target};
 use serde_json::json;
 use support::TestNamespace;
-
-const AUDIENCE: &str = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/eks-pool/providers/aws-shop";
-const SA_EMAIL: &str = "orders-api@acme-shop.iam.gserviceaccount.com";
-const ROLE: &str = "arn:aws:iam::123456789012:role/shop-orders";
-const ASSUMED_ROLE: &str = "arn:aws:sts::123456789012:assumed-role/shop-orders";
-
-/// Moto and the Google doubles, with a provider for AUDIENCE and SA_EMAIL bound to ROLE.
-struct Cloud {
-    moto: Moto,
-    google: GoogleDoubles,
-}
-
-impl Cloud {
-    async fn start(configure: impl FnOnce(Config) -> Config) -> Cloud {
-        let moto = Moto::start_async()
-            .await
-            .expect("moto starts (hack/install-tools.sh installs it)");
-        let config = Config::with_moto(&moto.url())
-            .provider(Provider::new(AUDIENCE))
-            .binding(Binding::new(
-                SA_EMAIL,
-                &[role_member(AUDIENCE, ASSUMED_ROLE)],
-            ));
-        let google = GoogleDoubles::start(configure(config))
-            .await
-            .expect("the Google doubles start");
-        Cloud { moto, google }
-    }
-
-    /// A spec for `aws` pointed at these peers.
-    fn spec(&self, aws: serde_json::Value, google: serde_json::Value) -> FederatedCredentialSpec {
-        let mut spec = json!({
-            "aws": aws,
-            "google": {
-                "audience": AUDIENCE,
-                "serviceAccount": SA_EMAIL,
-                "endpoints": {"sts": self.google.sts_url(), "iamCredentials": self.google.iam_credentials_url()}
-            }
-        });
-        spec["aws"]["region"] = json!("us-east-1");
-        spec["aws"]["stsEndpoint"] = json!(self.moto.url());
-        for (k, v) in google.as_object().unwrap() {
-            spec["google"][k] = v.clone();
-        }
-        serde_json::from_value(spec).unwrap()
-    }
-
-    async fn engine(&self, policy: RetryPolicy) -> Engine {
-        Engine::new(
-            Aws::from_env().await,
-            GoogleClient::new(policy).unwrap(),
-            Some(support::kube_client().await),
-        )
-    }
-}
+use support::cloud::{ASSUMED_ROLE, AUDIENCE, Cloud, ROLE, SA_EMAIL};
 
 fn defaults() -> Defaults {
     Defaults {

@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use url::Url;
+
 use crate::attributes::{Assertion, account_of};
 use crate::subject::CheckedRequest;
 
@@ -24,14 +26,34 @@ pub(crate) enum AwsError {
     Unreadable,
 }
 
-/// Sends `request` (all its headers but `host`, which the URL sets; empty body) and returns the
-/// caller AWS reports.
+/// Where the call for `url` goes: its own origin, or the base URL a route names for it.
+fn destination(url: &Url, routes: &[(String, String)]) -> String {
+    let origin = url.origin().ascii_serialization();
+    let route = routes.iter().find(|(from, _)| {
+        Url::parse(from).is_ok_and(|f| f.origin().ascii_serialization() == origin)
+    });
+    match route {
+        Some((_, to)) => {
+            let mut routed = format!("{}{}", to.trim_end_matches('/'), url.path());
+            if let Some(query) = url.query() {
+                routed.push('?');
+                routed.push_str(query);
+            }
+            routed
+        }
+        None => url.to_string(),
+    }
+}
+
+/// Sends `request` (all its headers but `host`, which the URL sets; empty body) to AWS, or where
+/// `routes` send its origin, and returns the caller AWS reports.
 pub(crate) async fn get_caller_identity(
     http: &reqwest::Client,
     request: &CheckedRequest,
+    routes: &[(String, String)],
 ) -> Result<Assertion, AwsError> {
     let mut outgoing = http
-        .post(request.url.clone())
+        .post(destination(&request.url, routes))
         .timeout(Duration::from_secs(10))
         .body(Vec::new());
     for (key, value) in &request.headers {
@@ -83,6 +105,23 @@ pub(crate) fn xml_text(xml: &str, tag: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_replace_the_origin_only() {
+        let url = Url::parse(
+            "https://sts.us-east-1.amazonaws.com?Action=GetCallerIdentity&Version=2011-06-15",
+        )
+        .unwrap();
+        let routes = vec![(
+            "https://sts.us-east-1.amazonaws.com".to_owned(),
+            "http://127.0.0.1:5000/".to_owned(),
+        )];
+        assert_eq!(
+            destination(&url, &routes),
+            "http://127.0.0.1:5000/?Action=GetCallerIdentity&Version=2011-06-15"
+        );
+        assert_eq!(destination(&url, &[]), url.to_string());
+    }
 
     #[test]
     fn reads_get_caller_identity() {

@@ -40,6 +40,11 @@ pub struct Config {
     /// `scheme://host[:port]` of AWS STS endpoints a subject token may point at (real Google:
     /// only AWS's own hosts; in tests, the moto server's URL).
     pub aws_sts_endpoints: Vec<String>,
+    /// `(accepted origin, base URL)`: where the GetCallerIdentity call for an accepted endpoint
+    /// is really sent, as a hosts-file entry would. Lets a client sign for the real
+    /// `https://sts.REGION.amazonaws.com` while moto answers. Unrouted origins are called as they
+    /// are.
+    pub aws_sts_routes: Vec<(String, String)>,
     /// `(access key id, secret access key)` pairs the signature verifier knows.
     pub static_keys: Vec<(String, String)>,
     /// A moto server whose `/moto-api/data.json` lists the temporary credentials it issued.
@@ -64,6 +69,7 @@ impl Default for Config {
             providers: Vec::new(),
             bindings: Vec::new(),
             aws_sts_endpoints: Vec::new(),
+            aws_sts_routes: Vec::new(),
             static_keys: Vec::new(),
             moto_url: None,
             require_signed_target: false,
@@ -83,6 +89,16 @@ impl Config {
             moto_url: Some(moto_url.to_owned()),
             ..Config::default()
         }
+    }
+
+    /// Accepts subject tokens signed for the real regional AWS STS endpoint of `region`
+    /// (`https://sts.REGION.amazonaws.com`) and sends their GetCallerIdentity call to
+    /// `base_url` (moto) instead.
+    pub fn route_aws_region(mut self, region: &str, base_url: &str) -> Config {
+        let origin = format!("https://sts.{region}.amazonaws.com");
+        self.aws_sts_endpoints.push(origin.clone());
+        self.aws_sts_routes.push((origin, base_url.to_owned()));
+        self
     }
 
     /// Adds a provider.
@@ -106,6 +122,7 @@ impl fmt::Debug for Config {
             .field("providers", &self.providers)
             .field("bindings", &self.bindings)
             .field("aws_sts_endpoints", &self.aws_sts_endpoints)
+            .field("aws_sts_routes", &self.aws_sts_routes)
             .field("static_keys (ids)", &key_ids)
             .field("moto_url", &self.moto_url)
             .field("require_signed_target", &self.require_signed_target)

@@ -127,15 +127,17 @@ impl IntoResponse for IamError {
     }
 }
 
+/// The request body. Proto3 JSON: unknown fields are refused, `null` means absent (google-auth
+/// sends `"delegates": null`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct GenerateAccessTokenRequest {
     #[serde(default)]
-    scope: Vec<String>,
+    scope: Option<Vec<String>>,
     #[serde(default)]
     lifetime: Option<String>,
     #[serde(default)]
-    delegates: Vec<String>,
+    delegates: Option<Vec<String>>,
 }
 
 /// `POST /v1/projects/{project}/serviceAccounts/{call}` where `call` is
@@ -219,7 +221,8 @@ fn generate_access_token(
     }
     let request: GenerateAccessTokenRequest = serde_json::from_slice(body)
         .map_err(|e| IamError::invalid_argument(format!("Invalid JSON payload received. {e}")))?;
-    if request.scope.is_empty() || request.scope.iter().any(|s| s.trim().is_empty()) {
+    let scope = request.scope.unwrap_or_default();
+    if scope.is_empty() || scope.iter().any(|s| s.trim().is_empty()) {
         return Err(IamError::invalid_argument(
             "Scope must be a non-empty list of OAuth scopes.",
         ));
@@ -232,6 +235,7 @@ fn generate_access_token(
     .map_err(IamError::invalid_argument)?;
     let delegates = request
         .delegates
+        .unwrap_or_default()
         .iter()
         .map(|d| delegate_email(d))
         .collect::<Result<Vec<_>, _>>()
@@ -254,13 +258,13 @@ fn generate_access_token(
         principal: Principal::ServiceAccount {
             email: email.to_owned(),
         },
-        scopes: request.scope.clone(),
+        scopes: scope.clone(),
         expires_at,
     });
     eprintln!(
         "[doubles] iam: issued a token of {email} to {}, scopes {:?}, {} s",
         caller.subject(),
-        request.scope,
+        scope,
         lifetime.as_secs()
     );
     Ok(json!({

@@ -4,7 +4,7 @@
 //! what they receive the way Google does rather than echoing it: the AWS subject token's shape,
 //! endpoint, target resource and time window ([`subject`]), its SigV4 signature with an
 //! independent verifier ([`sigv4`]) against secrets from a moto server or the config
-//! ([`keys`]), the caller as AWS reports it ([`aws`]), the provider's attribute mapping and
+//! (`keys`), the caller as AWS reports it (`aws`), the provider's attribute mapping and
 //! condition ([`attributes`]), bearer tokens and IAM bindings hop by hop ([`iam`]). Faults can be
 //! injected per endpoint ([`faults`]).
 //!

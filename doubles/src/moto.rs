@@ -17,6 +17,21 @@ use crate::aws::xml_text;
 /// How long moto may take to answer after starting (it imports a lot of Python).
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// `moto_server`'s entry point plus a watchdog thread that ends the server when its parent (the
+/// test process) is gone, so a test binary killed outright leaves no server behind; `Drop` kills
+/// it in every other case.
+const WATCHED_MOTO_SERVER: &str = "\
+import os, sys, threading, time
+parent = os.getppid()
+def watch():
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)
+threading.Thread(target=watch, daemon=True).start()
+from moto.server import main
+sys.exit(main())
+";
+
 /// The Python venv holding moto and botocore, if one is found.
 pub fn venv_dir() -> Option<PathBuf> {
     let candidates = [
@@ -57,8 +72,9 @@ impl fmt::Debug for TemporaryCredentials {
 }
 
 impl Moto {
-    /// Starts `moto_server` and blocks until it answers HTTP (up to a minute). Blocking: from
-    /// async code use [`Moto::start_async`].
+    /// Starts moto's server (`moto_server -H 127.0.0.1 -p PORT`, run through the venv's Python
+    /// with a parent watchdog) on a free port and blocks until it answers HTTP (up to a minute).
+    /// Blocking: from async code use [`Moto::start_async`].
     pub fn start() -> io::Result<Moto> {
         let venv = venv_dir().ok_or_else(|| {
             io::Error::new(
@@ -90,8 +106,15 @@ impl Moto {
         let log =
             std::env::temp_dir().join(format!("fedcred-moto-{}-{port}.log", std::process::id()));
         let log_file = std::fs::File::create(&log)?;
-        let child = Command::new(venv.join("bin/moto_server"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let child = Command::new(venv.join("bin/python"))
+            .args([
+                "-c",
+                WATCHED_MOTO_SERVER,
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)

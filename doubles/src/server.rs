@@ -1,7 +1,16 @@
-//! The HTTP server: one axum router on one loopback port serving the STS and IAM Credentials
-//! doubles, token introspection (`GET /tokeninfo`) and the test controls (`/__faults`,
-//! `/__stats`, `/__condition`, `/__bindings`), plus [`GoogleDoubles`], the in-process handle
-//! that starts it, steers it and stops it on drop.
+//! The HTTP server: one axum router on one loopback port, and [`GoogleDoubles`], the in-process
+//! handle that starts it, steers it and stops it on drop.
+//!
+//! | Route | What |
+//! |---|---|
+//! | `POST /v1/token` | Google STS token exchange ([`crate::sts`]) |
+//! | `POST /v1/projects/-/serviceAccounts/EMAIL:generateAccessToken` | IAM Credentials ([`crate::iam`]) |
+//! | `GET /tokeninfo?access_token=T` | `{"email"?,"sub","scope","expires_in","exp"}`, or 400 `{"error":"invalid_token"}` |
+//! | `POST /__faults` | queue a fault: `{"target":"sts"\|"iam","kind":"status","code":503,"retry_after":2,"count":1}` (see [`Fault`]) |
+//! | `DELETE /__faults` | drop every queued fault |
+//! | `GET /__stats` | calls, exchanges and pending faults per target, number of tokens issued, principals seen |
+//! | `POST /__condition` | `{"audience":…,"condition":{"arn_contains":…}}` replaces a provider's condition |
+//! | `PUT /__bindings` | a JSON list of [`Binding`]s replaces every binding |
 
 use std::net::SocketAddr;
 use std::sync::Arc;

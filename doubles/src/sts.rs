@@ -1,12 +1,12 @@
 //! The Google STS double: `POST /v1/token` exchanging an AWS subject token for a federated access
 //! token, in the order Google checks: form parameters, audience and provider, the subject
 //! token's shape ([`crate::subject`]), its signature ([`crate::sigv4`] with a secret from
-//! [`crate::keys`]), the caller AWS reports ([`crate::aws`]), the attribute mapping and condition
+//! `keys`), the caller AWS reports (`aws`), the attribute mapping and condition
 //! ([`crate::attributes`]). Errors are OAuth-shaped `{"error","error_description"}`.
 //!
 //! Logs each decision in one line, never a token, signature or secret.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,14 +17,15 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::attributes::{self, MappingError};
+use crate::attributes::{self, Assertion, MappingError};
 use crate::aws::{self, AwsError};
+use crate::config::{Config, Provider};
 use crate::faults::{Fault, Target};
 use crate::keys::KeyError;
 use crate::names::ProviderName;
 use crate::sigv4::{self, SigV4Error};
 use crate::state::{Principal, State, TokenInfo, now};
-use crate::subject::{self, Expectations};
+use crate::subject::{self, CheckedRequest, Expectations};
 
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
@@ -200,12 +201,15 @@ fn expect_param(
     Ok(())
 }
 
-async fn exchange(
-    state: &State,
-    headers: &HeaderMap,
-    body: &[u8],
-    reject: bool,
-) -> Result<serde_json::Value, StsError> {
+/// The form of a token exchange, checked.
+struct ExchangeRequest {
+    audience: String,
+    subject_token: String,
+    scopes: Vec<String>,
+}
+
+/// Form parameters as Google STS requires them for an AWS subject token.
+fn parse_request(headers: &HeaderMap, body: &[u8]) -> Result<ExchangeRequest, StsError> {
     if headers.contains_key(header::AUTHORIZATION) {
         return Err(StsError::new(
             StatusCode::BAD_REQUEST,
@@ -226,34 +230,35 @@ async fn exchange(
         }
     }
     expect_param(&params, "requested_token_type", ACCESS_TOKEN_TYPE)?;
-    let audience = require(&params, "audience")?;
-    if ProviderName::parse(audience).is_none() {
+    expect_param(&params, "subject_token_type", AWS_SUBJECT_TOKEN_TYPE)?;
+    let subject_token = require(&params, "subject_token")?.to_owned();
+    let audience = require(&params, "audience")?.to_owned();
+    if ProviderName::parse(&audience).is_none() {
         return Err(StsError::invalid_request(INVALID_AUDIENCE));
     }
-    let config = state.config();
-    let provider = config
-        .providers
-        .iter()
-        .find(|p| p.audience == audience && !p.disabled)
-        .ok_or_else(|| StsError::new(StatusCode::BAD_REQUEST, "invalid_target", INVALID_TARGET))?;
-    expect_param(&params, "subject_token_type", AWS_SUBJECT_TOKEN_TYPE)?;
-    let subject_token = require(&params, "subject_token")?;
-    let scopes: Vec<String> = params
+    let scopes = params
         .get("scope")
         .map(|s| s.split_whitespace().map(str::to_owned).collect())
         .unwrap_or_default();
-
-    let checked = subject::check(
+    Ok(ExchangeRequest {
+        audience,
         subject_token,
-        &Expectations {
-            audience,
-            endpoints: &config.aws_sts_endpoints,
-            require_signed_target: config.require_signed_target,
-            now: jiff::Timestamp::now(),
-        },
-    )
-    .map_err(|e| StsError::invalid_grant(e.to_string()))?;
+        scopes,
+    })
+}
 
+/// The enabled provider named by the audience.
+fn find_provider<'a>(config: &'a Config, audience: &str) -> Result<&'a Provider, StsError> {
+    config
+        .providers
+        .iter()
+        .find(|p| p.audience == audience && !p.disabled)
+        .ok_or_else(|| StsError::new(StatusCode::BAD_REQUEST, "invalid_target", INVALID_TARGET))
+}
+
+/// The signature, with the secret of the access key it names. The descriptions are the AWS
+/// errors Google would relay.
+async fn verify_signature(state: &State, checked: &CheckedRequest) -> Result<(), StsError> {
     let key_id = &checked.authorization.access_key_id;
     let secret = match state.keys.secret(key_id).await {
         Ok(secret) => secret,
@@ -272,22 +277,25 @@ async fn exchange(
         }
     };
     match sigv4::verify(&checked.signed(), &secret) {
-        Ok(()) => {}
-        Err(SigV4Error::SignatureMismatch) => {
-            return Err(StsError::invalid_grant(
-                "Received invalid AWS response of type SignatureDoesNotMatch with error message: \
-                 The request signature we calculated does not match the signature you provided. \
-                 Check your AWS Secret Access Key and signing method.",
-            ));
-        }
-        Err(other) => {
-            return Err(StsError::invalid_grant(format!(
-                "AWS request has invalid format. {other}"
-            )));
-        }
+        Ok(()) => Ok(()),
+        Err(SigV4Error::SignatureMismatch) => Err(StsError::invalid_grant(
+            "Received invalid AWS response of type SignatureDoesNotMatch with error message: The \
+             request signature we calculated does not match the signature you provided. Check \
+             your AWS Secret Access Key and signing method.",
+        )),
+        Err(other) => Err(StsError::invalid_grant(format!(
+            "AWS request has invalid format. {other}"
+        ))),
     }
+}
 
-    let assertion = aws::get_caller_identity(&state.http, &checked)
+/// Who AWS says signed the request.
+async fn ask_aws(
+    state: &State,
+    checked: &CheckedRequest,
+    routes: &[(String, String)],
+) -> Result<Assertion, StsError> {
+    aws::get_caller_identity(&state.http, checked, routes)
         .await
         .map_err(|e| match e {
             AwsError::Rejected {
@@ -304,16 +312,23 @@ async fn exchange(
             AwsError::Unreadable => {
                 StsError::server_error("AWS STS answered GetCallerIdentity without an Arn.")
             }
-        })?;
-    state.saw_principal(&assertion.arn);
+        })
+}
 
-    let attributes = attributes::map(&assertion)
+/// The attribute mapping, then the provider's condition (or an injected rejection).
+fn admit(
+    provider: &Provider,
+    assertion: &Assertion,
+    injected_reject: bool,
+) -> Result<BTreeMap<String, String>, StsError> {
+    let attributes = attributes::map(assertion)
         .map_err(|e: MappingError| StsError::invalid_request(e.to_string()))?;
-    if reject || !attributes::admits(&provider.condition, &assertion, &attributes) {
+    if injected_reject || !attributes::admits(&provider.condition, assertion, &attributes) {
         eprintln!(
-            "[doubles] sts: {} rejected by the attribute condition{} of {audience}",
+            "[doubles] sts: {} rejected by the attribute condition{} of {}",
             assertion.arn,
-            if reject { " (injected)" } else { "" }
+            if injected_reject { " (injected)" } else { "" },
+            provider.audience
         );
         return Err(StsError::new(
             StatusCode::BAD_REQUEST,
@@ -321,20 +336,48 @@ async fn exchange(
             REJECTED_BY_CONDITION,
         ));
     }
+    Ok(attributes)
+}
+
+async fn exchange(
+    state: &State,
+    headers: &HeaderMap,
+    body: &[u8],
+    injected_reject: bool,
+) -> Result<serde_json::Value, StsError> {
+    let request = parse_request(headers, body)?;
+    let config = state.config();
+    let provider = find_provider(&config, &request.audience)?;
+    let checked = subject::check(
+        &request.subject_token,
+        &Expectations {
+            audience: &request.audience,
+            endpoints: &config.aws_sts_endpoints,
+            require_signed_target: config.require_signed_target,
+            now: jiff::Timestamp::now(),
+        },
+    )
+    .map_err(|e| StsError::invalid_grant(e.to_string()))?;
+    verify_signature(state, &checked).await?;
+    let assertion = ask_aws(state, &checked, &config.aws_sts_routes).await?;
+    state.saw_principal(&assertion.arn);
+    let attributes = admit(provider, &assertion, injected_reject)?;
 
     let lifetime = config.federated_lifetime;
     let token = state.issue(TokenInfo {
         principal: Principal::Federated {
             subject: assertion.arn.clone(),
-            audience: audience.to_owned(),
+            audience: request.audience.clone(),
             attributes,
         },
-        scopes: scopes.clone(),
+        scopes: request.scopes.clone(),
         expires_at: now() + lifetime,
     });
     eprintln!(
-        "[doubles] sts: issued a federated token for {} via {audience}, scopes {scopes:?}, {} s",
+        "[doubles] sts: issued a federated token for {} via {}, scopes {:?}, {} s",
         assertion.arn,
+        request.audience,
+        request.scopes,
         lifetime.as_secs()
     );
     let expires_in = if config.expires_in_as_string {

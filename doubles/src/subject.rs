@@ -167,7 +167,41 @@ fn json_problem(e: &serde_json::Error) -> &'static str {
 
 /// Parses `token` and applies every check but the signature.
 pub fn check(token: &str, expect: &Expectations<'_>) -> Result<CheckedRequest, SubjectError> {
-    let wire = decode(token)?;
+    let Shape {
+        method,
+        url,
+        headers,
+    } = check_shape(decode(token)?)?;
+    check_query(&url)?;
+    check_endpoint(&url, expect.endpoints)?;
+    let signed = SignedRequest {
+        method: &method,
+        url: &url,
+        headers: &headers,
+    };
+    // Every header lookup below also refuses repeated headers.
+    check_host(&signed)?;
+    check_target(signed.header(TARGET_RESOURCE_HEADER)?, expect.audience)?;
+    let authorization = check_authorization(&signed, expect.require_signed_target)?;
+    let signed_at = check_date(&signed, &authorization, expect.now)?;
+    Ok(CheckedRequest {
+        method,
+        url,
+        headers,
+        authorization,
+        signed_at,
+    })
+}
+
+/// The request a subject token describes, before its headers are interpreted.
+struct Shape {
+    method: String,
+    url: Url,
+    headers: Vec<(String, String)>,
+}
+
+/// A `POST` without body to an http(s) URL with a host; headers with names.
+fn check_shape(wire: WireRequest) -> Result<Shape, SubjectError> {
     if wire.body.as_deref().is_some_and(|b| !b.is_empty()) {
         return Err(SubjectError::InvalidFormat(
             "GetCallerIdentity is signed over an empty body.".to_owned(),
@@ -188,26 +222,38 @@ pub fn check(token: &str, expect: &Expectations<'_>) -> Result<CheckedRequest, S
             "The url is not an http(s) URL with a host.".to_owned(),
         ));
     }
-    check_query(&url)?;
-    check_endpoint(&url, expect.endpoints)?;
+    let headers = wire.headers.into_iter().map(|h| (h.key, h.value)).collect();
+    Ok(Shape {
+        method: wire.method,
+        url,
+        headers,
+    })
+}
 
-    let headers: Vec<(String, String)> =
-        wire.headers.into_iter().map(|h| (h.key, h.value)).collect();
-    let signed = SignedRequest {
-        method: &wire.method,
-        url: &url,
-        headers: &headers,
+/// A `host` header, when listed, names the URL's host.
+fn check_host(signed: &SignedRequest<'_>) -> Result<(), SubjectError> {
+    let Some(host) = signed.header("host")? else {
+        return Ok(());
     };
-    // Every header lookup below also refuses repeated headers.
-    if let Some(host) = signed.header("host")?
-        && !host.eq_ignore_ascii_case(&signed.host_from_url()?)
-    {
-        return Err(SubjectError::InvalidFormat(
+    // google-auth (Python) signs the URL's hostname without its port; AWS's own hosts use the
+    // default port, where both spellings agree.
+    let with_port = signed.host_from_url()?;
+    let without_port = signed.url.host_str().unwrap_or_default();
+    if host.eq_ignore_ascii_case(&with_port) || host.eq_ignore_ascii_case(without_port) {
+        Ok(())
+    } else {
+        Err(SubjectError::InvalidFormat(
             "The host header does not match the url.".to_owned(),
-        ));
+        ))
     }
-    check_target(signed.header(TARGET_RESOURCE_HEADER)?, expect.audience)?;
+}
 
+/// An `Authorization` for the `sts` service that signs `host` and `x-amz-date` (and the target
+/// header when required).
+fn check_authorization(
+    signed: &SignedRequest<'_>,
+    require_signed_target: bool,
+) -> Result<Authorization, SubjectError> {
     let authorization = signed.authorization()?;
     if authorization.service != "sts" {
         return Err(SubjectError::InvalidFormat(
@@ -221,10 +267,18 @@ pub fn check(token: &str, expect: &Expectations<'_>) -> Result<CheckedRequest, S
             )));
         }
     }
-    if expect.require_signed_target && !authorization.signs(TARGET_RESOURCE_HEADER) {
+    if require_signed_target && !authorization.signs(TARGET_RESOURCE_HEADER) {
         return Err(SubjectError::TargetNotSigned);
     }
+    Ok(authorization)
+}
 
+/// `x-amz-date`, on the credential scope's day, within [`TIME_WINDOW`] of `now`.
+fn check_date(
+    signed: &SignedRequest<'_>,
+    authorization: &Authorization,
+    now: Timestamp,
+) -> Result<Timestamp, SubjectError> {
     let amz_date = signed.header("x-amz-date")?.ok_or_else(|| {
         SubjectError::InvalidFormat("The x-amz-date header is missing.".to_owned())
     })?;
@@ -236,15 +290,10 @@ pub fn check(token: &str, expect: &Expectations<'_>) -> Result<CheckedRequest, S
             "The credential scope date is not the date of x-amz-date.".to_owned(),
         ));
     }
-    check_window(signed_at, expect.now)?;
-
-    Ok(CheckedRequest {
-        method: wire.method,
-        url,
-        headers,
-        authorization,
-        signed_at,
-    })
+    if now.duration_since(signed_at).abs() > TIME_WINDOW {
+        return Err(SubjectError::OutsideWindow { signed_at, now });
+    }
+    Ok(signed_at)
 }
 
 /// The query must be exactly `Action=GetCallerIdentity` and `Version=2011-06-15`.
@@ -285,13 +334,6 @@ fn check_target(target: Option<&str>, audience: &str) -> Result<(), SubjectError
     } else {
         Err(SubjectError::TargetMismatch)
     }
-}
-
-fn check_window(signed_at: Timestamp, now: Timestamp) -> Result<(), SubjectError> {
-    if now.duration_since(signed_at).abs() > TIME_WINDOW {
-        return Err(SubjectError::OutsideWindow { signed_at, now });
-    }
-    Ok(())
 }
 
 /// Parses `20200811T065522Z`.

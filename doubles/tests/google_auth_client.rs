@@ -11,21 +11,20 @@ use fedcred_doubles::{
     Binding, Condition, Config, GoogleDoubles, Principal, Provider, Target, role_member,
 };
 use serde_json::{Value, json};
-use support::{AUDIENCE, CLOUD_PLATFORM, GCI_QUERY};
+use support::{AUDIENCE, CLOUD_PLATFORM};
 
 const APP_SA: &str = "app@demo-project.iam.gserviceaccount.com";
 const AWS_ROLE: &str = "arn:aws:sts::123456789012:assumed-role/fedcred-demo";
 
-fn google_auth(
+/// Runs the library on a blocking thread: the doubles serve on this test's runtime meanwhile.
+async fn google_auth(
     creds: &TemporaryCredentials,
-    moto: &Moto,
     google: &GoogleDoubles,
     impersonate: Option<&str>,
 ) -> Value {
     let spec = json!({
         "audience": AUDIENCE,
         "token_url": google.sts_url(),
-        "verification_url": format!("{}{GCI_QUERY}", moto.url()),
         "impersonation_url": impersonate.map(|sa| format!(
             "{}/v1/projects/-/serviceAccounts/{sa}:generateAccessToken",
             google.iam_credentials_url()
@@ -36,7 +35,8 @@ fn google_auth(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/support/google_auth_exchange.py"
     );
-    let out = Command::new(support::python())
+    let mut command = Command::new(support::python());
+    command
         .arg(script)
         .arg(spec.to_string())
         .env_clear()
@@ -44,8 +44,10 @@ fn google_auth(
         .env("AWS_SECRET_ACCESS_KEY", &creds.secret_access_key)
         .env("AWS_SESSION_TOKEN", &creds.session_token)
         .env("AWS_REGION", "us-east-1")
-        .env("NO_PROXY", "127.0.0.1")
-        .output()
+        .env("NO_PROXY", "127.0.0.1");
+    let out = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
         .expect("run python");
     assert!(
         out.status.success(),
@@ -57,9 +59,15 @@ fn google_auth(
 
 async fn world(condition: Condition) -> (Moto, GoogleDoubles, TemporaryCredentials) {
     let moto = Moto::start_async().await.expect("moto starts");
-    let config = Config::with_moto(&moto.url())
-        .provider(Provider::new(AUDIENCE).with_condition(condition))
-        .binding(Binding::new(APP_SA, &[role_member(AUDIENCE, AWS_ROLE)]));
+    // google-auth signs only for https://sts.REGION.amazonaws.com; the doubles send that call to
+    // moto and take secrets from it.
+    let config = Config {
+        moto_url: Some(moto.url()),
+        ..Config::default()
+    }
+    .route_aws_region("us-east-1", &moto.url())
+    .provider(Provider::new(AUDIENCE).with_condition(condition))
+    .binding(Binding::new(APP_SA, &[role_member(AUDIENCE, AWS_ROLE)]));
     let google = GoogleDoubles::start(config).await.expect("doubles start");
     let creds = moto
         .assume_role_with_web_identity("arn:aws:iam::123456789012:role/fedcred-demo", "ns-a.app")
@@ -70,9 +78,9 @@ async fn world(condition: Condition) -> (Moto, GoogleDoubles, TemporaryCredentia
 
 #[tokio::test]
 async fn google_auth_exchanges_and_impersonates() {
-    let (moto, google, creds) = world(Condition::AwsRoleEquals(AWS_ROLE.into())).await;
+    let (_moto, google, creds) = world(Condition::AwsRoleEquals(AWS_ROLE.into())).await;
 
-    let federated = google_auth(&creds, &moto, &google, None);
+    let federated = google_auth(&creds, &google, None).await;
     let token = federated["token"]
         .as_str()
         .unwrap_or_else(|| panic!("{federated}"));
@@ -83,7 +91,7 @@ async fn google_auth_exchanges_and_impersonates() {
         matches!(info.principal, Principal::Federated { ref subject, .. } if *subject == creds.arn)
     );
 
-    let impersonated = google_auth(&creds, &moto, &google, Some(APP_SA));
+    let impersonated = google_auth(&creds, &google, Some(APP_SA)).await;
     let token = impersonated["token"]
         .as_str()
         .unwrap_or_else(|| panic!("{impersonated}"));
@@ -94,8 +102,8 @@ async fn google_auth_exchanges_and_impersonates() {
 
 #[tokio::test]
 async fn google_auth_reports_the_condition_rejection() {
-    let (moto, google, creds) = world(Condition::ArnContains("assumed-role/other/".into())).await;
-    let answer = google_auth(&creds, &moto, &google, None);
+    let (_moto, google, creds) = world(Condition::ArnContains("assumed-role/other/".into())).await;
+    let answer = google_auth(&creds, &google, None).await;
     let error = answer["error"]
         .as_str()
         .unwrap_or_else(|| panic!("{answer}"));

@@ -346,3 +346,41 @@ async fn refuses_a_config_with_a_malformed_audience() {
         .expect("refused");
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
 }
+
+/// Malformed requests get a 4xx JSON answer, never a panic or a plain-text error.
+#[tokio::test]
+async fn garbage_gets_json_errors() {
+    let google = GoogleDoubles::start(Config::default().provider(Provider::new(AUDIENCE)))
+        .await
+        .unwrap();
+    let client = support::http();
+    let cases = [
+        client.post(google.sts_url()).body(vec![0xff, 0x00, 0x13]),
+        client
+            .post(google.sts_url())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("audience=a&audience=b"),
+        client
+            .post(google.sts_url())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("authorization", "Basic Zm9vOmJhcg==")
+            .body("grant_type=x"),
+        client.get(format!("{}?access_token=%FF%FE", google.tokeninfo_url())),
+        client.get(google.tokeninfo_url()),
+        client.post(format!(
+            "{}/v1/projects/-/serviceAccounts/{APP_SA}:signBlob",
+            google.base_url()
+        )),
+        client.get(format!("{}/nowhere", google.base_url())),
+        client
+            .post(format!("{}/__faults", google.base_url()))
+            .body("{\"target\":\"sts\",\"kind\":\"status\",\"code\":99,\"count\":1}"),
+    ];
+    for request in cases {
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        assert!((400..500).contains(&status), "{status}");
+        let body: Value = response.json().await.expect("a JSON body");
+        assert!(body.get("error").is_some(), "{body}");
+    }
+}

@@ -120,7 +120,10 @@ async fn accepts_a_botocore_signed_request_and_learns_the_arn_from_aws() {
                 .contains(&access_token.to_owned())
         );
     }
-    assert_eq!(world.google.seen_principals(), [world.creds.arn.clone()]);
+    assert_eq!(
+        world.google.seen_principals(),
+        vec![world.creds.arn.clone()]
+    );
     assert_eq!(world.google.calls(Target::Sts), 2);
     assert_eq!(world.google.exchanges(Target::Sts), 2);
 
@@ -311,7 +314,10 @@ async fn applies_the_attribute_condition_and_can_change_it() {
         })
     );
     // AWS confirmed the caller even though Google then refused it.
-    assert_eq!(world.google.seen_principals(), [world.creds.arn.clone()]);
+    assert_eq!(
+        world.google.seen_principals(),
+        vec![world.creds.arn.clone()]
+    );
 
     world.google.set_condition(
         AUDIENCE,

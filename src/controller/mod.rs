@@ -166,6 +166,11 @@ pub async fn reconcile(fc: Arc<FederatedCredential>, ctx: Arc<Context>) -> Resul
     }
     let api: Api<FederatedCredential> = Api::namespaced(ctx.client.clone(), &namespace);
     let secret_name = objects::secret_name(&fc);
+    // Until the Secrets have been listed once, a missing Secret means "not seen yet", not
+    // "deleted": deciding then would re-exchange every token after each restart.
+    if ctx.secrets.wait_until_ready().await.is_err() {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     let found = ctx
         .secrets
         .get(&ObjectRef::new(&secret_name).within(&namespace));

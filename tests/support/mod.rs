@@ -2,6 +2,9 @@
 //! started, the real kubectl, and one namespace per test.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod cloud;
+pub mod controller;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -69,6 +72,7 @@ pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Kubectl {
     let mut cmd = Command::new("kubectl");
     cmd.args(args)
         .env("KUBECONFIG", kubeconfig())
+        .env("KUBECACHEDIR", discovery_cache())
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -88,6 +92,12 @@ pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Kubectl {
             .expect("kubectl reads its input");
     }
     child.wait_with_output().expect("kubectl runs").into()
+}
+
+/// kubectl's discovery cache for this test binary. It is dropped once the CRD is installed, so
+/// kubectl learns of the new kind instead of trusting hours-old discovery.
+fn discovery_cache() -> PathBuf {
+    std::env::temp_dir().join(format!("fedcred-kubectl-cache-{}", std::process::id()))
 }
 
 /// Installs the CRD from `crds/` once per test binary and waits until it is Established.

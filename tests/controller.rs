@@ -1,0 +1,546 @@
+//! Stories of `fedcred controller` on the real API server, with moto and the Google doubles:
+//! each test runs its own controller process scoped to its own namespace.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use fedcred_doubles::{Condition, Config, Fault, Target};
+use serde_json::{Value, json};
+use support::TestNamespace;
+use support::cloud::{ASSUMED_ROLE, AUDIENCE, Cloud, ROLE, SA_EMAIL};
+use support::controller::ControllerProcess;
+
+/// Polls `check` until it returns `Some`, failing with `what` after `limit`.
+async fn eventually<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn get_json(ns: &TestNamespace, args: &[&str]) -> Option<Value> {
+    let mut all = vec!["get"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["-o", "json"]);
+    let out = ns.kubectl(&all, None);
+    out.ok.then(|| serde_json::from_str(&out.stdout).unwrap())
+}
+
+fn status(ns: &TestNamespace, name: &str) -> Value {
+    get_json(ns, &["fedcred", name])
+        .map(|v| v["status"].clone())
+        .unwrap_or(Value::Null)
+}
+
+fn condition(status: &Value, type_: &str) -> Option<Value> {
+    status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .cloned()
+}
+
+fn is_ready(ns: &TestNamespace, name: &str) -> Option<Value> {
+    let s = status(ns, name);
+    (condition(&s, "Ready")?["status"] == "True").then_some(s)
+}
+
+/// The Secret's data, decoded.
+fn secret(ns: &TestNamespace, name: &str) -> Option<BTreeMap<String, String>> {
+    use base64::Engine as _;
+    let v = get_json(ns, &["secret", name])?;
+    let data = v["data"].as_object()?;
+    Some(
+        data.iter()
+            .map(|(k, v)| {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(v.as_str().unwrap())
+                    .unwrap();
+                (k.clone(), String::from_utf8(bytes).unwrap())
+            })
+            .collect(),
+    )
+}
+
+fn events(ns: &TestNamespace, name: &str) -> Vec<Value> {
+    let v = get_json(
+        ns,
+        &[
+            "events",
+            "--field-selector",
+            &format!("involvedObject.name={name}"),
+        ],
+    )
+    .unwrap();
+    v["items"].as_array().cloned().unwrap_or_default()
+}
+
+fn service_account(ns: &TestNamespace, name: &str) {
+    let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": name, "annotations": {"eks.amazonaws.com/role-arn": ROLE}}});
+    ns.kubectl(&["apply", "-f", "-"], Some(&sa.to_string()))
+        .success();
+}
+
+/// Applies a FederatedCredential named `name` whose spec is `cloud.spec(aws, google)` plus
+/// `extra` at the top of the spec.
+fn apply(ns: &TestNamespace, cloud: &Cloud, name: &str, aws: Value, google: Value, extra: Value) {
+    let mut spec = serde_json::to_value(cloud.spec(aws, google)).unwrap();
+    for (k, v) in extra.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    let fc = json!({"apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
+        "metadata": {"name": name}, "spec": spec});
+    ns.kubectl(&["apply", "-f", "-"], Some(&fc.to_string()))
+        .success();
+}
+
+fn irsa() -> Value {
+    json!({"serviceAccount": {"name": "orders-api"}})
+}
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_resource_becomes_ready_with_a_token_the_iam_double_accepts() {
+    let ns = TestNamespace::new("ready");
+    let cloud = Cloud::start(|c| c).await;
+    service_account(&ns, "orders-api");
+    let _controller = ControllerProcess::start(&ns.name, &cloud, "r1", &[]);
+    apply(
+        &ns,
+        &cloud,
+        "orders-db",
+        irsa(),
+        json!({}),
+        json!({"secret": {"labels": {"team": "orders"}}}),
+    );
+
+    let status = eventually("Ready", LIMIT, || is_ready(&ns, "orders-db")).await;
+    let data = secret(&ns, "orders-db").expect("the Secret exists");
+    let info = cloud
+        .google
+        .lookup(&data["access_token"])
+        .expect("the IAM double issued the token");
+    assert_eq!(info.email(), Some(SA_EMAIL));
+    assert_eq!(data["token_type"], "Bearer");
+    assert_eq!(data["service_account"], SA_EMAIL);
+    assert_eq!(data["db_user"], "orders-api@acme-shop.iam");
+    assert_eq!(data["project_id"], "acme-shop");
+    assert_eq!(status["expiresAt"], data["expiry"].as_str());
+    let principal = format!("{ASSUMED_ROLE}/fedcred.{}.orders-api", ns.name);
+    assert_eq!(status["awsPrincipalArn"], principal.as_str());
+    assert_eq!(status["googleServiceAccount"], SA_EMAIL);
+    assert_eq!(status["dbUser"], "orders-api@acme-shop.iam");
+    assert_eq!(status["secretName"], "orders-db");
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(status["identity"], "ServiceAccount/orders-api");
+    assert!(status["nextRefreshTime"].as_str().unwrap() < status["expiresAt"].as_str().unwrap());
+
+    let meta =
+        get_json(&ns, &["secret", "orders-db", "--show-managed-fields"]).unwrap()["metadata"]
+            .clone();
+    assert_eq!(meta["labels"]["app.kubernetes.io/managed-by"], "fedcred");
+    assert_eq!(meta["labels"]["team"], "orders");
+    assert_eq!(meta["ownerReferences"][0]["kind"], "FederatedCredential");
+    assert_eq!(meta["ownerReferences"][0]["controller"], true);
+    let managers: Vec<&str> = meta["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["manager"].as_str().unwrap())
+        .collect();
+    assert_eq!(managers, ["fedcred"]);
+    let refreshed = eventually("a TokenRefreshed event", LIMIT, || {
+        events(&ns, "orders-db")
+            .into_iter()
+            .find(|e| e["reason"] == "TokenRefreshed")
+    })
+    .await;
+    assert!(
+        refreshed["message"]
+            .as_str()
+            .unwrap()
+            .contains("FirstIssue")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_lived_tokens_are_refreshed_before_they_expire() {
+    let ns = TestNamespace::new("short");
+    // Federated tokens (no impersonation) that live 6 seconds.
+    let cloud = Cloud::start(|c| Config {
+        federated_lifetime: Duration::from_secs(6),
+        ..c
+    })
+    .await;
+    service_account(&ns, "orders-api");
+    let _controller = ControllerProcess::start(&ns.name, &cloud, "r1", &[]);
+    apply(
+        &ns,
+        &cloud,
+        "fast",
+        irsa(),
+        json!({"serviceAccount": null}),
+        json!({}),
+    );
+    eventually("Ready", LIMIT, || is_ready(&ns, "fast")).await;
+
+    let mut seen: Vec<(String, jiff::Timestamp)> = Vec::new();
+    let start = Instant::now();
+    while seen.len() < 4 {
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "only {} tokens in 40 s",
+            seen.len()
+        );
+        if let Some(data) = secret(&ns, "fast") {
+            let token = data["access_token"].clone();
+            if seen.last().is_none_or(|(t, _)| *t != token) {
+                let now = jiff::Timestamp::now();
+                if let Some((_, previous_expiry)) = seen.last() {
+                    assert!(
+                        now < *previous_expiry,
+                        "the previous token expired at {previous_expiry} before the refresh at {now}"
+                    );
+                }
+                seen.push((token, data["expiry"].parse().unwrap()));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(cloud.google.exchanges(Target::Sts) >= 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_or_edited_secret_is_repaired() {
+    let ns = TestNamespace::new("repair");
+    let cloud = Cloud::start(|c| c).await;
+    service_account(&ns, "orders-api");
+    let _controller = ControllerProcess::start(&ns.name, &cloud, "r1", &[]);
+    apply(&ns, &cloud, "orders-db", irsa(), json!({}), json!({}));
+    eventually("Ready", LIMIT, || is_ready(&ns, "orders-db")).await;
+    let original = secret(&ns, "orders-db").unwrap();
+
+    ns.kubectl(&["delete", "secret", "orders-db"], None)
+        .success();
+    let recreated = eventually("the Secret back", LIMIT, || secret(&ns, "orders-db")).await;
+    assert!(cloud.google.lookup(&recreated["access_token"]).is_some());
+
+    let patch = json!({"stringData": {"access_token": "tampered"}});
+    ns.kubectl(
+        &[
+            "patch",
+            "secret",
+            "orders-db",
+            "--type=merge",
+            "-p",
+            &patch.to_string(),
+        ],
+        None,
+    )
+    .success();
+    let restored = eventually("the edit undone", LIMIT, || {
+        secret(&ns, "orders-db").filter(|d| d["access_token"] != "tampered")
+    })
+    .await;
+    assert!(cloud.google.lookup(&restored["access_token"]).is_some());
+    // Repairs reuse the cached token: Google saw one exchange.
+    assert_eq!(restored["access_token"], original["access_token"]);
+    assert_eq!(cloud.google.exchanges(Target::Sts), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_change_refreshes_and_advances_observed_generation() {
+    let ns = TestNamespace::new("spec");
+    let cloud = Cloud::start(|c| c).await;
+    service_account(&ns, "orders-api");
+    let _controller = ControllerProcess::start(&ns.name, &cloud, "r1", &[]);
+    apply(&ns, &cloud, "orders-db", irsa(), json!({}), json!({}));
+    eventually("Ready", LIMIT, || is_ready(&ns, "orders-db")).await;
+    let before = secret(&ns, "orders-db").unwrap();
+
+    let scopes = json!({"scopes": ["https://www.googleapis.com/auth/bigquery"]});
+    apply(&ns, &cloud, "orders-db", irsa(), scopes, json!({}));
+    let status = eventually("generation 2 observed", LIMIT, || {
+        is_ready(&ns, "orders-db").filter(|s| s["observedGeneration"] == 2)
+    })
+    .await;
+    let after = secret(&ns, "orders-db").unwrap();
+    assert_ne!(before["access_token"], after["access_token"]);
+    let info = cloud.google.lookup(&after["access_token"]).unwrap();
+    assert_eq!(info.scopes, ["https://www.googleapis.com/auth/bigquery"]);
+    assert_eq!(
+        condition(&status, "Ready").unwrap()["observedGeneration"],
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attribute_condition_rejection_is_explained_with_the_principal() {
+    let ns = TestNamespace::new("rejected");
+    let cloud = Cloud::start(|c| c).await;
+    cloud.google.set_condition(
+        AUDIENCE,
+        Condition::ArnContains("assumed-role/payments/".into()),
+    );
+    service_account(&ns, "orders-api");
+    let _controller = ControllerProcess::start(&ns.name, &cloud, "r1", &[]);
+    apply(&ns, &cloud, "orders-db", irsa(), json!({}), json!({}));
+
+    let ready = eventually("Ready=False", LIMIT, || {
+        condition(&status(&ns, "orders-db"), "Ready").filter(|c| c["status"] == "False")
+    })
+    .await;
+    assert_eq!(ready["reason"], "AttributeConditionRejected");
+    let principal = format!("{ASSUMED_ROLE}/fedcred.{}.orders-api", ns.name);
+    assert!(
+        ready["message"].as_str().unwrap().contains(&principal),
+        "{ready}"
+    );
+    let status = status(&ns, "orders-db");
+    assert_eq!(status["awsPrincipalArn"], principal.as_str());
+    assert_eq!(status["lastFailureReason"], "AttributeConditionRejected");
+    assert!(status["failureCount"].as_i64().unwrap() >= 1);
+    let event = eventually("a warning event", LIMIT, || {
+        events(&ns, "orders-db")
+            .into_iter()
+            .find(|e| e["reason"] == "AttributeConditionRejected")
+    })
+    .await;
+    assert_eq!(event["type"], "Warning");
+    assert!(
+        secret(&ns, "orders-db").is_none(),
+        "no Secret without a token"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sts_outage_keeps_the_old_token_backs_off_and_recovers_without_a_storm() {
+    let ns = TestNamespace::new("outage");
+    let cloud = Cloud::start(|c| Config {
+        federated_lifetime: Duration::from_secs(60),
+        ..c
+    })
+    .await;
+    service_account(&ns, "orders-api");
+    let _controller = ControllerProcess::start(&ns.name, &cloud, "r1", &[]);
+    // Refresh when 90 % of the minute is left: about 6 s after issue.
+    apply(
+        &ns,
+        &cloud,
+        "orders-db",
+        irsa(),
+        json!({"serviceAccount": null}),
+        json!({"secret": {"renewBeforePercentage": 90}}),
+    );
+    eventually("Ready", LIMIT, || is_ready(&ns, "orders-db")).await;
+    let first = secret(&ns, "orders-db").unwrap();
+    let calls_before = cloud.google.calls(Target::Sts);
+    // Two refreshes' worth of failures (each refresh tries four times).
+    cloud.google.inject(
+        Target::Sts,
+        Fault::Status {
+            code: 503,
+            retry_after: None,
+            count: 8,
+        },
+    );
+
+    let failing = eventually("the failure in status", LIMIT, || {
+        let s = status(&ns, "orders-db");
+        (s["failureCount"].as_i64().unwrap_or(0) >= 1).then_some(s)
+    })
+    .await;
+    assert_eq!(
+        condition(&failing, "RefreshFailing").unwrap()["reason"],
+        "Upstream"
+    );
+    assert_eq!(
+        condition(&failing, "Ready").unwrap()["status"],
+        "True",
+        "the old token is still valid"
+    );
+    assert!(failing["nextRefreshTime"].as_str().is_some());
+    assert_eq!(
+        secret(&ns, "orders-db").unwrap()["access_token"],
+        first["access_token"],
+        "old token kept"
+    );
+
+    let recovered = eventually("recovery", LIMIT, || {
+        let s = status(&ns, "orders-db");
+        (s.get("failureCount").is_none() && condition(&s, "RefreshFailing").is_none()).then_some(s)
+    })
+    .await;
+    assert_eq!(condition(&recovered, "Ready").unwrap()["status"], "True");
+    assert_ne!(
+        secret(&ns, "orders-db").unwrap()["access_token"],
+        first["access_token"]
+    );
+    let episode = cloud.google.calls(Target::Sts) - calls_before;
+    assert!(
+        episode <= 9,
+        "8 failed attempts and 1 success expected, Google saw {episode} calls"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_controller_resumes_without_an_exchange_burst() {
+    let ns = TestNamespace::new("restart");
+    let cloud = Cloud::start(|c| c).await;
+    service_account(&ns, "orders-api");
+    let mut controller = ControllerProcess::start(&ns.name, &cloud, "r1", &[]);
+    for i in 0..5 {
+        apply(
+            &ns,
+            &cloud,
+            &format!("app-{i}"),
+            irsa(),
+            json!({}),
+            json!({}),
+        );
+    }
+    for i in 0..5 {
+        eventually("all Ready", LIMIT, || is_ready(&ns, &format!("app-{i}"))).await;
+    }
+    assert_eq!(
+        cloud.google.exchanges(Target::Sts),
+        1,
+        "five resources of one identity share one exchange"
+    );
+    let statuses: Vec<Value> = (0..5).map(|i| status(&ns, &format!("app-{i}"))).collect();
+
+    controller.kill();
+    let restarted = ControllerProcess::start(&ns.name, &cloud, "r1", &[]);
+    eventually("the new process leading", LIMIT, || {
+        restarted.logs().contains("became leader").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        cloud.google.calls(Target::Sts),
+        1,
+        "no exchange after the restart"
+    );
+    for i in 0..5 {
+        let s = status(&ns, &format!("app-{i}"));
+        assert_eq!(s["expiresAt"], statuses[i]["expiresAt"]);
+        assert_eq!(s["nextRefreshTime"], statuses[i]["nextRefreshTime"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_elect_one_writer_and_fail_over() {
+    let ns = TestNamespace::new("replicas");
+    let cloud = Cloud::start(|c| c).await;
+    service_account(&ns, "orders-api");
+    let mut a = ControllerProcess::start(&ns.name, &cloud, "replica-a", &[]);
+    let mut b = ControllerProcess::start(&ns.name, &cloud, "replica-b", &[]);
+    apply(&ns, &cloud, "orders-db", irsa(), json!({}), json!({}));
+    eventually("Ready", LIMIT, || is_ready(&ns, "orders-db")).await;
+
+    let lease = get_json(&ns, &["lease", "fedcred-controller"]).unwrap();
+    let holder = lease["spec"]["holderIdentity"].as_str().unwrap().to_owned();
+    let (leader, standby) = if holder == "replica-a" {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    assert!(leader.logs().contains("token written"));
+    assert!(
+        !standby.logs().contains("token written"),
+        "the standby wrote"
+    );
+    assert!(!standby.logs().contains("became leader"));
+
+    assert!(leader.terminate(), "the leader exits cleanly on SIGTERM");
+    eventually("the standby taking over", Duration::from_secs(20), || {
+        standby.logs().contains("became leader").then_some(())
+    })
+    .await;
+    ns.kubectl(&["delete", "secret", "orders-db"], None)
+        .success();
+    eventually("the new leader repairing the Secret", LIMIT, || {
+        secret(&ns, "orders-db")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_resource_removes_its_secret() {
+    let ns = TestNamespace::new("delete");
+    let cloud = Cloud::start(|c| c).await;
+    service_account(&ns, "orders-api");
+    let _controller = ControllerProcess::start(&ns.name, &cloud, "r1", &[]);
+    apply(&ns, &cloud, "orders-db", irsa(), json!({}), json!({}));
+    eventually("the Secret", LIMIT, || secret(&ns, "orders-db")).await;
+    ns.kubectl(&["delete", "fedcred", "orders-db"], None)
+        .success();
+    eventually("the Secret gone", LIMIT, || {
+        secret(&ns, "orders-db").is_none().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_account_of_another_namespace_cannot_be_used() {
+    let owner = TestNamespace::new("sa-owner");
+    let ns = TestNamespace::new("sa-thief");
+    let cloud = Cloud::start(|c| c).await;
+    service_account(&owner, "orders-api");
+    let _controller = ControllerProcess::start(&ns.name, &cloud, "r1", &[]);
+    // Names resolve in the resource's own namespace; there is no way to point elsewhere.
+    apply(&ns, &cloud, "stolen", irsa(), json!({}), json!({}));
+    let ready = eventually("Ready=False", LIMIT, || {
+        condition(&status(&ns, "stolen"), "Ready").filter(|c| c["status"] == "False")
+    })
+    .await;
+    assert_eq!(ready["reason"], "ServiceAccountNotFound");
+    assert!(ready["message"].as_str().unwrap().contains(&format!(
+        "ServiceAccount {}/orders-api does not exist",
+        ns.name
+    )));
+    assert_eq!(cloud.google.calls(Target::Sts), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_identity_is_refused_where_the_admin_did_not_allow_it() {
+    let ns = TestNamespace::new("no-lend");
+    let cloud = Cloud::start(|c| c).await;
+    let _controller = ControllerProcess::start(
+        &ns.name,
+        &cloud,
+        "r1",
+        &["--allow-controller-identity", "some-other-namespace"],
+    );
+    apply(
+        &ns,
+        &cloud,
+        "bq",
+        json!({"controllerIdentity": {"roleArn": ROLE}}),
+        json!({}),
+        json!({}),
+    );
+    let ready = eventually("Ready=False", LIMIT, || {
+        condition(&status(&ns, "bq"), "Ready").filter(|c| c["status"] == "False")
+    })
+    .await;
+    assert_eq!(ready["reason"], "ControllerIdentityNotAllowed");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("controllerIdentity.allowedNamespaces")
+    );
+    assert_eq!(cloud.google.calls(Target::Sts), 0);
+}

@@ -1,0 +1,69 @@
+//! The cloud around fedcred in tests: the real moto server for AWS STS and the verifying
+//! Google doubles, configured with one provider and one service-account binding.
+
+use fedcred::api::FederatedCredentialSpec;
+use fedcred::aws::Aws;
+use fedcred::exchange::Engine;
+use fedcred::google::{GoogleClient, RetryPolicy};
+use fedcred_doubles::moto::Moto;
+use fedcred_doubles::{Binding, Config, GoogleDoubles, Provider, role_member};
+use serde_json::json;
+
+pub const AUDIENCE: &str = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/eks-pool/providers/aws-shop";
+pub const SA_EMAIL: &str = "orders-api@acme-shop.iam.gserviceaccount.com";
+pub const ROLE: &str = "arn:aws:iam::123456789012:role/shop-orders";
+pub const ASSUMED_ROLE: &str = "arn:aws:sts::123456789012:assumed-role/shop-orders";
+
+/// Moto and the Google doubles, with a provider for AUDIENCE and SA_EMAIL bound to ROLE.
+pub struct Cloud {
+    pub moto: Moto,
+    pub google: GoogleDoubles,
+}
+
+impl Cloud {
+    pub async fn start(configure: impl FnOnce(Config) -> Config) -> Cloud {
+        let moto = Moto::start_async()
+            .await
+            .expect("moto starts (hack/install-tools.sh installs it)");
+        let config = Config::with_moto(&moto.url())
+            .provider(Provider::new(AUDIENCE))
+            .binding(Binding::new(
+                SA_EMAIL,
+                &[role_member(AUDIENCE, ASSUMED_ROLE)],
+            ));
+        let google = GoogleDoubles::start(configure(config))
+            .await
+            .expect("the Google doubles start");
+        Cloud { moto, google }
+    }
+
+    /// A spec for `aws` pointed at these peers.
+    pub fn spec(
+        &self,
+        aws: serde_json::Value,
+        google: serde_json::Value,
+    ) -> FederatedCredentialSpec {
+        let mut spec = json!({
+            "aws": aws,
+            "google": {
+                "audience": AUDIENCE,
+                "serviceAccount": SA_EMAIL,
+                "endpoints": {"sts": self.google.sts_url(), "iamCredentials": self.google.iam_credentials_url()}
+            }
+        });
+        spec["aws"]["region"] = json!("us-east-1");
+        spec["aws"]["stsEndpoint"] = json!(self.moto.url());
+        for (k, v) in google.as_object().unwrap() {
+            spec["google"][k] = v.clone();
+        }
+        serde_json::from_value(spec).unwrap()
+    }
+
+    pub async fn engine(&self, policy: RetryPolicy) -> Engine {
+        Engine::new(
+            Aws::from_env().await,
+            GoogleClient::new(policy).unwrap(),
+            Some(super::kube_client().await),
+        )
+    }
+}
