@@ -432,10 +432,10 @@ async fn a_restarted_controller_resumes_without_an_exchange_burst() {
         1,
         "no exchange after the restart"
     );
-    for i in 0..5 {
+    for (i, before) in statuses.iter().enumerate() {
         let s = status(&ns, &format!("app-{i}"));
-        assert_eq!(s["expiresAt"], statuses[i]["expiresAt"]);
-        assert_eq!(s["nextRefreshTime"], statuses[i]["nextRefreshTime"]);
+        assert_eq!(s["expiresAt"], before["expiresAt"]);
+        assert_eq!(s["nextRefreshTime"], before["nextRefreshTime"]);
     }
 }
 
