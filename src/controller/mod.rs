@@ -34,8 +34,43 @@ use decide::{Decision, Schedule, Trigger};
 pub const FIELD_MANAGER: &str = "fedcred";
 
 /// Routine refreshes are reported as events at most this often per resource; first issues,
-/// repairs, spec changes and failures always are.
+/// repairs and spec changes are reported each time, within the controller-wide budget below.
 const ROUTINE_EVENT_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Controller-wide budget for Normal events, so that thousands of resources becoming Ready at
+/// once do not add thousands of writes. Warnings are not limited (the recorder folds repeats
+/// into event series).
+const EVENT_BURST: f64 = 50.0;
+const EVENTS_PER_SECOND: f64 = 5.0;
+
+/// A token bucket: `burst` events at once, refilled at `rate` per second.
+#[derive(Debug)]
+pub struct EventBudget {
+    tokens: f64,
+    last: Instant,
+}
+
+impl EventBudget {
+    pub fn new(now: Instant) -> Self {
+        EventBudget {
+            tokens: EVENT_BURST,
+            last: now,
+        }
+    }
+
+    /// Takes one event from the budget if there is one.
+    pub fn allow(&mut self, now: Instant) -> bool {
+        let refill = now.saturating_duration_since(self.last).as_secs_f64() * EVENTS_PER_SECOND;
+        self.tokens = (self.tokens + refill).min(EVENT_BURST);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
 
 /// Errors that make a reconcile retry: the API server refused or failed a write.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +107,7 @@ pub struct Context {
     pub recorder: Recorder,
     secrets: Store<Secret>,
     last_routine_event: Mutex<HashMap<ObjectRef<FederatedCredential>, Instant>>,
+    event_budget: Mutex<EventBudget>,
 }
 
 fn schedule_of(status: Option<&FederatedCredentialStatus>) -> Schedule {
@@ -142,6 +178,14 @@ impl Context {
         }
     }
 
+    /// Whether a Normal event about a refresh may be published now.
+    async fn refresh_event_allowed(&self, fc: &FederatedCredential, trigger: Trigger) -> bool {
+        if trigger == Trigger::Due && !self.routine_event_due(fc).await {
+            return false;
+        }
+        self.event_budget.lock().await.allow(Instant::now())
+    }
+
     async fn routine_event_due(&self, fc: &FederatedCredential) -> bool {
         let mut last = self.last_routine_event.lock().await;
         let key = ObjectRef::from_obj(fc);
@@ -162,6 +206,10 @@ pub async fn reconcile(fc: Arc<FederatedCredential>, ctx: Arc<Context>) -> Resul
     if fc.meta().deletion_timestamp.is_some() {
         // The Secret is owned by the resource; the garbage collector removes it.
         ctx.metrics.forget(&namespace, &name);
+        ctx.last_routine_event
+            .lock()
+            .await
+            .remove(&ObjectRef::from_obj(fc.as_ref()));
         return Ok(Action::await_change());
     }
     let api: Api<FederatedCredential> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -273,7 +321,7 @@ pub async fn reconcile(fc: Arc<FederatedCredential>, ctx: Arc<Context>) -> Resul
         issued.expires_at.as_second() - now.as_second(),
     );
     tracing::info!(%namespace, %name, trigger = trigger.as_str(), expires_at = %issued.expires_at, next_refresh = %next, "token written");
-    if trigger != Trigger::Due || ctx.routine_event_due(&fc).await {
+    if ctx.refresh_event_allowed(&fc, trigger).await {
         let note = format!(
             "Secret {secret_name} refreshed ({}); valid until {}",
             trigger.as_str(),
@@ -371,6 +419,7 @@ pub async fn run(
         metrics,
         secrets: store,
         last_routine_event: Mutex::new(HashMap::new()),
+        event_budget: Mutex::new(EventBudget::new(Instant::now())),
     });
     let prune = tokio::spawn(async move {
         loop {
@@ -386,4 +435,25 @@ pub async fn run(
         .for_each(|_| futures::future::ready(()))
         .await;
     prune.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_event_budget_allows_a_burst_then_a_steady_rate() {
+        let start = Instant::now();
+        let mut budget = EventBudget::new(start);
+        let burst = (0..200).filter(|_| budget.allow(start)).count();
+        assert_eq!(burst, EVENT_BURST as usize);
+        let later = start + Duration::from_secs(2);
+        let refilled = (0..200).filter(|_| budget.allow(later)).count();
+        assert_eq!(refilled, (2.0 * EVENTS_PER_SECOND) as usize);
+        let much_later = later + Duration::from_secs(3600);
+        assert_eq!(
+            (0..200).filter(|_| budget.allow(much_later)).count(),
+            EVENT_BURST as usize
+        );
+    }
 }
