@@ -10,6 +10,7 @@ pub mod exchange;
 pub mod google;
 pub mod health;
 pub mod leader;
+pub mod metadata;
 pub mod metrics;
 pub mod secret;
 pub mod subject_token;

@@ -56,6 +56,19 @@ enum Command {
         #[arg(long)]
         show_token: bool,
     },
+    /// Serve the GCE metadata protocol on loopback from the FederatedCredential Secret mounted
+    /// in the pod, so unchanged Google libraries find their token.
+    MetadataServer {
+        /// Directory where the Secret is mounted (the kubelet keeps it up to date).
+        #[arg(long, env = "FEDCRED_SECRET_DIR")]
+        secret_dir: PathBuf,
+        /// Address to listen on; keep it on loopback.
+        #[arg(long, env = "FEDCRED_METADATA_LISTEN", default_value = fedcred::metadata::DEFAULT_LISTEN)]
+        listen: std::net::SocketAddr,
+        /// Log format: `json` or `text`.
+        #[arg(long, env = "FEDCRED_LOG_FORMAT", default_value = "json")]
+        log_format: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -112,6 +125,11 @@ async fn main() -> ExitCode {
             namespace,
             show_token,
         } => exchange_command(&file, namespace, show_token).await,
+        Command::MetadataServer {
+            secret_dir,
+            listen,
+            log_format,
+        } => metadata_server_command(secret_dir, listen, &log_format).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -271,6 +289,18 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutting down");
+}
+
+async fn metadata_server_command(
+    secret_dir: PathBuf,
+    listen: std::net::SocketAddr,
+    log_format: &str,
+) -> Result<(), String> {
+    init_logging(log_format)?;
+    let options = fedcred::metadata::Options { secret_dir, listen };
+    fedcred::metadata::serve(options, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn controller_command(args: ControllerArgs) -> Result<(), String> {

@@ -30,6 +30,7 @@
 
 pub mod attributes;
 mod aws;
+pub mod aws_metadata;
 pub mod config;
 pub mod faults;
 pub mod iam;

@@ -1,0 +1,206 @@
+//! The HTTP adapter: binds the listener, reads the Secret volume per request, and turns
+//! [`protocol`] decisions into responses. Nothing is cached, so an update the kubelet made is
+//! served by the very next request.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use jiff::Timestamp;
+
+use super::protocol::{self, FLAVOR, FLAVOR_HEADER, Reply};
+use super::view::{Expiry, SecretView};
+use super::volume;
+
+/// What `fedcred metadata-server` was asked to do.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Where the FederatedCredential's Secret is mounted.
+    pub secret_dir: PathBuf,
+    /// Where to listen; loopback unless there is a reason.
+    pub listen: SocketAddr,
+}
+
+/// Why the emulator could not start or stopped; each says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "secret directory {0} does not exist: mount the FederatedCredential's Secret there (the \
+         fedcred webhook does) or pass --secret-dir"
+    )]
+    SecretDirMissing(PathBuf),
+    #[error("secret directory {0} is not a directory: pass the directory the Secret is mounted at")]
+    NotADirectory(PathBuf),
+    #[error("cannot inspect secret directory {dir}: {source}")]
+    SecretDirUnreadable {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot listen on {addr}: {source} (is another metadata server using the port? pass \
+         another --listen)"
+    )]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("serving the metadata protocol failed: {0}")]
+    Serve(std::io::Error),
+}
+
+struct Shared {
+    secret_dir: PathBuf,
+    /// The last token state logged, so that changes are logged once, not per request.
+    last_state: Mutex<Option<String>>,
+}
+
+/// Checks that the Secret directory is there; the emulator refuses to start otherwise.
+pub fn check_secret_dir(dir: &std::path::Path) -> Result<(), Error> {
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(Error::NotADirectory(dir.to_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(Error::SecretDirMissing(dir.to_owned()))
+        }
+        Err(source) => Err(Error::SecretDirUnreadable {
+            dir: dir.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Serves the metadata protocol until `shutdown` completes (SIGTERM when the pod stops).
+pub async fn serve(
+    options: Options,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    check_secret_dir(&options.secret_dir)?;
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: options.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(Error::Serve)?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "listening beyond loopback: other hosts can ask for this pod's token");
+    }
+    let shared = Arc::new(Shared {
+        secret_dir: options.secret_dir.clone(),
+        last_state: Mutex::new(None),
+    });
+    tracing::info!(
+        %addr,
+        secret_dir = %options.secret_dir.display(),
+        "serving the GCE metadata protocol"
+    );
+    // Log what the Secret holds at start, before any client asks.
+    if let Ok(view) = read_view(&shared).await {
+        observe(&shared, &view, Timestamp::now());
+    }
+    let app = Router::new().fallback(handle).with_state(shared);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(Error::Serve)?;
+    tracing::info!("metadata server stopped");
+    Ok(())
+}
+
+async fn read_view(shared: &Arc<Shared>) -> std::io::Result<SecretView> {
+    let dir = shared.secret_dir.clone();
+    // Small local files, but still blocking I/O: keep it off the async workers.
+    let files = tokio::task::spawn_blocking(move || volume::read(&dir))
+        .await
+        .map_err(std::io::Error::other)??;
+    Ok(SecretView::from_files(&files))
+}
+
+async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let (parts, _body) = request.into_parts();
+    let reply = match protocol::route(&parts.method, &parts.uri, &parts.headers) {
+        Err(refusal) => {
+            tracing::debug!(
+                path = parts.uri.path(),
+                reason = refusal.reason(),
+                "refused"
+            );
+            protocol::refuse(refusal)
+        }
+        Ok(served) if !served.needs_secret() => {
+            protocol::answer(&served, &SecretView::default(), Timestamp::now())
+        }
+        Ok(served) => match read_view(&shared).await {
+            Ok(view) => {
+                let now = Timestamp::now();
+                observe(&shared, &view, now);
+                protocol::answer(&served, &view, now)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the mounted Secret");
+                protocol::unreadable(&error)
+            }
+        },
+    };
+    tracing::debug!(
+        method = %parts.method,
+        path = parts.uri.path(),
+        status = reply.status.as_u16(),
+        "answered"
+    );
+    response(reply)
+}
+
+/// Logs the token state when it changes: a fingerprint and expiry, never the token.
+fn observe(shared: &Shared, view: &SecretView, now: Timestamp) {
+    let state = match view.token(now) {
+        Ok(_) => format!(
+            "serving token {} expiring at {}",
+            view.access_token
+                .as_ref()
+                .map(|t| t.fingerprint())
+                .unwrap_or_default(),
+            match &view.expiry {
+                Expiry::At(at) => at.to_string(),
+                _ => String::new(),
+            }
+        ),
+        Err(why) => format!("not serving a token: {}", why.reason()),
+    };
+    let Ok(mut last) = shared.last_state.lock() else {
+        return;
+    };
+    if last.as_deref() == Some(state.as_str()) {
+        return;
+    }
+    if state.starts_with("serving") {
+        tracing::info!(service_account = view.email(), "{state}");
+    } else {
+        tracing::warn!("{state}");
+    }
+    *last = Some(state);
+}
+
+/// The HTTP response; hyper sends the headers (and the length) but no body to HEAD requests.
+fn response(reply: Reply) -> Response {
+    let mut response = Response::new(Body::from(reply.body));
+    *response.status_mut() = reply.status;
+    let headers = response.headers_mut();
+    headers.insert(FLAVOR_HEADER, HeaderValue::from_static(FLAVOR));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(reply.content_type),
+    );
+    // Tokens must not be kept by anything between the client and this server.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if reply.status == StatusCode::METHOD_NOT_ALLOWED {
+        headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    }
+    response
+}

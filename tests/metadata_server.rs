@@ -1,0 +1,609 @@
+//! `fedcred metadata-server` as a real process, on a directory laid out exactly like the
+//! kubelet's Secret volume (`key -> ..data/key`, `..data -> ..<timestamp>` swapped by rename),
+//! asked by a raw HTTP client (so that odd paths reach it unnormalised) and by Python's
+//! google-auth, unchanged, with nothing but the environment the webhook would inject.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use jiff::{SignedDuration, Timestamp};
+use serde_json::Value;
+
+const SA: &str = "orders-api@acme-shop.iam.gserviceaccount.com";
+const TOKEN: &str = "/computeMetadata/v1/instance/service-accounts/default/token";
+
+fn unique(prefix: &str) -> PathBuf {
+    use std::sync::atomic::AtomicU32;
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    std::env::temp_dir().join(format!(
+        "fedcred-{prefix}-{}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        Timestamp::now().as_nanosecond()
+    ))
+}
+
+/// An RFC 3339 time `secs` seconds from now, as the controller writes `expiry`.
+fn in_secs(secs: i64) -> String {
+    (Timestamp::now() + SignedDuration::from_secs(secs)).to_string()
+}
+
+/// A Secret volume as the kubelet's atomic writer lays it out.
+struct SecretVolume {
+    dir: PathBuf,
+    generation: u32,
+    current: Option<PathBuf>,
+    keys: Vec<String>,
+}
+
+impl SecretVolume {
+    fn kubelet() -> SecretVolume {
+        let dir = unique("secret");
+        std::fs::create_dir_all(&dir).unwrap();
+        SecretVolume {
+            dir,
+            generation: 0,
+            current: None,
+            keys: Vec::new(),
+        }
+    }
+
+    /// A plain directory of files, as a test or a hand-made copy would have it.
+    fn plain(pairs: &[(&str, &str)]) -> SecretVolume {
+        let volume = SecretVolume::kubelet();
+        for (key, value) in pairs {
+            std::fs::write(volume.dir.join(key), value).unwrap();
+        }
+        volume
+    }
+
+    /// What the kubelet does when the Secret changes: write a new timestamped generation,
+    /// point `..data` at it by renaming a fresh symlink over it, fix the key links, then
+    /// delete the old generation.
+    fn publish(&mut self, pairs: &[(&str, &str)]) {
+        self.generation += 1;
+        let name = format!(
+            "..2026_11_25_15_04_05.{:09}",
+            self.generation * 1000 + Timestamp::now().subsec_nanosecond() as u32 % 1000
+        );
+        let generation = self.dir.join(&name);
+        std::fs::create_dir(&generation).unwrap();
+        for (key, value) in pairs {
+            std::fs::write(generation.join(key), value).unwrap();
+        }
+        let tmp = self.dir.join("..data_tmp");
+        symlink(&name, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
+        let keys: Vec<String> = pairs.iter().map(|(k, _)| (*k).to_owned()).collect();
+        for key in &keys {
+            let link = self.dir.join(key);
+            if link.symlink_metadata().is_err() {
+                symlink(format!("..data/{key}"), link).unwrap();
+            }
+        }
+        for stale in self.keys.iter().filter(|k| !keys.contains(k)) {
+            let _ = std::fs::remove_file(self.dir.join(stale));
+        }
+        if let Some(old) = self.current.replace(generation) {
+            std::fs::remove_dir_all(old).unwrap();
+        }
+        self.keys = keys;
+    }
+}
+
+impl Drop for SecretVolume {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The keys the controller writes for an impersonated service account.
+fn impersonated(token: &str, expiry: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("access_token", token.to_owned()),
+        ("expiry", expiry.to_owned()),
+        ("token_type", "Bearer".to_owned()),
+        ("service_account", SA.to_owned()),
+        ("db_user", "orders-api@acme-shop.iam".to_owned()),
+        ("project_id", "acme-shop".to_owned()),
+    ]
+}
+
+fn pairs<'a>(owned: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    owned.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// What the server answered.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "{self:?}"
+        );
+        serde_json::from_str(&self.body).unwrap()
+    }
+}
+
+/// `fedcred metadata-server` running on a free loopback port.
+struct Emulator {
+    child: Option<Child>,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Emulator {
+    fn start(dir: &Path) -> Emulator {
+        // A port that was free a moment ago may be taken by another test: try a few.
+        for _ in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let log = unique("metadata-server-log");
+            let child = fedcred(dir, &addr.to_string(), &log);
+            let mut emulator = Emulator {
+                child: Some(child),
+                addr,
+                log,
+            };
+            if emulator.wait_until_listening() {
+                return emulator;
+            }
+            assert!(
+                emulator.logs().contains("cannot listen"),
+                "the metadata server exited:\n{}",
+                emulator.logs()
+            );
+        }
+        panic!("no free port for the metadata server");
+    }
+
+    fn wait_until_listening(&mut self) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if let Some(child) = &mut self.child
+                && let Ok(Some(_)) = child.try_wait()
+            {
+                return false;
+            }
+            if TcpStream::connect(self.addr).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "the metadata server did not listen within 20 s:\n{}",
+            self.logs()
+        );
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `head` (request line and headers, no final blank line) and reads the answer.
+    fn raw(&self, head: &str) -> Answer {
+        let mut stream = TcpStream::connect(self.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let request = format!("{head}\r\nHost: {}\r\nConnection: close\r\n\r\n", self.addr);
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut bytes = Vec::new();
+        stream.read_to_end(&mut bytes).unwrap();
+        let text = String::from_utf8(bytes).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+        let mut lines = head.split("\r\n");
+        let status = lines.next().unwrap().split(' ').nth(1).unwrap();
+        Answer {
+            status: status.parse().unwrap(),
+            headers: lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .collect(),
+            body: body.to_owned(),
+        }
+    }
+
+    /// GET with `Metadata-Flavor: Google`, as every client library sends it.
+    fn get(&self, path: &str) -> Answer {
+        self.raw(&format!("GET {path} HTTP/1.1\r\nMetadata-Flavor: Google"))
+    }
+
+    /// SIGTERM, as when the pod stops; the exit status once it exited.
+    fn terminate(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- metadata-server log ---\n{}", self.logs());
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+fn fedcred(dir: &Path, listen: &str, log: &Path) -> Child {
+    let file = std::fs::File::create(log).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_fedcred"))
+        .arg("metadata-server")
+        .arg("--secret-dir")
+        .arg(dir)
+        .args(["--listen", listen, "--log-format", "text"])
+        .env("RUST_LOG", "info,fedcred=debug")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .expect("the fedcred binary runs")
+}
+
+#[test]
+fn serves_the_token_with_the_seconds_left_and_the_rest_of_the_tree() {
+    let mut volume = SecretVolume::kubelet();
+    volume.publish(&pairs(&impersonated("ya29.first-token", &in_secs(3600))));
+    let mut emulator = Emulator::start(&volume.dir);
+
+    let token = emulator.get(TOKEN);
+    assert_eq!(token.status, 200, "{token:?}");
+    assert_eq!(token.header("metadata-flavor"), Some("Google"));
+    let body = token.json();
+    assert_eq!(body["access_token"], "ya29.first-token");
+    assert_eq!(body["token_type"], "Bearer");
+    let left = body["expires_in"].as_i64().unwrap();
+    assert!((3590..=3600).contains(&left), "expires_in {left}");
+    // Requested scopes change nothing: the token has what it has.
+    let scoped = emulator.get(&format!(
+        "{TOKEN}?scopes=https://www.googleapis.com/auth/bigquery,https://www.googleapis.com/auth/devstorage.read_only"
+    ));
+    assert_eq!(scoped.json()["access_token"], "ya29.first-token");
+
+    let account = "/computeMetadata/v1/instance/service-accounts/default";
+    assert_eq!(emulator.get(&format!("{account}/email")).body, SA);
+    assert_eq!(
+        emulator.get(&format!("{account}/scopes")).body,
+        "https://www.googleapis.com/auth/cloud-platform\n"
+    );
+    let info = emulator.get(&format!("{account}/?recursive=true")).json();
+    assert_eq!(info["aliases"], serde_json::json!(["default"]));
+    assert_eq!(info["email"], SA);
+    assert_eq!(
+        emulator
+            .get("/computeMetadata/v1/instance/service-accounts/")
+            .body,
+        format!("default/\n{SA}/\n")
+    );
+    let by_email = emulator.get(&format!(
+        "/computeMetadata/v1/instance/service-accounts/{SA}/token"
+    ));
+    assert_eq!(by_email.json()["access_token"], "ya29.first-token");
+    let project = emulator.get("/computeMetadata/v1/project/project-id");
+    assert_eq!((project.status, project.body.as_str()), (200, "acme-shop"));
+    assert_eq!(
+        emulator
+            .get("/computeMetadata/v1/project/numeric-project-id")
+            .status,
+        404
+    );
+    assert_eq!(
+        emulator
+            .get("/computeMetadata/v1/universe/universe-domain")
+            .body,
+        "googleapis.com"
+    );
+    for root in ["/", "/computeMetadata/v1/", "/computeMetadata/v1/instance"] {
+        let answer = emulator.get(root);
+        assert_eq!(answer.status, 200, "{root}");
+        assert_eq!(answer.header("metadata-flavor"), Some("Google"), "{root}");
+    }
+
+    assert!(emulator.terminate().is_some_and(|s| s.success()));
+    let logs = emulator.logs();
+    assert!(logs.contains("serving token"), "{logs}");
+    assert!(
+        !logs.contains("ya29.first-token"),
+        "the token leaked into the log:\n{logs}"
+    );
+}
+
+#[test]
+fn answers_only_requests_that_carry_the_flavor_header_and_are_not_proxied() {
+    let mut volume = SecretVolume::kubelet();
+    volume.publish(&pairs(&impersonated("ya29.guarded", &in_secs(3600))));
+    let emulator = Emulator::start(&volume.dir);
+
+    let bare = emulator.raw(&format!("GET {TOKEN} HTTP/1.1"));
+    assert_eq!(bare.status, 403);
+    assert_eq!(bare.header("metadata-flavor"), Some("Google"));
+    assert!(!bare.body.contains("ya29"));
+    let wrong = emulator.raw(&format!("GET {TOKEN} HTTP/1.1\r\nMetadata-Flavor: google"));
+    assert_eq!(wrong.status, 403);
+
+    let proxied = emulator.raw(&format!(
+        "GET {TOKEN} HTTP/1.1\r\nMetadata-Flavor: Google\r\nX-Forwarded-For: 203.0.113.7"
+    ));
+    assert_eq!(proxied.status, 403);
+    assert!(!proxied.body.contains("ya29"));
+    assert_eq!(proxied.header("metadata-flavor"), Some("Google"));
+
+    // The root answers anyone, as GCE's does; it reveals nothing.
+    assert_eq!(emulator.raw("GET / HTTP/1.1").status, 200);
+}
+
+#[test]
+fn refuses_odd_paths_and_methods() {
+    let mut volume = SecretVolume::kubelet();
+    volume.publish(&pairs(&impersonated("ya29.paths", &in_secs(3600))));
+    let emulator = Emulator::start(&volume.dir);
+
+    for path in [
+        "/computeMetadata/v1/instance/service-accounts/default/../default/token",
+        "/computeMetadata/v1/instance/service-accounts/default/%2e%2e/default/token",
+        "/computeMetadata/v1//instance/service-accounts/default/token",
+        "/computeMetadata/v1/instance/service-accounts/default%2Ftoken",
+        "/computeMetadata/v1/instance/service-accounts/default/identity?audience=x",
+        "/computeMetadata/v1/instance/attributes/",
+        "/../../etc/passwd",
+    ] {
+        let answer = emulator.get(path);
+        assert_eq!(answer.status, 404, "{path}: {answer:?}");
+        assert_eq!(answer.header("metadata-flavor"), Some("Google"));
+    }
+    let post = emulator.raw(&format!(
+        "POST {TOKEN} HTTP/1.1\r\nMetadata-Flavor: Google\r\nContent-Length: 0"
+    ));
+    assert_eq!(post.status, 405);
+    assert_eq!(post.header("allow"), Some("GET, HEAD"));
+    let head = emulator.raw(&format!("HEAD {TOKEN} HTTP/1.1\r\nMetadata-Flavor: Google"));
+    assert_eq!(head.status, 200);
+    assert_eq!(head.body, "");
+}
+
+#[test]
+fn an_expired_token_is_refused_with_503_until_the_secret_is_refreshed() {
+    let mut volume = SecretVolume::kubelet();
+    volume.publish(&pairs(&impersonated("ya29.stale", &in_secs(-60))));
+    let emulator = Emulator::start(&volume.dir);
+
+    let answer = emulator.get(TOKEN);
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert!(answer.body.contains("expired"), "{}", answer.body);
+    assert!(!answer.body.contains("ya29.stale"));
+    assert_eq!(answer.header("metadata-flavor"), Some("Google"));
+    // The rest of the tree still answers.
+    assert_eq!(
+        emulator
+            .get("/computeMetadata/v1/project/project-id")
+            .status,
+        200
+    );
+
+    volume.publish(&pairs(&impersonated("ya29.fresh", &in_secs(1800))));
+    assert_eq!(emulator.get(TOKEN).json()["access_token"], "ya29.fresh");
+}
+
+#[test]
+fn no_token_yet_is_503_and_a_plain_directory_is_read_as_is() {
+    let volume = SecretVolume::plain(&[("project_id", "acme-shop")]);
+    let emulator = Emulator::start(&volume.dir);
+    let answer = emulator.get(TOKEN);
+    assert_eq!(answer.status, 503);
+    assert!(answer.body.contains("no access_token"), "{}", answer.body);
+
+    std::fs::write(volume.dir.join("access_token"), "ya29.plain\n").unwrap();
+    std::fs::write(volume.dir.join("expiry"), in_secs(600)).unwrap();
+    assert_eq!(emulator.get(TOKEN).json()["access_token"], "ya29.plain");
+}
+
+/// Generation `n` of the swap test: its token and an expiry that identifies it.
+fn generation_keys(n: i64) -> Vec<(&'static str, String)> {
+    impersonated(&format!("ya29.generation-{n}"), &in_secs(1000 + 100 * n))
+}
+
+/// Checks that a token answer is one whole generation: the token's number and the
+/// expires_in that only that generation's expiry gives. Returns the generation.
+fn whole_generation(answer: &Answer) -> i64 {
+    let body = answer.json();
+    let token = body["access_token"].as_str().unwrap();
+    let n: i64 = token
+        .strip_prefix("ya29.generation-")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let left = body["expires_in"].as_i64().unwrap();
+    let expected = 1000 + 100 * n;
+    assert!(
+        (expected - 30..=expected).contains(&left),
+        "token of generation {n} served with expires_in {left}: a mix of two generations"
+    );
+    n
+}
+
+#[test]
+fn picks_up_the_kubelets_atomic_swap_at_once_and_never_mixes_generations() {
+    let mut volume = SecretVolume::kubelet();
+    volume.publish(&pairs(&generation_keys(0)));
+    let emulator = Arc::new(Emulator::start(&volume.dir));
+
+    let done = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let emulator = emulator.clone();
+            let done = done.clone();
+            let reads = reads.clone();
+            std::thread::spawn(move || {
+                let mut last = 0;
+                while !done.load(Ordering::Relaxed) {
+                    let answer = emulator.get(TOKEN);
+                    assert_eq!(answer.status, 200, "{answer:?}");
+                    let n = whole_generation(&answer);
+                    assert!(n >= last, "generation {n} served after {last}");
+                    last = n;
+                    reads.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+
+    for n in 1..=25 {
+        volume.publish(&pairs(&generation_keys(n)));
+        // The very next request after the swap sees the new generation.
+        assert_eq!(whole_generation(&emulator.get(TOKEN)), n);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done.store(true, Ordering::Relaxed);
+    for reader in readers {
+        reader.join().expect("a reader saw a mixed or stale answer");
+    }
+    assert!(reads.load(Ordering::Relaxed) > 25);
+}
+
+#[test]
+fn refuses_to_start_without_the_secret_directory() {
+    let missing = unique("no-such-secret");
+    let output = Command::new(env!("CARGO_BIN_EXE_fedcred"))
+        .arg("metadata-server")
+        .arg("--secret-dir")
+        .arg(&missing)
+        .args(["--listen", "127.0.0.1:0", "--log-format", "text"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("does not exist"), "{stderr}");
+    assert!(stderr.contains(&missing.display().to_string()), "{stderr}");
+}
+
+#[test]
+fn stops_cleanly_on_sigterm() {
+    let mut volume = SecretVolume::kubelet();
+    volume.publish(&pairs(&impersonated("ya29.bye", &in_secs(3600))));
+    let mut emulator = Emulator::start(&volume.dir);
+    assert_eq!(emulator.get(TOKEN).status, 200);
+    let status = emulator.terminate().expect("exited within 10 s of SIGTERM");
+    assert!(status.success(), "{status:?}");
+}
+
+fn venv_python() -> PathBuf {
+    let venv = std::env::var_os("FEDCRED_TEST_VENV")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("FEDCRED_CACHE").map(|c| PathBuf::from(c).join("venv")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/fedcred/venv")))
+        .expect("FEDCRED_TEST_VENV or HOME is set");
+    let python = venv.join("bin/python");
+    assert!(
+        python.exists(),
+        "no Python venv at {}: run hack/install-tools.sh or set FEDCRED_TEST_VENV",
+        venv.display()
+    );
+    python
+}
+
+/// Runs google-auth's application-default credentials with ONLY the injected environment
+/// (plus an empty HOME, as in a fresh container) and returns what it found.
+fn google_auth_adc(emulator: &Emulator) -> Value {
+    let python = venv_python();
+    let home = unique("python-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/metadata_adc.py");
+    let output = Command::new(python)
+        .arg(script)
+        .env_clear()
+        .envs(fedcred::metadata::injected_env(&emulator.addr.to_string()))
+        .env("HOME", &home)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&home);
+    assert!(
+        output.status.success(),
+        "google-auth failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn python_google_auth_finds_the_emulator_with_only_the_injected_environment() {
+    let mut volume = SecretVolume::kubelet();
+    volume.publish(&pairs(&impersonated("ya29.for-python", &in_secs(3000))));
+    let emulator = Emulator::start(&volume.dir);
+
+    let found = google_auth_adc(&emulator);
+    assert_eq!(
+        found["class"],
+        "google.auth.compute_engine.credentials.Credentials"
+    );
+    assert_eq!(found["project"], "acme-shop");
+    assert_eq!(found["token"], "ya29.for-python");
+    assert_eq!(found["email"], SA);
+    assert_eq!(found["universe"], "googleapis.com");
+    let left = found["seconds_left"].as_i64().unwrap();
+    assert!((2950..=3000).contains(&left), "seconds_left {left}");
+}
+
+#[test]
+fn python_google_auth_accepts_a_federated_token_without_project() {
+    let mut volume = SecretVolume::kubelet();
+    volume.publish(&[
+        ("access_token", "ya29.federated"),
+        ("expiry", &in_secs(1200)),
+        ("token_type", "Bearer"),
+    ]);
+    let emulator = Emulator::start(&volume.dir);
+
+    let found = google_auth_adc(&emulator);
+    assert_eq!(
+        found["class"],
+        "google.auth.compute_engine.credentials.Credentials"
+    );
+    assert_eq!(found["project"], Value::Null);
+    assert_eq!(found["token"], "ya29.federated");
+    assert_eq!(found["email"], "default");
+}
