@@ -350,10 +350,18 @@ where
 /// own chain, the error lists every source and why it gave nothing.
 async fn default_chain(region: &str) -> Result<Credentials, ExchangeError> {
     let conf = ProviderConfig::default().with_region(Some(Region::new(region.to_owned())));
-    let sources: [(&str, Box<dyn ProvideCredentials>); 4] = [
+    let sources: [(&str, Box<dyn ProvideCredentials>); 5] = [
         (
             "environment (AWS_ACCESS_KEY_ID)",
             Box::new(aws_config::environment::EnvironmentVariableCredentialsProvider::new()),
+        ),
+        (
+            "shared config files (AWS_PROFILE, ~/.aws/credentials)",
+            Box::new(
+                aws_config::profile::ProfileFileCredentialsProvider::builder()
+                    .configure(&conf)
+                    .build(),
+            ),
         ),
         (
             "web identity (AWS_WEB_IDENTITY_TOKEN_FILE, AWS_ROLE_ARN)",
@@ -385,13 +393,10 @@ async fn default_chain(region: &str) -> Result<Credentials, ExchangeError> {
         match source.provide_credentials().await {
             Ok(creds) => return Ok(creds),
             Err(e @ CredentialsError::CredentialsNotLoaded(_)) => {
-                tried.push(format!(
-                    "{name}: not configured ({})",
-                    DisplayErrorContext(&e)
-                ));
+                tried.push(format!("{name}: not configured ({})", causes(&e)));
             }
             Err(e) => {
-                tried.push(format!("{name}: {}", DisplayErrorContext(&e)));
+                tried.push(format!("{name}: {}", causes(&e)));
                 break;
             }
         }
@@ -403,6 +408,20 @@ async fn default_chain(region: &str) -> Result<Credentials, ExchangeError> {
             tried.join("; ")
         ),
     ))
+}
+
+/// An error and its causes, each by its `Display`, joined with ": ".
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
 }
 
 #[cfg(test)]
