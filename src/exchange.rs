@@ -219,6 +219,8 @@ pub struct Issued {
     pub service_account: Option<String>,
     pub db_user: Option<String>,
     pub project_id: Option<String>,
+    /// The scopes the token was asked for.
+    pub scopes: Vec<String>,
 }
 
 /// How long a failed exchange answers waiting callers before the next one tries again, so a
@@ -360,6 +362,7 @@ impl Engine {
             service_account: key.service_account.clone(),
             db_user: key.service_account.as_deref().and_then(db_user),
             project_id: key.service_account.as_deref().and_then(project_id),
+            scopes: key.scopes.clone(),
         })
     }
 

@@ -71,6 +71,10 @@ pub fn desired_secret(fc: &FederatedCredential, issued: &Issued) -> Secret {
     if let Some(project) = &issued.project_id {
         put(&mut data, "project_id", project);
     }
+    if !issued.scopes.is_empty() {
+        // Lets the pod's metadata emulator answer `…/default/scopes` exactly.
+        put(&mut data, "scopes", &issued.scopes.join(" "));
+    }
     let target = fc.spec.secret.clone().unwrap_or_default();
     let mut labels = target.labels;
     labels.insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned());
@@ -333,6 +337,7 @@ mod tests {
             service_account: Some("orders-api@acme-shop.iam.gserviceaccount.com".into()),
             db_user: Some("orders-api@acme-shop.iam".into()),
             project_id: Some("acme-shop".into()),
+            scopes: vec!["https://www.googleapis.com/auth/cloud-platform".into()],
         }
     }
 
@@ -372,6 +377,10 @@ mod tests {
         );
         assert_eq!(text(&s, "db_user"), "orders-api@acme-shop.iam");
         assert_eq!(text(&s, "project_id"), "acme-shop");
+        assert_eq!(
+            text(&s, "scopes"),
+            "https://www.googleapis.com/auth/cloud-platform"
+        );
         let labels = s.metadata.labels.as_ref().unwrap();
         assert_eq!(labels[MANAGED_BY_LABEL], "fedcred");
         assert_eq!(labels["team"], "orders");

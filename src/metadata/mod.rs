@@ -33,8 +33,8 @@
 //! same lookup only when `GOOGLE_AUTH_TRUST_BOUNDARY_ENABLED` is set; Java reads it to sign
 //! blobs through IAM (`getAccount`). `default` is inert in all of them and names no identity
 //! that does not exist (GKE answers the analogous case with `PROJECT.svc.id.goog`).
-//! Scopes: the controller knows the scopes it asked for (`IdentityKey::scopes`) but does not
-//! write them; a `scopes` key (space-separated) in the Secret would make this answer exact.
+//! Scopes: the controller writes the scopes it asked for as the Secret's `scopes` key
+//! (space-separated); Secrets written without it get the cloud-platform default.
 //!
 //! # How each library finds the emulator (evidence for [`client_env::injected_env`])
 //! **Python google-auth 2.62.2** (`google/auth/compute_engine/_metadata.py`):

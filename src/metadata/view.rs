@@ -7,9 +7,9 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::secret::Secret;
 
-/// The Secret keys the emulator reads (DESIGN.md §2), plus optional ones the controller does
-/// not write today but that are honoured when present: `scopes` (whitespace-separated),
-/// `numeric_project_id` and `universe_domain`.
+/// The Secret keys the emulator reads (DESIGN.md §2), the `scopes` key the controller adds
+/// (whitespace-separated), and optional ones honoured when present: `numeric_project_id` and
+/// `universe_domain`.
 pub const KEYS: &[&str] = &[
     "access_token",
     "expiry",
