@@ -104,6 +104,9 @@ struct ControllerArgs {
     /// Log format: `json` or `text`.
     #[arg(long, env = "FEDCRED_LOG_FORMAT", default_value = "json")]
     log_format: String,
+    /// Most FederatedCredentials reconciled at once.
+    #[arg(long, env = "FEDCRED_CONCURRENCY", default_value_t = 64)]
+    concurrency: u16,
 }
 
 #[tokio::main]
@@ -400,6 +403,7 @@ async fn controller_command(args: ControllerArgs) -> Result<(), String> {
         defaults,
         metrics,
         reporter,
+        args.concurrency,
         shutdown,
     )
     .await;

@@ -40,6 +40,7 @@ pub struct Metrics {
     pub seconds_to_expiry: Family<ResourceLabels, Gauge>,
     /// Reconciles that ended in an error, by reason.
     pub reconcile_errors: Family<ReasonLabels, Counter>,
+    known_resources: std::sync::Mutex<std::collections::HashSet<ResourceLabels>>,
 }
 
 impl Default for Metrics {
@@ -75,6 +76,7 @@ impl Default for Metrics {
             exchange_duration,
             seconds_to_expiry,
             reconcile_errors,
+            known_resources: std::sync::Mutex::new(std::collections::HashSet::new()),
         }
     }
 }
@@ -112,6 +114,21 @@ impl Metrics {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
         });
+    }
+
+    /// Keeps only the expiry series of resources for which `exists` holds.
+    pub fn retain_resources(&self, exists: impl Fn(&str, &str) -> bool) {
+        // prometheus-client cannot list a family's label sets; remember them here instead.
+        let known: Vec<ResourceLabels> = self
+            .known_resources
+            .lock()
+            .map(|k| k.iter().cloned().collect())
+            .unwrap_or_default();
+        for labels in known {
+            if !exists(&labels.namespace, &labels.name) {
+                self.forget(&labels.namespace, &labels.name);
+            }
+        }
     }
 
     /// The text exposition format.

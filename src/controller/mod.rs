@@ -19,7 +19,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{PredicateConfig, WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::Mutex;
@@ -384,7 +384,23 @@ fn error_policy(fc: Arc<FederatedCredential>, err: &Error, ctx: Arc<Context>) ->
     Action::requeue(Duration::from_secs(5))
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// How long triggers for one resource are gathered before it is reconciled: its own Secret
+/// and status writes arrive as two watch events, and reconciling between them would read a
+/// status older than the Secret and write both again.
+const DEBOUNCE: Duration = Duration::from_millis(500);
+
+/// Drops what the controller never reads from cached objects: field-manager history and
+/// kubectl's copy of the last applied object, which together can double an object's size.
+fn slim<K: Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+/// Runs the controller until `shutdown` resolves. `concurrency` bounds parallel reconciles.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: Client,
     namespace: Option<&str>,
@@ -392,6 +408,7 @@ pub async fn run(
     defaults: Defaults,
     metrics: Arc<Metrics>,
     reporter: Reporter,
+    concurrency: u16,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (fcs, secrets_api): (Api<FederatedCredential>, Api<Secret>) = match namespace {
@@ -402,58 +419,60 @@ pub async fn run(
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     let selector = format!("{}={}", objects::MANAGED_BY_LABEL, objects::MANAGED_BY);
-    let (store, writer) = reflector::store();
+    let (secret_store, secret_writer) = reflector::store();
     let secret_events = reflector::reflector(
-        writer,
+        secret_writer,
         watcher(secrets_api, watcher::Config::default().labels(&selector))
             .default_backoff()
-            // The cache needs names, owners, annotations and data; not the field history.
-            .modify(|s: &mut Secret| s.managed_fields_mut().clear()),
+            .modify(slim),
     )
     .touched_objects();
+    let (fc_store, fc_writer) = reflector::store();
+    // Status-only updates (most of them our own) need no reconcile: the schedule is in the
+    // requeue, and the store still receives every update.
+    let fc_events = reflector::reflector(
+        fc_writer,
+        watcher(fcs, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .modify(slim),
+    )
+    .applied_objects()
+    .predicate_filter(predicates::generation, PredicateConfig::default());
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
         engine: engine.clone(),
         defaults,
-        metrics,
-        secrets: store,
+        metrics: metrics.clone(),
+        secrets: secret_store,
         last_routine_event: Mutex::new(HashMap::new()),
         event_budget: Mutex::new(EventBudget::new(Instant::now())),
     });
-    let prune = tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(600)).await;
-            engine.prune();
-        }
-    });
-    Controller::new(fcs, watcher::Config::default().any_semantic())
+    let housekeeping = {
+        let fc_store = fc_store.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(600)).await;
+                engine.prune();
+                // Resources deleted since: drop their expiry series.
+                metrics.retain_resources(|namespace, name| {
+                    fc_store
+                        .get(&ObjectRef::new(name).within(namespace))
+                        .is_some()
+                });
+            }
+        })
+    };
+    Controller::for_stream(fc_events, fc_store)
         .owns_stream(secret_events)
-        .with_config(ControllerConfig::default().concurrency(64))
+        .with_config(
+            ControllerConfig::default()
+                .concurrency(concurrency)
+                .debounce(DEBOUNCE),
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))
         .await;
-    prune.abort();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_event_budget_allows_a_burst_then_a_steady_rate() {
-        let start = Instant::now();
-        let mut budget = EventBudget::new(start);
-        let burst = (0..200).filter(|_| budget.allow(start)).count();
-        assert_eq!(burst, EVENT_BURST as usize);
-        let later = start + Duration::from_secs(2);
-        let refilled = (0..200).filter(|_| budget.allow(later)).count();
-        assert_eq!(refilled, (2.0 * EVENTS_PER_SECOND) as usize);
-        let much_later = later + Duration::from_secs(3600);
-        assert_eq!(
-            (0..200).filter(|_| budget.allow(much_later)).count(),
-            EVENT_BURST as usize
-        );
-    }
+    housekeeping.abort();
 }
