@@ -105,7 +105,7 @@ struct ControllerArgs {
     #[arg(long, env = "FEDCRED_LOG_FORMAT", default_value = "json")]
     log_format: String,
     /// Most FederatedCredentials reconciled at once.
-    #[arg(long, env = "FEDCRED_CONCURRENCY", default_value_t = 64)]
+    #[arg(long, env = "FEDCRED_CONCURRENCY", default_value_t = 32)]
     concurrency: u16,
 }
 

@@ -387,7 +387,7 @@ fn error_policy(fc: Arc<FederatedCredential>, err: &Error, ctx: Arc<Context>) ->
 /// How long triggers for one resource are gathered before it is reconciled: its own Secret
 /// and status writes arrive as two watch events, and reconciling between them would read a
 /// status older than the Secret and write both again.
-const DEBOUNCE: Duration = Duration::from_millis(500);
+const DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// Drops what the controller never reads from cached objects: field-manager history and
 /// kubectl's copy of the last applied object, which together can double an object's size.
@@ -424,7 +424,10 @@ pub async fn run(
         secret_writer,
         watcher(secrets_api, watcher::Config::default().labels(&selector))
             .default_backoff()
-            .modify(slim),
+            .modify(|s: &mut Secret| {
+                slim(s);
+                objects::forget_data(s);
+            }),
     )
     .touched_objects();
     let (fc_store, fc_writer) = reflector::store();

@@ -30,6 +30,30 @@ pub const TOKEN_ISSUED: &str = "TokenIssued";
 /// Reason when the Secret's name is taken by a Secret this resource does not own.
 pub const SECRET_CONFLICT: &str = "SecretConflict";
 
+/// Cache-only annotation: whether the Secret's data matched its content hash when it was
+/// watched. The controller's cache keeps this verdict instead of the data, so tokens never sit
+/// in its memory. Never written to the API server.
+pub const OBSERVED_INTACT: &str = "fedcred.io/observed-intact";
+
+/// Replaces a watched Secret's data with the verdict of [`OBSERVED_INTACT`].
+pub fn forget_data(secret: &mut Secret) {
+    let intact = data_intact(secret);
+    secret.data = None;
+    secret.string_data = None;
+    secret
+        .metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(OBSERVED_INTACT.to_owned(), intact.to_string());
+}
+
+fn data_intact(secret: &Secret) -> bool {
+    let empty = BTreeMap::new();
+    let data = secret.data.as_ref().unwrap_or(&empty);
+    let recorded = secret.annotations().get(CONTENT_HASH_ANNOTATION);
+    recorded.is_some_and(|h| *h == content_hash(data)) && data.contains_key("access_token")
+}
+
 /// The Secret a resource writes its token to.
 pub fn secret_name(fc: &FederatedCredential) -> String {
     fc.spec
@@ -111,13 +135,11 @@ pub fn secret_state(fc: &FederatedCredential, found: Option<&Secret>) -> SecretS
     if !ours {
         return SecretState::ForeignOwner;
     }
-    let empty = BTreeMap::new();
-    let data = secret.data.as_ref().unwrap_or(&empty);
-    let recorded = secret.annotations().get(CONTENT_HASH_ANNOTATION);
-    SecretState::Ours {
-        intact: recorded.is_some_and(|h| *h == content_hash(data))
-            && data.contains_key("access_token"),
-    }
+    let intact = match secret.annotations().get(OBSERVED_INTACT) {
+        Some(verdict) => verdict == "true",
+        None => data_intact(secret),
+    };
+    SecretState::Ours { intact }
 }
 
 fn time(t: Timestamp) -> Time {
@@ -408,6 +430,19 @@ mod tests {
         assert_eq!(
             secret_state(&fc, Some(&s)),
             SecretState::Ours { intact: false }
+        );
+        let mut cached = s.clone();
+        forget_data(&mut cached);
+        assert_eq!(cached.data, None, "the cache keeps no token");
+        assert_eq!(
+            secret_state(&fc, Some(&cached)),
+            SecretState::Ours { intact: false }
+        );
+        let mut fresh = desired_secret(&fc, &issued());
+        forget_data(&mut fresh);
+        assert_eq!(
+            secret_state(&fc, Some(&fresh)),
+            SecretState::Ours { intact: true }
         );
         s.metadata.owner_references = None;
         assert_eq!(secret_state(&fc, Some(&s)), SecretState::ForeignOwner);
