@@ -118,12 +118,115 @@ impl Default for Defaults {
     }
 }
 
+/// Whether `audience` is a Workload Identity provider's full resource name.
+pub fn is_audience(audience: &str) -> bool {
+    let Some(rest) = audience.strip_prefix("//iam.googleapis.com/projects/") else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split('/').collect();
+    let id = |s: &str| {
+        (4..=32).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    matches!(
+        parts.as_slice(),
+        [number, "locations", "global", "workloadIdentityPools", pool, "providers", provider]
+            if !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()) && id(pool) && id(provider)
+    )
+}
+
+/// Whether `email` is a Google service-account email.
+pub fn is_service_account_email(email: &str) -> bool {
+    let Some((account, domain)) = email.split_once('@') else {
+        return false;
+    };
+    let account_ok = (1..=63).contains(&account.len())
+        && account
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let domain_ok = domain == "developer.gserviceaccount.com"
+        || domain == "appspot.gserviceaccount.com"
+        || domain
+            .strip_suffix(".iam.gserviceaccount.com")
+            .is_some_and(|project| {
+                !project.is_empty()
+                    && project.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                    })
+            });
+    account_ok && domain_ok
+}
+
+/// The checks the CRD's schema makes, for specs that did not pass an API server (a file given
+/// to `fedcred exchange`). Each error names the field.
+fn validate(spec: &FederatedCredentialSpec) -> Result<(), ExchangeError> {
+    let invalid = |msg: String| Err(ExchangeError::new(Reason::InvalidSpec, msg));
+    if !is_audience(&spec.google.audience) {
+        return invalid(format!(
+            "google.audience {:?} is not //iam.googleapis.com/projects/PROJECT_NUMBER/locations/global/workloadIdentityPools/POOL/providers/PROVIDER",
+            spec.google.audience
+        ));
+    }
+    if let Some(sa) = spec
+        .google
+        .service_account
+        .as_deref()
+        .filter(|sa| !is_service_account_email(sa))
+    {
+        return invalid(format!(
+            "google.serviceAccount {sa:?} is not a service-account email such as app@my-project.iam.gserviceaccount.com"
+        ));
+    }
+    if let Some(d) = spec
+        .google
+        .delegates
+        .iter()
+        .find(|d| !is_service_account_email(d))
+    {
+        return invalid(format!(
+            "google.delegates entry {d:?} is not a service-account email"
+        ));
+    }
+    let role_arns = [
+        (
+            "aws.serviceAccount.roleArn",
+            spec.aws
+                .service_account
+                .as_ref()
+                .and_then(|s| s.role_arn.as_deref()),
+        ),
+        (
+            "aws.controllerIdentity.roleArn",
+            spec.aws
+                .controller_identity
+                .as_ref()
+                .and_then(|c| c.role_arn.as_deref()),
+        ),
+    ];
+    for (field, arn) in role_arns {
+        if let Some(arn) = arn.filter(|a| !crate::aws::is_role_arn(a)) {
+            return invalid(format!(
+                "{field} {arn:?} is not an IAM role ARN such as arn:aws:iam::123456789012:role/my-role"
+            ));
+        }
+    }
+    if !(600..=43200).contains(&spec.google.token_lifetime_seconds) {
+        return invalid(format!(
+            "google.tokenLifetimeSeconds {} is outside 600..=43200",
+            spec.google.token_lifetime_seconds
+        ));
+    }
+    Ok(())
+}
+
 /// Resolves a spec into the identity it asks for. Pure.
 pub fn plan(
     namespace: &str,
     spec: &FederatedCredentialSpec,
     defaults: &Defaults,
 ) -> Result<IdentityKey, ExchangeError> {
+    validate(spec)?;
     let source = match (&spec.aws.service_account, &spec.aws.controller_identity) {
         (Some(sa), None) => AwsSource::ServiceAccount {
             name: sa.name.clone(),
@@ -404,7 +507,7 @@ mod tests {
         let mut base = serde_json::json!({
             "aws": {"serviceAccount": {"name": "orders-api"}},
             "google": {
-                "audience": "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/pool/providers/aws",
+                "audience": "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/pool/providers/aws-shop",
                 "serviceAccount": "orders-api@acme-shop.iam.gserviceaccount.com"
             }
         });
@@ -505,6 +608,51 @@ mod tests {
         let err = plan("shop", &spec(serde_json::json!({})), &Defaults::default()).unwrap_err();
         assert_eq!(err.reason, Reason::InvalidSpec);
         assert!(err.message.contains("set aws.region"), "{}", err.message);
+    }
+
+    #[test]
+    fn malformed_fields_are_named() {
+        let cases = [
+            (
+                serde_json::json!({"google": {"audience": "//iam.googleapis.com/projects/acme/locations/global/workloadIdentityPools/pool/providers/aws-shop"}}),
+                "google.audience",
+            ),
+            (
+                serde_json::json!({"google": {"serviceAccount": "orders-api"}}),
+                "google.serviceAccount",
+            ),
+            (
+                serde_json::json!({"google": {"delegates": ["x"]}}),
+                "google.delegates",
+            ),
+            (
+                serde_json::json!({"aws": {"serviceAccount": {"name": "a", "roleArn": "arn:aws:iam::1:user/x"}}}),
+                "aws.serviceAccount.roleArn",
+            ),
+            (
+                serde_json::json!({"aws": {"region": "Tokyo"}}),
+                "aws.region",
+            ),
+            (
+                serde_json::json!({"google": {"tokenLifetimeSeconds": 60}}),
+                "google.tokenLifetimeSeconds",
+            ),
+        ];
+        for (change, field) in cases {
+            let err = plan("shop", &spec(change), &defaults()).unwrap_err();
+            assert_eq!(err.reason, Reason::InvalidSpec);
+            assert!(err.message.starts_with(field), "{field}: {}", err.message);
+        }
+        assert!(is_audience(
+            "//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/eks-pool/providers/aws-shop"
+        ));
+        assert!(is_service_account_email(
+            "a-b@my-project.iam.gserviceaccount.com"
+        ));
+        assert!(is_service_account_email(
+            "123-compute@developer.gserviceaccount.com"
+        ));
+        assert!(!is_service_account_email("alice@example.com"));
     }
 
     #[test]

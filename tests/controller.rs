@@ -115,7 +115,7 @@ async fn a_new_resource_becomes_ready_with_a_token_the_iam_double_accepts() {
     let ns = TestNamespace::new("ready");
     let cloud = Cloud::start(|c| c).await;
     service_account(&ns, "orders-api");
-    let _controller = ControllerProcess::start(&ns.name, &cloud, "r1", &[]);
+    let controller = ControllerProcess::start(&ns.name, &cloud, "r1", &[]);
     apply(
         &ns,
         &cloud,
@@ -172,6 +172,38 @@ async fn a_new_resource_becomes_ready_with_a_token_the_iam_double_accepts() {
             .unwrap()
             .contains("FirstIssue")
     );
+
+    // Operations: health, readiness and metrics, none of which carries a token.
+    assert_eq!(controller.get("/healthz").await.0, 200);
+    assert_eq!(controller.get("/readyz").await.0, 200);
+    let (code, metrics) = controller.get("/metrics").await;
+    assert_eq!(code, 200);
+    let expiry_series = format!(
+        "fedcred_token_seconds_to_expiry{{namespace=\"{}\",name=\"orders-db\"}}",
+        ns.name
+    );
+    for family in [
+        "fedcred_token_refreshes_total{result=\"success\",reason=\"\"} 1",
+        "fedcred_token_refresh_duration_seconds_count 1",
+        expiry_series.as_str(),
+    ] {
+        assert!(
+            metrics.contains(family),
+            "{family} missing from:\n{metrics}"
+        );
+    }
+    let everything = format!(
+        "{metrics}{}{}{}",
+        controller.logs(),
+        serde_json::to_string(&events(&ns, "orders-db")).unwrap(),
+        status
+    );
+    for token in cloud.google.issued_tokens() {
+        assert!(
+            !everything.contains(&token),
+            "a token leaked into metrics, logs, events or status"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

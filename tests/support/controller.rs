@@ -10,6 +10,8 @@ pub struct ControllerProcess {
     child: Option<Child>,
     pub identity: String,
     pub log: PathBuf,
+    /// Port of /healthz, /readyz and /metrics.
+    pub metrics_port: u16,
 }
 
 impl ControllerProcess {
@@ -65,6 +67,19 @@ impl ControllerProcess {
             child: Some(child),
             identity: identity.to_owned(),
             log,
+            metrics_port: port,
+        }
+    }
+
+    /// GET of a path on the metrics port: (status, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let url = format!("http://127.0.0.1:{}{path}", self.metrics_port);
+        match reqwest::get(&url).await {
+            Ok(resp) => (
+                resp.status().as_u16(),
+                resp.text().await.unwrap_or_default(),
+            ),
+            Err(e) => (0, e.to_string()),
         }
     }
 
