@@ -11,6 +11,7 @@
 //!
 //! This module talks to AWS and to the Kubernetes API; it decides nothing about scheduling.
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use aws_config::provider_config::ProviderConfig;
@@ -102,7 +103,16 @@ pub fn is_role_arn(arn: &str) -> bool {
 pub struct Aws {
     base: SdkConfig,
     controller: Mutex<Option<Credentials>>,
+    /// STS clients by (region, endpoint, access key id of the signing credentials); building
+    /// one costs more than the call it makes.
+    clients:
+        std::sync::Mutex<HashMap<(String, Option<String>, Option<String>), aws_sdk_sts::Client>>,
+    /// The ARN of each set of the controller's own credentials, by access key id.
+    callers: std::sync::Mutex<HashMap<String, String>>,
 }
+
+/// Clients kept before the cache starts over (credentials rotate; identities are few).
+const MAX_CACHED_CLIENTS: usize = 256;
 
 impl Aws {
     /// Loads region, endpoint overrides (`AWS_ENDPOINT_URL_STS`, …) and retry settings from
@@ -116,6 +126,8 @@ impl Aws {
         Aws {
             base,
             controller: Mutex::new(None),
+            clients: std::sync::Mutex::new(HashMap::new()),
+            callers: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -130,8 +142,31 @@ impl Aws {
         endpoint: Option<&str>,
         credentials: Option<Credentials>,
     ) -> aws_sdk_sts::Client {
+        let key = (
+            region.to_owned(),
+            endpoint.map(str::to_owned),
+            credentials.as_ref().map(|c| c.access_key_id().to_owned()),
+        );
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = clients.get(&key) {
+            return client.clone();
+        }
+        if clients.len() >= MAX_CACHED_CLIENTS {
+            clients.clear();
+        }
+        let client = Self::build_sts(&self.base, region, endpoint, credentials);
+        clients.insert(key, client.clone());
+        client
+    }
+
+    fn build_sts(
+        base: &SdkConfig,
+        region: &str,
+        endpoint: Option<&str>,
+        credentials: Option<Credentials>,
+    ) -> aws_sdk_sts::Client {
         let mut conf =
-            aws_sdk_sts::config::Builder::from(&self.base).region(Region::new(region.to_owned()));
+            aws_sdk_sts::config::Builder::from(base).region(Region::new(region.to_owned()));
         if let Some(url) = endpoint {
             conf = conf.endpoint_url(url);
         }
@@ -244,17 +279,38 @@ impl Aws {
     ) -> Result<AwsIdentity, ExchangeError> {
         let own = self.own_credentials(region).await?;
         let Some(role_arn) = role_arn else {
-            // Google will see the controller's own principal; ask AWS who that is, so status
-            // and error messages can name it.
-            let who = self
-                .sts(region, sts_endpoint, Some(own.clone()))
-                .get_caller_identity()
-                .send()
-                .await
-                .map_err(|e| sts_error("GetCallerIdentity", "the controller's own identity", &e))?;
+            // Google will see the controller's own principal; ask AWS who that is (once per
+            // set of credentials), so status and error messages can name it.
+            let known = self
+                .callers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(own.access_key_id())
+                .cloned();
+            let arn = match known {
+                Some(arn) => Some(arn),
+                None => {
+                    let who = self
+                        .sts(region, sts_endpoint, Some(own.clone()))
+                        .get_caller_identity()
+                        .send()
+                        .await
+                        .map_err(|e| {
+                            sts_error("GetCallerIdentity", "the controller's own identity", &e)
+                        })?;
+                    if let Some(arn) = &who.arn {
+                        let mut callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
+                        if callers.len() >= MAX_CACHED_CLIENTS {
+                            callers.clear();
+                        }
+                        callers.insert(own.access_key_id().to_owned(), arn.clone());
+                    }
+                    who.arn
+                }
+            };
             return Ok(AwsIdentity {
                 credentials: own,
-                principal_arn: who.arn,
+                principal_arn: arn,
             });
         };
         let out = self
