@@ -9,6 +9,7 @@ pub mod error;
 pub mod exchange;
 pub mod google;
 pub mod health;
+pub mod inject;
 pub mod leader;
 pub mod metadata;
 pub mod metrics;

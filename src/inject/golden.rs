@@ -1,0 +1,490 @@
+//! Golden tests: each case is a pod and a FederatedCredential; the file
+//! `tests/golden/inject/<case>.json` holds what was given, the outcome, the patch and the pod
+//! after applying the patch.
+//!
+//! After an intended change, regenerate the files and review their diff:
+//!
+//! ```text
+//! FEDCRED_BLESS=1 cargo test -p fedcred --lib inject
+//! ```
+//!
+//! Every patch is also applied here by a small RFC 6902 applier (`add` and `replace`, the only
+//! operations [`mutate`] emits), the result must still be a valid `Pod`, and mutating it again
+//! must change nothing.
+
+use std::path::PathBuf;
+
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{Value, json};
+
+use super::{InjectConfig, Outcome, credential_name, mutate};
+use crate::api::FederatedCredential;
+
+const BLESS: &str = "FEDCRED_BLESS";
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures: manifests as users write them.
+
+fn orders_pod() -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "orders-api-5d8f7",
+            "namespace": "shop",
+            "labels": {"app": "orders-api", "fedcred.io/inject": "true"},
+            "annotations": {"fedcred.io/credential": "orders-db"}
+        },
+        "spec": {
+            "serviceAccountName": "orders-api",
+            "containers": [{
+                "name": "app",
+                "image": "registry.example/orders-api:1.4.2",
+                "ports": [{"name": "http", "containerPort": 8080}]
+            }]
+        }
+    })
+}
+
+fn credential(spec_alloydb: Option<Value>, service_account: Option<&str>) -> Value {
+    let mut google = json!({
+        "audience": "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/aws-pool/providers/aws-provider"
+    });
+    if let Some(sa) = service_account {
+        google["serviceAccount"] = json!(sa);
+    }
+    let mut spec = json!({"aws": {"serviceAccount": {"name": "orders-api"}}, "google": google});
+    if let Some(alloydb) = spec_alloydb {
+        spec["alloydb"] = alloydb;
+    }
+    json!({
+        "apiVersion": "fedcred.io/v1alpha1",
+        "kind": "FederatedCredential",
+        "metadata": {"name": "orders-db", "namespace": "shop"},
+        "spec": spec,
+        "status": {
+            "conditions": [{
+                "type": "Ready",
+                "status": "True",
+                "reason": "TokenIssued",
+                "message": "the Secret holds a token valid until 2026-01-01T01:00:00Z",
+                "lastTransitionTime": "2026-01-01T00:00:00Z"
+            }],
+            "secretName": "orders-db"
+        }
+    })
+}
+
+const ORDERS_SA: &str = "orders@acme-shop.iam.gserviceaccount.com";
+const PRIMARY: &str = "projects/acme-shop/locations/us-east4/clusters/orders/instances/primary";
+const REPLICA: &str = "projects/acme-shop/locations/us-east4/clusters/orders/instances/read-pool";
+
+fn psc_credential() -> Value {
+    credential(
+        Some(json!({"instances": [{"uri": PRIMARY, "connectivity": "PSC"}]})),
+        Some(ORDERS_SA),
+    )
+}
+
+fn not_ready(mut fc: Value) -> Value {
+    fc["status"] = json!({
+        "conditions": [{
+            "type": "Ready",
+            "status": "False",
+            "reason": "AttributeConditionRejected",
+            "message": "Google STS rejected arn:aws:sts::111122223333:assumed-role/orders/fedcred-shop-orders-db: The given credential is rejected by the attribute condition.",
+            "lastTransitionTime": "2026-01-01T00:00:00Z"
+        }]
+    });
+    fc
+}
+
+fn config() -> InjectConfig {
+    InjectConfig::new("ghcr.io/example/fedcred:0.1.0")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cases.
+
+#[test]
+fn plain_pod_with_one_psc_instance() {
+    check(
+        "plain_pod_one_psc_instance",
+        "A pod with one container and nothing else gets the volume, the emulator and one PSC proxy \
+         as native sidecars, and the full environment.",
+        orders_pod(),
+        Some(psc_credential()),
+        config(),
+    );
+}
+
+#[test]
+fn pod_with_its_own_port_8988_an_init_container_and_pguser() {
+    let mut pod = orders_pod();
+    pod["spec"]["containers"][0]["ports"] = json!([
+        {"name": "http", "containerPort": 8080},
+        {"name": "admin", "containerPort": 8988}
+    ]);
+    pod["spec"]["containers"][0]["env"] = json!([{"name": "PGUSER", "value": "reporting"}]);
+    pod["spec"]["initContainers"] = json!([{
+        "name": "migrate",
+        "image": "registry.example/orders-migrate:1.4.2",
+        "env": [{"name": "PGDATABASE", "value": "orders"}]
+    }]);
+    pod["spec"]["volumes"] = json!([{"name": "config", "configMap": {"name": "orders-api"}}]);
+    check(
+        "own_port_init_container_and_pguser",
+        "The pod declares 8988, so the emulator moves to 8989; the sidecars go before the pod's \
+         own init container, which gets the environment too; PGUSER set by the pod stays.",
+        pod,
+        Some(psc_credential()),
+        config(),
+    );
+}
+
+#[test]
+fn two_instances_psc_and_private_ip() {
+    let fc = credential(
+        Some(json!({"instances": [
+            {"uri": PRIMARY, "connectivity": "PSC", "port": 5432},
+            {"uri": REPLICA, "connectivity": "PrivateIP", "autoIamAuthn": false, "port": 5433}
+        ]})),
+        Some(ORDERS_SA),
+    );
+    let mut config = config();
+    config.alloydb_admin_endpoint = Some("https://alloydb.test.example".to_owned());
+    check(
+        "two_instances_psc_and_private_ip",
+        "Two instances: a PSC one with IAM login and a private-IP one without; each proxy gets \
+         its own health port; PG* point at the first.",
+        orders_pod(),
+        Some(fc),
+        config,
+    );
+}
+
+#[test]
+fn federated_only_credential() {
+    check(
+        "federated_only",
+        "No AlloyDB and no service account: only the emulator; no PG* variables and no project.",
+        orders_pod(),
+        Some(credential(None, None)),
+        config(),
+    );
+}
+
+#[test]
+fn plain_containers_before_native_sidecars() {
+    let mut pod = orders_pod();
+    pod["spec"]["initContainers"] = json!([{
+        "name": "migrate",
+        "image": "registry.example/orders-migrate:1.4.2"
+    }]);
+    let mut config = config();
+    config.native_sidecars = false;
+    check(
+        "plain_containers",
+        "An API server older than 1.29: the sidecars are appended to containers without \
+         restartPolicy, and the pod's init container, which runs before them, gets nothing.",
+        pod,
+        Some(psc_credential()),
+        config,
+    );
+}
+
+#[test]
+fn resubmitted_injected_pod_is_unchanged() {
+    let fc = psc_credential();
+    let Outcome::Patch { ops, .. } = run(&orders_pod(), Some(&fc), &config()) else {
+        panic!("the plain pod is patched");
+    };
+    let mut injected = apply(orders_pod(), &ops);
+    // As read back from the API server, which adds defaults and may drop nothing we rely on.
+    injected["metadata"]["uid"] = json!("7f1c2a4e-0000-4000-8000-000000000001");
+    check(
+        "resubmitted",
+        "A pod that already went through the webhook (read back and created again, or seen again \
+         on reinvocation) gets nothing more.",
+        injected,
+        Some(fc),
+        config(),
+    );
+}
+
+#[test]
+fn missing_credential_is_refused() {
+    check(
+        "missing_credential",
+        "The annotation names a FederatedCredential that does not exist: refused, naming it.",
+        orders_pod(),
+        None,
+        config(),
+    );
+}
+
+#[test]
+fn not_ready_credential_is_admitted_with_a_warning() {
+    check(
+        "not_ready",
+        "The FederatedCredential exists but has no valid token: injected, with a warning that \
+         names it and why.",
+        orders_pod(),
+        Some(not_ready(psc_credential())),
+        config(),
+    );
+}
+
+#[test]
+fn proxied_container_gets_loopback_in_no_proxy() {
+    let mut pod = orders_pod();
+    pod["spec"]["containers"] = json!([
+        {
+            "name": "app",
+            "image": "registry.example/orders-api:1.4.2",
+            "env": [
+                {"name": "HTTPS_PROXY", "value": "http://proxy.corp.example:3128"},
+                {"name": "NO_PROXY", "value": ".corp.example"}
+            ]
+        },
+        {
+            "name": "worker",
+            "image": "registry.example/orders-worker:1.4.2",
+            "env": [{"name": "https_proxy", "value": "http://proxy.corp.example:3128"}],
+            "envFrom": [{"configMapRef": {"name": "orders-worker"}}]
+        }
+    ]);
+    check(
+        "proxied_containers",
+        "Containers behind an HTTP proxy: loopback is merged into an existing NO_PROXY, or \
+         NO_PROXY and no_proxy are added, so requests to the emulator and proxy stay local.",
+        pod,
+        Some(credential(None, Some(ORDERS_SA))),
+        config(),
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Harness.
+
+fn run(pod: &Value, fc: Option<&Value>, config: &InjectConfig) -> Outcome {
+    let pod: Pod = serde_json::from_value(pod.clone()).expect("the fixture is a valid Pod");
+    let fc: Option<FederatedCredential> =
+        fc.map(|v| serde_json::from_value(v.clone()).expect("the fixture is a valid resource"));
+    let name = credential_name(&pod).unwrap_or_default();
+    mutate(&pod, fc.as_ref(), name, config)
+}
+
+fn check(case: &str, story: &str, pod: Value, fc: Option<Value>, config: InjectConfig) {
+    let outcome = run(&pod, fc.as_ref(), &config);
+    let mut doc = json!({
+        "case": story,
+        "given": {
+            "config": {
+                "fedcredImage": config.fedcred_image,
+                "proxyImage": config.proxy_image,
+                "metadataPort": config.metadata_port,
+                "nativeSidecars": config.native_sidecars,
+                "alloydbAdminEndpoint": config.alloydb_admin_endpoint,
+            },
+            "credential": fc,
+            "pod": pod,
+        },
+    });
+    match outcome {
+        Outcome::Patch { ops, warnings } => {
+            let patched = apply(pod, &ops);
+            let again = run(&patched, fc.as_ref(), &config);
+            assert_eq!(
+                again,
+                Outcome::Unchanged,
+                "{case}: mutating the result again"
+            );
+            check_invariants(case, &patched);
+            doc["outcome"] = json!("Patch");
+            doc["warnings"] = json!(warnings);
+            doc["patch"] = Value::Array(ops);
+            doc["patched"] = patched;
+        }
+        Outcome::Unchanged => doc["outcome"] = json!("Unchanged"),
+        Outcome::Refuse(message) => {
+            doc["outcome"] = json!("Refuse");
+            doc["message"] = json!(message);
+        }
+    }
+    compare(case, &doc);
+}
+
+/// What holds for every injected pod, whatever the golden file says.
+fn check_invariants(case: &str, patched: &Value) {
+    let pod: Pod = serde_json::from_value(patched.clone())
+        .unwrap_or_else(|e| panic!("{case}: the patched pod is not a Pod: {e}"));
+    let spec = pod.spec.expect("a spec");
+    let all: Vec<_> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .collect();
+    let mut ports = Vec::new();
+    for c in &all {
+        ports.extend(c.ports.iter().flatten().map(|p| p.container_port));
+        let args = c.args.clone().unwrap_or_default();
+        let flag = |name: &str| {
+            args.iter()
+                .find_map(|a| a.strip_prefix(name).map(|v| v.parse::<i32>().unwrap()))
+        };
+        if c.name == super::METADATA_CONTAINER {
+            let listen = args.last().unwrap();
+            ports.push(listen.rsplit(':').next().unwrap().parse().unwrap());
+        }
+        if c.name.starts_with(super::PROXY_CONTAINER_PREFIX) {
+            assert!(
+                !args.iter().any(|a| a.starts_with("--token")),
+                "{case}: --token"
+            );
+            ports.extend(flag("--port="));
+            ports.extend(flag("--http-port="));
+        }
+        if c.name == super::METADATA_CONTAINER || c.name.starts_with(super::PROXY_CONTAINER_PREFIX)
+        {
+            let sc = c.security_context.as_ref().expect("a security context");
+            assert_eq!(sc.run_as_non_root, Some(true), "{case}: {}", c.name);
+            assert_eq!(
+                sc.read_only_root_filesystem,
+                Some(true),
+                "{case}: {}",
+                c.name
+            );
+            assert_eq!(
+                sc.allow_privilege_escalation,
+                Some(false),
+                "{case}: {}",
+                c.name
+            );
+        }
+    }
+    let count = ports.len();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), count, "{case}: ports collide: {ports:?}");
+}
+
+fn compare(case: &str, doc: &Value) {
+    let path = golden_dir().join(format!("{case}.json"));
+    let text = serde_json::to_string_pretty(doc).expect("JSON values serialize") + "\n";
+    if std::env::var_os(BLESS).is_some_and(|v| v == "1") {
+        std::fs::create_dir_all(golden_dir()).expect("create the golden directory");
+        std::fs::write(&path, &text).expect("write the golden file");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; generate it with {BLESS}=1 cargo test -p fedcred --lib inject",
+            path.display()
+        )
+    });
+    if expected != text {
+        let line = expected
+            .lines()
+            .zip(text.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or_else(|| expected.lines().count().min(text.lines().count()));
+        panic!(
+            "{} differs from the outcome, first at line {}:\n  golden: {}\n  now:    {}\n\
+             If the change is intended, run {BLESS}=1 cargo test -p fedcred --lib inject and \
+             review the diff.",
+            path.display(),
+            line + 1,
+            expected.lines().nth(line).unwrap_or("<end>"),
+            text.lines().nth(line).unwrap_or("<end>"),
+        );
+    }
+}
+
+fn golden_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/inject")
+}
+
+// ---------------------------------------------------------------------------------------------
+// A minimal RFC 6902 applier for `add` and `replace`, strict where the API server is.
+
+fn apply(mut doc: Value, ops: &[Value]) -> Value {
+    for op in ops {
+        let kind = op["op"].as_str().expect("op");
+        let path = op["path"].as_str().expect("path");
+        let value = op.get("value").cloned().expect("value");
+        let tokens: Vec<String> = path
+            .strip_prefix('/')
+            .unwrap_or_else(|| panic!("{path}: a pointer starts with /"))
+            .split('/')
+            // RFC 6901: ~1 first, then ~0.
+            .map(|t| t.replace("~1", "/").replace("~0", "~"))
+            .collect();
+        let (last, parents) = tokens.split_last().expect("a non-empty pointer");
+        let mut target = &mut doc;
+        for token in parents {
+            target = match target {
+                Value::Object(map) => map
+                    .get_mut(token)
+                    .unwrap_or_else(|| panic!("{path}: no member {token}")),
+                Value::Array(items) => items
+                    .get_mut(index(token, path))
+                    .unwrap_or_else(|| panic!("{path}: no element {token}")),
+                _ => panic!("{path}: {token} is not in a container"),
+            };
+        }
+        match (kind, target) {
+            ("add", Value::Object(map)) => {
+                map.insert(last.clone(), value);
+            }
+            ("add", Value::Array(items)) if last == "-" => items.push(value),
+            ("add", Value::Array(items)) => {
+                let i = index(last, path);
+                assert!(i <= items.len(), "{path}: index past the end");
+                items.insert(i, value);
+            }
+            ("replace", Value::Object(map)) => {
+                let slot = map
+                    .get_mut(last)
+                    .unwrap_or_else(|| panic!("{path}: replace needs an existing member"));
+                *slot = value;
+            }
+            ("replace", Value::Array(items)) => {
+                let i = index(last, path);
+                let slot = items
+                    .get_mut(i)
+                    .unwrap_or_else(|| panic!("{path}: replace needs an existing element"));
+                *slot = value;
+            }
+            (kind, _) => panic!("{path}: {kind} on a scalar or an unknown op"),
+        }
+    }
+    doc
+}
+
+fn index(token: &str, path: &str) -> usize {
+    assert!(
+        token == "0" || !token.starts_with('0'),
+        "{path}: leading zero in {token}"
+    );
+    token
+        .parse()
+        .unwrap_or_else(|_| panic!("{path}: {token} is not an index"))
+}
+
+#[test]
+fn the_applier_follows_rfc_6902() {
+    let doc = json!({"a": {"b~/c": 1}, "list": [1, 3]});
+    let ops = vec![
+        json!({"op": "add", "path": "/list/1", "value": 2}),
+        json!({"op": "add", "path": "/list/-", "value": 4}),
+        json!({"op": "replace", "path": "/a/b~0~1c", "value": 5}),
+        json!({"op": "add", "path": "/a/new", "value": {"x": []}}),
+        json!({"op": "add", "path": "/a/new/x/0", "value": "y"}),
+    ];
+    assert_eq!(
+        apply(doc, &ops),
+        json!({"a": {"b~/c": 5, "new": {"x": ["y"]}}, "list": [1, 2, 3, 4]})
+    );
+}

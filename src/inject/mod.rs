@@ -1,0 +1,199 @@
+//! What an opted-in pod gets injected (DESIGN.md §2, §5, §6), as a pure function from the pod
+//! and its FederatedCredential to an RFC 6902 JSON patch.
+//!
+//! This module owns the decision only: the names that are interfaces (volume, containers,
+//! annotations), the sidecars and their flags, probes, security context and default resources,
+//! the choice of pod-local ports, and which environment variables each application container
+//! receives. It does no I/O: it does not read the admission request, look up the
+//! FederatedCredential or the API server's version, read Secrets or the clock. The webhook
+//! adapter does those and passes plain data in; [`mutate`] returns an [`Outcome`].
+//!
+//! # What a pod gets
+//! - The volume [`TOKEN_VOLUME`] of the FederatedCredential's Secret, mounted read-only at
+//!   [`TOKEN_MOUNT_PATH`] in the metadata sidecar only: the application reads its token through
+//!   the emulator, never from files.
+//! - The sidecar [`METADATA_CONTAINER`] running `fedcred metadata-server` on loopback, then one
+//!   [`PROXY_CONTAINER_PREFIX`]`N` per AlloyDB instance. As native sidecars (init containers with
+//!   `restartPolicy: Always`) they go first among the init containers, so they run before the
+//!   pod's own; without native sidecars (API server older than 1.29) they are appended to
+//!   `containers`, and the pod's own init containers get no environment since nothing serves
+//!   them yet.
+//! - In every application container (and, with native sidecars, every own init container):
+//!   `GCE_METADATA_HOST`, `GCE_METADATA_IP`, `GCE_METADATA_ROOT`, `GOOGLE_CLOUD_PROJECT` when
+//!   the service account names a project, and for the first AlloyDB instance `PGHOST`, `PGPORT`
+//!   and, with automatic IAM login, `PGUSER`.
+//! - The annotation [`INJECTED_ANNOTATION`], a digest of what was injected.
+//!
+//! # Environment precedence
+//! A variable the container already sets in `env` is left alone, each variable on its own
+//! (a container that sets `PGUSER` still gets `PGHOST` and `PGPORT`). `envFrom` cannot be
+//! inspected here (the ConfigMap or Secret is not part of the pod), and an `env` entry wins
+//! over `envFrom`: a variable that a container takes only from `envFrom` is overridden by the
+//! injected one. When a container sets a proxy variable (`HTTP_PROXY`, `HTTPS_PROXY`,
+//! `ALL_PROXY`, either case), `127.0.0.1,localhost` is merged into its `NO_PROXY`/`no_proxy`
+//! (or both are added), because Python's requests and Node's clients would otherwise send the
+//! loopback requests to the proxy, which refuses them; Go never proxies loopback.
+//!
+//! # Ports
+//! The emulator takes the first free port from [`InjectConfig::metadata_port`] up, each proxy's
+//! health server the first free one from [`DEFAULT_HEALTH_PORT`] up, skipping every
+//! `containerPort` of the pod, the instances' ports and each other. Instance ports are the
+//! user's choice (the application may rely on them), so a clash with the pod is refused, not
+//! moved.
+//!
+//! # Idempotence
+//! A pod that already has the metadata sidecar is [`Outcome::Unchanged`] (reinvocation,
+//! re-submission of a pod read back from the API). The annotation alone does not count: a
+//! pod template that copied it from a running pod still needs its containers.
+//!
+//! # Refusals and warnings
+//! Refused, with what to do: a labelled pod without the credential annotation, a missing
+//! FederatedCredential, a `hostNetwork` pod (the node's loopback would serve its token to every
+//! process on the node), an instance port the pod declares, and a pod that already uses one of
+//! the injected names without being injected. Admitted with a warning: a FederatedCredential
+//! that is not `Ready`, and a proxied container whose `NO_PROXY` comes from a reference.
+//! Warnings are cut to [`MAX_WARNING_CHARS`].
+
+mod env;
+mod mutate;
+mod patch;
+mod ports;
+mod sidecars;
+
+#[cfg(test)]
+mod golden;
+
+pub use mutate::mutate;
+pub use sidecars::metadata_startup_probe;
+
+use k8s_openapi::api::core::v1::Pod;
+
+/// Pod label that opts a pod in (the webhook's objectSelector); its value must be `true`.
+pub const INJECT_LABEL: &str = "fedcred.io/inject";
+
+/// Pod annotation naming the FederatedCredential of the pod's namespace to use.
+pub const CREDENTIAL_ANNOTATION: &str = "fedcred.io/credential";
+
+/// Pod annotation the patch adds: `sha256:` and the first 16 hex digits of a digest of the
+/// injected volume, containers and environment.
+pub const INJECTED_ANNOTATION: &str = "fedcred.io/injected";
+
+/// The Secret volume.
+pub const TOKEN_VOLUME: &str = "fedcred-token";
+
+/// Where the metadata sidecar mounts the Secret.
+pub const TOKEN_MOUNT_PATH: &str = "/var/run/fedcred";
+
+/// The metadata emulator sidecar.
+pub const METADATA_CONTAINER: &str = "fedcred-metadata";
+
+/// Prefix of the AlloyDB Auth Proxy sidecars: `alloydb-proxy-0`, `alloydb-proxy-1`, …, in the
+/// order of `spec.alloydb.instances`.
+pub const PROXY_CONTAINER_PREFIX: &str = "alloydb-proxy-";
+
+/// The AlloyDB Auth Proxy image used when the FederatedCredential names none.
+pub const DEFAULT_PROXY_IMAGE: &str = "gcr.io/alloydb-connectors/alloydb-auth-proxy:1.13.11";
+
+/// First port tried for the metadata emulator; the port of [`crate::metadata::DEFAULT_LISTEN`].
+pub const DEFAULT_METADATA_PORT: u16 = 8988;
+
+/// First port tried for the proxies' health-check servers. Not the proxy's own default 9090:
+/// that is also Prometheus' and many applications' metrics port, often not declared as a
+/// `containerPort`, and undeclared ports cannot be seen here.
+pub const DEFAULT_HEALTH_PORT: u16 = 9801;
+
+/// User of every injected container; both images run as this non-root user.
+pub const RUN_AS_USER: i64 = 65532;
+
+/// Admission warnings longer than this may be truncated by the API server.
+pub const MAX_WARNING_CHARS: usize = 256;
+
+/// How the webhook injects; comes from the controller's flags and the API server's version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InjectConfig {
+    /// Image of the `fedcred` binary (its entrypoint), for the metadata sidecar.
+    pub fedcred_image: String,
+    /// AlloyDB Auth Proxy image unless `spec.alloydb.proxy.image` names one.
+    pub proxy_image: String,
+    /// First port tried for the metadata emulator on 127.0.0.1.
+    pub metadata_port: u16,
+    /// Inject native sidecars (Kubernetes ≥ 1.29, see [`native_sidecars_supported`]) rather
+    /// than plain containers.
+    pub native_sidecars: bool,
+    /// Passed to every proxy as `--alloydbadmin-api-endpoint`; for tests and other universes.
+    pub alloydb_admin_endpoint: Option<String>,
+}
+
+impl InjectConfig {
+    /// Defaults for everything but the fedcred image: the pinned proxy image, port 8988,
+    /// native sidecars, Google's Admin API endpoint.
+    pub fn new(fedcred_image: impl Into<String>) -> Self {
+        InjectConfig {
+            fedcred_image: fedcred_image.into(),
+            proxy_image: DEFAULT_PROXY_IMAGE.to_owned(),
+            metadata_port: DEFAULT_METADATA_PORT,
+            native_sidecars: true,
+            alloydb_admin_endpoint: None,
+        }
+    }
+}
+
+/// What the webhook answers for one pod.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Admit with this JSON patch (RFC 6902 operations, applied in order) and these admission
+    /// warnings.
+    Patch {
+        ops: Vec<serde_json::Value>,
+        warnings: Vec<String>,
+    },
+    /// Admit as is: not opted in, or already injected.
+    Unchanged,
+    /// Deny, with a message that says what to fix.
+    Refuse(String),
+}
+
+/// The value of the pod's [`CREDENTIAL_ANNOTATION`], if any (possibly empty: [`mutate`]
+/// refuses that).
+pub fn credential_name(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .annotations
+        .as_ref()?
+        .get(CREDENTIAL_ANNOTATION)
+        .map(String::as_str)
+}
+
+/// Whether an API server of this version (`major`/`minor` of its `/version`, such as `1` and
+/// `29+` on EKS) runs native sidecars: beta and on by default from 1.29.
+pub fn native_sidecars_supported(major: &str, minor: &str) -> bool {
+    let number = |s: &str| -> Option<u32> {
+        let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    };
+    match (number(major), number(minor)) {
+        (Some(major), Some(minor)) => major > 1 || (major == 1 && minor >= 29),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn native_sidecars_from_1_29() {
+        assert!(native_sidecars_supported("1", "29"));
+        assert!(native_sidecars_supported("1", "33+"));
+        assert!(!native_sidecars_supported("1", "28+"));
+        assert!(!native_sidecars_supported("1", ""));
+        assert!(native_sidecars_supported("2", "0"));
+    }
+
+    #[test]
+    fn the_default_metadata_port_is_the_emulators_default() {
+        assert_eq!(
+            crate::metadata::DEFAULT_LISTEN,
+            format!("127.0.0.1:{DEFAULT_METADATA_PORT}")
+        );
+    }
+}

@@ -1,0 +1,205 @@
+//! The injected containers: the metadata emulator and one AlloyDB Auth Proxy per instance.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EnvVar, HTTPGetAction, Probe, ResourceRequirements, SeccompProfile,
+    SecurityContext, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{
+    METADATA_CONTAINER, PROXY_CONTAINER_PREFIX, RUN_AS_USER, TOKEN_MOUNT_PATH, TOKEN_VOLUME,
+};
+use crate::api::{AlloyDbInstance, Connectivity};
+
+/// The startup probe of the metadata sidecar, once the binary can answer one; `None` today.
+///
+/// Without it the kubelet starts the next container as soon as the emulator's process runs,
+/// not when it listens, and a client that asks in that instant is refused (Go's metadata client
+/// does not retry a refused connection; Python's ADC then decides it is not on GCE). With
+/// AlloyDB instances the proxies' own startup probes hold the application back long enough in
+/// practice; a federated-only pod has no such buffer.
+///
+/// The emulator listens on loopback only, and kubelet `httpGet`/`tcpSocket` probes go to the
+/// pod IP, so the probe has to be `exec` of something in the fedcred image that asks
+/// `GET http://127.0.0.1:PORT/` with `Metadata-Flavor: Google` and exits 0 on a 200 carrying
+/// that header (a small subcommand of `fedcred`; the image has no shell or curl). Then return
+/// an exec probe here with `periodSeconds: 1`, `failureThreshold: 30`, `timeoutSeconds: 1`;
+/// exec probes cost a process per try, which a startup probe pays only until it succeeds.
+pub fn metadata_startup_probe(_port: u16) -> Option<Probe> {
+    None
+}
+
+/// The metadata emulator, reading the Secret volume and listening on `127.0.0.1:port`.
+pub(super) fn metadata(image: &str, port: u16) -> Container {
+    Container {
+        name: METADATA_CONTAINER.to_owned(),
+        image: Some(image.to_owned()),
+        args: Some(strings([
+            "metadata-server",
+            "--secret-dir",
+            TOKEN_MOUNT_PATH,
+            "--listen",
+            &listen(port),
+        ])),
+        volume_mounts: Some(vec![VolumeMount {
+            name: TOKEN_VOLUME.to_owned(),
+            mount_path: TOKEN_MOUNT_PATH.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
+        resources: Some(resources("10m", "16Mi", "64Mi")),
+        security_context: Some(security_context()),
+        startup_probe: metadata_startup_probe(port),
+        ..Container::default()
+    }
+}
+
+/// What the proxy for one instance needs to know besides the instance.
+pub(super) struct ProxySettings<'a> {
+    pub image: &'a str,
+    pub resources: Option<&'a ResourceRequirements>,
+    /// The emulator's `host:port`, for the proxy's own Application Default Credentials.
+    pub metadata_env: &'a [(String, String)],
+    pub admin_endpoint: Option<&'a str>,
+}
+
+/// The AlloyDB Auth Proxy for instance `index`, listening on `127.0.0.1:instance.port` and
+/// answering health checks on `health_port` (on every address, since kubelet probes come to
+/// the pod IP). It finds its token through the emulator: never `--token`, which is never
+/// refreshed.
+pub(super) fn proxy(
+    index: usize,
+    instance: &AlloyDbInstance,
+    health_port: u16,
+    settings: &ProxySettings<'_>,
+) -> Container {
+    let mut args = vec![
+        instance.uri.clone(),
+        "--address=127.0.0.1".to_owned(),
+        format!("--port={}", instance.port),
+    ];
+    match instance.connectivity {
+        Connectivity::Psc => args.push("--psc".to_owned()),
+        Connectivity::PublicIp => args.push("--public-ip".to_owned()),
+        // Private IP is the proxy's default: no flag.
+        Connectivity::PrivateIp => {}
+    }
+    if instance.auto_iam_authn {
+        args.push("--auto-iam-authn".to_owned());
+    }
+    args.extend(strings([
+        "--health-check",
+        "--http-address=0.0.0.0",
+        &format!("--http-port={health_port}"),
+        // Stopping is not a failure: a Job's pod must not look failed because its proxy got
+        // SIGTERM.
+        "--exit-zero-sigterm",
+        "--structured-logs",
+    ]));
+    if let Some(endpoint) = settings.admin_endpoint {
+        args.push(format!("--alloydbadmin-api-endpoint={endpoint}"));
+    }
+    Container {
+        name: format!("{PROXY_CONTAINER_PREFIX}{index}"),
+        image: Some(settings.image.to_owned()),
+        args: Some(args),
+        env: Some(
+            settings
+                .metadata_env
+                .iter()
+                .map(|(name, value)| env_var(name, value))
+                .collect(),
+        ),
+        resources: Some(
+            settings
+                .resources
+                .cloned()
+                .unwrap_or_else(|| resources("50m", "64Mi", "256Mi")),
+        ),
+        security_context: Some(security_context()),
+        // Native sidecars: the kubelet starts the next container only once this succeeds, so
+        // the application finds the port open.
+        startup_probe: Some(Probe {
+            http_get: Some(http_get("/startup", health_port)),
+            period_seconds: Some(1),
+            timeout_seconds: Some(1),
+            failure_threshold: Some(60),
+            ..Probe::default()
+        }),
+        liveness_probe: Some(Probe {
+            http_get: Some(http_get("/liveness", health_port)),
+            period_seconds: Some(10),
+            timeout_seconds: Some(5),
+            failure_threshold: Some(3),
+            ..Probe::default()
+        }),
+        // No readiness probe: the proxy's /readiness follows the database, and tying the pod's
+        // readiness to it would take every replica out of its Services at once.
+        ..Container::default()
+    }
+}
+
+/// The emulator's listen address.
+pub(super) fn listen(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
+pub(super) fn env_var(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.to_owned()),
+        value_from: None,
+    }
+}
+
+/// Non-root, read-only root filesystem, no privilege escalation, no capabilities, the runtime's
+/// seccomp profile: what the `restricted` Pod Security Standard asks, so injection never makes
+/// a pod fail its namespace's policy.
+fn security_context() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS_USER),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            add: None,
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            localhost_profile: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// Requests of CPU and memory, and a memory limit; no CPU limit, which would only throttle.
+fn resources(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequirements {
+    let quantity = |s: &str| Quantity(s.to_owned());
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), quantity(cpu)),
+            ("memory".to_owned(), quantity(memory)),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_owned(),
+            quantity(memory_limit),
+        )])),
+        ..ResourceRequirements::default()
+    }
+}
+
+fn http_get(path: &str, port: u16) -> HTTPGetAction {
+    HTTPGetAction {
+        path: Some(path.to_owned()),
+        port: IntOrString::Int(i32::from(port)),
+        ..HTTPGetAction::default()
+    }
+}
+
+fn strings<const N: usize>(items: [&str; N]) -> Vec<String> {
+    items.into_iter().map(str::to_owned).collect()
+}
