@@ -105,11 +105,13 @@ pub struct Aws {
     controller: Mutex<Option<Credentials>>,
     /// STS clients by (region, endpoint, access key id of the signing credentials); building
     /// one costs more than the call it makes.
-    clients:
-        std::sync::Mutex<HashMap<(String, Option<String>, Option<String>), aws_sdk_sts::Client>>,
+    clients: std::sync::Mutex<HashMap<ClientKey, aws_sdk_sts::Client>>,
     /// The ARN of each set of the controller's own credentials, by access key id.
     callers: std::sync::Mutex<HashMap<String, String>>,
 }
+
+/// Region, endpoint override, and access key id of the credentials an STS client signs with.
+type ClientKey = (String, Option<String>, Option<String>);
 
 /// Clients kept before the cache starts over (credentials rotate; identities are few).
 const MAX_CACHED_CLIENTS: usize = 256;
