@@ -109,7 +109,9 @@ struct ControllerArgs {
     concurrency: u16,
 }
 
-#[tokio::main]
+// One thread: the work is waiting on the network, and a single-threaded runtime spends about half
+// the CPU per exchange of a multi-threaded one (BENCHMARKS.md).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Crd => {
