@@ -14,6 +14,7 @@ mkdir -p "$BIN_DIR"
 need_debs=()
 command -v openssl >/dev/null || need_debs+=(openssl)
 command -v unzip >/dev/null || need_debs+=(unzip)
+command -v curl >/dev/null || need_debs+=(curl)
 command -v psql >/dev/null || need_debs+=(postgresql-client)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_debs+=(postgresql)
 if ((${#need_debs[@]})); then
