@@ -388,12 +388,7 @@ async fn controller_command(args: ControllerArgs) -> Result<(), String> {
             let _ = stop.send(true);
         })
     });
-    let shutdown = {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
+    let shutdown = stopped(stop_rx.clone());
     let reporter = Reporter {
         controller: "fedcred".to_owned(),
         instance: Some(identity),
