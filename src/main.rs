@@ -60,8 +60,12 @@ enum Command {
     /// in the pod, so unchanged Google libraries find their token.
     MetadataServer {
         /// Directory where the Secret is mounted (the kubelet keeps it up to date).
-        #[arg(long, env = "FEDCRED_SECRET_DIR")]
-        secret_dir: PathBuf,
+        #[arg(long, env = "FEDCRED_SECRET_DIR", required_unless_present = "check")]
+        secret_dir: Option<PathBuf>,
+        /// Do not serve: ask the emulator at --listen whether it answers, and exit 0 if it
+        /// does (the startup probe of the injected sidecar; the image has no shell or curl).
+        #[arg(long)]
+        check: bool,
         /// Address to listen on; keep it on loopback.
         #[arg(long, env = "FEDCRED_METADATA_LISTEN", default_value = fedcred::metadata::DEFAULT_LISTEN)]
         listen: std::net::SocketAddr,
@@ -131,10 +135,19 @@ async fn main() -> ExitCode {
             show_token,
         } => exchange_command(&file, namespace, show_token).await,
         Command::MetadataServer {
+            check: true,
+            listen,
+            ..
+        } => metadata_check(listen).await,
+        Command::MetadataServer {
             secret_dir,
             listen,
             log_format,
-        } => metadata_server_command(secret_dir, listen, &log_format).await,
+            ..
+        } => match secret_dir {
+            Some(secret_dir) => metadata_server_command(secret_dir, listen, &log_format).await,
+            None => Err("--secret-dir is required".to_owned()),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -294,6 +307,44 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutting down");
+}
+
+/// One request to the emulator's root, as Google's libraries ping it: success is a 200 that
+/// carries `Metadata-Flavor: Google`.
+async fn metadata_check(listen: std::net::SocketAddr) -> Result<(), String> {
+    let host = fedcred::metadata::injected_env(&listen.to_string())
+        .into_iter()
+        .find(|(name, _)| name == "GCE_METADATA_HOST")
+        .map(|(_, value)| value)
+        .unwrap_or_else(|| listen.to_string());
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(1))
+        .no_proxy()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let response = client
+        .get(format!("http://{host}/"))
+        .header("Metadata-Flavor", "Google")
+        .send()
+        .await
+        .map_err(|e| format!("the metadata emulator at {host} does not answer: {e}"))?;
+    let flavored = response
+        .headers()
+        .get("metadata-flavor")
+        .is_some_and(|v| v == "Google");
+    if response.status().is_success() && flavored {
+        Ok(())
+    } else {
+        Err(format!(
+            "{host} answered HTTP {} {}",
+            response.status(),
+            if flavored {
+                ""
+            } else {
+                "without Metadata-Flavor: Google"
+            }
+        ))
+    }
 }
 
 async fn metadata_server_command(

@@ -607,3 +607,30 @@ fn python_google_auth_accepts_a_federated_token_without_project() {
     assert_eq!(found["token"], "ya29.federated");
     assert_eq!(found["email"], "default");
 }
+
+#[test]
+fn check_mode_is_the_startup_probe() {
+    let mut volume = SecretVolume::kubelet();
+    volume.publish(&pairs(&impersonated("ya29.probe-token", &in_secs(3600))));
+    let emulator = Emulator::start(&volume.dir);
+    let check = |addr: &str| {
+        Command::new(env!("CARGO_BIN_EXE_fedcred"))
+            .args(["metadata-server", "--check", "--listen", addr])
+            .output()
+            .unwrap()
+    };
+    let up = check(&emulator.addr.to_string());
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    // Nothing listens on a port just released.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let down = check(&free.to_string());
+    assert!(!down.status.success());
+    assert!(String::from_utf8_lossy(&down.stderr).contains("does not answer"));
+}

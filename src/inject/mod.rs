@@ -87,6 +87,10 @@ pub const TOKEN_MOUNT_PATH: &str = "/var/run/fedcred";
 /// The metadata emulator sidecar.
 pub const METADATA_CONTAINER: &str = "fedcred-metadata";
 
+/// Where the fedcred image keeps its one binary; the metadata sidecar's startup probe execs it
+/// (`fedcred metadata-server --check`), since the image has no shell or curl.
+pub const FEDCRED_BINARY: &str = "/usr/local/bin/fedcred";
+
 /// Prefix of the AlloyDB Auth Proxy sidecars: `alloydb-proxy-0`, `alloydb-proxy-1`, …, in the
 /// order of `spec.alloydb.instances`.
 pub const PROXY_CONTAINER_PREFIX: &str = "alloydb-proxy-";

@@ -625,12 +625,26 @@ mod tests {
     }
 
     #[test]
-    fn no_startup_probe_for_the_emulator_until_the_binary_can_answer_one() {
-        assert_eq!(sidecars::metadata_startup_probe(8988), None);
-        assert!(
-            sidecars::metadata("fedcred:test", 8988)
-                .startup_probe
-                .is_none()
+    fn the_emulator_has_an_exec_startup_probe() {
+        let probe = sidecars::metadata_startup_probe(8988).unwrap();
+        let command = probe.exec.unwrap().command.unwrap();
+        assert_eq!(
+            command,
+            [
+                "/usr/local/bin/fedcred",
+                "metadata-server",
+                "--check",
+                "--listen",
+                "127.0.0.1:8988"
+            ]
         );
+        assert_eq!(
+            sidecars::metadata("fedcred:test", 8988).startup_probe,
+            Some(probe_again())
+        );
+    }
+
+    fn probe_again() -> k8s_openapi::api::core::v1::Probe {
+        sidecars::metadata_startup_probe(8988).unwrap()
     }
 }

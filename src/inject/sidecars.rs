@@ -3,33 +3,43 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, HTTPGetAction, Probe, ResourceRequirements, SeccompProfile,
-    SecurityContext, VolumeMount,
+    Capabilities, Container, EnvVar, ExecAction, HTTPGetAction, Probe, ResourceRequirements,
+    SeccompProfile, SecurityContext, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
-    METADATA_CONTAINER, PROXY_CONTAINER_PREFIX, RUN_AS_USER, TOKEN_MOUNT_PATH, TOKEN_VOLUME,
+    FEDCRED_BINARY, METADATA_CONTAINER, PROXY_CONTAINER_PREFIX, RUN_AS_USER, TOKEN_MOUNT_PATH,
+    TOKEN_VOLUME,
 };
 use crate::api::{AlloyDbInstance, Connectivity};
 
-/// The startup probe of the metadata sidecar, once the binary can answer one; `None` today.
+/// The startup probe of the metadata sidecar: `fedcred metadata-server --check` asks the
+/// emulator's root the way Google's libraries ping it.
 ///
 /// Without it the kubelet starts the next container as soon as the emulator's process runs,
 /// not when it listens, and a client that asks in that instant is refused (Go's metadata client
-/// does not retry a refused connection; Python's ADC then decides it is not on GCE). With
-/// AlloyDB instances the proxies' own startup probes hold the application back long enough in
-/// practice; a federated-only pod has no such buffer.
-///
-/// The emulator listens on loopback only, and kubelet `httpGet`/`tcpSocket` probes go to the
-/// pod IP, so the probe has to be `exec` of something in the fedcred image that asks
-/// `GET http://127.0.0.1:PORT/` with `Metadata-Flavor: Google` and exits 0 on a 200 carrying
-/// that header (a small subcommand of `fedcred`; the image has no shell or curl). Then return
-/// an exec probe here with `periodSeconds: 1`, `failureThreshold: 30`, `timeoutSeconds: 1`;
-/// exec probes cost a process per try, which a startup probe pays only until it succeeds.
-pub fn metadata_startup_probe(_port: u16) -> Option<Probe> {
-    None
+/// does not retry a refused connection; Python's ADC then decides it is not on GCE). The
+/// emulator listens on loopback only and kubelet `httpGet`/`tcpSocket` probes go to the pod IP,
+/// so the probe is an `exec` of the fedcred binary (the image has no shell or curl). Exec probes
+/// cost a process per try, which a startup probe pays only until it succeeds.
+pub fn metadata_startup_probe(port: u16) -> Option<Probe> {
+    Some(Probe {
+        exec: Some(ExecAction {
+            command: Some(strings([
+                FEDCRED_BINARY,
+                "metadata-server",
+                "--check",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])),
+        }),
+        period_seconds: Some(1),
+        failure_threshold: Some(30),
+        timeout_seconds: Some(1),
+        ..Probe::default()
+    })
 }
 
 /// The metadata emulator, reading the Secret volume and listening on `127.0.0.1:port`.
