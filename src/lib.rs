@@ -15,3 +15,4 @@ pub mod metadata;
 pub mod metrics;
 pub mod secret;
 pub mod subject_token;
+pub mod webhook;

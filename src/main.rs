@@ -43,7 +43,7 @@ enum Command {
         sts_endpoint: Option<String>,
     },
     /// Run the controller: keep every FederatedCredential's Secret fresh.
-    Controller(ControllerArgs),
+    Controller(Box<ControllerArgs>),
     /// Run one full exchange for a FederatedCredential manifest and print what Google issued.
     Exchange {
         /// The FederatedCredential manifest (YAML or JSON); `-` reads standard input.
@@ -77,6 +77,20 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ControllerArgs {
+    /// Serve the admission webhook (`POST /mutate`, `GET /healthz`) over HTTPS on this address.
+    #[arg(long, env = "FEDCRED_WEBHOOK_ADDRESS", requires = "fedcred_image")]
+    webhook_address: Option<std::net::SocketAddr>,
+    /// DNS names or IPs of the webhook's serving certificate: its Service's names.
+    #[arg(
+        long,
+        env = "FEDCRED_WEBHOOK_DNS_NAMES",
+        value_delimiter = ',',
+        default_value = "fedcred-webhook.fedcred-system.svc"
+    )]
+    webhook_dns_names: Vec<String>,
+    /// Image of the fedcred binary, injected into pods as the metadata sidecar.
+    #[arg(long, env = "FEDCRED_IMAGE")]
+    fedcred_image: Option<String>,
     /// Watch only this namespace (default: all).
     #[arg(long, env = "FEDCRED_NAMESPACE")]
     namespace: Option<String>,
@@ -128,7 +142,7 @@ async fn main() -> ExitCode {
             at,
             sts_endpoint,
         } => subject_token_command(region, &audience, at.as_deref(), sts_endpoint.as_deref()),
-        Command::Controller(args) => controller_command(args).await,
+        Command::Controller(args) => controller_command(*args).await,
         Command::Exchange {
             file,
             namespace,
@@ -406,6 +420,35 @@ async fn controller_command(args: ControllerArgs) -> Result<(), String> {
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
+    // Every replica serves the webhook, leader or not.
+    let webhook = match (args.webhook_address, args.fedcred_image.clone()) {
+        (Some(address), Some(image)) => {
+            let version = client
+                .apiserver_version()
+                .await
+                .map_err(|e| format!("reading the API server version: {e}"))?;
+            let mut inject = fedcred::inject::InjectConfig::new(image);
+            inject.native_sidecars =
+                fedcred::inject::native_sidecars_supported(&version.major, &version.minor);
+            let certs =
+                fedcred::webhook::generate(&args.webhook_dns_names).map_err(|e| e.to_string())?;
+            let tls = fedcred::webhook::server_config(&certs.cert_pem, &certs.key_pem)
+                .map_err(|e| e.to_string())?;
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|e| format!("webhook address {address}: {e}"))?;
+            let router =
+                fedcred::webhook::router(fedcred::webhook::Webhook::new(client.clone(), inject));
+            Some(tokio::spawn(fedcred::webhook::serve(
+                listener,
+                tls,
+                router,
+                stopped(stop_rx.clone()),
+            )))
+        }
+        _ => None,
+    };
+
     let elector = args.leader_election.then(|| {
         Elector::new(
             client.clone(),
@@ -425,7 +468,7 @@ async fn controller_command(args: ControllerArgs) -> Result<(), String> {
     if let Some(elector) = &elector {
         tokio::select! {
             _ = elector.acquire() => {},
-            _ = stopped(stop_rx.clone()) => { health.abort(); return Ok(()); }
+            _ = stopped(stop_rx.clone()) => { health.abort(); webhook.inspect(|w| w.abort()); return Ok(()); }
         }
     }
     // The controller stops on SIGTERM, or when leadership is lost.
@@ -462,6 +505,9 @@ async fn controller_command(args: ControllerArgs) -> Result<(), String> {
         elector.release().await;
     }
     health.abort();
+    if let Some(webhook) = webhook {
+        webhook.abort();
+    }
     if lost.load(Ordering::Relaxed) {
         return Err("lost the leader Lease; exiting so a fresh start can compete again".to_owned());
     }

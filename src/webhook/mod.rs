@@ -1,0 +1,29 @@
+//! The mutating admission webhook (DESIGN.md §2, §5, §6): an HTTPS server that answers
+//! AdmissionReviews of pod creations with the patch [`crate::inject::mutate`] decides.
+//!
+//! This module owns the HTTP and TLS side and the AdmissionReview format: [`review`] reads and
+//! answers reviews as pure functions, [`server`] serves them over TLS and looks up the
+//! FederatedCredential a pod names, [`tls`] makes the CA and serving certificate. What a pod
+//! gets is [`crate::inject`]'s decision alone; this module must not change it. It does not
+//! register the MutatingWebhookConfiguration or keep its `caBundle`.
+
+pub mod review;
+pub mod server;
+pub mod tls;
+
+pub use server::{
+    HEALTH_PATH, LOOKUP_TIMEOUT, MAX_BODY_BYTES, MUTATE_PATH, Webhook, router, serve,
+};
+pub use tls::{CertBundle, generate, server_config};
+
+/// What can go wrong setting up or running the webhook server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The certificate could not be generated or the PEMs are unusable: check the files
+    /// given to the webhook.
+    #[error("webhook TLS: {0}")]
+    Certificate(String),
+    /// The listening socket failed.
+    #[error("webhook server: {0}")]
+    Io(#[from] std::io::Error),
+}

@@ -1,0 +1,365 @@
+//! The AdmissionReview exchange as pure functions: [`parse`] reads a request body,
+//! [`Parsed::wanted`] says which FederatedCredential to look up, and [`answer`] turns the pod
+//! and what the lookup found into the AdmissionReview response. No I/O here.
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Pod;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::api::FederatedCredential;
+use crate::inject::{INJECT_LABEL, InjectConfig, Outcome, credential_name, mutate};
+
+const API_VERSION: &str = "admission.k8s.io/v1";
+const KIND: &str = "AdmissionReview";
+
+/// Why a body is not an AdmissionReview this webhook answers; the server replies 400 with
+/// the message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadReview(pub String);
+
+impl std::fmt::Display for BadReview {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The fields of an `admission.k8s.io/v1` AdmissionReview this webhook reads.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Review {
+    api_version: Option<String>,
+    kind: Option<String>,
+    request: Option<Request>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Request {
+    uid: Option<String>,
+    kind: Option<GroupVersionKind>,
+    namespace: Option<String>,
+    operation: Option<String>,
+    object: Option<Value>,
+    #[serde(default)]
+    dry_run: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct GroupVersionKind {
+    #[serde(default)]
+    group: String,
+    #[serde(default)]
+    version: String,
+    #[serde(default)]
+    kind: String,
+}
+
+/// A well-formed review of a pod.
+#[derive(Clone, Debug)]
+pub struct Parsed {
+    /// Echoed in the response; the API server matches them.
+    pub uid: String,
+    /// `CREATE`, `UPDATE`, …; only `CREATE` is mutated.
+    pub operation: String,
+    /// The pod, its namespace filled from the request when the object lacks it (pods that
+    /// controllers create usually do).
+    pub pod: Pod,
+    /// The request is a dry run; the mutation has no side effects, so the answer is the same.
+    pub dry_run: bool,
+}
+
+/// Reads an AdmissionReview of a pod; anything else is a [`BadReview`].
+pub fn parse(body: &[u8]) -> Result<Parsed, BadReview> {
+    let bad = |m: &str| BadReview(m.to_owned());
+    let review: Review = serde_json::from_slice(body)
+        .map_err(|e| BadReview(format!("the body is not an AdmissionReview: {e}")))?;
+    if review.api_version.as_deref() != Some(API_VERSION) || review.kind.as_deref() != Some(KIND) {
+        return Err(bad(
+            "expected apiVersion admission.k8s.io/v1 and kind AdmissionReview",
+        ));
+    }
+    let request = review
+        .request
+        .ok_or_else(|| bad("the review has no request"))?;
+    let uid = request
+        .uid
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| bad("the request has no uid"))?;
+    match request.kind {
+        Some(gvk) if gvk.group.is_empty() && gvk.version == "v1" && gvk.kind == "Pod" => {}
+        _ => return Err(bad("the request is not about a v1 Pod")),
+    }
+    let namespace = request
+        .namespace
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| bad("the request has no namespace"))?;
+    let operation = request
+        .operation
+        .ok_or_else(|| bad("the request has no operation"))?;
+    let object = request
+        .object
+        .ok_or_else(|| bad("the request has no object"))?;
+    let mut pod: Pod = serde_json::from_value(object)
+        .map_err(|e| BadReview(format!("the request's object is not a Pod: {e}")))?;
+    if pod.metadata.namespace.as_deref().is_none_or(str::is_empty) {
+        pod.metadata.namespace = Some(namespace);
+    }
+    Ok(Parsed {
+        uid,
+        operation,
+        pod,
+        dry_run: request.dry_run.unwrap_or(false),
+    })
+}
+
+impl Parsed {
+    /// The FederatedCredential to look up, as namespace and name: `None` when the answer does
+    /// not depend on one (not a creation, not opted in, no credential named).
+    pub fn wanted(&self) -> Option<(&str, &str)> {
+        if self.operation != "CREATE" {
+            return None;
+        }
+        let opted_in = self
+            .pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(INJECT_LABEL))
+            .is_some_and(|v| v == "true");
+        let name = credential_name(&self.pod)?.trim();
+        let namespace = self.pod.metadata.namespace.as_deref()?;
+        (opted_in && !name.is_empty()).then_some((namespace, name))
+    }
+}
+
+/// What looking up [`Parsed::wanted`] found.
+#[derive(Clone, Debug)]
+pub enum Lookup {
+    /// Nothing was looked up, since [`Parsed::wanted`] was `None`.
+    NotNeeded,
+    Found(Box<FederatedCredential>),
+    Missing,
+    /// The API server could not be asked; the pod is refused, since admitting it without its
+    /// sidecars would hand it no credentials, silently.
+    Failed(String),
+}
+
+/// The AdmissionReview response for `parsed`, given what the lookup found.
+pub fn answer(parsed: &Parsed, lookup: Lookup, config: &InjectConfig) -> Value {
+    let outcome = if parsed.operation != "CREATE" {
+        Outcome::Unchanged
+    } else {
+        let name = credential_name(&parsed.pod).unwrap_or_default();
+        match lookup {
+            Lookup::Failed(error) => Outcome::Refuse(format!(
+                "could not read FederatedCredential {}/{} to inject its credentials: {error}; \
+                 retry",
+                parsed.pod.metadata.namespace.as_deref().unwrap_or_default(),
+                name.trim()
+            )),
+            Lookup::Found(fc) => mutate(&parsed.pod, Some(&fc), name, config),
+            Lookup::NotNeeded | Lookup::Missing => mutate(&parsed.pod, None, name, config),
+        }
+    };
+    response(&parsed.uid, outcome)
+}
+
+fn response(uid: &str, outcome: Outcome) -> Value {
+    let response = match outcome {
+        Outcome::Unchanged => json!({"uid": uid, "allowed": true}),
+        Outcome::Patch { ops, warnings } => {
+            // A Vec of JSON values always serialises.
+            let patch = serde_json::to_vec(&ops).unwrap_or_default();
+            let mut r = json!({
+                "uid": uid,
+                "allowed": true,
+                "patchType": "JSONPatch",
+                "patch": ByteString(patch),
+            });
+            if !warnings.is_empty() {
+                r["warnings"] = json!(warnings);
+            }
+            r
+        }
+        Outcome::Refuse(message) => json!({
+            "uid": uid,
+            "allowed": false,
+            "status": {"status": "Failure", "code": 403, "reason": "Forbidden", "message": message},
+        }),
+    };
+    json!({"apiVersion": API_VERSION, "kind": KIND, "response": response})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn review(pod: Value) -> Value {
+        json!({
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "request": {
+                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": "shop",
+                "operation": "CREATE",
+                "object": pod,
+                "dryRun": false,
+            }
+        })
+    }
+
+    fn labelled_pod(credential: &str) -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "generateName": "orders-",
+                "labels": {"fedcred.io/inject": "true"},
+                "annotations": {"fedcred.io/credential": credential},
+            },
+            "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+        })
+    }
+
+    fn fc(ready: bool) -> FederatedCredential {
+        let mut v = json!({
+            "apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
+            "metadata": {"name": "orders-db", "namespace": "shop"},
+            "spec": {
+                "aws": {"serviceAccount": {"name": "orders-api"}, "region": "ap-northeast-1"},
+                "google": {
+                    "audience": "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/eks-pool/providers/aws-shop",
+                    "serviceAccount": "orders-api@acme-shop.iam.gserviceaccount.com"
+                },
+            },
+        });
+        if ready {
+            v["status"] = json!({"conditions": [{"type": "Ready", "status": "True",
+                "reason": "TokenIssued", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]});
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn parse_value(v: &Value) -> Result<Parsed, BadReview> {
+        parse(&serde_json::to_vec(v).unwrap())
+    }
+
+    fn config() -> InjectConfig {
+        InjectConfig::new("ghcr.io/example/fedcred:test")
+    }
+
+    fn decoded_patch(response: &Value) -> Vec<Value> {
+        let bytes: ByteString = serde_json::from_value(response["patch"].clone()).unwrap();
+        serde_json::from_slice(&bytes.0).unwrap()
+    }
+
+    #[test]
+    fn a_labelled_pod_with_a_ready_credential_gets_a_patch_without_warnings() {
+        let parsed = parse_value(&review(labelled_pod("orders-db"))).unwrap();
+        assert_eq!(parsed.wanted(), Some(("shop", "orders-db")));
+        assert_eq!(parsed.pod.metadata.namespace.as_deref(), Some("shop"));
+        let out = answer(&parsed, Lookup::Found(Box::new(fc(true))), &config());
+        assert_eq!(out["apiVersion"], API_VERSION);
+        assert_eq!(out["kind"], KIND);
+        let r = &out["response"];
+        assert_eq!(r["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+        assert_eq!(r["allowed"], true);
+        assert_eq!(r["patchType"], "JSONPatch");
+        assert!(r.get("warnings").is_none());
+        let ops = decoded_patch(r);
+        assert!(
+            ops.iter()
+                .any(|op| op["value"].to_string().contains("fedcred-metadata"))
+        );
+    }
+
+    #[test]
+    fn a_credential_that_is_not_ready_admits_with_a_warning() {
+        let parsed = parse_value(&review(labelled_pod("orders-db"))).unwrap();
+        let r = &answer(&parsed, Lookup::Found(Box::new(fc(false))), &config())["response"];
+        assert_eq!(r["allowed"], true);
+        assert!(r["warnings"][0].as_str().unwrap().contains("not Ready"));
+    }
+
+    #[test]
+    fn a_missing_credential_is_refused_with_its_name() {
+        let parsed = parse_value(&review(labelled_pod("orders-db"))).unwrap();
+        let r = &answer(&parsed, Lookup::Missing, &config())["response"];
+        assert_eq!(r["allowed"], false);
+        assert_eq!(r["status"]["code"], 403);
+        let message = r["status"]["message"].as_str().unwrap();
+        assert!(message.contains("shop/orders-db"), "{message}");
+    }
+
+    #[test]
+    fn a_failed_lookup_is_refused_and_says_retry() {
+        let parsed = parse_value(&review(labelled_pod("orders-db"))).unwrap();
+        let r = &answer(&parsed, Lookup::Failed("timed out".into()), &config())["response"];
+        assert_eq!(r["allowed"], false);
+        assert!(
+            r["status"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("timed out")
+        );
+    }
+
+    #[test]
+    fn an_unlabelled_pod_is_admitted_unchanged_without_a_lookup() {
+        let mut pod = labelled_pod("orders-db");
+        pod["metadata"]["labels"] = json!({});
+        let parsed = parse_value(&review(pod)).unwrap();
+        assert_eq!(parsed.wanted(), None);
+        let r = &answer(&parsed, Lookup::NotNeeded, &config())["response"];
+        assert_eq!(r, &json!({"uid": parsed.uid, "allowed": true}));
+    }
+
+    #[test]
+    fn a_labelled_pod_without_the_annotation_is_refused_without_a_lookup() {
+        let mut pod = labelled_pod("");
+        pod["metadata"]["annotations"] = json!({});
+        let parsed = parse_value(&review(pod)).unwrap();
+        assert_eq!(parsed.wanted(), None);
+        let r = &answer(&parsed, Lookup::NotNeeded, &config())["response"];
+        assert_eq!(r["allowed"], false);
+    }
+
+    #[test]
+    fn updates_are_admitted_unchanged() {
+        let mut v = review(labelled_pod("orders-db"));
+        v["request"]["operation"] = json!("UPDATE");
+        let parsed = parse_value(&v).unwrap();
+        assert_eq!(parsed.wanted(), None);
+        assert_eq!(
+            answer(&parsed, Lookup::NotNeeded, &config())["response"]["allowed"],
+            true
+        );
+    }
+
+    #[test]
+    fn malformed_reviews_are_bad_requests() {
+        assert!(parse(b"").is_err());
+        assert!(parse(b"\x00\xff garbage").is_err());
+        assert!(parse(b"{\"apiVersion\": \"admission.k8s.io/v1\", \"kind\"").is_err());
+        assert!(parse(b"[]").is_err());
+        assert!(parse(b"null").is_err());
+        let good = review(labelled_pod("orders-db"));
+        let broken: [(&str, Value); 8] = [
+            ("/apiVersion", json!("admission.k8s.io/v1beta1")),
+            ("/kind", json!("Pod")),
+            ("/request", Value::Null),
+            ("/request/uid", json!("")),
+            ("/request/kind/kind", json!("Deployment")),
+            ("/request/namespace", Value::Null),
+            ("/request/object", json!("a string")),
+            ("/request/object/spec", json!({"containers": "none"})),
+        ];
+        for (pointer, value) in broken {
+            let mut v = good.clone();
+            *v.pointer_mut(pointer).unwrap() = value;
+            assert!(parse_value(&v).is_err(), "{pointer} accepted");
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! The HTTPS server: TLS on each accepted connection, then HTTP/1.1 with `POST /mutate` and
+//! `GET /healthz`. Each connection runs in its own task, so a slow or hostile client holds up
+//! no one else, and no request can stop the server.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use kube::Api;
+use rustls::ServerConfig;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use super::Error;
+use super::review::{Lookup, answer, parse};
+use crate::api::FederatedCredential;
+use crate::inject::InjectConfig;
+
+/// The path the MutatingWebhookConfiguration points at.
+pub const MUTATE_PATH: &str = "/mutate";
+
+/// Liveness of the webhook port.
+pub const HEALTH_PATH: &str = "/healthz";
+
+/// Largest request body read. The API server caps objects at about 3 MiB; a review carries
+/// the pod once (twice for updates, which are not registered).
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// How long the FederatedCredential lookup may take, well inside the webhook's
+/// `timeoutSeconds` so that the pod gets a message rather than a timeout.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a client has to finish the TLS handshake, and then to send request headers.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the handler needs: the API client for lookups and the injection settings.
+#[derive(Clone)]
+pub struct Webhook {
+    client: kube::Client,
+    config: Arc<InjectConfig>,
+}
+
+impl Webhook {
+    pub fn new(client: kube::Client, config: InjectConfig) -> Self {
+        Webhook {
+            client,
+            config: Arc::new(config),
+        }
+    }
+
+    async fn lookup(&self, namespace: &str, name: &str) -> Lookup {
+        let api: Api<FederatedCredential> = Api::namespaced(self.client.clone(), namespace);
+        match tokio::time::timeout(LOOKUP_TIMEOUT, api.get_opt(name)).await {
+            Ok(Ok(Some(fc))) => Lookup::Found(Box::new(fc)),
+            Ok(Ok(None)) => Lookup::Missing,
+            Ok(Err(e)) => Lookup::Failed(e.to_string()),
+            Err(_) => Lookup::Failed(format!(
+                "the API server did not answer within {LOOKUP_TIMEOUT:?}"
+            )),
+        }
+    }
+}
+
+/// The webhook's routes.
+pub fn router(webhook: Webhook) -> Router {
+    Router::new()
+        .route(MUTATE_PATH, post(mutate))
+        .route(HEALTH_PATH, get(|| async { "ok" }))
+        .with_state(webhook)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({"error": message.into()}))).into_response()
+}
+
+async fn mutate(State(webhook): State<Webhook>, headers: HeaderMap, body: Body) -> Response {
+    let json_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json_type {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "expected Content-Type: application/json",
+        );
+    }
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {MAX_BODY_BYTES} bytes or could not be read"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return too_large();
+    }
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
+        return too_large();
+    };
+    let parsed = match parse(&bytes) {
+        Ok(parsed) => parsed,
+        Err(bad) => return error(StatusCode::BAD_REQUEST, bad.0),
+    };
+    let lookup = match parsed.wanted() {
+        Some((namespace, name)) => webhook.lookup(namespace, name).await,
+        None => Lookup::NotNeeded,
+    };
+    let reply = answer(&parsed, lookup, &webhook.config);
+    tracing::debug!(
+        uid = %parsed.uid,
+        namespace = parsed.pod.metadata.namespace.as_deref().unwrap_or_default(),
+        allowed = %reply["response"]["allowed"],
+        dry_run = parsed.dry_run,
+        "admission review answered"
+    );
+    axum::Json(reply).into_response()
+}
+
+/// Serves `router` over TLS on `listener` until `shutdown` completes. Connections in flight
+/// at shutdown are dropped; the API server retries or applies the failure policy.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    router: Router,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let acceptor = TlsAcceptor::from(tls);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(error = %e, "webhook accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "webhook TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "webhook TLS handshake timed out");
+                    return;
+                }
+            };
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HANDSHAKE_TIMEOUT)
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "webhook connection ended with an error");
+            }
+        });
+    }
+}

@@ -1,0 +1,417 @@
+//! Stories of the admission webhook on the real API server: the webhook runs in this process
+//! on 127.0.0.1 with a fresh CA, and a MutatingWebhookConfiguration scoped to one test
+//! namespace sends that namespace's opted-in pods to it.
+
+mod support;
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use fedcred::inject::InjectConfig;
+use fedcred::webhook::{self, CertBundle};
+use serde_json::{Value, json};
+use support::{TestNamespace, ensure_crd, kubectl, wait_until};
+
+const AUDIENCE: &str = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/eks-pool/providers/aws-shop";
+const INSTANCE: &str =
+    "projects/acme-shop/locations/asia-northeast1/clusters/orders/instances/orders-primary";
+const FEDCRED_IMAGE: &str = "ghcr.io/example/fedcred:webhook-test";
+
+/// The webhook server, running on its own thread and runtime so that the blocking kubectl
+/// calls of the tests never stall it. Stops when dropped.
+struct Server {
+    port: u16,
+    certs: CertBundle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    fn start() -> Self {
+        let certs = webhook::generate(&["127.0.0.1".to_owned()]).unwrap();
+        let tls = webhook::server_config(&certs.cert_pem, &certs.key_pem).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (port_tx, port_rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let client = support::kube_client().await;
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                port_tx.send(listener.local_addr().unwrap().port()).unwrap();
+                let router = webhook::router(webhook::Webhook::new(
+                    client,
+                    InjectConfig::new(FEDCRED_IMAGE),
+                ));
+                webhook::serve(listener, tls, router, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+            });
+        });
+        let port = port_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        Server {
+            port,
+            certs,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A MutatingWebhookConfiguration that sends the opted-in pods of one namespace to `server`;
+/// deleted when dropped.
+struct Registration {
+    name: String,
+}
+
+impl Registration {
+    fn new(server: &Server, ns: &TestNamespace) -> Self {
+        use base64::Engine as _;
+        let name = format!("fedcred-test-{}", ns.name);
+        kubectl(
+            &[
+                "label",
+                "namespace",
+                &ns.name,
+                &format!("fedcred-test/webhook={}", ns.name),
+            ],
+            None,
+        )
+        .success();
+        let ca = base64::engine::general_purpose::STANDARD.encode(&server.certs.ca_pem);
+        let config = json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": name},
+            "webhooks": [{
+                "name": "pods.fedcred.io",
+                "clientConfig": {"url": server.url("/mutate"), "caBundle": ca},
+                "rules": [{
+                    "apiGroups": [""], "apiVersions": ["v1"],
+                    "operations": ["CREATE"], "resources": ["pods"], "scope": "Namespaced",
+                }],
+                "objectSelector": {"matchLabels": {"fedcred.io/inject": "true"}},
+                "namespaceSelector": {"matchLabels": {"fedcred-test/webhook": ns.name}},
+                "failurePolicy": "Fail",
+                "reinvocationPolicy": "IfNeeded",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 5,
+            }],
+        });
+        kubectl(&["create", "-f", "-"], Some(&config.to_string())).success();
+        let registration = Registration { name };
+        // The API server picks new configurations up from a watch: wait until a dry-run pod
+        // naming a missing credential is refused by the webhook.
+        let probe = pod("probe", Some("no-such-credential"));
+        wait_until(Duration::from_secs(30), || {
+            let out = ns.kubectl(
+                &["create", "--dry-run=server", "-f", "-"],
+                Some(&probe.to_string()),
+            );
+            !out.ok && out.stderr.contains("no-such-credential")
+        });
+        registration
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let _ = kubectl(
+            &[
+                "delete",
+                "mutatingwebhookconfiguration",
+                &self.name,
+                "--ignore-not-found",
+            ],
+            None,
+        );
+    }
+}
+
+/// A pod with one application container; labelled for injection and annotated with
+/// `credential` when one is given.
+fn pod(name: &str, credential: Option<&str>) -> Value {
+    let mut pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"containers": [{"name": "app", "image": "registry.example/orders:1"}]},
+    });
+    if let Some(credential) = credential {
+        pod["metadata"]["labels"] = json!({"fedcred.io/inject": "true"});
+        pod["metadata"]["annotations"] = json!({"fedcred.io/credential": credential});
+    }
+    pod
+}
+
+/// Creates a FederatedCredential with one AlloyDB instance, Ready or without any status.
+fn federated_credential(ns: &TestNamespace, name: &str, ready: bool) {
+    let fc = json!({
+        "apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
+        "metadata": {"name": name},
+        "spec": {
+            "aws": {"serviceAccount": {"name": "orders-api"}, "region": "ap-northeast-1"},
+            "google": {
+                "audience": AUDIENCE,
+                "serviceAccount": "orders-api@acme-shop.iam.gserviceaccount.com"
+            },
+            "alloydb": {"instances": [{"uri": INSTANCE}]}
+        }
+    });
+    ns.kubectl(&["create", "-f", "-"], Some(&fc.to_string()))
+        .success();
+    if ready {
+        let status = json!({"status": {"conditions": [{
+            "type": "Ready", "status": "True", "reason": "TokenIssued",
+            "message": "the Secret holds a valid token",
+            "lastTransitionTime": "2026-01-01T00:00:00Z",
+        }]}});
+        ns.kubectl(
+            &[
+                "patch",
+                "fedcred",
+                name,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &status.to_string(),
+            ],
+            None,
+        )
+        .success();
+    }
+}
+
+fn stored_pod(ns: &TestNamespace, name: &str) -> Value {
+    let out = ns
+        .kubectl(&["get", "pod", name, "-o", "json"], None)
+        .success();
+    serde_json::from_str(&out).unwrap()
+}
+
+fn named<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {
+    list.as_array()?.iter().find(|c| c["name"] == name)
+}
+
+fn env_names(container: &Value) -> Vec<String> {
+    container["env"]
+        .as_array()
+        .map(|env| {
+            env.iter()
+                .filter_map(|e| e["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn an_opted_in_pod_is_stored_with_its_sidecars_and_environment() {
+    ensure_crd();
+    let ns = TestNamespace::new("wh-inject");
+    let server = Server::start();
+    let _registration = Registration::new(&server, &ns);
+    federated_credential(&ns, "orders-db", true);
+
+    let out = ns.kubectl(
+        &["create", "-f", "-"],
+        Some(&pod("orders", Some("orders-db")).to_string()),
+    );
+    assert!(out.ok, "{}", out.stderr);
+    assert!(!out.stderr.contains("Warning:"), "{}", out.stderr);
+
+    let stored = stored_pod(&ns, "orders");
+    let init = &stored["spec"]["initContainers"];
+    let metadata = named(init, "fedcred-metadata").expect("the metadata sidecar");
+    assert_eq!(metadata["restartPolicy"], "Always");
+    assert_eq!(metadata["image"], FEDCRED_IMAGE);
+    let proxy = named(init, "alloydb-proxy-0").expect("the proxy sidecar");
+    assert_eq!(proxy["restartPolicy"], "Always");
+    let names: Vec<_> = init
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["fedcred-metadata", "alloydb-proxy-0"]);
+    let app = named(&stored["spec"]["containers"], "app").unwrap();
+    let env = env_names(app);
+    for wanted in ["GCE_METADATA_HOST", "PGHOST", "PGPORT"] {
+        assert!(env.iter().any(|e| e == wanted), "{wanted} missing: {env:?}");
+    }
+    assert!(
+        stored["metadata"]["annotations"]["fedcred.io/injected"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("sha256:"))
+    );
+}
+
+#[test]
+fn pods_that_do_not_opt_in_are_untouched() {
+    ensure_crd();
+    let ns = TestNamespace::new("wh-plain");
+    let server = Server::start();
+    let _registration = Registration::new(&server, &ns);
+    federated_credential(&ns, "orders-db", true);
+
+    // Annotated but not labelled: the objectSelector keeps it from the webhook altogether.
+    let mut plain = pod("plain", Some("orders-db"));
+    plain["metadata"]["labels"] = json!({"app": "orders"});
+    ns.kubectl(&["create", "-f", "-"], Some(&plain.to_string()))
+        .success();
+    let stored = stored_pod(&ns, "plain");
+    assert!(stored["spec"].get("initContainers").is_none());
+    let app = named(&stored["spec"]["containers"], "app").unwrap();
+    assert!(env_names(app).is_empty());
+    assert!(
+        stored["metadata"]["annotations"]
+            .get("fedcred.io/injected")
+            .is_none()
+    );
+}
+
+#[test]
+fn a_pod_naming_a_missing_credential_is_refused_with_its_name() {
+    ensure_crd();
+    let ns = TestNamespace::new("wh-missing");
+    let server = Server::start();
+    let _registration = Registration::new(&server, &ns);
+
+    let stderr = ns
+        .kubectl(
+            &["create", "-f", "-"],
+            Some(&pod("orders", Some("orders-dbb")).to_string()),
+        )
+        .failure();
+    assert!(
+        stderr.contains(&format!(
+            "FederatedCredential {}/orders-dbb not found",
+            ns.name
+        )),
+        "{stderr}"
+    );
+    assert!(!ns.kubectl(&["get", "pod", "orders"], None).ok);
+}
+
+#[test]
+fn a_credential_that_is_not_ready_admits_the_pod_with_a_warning() {
+    ensure_crd();
+    let ns = TestNamespace::new("wh-notready");
+    let server = Server::start();
+    let _registration = Registration::new(&server, &ns);
+    federated_credential(&ns, "orders-db", false);
+
+    let out = ns.kubectl(
+        &["create", "-f", "-"],
+        Some(&pod("orders", Some("orders-db")).to_string()),
+    );
+    assert!(out.ok, "{}", out.stderr);
+    assert!(out.stderr.contains("Warning:"), "{}", out.stderr);
+    assert!(out.stderr.contains("is not Ready"), "{}", out.stderr);
+    let stored = stored_pod(&ns, "orders");
+    assert!(named(&stored["spec"]["initContainers"], "fedcred-metadata").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_bodies_get_client_errors_and_the_server_stays_up() {
+    let server = Server::start();
+    let ca = reqwest::Certificate::from_pem(server.certs.ca_pem.as_bytes()).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let post = |body: Vec<u8>, content_type: &'static str| {
+        client
+            .post(server.url("/mutate"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+
+    let health = client.get(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+
+    let random: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let valid = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "0b8c3f0e-0000-4000-8000-000000000001",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "namespace": "shop", "operation": "CREATE",
+            "object": pod("plain", None),
+        }
+    })
+    .to_string();
+    let mut wrong_kind: Value = serde_json::from_str(&valid).unwrap();
+    wrong_kind["request"]["kind"]["kind"] = json!("Secret");
+    let mut huge = b"{\"apiVersion\":\"".to_vec();
+    huge.resize(5 * 1024 * 1024, b'a');
+
+    let cases: Vec<(&str, Vec<u8>, &'static str, u16)> = vec![
+        ("random bytes", random, "application/json", 400),
+        (
+            "truncated JSON",
+            valid.as_bytes()[..valid.len() / 2].to_vec(),
+            "application/json",
+            400,
+        ),
+        (
+            "wrong kind",
+            wrong_kind.to_string().into_bytes(),
+            "application/json",
+            400,
+        ),
+        ("empty", Vec::new(), "application/json", 400),
+        ("5 MiB", huge, "application/json", 413),
+        (
+            "wrong content type",
+            valid.clone().into_bytes(),
+            "text/plain",
+            415,
+        ),
+    ];
+    for (what, body, content_type, status) in cases {
+        let response = post(body, content_type).await.unwrap();
+        assert_eq!(response.status(), status, "{what}");
+        let error: Value = response.json().await.unwrap();
+        assert!(error["error"].is_string(), "{what}: {error}");
+    }
+
+    let response = post(valid.into_bytes(), "application/json").await.unwrap();
+    assert_eq!(response.status(), 200);
+    let review: Value = response.json().await.unwrap();
+    assert_eq!(
+        review["response"],
+        json!({"uid": "0b8c3f0e-0000-4000-8000-000000000001", "allowed": true})
+    );
+
+    let plain_http = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{}/healthz", server.port))
+        .send()
+        .await;
+    assert!(plain_http.is_err() || !plain_http.unwrap().status().is_success());
+    let health = client.get(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+}
