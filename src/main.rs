@@ -88,6 +88,17 @@ struct ControllerArgs {
         default_value = "fedcred-webhook.fedcred-system.svc"
     )]
     webhook_dns_names: Vec<String>,
+    /// Secret (in the Lease's namespace) holding the webhook's CA and serving certificate,
+    /// created and renewed by the controller.
+    #[arg(
+        long,
+        env = "FEDCRED_WEBHOOK_SECRET",
+        default_value = "fedcred-webhook-tls"
+    )]
+    webhook_secret: String,
+    /// MutatingWebhookConfiguration whose `caBundle` the controller keeps current.
+    #[arg(long, env = "FEDCRED_WEBHOOK_CONFIGURATION", default_value = "fedcred")]
+    webhook_configuration: String,
     /// Image of the fedcred binary, injected into pods as the metadata sidecar.
     #[arg(long, env = "FEDCRED_IMAGE")]
     fedcred_image: Option<String>,
@@ -430,10 +441,29 @@ async fn controller_command(args: ControllerArgs) -> Result<(), String> {
             let mut inject = fedcred::inject::InjectConfig::new(image);
             inject.native_sidecars =
                 fedcred::inject::native_sidecars_supported(&version.major, &version.minor);
-            let certs =
-                fedcred::webhook::generate(&args.webhook_dns_names).map_err(|e| e.to_string())?;
-            let tls = fedcred::webhook::server_config(&certs.cert_pem, &certs.key_pem)
+            let settings = fedcred::webhook::CertSettings {
+                namespace: args
+                    .lease_namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".to_owned()),
+                secret: args.webhook_secret.clone(),
+                webhook_configuration: args.webhook_configuration.clone(),
+                names: args.webhook_dns_names.clone(),
+            };
+            let certs = fedcred::webhook::ensure(&client, &settings)
+                .await
                 .map_err(|e| e.to_string())?;
+            let cert = fedcred::webhook::ReloadingCert::new(&certs).map_err(|e| e.to_string())?;
+            let tls = fedcred::webhook::reloading_server_config(cert.clone())
+                .map_err(|e| e.to_string())?;
+            let keeper = fedcred::webhook::keep_current(client.clone(), settings, cert);
+            let keeper_stop = stopped(stop_rx.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = keeper => {}
+                    () = keeper_stop => {}
+                }
+            });
             let listener = tokio::net::TcpListener::bind(address)
                 .await
                 .map_err(|e| format!("webhook address {address}: {e}"))?;

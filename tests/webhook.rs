@@ -393,7 +393,14 @@ async fn hostile_bodies_get_client_errors_and_the_server_stays_up() {
         ),
     ];
     for (what, body, content_type, status) in cases {
-        let response = post(body, content_type).await.unwrap();
+        let response = match post(body, content_type).await {
+            Ok(response) => response,
+            // An oversized body is refused from its Content-Length before it is read; the
+            // client may still be sending when the server closes, and then sees the reset
+            // instead of the 413. Either way the server refused it (and stays up, below).
+            Err(e) if status == 413 && (e.is_request() || e.is_body()) => continue,
+            Err(e) => panic!("{what}: {e}"),
+        };
         assert_eq!(response.status(), status, "{what}");
         let error: Value = response.json().await.unwrap();
         assert!(error["error"].is_string(), "{what}: {error}");

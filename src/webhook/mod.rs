@@ -3,18 +3,21 @@
 //!
 //! This module owns the HTTP and TLS side and the AdmissionReview format: [`review`] reads and
 //! answers reviews as pure functions, [`server`] serves them over TLS and looks up the
-//! FederatedCredential a pod names, [`tls`] makes the CA and serving certificate. What a pod
-//! gets is [`crate::inject`]'s decision alone; this module must not change it. It does not
-//! register the MutatingWebhookConfiguration or keep its `caBundle`.
+//! FederatedCredential a pod names, [`tls`] makes the CA and serving certificate, [`certs`]
+//! keeps them in a Secret, renews them and keeps the `caBundle` of the
+//! MutatingWebhookConfiguration current (it does not create the configuration). What a pod
+//! gets is [`crate::inject`]'s decision alone; this module must not change it.
 
+pub mod certs;
 pub mod review;
 pub mod server;
 pub mod tls;
 
+pub use certs::{CertSettings, ensure, keep_current};
 pub use server::{
     HEALTH_PATH, LOOKUP_TIMEOUT, MAX_BODY_BYTES, MUTATE_PATH, Webhook, router, serve,
 };
-pub use tls::{CertBundle, generate, server_config};
+pub use tls::{CertBundle, ReloadingCert, generate, reloading_server_config, server_config};
 
 /// What can go wrong setting up or running the webhook server.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +26,9 @@ pub enum Error {
     /// given to the webhook.
     #[error("webhook TLS: {0}")]
     Certificate(String),
+    /// Reading or writing the Secret or the MutatingWebhookConfiguration failed.
+    #[error("webhook certificates: {0}")]
+    Api(String),
     /// The listening socket failed.
     #[error("webhook server: {0}")]
     Io(#[from] std::io::Error),

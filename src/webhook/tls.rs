@@ -1,7 +1,7 @@
 //! TLS material of the webhook: a self-signed CA and a serving certificate signed by it
 //! (ECDSA P-256), and the rustls server configuration that serves one.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -10,6 +10,8 @@ use rcgen::{
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 
 use super::Error;
 
@@ -42,24 +44,63 @@ impl std::fmt::Debug for CertBundle {
 /// (`fedcred-webhook.fedcred-system.svc`) or an IP address (`127.0.0.1`), valid from yesterday
 /// (clock skew between nodes) for a year.
 pub fn generate(names: &[String]) -> Result<CertBundle, Error> {
-    if names.is_empty() {
-        return Err(Error::Certificate(
-            "a serving certificate needs at least one DNS name or IP address".to_owned(),
-        ));
+    let now = jiff::Timestamp::now();
+    let ca = new_ca(now)?;
+    let serving = sign_serving(&ca.key_pem, names, now)?;
+    Ok(CertBundle {
+        ca_pem: ca.cert_pem,
+        cert_pem: serving.cert_pem,
+        key_pem: serving.key_pem,
+    })
+}
+
+/// A certificate with its private key (PKCS #8 PEM) and the end of its validity.
+#[derive(Clone)]
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub not_after: jiff::Timestamp,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<redacted>")
+            .field("not_after", &self.not_after)
+            .finish()
     }
-    let cert_err = |e: rcgen::Error| Error::Certificate(e.to_string());
-    let today = jiff::Timestamp::now()
-        .to_zoned(jiff::tz::TimeZone::UTC)
-        .date();
+}
+
+fn cert_err(e: rcgen::Error) -> Error {
+    Error::Certificate(e.to_string())
+}
+
+/// Sets the validity window of a certificate issued at `now`: from yesterday (clock skew
+/// between nodes) to [`VALIDITY_DAYS`] from today, at midnight UTC. Returns its end.
+fn set_validity(
+    params: &mut CertificateParams,
+    now: jiff::Timestamp,
+) -> Result<jiff::Timestamp, Error> {
+    let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
     let date_err = |e: jiff::Error| Error::Certificate(format!("certificate validity: {e}"));
     let start = today.yesterday().map_err(date_err)?;
     let end = today
         .checked_add(jiff::Span::new().days(VALIDITY_DAYS))
         .map_err(date_err)?;
     let ymd = |d: jiff::civil::Date| date_time_ymd(d.year().into(), d.month() as u8, d.day() as u8);
-    let (not_before, not_after) = (ymd(start), ymd(end));
+    let end_ts = end
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .map_err(date_err)?
+        .timestamp();
+    params.not_before = ymd(start);
+    params.not_after = ymd(end);
+    Ok(end_ts)
+}
 
-    let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(cert_err)?;
+/// The CA's parameters. The same every time, so that the CA key alone (with these) signs
+/// serving certificates that chain to the CA certificate issued earlier.
+fn ca_params() -> Result<CertificateParams, Error> {
     let mut ca_params = CertificateParams::new(Vec::new()).map_err(cert_err)?;
     ca_params
         .distinguished_name
@@ -70,10 +111,37 @@ pub fn generate(names: &[String]) -> Result<CertBundle, Error> {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    ca_params.not_before = not_before;
-    ca_params.not_after = not_after;
-    let ca_cert = ca_params.self_signed(&ca_key).map_err(cert_err)?;
-    let issuer = Issuer::new(ca_params, ca_key);
+    Ok(ca_params)
+}
+
+/// A fresh self-signed CA (ECDSA P-256), valid for a year from `now`.
+pub fn new_ca(now: jiff::Timestamp) -> Result<Issued, Error> {
+    let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(cert_err)?;
+    let mut params = ca_params()?;
+    let end = set_validity(&mut params, now)?;
+    let ca_cert = params.self_signed(&ca_key).map_err(cert_err)?;
+    Ok(Issued {
+        cert_pem: ca_cert.pem(),
+        key_pem: ca_key.serialize_pem(),
+        not_after: end,
+    })
+}
+
+/// A serving certificate for `names` signed by the CA whose key is `ca_key_pem` (made by
+/// [`new_ca`]), valid for a year from `now`.
+pub fn sign_serving(
+    ca_key_pem: &str,
+    names: &[String],
+    now: jiff::Timestamp,
+) -> Result<Issued, Error> {
+    if names.is_empty() {
+        return Err(Error::Certificate(
+            "a serving certificate needs at least one DNS name or IP address".to_owned(),
+        ));
+    }
+    let ca_key = KeyPair::from_pem(ca_key_pem)
+        .map_err(|e| Error::Certificate(format!("the CA key PEM: {e}")))?;
+    let issuer = Issuer::new(ca_params()?, ca_key);
 
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(cert_err)?;
     let mut params = CertificateParams::new(names.to_vec()).map_err(cert_err)?;
@@ -83,14 +151,12 @@ pub fn generate(names: &[String]) -> Result<CertBundle, Error> {
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.not_before = not_before;
-    params.not_after = not_after;
+    let end = set_validity(&mut params, now)?;
     let cert = params.signed_by(&key, &issuer).map_err(cert_err)?;
-
-    Ok(CertBundle {
-        ca_pem: ca_cert.pem(),
+    Ok(Issued {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
+        not_after: end,
     })
 }
 
@@ -119,6 +185,78 @@ pub fn server_config(cert_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>,
     Ok(Arc::new(config))
 }
 
+/// The serving certificate and key as rustls serves them, checked to belong together.
+pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, Error> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Certificate(format!("the serving certificate PEM: {e}")))?;
+    if chain.is_empty() {
+        return Err(Error::Certificate(
+            "the serving certificate PEM holds no certificate".to_owned(),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| Error::Certificate(format!("the serving key PEM: {e}")))?;
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    CertifiedKey::from_der(chain, key, &provider)
+        .map(Arc::new)
+        .map_err(|e| Error::Certificate(format!("the serving certificate and key: {e}")))
+}
+
+/// A serving certificate that can be swapped while the server runs: every handshake gets the
+/// one set last.
+pub struct ReloadingCert {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl std::fmt::Debug for ReloadingCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadingCert").finish_non_exhaustive()
+    }
+}
+
+impl ReloadingCert {
+    /// Starts with `bundle`'s serving certificate and key.
+    pub fn new(bundle: &CertBundle) -> Result<Arc<Self>, Error> {
+        Ok(Arc::new(ReloadingCert {
+            current: RwLock::new(certified_key(&bundle.cert_pem, &bundle.key_pem)?),
+        }))
+    }
+
+    /// Serves `bundle`'s certificate from the next handshake on. An unusable bundle leaves
+    /// the current certificate in place.
+    pub fn set(&self, bundle: &CertBundle) -> Result<(), Error> {
+        let key = certified_key(&bundle.cert_pem, &bundle.key_pem)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = key;
+        Ok(())
+    }
+
+    fn get(&self) -> Arc<CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.get())
+    }
+}
+
+/// Like [`server_config`], serving whatever certificate `cert` holds at each handshake.
+pub fn reloading_server_config(cert: Arc<ReloadingCert>) -> Result<Arc<ServerConfig>, Error> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| Error::Certificate(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(cert);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,5 +279,28 @@ mod tests {
         assert!(server_config("not a pem", &a.key_pem).is_err());
         assert!(server_config(&a.cert_pem, "").is_err());
         assert!(generate(&[]).is_err());
+    }
+
+    #[test]
+    fn a_reloading_cert_serves_the_bundle_set_last() {
+        let a = generate(&["a.example".to_owned()]).unwrap();
+        let b = generate(&["b.example".to_owned()]).unwrap();
+        let cert = ReloadingCert::new(&a).unwrap();
+        reloading_server_config(cert.clone()).unwrap();
+        let leaf = |bundle: &CertBundle| {
+            CertificateDer::pem_slice_iter(bundle.cert_pem.as_bytes())
+                .next()
+                .unwrap()
+                .unwrap()
+        };
+        assert_eq!(cert.get().end_entity_cert().unwrap(), &leaf(&a));
+        cert.set(&b).unwrap();
+        assert_eq!(cert.get().end_entity_cert().unwrap(), &leaf(&b));
+        let broken = CertBundle {
+            key_pem: a.key_pem.clone(),
+            ..b.clone()
+        };
+        assert!(cert.set(&broken).is_err());
+        assert_eq!(cert.get().end_entity_cert().unwrap(), &leaf(&b));
     }
 }

@@ -1,0 +1,511 @@
+//! The webhook's TLS material kept in a Secret, so that no cert-manager is needed: a CA and a
+//! serving certificate signed by it, renewed before they expire, and the CA kept as the
+//! `caBundle` of the MutatingWebhookConfiguration.
+//!
+//! [`decide`] is pure: from what the Secret holds, the wanted names and the time it says
+//! whether to keep the material, renew the serving certificate under the same CA, or renew
+//! everything. [`ensure`] applies it. Every write is a create or a replace with the
+//! resourceVersion read, so two replicas never overwrite each other: the loser re-reads and
+//! uses the winner's material.
+//!
+//! When each certificate ends is written in annotations when it is issued
+//! ([`CA_NOT_AFTER`], [`NOT_AFTER`]), with the names of the serving certificate ([`NAMES`]).
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{ObjectMeta, PostParams};
+use kube::{Api, Client};
+
+use super::Error;
+use super::tls::{CertBundle, Issued, ReloadingCert, certified_key, new_ca, sign_serving};
+
+/// Key of the CA certificate in the Secret.
+pub const CA_CRT: &str = "ca.crt";
+/// Key of the CA's private key in the Secret.
+pub const CA_KEY: &str = "ca.key";
+/// Key of the serving certificate in the Secret.
+pub const TLS_CRT: &str = "tls.crt";
+/// Key of the serving certificate's private key in the Secret.
+pub const TLS_KEY: &str = "tls.key";
+/// Annotation: when the CA certificate expires (RFC 3339).
+pub const CA_NOT_AFTER: &str = "fedcred.io/ca-not-after";
+/// Annotation: when the serving certificate expires (RFC 3339).
+pub const NOT_AFTER: &str = "fedcred.io/not-after";
+/// Annotation: the serving certificate's names, comma-separated.
+pub const NAMES: &str = "fedcred.io/names";
+
+/// The serving certificate is renewed this long before it expires.
+pub const SERVING_RENEW_BEFORE: SignedDuration = SignedDuration::from_hours(30 * 24);
+/// The CA (and with it everything) is renewed this long before it expires.
+pub const CA_RENEW_BEFORE: SignedDuration = SignedDuration::from_hours(90 * 24);
+/// How often [`keep_current`] checks the material.
+pub const CHECK_EVERY: Duration = Duration::from_secs(3600);
+/// How soon [`keep_current`] tries again after a failure.
+const RETRY_AFTER: Duration = Duration::from_secs(60);
+/// Attempts at writing before giving up on conflicts.
+const ATTEMPTS: usize = 5;
+
+/// Where the material lives and who trusts it.
+#[derive(Clone, Debug)]
+pub struct CertSettings {
+    /// Namespace of the Secret.
+    pub namespace: String,
+    /// Name of the Secret.
+    pub secret: String,
+    /// Name of the MutatingWebhookConfiguration whose `caBundle` is kept.
+    pub webhook_configuration: String,
+    /// DNS names or IPs of the serving certificate.
+    pub names: Vec<String>,
+}
+
+/// What to do with the stored material.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Keep,
+    /// Issue a new serving certificate with the stored CA.
+    RenewServing,
+    /// Issue a new CA and serving certificate.
+    RenewAll,
+}
+
+/// The material read from the Secret: each part only when complete and usable.
+#[derive(Clone, Debug, Default)]
+pub struct Stored {
+    pub ca: Option<Issued>,
+    pub serving: Option<(Issued, Vec<String>)>,
+}
+
+impl Stored {
+    /// Reads the four keys and the annotations of a Secret.
+    pub fn from_data(
+        data: &BTreeMap<String, ByteString>,
+        annotations: &BTreeMap<String, String>,
+    ) -> Self {
+        let text = |key: &str| {
+            data.get(key)
+                .and_then(|b| String::from_utf8(b.0.clone()).ok())
+                .filter(|s| !s.trim().is_empty())
+        };
+        let when = |key: &str| {
+            annotations
+                .get(key)
+                .and_then(|v| v.parse::<Timestamp>().ok())
+        };
+        let ca = match (text(CA_CRT), text(CA_KEY), when(CA_NOT_AFTER)) {
+            (Some(cert_pem), Some(key_pem), Some(not_after))
+                if ca_key_matches(&cert_pem, &key_pem) =>
+            {
+                Some(Issued {
+                    cert_pem,
+                    key_pem,
+                    not_after,
+                })
+            }
+            _ => None,
+        };
+        let names = annotations.get(NAMES).map(|v| split_names(v));
+        let serving = match (text(TLS_CRT), text(TLS_KEY), when(NOT_AFTER), names) {
+            (Some(cert_pem), Some(key_pem), Some(not_after), Some(names))
+                if certified_key(&cert_pem, &key_pem).is_ok() =>
+            {
+                Some((
+                    Issued {
+                        cert_pem,
+                        key_pem,
+                        not_after,
+                    },
+                    names,
+                ))
+            }
+            _ => None,
+        };
+        Stored { ca, serving }
+    }
+
+    fn from_secret(secret: &Secret) -> Self {
+        Stored::from_data(
+            secret.data.as_ref().unwrap_or(&BTreeMap::new()),
+            secret
+                .metadata
+                .annotations
+                .as_ref()
+                .unwrap_or(&BTreeMap::new()),
+        )
+    }
+
+    fn bundle(&self) -> Option<CertBundle> {
+        let (ca, (serving, _)) = (self.ca.as_ref()?, self.serving.as_ref()?);
+        Some(CertBundle {
+            ca_pem: ca.cert_pem.clone(),
+            cert_pem: serving.cert_pem.clone(),
+            key_pem: serving.key_pem.clone(),
+        })
+    }
+}
+
+/// Whether `key_pem` is the key of the certificate `cert_pem`: the certificate carries the
+/// public key's bytes verbatim in its subject public key info.
+fn ca_key_matches(cert_pem: &str, key_pem: &str) -> bool {
+    use rcgen::PublicKeyData;
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let (Ok(cert), Ok(key)) = (
+        CertificateDer::from_pem_slice(cert_pem.as_bytes()),
+        rcgen::KeyPair::from_pem(key_pem),
+    ) else {
+        return false;
+    };
+    let public = key.der_bytes();
+    !public.is_empty() && cert.windows(public.len()).any(|w| w == public)
+}
+
+fn split_names(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn same_names(a: &[String], b: &[String]) -> bool {
+    a.iter().collect::<BTreeSet<_>>() == b.iter().collect::<BTreeSet<_>>()
+}
+
+/// Whether `stored` can go on serving `names` at `now`. Pure.
+pub fn decide(stored: &Stored, names: &[String], now: Timestamp) -> Decision {
+    let Some(ca) = &stored.ca else {
+        return Decision::RenewAll;
+    };
+    if ca
+        .not_after
+        .checked_sub(CA_RENEW_BEFORE)
+        .unwrap_or(ca.not_after)
+        <= now
+    {
+        return Decision::RenewAll;
+    }
+    match &stored.serving {
+        Some((serving, served))
+            if serving
+                .not_after
+                .checked_sub(SERVING_RENEW_BEFORE)
+                .unwrap_or(serving.not_after)
+                > now
+                && same_names(served, names) =>
+        {
+            Decision::Keep
+        }
+        _ => Decision::RenewServing,
+    }
+}
+
+/// New material as `decision` says (not [`Decision::Keep`]), reusing the stored CA for
+/// [`Decision::RenewServing`].
+fn issue(
+    decision: Decision,
+    stored: &Stored,
+    names: &[String],
+    now: Timestamp,
+) -> Result<Stored, Error> {
+    let ca = match (decision, &stored.ca) {
+        (Decision::RenewServing, Some(ca)) => ca.clone(),
+        _ => new_ca(now)?,
+    };
+    let serving = sign_serving(&ca.key_pem, names, now)?;
+    Ok(Stored {
+        ca: Some(ca),
+        serving: Some((serving, names.to_vec())),
+    })
+}
+
+/// Writes `stored` (complete) into `secret`, keeping its other metadata.
+fn fill(secret: &mut Secret, stored: &Stored) {
+    let (Some(ca), Some((serving, names))) = (&stored.ca, &stored.serving) else {
+        return;
+    };
+    let data = secret.data.get_or_insert_with(BTreeMap::new);
+    for (key, value) in [
+        (CA_CRT, &ca.cert_pem),
+        (CA_KEY, &ca.key_pem),
+        (TLS_CRT, &serving.cert_pem),
+        (TLS_KEY, &serving.key_pem),
+    ] {
+        data.insert(key.to_owned(), ByteString(value.as_bytes().to_vec()));
+    }
+    let annotations = secret
+        .metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new);
+    annotations.insert(CA_NOT_AFTER.to_owned(), ca.not_after.to_string());
+    annotations.insert(NOT_AFTER.to_owned(), serving.not_after.to_string());
+    annotations.insert(NAMES.to_owned(), names.join(","));
+}
+
+fn api_err(what: &str, e: kube::Error) -> Error {
+    Error::Api(format!("{what}: {e}"))
+}
+
+fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(status) if status.code == 409)
+}
+
+/// [`ensure_at`] now.
+pub async fn ensure(client: &Client, settings: &CertSettings) -> Result<CertBundle, Error> {
+    ensure_at(client, settings, Timestamp::now()).await
+}
+
+/// Makes the Secret hold usable material for `settings.names` at `now`, renewing what
+/// [`decide`] says, then makes the MutatingWebhookConfiguration trust its CA. Returns the
+/// material to serve.
+pub async fn ensure_at(
+    client: &Client,
+    settings: &CertSettings,
+    now: Timestamp,
+) -> Result<CertBundle, Error> {
+    let bundle = ensure_secret(client, settings, now).await?;
+    sync_ca_bundle(client, &settings.webhook_configuration, &bundle.ca_pem).await?;
+    Ok(bundle)
+}
+
+async fn ensure_secret(
+    client: &Client,
+    settings: &CertSettings,
+    now: Timestamp,
+) -> Result<CertBundle, Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), &settings.namespace);
+    let what = format!("Secret {}/{}", settings.namespace, settings.secret);
+    for _ in 0..ATTEMPTS {
+        let existing = api
+            .get_opt(&settings.secret)
+            .await
+            .map_err(|e| api_err(&what, e))?;
+        let stored = existing
+            .as_ref()
+            .map(Stored::from_secret)
+            .unwrap_or_default();
+        let decision = decide(&stored, &settings.names, now);
+        if decision == Decision::Keep
+            && let Some(bundle) = stored.bundle()
+        {
+            return Ok(bundle);
+        }
+        let fresh = issue(decision, &stored, &settings.names, now)?;
+        let written = match existing {
+            Some(mut secret) => {
+                fill(&mut secret, &fresh);
+                api.replace(&settings.secret, &PostParams::default(), &secret)
+                    .await
+            }
+            None => {
+                let mut secret = Secret {
+                    metadata: ObjectMeta {
+                        name: Some(settings.secret.clone()),
+                        namespace: Some(settings.namespace.clone()),
+                        ..ObjectMeta::default()
+                    },
+                    type_: Some("kubernetes.io/tls".to_owned()),
+                    ..Secret::default()
+                };
+                fill(&mut secret, &fresh);
+                api.create(&PostParams::default(), &secret).await
+            }
+        };
+        match written {
+            Ok(_) => {
+                tracing::info!(secret = %what, ?decision, "webhook certificates written");
+                if let Some(bundle) = fresh.bundle() {
+                    return Ok(bundle);
+                }
+            }
+            // Another replica wrote first: read and use its material.
+            Err(e) if is_conflict(&e) => continue,
+            Err(e) => return Err(api_err(&what, e)),
+        }
+    }
+    Err(Error::Api(format!(
+        "{what}: still conflicting after {ATTEMPTS} attempts"
+    )))
+}
+
+/// Sets the `caBundle` of every webhook of the MutatingWebhookConfiguration `name` to
+/// `ca_pem`. A missing configuration is skipped (the chart creates it). Returns whether it
+/// was changed.
+pub async fn sync_ca_bundle(client: &Client, name: &str, ca_pem: &str) -> Result<bool, Error> {
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let what = format!("MutatingWebhookConfiguration {name}");
+    let wanted = ByteString(ca_pem.as_bytes().to_vec());
+    for _ in 0..ATTEMPTS {
+        let Some(mut config) = api.get_opt(name).await.map_err(|e| api_err(&what, e))? else {
+            tracing::warn!(
+                configuration = name,
+                "no such MutatingWebhookConfiguration: caBundle not set"
+            );
+            return Ok(false);
+        };
+        let mut changed = false;
+        for webhook in config.webhooks.iter_mut().flatten() {
+            if webhook.client_config.ca_bundle.as_ref() != Some(&wanted) {
+                webhook.client_config.ca_bundle = Some(wanted.clone());
+                changed = true;
+            }
+        }
+        if !changed {
+            return Ok(false);
+        }
+        match api.replace(name, &PostParams::default(), &config).await {
+            Ok(_) => {
+                tracing::info!(configuration = name, "webhook caBundle updated");
+                return Ok(true);
+            }
+            Err(e) if is_conflict(&e) => continue,
+            Err(e) => return Err(api_err(&what, e)),
+        }
+    }
+    Err(Error::Api(format!(
+        "{what}: still conflicting after {ATTEMPTS} attempts"
+    )))
+}
+
+/// Calls [`ensure`] every [`CHECK_EVERY`] (a minute after a failure) and serves what it
+/// returns through `cert`. Runs until dropped.
+pub async fn keep_current(client: Client, settings: CertSettings, cert: Arc<ReloadingCert>) {
+    loop {
+        let wait = match ensure(&client, &settings).await {
+            Ok(bundle) => match cert.set(&bundle) {
+                Ok(()) => CHECK_EVERY,
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhook certificate unusable");
+                    RETRY_AFTER
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "keeping webhook certificates current failed");
+                RETRY_AFTER
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|n| (*n).to_owned()).collect()
+    }
+
+    fn fresh(now: Timestamp, list: &[&str]) -> Stored {
+        issue(Decision::RenewAll, &Stored::default(), &names(list), now).unwrap()
+    }
+
+    fn days(n: i64) -> SignedDuration {
+        SignedDuration::from_hours(24 * n)
+    }
+
+    fn round_trip(stored: &Stored) -> Stored {
+        let mut secret = Secret::default();
+        fill(&mut secret, stored);
+        Stored::from_secret(&secret)
+    }
+
+    #[test]
+    fn nothing_stored_renews_all() {
+        let now = Timestamp::now();
+        assert_eq!(
+            decide(&Stored::default(), &names(&["a.svc"]), now),
+            Decision::RenewAll
+        );
+    }
+
+    #[test]
+    fn fresh_material_is_kept_in_any_name_order() {
+        let now = Timestamp::now();
+        let stored = round_trip(&fresh(now, &["a.svc", "127.0.0.1"]));
+        assert!(stored.ca.is_some() && stored.serving.is_some());
+        assert_eq!(
+            decide(&stored, &names(&["127.0.0.1", "a.svc"]), now),
+            Decision::Keep
+        );
+        // Still kept 300 days on: the CA ends after 365 days, renewed 90 days before.
+        assert_eq!(
+            decide(&stored, &names(&["a.svc", "127.0.0.1"]), now + days(270)),
+            Decision::Keep
+        );
+    }
+
+    #[test]
+    fn changed_names_or_expiring_serving_cert_renews_serving_only() {
+        let now = Timestamp::now();
+        let mut stored = round_trip(&fresh(now, &["a.svc"]));
+        assert_eq!(
+            decide(&stored, &names(&["b.svc"]), now),
+            Decision::RenewServing
+        );
+        let ca_end = stored.ca.as_ref().unwrap().not_after;
+        stored.ca.as_mut().unwrap().not_after = ca_end + days(365);
+        assert_eq!(
+            decide(&stored, &names(&["a.svc"]), now + days(340)),
+            Decision::RenewServing
+        );
+        stored.serving = None;
+        assert_eq!(
+            decide(&stored, &names(&["a.svc"]), now),
+            Decision::RenewServing
+        );
+    }
+
+    #[test]
+    fn expiring_or_broken_ca_renews_all() {
+        let now = Timestamp::now();
+        let stored = round_trip(&fresh(now, &["a.svc"]));
+        assert_eq!(
+            decide(&stored, &names(&["a.svc"]), now + days(280)),
+            Decision::RenewAll
+        );
+        let mut secret = Secret::default();
+        fill(&mut secret, &stored);
+        secret
+            .data
+            .as_mut()
+            .unwrap()
+            .insert(CA_KEY.to_owned(), ByteString(b"garbage".to_vec()));
+        let broken = Stored::from_secret(&secret);
+        assert!(broken.ca.is_none());
+        // A CA certificate with another CA's key is no CA either.
+        let other = fresh(now, &["a.svc"]);
+        secret.data.as_mut().unwrap().insert(
+            CA_KEY.to_owned(),
+            ByteString(other.ca.unwrap().key_pem.into_bytes()),
+        );
+        assert!(Stored::from_secret(&secret).ca.is_none());
+        assert_eq!(decide(&broken, &names(&["a.svc"]), now), Decision::RenewAll);
+        secret.metadata.annotations = None;
+        assert_eq!(
+            decide(&Stored::from_secret(&secret), &names(&["a.svc"]), now),
+            Decision::RenewAll
+        );
+    }
+
+    #[test]
+    fn renewing_serving_keeps_the_ca_and_chains_to_it() {
+        let now = Timestamp::now();
+        let stored = fresh(now, &["a.svc"]);
+        let renewed = issue(Decision::RenewServing, &stored, &names(&["b.svc"]), now).unwrap();
+        let (old, new) = (stored.bundle().unwrap(), renewed.bundle().unwrap());
+        assert_eq!(old.ca_pem, new.ca_pem);
+        assert_ne!(old.cert_pem, new.cert_pem);
+        certified_key(&new.cert_pem, &new.key_pem).unwrap();
+        let all = issue(Decision::RenewAll, &stored, &names(&["a.svc"]), now).unwrap();
+        assert_ne!(all.bundle().unwrap().ca_pem, old.ca_pem);
+    }
+}
