@@ -78,10 +78,33 @@ pids+=($!)
 google="http://127.0.0.1:$google_port"
 for _ in $(seq 100); do curl -s "$google/" >/dev/null && break; sleep 0.2; done
 
+webhook_port=$(free_port)
+log "registering the admission webhook at https://127.0.0.1:$webhook_port/mutate (the controller fills in its caBundle)"
+kubectl apply -f - >/dev/null <<YAML
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata:
+  name: fedcred
+webhooks:
+  - name: pods.fedcred.io
+    clientConfig:
+      url: https://127.0.0.1:$webhook_port/mutate
+    rules:
+      - {apiGroups: [""], apiVersions: ["v1"], operations: ["CREATE"], resources: ["pods"]}
+    objectSelector:
+      matchLabels: {fedcred.io/inject: "true"}
+    failurePolicy: Fail
+    reinvocationPolicy: IfNeeded
+    sideEffects: None
+    admissionReviewVersions: ["v1"]
+    timeoutSeconds: 5
+YAML
+
 log "starting fedcred controller (namespace analytics may lend the controller's identity)"
 AWS_ACCESS_KEY_ID=$(xml AccessKeyId) AWS_SECRET_ACCESS_KEY=$(xml SecretAccessKey) AWS_SESSION_TOKEN=$(xml SessionToken) \
 AWS_ENDPOINT_URL_STS="$moto" AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true \
   "$bin/fedcred" controller --leader-election=false --metrics-address 127.0.0.1:0 \
+  --webhook-address "127.0.0.1:$webhook_port" --webhook-dns-names 127.0.0.1 --fedcred-image fedcred:dev \
   --allow-controller-identity analytics --log-format text \
   --google-sts-url "$google/v1/token" --google-iam-credentials-url "$google" \
   >"$run_dir/logs/controller.log" 2>&1 &
@@ -108,6 +131,28 @@ for key in sorted(data):
     if key == "access_token":
         value = "<redacted: %d characters>" % len(value)
     print("  %s: %s" % (key, value))'
+echo
+log "a pod of the orders-api Deployment as the API server stores it after injection (server-side dry run):"
+kubectl -n shop create --dry-run=server -o json -f - <<'YAML' | python3 -c '
+import json, sys
+pod = json.load(sys.stdin)["spec"]
+for c in pod.get("initContainers", []) + pod["containers"]:
+    kind = "sidecar" if c.get("restartPolicy") == "Always" else "container"
+    print("  %s %s: %s" % (kind, c["name"], " ".join(c.get("args", [])) or c.get("image", "")))
+    for e in c.get("env", []):
+        print("      %s=%s" % (e["name"], e.get("value", "<from reference>")))'
+apiVersion: v1
+kind: Pod
+metadata:
+  name: orders-api-demo
+  labels: {app: orders-api, fedcred.io/inject: "true"}
+  annotations: {fedcred.io/credential: orders-db}
+spec:
+  serviceAccountName: orders-api
+  containers:
+    - name: api
+      image: ghcr.io/acme/orders-api:1.4.2
+YAML
 echo
 log "control plane and controller running; logs in $run_dir/logs; try: KUBECONFIG=$run_dir/kubeconfig kubectl get fedcred -A"
 if [[ "${1:-}" != "--once" ]]; then
