@@ -160,10 +160,11 @@ pub fn sign_serving(
     })
 }
 
-/// The rustls configuration serving `cert_pem` (the serving certificate, optionally followed
-/// by intermediates) with `key_pem`: TLS 1.2 and 1.3, HTTP/1.1 only (the API server speaks
-/// HTTP/1.1 or HTTP/2 to webhooks; this server answers HTTP/1.1).
-pub fn server_config(cert_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>, Error> {
+/// The certificate chain and private key in `cert_pem` and `key_pem`.
+fn parse_pems(
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), Error> {
     let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Error::Certificate(format!("the serving certificate PEM: {e}")))?;
@@ -174,6 +175,14 @@ pub fn server_config(cert_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>,
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
         .map_err(|e| Error::Certificate(format!("the serving key PEM: {e}")))?;
+    Ok((chain, key))
+}
+
+/// The rustls configuration serving `cert_pem` (the serving certificate, optionally followed
+/// by intermediates) with `key_pem`: TLS 1.2 and 1.3, HTTP/1.1 only (the API server speaks
+/// HTTP/1.1 or HTTP/2 to webhooks; this server answers HTTP/1.1).
+pub fn server_config(cert_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>, Error> {
+    let (chain, key) = parse_pems(cert_pem, key_pem)?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -187,16 +196,7 @@ pub fn server_config(cert_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>,
 
 /// The serving certificate and key as rustls serves them, checked to belong together.
 pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, Error> {
-    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::Certificate(format!("the serving certificate PEM: {e}")))?;
-    if chain.is_empty() {
-        return Err(Error::Certificate(
-            "the serving certificate PEM holds no certificate".to_owned(),
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|e| Error::Certificate(format!("the serving key PEM: {e}")))?;
+    let (chain, key) = parse_pems(cert_pem, key_pem)?;
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     CertifiedKey::from_der(chain, key, &provider)
         .map(Arc::new)
