@@ -5,27 +5,12 @@ mod support;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use support::{TestNamespace, ensure_crd, kubectl, repo_root};
-
-const AUDIENCE: &str = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/eks-pool/providers/aws-shop";
-const INSTANCE: &str =
-    "projects/acme-shop/locations/asia-northeast1/clusters/orders/instances/orders-primary";
+use support::cloud::AUDIENCE;
+use support::{INSTANCE, TestNamespace, ensure_crd, kubectl, repo_root};
 
 /// A valid resource; each invalid case below changes one thing about it.
 fn valid(name: &str) -> Value {
-    json!({
-        "apiVersion": "fedcred.io/v1alpha1",
-        "kind": "FederatedCredential",
-        "metadata": {"name": name},
-        "spec": {
-            "aws": {"serviceAccount": {"name": "orders-api"}, "region": "ap-northeast-1"},
-            "google": {
-                "audience": AUDIENCE,
-                "serviceAccount": "orders-api@acme-shop.iam.gserviceaccount.com"
-            },
-            "alloydb": {"instances": [{"uri": INSTANCE}]}
-        }
-    })
+    support::valid_credential(name)
 }
 
 fn set(doc: &mut Value, pointer: &str, value: Value) {

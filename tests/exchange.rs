@@ -308,14 +308,19 @@ async fn controller_identity_is_chained_into_a_per_namespace_session() {
     let dir = tempdir();
     let file = dir.join("fc.yaml");
     std::fs::write(&file, manifest.to_string()).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fedcred"))
-        .args(["exchange", "-f", file.to_str().unwrap()])
-        .env("AWS_ACCESS_KEY_ID", &own.access_key_id)
-        .env("AWS_SECRET_ACCESS_KEY", &own.secret_access_key)
-        .env("AWS_SESSION_TOKEN", &own.session_token)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .output()
-        .unwrap();
+    let exchange = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_fedcred"))
+            .arg("exchange")
+            .args(extra)
+            .args(["-f", file.to_str().unwrap()])
+            .env("AWS_ACCESS_KEY_ID", &own.access_key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &own.secret_access_key)
+            .env("AWS_SESSION_TOKEN", &own.session_token)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .unwrap()
+    };
+    let out = exchange(&[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -339,14 +344,7 @@ async fn controller_identity_is_chained_into_a_per_namespace_session() {
             "the token is printed only with --show-token"
         );
     }
-    let shown = std::process::Command::new(env!("CARGO_BIN_EXE_fedcred"))
-        .args(["exchange", "--show-token", "-f", file.to_str().unwrap()])
-        .env("AWS_ACCESS_KEY_ID", &own.access_key_id)
-        .env("AWS_SECRET_ACCESS_KEY", &own.secret_access_key)
-        .env("AWS_SESSION_TOKEN", &own.session_token)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .output()
-        .unwrap();
+    let shown = exchange(&["--show-token"]);
     let shown = String::from_utf8_lossy(&shown.stdout);
     assert!(
         cloud

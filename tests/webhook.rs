@@ -12,9 +12,6 @@ use fedcred::webhook::{self, CertBundle};
 use serde_json::{Value, json};
 use support::{TestNamespace, ensure_crd, kubectl, wait_until};
 
-const AUDIENCE: &str = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/eks-pool/providers/aws-shop";
-const INSTANCE: &str =
-    "projects/acme-shop/locations/asia-northeast1/clusters/orders/instances/orders-primary";
 const FEDCRED_IMAGE: &str = "ghcr.io/example/fedcred:webhook-test";
 
 /// The webhook server, running on its own thread and runtime so that the blocking kubectl
@@ -166,18 +163,7 @@ fn pod(name: &str, credential: Option<&str>) -> Value {
 
 /// Creates a FederatedCredential with one AlloyDB instance, Ready or without any status.
 fn federated_credential(ns: &TestNamespace, name: &str, ready: bool) {
-    let fc = json!({
-        "apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
-        "metadata": {"name": name},
-        "spec": {
-            "aws": {"serviceAccount": {"name": "orders-api"}, "region": "ap-northeast-1"},
-            "google": {
-                "audience": AUDIENCE,
-                "serviceAccount": "orders-api@acme-shop.iam.gserviceaccount.com"
-            },
-            "alloydb": {"instances": [{"uri": INSTANCE}]}
-        }
-    });
+    let fc = support::valid_credential(name);
     ns.kubectl(&["create", "-f", "-"], Some(&fc.to_string()))
         .success();
     if ready {

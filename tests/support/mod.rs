@@ -190,6 +190,25 @@ fn rand_u32() -> u32 {
             .wrapping_mul(0x9e37_79b9)
 }
 
+/// The AlloyDB instance of the test fixtures.
+pub const INSTANCE: &str =
+    "projects/acme-shop/locations/asia-northeast1/clusters/orders/instances/orders-primary";
+
+/// A valid FederatedCredential (IRSA, impersonation, one AlloyDB instance) named `name`; tests
+/// change one thing about it.
+pub fn valid_credential(name: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "fedcred.io/v1alpha1",
+        "kind": "FederatedCredential",
+        "metadata": {"name": name},
+        "spec": {
+            "aws": {"serviceAccount": {"name": "orders-api"}, "region": "ap-northeast-1"},
+            "google": {"audience": cloud::AUDIENCE, "serviceAccount": cloud::SA_EMAIL},
+            "alloydb": {"instances": [{"uri": INSTANCE}]}
+        }
+    })
+}
+
 /// An async client of the test control plane, for tests that use kube directly.
 pub async fn kube_client() -> kube::Client {
     let kubeconfig =
