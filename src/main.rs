@@ -102,6 +102,10 @@ struct ControllerArgs {
     /// Image of the fedcred binary, injected into pods as the metadata sidecar.
     #[arg(long, env = "FEDCRED_IMAGE")]
     fedcred_image: Option<String>,
+    /// AlloyDB Auth Proxy image injected for resources that name none in
+    /// `spec.alloydb.proxy.image`.
+    #[arg(long, env = "FEDCRED_PROXY_IMAGE", default_value = fedcred::inject::DEFAULT_PROXY_IMAGE)]
+    proxy_image: String,
     /// Watch only this namespace (default: all).
     #[arg(long, env = "FEDCRED_NAMESPACE")]
     namespace: Option<String>,
@@ -439,6 +443,7 @@ async fn controller_command(args: ControllerArgs) -> Result<(), String> {
                 .await
                 .map_err(|e| format!("reading the API server version: {e}"))?;
             let mut inject = fedcred::inject::InjectConfig::new(image);
+            inject.proxy_image = args.proxy_image.clone();
             inject.native_sidecars =
                 fedcred::inject::native_sidecars_supported(&version.major, &version.minor);
             let settings = fedcred::webhook::CertSettings {
@@ -467,8 +472,18 @@ async fn controller_command(args: ControllerArgs) -> Result<(), String> {
             let listener = tokio::net::TcpListener::bind(address)
                 .await
                 .map_err(|e| format!("webhook address {address}: {e}"))?;
-            let router =
-                fedcred::webhook::router(fedcred::webhook::Webhook::new(client.clone(), inject));
+            let (cache, watch) =
+                fedcred::webhook::watch_credentials(client.clone(), args.namespace.as_deref());
+            let watch_stop = stopped(stop_rx.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = watch => {}
+                    () = watch_stop => {}
+                }
+            });
+            let router = fedcred::webhook::router(
+                fedcred::webhook::Webhook::new(client.clone(), inject).with_cache(cache),
+            );
             Some(tokio::spawn(fedcred::webhook::serve(
                 listener,
                 tls,

@@ -39,10 +39,13 @@ impl Server {
                 let client = support::kube_client().await;
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 port_tx.send(listener.local_addr().unwrap().port()).unwrap();
-                let router = webhook::router(webhook::Webhook::new(
-                    client,
-                    InjectConfig::new(FEDCRED_IMAGE),
-                ));
+                // As `fedcred controller` runs it: lookups served from a watched cache.
+                let (cache, watch) = webhook::watch_credentials(client.clone(), None);
+                tokio::spawn(watch);
+                let router = webhook::router(
+                    webhook::Webhook::new(client, InjectConfig::new(FEDCRED_IMAGE))
+                        .with_cache(cache),
+                );
                 webhook::serve(listener, tls, router, async {
                     let _ = stopped.await;
                 })

@@ -12,9 +12,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures::StreamExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use kube::Api;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use rustls::ServerConfig;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -42,22 +45,42 @@ pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a client has to finish the TLS handshake, and then to send request headers.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What the handler needs: the API client for lookups and the injection settings.
+/// What the handler needs: the API client for lookups, an optional watched cache of
+/// FederatedCredentials, and the injection settings.
 #[derive(Clone)]
 pub struct Webhook {
     client: kube::Client,
+    cache: Option<Store<FederatedCredential>>,
     config: Arc<InjectConfig>,
 }
 
 impl Webhook {
+    /// A webhook that reads each FederatedCredential from the API server.
     pub fn new(client: kube::Client, config: InjectConfig) -> Self {
         Webhook {
             client,
+            cache: None,
             config: Arc::new(config),
         }
     }
 
+    /// Looks resources up in `cache` first (see [`watch_credentials`]), which keeps the API
+    /// server out of the admission path. A resource the cache has not seen yet, such as one
+    /// created a moment before the pod, is still read from the API server, so a miss is never
+    /// answered with a refusal.
+    pub fn with_cache(mut self, cache: Store<FederatedCredential>) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
     async fn lookup(&self, namespace: &str, name: &str) -> Lookup {
+        if let Some(fc) = self
+            .cache
+            .as_ref()
+            .and_then(|cache| cache.get(&ObjectRef::new(name).within(namespace)))
+        {
+            return Lookup::Found(Box::new(FederatedCredential::clone(&fc)));
+        }
         let api: Api<FederatedCredential> = Api::namespaced(self.client.clone(), namespace);
         match tokio::time::timeout(LOOKUP_TIMEOUT, api.get_opt(name)).await {
             Ok(Ok(Some(fc))) => Lookup::Found(Box::new(fc)),
@@ -68,6 +91,39 @@ impl Webhook {
             )),
         }
     }
+}
+
+/// A cache of the FederatedCredentials in `namespace` (all when `None`) for
+/// [`Webhook::with_cache`], and the future that keeps it current; run that future for as long
+/// as the webhook serves. Managed fields are dropped: the webhook never reads them.
+pub fn watch_credentials(
+    client: kube::Client,
+    namespace: Option<&str>,
+) -> (
+    Store<FederatedCredential>,
+    impl Future<Output = ()> + Send + use<>,
+) {
+    let api: Api<FederatedCredential> = match namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    };
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .modify(|fc: &mut FederatedCredential| fc.metadata.managed_fields = None),
+    );
+    let drive = async move {
+        stream
+            .for_each(|event| async move {
+                if let Err(e) = event {
+                    tracing::warn!(error = %e, "watching FederatedCredentials for the webhook");
+                }
+            })
+            .await;
+    };
+    (store, drive)
 }
 
 /// The webhook's routes.
