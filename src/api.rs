@@ -465,6 +465,13 @@ pub struct FederatedCredentialStatus {
     /// Stable reason of the last failure, as in the Ready condition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure_reason: Option<String>,
+
+    /// Hash of the settings injected into pods (AlloyDB instances and proxy, service
+    /// account, Secret name) that workloads were last rolled for. When the spec's hash
+    /// differs, the Deployments, StatefulSets and DaemonSets whose pods use this resource get
+    /// the new hash in their pod-template annotation `fedcred.io/injection-hash` and roll.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub injection_hash: Option<String>,
 }
 
 fn is_zero(n: &i32) -> bool {

@@ -576,3 +576,146 @@ async fn the_controller_identity_is_refused_where_the_admin_did_not_allow_it() {
     );
     assert_eq!(cloud.google.calls(Target::Sts), 0);
 }
+
+/// A workload whose pods use FederatedCredential `credential`, in `ns`.
+fn workload(ns: &TestNamespace, kind: &str, name: &str, credential: &str, annotations: Value) {
+    let template = json!({
+        "metadata": {
+            "labels": {"app": name, "fedcred.io/inject": "true"},
+            "annotations": {"fedcred.io/credential": credential},
+        },
+        "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]},
+    });
+    let mut spec = json!({"selector": {"matchLabels": {"app": name}}, "template": template});
+    if kind == "StatefulSet" {
+        spec["serviceName"] = json!(name);
+    }
+    let object = json!({"apiVersion": "apps/v1", "kind": kind,
+        "metadata": {"name": name, "annotations": annotations}, "spec": spec});
+    ns.kubectl(&["apply", "-f", "-"], Some(&object.to_string()))
+        .success();
+}
+
+/// The pod-template annotation fedcred sets to roll a workload.
+fn template_hash(ns: &TestNamespace, kind: &str, name: &str) -> Option<String> {
+    let v = get_json(ns, &[kind, name])?;
+    v["spec"]["template"]["metadata"]["annotations"]["fedcred.io/injection-hash"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workloads_roll_when_injected_settings_change_and_never_on_refresh() {
+    support::ensure_crd();
+    let ns = TestNamespace::new("rollout");
+    // Short tokens, so that refreshes happen while the test watches.
+    let cloud = Cloud::start(|c| Config {
+        federated_lifetime: Duration::from_secs(8),
+        ..c
+    })
+    .await;
+    service_account(&ns, "orders-api");
+    // Federated tokens, so without IAM database login.
+    let instance = json!({"uri": support::INSTANCE, "autoIamAuthn": false});
+    apply(
+        &ns,
+        &cloud,
+        "orders",
+        irsa(),
+        json!({"serviceAccount": null}),
+        json!({"alloydb": {"instances": [instance]}}),
+    );
+    workload(&ns, "Deployment", "api", "orders", json!({}));
+    workload(&ns, "StatefulSet", "worker", "orders", json!({}));
+    workload(&ns, "DaemonSet", "agent", "orders", json!({}));
+    workload(
+        &ns,
+        "Deployment",
+        "pinned",
+        "orders",
+        json!({"fedcred.io/rollout": "false"}),
+    );
+    workload(&ns, "Deployment", "other", "payments", json!({}));
+    let _controller = ControllerProcess::start(&ns.name, &cloud, "r1", &[]);
+    let first = eventually("the injection hash recorded", LIMIT, || {
+        is_ready(&ns, "orders")?["injectionHash"]
+            .as_str()
+            .map(str::to_owned)
+    })
+    .await;
+
+    // Several refreshes later, nothing has been rolled.
+    let token = secret(&ns, "orders").unwrap()["access_token"].clone();
+    eventually("two refreshes", LIMIT, || {
+        let now = secret(&ns, "orders")?["access_token"].clone();
+        (now != token).then_some(())
+    })
+    .await;
+    for (kind, name) in [
+        ("deployment", "api"),
+        ("statefulset", "worker"),
+        ("daemonset", "agent"),
+    ] {
+        assert_eq!(
+            template_hash(&ns, kind, name),
+            None,
+            "{kind} {name} rolled without a change"
+        );
+    }
+
+    // The proxy's local port changes: every workload using the resource rolls, except the
+    // one that opted out and the one using another resource.
+    let moved = json!({"uri": support::INSTANCE, "autoIamAuthn": false, "port": 6543});
+    apply(
+        &ns,
+        &cloud,
+        "orders",
+        irsa(),
+        json!({"serviceAccount": null}),
+        json!({"alloydb": {"instances": [moved]}}),
+    );
+    let second = eventually("a new injection hash", LIMIT, || {
+        let hash = status(&ns, "orders")["injectionHash"].as_str()?.to_owned();
+        (hash != first).then_some(hash)
+    })
+    .await;
+    for (kind, name) in [
+        ("deployment", "api"),
+        ("statefulset", "worker"),
+        ("daemonset", "agent"),
+    ] {
+        assert_eq!(
+            template_hash(&ns, kind, name).as_deref(),
+            Some(second.as_str()),
+            "{kind} {name} was not rolled"
+        );
+    }
+    assert_eq!(template_hash(&ns, "deployment", "pinned"), None);
+    assert_eq!(template_hash(&ns, "deployment", "other"), None);
+    let rolled = events(&ns, "orders")
+        .into_iter()
+        .find(|e| e["reason"] == "RolledOut")
+        .expect("a RolledOut event");
+    let note = rolled["message"].as_str().unwrap();
+    assert!(
+        note.contains("Deployment/api")
+            && note.contains("StatefulSet/worker")
+            && note.contains("DaemonSet/agent")
+            && note.contains("Deployment/pinned")
+            && !note.contains("Deployment/other"),
+        "{note}"
+    );
+
+    // A later refresh rolls nothing again.
+    let generation = |kind: &str, name: &str| {
+        get_json(&ns, &[kind, name]).unwrap()["metadata"]["generation"].clone()
+    };
+    let before = generation("deployment", "api");
+    let token = secret(&ns, "orders").unwrap()["access_token"].clone();
+    eventually("another refresh", LIMIT, || {
+        let now = secret(&ns, "orders")?["access_token"].clone();
+        (now != token).then_some(())
+    })
+    .await;
+    assert_eq!(generation("deployment", "api"), before);
+}

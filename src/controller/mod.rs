@@ -7,6 +7,7 @@
 
 pub mod decide;
 pub mod objects;
+pub mod rollout;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -213,6 +214,113 @@ pub async fn reconcile(fc: Arc<FederatedCredential>, ctx: Arc<Context>) -> Resul
         return Ok(Action::await_change());
     }
     let api: Api<FederatedCredential> = Api::namespaced(ctx.client.clone(), &namespace);
+    // Rollouts come first and never hold up a token: a failure is reported and retried soon.
+    let (fc, rollout_failed) = match rollouts(&api, fc, &ctx).await {
+        Ok(fc) => (fc, false),
+        Err(fc) => (fc, true),
+    };
+    let action = refresh(&api, fc, &ctx).await?;
+    Ok(if rollout_failed {
+        Action::requeue(ROLLOUT_RETRY)
+    } else {
+        action
+    })
+}
+
+/// How soon a failed rollout is tried again.
+const ROLLOUT_RETRY: Duration = Duration::from_secs(30);
+
+/// Rolls the workloads that use `fc` when its injected settings changed (see [`rollout`])
+/// and records the hash. Returns the resource as the rest of the reconcile must see it (with
+/// the hash just recorded), or unchanged in `Err` when the rollout failed.
+async fn rollouts(
+    api: &Api<FederatedCredential>,
+    fc: Arc<FederatedCredential>,
+    ctx: &Context,
+) -> Result<Arc<FederatedCredential>, Arc<FederatedCredential>> {
+    let hash = match rollout::plan(&fc) {
+        rollout::Plan::Nothing => return Ok(fc),
+        rollout::Plan::Record(hash) => hash,
+        rollout::Plan::Roll(hash) => {
+            match rollout::roll(&ctx.client, &fc, &hash).await {
+                Ok(rolled) => {
+                    if !rolled.patched.is_empty() || !rolled.skipped.is_empty() {
+                        let mut note = format!(
+                            "injected settings changed; rolled {}",
+                            list_or_none(&rolled.patched)
+                        );
+                        if !rolled.skipped.is_empty() {
+                            note.push_str(&format!(
+                                "; left {} alone ({}: \"false\")",
+                                rolled.skipped.join(", "),
+                                rollout::ROLLOUT_ANNOTATION
+                            ));
+                        }
+                        tracing::info!(namespace = %fc.namespace().unwrap_or_default(), name = %fc.name_any(), %note, "rollout");
+                        ctx.event(&fc, EventType::Normal, "RolledOut", note, "Rollout")
+                            .await;
+                    }
+                }
+                Err(message) => {
+                    tracing::warn!(namespace = %fc.namespace().unwrap_or_default(), name = %fc.name_any(), error = %message, "rollout failed");
+                    ctx.event(
+                        &fc,
+                        EventType::Warning,
+                        "RolloutFailed",
+                        format!("{message}; retrying in {}s", ROLLOUT_RETRY.as_secs()),
+                        "Rollout",
+                    )
+                    .await;
+                    return Err(fc);
+                }
+            }
+            hash
+        }
+    };
+    let mut status = fc.status.clone().unwrap_or_default();
+    status.injection_hash = Some(hash);
+    let patch = json!({
+        "apiVersion": "fedcred.io/v1alpha1",
+        "kind": "FederatedCredential",
+        "status": status,
+    });
+    match api
+        .patch_status(
+            &fc.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(mut stored) => {
+            // Keep the spec and metadata this reconcile started from; take the new status.
+            let mut next = FederatedCredential::clone(&fc);
+            next.status = stored.status.take();
+            Ok(Arc::new(next))
+        }
+        Err(e) => {
+            tracing::warn!(namespace = %fc.namespace().unwrap_or_default(), name = %fc.name_any(), error = %e, "recording the injection hash failed");
+            Err(fc)
+        }
+    }
+}
+
+fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "nothing".to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// Decides whether the token needs refreshing, and if so obtains it and writes it.
+async fn refresh(
+    api: &Api<FederatedCredential>,
+    fc: Arc<FederatedCredential>,
+    ctx: &Arc<Context>,
+) -> Result<Action, Error> {
+    let namespace = fc.namespace().unwrap_or_default();
+    let name = fc.name_any();
     let secret_name = objects::secret_name(&fc);
     // Until the Secrets have been listed once, a missing Secret means "not seen yet", not
     // "deleted": deciding then would re-exchange every token after each restart.
@@ -241,7 +349,7 @@ pub async fn reconcile(fc: Arc<FederatedCredential>, ctx: Arc<Context>) -> Resul
                     .iter()
                     .any(|c| c.reason == objects::SECRET_CONFLICT)
             });
-            write_status(&api, &fc, status).await?;
+            write_status(api, &fc, status).await?;
             if first {
                 let note = format!(
                     "Secret {secret_name} exists and is not owned by this FederatedCredential"
@@ -262,7 +370,7 @@ pub async fn reconcile(fc: Arc<FederatedCredential>, ctx: Arc<Context>) -> Resul
 
     let key = match plan(&namespace, &fc.spec, &ctx.defaults) {
         Ok(key) => key,
-        Err(err) => return fail(&api, &fc, &ctx, None, err, &schedule, now).await,
+        Err(err) => return fail(api, &fc, ctx, None, err, &schedule, now).await,
     };
     let renew = fc
         .spec
@@ -283,7 +391,7 @@ pub async fn reconcile(fc: Arc<FederatedCredential>, ctx: Arc<Context>) -> Resul
         Err(err) => {
             ctx.metrics
                 .observe_refresh(started.elapsed(), Some(err.reason.as_str()));
-            return fail(&api, &fc, &ctx, Some(&key), err, &schedule, now).await;
+            return fail(api, &fc, ctx, Some(&key), err, &schedule, now).await;
         }
     };
 
@@ -310,7 +418,7 @@ pub async fn reconcile(fc: Arc<FederatedCredential>, ctx: Arc<Context>) -> Resul
     let next = decide::refresh_at(issued.issued_at, issued.expires_at, renew, unit)
         .max(now + Duration::from_secs(1));
     write_status(
-        &api,
+        api,
         &fc,
         objects::success_status(&fc, &key, &issued, next, now),
     )

@@ -220,6 +220,7 @@ pub fn success_status(
         failure_count: 0,
         last_failure_time: None,
         last_failure_reason: None,
+        injection_hash: previous.injection_hash.clone(),
     }
 }
 
@@ -292,6 +293,7 @@ pub fn failure_status(
         failure_count: previous.failure_count.saturating_add(1),
         last_failure_time: Some(time(now)),
         last_failure_reason: Some(reason.to_owned()),
+        injection_hash: previous.injection_hash.clone(),
     }
 }
 
