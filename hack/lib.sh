@@ -5,6 +5,9 @@
 FEDCRED_CACHE="${FEDCRED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/fedcred}"
 KUBE_VERSION="${KUBE_VERSION:-v1.35.4}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
+# The newest alloydb-auth-proxy that builds with Go 1.26 (v1.17.2 needs Go 1.27; the module
+# proxy has no v1.13.x).
+ALLOYDB_PROXY_VERSION="${ALLOYDB_PROXY_VERSION:-v1.17.1}"
 BIN_DIR="$FEDCRED_CACHE/bin"
 export PATH="$BIN_DIR:$PATH"
 

@@ -9,6 +9,7 @@ cd "$here/.."
 
 "$here/install-tools.sh"
 "$here/build-controlplane.sh"
+"$here/build-alloydb-proxy.sh"
 
 run_dir=$(mktemp -d "${TMPDIR:-/tmp}/fedcred-test.XXXXXX")
 cleanup() {
@@ -27,6 +28,7 @@ trap 'exit 130' INT TERM
 "$here/controlplane.sh" up "$run_dir"
 source "$run_dir/env"
 export FEDCRED_TEST_VENV="$FEDCRED_CACHE/venv"
+export FEDCRED_ALLOYDB_PROXY="$BIN_DIR/alloydb-auth-proxy"
 # Tests bring their own AWS peers; never let the SDK probe a real instance metadata service.
 export AWS_EC2_METADATA_DISABLED=true AWS_REGION=us-east-1
 

@@ -61,6 +61,9 @@ pub struct Config {
     pub max_impersonation_lifetime: Duration,
     /// Answer STS `expires_in` as a JSON string, as Google sometimes does.
     pub expires_in_as_string: bool,
+    /// The AlloyDB Admin API and instance doubles, started by the `fedcred-doubles` binary
+    /// when present (see [`crate::alloydb::AlloyDbConfig`]).
+    pub alloydb: Option<crate::alloydb::AlloyDbConfig>,
 }
 
 impl Default for Config {
@@ -76,6 +79,7 @@ impl Default for Config {
             federated_lifetime: DEFAULT_LIFETIME,
             max_impersonation_lifetime: DEFAULT_LIFETIME,
             expires_in_as_string: false,
+            alloydb: None,
         }
     }
 }
@@ -132,6 +136,7 @@ impl fmt::Debug for Config {
                 &self.max_impersonation_lifetime,
             )
             .field("expires_in_as_string", &self.expires_in_as_string)
+            .field("alloydb", &self.alloydb)
             .finish()
     }
 }

@@ -22,12 +22,15 @@
 //! # Ok(()) }
 //! ```
 //!
+//! The AlloyDB Admin API and instance doubles live in [`alloydb`].
+//!
 //! Module map: [`config`] (what it decides with), [`server`] (HTTP wiring and the
 //! [`GoogleDoubles`] handle), [`sts`] and [`iam`] (the two endpoints), [`state`] (tokens,
 //! counters, records), [`moto`] (a real moto server for tests), [`names`] (resource names and
 //! IAM member strings).
 #![forbid(unsafe_code)]
 
+pub mod alloydb;
 pub mod attributes;
 mod aws;
 pub mod aws_metadata;

@@ -4,12 +4,15 @@
 //! fedcred-doubles [--listen 127.0.0.1:PORT] [--config FILE.json]
 //! ```
 //!
-//! Prints the base URL on stdout once listening; runs until SIGTERM or Ctrl-C.
+//! Prints the base URL on stdout once listening; runs until SIGTERM or Ctrl-C. With an
+//! `alloydb` section in the config it also runs the AlloyDB Admin API and instance doubles
+//! (their addresses go to stderr; fix them with `admin_listen` and `instance_listen`).
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
+use fedcred_doubles::alloydb::AlloyDbDoubles;
 use fedcred_doubles::{Config, GoogleDoubles};
 
 const USAGE: &str = "usage: fedcred-doubles [--listen 127.0.0.1:PORT] [--config FILE.json]";
@@ -97,6 +100,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let alloydb_config = config.alloydb.clone();
     let doubles = match GoogleDoubles::start_at(args.listen, config).await {
         Ok(doubles) => doubles,
         Err(e) => {
@@ -104,8 +108,21 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let alloydb = match alloydb_config {
+        Some(config) => match AlloyDbDoubles::start(config, &doubles.tokeninfo_url()).await {
+            Ok(alloydb) => Some(alloydb),
+            Err(e) => {
+                eprintln!("fedcred-doubles: cannot start the AlloyDB doubles: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
     println!("{}", doubles.base_url());
     terminated().await;
+    if let Some(alloydb) = alloydb {
+        alloydb.shutdown().await;
+    }
     doubles.shutdown().await;
     ExitCode::SUCCESS
 }
