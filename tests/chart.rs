@@ -1,0 +1,795 @@
+//! The Helm chart on the real API server with the real helm and kubectl: it lints, renders to
+//! objects the API server accepts, and installs, upgrades and uninstalls as Helm users expect.
+//! Its RBAC is exactly enough: the controller binary, run outside the cluster with the chart's
+//! arguments and authenticated as the chart's ServiceAccount, passes the controller and webhook
+//! stories, and `kubectl auth can-i` shows that the ServiceAccount can do nothing more.
+//! `deploy/fedcred.yaml` and the chart's `crds/` are checked for drift here too.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use support::cloud::{Cloud, ROLE};
+use support::{INSTANCE, Kubectl, TestNamespace, ensure_crd, kubectl, repo_root};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn chart() -> PathBuf {
+    repo_root().join("charts/fedcred")
+}
+
+/// Runs the real helm against the test control plane.
+fn helm(args: &[&str]) -> Kubectl {
+    Command::new("helm")
+        .args(args)
+        .env("KUBECONFIG", support::kubeconfig())
+        .stdin(Stdio::null())
+        .output()
+        .expect("helm is on PATH (hack/test.sh puts the cached one there)")
+        .into()
+}
+
+fn chart_arg() -> String {
+    chart().to_str().unwrap().to_owned()
+}
+
+/// Polls `check` until it returns `Some`, failing with `what` after `limit`.
+async fn eventually<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn get_json(args: &[&str]) -> Option<Value> {
+    let mut all = vec!["get"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["-o", "json"]);
+    let out = kubectl(&all, None);
+    out.ok.then(|| serde_json::from_str(&out.stdout).unwrap())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A file in the temporary directory, removed when dropped.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(stem: &str, contents: &str) -> TempFile {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = std::env::temp_dir().join(format!(
+            "fedcred-chart-{stem}-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut file, contents.as_bytes()).unwrap();
+        TempFile(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn the_chart_lints_and_renders_objects_the_api_server_accepts() {
+    let lint = helm(&["lint", "--strict", &chart_arg()]);
+    assert!(lint.ok, "helm lint: {}{}", lint.stdout, lint.stderr);
+    assert!(lint.stdout.contains("0 chart(s) failed"), "{}", lint.stdout);
+
+    let ns = TestNamespace::new("chart-dry");
+    ensure_crd();
+    let rendered = helm(&[
+        "template",
+        "dry",
+        &chart_arg(),
+        "-n",
+        &ns.name,
+        "--include-crds",
+    ])
+    .success();
+    let out = ns
+        .kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&rendered))
+        .success();
+    for object in [
+        "customresourcedefinition.apiextensions.k8s.io/federatedcredentials.fedcred.io",
+        "serviceaccount/dry-fedcred",
+        "clusterrole.rbac.authorization.k8s.io/dry-fedcred",
+        "clusterrolebinding.rbac.authorization.k8s.io/dry-fedcred",
+        "role.rbac.authorization.k8s.io/dry-fedcred",
+        "rolebinding.rbac.authorization.k8s.io/dry-fedcred",
+        "service/dry-fedcred-webhook",
+        "service/dry-fedcred-metrics",
+        "deployment.apps/dry-fedcred",
+        "poddisruptionbudget.policy/dry-fedcred",
+        "mutatingwebhookconfiguration.admissionregistration.k8s.io/dry-fedcred",
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("{object} ")) && l.ends_with("(server dry run)")),
+            "{object} missing from:\n{out}"
+        );
+    }
+    assert!(!rendered.contains("kind: ServiceMonitor"));
+
+    // Values change what is rendered.
+    let custom = helm(&[
+        "template",
+        "dry",
+        &chart_arg(),
+        "-n",
+        &ns.name,
+        "--set",
+        "replicaCount=1",
+        "--set",
+        "controllerIdentity.allowedNamespaces={analytics,batch}",
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+        "--set",
+        "webhook.failurePolicy=Ignore",
+        "--set",
+        "alloydbProxy.image=registry.example/alloydb-auth-proxy:9",
+    ])
+    .success();
+    assert!(!custom.contains("kind: PodDisruptionBudget"), "{custom}");
+    assert!(custom.contains("- --allow-controller-identity=analytics,batch"));
+    assert!(custom.contains("kind: ServiceMonitor"));
+    assert!(custom.contains("failurePolicy: Ignore"));
+    assert!(custom.contains("value: \"registry.example/alloydb-auth-proxy:9\""));
+
+    // values.schema.json refuses what the chart cannot honour.
+    for (set, complaint) in [
+        ("webhook.failurePolicy=Maybe", "/webhook/failurePolicy"),
+        ("replicaCount=0", "/replicaCount"),
+        ("webhook.timeoutSeconds=60", "/webhook/timeoutSeconds"),
+        (
+            "controllerIdentity.allowedNamespaces={Not_A_Namespace}",
+            "allowedNamespaces",
+        ),
+        ("replicas=2", "additional properties 'replicas'"),
+    ] {
+        let out = helm(&["template", "dry", &chart_arg(), "--set", set]);
+        assert!(!out.ok, "{set} was accepted");
+        assert!(out.stderr.contains(complaint), "{set}: {}", out.stderr);
+    }
+}
+
+#[test]
+fn the_charts_crd_and_deploy_manifest_match_the_code() {
+    let repo = repo_root();
+    let printed = Command::new(env!("CARGO_BIN_EXE_fedcred"))
+        .arg("crd")
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    let chart_crd =
+        std::fs::read(repo.join("charts/fedcred/crds/fedcred.io_federatedcredentials.yaml"))
+            .unwrap();
+    assert!(
+        chart_crd == printed.stdout,
+        "charts/fedcred/crds/ is out of date: run `cargo run -- crd > charts/fedcred/crds/fedcred.io_federatedcredentials.yaml`"
+    );
+
+    let rendered = Command::new(repo.join("hack/render-deploy.sh"))
+        .arg("-")
+        .output()
+        .unwrap();
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let stored = std::fs::read(repo.join("deploy/fedcred.yaml")).unwrap();
+    assert!(
+        stored == rendered.stdout,
+        "deploy/fedcred.yaml is out of date with the chart: run hack/render-deploy.sh"
+    );
+    let text = String::from_utf8(stored).unwrap();
+    assert!(text.contains("kind: CustomResourceDefinition"));
+    assert!(text.contains("kind: Namespace"));
+    assert!(text.contains("--webhook-dns-names=fedcred-webhook.fedcred-system.svc"));
+}
+
+/// A release of the chart in its own namespace, uninstalled (if still there) when dropped.
+struct Release {
+    name: String,
+    namespace: String,
+}
+
+impl Release {
+    /// The prefix of the release's objects (the chart's `fedcred.fullname`).
+    fn fullname(&self) -> String {
+        format!("{}-fedcred", self.name)
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = helm(&["uninstall", &self.name, "-n", &self.namespace]);
+    }
+}
+
+/// A kubeconfig for the test API server that authenticates with a TokenRequest token of
+/// `namespace/service_account`, as the controller's pod would.
+fn service_account_kubeconfig(namespace: &str, service_account: &str) -> TempFile {
+    let admin: Value = serde_json::from_str(
+        &kubectl(&["config", "view", "--raw", "--minify", "-o", "json"], None).success(),
+    )
+    .unwrap();
+    let cluster = &admin["clusters"][0]["cluster"];
+    let ca = match cluster["certificate-authority-data"].as_str() {
+        Some(data) => data.to_owned(),
+        None => base64::engine::general_purpose::STANDARD
+            .encode(std::fs::read(cluster["certificate-authority"].as_str().unwrap()).unwrap()),
+    };
+    let token = kubectl(
+        &[
+            "create",
+            "token",
+            service_account,
+            "-n",
+            namespace,
+            "--duration=1h",
+        ],
+        None,
+    )
+    .success();
+    let config = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "test", "cluster": {"server": cluster["server"], "certificate-authority-data": ca}}],
+        "users": [{"name": service_account, "user": {"token": token.trim()}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "test", "user": service_account}}],
+        "current-context": "sa",
+    });
+    TempFile::new("kubeconfig", &config.to_string())
+}
+
+/// `fedcred controller` started with the arguments and environment of the chart's Deployment,
+/// except that it listens on loopback (there is no pod network here).
+struct Controller {
+    child: Option<Child>,
+    log: TempFile,
+    metrics_port: u16,
+}
+
+impl Controller {
+    fn start(
+        deployment: &Value,
+        kubeconfig: &Path,
+        cloud: &Cloud,
+        webhook_port: u16,
+    ) -> Controller {
+        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+        let metrics_port = free_port();
+        let args: Vec<String> = container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                let arg = a.as_str().unwrap();
+                match arg.split_once('=') {
+                    Some(("--webhook-address", _)) => {
+                        format!("--webhook-address=127.0.0.1:{webhook_port}")
+                    }
+                    Some(("--webhook-dns-names", _)) => "--webhook-dns-names=127.0.0.1".to_owned(),
+                    Some(("--metrics-address", _)) => {
+                        format!("--metrics-address=127.0.0.1:{metrics_port}")
+                    }
+                    _ => arg.to_owned(),
+                }
+            })
+            .collect();
+        let namespace = deployment["metadata"]["namespace"].as_str().unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fedcred"));
+        command.args(&args);
+        for var in container["env"].as_array().unwrap() {
+            let name = var["name"].as_str().unwrap();
+            let value = match var["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+                Some("metadata.namespace") => namespace.to_owned(),
+                Some("metadata.name") => "fedcred-replica-0".to_owned(),
+                Some(other) => panic!("unexpected fieldRef {other}"),
+                None => var["value"].as_str().unwrap().to_owned(),
+            };
+            command.env(name, value);
+        }
+        let log = TempFile::new("controller-log", "");
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(log.path())
+            .unwrap();
+        let child = command
+            .args(["--google-sts-url", &cloud.google.sts_url()])
+            .args([
+                "--google-iam-credentials-url",
+                &cloud.google.iam_credentials_url(),
+            ])
+            .env("KUBECONFIG", kubeconfig)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("RUST_LOG", "info,fedcred=debug")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("the fedcred binary runs");
+        Controller {
+            child: Some(child),
+            log,
+            metrics_port,
+        }
+    }
+
+    async fn get(&self, path: &str) -> u16 {
+        let url = format!("http://127.0.0.1:{}{path}", self.metrics_port);
+        match reqwest::get(&url).await {
+            Ok(resp) => resp.status().as_u16(),
+            Err(_) => 0,
+        }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits for the exit; returns whether it exited successfully.
+    fn terminate(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- controller log ---\n{}", self.logs());
+        }
+    }
+}
+
+/// `kubectl auth can-i` as `user`: whether the API server's authorizer allows it.
+fn can(user: &str, args: &[&str]) -> bool {
+    let mut all = vec!["auth", "can-i", "--as", user];
+    all.extend_from_slice(args);
+    let out = kubectl(&all, None);
+    match out.stdout.split_whitespace().next().unwrap_or_default() {
+        "yes" => true,
+        "no" => false,
+        other => panic!("kubectl auth can-i {args:?}: {other} {}", out.stderr),
+    }
+}
+
+fn condition_ready(fc: &Value) -> bool {
+    fc["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+}
+
+fn secret_data(namespace: &str, name: &str) -> Option<std::collections::BTreeMap<String, String>> {
+    let secret = get_json(&["secret", name, "-n", namespace])?;
+    Some(
+        secret["data"]
+            .as_object()?
+            .iter()
+            .map(|(k, v)| {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(v.as_str().unwrap())
+                    .unwrap();
+                (k.clone(), String::from_utf8(bytes).unwrap())
+            })
+            .collect(),
+    )
+}
+
+fn ca_bundle(configuration: &str) -> Option<String> {
+    get_json(&["mutatingwebhookconfiguration", configuration])?["webhooks"][0]["clientConfig"]
+        ["caBundle"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+fn named<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {
+    list.as_array()?.iter().find(|c| c["name"] == name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_installed_charts_rbac_is_enough_for_the_controller_and_webhook_and_no_more() {
+    // The CRD is cluster-wide and other tests share it, so the release does not own it; the
+    // chart's copy is checked against the code by the_charts_crd_and_deploy_manifest_match_the_code.
+    ensure_crd();
+    let system = TestNamespace::new("chart");
+    let app = TestNamespace::new("chart-app");
+
+    // Given the chart installed with its defaults, its webhook scoped to the app namespace.
+    let release = Release {
+        name: system.name.clone(),
+        namespace: system.name.clone(),
+    };
+    let selector = json!({"matchLabels": {"kubernetes.io/metadata.name": app.name}});
+    let install = helm(&[
+        "install",
+        &release.name,
+        &chart_arg(),
+        "-n",
+        &release.namespace,
+        "--skip-crds",
+        "--set-json",
+        &format!("webhook.namespaceSelector={selector}"),
+    ]);
+    assert!(
+        install.ok,
+        "helm install: {}{}",
+        install.stdout, install.stderr
+    );
+    assert!(
+        install.stdout.contains("STATUS: deployed"),
+        "{}",
+        install.stdout
+    );
+    assert!(
+        install.stdout.contains("Next step"),
+        "NOTES: {}",
+        install.stdout
+    );
+
+    let fullname = release.fullname();
+    let deployment = get_json(&["deployment", &fullname, "-n", &system.name]).unwrap();
+    let pod_spec = &deployment["spec"]["template"]["spec"];
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    assert_eq!(pod_spec["serviceAccountName"], fullname.as_str());
+    assert_eq!(pod_spec["securityContext"]["runAsUser"], 65532);
+    let container = &pod_spec["containers"][0];
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    let image = container["image"].as_str().unwrap().to_owned();
+    assert!(
+        container["args"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(format!("--fedcred-image={image}")))
+    );
+    let proxy_image = named(&container["env"], "FEDCRED_PROXY_IMAGE").unwrap()["value"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(get_json(&["pdb", &fullname, "-n", &system.name]).is_some());
+
+    // The webhook is reached by URL on loopback instead of through its Service.
+    let webhook_port = free_port();
+    kubectl(
+        &[
+            "patch",
+            "mutatingwebhookconfiguration",
+            &fullname,
+            "--type=json",
+            "-p",
+            &json!([
+                {"op": "remove", "path": "/webhooks/0/clientConfig/service"},
+                {"op": "add", "path": "/webhooks/0/clientConfig/url",
+                 "value": format!("https://127.0.0.1:{webhook_port}/mutate")},
+            ])
+            .to_string(),
+        ],
+        None,
+    )
+    .success();
+
+    // When the controller runs as the chart's ServiceAccount with the chart's arguments,
+    let cloud = Cloud::start(|c| c).await;
+    let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "orders-api", "annotations": {"eks.amazonaws.com/role-arn": ROLE}}});
+    app.kubectl(&["apply", "-f", "-"], Some(&sa.to_string()))
+        .success();
+    let kubeconfig = service_account_kubeconfig(&system.name, &fullname);
+    let mut controller = Controller::start(&deployment, kubeconfig.path(), &cloud, webhook_port);
+
+    // then a FederatedCredential in another namespace becomes Ready with its Secret,
+    let mut spec = serde_json::to_value(
+        cloud.spec(json!({"serviceAccount": {"name": "orders-api"}}), json!({})),
+    )
+    .unwrap();
+    spec["alloydb"] = json!({"instances": [{"uri": INSTANCE}]});
+    let fc = json!({"apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
+        "metadata": {"name": "orders-db"}, "spec": spec});
+    app.kubectl(&["apply", "-f", "-"], Some(&fc.to_string()))
+        .success();
+    eventually("the FederatedCredential to be Ready", LIMIT, || {
+        get_json(&["fedcred", "orders-db", "-n", &app.name]).filter(condition_ready)
+    })
+    .await;
+    let data = secret_data(&app.name, "orders-db").expect("the token Secret");
+    assert!(
+        cloud.google.lookup(&data["access_token"]).is_some(),
+        "the Secret holds a token the IAM double issued"
+    );
+    eventually("a TokenRefreshed event", LIMIT, || {
+        let events = get_json(&[
+            "events",
+            "-n",
+            &app.name,
+            "--field-selector",
+            "involvedObject.name=orders-db",
+        ])?;
+        events["items"]
+            .as_array()?
+            .iter()
+            .any(|e| e["reason"] == "TokenRefreshed")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(controller.get("/readyz").await, 200);
+    let lease = get_json(&[
+        "lease",
+        &format!("{fullname}-controller"),
+        "-n",
+        &system.name,
+    ])
+    .expect("the leader Lease");
+    assert_eq!(lease["spec"]["holderIdentity"], "fedcred-replica-0");
+
+    // and the webhook's certificate is kept in its Secret, its CA in the configuration,
+    let tls_secret = format!("{fullname}-webhook-tls");
+    let tls = eventually("the webhook TLS Secret", LIMIT, || {
+        secret_data(&system.name, &tls_secret)
+    })
+    .await;
+    let wanted_ca = base64::engine::general_purpose::STANDARD.encode(&tls["ca.crt"]);
+    eventually("the caBundle", LIMIT, || {
+        (ca_bundle(&fullname)? == wanted_ca).then_some(())
+    })
+    .await;
+
+    // and an opted-in pod in the app namespace is stored with its sidecars.
+    let pod = |name: &str, credential: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": {"fedcred.io/inject": "true"},
+                "annotations": {"fedcred.io/credential": credential}},
+            "spec": {"containers": [{"name": "app", "image": "registry.example/orders:1"}]}})
+        .to_string()
+    };
+    let probe = pod("probe", "no-such-credential");
+    eventually("the webhook to answer", LIMIT, || {
+        let out = app.kubectl(&["create", "--dry-run=server", "-f", "-"], Some(&probe));
+        (!out.ok && out.stderr.contains("no-such-credential")).then_some(())
+    })
+    .await;
+    app.kubectl(&["create", "-f", "-"], Some(&pod("orders", "orders-db")))
+        .success();
+    let stored = get_json(&["pod", "orders", "-n", &app.name]).unwrap();
+    let init = &stored["spec"]["initContainers"];
+    assert_eq!(
+        named(init, "fedcred-metadata").expect("the metadata sidecar")["image"],
+        image.as_str()
+    );
+    assert_eq!(
+        named(init, "alloydb-proxy-0").expect("the proxy sidecar")["image"],
+        proxy_image.as_str()
+    );
+
+    // The ServiceAccount can do what the controller does, and nothing more.
+    let user = format!("system:serviceaccount:{}:{fullname}", system.name);
+    let (sys, ns) = (system.name.as_str(), app.name.as_str());
+    let own_lease = format!("leases.coordination.k8s.io/{fullname}-controller");
+    let own_secret = format!("secrets/{tls_secret}");
+    let own_webhook =
+        format!("mutatingwebhookconfigurations.admissionregistration.k8s.io/{fullname}");
+    let own_clusterrole = format!("clusterroles.rbac.authorization.k8s.io/{fullname}");
+    let own_role = format!("roles.rbac.authorization.k8s.io/{fullname}");
+    let allowed: &[&[&str]] = &[
+        &["watch", "federatedcredentials.fedcred.io", "-A"],
+        &["get", "federatedcredentials.fedcred.io", "-n", ns],
+        &[
+            "patch",
+            "federatedcredentials.fedcred.io",
+            "--subresource=status",
+            "-n",
+            ns,
+        ],
+        &["list", "secrets", "-A"],
+        &["patch", "secrets", "-n", ns],
+        &["create", "secrets", "-n", ns],
+        &["get", "serviceaccounts", "-n", ns],
+        &["create", "serviceaccounts", "--subresource=token", "-n", ns],
+        &["create", "events.events.k8s.io", "-n", ns],
+        &["list", "deployments.apps", "-n", ns],
+        &["patch", "deployments.apps", "-n", ns],
+        &["patch", "statefulsets.apps", "-n", ns],
+        &["patch", "daemonsets.apps", "-n", ns],
+        &["create", "leases.coordination.k8s.io", "-n", sys],
+        &["get", &own_lease, "-n", sys],
+        &["update", &own_lease, "-n", sys],
+        &["create", "secrets", "-n", sys],
+        &["get", &own_secret, "-n", sys],
+        &["update", &own_secret, "-n", sys],
+        &["get", &own_webhook],
+        &["update", &own_webhook],
+    ];
+    for args in allowed {
+        assert!(can(&user, args), "{user} should be allowed to {args:?}");
+    }
+    let denied: &[&[&str]] = &[
+        &["create", "pods", "-n", ns],
+        &["create", "pods", "-n", sys],
+        &["create", "deployments.apps", "-n", ns],
+        &["delete", "deployments.apps", "-n", ns],
+        &["update", "deployments.apps", "-n", ns],
+        &["patch", "replicasets.apps", "-n", ns],
+        &["create", "rolebindings.rbac.authorization.k8s.io", "-n", ns],
+        &["create", "clusterrolebindings.rbac.authorization.k8s.io"],
+        &["bind", "clusterroles.rbac.authorization.k8s.io"],
+        &["escalate", "roles.rbac.authorization.k8s.io", "-n", sys],
+        &["update", &own_clusterrole],
+        &["update", &own_role, "-n", sys],
+        &["impersonate", "serviceaccounts", "-n", ns],
+        // Tokens only through TokenRequest, never by reading ServiceAccount token Secrets.
+        &["get", "serviceaccounts", "--subresource=token", "-n", ns],
+        &["get", "secrets", "-n", ns],
+        &["update", "secrets", "-n", ns],
+        &["delete", "secrets", "-n", ns],
+        &["get", "secrets/other", "-n", sys],
+        &["update", "secrets/other", "-n", sys],
+        &["create", "serviceaccounts", "-n", ns],
+        &["update", "federatedcredentials.fedcred.io", "-n", ns],
+        &["patch", "federatedcredentials.fedcred.io", "-n", ns],
+        &["delete", "federatedcredentials.fedcred.io", "-n", ns],
+        &[
+            "update",
+            "mutatingwebhookconfigurations.admissionregistration.k8s.io/other",
+        ],
+        &[
+            "create",
+            "mutatingwebhookconfigurations.admissionregistration.k8s.io",
+        ],
+        &["delete", &own_webhook],
+        &[
+            "update",
+            "validatingwebhookconfigurations.admissionregistration.k8s.io",
+        ],
+        &["create", "leases.coordination.k8s.io", "-n", ns],
+        &["update", "leases.coordination.k8s.io/other", "-n", sys],
+        &["create", "customresourcedefinitions.apiextensions.k8s.io"],
+        &["*", "*", "-A"],
+    ];
+    for args in denied {
+        assert!(
+            !can(&user, args),
+            "{user} should not be allowed to {args:?}"
+        );
+    }
+
+    assert!(controller.terminate(), "{}", controller.logs());
+
+    // helm upgrade: a changed value takes effect and the controller's caBundle survives.
+    kubectl(
+        &[
+            "patch",
+            "mutatingwebhookconfiguration",
+            &fullname,
+            "--type=json",
+            "-p",
+            &json!([
+                {"op": "remove", "path": "/webhooks/0/clientConfig/url"},
+                {"op": "add", "path": "/webhooks/0/clientConfig/service",
+                 "value": {"name": format!("{fullname}-webhook"), "namespace": system.name,
+                           "path": "/mutate", "port": 443}},
+            ])
+            .to_string(),
+        ],
+        None,
+    )
+    .success();
+    let upgrade = helm(&[
+        "upgrade",
+        &release.name,
+        &chart_arg(),
+        "-n",
+        &release.namespace,
+        "--reuse-values",
+        "--set",
+        "replicaCount=3",
+        "--set",
+        &format!("controllerIdentity.allowedNamespaces={{{}}}", app.name),
+    ]);
+    assert!(
+        upgrade.ok,
+        "helm upgrade: {}{}",
+        upgrade.stdout, upgrade.stderr
+    );
+    let upgraded = get_json(&["deployment", &fullname, "-n", &system.name]).unwrap();
+    assert_eq!(upgraded["spec"]["replicas"], 3);
+    let args = &upgraded["spec"]["template"]["spec"]["containers"][0]["args"];
+    assert!(
+        args.as_array()
+            .unwrap()
+            .contains(&json!(format!("--allow-controller-identity={}", app.name))),
+        "{args}"
+    );
+    assert_eq!(ca_bundle(&fullname), Some(wanted_ca));
+    let history = helm(&["history", &release.name, "-n", &release.namespace]).success();
+    assert_eq!(history.lines().count(), 3, "{history}");
+
+    // helm uninstall removes everything the chart created and keeps the CRD.
+    helm(&[
+        "uninstall",
+        &release.name,
+        "-n",
+        &release.namespace,
+        "--wait",
+    ])
+    .success();
+    for object in [
+        format!("deployment/{fullname}"),
+        format!("service/{fullname}-webhook"),
+        format!("service/{fullname}-metrics"),
+        format!("serviceaccount/{fullname}"),
+        format!("role/{fullname}"),
+        format!("rolebinding/{fullname}"),
+        format!("pdb/{fullname}"),
+    ] {
+        assert!(
+            !system.kubectl(&["get", &object], None).ok,
+            "{object} survived helm uninstall"
+        );
+    }
+    for object in [
+        format!("clusterrole/{fullname}"),
+        format!("clusterrolebinding/{fullname}"),
+        format!("mutatingwebhookconfiguration/{fullname}"),
+    ] {
+        assert!(
+            !kubectl(&["get", &object], None).ok,
+            "{object} survived helm uninstall"
+        );
+    }
+    assert!(kubectl(&["get", "crd", "federatedcredentials.fedcred.io"], None).ok);
+    // What the controller created at run time is not Helm's: the webhook's TLS Secret and the
+    // Lease stay until the namespace goes (docs/upgrading.md).
+    assert!(system.kubectl(&["get", "secret", &tls_secret], None).ok);
+    // The FederatedCredential and its Secret are the user's and stay too.
+    assert!(app.kubectl(&["get", "secret", "orders-db"], None).ok);
+}
