@@ -28,6 +28,9 @@ pub mod pg;
 pub mod pki;
 pub mod tokens;
 
+#[cfg(test)]
+mod tests;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
