@@ -5,6 +5,8 @@
 #
 #   hack/controlplane.sh up DIR     start, write DIR/kubeconfig and DIR/env, return when ready
 #   hack/controlplane.sh down DIR   stop everything started in DIR
+#   hack/controlplane.sh restart-apiserver DIR [DOWN_SECONDS]
+#                                   SIGKILL kube-apiserver, wait, start it again as before
 #
 # DIR/env holds shell exports (KUBECONFIG, FEDCRED_TEST_*) for whatever runs against it.
 set -euo pipefail
@@ -77,6 +79,26 @@ wait_for() { # what seconds command...
   log "$what ready after $((SECONDS - start)) s"
 }
 
+start_apiserver() { # dir etcd_port api_port: kube-apiserver in the background, its pid in DIR
+  local dir=$1 etcd_port=$2 api_port=$3
+  log "starting kube-apiserver $(cat "$BIN_DIR/kube-apiserver.version") on https://127.0.0.1:$api_port"
+  kube-apiserver \
+    --etcd-servers "http://127.0.0.1:$etcd_port" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+    --tls-cert-file "$dir/pki/apiserver.crt" --tls-private-key-file "$dir/pki/apiserver.key" \
+    --client-ca-file "$dir/pki/ca.crt" \
+    --authorization-mode RBAC \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$dir/pki/sa.pub" \
+    --service-account-signing-key-file "$dir/pki/sa.key" \
+    --service-cluster-ip-range 10.0.0.0/24 \
+    --allow-privileged=true \
+    --enable-priority-and-fairness=false \
+    --profiling=false \
+    --v=1 >>"$dir/logs/kube-apiserver.log" 2>&1 &
+  echo $! >"$dir/kube-apiserver.pid"
+}
+
 up() {
   local dir=$1
   for b in etcd kube-apiserver kube-controller-manager kubectl; do
@@ -98,22 +120,8 @@ up() {
   echo $! >"$dir/etcd.pid"
   wait_for etcd 60 curl -sf "http://127.0.0.1:$etcd_port/health" || die "etcd did not start; see $dir/logs/etcd.log"
 
-  log "starting kube-apiserver $(cat "$BIN_DIR/kube-apiserver.version") on $server"
-  kube-apiserver \
-    --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
-    --tls-cert-file "$dir/pki/apiserver.crt" --tls-private-key-file "$dir/pki/apiserver.key" \
-    --client-ca-file "$dir/pki/ca.crt" \
-    --authorization-mode RBAC \
-    --service-account-issuer https://kubernetes.default.svc.cluster.local \
-    --service-account-key-file "$dir/pki/sa.pub" \
-    --service-account-signing-key-file "$dir/pki/sa.key" \
-    --service-cluster-ip-range 10.0.0.0/24 \
-    --allow-privileged=true \
-    --enable-priority-and-fairness=false \
-    --profiling=false \
-    --v=1 >"$dir/logs/kube-apiserver.log" 2>&1 &
-  echo $! >"$dir/kube-apiserver.pid"
+  echo "$etcd_port $api_port" >"$dir/ports"
+  start_apiserver "$dir" "$etcd_port" "$api_port"
 
   kubeconfig "$dir/kubeconfig" "$server" "$dir/pki/admin.crt" "$dir/pki/admin.key"
   kubeconfig "$dir/controller-manager.kubeconfig" "$server" "$dir/pki/controller-manager.crt" "$dir/pki/controller-manager.key"
@@ -156,8 +164,26 @@ down() {
   log "control plane in $dir stopped"
 }
 
+# Kills kube-apiserver with SIGKILL, as when its node dies, keeps it down DOWN seconds, starts it
+# again with the same flags, ports and certificates, and returns once it is ready again.
+restart_apiserver() { # dir down_seconds
+  local dir=$1 down=${2:-0}
+  [[ -f "$dir/ports" && -f "$dir/kube-apiserver.pid" ]] || die "no control plane started in $dir"
+  local etcd_port api_port pid
+  read -r etcd_port api_port <"$dir/ports"
+  pid=$(cat "$dir/kube-apiserver.pid")
+  log "killing kube-apiserver (pid $pid) for $down s"
+  kill -9 "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  sleep "$down"
+  start_apiserver "$dir" "$etcd_port" "$api_port"
+  KUBECONFIG="$dir/kubeconfig" wait_for kube-apiserver 120 kubectl get --raw /readyz ||
+    die "kube-apiserver did not become ready again; see $dir/logs/kube-apiserver.log"
+}
+
 case "${1:-}" in
   up) up "${2:?usage: $0 up DIR}" ;;
   down) down "${2:?usage: $0 down DIR}" ;;
-  *) die "usage: $0 up|down DIR" ;;
+  restart-apiserver) restart_apiserver "${2:?usage: $0 restart-apiserver DIR [DOWN_SECONDS]}" "${3:-0}" ;;
+  *) die "usage: $0 up|down|restart-apiserver DIR" ;;
 esac

@@ -31,6 +31,13 @@ export FEDCRED_TEST_VENV="$FEDCRED_CACHE/venv"
 export FEDCRED_ALLOYDB_PROXY="$BIN_DIR/alloydb-auth-proxy"
 # Tests bring their own AWS peers; never let the SDK probe a real instance metadata service.
 export AWS_EC2_METADATA_DISABLED=true AWS_REGION=us-east-1
+# What the secrecy scan reads: every token the doubles issue, and the evidence tests leave
+# (controller logs, events, statuses, metrics).
+export FEDCRED_ISSUED_TOKENS="$run_dir/issued-tokens" FEDCRED_EVIDENCE_DIR="$run_dir/evidence"
 
 log "running cargo test"
-cargo test --locked --workspace "$@"
+rc=0
+cargo test --locked --workspace "$@" || rc=$?
+log "scanning the run for issued tokens"
+"$here/secrecy-scan.sh" --cluster "$FEDCRED_ISSUED_TOKENS" "$FEDCRED_EVIDENCE_DIR" "$run_dir/logs" || rc=1
+exit $rc

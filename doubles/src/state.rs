@@ -72,6 +72,24 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Appends `token` to the file named by `FEDCRED_ISSUED_TOKENS`, when set: a test run ends with
+/// a scan of everything it left behind for every value listed there (`hack/secrecy-scan.sh`).
+/// One `write` of one line to a file opened for appending, so concurrent doubles in other test
+/// processes never interleave within a line.
+fn record_issued(token: &str) {
+    use std::io::Write as _;
+    let Some(path) = std::env::var_os("FEDCRED_ISSUED_TOKENS") else {
+        return;
+    };
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = file.write_all(format!("{token}\n").as_bytes());
+    }
+}
+
 /// Now, truncated to whole seconds (Google's expiry times have no fractions).
 pub(crate) fn now() -> SystemTime {
     let secs = SystemTime::now()
@@ -136,6 +154,7 @@ impl State {
         );
         lock(&self.issued).push(token.clone());
         lock(&self.tokens).insert(token.clone(), info);
+        record_issued(&token);
         token
     }
 

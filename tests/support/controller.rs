@@ -23,7 +23,7 @@ impl ControllerProcess {
         extra: &[&str],
     ) -> ControllerProcess {
         super::ensure_crd();
-        let log = std::env::temp_dir().join(format!(
+        let log = log_dir().join(format!(
             "fedcred-{namespace}-{identity}-{}-{}.log",
             std::process::id(),
             std::time::SystemTime::now()
@@ -117,6 +117,19 @@ impl ControllerProcess {
         }
         let _ = child.kill();
         false
+    }
+}
+
+/// Where controller logs go: `FEDCRED_EVIDENCE_DIR` when set, so that the secrecy scan at the
+/// end of a test run reads every one of them; else the temporary directory.
+pub fn log_dir() -> PathBuf {
+    match std::env::var_os("FEDCRED_EVIDENCE_DIR") {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            let _ = std::fs::create_dir_all(&dir);
+            dir
+        }
+        None => std::env::temp_dir(),
     }
 }
 

@@ -1,0 +1,1753 @@
+//! The fault suite: `fedcred controller` on the real API server, with moto and the Google doubles,
+//! while one peer misbehaves at a time. Every story measures the same figures and prints them as
+//! a row of a markdown table (also appended to the file named by `FEDCRED_FAULT_REPORT`):
+//!
+//! - time to recover: from the moment the peer is healthy again (or the controller was started
+//!   again) until the Secret holds a token issued after it and the status shows no failure;
+//! - tokens served expired: samples, taken every 100 ms for the whole story, in which the Secret
+//!   held a token whose `expiry` had passed or that the doubles no longer accepted (must be 0);
+//! - Secrets lost: Secrets missing once the story is over (must be 0);
+//! - exchange calls: requests Google STS and IAM Credentials received during the episode.
+//!
+//! `hack/faults.sh` collects the rows into RELIABILITY.md.
+
+mod support;
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fedcred::api::{FederatedCredential, FederatedCredentialSpec};
+use fedcred::webhook::certs::{self, CertSettings};
+use fedcred_doubles::{Config, Fault, Target};
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use support::cloud::{Cloud, ROLE};
+
+// ---------------------------------------------------------------------------------------------
+// Figures
+
+/// One row of the fault table.
+struct Figures {
+    fault: &'static str,
+    recovery: Option<Duration>,
+    expired: u64,
+    lost: u64,
+    calls: String,
+    notes: String,
+}
+
+impl Figures {
+    fn row(&self) -> String {
+        let recovery = match self.recovery {
+            Some(d) => format!("{:.1} s", d.as_secs_f64()),
+            None => "n/a".to_owned(),
+        };
+        format!(
+            "| {} | {} | {} | {} | {} | {} |",
+            self.fault, recovery, self.expired, self.lost, self.calls, self.notes
+        )
+    }
+
+    /// Prints the row and appends it to `FEDCRED_FAULT_REPORT` when set.
+    fn report(&self) {
+        let row = self.row();
+        println!("{row}");
+        if let Some(path) = std::env::var_os("FEDCRED_FAULT_REPORT") {
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .expect("the fault report file opens");
+            file.write_all(format!("{row}\n").as_bytes())
+                .expect("the fault report file takes the row");
+        }
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Watching the Secret
+
+/// What the sampler saw.
+#[derive(Clone, Debug, Default)]
+struct Samples {
+    reads: u64,
+    /// The API server did not answer.
+    unreachable: u64,
+    missing: u64,
+    /// The token's `expiry` had passed, or the doubles no longer accepted a token they issued.
+    expired: u64,
+    /// A value the doubles never issued (a hand edit).
+    foreign: u64,
+    distinct_tokens: usize,
+    /// Fewest seconds to expiry seen in any sample.
+    closest_to_expiry: Option<i64>,
+}
+
+/// Reads the Secrets `names` every 100 ms until finished and checks each token against its
+/// `expiry` and against the doubles.
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Samples>,
+}
+
+impl Sampler {
+    fn start(secrets: Api<Secret>, names: Vec<String>, cloud: Arc<Cloud>) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut s = Samples::default();
+            let mut issued: HashSet<String> = HashSet::new();
+            let mut seen: HashSet<String> = HashSet::new();
+            while !stopped.load(Ordering::Relaxed) {
+                for name in &names {
+                    s.reads += 1;
+                    let read =
+                        tokio::time::timeout(Duration::from_secs(2), secrets.get_opt(name)).await;
+                    let secret = match read {
+                        Ok(Ok(Some(secret))) => secret,
+                        Ok(Ok(None)) => {
+                            s.missing += 1;
+                            continue;
+                        }
+                        _ => {
+                            s.unreachable += 1;
+                            continue;
+                        }
+                    };
+                    let data = decode(&secret);
+                    let (Some(token), Some(expiry)) =
+                        (data.get("access_token"), data.get("expiry"))
+                    else {
+                        s.foreign += 1;
+                        continue;
+                    };
+                    let now = Timestamp::now();
+                    let Ok(expiry) = expiry.parse::<Timestamp>() else {
+                        s.foreign += 1;
+                        continue;
+                    };
+                    let left = expiry.as_second() - now.as_second();
+                    s.closest_to_expiry = Some(s.closest_to_expiry.map_or(left, |c| c.min(left)));
+                    if !issued.contains(token) {
+                        issued.extend(cloud.google.issued_tokens());
+                    }
+                    if expiry <= now {
+                        s.expired += 1;
+                    } else if !issued.contains(token) {
+                        s.foreign += 1;
+                    } else if cloud.google.lookup(token).is_none() {
+                        s.expired += 1;
+                    }
+                    seen.insert(token.clone());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            s.distinct_tokens = seen.len();
+            s
+        });
+        Sampler { stop, task }
+    }
+
+    async fn finish(self) -> Samples {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("the sampler ran")
+    }
+}
+
+fn decode(secret: &Secret) -> BTreeMap<String, String> {
+    secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The controller as a process
+
+/// `fedcred controller` against any control plane, with its log in the evidence directory.
+struct Controller {
+    child: Option<Child>,
+    identity: String,
+    log: PathBuf,
+    metrics_port: u16,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Controller {
+    fn start(
+        kubeconfig: &Path,
+        namespace: &str,
+        cloud: &Cloud,
+        identity: &str,
+        extra: &[&str],
+    ) -> Controller {
+        static STARTS: AtomicU32 = AtomicU32::new(0);
+        let log = support::controller::log_dir().join(format!(
+            "fedcred-faults-{namespace}-{identity}-{}-{}.log",
+            std::process::id(),
+            STARTS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = std::fs::File::create(&log).expect("controller log file");
+        let metrics_port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_fedcred"))
+            .args(["controller", "--namespace", namespace])
+            .args(["--lease-namespace", namespace, "--identity", identity])
+            .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--google-sts-url", &cloud.google.sts_url()])
+            .args([
+                "--google-iam-credentials-url",
+                &cloud.google.iam_credentials_url(),
+            ])
+            .args(extra)
+            .env("KUBECONFIG", kubeconfig)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("RUST_LOG", "info,fedcred=debug")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("the fedcred binary runs");
+        Controller {
+            child: Some(child),
+            identity: identity.to_owned(),
+            log,
+            metrics_port,
+        }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the process still runs.
+    fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGKILL, as when the node dies.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    async fn metrics(&self) -> String {
+        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+        match reqwest::get(&url).await {
+            Ok(resp) => resp.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- controller {} log ---\n{}", self.identity, self.logs());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A story's world
+
+/// One namespace with the ServiceAccount `orders-api` (IRSA role), the cloud, and a client.
+struct World {
+    client: Client,
+    kubeconfig: PathBuf,
+    namespace: String,
+    cloud: Arc<Cloud>,
+    /// Deletes the namespace of the shared control plane when the story ends.
+    _ns: Option<support::TestNamespace>,
+}
+
+impl World {
+    /// On the control plane `hack/test.sh` started.
+    async fn shared(prefix: &str, configure: impl FnOnce(Config) -> Config) -> World {
+        support::ensure_crd();
+        let ns = support::TestNamespace::new(prefix);
+        let client = support::kube_client().await;
+        let cloud = Arc::new(Cloud::start(configure).await);
+        let world = World {
+            client,
+            kubeconfig: support::kubeconfig(),
+            namespace: ns.name.clone(),
+            cloud,
+            _ns: Some(ns),
+        };
+        world.service_account().await;
+        world
+    }
+
+    async fn service_account(&self) {
+        let sa: ServiceAccount = serde_json::from_value(json!({
+            "metadata": {"name": "orders-api", "annotations": {"eks.amazonaws.com/role-arn": ROLE}}
+        }))
+        .unwrap();
+        Api::<ServiceAccount>::namespaced(self.client.clone(), &self.namespace)
+            .create(&PostParams::default(), &sa)
+            .await
+            .expect("the ServiceAccount is created");
+    }
+
+    fn secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    fn credentials(&self) -> Api<FederatedCredential> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    fn controller(&self, identity: &str, extra: &[&str]) -> Controller {
+        Controller::start(
+            &self.kubeconfig,
+            &self.namespace,
+            &self.cloud,
+            identity,
+            extra,
+        )
+    }
+
+    /// A spec for IRSA through `orders-api`; `google` and `top` are merged into it.
+    fn spec(&self, google: Value, top: Value) -> FederatedCredentialSpec {
+        let base = self
+            .cloud
+            .spec(json!({"serviceAccount": {"name": "orders-api"}}), google);
+        let mut spec = serde_json::to_value(base).unwrap();
+        for (k, v) in top.as_object().unwrap() {
+            if let (Some(into), Some(from)) = (spec[k].as_object_mut(), v.as_object()) {
+                for (kk, vv) in from {
+                    into.insert(kk.clone(), vv.clone());
+                }
+            } else {
+                spec[k] = v.clone();
+            }
+        }
+        serde_json::from_value(spec).unwrap()
+    }
+
+    async fn apply(&self, name: &str, spec: FederatedCredentialSpec) {
+        let fc = FederatedCredential::new(name, spec);
+        self.credentials()
+            .patch(
+                name,
+                &PatchParams::apply("fedcred-faults").force(),
+                &Patch::Apply(&fc),
+            )
+            .await
+            .expect("the FederatedCredential is applied");
+    }
+
+    async fn status(&self, name: &str) -> Value {
+        match self.credentials().get_opt(name).await {
+            Ok(Some(fc)) => serde_json::to_value(&fc.status).unwrap_or(Value::Null),
+            _ => Value::Null,
+        }
+    }
+
+    async fn token(&self, name: &str) -> Option<String> {
+        let secret = self.secrets().get_opt(name).await.ok()??;
+        decode(&secret).remove("access_token")
+    }
+
+    /// Whether the status shows a valid token and no failure, and the Secret holds a token the
+    /// doubles accept that is not `stale`.
+    async fn healthy(&self, name: &str, stale: Option<&str>) -> Option<String> {
+        let status = self.status(name).await;
+        let conditions = status["conditions"].as_array()?;
+        let ready = conditions
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        let failing = conditions.iter().any(|c| c["type"] == "RefreshFailing");
+        let failures = status["failureCount"].as_i64().unwrap_or(0);
+        if !ready || failing || failures > 0 {
+            return None;
+        }
+        let token = self.token(name).await?;
+        if Some(token.as_str()) == stale {
+            return None;
+        }
+        self.cloud.google.lookup(&token)?;
+        Some(token)
+    }
+
+    /// Waits until [`World::healthy`]; returns when it was seen.
+    async fn recovered(&self, name: &str, stale: Option<&str>, limit: Duration) -> Instant {
+        let start = Instant::now();
+        loop {
+            if self.healthy(name, stale).await.is_some() {
+                return Instant::now();
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{name} did not recover within {limit:?}; status: {}",
+                self.status(name).await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn calls(&self) -> (u64, u64) {
+        (
+            self.cloud.google.calls(Target::Sts),
+            self.cloud.google.calls(Target::Iam),
+        )
+    }
+
+    fn calls_since(&self, before: (u64, u64)) -> String {
+        let (sts, iam) = self.calls();
+        format!("STS {}, IAM {}", sts - before.0, iam - before.1)
+    }
+
+    async fn lost(&self, names: &[&str]) -> u64 {
+        let mut lost = 0;
+        for name in names {
+            if self.token(name).await.is_none() {
+                lost += 1;
+            }
+        }
+        lost
+    }
+
+    /// Leaves the namespace's events and statuses and each controller's metrics in the
+    /// evidence directory, for the secrecy scan at the end of the run.
+    async fn keep_evidence(&self, controllers: &[&Controller]) {
+        let Some(dir) = std::env::var_os("FEDCRED_EVIDENCE_DIR").map(PathBuf::from) else {
+            return;
+        };
+        let _ = std::fs::create_dir_all(&dir);
+        let events: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        if let Ok(list) = events.list(&ListParams::default()).await {
+            let _ = std::fs::write(
+                dir.join(format!("faults-{}-events.json", self.namespace)),
+                serde_json::to_string(&list.items).unwrap_or_default(),
+            );
+        }
+        if let Ok(list) = self.credentials().list(&ListParams::default()).await {
+            let _ = std::fs::write(
+                dir.join(format!(
+                    "faults-{}-federatedcredentials.json",
+                    self.namespace
+                )),
+                serde_json::to_string(&list.items).unwrap_or_default(),
+            );
+        }
+        for c in controllers {
+            let _ = std::fs::write(
+                dir.join(format!(
+                    "faults-{}-{}-metrics.txt",
+                    self.namespace, c.identity
+                )),
+                c.metrics().await,
+            );
+        }
+    }
+}
+
+/// Refreshes when 90 % of the lifetime is left: with 60-second tokens, every few seconds.
+fn eager() -> Value {
+    json!({"secret": {"renewBeforePercentage": 90}})
+}
+
+/// Federated tokens (no impersonation) living `seconds`.
+fn federated(seconds: u64) -> impl FnOnce(Config) -> Config {
+    move |c| Config {
+        federated_lifetime: Duration::from_secs(seconds),
+        ..c
+    }
+}
+
+fn no_impersonation() -> Value {
+    json!({"serviceAccount": null})
+}
+
+const READY: Duration = Duration::from_secs(60);
+
+/// Polls until the doubles' fault queue of `target` is empty; returns when it was seen.
+async fn drained(world: &World, target: Target, limit: Duration) -> Instant {
+    let start = Instant::now();
+    while !world.cloud.google.pending_faults(target).is_empty() {
+        assert!(
+            start.elapsed() < limit,
+            "the injected faults were not used up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Instant::now()
+}
+
+fn assert_sound(figures: &Figures, samples: &Samples) {
+    assert_eq!(
+        figures.expired, 0,
+        "{}: tokens served expired: {samples:?}",
+        figures.fault
+    );
+    assert_eq!(figures.lost, 0, "{}: Secrets lost", figures.fault);
+}
+
+/// A story where Google misbehaves for a while: the resource is Ready with short tokens,
+/// `inject` queues faults, and the figures run until it holds a fresh token again.
+async fn google_fault(
+    fault: &'static str,
+    prefix: &str,
+    impersonate: bool,
+    inject: impl FnOnce(&World),
+    target: Target,
+    notes: impl FnOnce(&Samples, Duration) -> String,
+) -> (Figures, Samples) {
+    let world = World::shared(prefix, federated(60)).await;
+    let controller = world.controller("r1", &[]);
+    let google = if impersonate {
+        json!({})
+    } else {
+        no_impersonation()
+    };
+    world.apply("orders-db", world.spec(google, eager())).await;
+    world.recovered("orders-db", None, READY).await;
+    let sampler = Sampler::start(
+        world.secrets(),
+        vec!["orders-db".into()],
+        world.cloud.clone(),
+    );
+    let before = world.calls();
+    let stale = world.token("orders-db").await;
+    let start = Instant::now();
+    inject(&world);
+    let healthy_at = drained(&world, target, Duration::from_secs(120)).await;
+    let recovered_at = world
+        .recovered("orders-db", stale.as_deref(), Duration::from_secs(120))
+        .await;
+    let calls = world.calls_since(before);
+    // Keep sampling a little after recovery: the new token must be served too.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let samples = sampler.finish().await;
+    let figures = Figures {
+        fault,
+        recovery: Some(recovered_at.saturating_duration_since(healthy_at)),
+        expired: samples.expired,
+        lost: world.lost(&["orders-db"]).await,
+        calls,
+        notes: notes(&samples, recovered_at - start),
+    };
+    world.keep_evidence(&[&controller]).await;
+    (figures, samples)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Google
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn google_sts_5xx_burst() {
+    let (figures, samples) = google_fault(
+        "Google STS 5xx burst (8 × 503)",
+        "f-5xx",
+        false,
+        |w| {
+            w.cloud.google.inject(
+                Target::Sts,
+                Fault::Status {
+                    code: 503,
+                    retry_after: None,
+                    count: 8,
+                },
+            )
+        },
+        Target::Sts,
+        |s, episode| {
+            format!(
+                "60 s tokens; episode {}; closest approach to expiry {} s",
+                secs(episode),
+                s.closest_to_expiry.unwrap_or_default()
+            )
+        },
+    )
+    .await;
+    figures.report();
+    assert_sound(&figures, &samples);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn google_sts_429_with_retry_after() {
+    let (figures, samples) = google_fault(
+        "Google STS 429, Retry-After: 2 (3 ×)",
+        "f-429",
+        false,
+        |w| {
+            w.cloud.google.inject(
+                Target::Sts,
+                Fault::Status {
+                    code: 429,
+                    retry_after: Some(2),
+                    count: 3,
+                },
+            )
+        },
+        Target::Sts,
+        |s, episode| {
+            format!(
+                "absorbed by the client's retries (≥ 2 s apart); episode {}; closest approach to expiry {} s",
+                secs(episode),
+                s.closest_to_expiry.unwrap_or_default()
+            )
+        },
+    )
+    .await;
+    figures.report();
+    assert_sound(&figures, &samples);
+    // Three refusals and one success within one refresh: no storm.
+    let sts: u64 = figures.calls["STS ".len()..]
+        .split(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(sts <= 6, "{}", figures.calls);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn google_sts_requests_hang_past_the_client_timeout() {
+    let (figures, samples) = google_fault(
+        "Google STS hangs 12 s (> 10 s client timeout, 2 ×)",
+        "f-hang",
+        false,
+        |w| {
+            w.cloud.google.inject(
+                Target::Sts,
+                Fault::Delay {
+                    millis: 12_000,
+                    count: 2,
+                },
+            )
+        },
+        Target::Sts,
+        |s, episode| {
+            format!(
+                "episode {}; closest approach to expiry {} s",
+                secs(episode),
+                s.closest_to_expiry.unwrap_or_default()
+            )
+        },
+    )
+    .await;
+    figures.report();
+    assert_sound(&figures, &samples);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iam_credentials_denies_then_allows() {
+    // Impersonated tokens live at least 600 s, so the refresh is forced by a spec change
+    // (new scopes) while IAM Credentials denies; the old token stays valid meanwhile.
+    let world = World::shared("f-iam", |c| c).await;
+    let controller = world.controller("r1", &[]);
+    world
+        .apply("orders-db", world.spec(json!({}), json!({})))
+        .await;
+    world.recovered("orders-db", None, READY).await;
+    let sampler = Sampler::start(
+        world.secrets(),
+        vec!["orders-db".into()],
+        world.cloud.clone(),
+    );
+    let before = world.calls();
+    let stale = world.token("orders-db").await;
+    world
+        .cloud
+        .google
+        .inject(Target::Iam, Fault::Reject { count: 2 });
+    let start = Instant::now();
+    let scopes = json!({"scopes": ["https://www.googleapis.com/auth/bigquery"]});
+    world
+        .apply("orders-db", world.spec(scopes, json!({})))
+        .await;
+    let denied = {
+        let mut reason = Value::Null;
+        for _ in 0..100 {
+            let s = world.status("orders-db").await;
+            if s["failureCount"].as_i64().unwrap_or(0) >= 1 {
+                reason = s["lastFailureReason"].clone();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        reason
+    };
+    assert_eq!(denied, "ImpersonationDenied", "the denial is explained");
+    let healthy_at = drained(&world, Target::Iam, Duration::from_secs(120)).await;
+    let recovered_at = world
+        .recovered("orders-db", stale.as_deref(), Duration::from_secs(120))
+        .await;
+    let calls = world.calls_since(before);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let samples = sampler.finish().await;
+    let token = world.token("orders-db").await.unwrap();
+    let info = world.cloud.google.lookup(&token).unwrap();
+    assert_eq!(info.scopes, ["https://www.googleapis.com/auth/bigquery"]);
+    let figures = Figures {
+        fault: "IAM Credentials denies (2 ×) then allows",
+        recovery: Some(recovered_at.saturating_duration_since(healthy_at)),
+        expired: samples.expired,
+        lost: world.lost(&["orders-db"]).await,
+        calls,
+        notes: format!(
+            "refresh forced by a spec change; old token served meanwhile; episode {}",
+            secs(recovered_at - start)
+        ),
+    };
+    figures.report();
+    world.keep_evidence(&[&controller]).await;
+    assert_sound(&figures, &samples);
+}
+
+// ---------------------------------------------------------------------------------------------
+// AWS STS
+
+/// A TCP relay in front of moto that can be switched off: while down it closes every new
+/// connection at once and has cut every open one, as a dead endpoint does.
+struct Gate {
+    port: u16,
+    down: Arc<AtomicBool>,
+    refused: Arc<AtomicU64>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Gate {
+    fn start(target: u16) -> Gate {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let down = Arc::new(AtomicBool::new(false));
+        let refused = Arc::new(AtomicU64::new(0));
+        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (d, r, o) = (down.clone(), refused.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if d.load(Ordering::Relaxed) {
+                    r.fetch_add(1, Ordering::Relaxed);
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                {
+                    let mut open = o.lock().unwrap();
+                    open.retain(|s| s.peer_addr().is_ok());
+                    open.push(client.try_clone().unwrap());
+                    open.push(server.try_clone().unwrap());
+                }
+                relay(client.try_clone().unwrap(), server.try_clone().unwrap());
+                relay(server, client);
+            }
+        });
+        Gate {
+            port,
+            down,
+            refused,
+            open,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::Relaxed);
+        if down {
+            for stream in self.open.lock().unwrap().drain(..) {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+}
+
+fn relay(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_sts_down_then_back() {
+    // The gate's URL is the STS endpoint of the resource, so the subject token names it; the
+    // Google doubles accept it and send their GetCallerIdentity check straight to moto.
+    let gate: Arc<Mutex<Option<Gate>>> = Arc::default();
+    let slot = gate.clone();
+    let world = World::shared("f-aws", move |c| {
+        let moto = c.moto_url.clone().unwrap();
+        let port: u16 = moto.rsplit(':').next().unwrap().parse().unwrap();
+        let g = Gate::start(port);
+        let mut c = federated(60)(c);
+        c.aws_sts_endpoints.push(g.url());
+        c.aws_sts_routes.push((g.url(), moto));
+        *slot.lock().unwrap() = Some(g);
+        c
+    })
+    .await;
+    let gate = gate.lock().unwrap().take().unwrap();
+    let controller = world.controller("r1", &[]);
+    let mut spec = world.spec(no_impersonation(), eager());
+    spec.aws.sts_endpoint = Some(gate.url());
+    world.apply("orders-db", spec).await;
+    world.recovered("orders-db", None, READY).await;
+    let sampler = Sampler::start(
+        world.secrets(),
+        vec!["orders-db".into()],
+        world.cloud.clone(),
+    );
+    let before = world.calls();
+    let stale = world.token("orders-db").await;
+    gate.set_down(true);
+    let down_for = Duration::from_secs(20);
+    tokio::time::sleep(down_for).await;
+    let failing = world.status("orders-db").await;
+    gate.set_down(false);
+    let healthy_at = Instant::now();
+    let recovered_at = world
+        .recovered("orders-db", stale.as_deref(), Duration::from_secs(120))
+        .await;
+    let calls = world.calls_since(before);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let samples = sampler.finish().await;
+    let figures = Figures {
+        fault: "AWS STS (moto) down 20 s, then back",
+        recovery: Some(recovered_at - healthy_at),
+        expired: samples.expired,
+        lost: world.lost(&["orders-db"]).await,
+        calls: format!(
+            "{calls}; AWS connections refused {}",
+            gate.refused.load(Ordering::Relaxed)
+        ),
+        notes: format!(
+            "failure reason while down: {}; closest approach to expiry {} s",
+            failing["lastFailureReason"].as_str().unwrap_or("none"),
+            samples.closest_to_expiry.unwrap_or_default()
+        ),
+    };
+    figures.report();
+    world.keep_evidence(&[&controller]).await;
+    assert_sound(&figures, &samples);
+    assert!(
+        failing["failureCount"].as_i64().unwrap_or(0) >= 1,
+        "the outage was noticed: {failing}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The controller and its replicas
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_killed_in_the_middle_of_a_refresh() {
+    let world = World::shared("f-kill", federated(60)).await;
+    let mut controller = world.controller("r1", &[]);
+    world
+        .apply("orders-db", world.spec(no_impersonation(), eager()))
+        .await;
+    world.recovered("orders-db", None, READY).await;
+    let sampler = Sampler::start(
+        world.secrets(),
+        vec!["orders-db".into()],
+        world.cloud.clone(),
+    );
+    let stale = world.token("orders-db").await;
+    // Hold the next exchange open, and kill the controller while it waits for the answer.
+    world.cloud.google.inject(
+        Target::Sts,
+        Fault::Delay {
+            millis: 8_000,
+            count: 1,
+        },
+    );
+    let (calls_at_inject, _) = world.calls();
+    let start = Instant::now();
+    while world.calls().0 == calls_at_inject {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no refresh began"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    controller.kill();
+    let before = world.calls();
+    let token_after_kill = world.token("orders-db").await;
+    assert_eq!(
+        token_after_kill, stale,
+        "the refresh in flight wrote nothing"
+    );
+    let restarted_at = Instant::now();
+    let restarted = world.controller("r1", &[]);
+    let recovered_at = world
+        .recovered("orders-db", stale.as_deref(), Duration::from_secs(120))
+        .await;
+    let calls = world.calls_since(before);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let samples = sampler.finish().await;
+    let figures = Figures {
+        fault: "controller SIGKILLed during a refresh, restarted",
+        recovery: Some(recovered_at - restarted_at),
+        expired: samples.expired,
+        lost: world.lost(&["orders-db"]).await,
+        calls,
+        notes: format!(
+            "old token kept through the kill; closest approach to expiry {} s",
+            samples.closest_to_expiry.unwrap_or_default()
+        ),
+    };
+    figures.report();
+    world.keep_evidence(&[&restarted]).await;
+    assert_sound(&figures, &samples);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_failover_between_two_replicas() {
+    let world = World::shared("f-leader", federated(60)).await;
+    let mut a = world.controller("replica-a", &[]);
+    let mut b = world.controller("replica-b", &[]);
+    world
+        .apply("orders-db", world.spec(no_impersonation(), eager()))
+        .await;
+    world.recovered("orders-db", None, READY).await;
+    let leases: Api<Lease> = Api::namespaced(world.client.clone(), &world.namespace);
+    let holder = leases
+        .get("fedcred-controller")
+        .await
+        .unwrap()
+        .spec
+        .unwrap();
+    let holder = holder.holder_identity.unwrap();
+    let (leader, standby) = if holder == "replica-a" {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    let sampler = Sampler::start(
+        world.secrets(),
+        vec!["orders-db".into()],
+        world.cloud.clone(),
+    );
+    let before = world.calls();
+    let stale = world.token("orders-db").await;
+    // SIGKILL: the Lease is not released, so the standby waits for it to expire.
+    leader.kill();
+    let killed_at = Instant::now();
+    let start = Instant::now();
+    while !standby.logs().contains("became leader") {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the standby did not take over"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let takeover = killed_at.elapsed();
+    let recovered_at = world
+        .recovered("orders-db", stale.as_deref(), Duration::from_secs(120))
+        .await;
+    let calls = world.calls_since(before);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let samples = sampler.finish().await;
+    let figures = Figures {
+        fault: "leader SIGKILLed, standby replica takes over",
+        recovery: Some(recovered_at - killed_at),
+        expired: samples.expired,
+        lost: world.lost(&["orders-db"]).await,
+        calls,
+        notes: format!(
+            "takeover after {} (15 s Lease); 60 s tokens; closest approach to expiry {} s",
+            secs(takeover),
+            samples.closest_to_expiry.unwrap_or_default()
+        ),
+    };
+    figures.report();
+    world.keep_evidence(&[standby]).await;
+    assert_sound(&figures, &samples);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_deleted_or_edited_by_hand() {
+    let world = World::shared("f-hand", |c| c).await;
+    let controller = world.controller("r1", &[]);
+    world
+        .apply("orders-db", world.spec(json!({}), json!({})))
+        .await;
+    world.recovered("orders-db", None, READY).await;
+    let sampler = Sampler::start(
+        world.secrets(),
+        vec!["orders-db".into()],
+        world.cloud.clone(),
+    );
+
+    let before = world.calls();
+    world
+        .secrets()
+        .delete("orders-db", &DeleteParams::default())
+        .await
+        .unwrap();
+    let deleted_at = Instant::now();
+    let back_at = world
+        .recovered("orders-db", None, Duration::from_secs(60))
+        .await;
+    let delete_calls = world.calls_since(before);
+
+    let before = world.calls();
+    let tamper = json!({"stringData": {"access_token": "edited-by-hand"}});
+    world
+        .secrets()
+        .patch("orders-db", &PatchParams::default(), &Patch::Merge(&tamper))
+        .await
+        .unwrap();
+    let edited_at = Instant::now();
+    let restored_at = world
+        .recovered("orders-db", Some("edited-by-hand"), Duration::from_secs(60))
+        .await;
+    let edit_calls = world.calls_since(before);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let samples = sampler.finish().await;
+    let lost = world.lost(&["orders-db"]).await;
+    let deleted = Figures {
+        fault: "Secret deleted by hand",
+        recovery: Some(back_at - deleted_at),
+        expired: samples.expired,
+        lost,
+        calls: delete_calls,
+        notes: format!(
+            "recreated from the cached token; {} samples saw no Secret",
+            samples.missing
+        ),
+    };
+    let edited = Figures {
+        fault: "Secret edited by hand (token overwritten)",
+        recovery: Some(restored_at - edited_at),
+        expired: samples.expired,
+        lost,
+        calls: edit_calls,
+        notes: format!(
+            "edit undone from the cached token; {} samples saw the edited value",
+            samples.foreign
+        ),
+    };
+    deleted.report();
+    edited.report();
+    world.keep_evidence(&[&controller]).await;
+    assert_sound(&deleted, &samples);
+    assert!(
+        samples.missing > 0 || samples.foreign > 0,
+        "the sampler saw the hand edits"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// kube-apiserver
+
+/// A control plane of this test alone, so that killing its API server disturbs nobody else.
+struct PrivatePlane {
+    dir: PathBuf,
+}
+
+impl PrivatePlane {
+    fn up() -> PrivatePlane {
+        let dir = std::env::temp_dir().join(format!(
+            "fedcred-faults-plane-{}-{}",
+            std::process::id(),
+            Timestamp::now().as_millisecond()
+        ));
+        controlplane("up", &dir, &[]);
+        PrivatePlane { dir }
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+
+    fn kubectl(&self, args: &[&str]) {
+        let out = Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", self.kubeconfig())
+            .stdin(Stdio::null())
+            .output()
+            .expect("kubectl runs");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    async fn client(&self) -> Client {
+        let kubeconfig = kube::config::Kubeconfig::read_from(self.kubeconfig()).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .unwrap();
+        Client::try_from(config).unwrap()
+    }
+}
+
+/// `hack/controlplane.sh COMMAND DIR EXTRA...`, failing the test when it fails.
+fn controlplane(command: &str, dir: &Path, extra: &[&str]) {
+    let script = support::repo_root().join("hack/controlplane.sh");
+    let out = Command::new(script)
+        .arg(command)
+        .arg(dir)
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .expect("hack/controlplane.sh runs");
+    assert!(
+        out.status.success(),
+        "hack/controlplane.sh {command} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Drop for PrivatePlane {
+    fn drop(&mut self) {
+        let script = support::repo_root().join("hack/controlplane.sh");
+        let _ = Command::new(script)
+            .arg("down")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .output();
+        if let Some(evidence) = std::env::var_os("FEDCRED_EVIDENCE_DIR") {
+            let log = self.dir.join("logs/kube-apiserver.log");
+            let _ = std::fs::copy(
+                log,
+                PathBuf::from(evidence).join(format!(
+                    "faults-private-kube-apiserver-{}.log",
+                    std::process::id()
+                )),
+            );
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_apiserver_killed_and_restarted() {
+    let plane = tokio::task::spawn_blocking(PrivatePlane::up).await.unwrap();
+    let crd = support::repo_root().join("crds/fedcred.io_federatedcredentials.yaml");
+    plane.kubectl(&["apply", "--server-side", "-f", crd.to_str().unwrap()]);
+    plane.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/federatedcredentials.fedcred.io",
+    ]);
+    let client = plane.client().await;
+    let namespace = "faults-apiserver";
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    let world = World {
+        client,
+        kubeconfig: plane.kubeconfig(),
+        namespace: namespace.to_owned(),
+        cloud: Arc::new(Cloud::start(federated(60)).await),
+        _ns: None,
+    };
+    world.service_account().await;
+    let mut controller = world.controller("r1", &[]);
+    world
+        .apply("orders-db", world.spec(no_impersonation(), eager()))
+        .await;
+    world.recovered("orders-db", None, READY).await;
+    let sampler = Sampler::start(
+        world.secrets(),
+        vec!["orders-db".into()],
+        world.cloud.clone(),
+    );
+    let before = world.calls();
+    let down = 20;
+    let killed_at = Instant::now();
+    let dir = plane.dir.clone();
+    tokio::task::spawn_blocking(move || {
+        controlplane("restart-apiserver", &dir, &[&down.to_string()]);
+    })
+    .await
+    .unwrap();
+    let ready_at = Instant::now();
+    let stale = world.token("orders-db").await;
+    let exited = !controller.alive();
+    let mut restarted = None;
+    if exited {
+        // What the kubelet would do: start the container again.
+        restarted = Some(world.controller("r1-restarted", &[]));
+    }
+    let recovered_at = world
+        .recovered("orders-db", stale.as_deref(), Duration::from_secs(120))
+        .await;
+    let calls = world.calls_since(before);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let samples = sampler.finish().await;
+    let figures = Figures {
+        fault: "kube-apiserver SIGKILLed, down 20 s, restarted",
+        recovery: Some(recovered_at - ready_at),
+        expired: samples.expired,
+        lost: world.lost(&["orders-db"]).await,
+        calls,
+        notes: format!(
+            "API server back {} after the kill; controller {}; {} reads unanswered; closest approach to expiry {} s",
+            secs(ready_at - killed_at),
+            if exited {
+                "exited (Lease lost) and was started again"
+            } else {
+                "kept running"
+            },
+            samples.unreachable,
+            samples.closest_to_expiry.unwrap_or_default()
+        ),
+    };
+    figures.report();
+    match &restarted {
+        Some(r) => world.keep_evidence(&[r]).await,
+        None => world.keep_evidence(&[&controller]).await,
+    }
+    assert_sound(&figures, &samples);
+    assert!(samples.unreachable > 0, "the sampler saw the outage");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The webhook's certificate
+
+/// A MutatingWebhookConfiguration sending pod creations of one namespace to `port`.
+fn webhook_configuration(name: &str, namespace: &str, port: u16) -> Value {
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [{
+            "name": "pods.fedcred.io",
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": "Fail",
+            "timeoutSeconds": 5,
+            "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate")},
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+            "objectSelector": {"matchLabels": {"fedcred.io/inject": "true"}},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                       "resources": ["pods"], "scope": "Namespaced"}]
+        }]
+    })
+}
+
+/// Whether the API server reached the webhook for an opted-in pod (the webhook may admit or
+/// refuse it; a TLS or connection failure is what counts as unreachable).
+fn admission_reaches_webhook(namespace: &str) -> bool {
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "probe", "labels": {"fedcred.io/inject": "true"},
+                     "annotations": {"fedcred.io/credential": "orders-db"}},
+        "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]}});
+    let out = support::kubectl(
+        &[
+            "-n",
+            namespace,
+            "create",
+            "--dry-run=server",
+            "-o",
+            "name",
+            "-f",
+            "-",
+        ],
+        Some(&pod.to_string()),
+    );
+    !(out.stderr.contains("failed calling webhook") || out.stderr.contains("x509"))
+}
+
+/// The DER of the first certificate in `pem`.
+fn der(pem: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let body: String = pem
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap()
+}
+
+/// The certificate the webhook serves, as DER, if a TLS client trusting `ca_pem` accepts it.
+async fn served_certificate(port: u16, ca_pem: &str) -> Option<Vec<u8>> {
+    let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).ok()?;
+    let client = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .tls_info(true)
+        .timeout(Duration::from_secs(3))
+        .build()
+        .ok()?;
+    let resp = client
+        .get(format!("https://127.0.0.1:{port}/healthz"))
+        .send()
+        .await
+        .ok()?;
+    let info = resp.extensions().get::<reqwest::tls::TlsInfo>()?;
+    info.peer_certificate().map(<[u8]>::to_vec)
+}
+
+fn secret_text(secret: &Secret, key: &str) -> String {
+    decode(secret).remove(key).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_certificate_reaching_rotation() {
+    let world = World::shared("f-certs", |c| c).await;
+    let configuration = format!("fedcred-faults-{}", world.namespace);
+    let port = free_port();
+    support::kubectl(
+        &["apply", "-f", "-"],
+        Some(&webhook_configuration(&configuration, &world.namespace, port).to_string()),
+    )
+    .success();
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = support::kubectl(
+                &[
+                    "delete",
+                    "mutatingwebhookconfiguration",
+                    &self.0,
+                    "--ignore-not-found",
+                ],
+                None,
+            );
+        }
+    }
+    let _cleanup = Cleanup(configuration.clone());
+    let settings = CertSettings {
+        namespace: world.namespace.clone(),
+        secret: "fedcred-webhook-tls".to_owned(),
+        webhook_configuration: configuration.clone(),
+        names: vec!["127.0.0.1".to_owned()],
+    };
+    let secrets = world.secrets();
+    let mark = |key: &'static str, days: i64| {
+        let at = Timestamp::now() + SignedDuration::from_hours(24 * days);
+        json!({"metadata": {"annotations": {key: at.to_string()}}})
+    };
+
+    // 1. The stored serving certificate is 5 days from its end when a replica starts.
+    let old = certs::ensure(&world.client, &settings).await.unwrap();
+    secrets
+        .patch(
+            "fedcred-webhook-tls",
+            &PatchParams::default(),
+            &Patch::Merge(&mark(certs::NOT_AFTER, 5)),
+        )
+        .await
+        .unwrap();
+    let args = [
+        "--webhook-address",
+        &format!("127.0.0.1:{port}"),
+        "--webhook-dns-names",
+        "127.0.0.1",
+        "--webhook-configuration",
+        &configuration,
+        "--fedcred-image",
+        "registry.example/fedcred:faults",
+    ];
+    let started_at = Instant::now();
+    let mut replica = world.controller("r1", &args);
+    let (renewed_at, renewed) = loop {
+        let stored = secrets.get("fedcred-webhook-tls").await.unwrap();
+        let cert = secret_text(&stored, certs::TLS_CRT);
+        if cert != old.cert_pem && served_certificate(port, &old.ca_pem).await == Some(der(&cert)) {
+            break (Instant::now(), stored);
+        }
+        assert!(
+            started_at.elapsed() < Duration::from_secs(60),
+            "the renewed certificate was not served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        secret_text(&renewed, certs::CA_CRT),
+        old.ca_pem,
+        "a serving renewal keeps the CA"
+    );
+    let reached = admission_reaches_webhook(&world.namespace);
+    assert!(reached, "the API server trusts the renewed certificate");
+    Figures {
+        fault: "webhook serving certificate 5 days from its end at start",
+        recovery: Some(renewed_at - started_at),
+        expired: 0,
+        lost: 0,
+        calls: "n/a".into(),
+        notes: "renewed under the same CA and served; admission through the API server works"
+            .into(),
+    }
+    .report();
+
+    // 2. The CA reaches its renewal window and another replica renews everything while this
+    // one keeps serving the certificate of the old CA.
+    secrets
+        .patch(
+            "fedcred-webhook-tls",
+            &PatchParams::default(),
+            &Patch::Merge(&mark(certs::CA_NOT_AFTER, 60)),
+        )
+        .await
+        .unwrap();
+    let rotated = certs::ensure(&world.client, &settings).await.unwrap();
+    assert_ne!(rotated.ca_pem, old.ca_pem, "the CA was renewed");
+    let rotated_at = Instant::now();
+    let window = Duration::from_secs(15);
+    let (mut tried, mut failed) = (0, 0);
+    let mut first_success: Option<Duration> = None;
+    while rotated_at.elapsed() < window {
+        let ns = world.namespace.clone();
+        let ok = tokio::task::spawn_blocking(move || admission_reaches_webhook(&ns))
+            .await
+            .unwrap();
+        tried += 1;
+        if ok {
+            first_success.get_or_insert(rotated_at.elapsed());
+        } else {
+            failed += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let serves_new =
+        served_certificate(port, &rotated.ca_pem).await == Some(der(&rotated.cert_pem));
+    // A restart picks the new material up.
+    replica.kill();
+    let restarted_at = Instant::now();
+    let replica = world.controller("r1-restarted", &args);
+    loop {
+        if served_certificate(port, &rotated.ca_pem).await == Some(der(&rotated.cert_pem))
+            && admission_reaches_webhook(&world.namespace)
+        {
+            break;
+        }
+        assert!(
+            restarted_at.elapsed() < Duration::from_secs(60),
+            "the restarted replica did not serve the new certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after_restart = restarted_at.elapsed();
+    Figures {
+        fault: "webhook CA renewed by another replica while this one serves",
+        recovery: if serves_new {
+            first_success
+        } else {
+            Some(after_restart)
+        },
+        expired: 0,
+        lost: 0,
+        calls: format!("admission attempts {tried}, failed {failed} in {}", secs(window)),
+        notes: if serves_new {
+            "the serving replica followed the rotation".to_owned()
+        } else {
+            format!(
+                "the serving replica kept the old CA's certificate for the whole {} (it re-reads the Secret hourly); time shown is from a restart",
+                secs(window)
+            )
+        },
+    }
+    .report();
+    world.keep_evidence(&[&replica]).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The metadata server
+
+/// A kubelet-like Secret volume: `key -> ..data/key`, `..data -> ..<generation>` swapped by
+/// renaming a new symlink over it, the old generation deleted afterwards.
+struct Volume {
+    dir: PathBuf,
+    current: Option<PathBuf>,
+}
+
+impl Volume {
+    fn publish(&mut self, generation: u32, files: &[(&str, String)]) {
+        let name = format!("..gen-{generation:06}");
+        let dir = self.dir.join(&name);
+        std::fs::create_dir(&dir).unwrap();
+        for (key, value) in files {
+            std::fs::write(dir.join(key), value).unwrap();
+        }
+        let tmp = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&name, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
+        for (key, _) in files {
+            let link = self.dir.join(key);
+            if link.symlink_metadata().is_err() {
+                std::os::unix::fs::symlink(format!("..data/{key}"), link).unwrap();
+            }
+        }
+        if let Some(old) = self.current.replace(dir) {
+            std::fs::remove_dir_all(old).unwrap();
+        }
+    }
+}
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Generation `g`'s Secret: its token names `g`, its expiry is `g` hundred seconds past a base
+/// an hour ahead, so that both halves of an answer tell which generation they came from. Every
+/// tenth generation is already expired.
+fn generation_files(base: Timestamp, g: u32) -> Vec<(&'static str, String)> {
+    let expiry = if g.is_multiple_of(10) {
+        Timestamp::now() - SignedDuration::from_secs(60)
+    } else {
+        base + SignedDuration::from_secs(100 * i64::from(g))
+    };
+    vec![
+        ("access_token", format!("swap-token-{g:06}")),
+        ("expiry", expiry.to_string()),
+        ("token_type", "Bearer".to_owned()),
+        (
+            "service_account",
+            "orders-api@acme-shop.iam.gserviceaccount.com".to_owned(),
+        ),
+        ("project_id", "acme-shop".to_owned()),
+    ]
+}
+
+/// One GET of the token path: (status, body).
+fn get_token(addr: SocketAddr) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let request = format!(
+        "GET /computeMetadata/v1/instance/service-accounts/default/token HTTP/1.1\r\nHost: {addr}\r\nMetadata-Flavor: Google\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut bytes = Vec::new();
+    stream.read_to_end(&mut bytes).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+#[test]
+fn secret_files_swapped_under_the_metadata_server() {
+    let dir = std::env::temp_dir().join(format!(
+        "fedcred-faults-volume-{}-{}",
+        std::process::id(),
+        Timestamp::now().as_nanosecond()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut volume = Volume { dir, current: None };
+    let base = Timestamp::now() + SignedDuration::from_secs(3600);
+    volume.publish(1, &generation_files(base, 1));
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let log = support::controller::log_dir().join(format!(
+        "fedcred-faults-metadata-{}-{port}.log",
+        std::process::id()
+    ));
+    let mut server = Command::new(env!("CARGO_BIN_EXE_fedcred"))
+        .arg("metadata-server")
+        .arg("--secret-dir")
+        .arg(&volume.dir)
+        .args(["--listen", &addr.to_string(), "--log-format", "text"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while TcpStream::connect(addr).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(20), "no listener");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The generation whose swap completed last, and the one being swapped in: a request may
+    // see anything from the first (read before it) to the second (read after it).
+    let current = Arc::new(AtomicU32::new(1));
+    let publishing = Arc::new(AtomicU32::new(1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let run_for = Duration::from_secs(6);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (current, publishing, stop) = (current.clone(), publishing.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut tally = BTreeMap::<&'static str, u64>::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let low = current.load(Ordering::SeqCst);
+                    let answer = get_token(addr);
+                    let high = publishing.load(Ordering::SeqCst);
+                    let asked_at = Timestamp::now();
+                    let outcome = match answer {
+                        None => "transport error",
+                        Some((200, body)) => {
+                            let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                            let g: u32 = v["access_token"]
+                                .as_str()
+                                .and_then(|t| t.strip_prefix("swap-token-"))
+                                .and_then(|n| n.parse().ok())
+                                .unwrap_or(0);
+                            let left = v["expires_in"].as_i64().unwrap_or(-1);
+                            let want = (base + SignedDuration::from_secs(100 * i64::from(g)))
+                                .as_second()
+                                - asked_at.as_second();
+                            if g < low || g > high {
+                                "200 from a generation not current"
+                            } else if g.is_multiple_of(10) {
+                                "200 for an expired token"
+                            } else if (left - want).abs() > 3 {
+                                "200 mixing generations"
+                            } else {
+                                "200"
+                            }
+                        }
+                        Some((503, _)) if (low..=high).any(|g| g.is_multiple_of(10)) => {
+                            "503 while an expired generation was current"
+                        }
+                        Some((503, _)) => "503 unexplained",
+                        Some(_) => "other status",
+                    };
+                    *tally.entry(outcome).or_default() += 1;
+                }
+                tally
+            })
+        })
+        .collect();
+    let mut swaps = 0u32;
+    let started = Instant::now();
+    while started.elapsed() < run_for {
+        let g = current.load(Ordering::SeqCst) + 1;
+        publishing.store(g, Ordering::SeqCst);
+        volume.publish(g, &generation_files(base, g));
+        current.store(g, Ordering::SeqCst);
+        swaps += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut tally = BTreeMap::<&'static str, u64>::new();
+    for client in clients {
+        for (k, v) in client.join().unwrap() {
+            *tally.entry(k).or_default() += v;
+        }
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let total: u64 = tally.values().sum();
+    let ok = tally.get("200").copied().unwrap_or(0);
+    let expired_503 = tally
+        .get("503 while an expired generation was current")
+        .copied()
+        .unwrap_or(0);
+    let bad: BTreeMap<_, _> = tally
+        .iter()
+        .filter(|(k, _)| **k != "200" && **k != "503 while an expired generation was current")
+        .collect();
+    Figures {
+        fault: "Secret files swapped under the metadata server (every 20 ms)",
+        recovery: None,
+        expired: tally.get("200 for an expired token").copied().unwrap_or(0),
+        lost: 0,
+        calls: "n/a".into(),
+        notes: format!(
+            "{swaps} swaps, {total} requests from 4 clients: {ok} × 200 consistent, {expired_503} × 503 while an expired generation was current, other answers: {bad:?}"
+        ),
+    }
+    .report();
+    assert!(swaps > 60 && total > 300, "{swaps} swaps, {total} requests");
+    assert!(bad.is_empty(), "unexpected answers during swaps: {tally:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The secrecy scan
+
+#[test]
+fn the_secrecy_scan_fails_on_a_planted_token_and_names_the_file() {
+    let dir = std::env::temp_dir().join(format!(
+        "fedcred-faults-scan-{}-{}",
+        std::process::id(),
+        Timestamp::now().as_nanosecond()
+    ));
+    let evidence = dir.join("evidence");
+    std::fs::create_dir_all(evidence.join("nested")).unwrap();
+    let token = format!("ya29.fake-planted{}", Timestamp::now().as_nanosecond());
+    let tokens = dir.join("issued-tokens");
+    std::fs::write(&tokens, format!("ya29.fake-other\n{token}\n")).unwrap();
+    std::fs::write(evidence.join("controller.log"), "a clean line\n").unwrap();
+    let scan = || {
+        Command::new(support::repo_root().join("hack/secrecy-scan.sh"))
+            .arg(&tokens)
+            .arg(&evidence)
+            .stdin(Stdio::null())
+            .output()
+            .expect("hack/secrecy-scan.sh runs")
+    };
+
+    let clean = scan();
+    assert!(
+        clean.status.success(),
+        "a clean directory passes: {}",
+        String::from_utf8_lossy(&clean.stderr)
+    );
+
+    std::fs::write(
+        evidence.join("nested/events.json"),
+        format!("{{\"message\":\"token {token} written\"}}"),
+    )
+    .unwrap();
+    let dirty = scan();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&dirty.stdout),
+        String::from_utf8_lossy(&dirty.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        dirty.status.code(),
+        Some(1),
+        "a planted token fails: {said}"
+    );
+    assert!(
+        said.contains("nested/events.json"),
+        "names the file: {said}"
+    );
+    assert!(!said.contains(&token), "never prints the token");
+}
