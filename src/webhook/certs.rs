@@ -375,10 +375,37 @@ pub async fn sync_ca_bundle(client: &Client, name: &str, ca_pem: &str) -> Result
     )))
 }
 
-/// Calls [`ensure`] every [`CHECK_EVERY`] (a minute after a failure) and serves what it
+/// Calls [`ensure`] every [`CHECK_EVERY`] (a minute after a failure), and whenever the
+/// MutatingWebhookConfiguration appears or changes (created after the controller started, or
+/// re-applied without a `caBundle` by `helm upgrade` or a GitOps sync), and serves what it
 /// returns through `cert`. Runs until dropped.
 pub async fn keep_current(client: Client, settings: CertSettings, cert: Arc<ReloadingCert>) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let changes = watcher(
+        configs,
+        watcher::Config::default()
+            .fields(&format!("metadata.name={}", settings.webhook_configuration)),
+    )
+    .default_backoff()
+    .applied_objects();
+    let mut changes = std::pin::pin!(changes);
+    let mut next_check = tokio::time::Instant::now();
     loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(next_check) => {}
+            change = changes.next() => match change {
+                Some(Ok(config)) if !needs_ca_bundle(&config, cert.ca_pem().as_deref()) => continue,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "watching the MutatingWebhookConfiguration");
+                    continue;
+                }
+                None => {}
+            },
+        }
         let wait = match ensure(&client, &settings).await {
             Ok(bundle) => match cert.set(&bundle) {
                 Ok(()) => CHECK_EVERY,
@@ -392,13 +419,59 @@ pub async fn keep_current(client: Client, settings: CertSettings, cert: Arc<Relo
                 RETRY_AFTER
             }
         };
-        tokio::time::sleep(wait).await;
+        next_check = tokio::time::Instant::now() + wait;
     }
+}
+
+/// Whether some webhook of `config` lacks `ca_pem` as its `caBundle` (always, when the CA
+/// is not known yet).
+pub fn needs_ca_bundle(config: &MutatingWebhookConfiguration, ca_pem: Option<&str>) -> bool {
+    let Some(ca_pem) = ca_pem else {
+        return true;
+    };
+    config.webhooks.iter().flatten().any(|w| {
+        w.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice()) != Some(ca_pem.as_bytes())
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_configuration_needs_the_ca_until_every_webhook_has_it() {
+        let config = |bundles: &[Option<&str>]| -> MutatingWebhookConfiguration {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "fedcred"},
+                "webhooks": bundles.iter().enumerate().map(|(i, b)| serde_json::json!({
+                    "name": format!("w{i}.fedcred.io"),
+                    "clientConfig": match b {
+                        Some(pem) => serde_json::json!({"url": "https://127.0.0.1:9443/mutate", "caBundle": base64_of(pem)}),
+                        None => serde_json::json!({"url": "https://127.0.0.1:9443/mutate"}),
+                    },
+                    "sideEffects": "None",
+                    "admissionReviewVersions": ["v1"],
+                })).collect::<Vec<_>>(),
+            }))
+            .unwrap()
+        };
+        let ca = "-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n";
+        assert!(
+            needs_ca_bundle(&config(&[None]), Some(ca)),
+            "re-applied without it"
+        );
+        assert!(needs_ca_bundle(&config(&[Some(ca), Some("old")]), Some(ca)));
+        assert!(!needs_ca_bundle(&config(&[Some(ca), Some(ca)]), Some(ca)));
+        assert!(
+            needs_ca_bundle(&config(&[Some(ca)]), None),
+            "CA not known yet"
+        );
+    }
+
+    fn base64_of(text: &str) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(text)
+    }
 
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|n| (*n).to_owned()).collect()

@@ -207,6 +207,7 @@ pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>,
 /// one set last.
 pub struct ReloadingCert {
     current: RwLock<Arc<CertifiedKey>>,
+    ca_pem: RwLock<String>,
 }
 
 impl std::fmt::Debug for ReloadingCert {
@@ -220,6 +221,7 @@ impl ReloadingCert {
     pub fn new(bundle: &CertBundle) -> Result<Arc<Self>, Error> {
         Ok(Arc::new(ReloadingCert {
             current: RwLock::new(certified_key(&bundle.cert_pem, &bundle.key_pem)?),
+            ca_pem: RwLock::new(bundle.ca_pem.clone()),
         }))
     }
 
@@ -228,7 +230,16 @@ impl ReloadingCert {
     pub fn set(&self, bundle: &CertBundle) -> Result<(), Error> {
         let key = certified_key(&bundle.cert_pem, &bundle.key_pem)?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = key;
+        bundle
+            .ca_pem
+            .clone_into(&mut self.ca_pem.write().unwrap_or_else(|e| e.into_inner()));
         Ok(())
+    }
+
+    /// The PEM of the CA that signed the certificate served now; `None` when unknown.
+    pub fn ca_pem(&self) -> Option<String> {
+        let ca = self.ca_pem.read().unwrap_or_else(|e| e.into_inner());
+        (!ca.is_empty()).then(|| ca.clone())
     }
 
     fn get(&self) -> Arc<CertifiedKey> {
