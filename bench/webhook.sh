@@ -14,6 +14,7 @@
 #   bench/webhook.sh            full run (about 10 minutes)
 #   bench/webhook.sh --quick    smoke run: short runs, one round, a short ladder
 #   FEDCRED_WEBHOOK_RATE=1000 FEDCRED_WEBHOOK_SECONDS=30 FEDCRED_WEBHOOK_ROUNDS=2 bench/webhook.sh
+#   FEDCRED_WEBHOOK_BIN=path/to/fedcred bench/webhook.sh   measure that binary instead of building
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/../hack/lib.sh"
@@ -36,9 +37,14 @@ fi
 
 "$here/../hack/install-tools.sh"
 "$here/../hack/build-controlplane.sh"
-log "building fedcred (release)"
-cargo build --release --locked --quiet --bin fedcred
-fedcred_bin="${CARGO_TARGET_DIR:-$PWD/target}/release/fedcred"
+if [[ -n "${FEDCRED_WEBHOOK_BIN:-}" ]]; then
+  fedcred_bin=$(realpath "$FEDCRED_WEBHOOK_BIN")
+  log "measuring the fedcred binary $fedcred_bin"
+else
+  log "building fedcred (release)"
+  cargo build --release --locked --quiet --bin fedcred
+  fedcred_bin="${CARGO_TARGET_DIR:-$PWD/target}/release/fedcred"
+fi
 log "building the Go baseline webhook and the load generator (Go module proxy)"
 baseline_bin="$BIN_DIR/fedcred-bench-webhook-baseline"
 load_bin="$BIN_DIR/fedcred-bench-webhook-load"
@@ -182,7 +188,11 @@ mkdir -p target/bench
 out="target/bench/webhook-$(date -u +%Y%m%dT%H%M%SZ).md"
 {
   echo "Run of $(date -u '+%Y-%m-%d %H:%M UTC'): $(nproc) cores, $pinning; p99 bound $bound_us µs."
-  echo "fedcred $(git rev-parse --short HEAD 2>/dev/null || echo '(no git)'); $(go version | cut -d' ' -f3); $(rustc --version)."
+  if [[ -n "${FEDCRED_WEBHOOK_BIN:-}" ]]; then
+    echo "fedcred: the binary given in FEDCRED_WEBHOOK_BIN; $(go version | cut -d' ' -f3)."
+  else
+    echo "fedcred $(git rev-parse --short HEAD 2>/dev/null || echo '(not a git checkout)'); $(go version | cut -d' ' -f3); $(rustc --version)."
+  fi
   echo
   "$load_bin" table "$results"
 } | tee "$out"

@@ -27,8 +27,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"runtime"
 	"sort"
@@ -112,7 +113,12 @@ func run(cmd string, args []string) error {
 	if !roots.AppendCertsFromPEM(pem) {
 		return fmt.Errorf("%s holds no certificate", o.ca)
 	}
-	g := &generator{o: o, prefix: prefix, suffix: suffix, roots: roots}
+	u, err := url.Parse(o.url)
+	if err != nil || u.Scheme != "https" {
+		return fmt.Errorf("-url %q is not an https URL", o.url)
+	}
+	g := &generator{o: o, host: u.Host, hostname: u.Hostname(), path: u.RequestURI(),
+		prefix: prefix, suffix: suffix, roots: roots}
 	switch cmd {
 	case "probe":
 		return g.probe()
@@ -124,30 +130,76 @@ func run(cmd string, args []string) error {
 }
 
 type generator struct {
-	o              options
-	prefix, suffix []byte
-	roots          *x509.CertPool
+	o                    options
+	host, hostname, path string
+	prefix, suffix       []byte
+	roots                *x509.CertPool
 }
 
-// conn is one keep-alive connection and its reusable buffers.
+// conn is one keep-alive HTTP/1.1 connection over TLS and its reusable buffers. Requests are
+// written by hand and answers read with http.ReadResponse: net/http's Transport adds two
+// goroutines and channel hand-offs per connection, CPU the generator's one core is short of.
 type conn struct {
-	client *http.Client
-	body   bytes.Buffer
-	resp   bytes.Buffer
-	n      int
+	g    *generator
+	tls  *tls.Conn
+	r    *bufio.Reader
+	out  bytes.Buffer
+	resp bytes.Buffer
+	body []byte
+	n    int
 }
 
-func (g *generator) newConn() *conn {
-	transport := &http.Transport{
-		TLSClientConfig: &tls.Config{RootCAs: g.roots, NextProtos: []string{"http/1.1"}},
-		// An empty map keeps the transport on HTTP/1.1.
-		TLSNextProto:        map[string]func(string, *tls.Conn) http.RoundTripper{},
-		MaxIdleConnsPerHost: 1,
-		MaxConnsPerHost:     1,
-		DisableCompression:  true,
-		IdleConnTimeout:     5 * time.Minute,
+func (g *generator) newConn() *conn { return &conn{g: g} }
+
+func (c *conn) dial() error {
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", c.g.host,
+		&tls.Config{RootCAs: c.g.roots, NextProtos: []string{"http/1.1"}, ServerName: c.g.hostname})
+	if err != nil {
+		return err
 	}
-	return &conn{client: &http.Client{Transport: transport, Timeout: 10 * time.Second}}
+	c.tls, c.r = conn, bufio.NewReaderSize(conn, 64<<10)
+	return nil
+}
+
+// post sends body and returns the status and the answer's body, valid until the next post.
+func (c *conn) post(body []byte) (int, []byte, error) {
+	if c.tls == nil {
+		if err := c.dial(); err != nil {
+			return 0, nil, fmt.Errorf("transport: %w", err)
+		}
+	}
+	c.out.Reset()
+	fmt.Fprintf(&c.out, "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n",
+		c.g.path, c.g.host, len(body))
+	c.out.Write(body)
+	_ = c.tls.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.tls.Write(c.out.Bytes()); err != nil {
+		c.close()
+		return 0, nil, fmt.Errorf("transport: %w", err)
+	}
+	resp, err := http.ReadResponse(c.r, nil)
+	if err != nil {
+		c.close()
+		return 0, nil, fmt.Errorf("transport: %w", err)
+	}
+	c.resp.Reset()
+	_, err = c.resp.ReadFrom(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		c.close()
+		return 0, nil, fmt.Errorf("reading the answer: %w", err)
+	}
+	if resp.Close {
+		c.close()
+	}
+	return resp.StatusCode, c.resp.Bytes(), nil
+}
+
+func (c *conn) close() {
+	if c.tls != nil {
+		_ = c.tls.Close()
+		c.tls = nil
+	}
 }
 
 func newUID() string {
@@ -159,32 +211,24 @@ func newUID() string {
 	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
 }
 
+// request is the review body with a fresh UID.
+func (g *generator) request(buf []byte, uid string) []byte {
+	buf = append(buf[:0], g.prefix...)
+	buf = append(buf, uid...)
+	return append(buf, g.suffix...)
+}
+
 // review sends one AdmissionReview and checks the answer; the error names what was wrong.
 func (g *generator) review(c *conn) error {
 	uid := newUID()
-	c.body.Reset()
-	c.body.Write(g.prefix)
-	c.body.WriteString(uid)
-	c.body.Write(g.suffix)
-	req, err := http.NewRequest(http.MethodPost, g.o.url, bytes.NewReader(c.body.Bytes()))
+	c.body = g.request(c.body, uid)
+	status, body, err := c.post(c.body)
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := c.client.Do(req)
-	if err != nil {
-		return fmt.Errorf("transport: %w", err)
+	if status != http.StatusOK {
+		return fmt.Errorf("status %d", status)
 	}
-	c.resp.Reset()
-	_, err = c.resp.ReadFrom(resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		return fmt.Errorf("reading the answer: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("status %d", resp.StatusCode)
-	}
-	body := c.resp.Bytes()
 	c.n++
 	if c.n%64 == 1 {
 		_, err := checkFull(body, uid)
@@ -239,18 +283,14 @@ func checkFull(body []byte, uid string) (*answer, error) {
 func (g *generator) probe() error {
 	c := g.newConn()
 	uid := newUID()
-	body := append(append(append([]byte{}, g.prefix...), uid...), g.suffix...)
-	resp, err := c.client.Post(g.o.url, "application/json", bytes.NewReader(body))
+	body := g.request(nil, uid)
+	status, raw, err := c.post(body)
 	if err != nil {
 		return err
 	}
-	raw, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("status %d: %s", resp.StatusCode, raw)
+	c.close()
+	if status != http.StatusOK {
+		return fmt.Errorf("status %d: %s", status, raw)
 	}
 	a, err := checkFull(raw, uid)
 	if err != nil {

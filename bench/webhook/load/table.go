@@ -63,25 +63,25 @@ func table(path string) error {
 
 	if fixed := pick("fixed"); len(fixed) > 0 {
 		fmt.Printf("#### Open loop at %d requests/s\n\n", fixed[0].Rate)
-		fmt.Println("| server | round | requests | errors | achieved req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | service p99 ms | schedule late p99 ms | server CPU µs/req | API server, etcd CPU µs/req | VmHWM MiB | VmRSS MiB |")
-		fmt.Println("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
+		fmt.Println("| server | round | requests | errors | achieved req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | service p99 ms | schedule late p99 ms | server CPU µs/req | API server, etcd CPU µs/req | VmHWM MiB | VmRSS MiB | load avg after |")
+		fmt.Println("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- |")
 		for _, r := range fixed {
-			fmt.Printf("| %s | %d | %d | %d | %.0f | %s | %s | %s | %s | %s | %s | %s | %.0f | %s | %s | %s |\n",
+			fmt.Printf("| %s | %d | %d | %d | %.0f | %s | %s | %s | %s | %s | %s | %s | %.0f | %s | %s | %s | %s |\n",
 				r.Label, r.Round, r.Requests, r.Errors, r.Throughput, ms(r.Lat["p50"]), ms(r.Lat["p90"]), ms(r.Lat["p99"]),
 				ms(r.Lat["p999"]), ms(r.Lat["max"]), ms(r.Service["p99"]), ms(r.SchedLate["p99"]), r.CPUPerReq, aux(r),
-				mib(r.VmHWMKiB), mib(r.VmRSSKiB))
+				mib(r.VmHWMKiB), mib(r.VmRSSKiB), r.LoadAverage)
 		}
 		fmt.Println()
 	}
 	if closed := pick("closed"); len(closed) > 0 {
 		fmt.Println("#### Closed loop: every connection sends its next review when the last is answered")
 		fmt.Println()
-		fmt.Println("| server | round | connections | requests | errors | req/s | p50 ms | p99 ms | p99.9 ms | server CPU (cores) | server CPU µs/req | API server, etcd CPU µs/req | VmHWM MiB | VmRSS MiB |")
-		fmt.Println("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
+		fmt.Println("| server | round | connections | requests | errors | req/s | p50 ms | p99 ms | p99.9 ms | server CPU (cores) | server CPU µs/req | API server, etcd CPU µs/req | VmHWM MiB | VmRSS MiB | load avg after |")
+		fmt.Println("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- |")
 		for _, r := range closed {
-			fmt.Printf("| %s | %d | %d | %d | %d | %.0f | %s | %s | %s | %.2f | %.0f | %s | %s | %s |\n",
+			fmt.Printf("| %s | %d | %d | %d | %d | %.0f | %s | %s | %s | %.2f | %.0f | %s | %s | %s | %s |\n",
 				r.Label, r.Round, r.Conns, r.Requests, r.Errors, r.Throughput, ms(r.Lat["p50"]), ms(r.Lat["p99"]),
-				ms(r.Lat["p999"]), r.CPUUtil, r.CPUPerReq, aux(r), mib(r.VmHWMKiB), mib(r.VmRSSKiB))
+				ms(r.Lat["p999"]), r.CPUUtil, r.CPUPerReq, aux(r), mib(r.VmHWMKiB), mib(r.VmRSSKiB), r.LoadAverage)
 		}
 		fmt.Println()
 	}
@@ -161,7 +161,7 @@ func summary(rs []result) {
 		}
 		ratio := "–"
 		if vb != 0 {
-			ratio = fmt.Sprintf("%.2f", va/vb)
+			ratio = fmt.Sprintf("%.3g", va/vb)
 		}
 		fmt.Printf("| %s | "+format+" | "+format+" | %s |\n", name, va, vb, ratio)
 	}
