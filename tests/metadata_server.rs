@@ -5,7 +5,6 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -14,93 +13,16 @@ use std::time::{Duration, Instant};
 
 use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
+use support::pod::{SecretVolume, unique, venv_python};
+
+mod support;
 
 const SA: &str = "orders-api@acme-shop.iam.gserviceaccount.com";
 const TOKEN: &str = "/computeMetadata/v1/instance/service-accounts/default/token";
 
-fn unique(prefix: &str) -> PathBuf {
-    use std::sync::atomic::AtomicU32;
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    std::env::temp_dir().join(format!(
-        "fedcred-{prefix}-{}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed),
-        Timestamp::now().as_nanosecond()
-    ))
-}
-
 /// An RFC 3339 time `secs` seconds from now, as the controller writes `expiry`.
 fn in_secs(secs: i64) -> String {
     (Timestamp::now() + SignedDuration::from_secs(secs)).to_string()
-}
-
-/// A Secret volume as the kubelet's atomic writer lays it out.
-struct SecretVolume {
-    dir: PathBuf,
-    generation: u32,
-    current: Option<PathBuf>,
-    keys: Vec<String>,
-}
-
-impl SecretVolume {
-    fn kubelet() -> SecretVolume {
-        let dir = unique("secret");
-        std::fs::create_dir_all(&dir).unwrap();
-        SecretVolume {
-            dir,
-            generation: 0,
-            current: None,
-            keys: Vec::new(),
-        }
-    }
-
-    /// A plain directory of files, as a test or a hand-made copy would have it.
-    fn plain(pairs: &[(&str, &str)]) -> SecretVolume {
-        let volume = SecretVolume::kubelet();
-        for (key, value) in pairs {
-            std::fs::write(volume.dir.join(key), value).unwrap();
-        }
-        volume
-    }
-
-    /// What the kubelet does when the Secret changes: write a new timestamped generation,
-    /// point `..data` at it by renaming a fresh symlink over it, fix the key links, then
-    /// delete the old generation.
-    fn publish(&mut self, pairs: &[(&str, &str)]) {
-        self.generation += 1;
-        let name = format!(
-            "..2026_11_25_15_04_05.{:09}",
-            self.generation * 1000 + Timestamp::now().subsec_nanosecond() as u32 % 1000
-        );
-        let generation = self.dir.join(&name);
-        std::fs::create_dir(&generation).unwrap();
-        for (key, value) in pairs {
-            std::fs::write(generation.join(key), value).unwrap();
-        }
-        let tmp = self.dir.join("..data_tmp");
-        symlink(&name, &tmp).unwrap();
-        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
-        let keys: Vec<String> = pairs.iter().map(|(k, _)| (*k).to_owned()).collect();
-        for key in &keys {
-            let link = self.dir.join(key);
-            if link.symlink_metadata().is_err() {
-                symlink(format!("..data/{key}"), link).unwrap();
-            }
-        }
-        for stale in self.keys.iter().filter(|k| !keys.contains(k)) {
-            let _ = std::fs::remove_file(self.dir.join(stale));
-        }
-        if let Some(old) = self.current.replace(generation) {
-            std::fs::remove_dir_all(old).unwrap();
-        }
-        self.keys = keys;
-    }
-}
-
-impl Drop for SecretVolume {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// The keys the controller writes for an impersonated service account.
@@ -527,21 +449,6 @@ fn stops_cleanly_on_sigterm() {
     assert_eq!(emulator.get(TOKEN).status, 200);
     let status = emulator.terminate().expect("exited within 10 s of SIGTERM");
     assert!(status.success(), "{status:?}");
-}
-
-fn venv_python() -> PathBuf {
-    let venv = std::env::var_os("FEDCRED_TEST_VENV")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("FEDCRED_CACHE").map(|c| PathBuf::from(c).join("venv")))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/fedcred/venv")))
-        .expect("FEDCRED_TEST_VENV or HOME is set");
-    let python = venv.join("bin/python");
-    assert!(
-        python.exists(),
-        "no Python venv at {}: run hack/install-tools.sh or set FEDCRED_TEST_VENV",
-        venv.display()
-    );
-    python
 }
 
 /// Runs google-auth's application-default credentials with ONLY the injected environment

@@ -1,0 +1,529 @@
+//! The seed 003 system end to end: a BigQuery report job, written against Google's own client
+//! library with application-default credentials and nothing else, runs in a pod that opted in
+//! to fedcred. `fedcred controller` (with its admission webhook) runs against the real API
+//! server, moto and the Google doubles; the pod the API server stored after mutation is then
+//! run as local processes, exactly as stored: the metadata sidecar with its arguments on a
+//! directory laid out like the mounted Secret, the app with exactly its environment. The job
+//! calls a BigQuery double that accepts only live tokens the Google doubles issued to the
+//! right service account with a BigQuery scope.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use support::cloud::{AUDIENCE, Cloud, ROLE, SA_EMAIL};
+use support::controller::ControllerProcess;
+use support::pod::{
+    Process, SecretVolume, StoredPod, map_paths, secret_data, unique, venv_python,
+    wait_for_exec_probe,
+};
+use support::{TestNamespace, kubectl, wait_until};
+
+const FEDCRED_IMAGE: &str = "ghcr.io/example/fedcred";
+const BIGQUERY_SCOPE: &str = "https://www.googleapis.com/auth/bigquery";
+const JOB_IMAGE: &str = "registry.example/analytics/bigquery-report";
+
+/// What the BigQuery double saw.
+#[derive(Default)]
+struct Seen {
+    /// Bearer tokens of accepted requests.
+    accepted: BTreeSet<String>,
+    /// `(status, reason)` of refused requests.
+    refused: Vec<(u16, String)>,
+    /// Projects named in accepted request paths.
+    projects: BTreeSet<String>,
+    /// SQL of the jobs inserted.
+    queries: Vec<String>,
+}
+
+#[derive(Clone)]
+struct BigQuery {
+    cloud: Arc<Cloud>,
+    seen: Arc<Mutex<Seen>>,
+}
+
+fn google_error(status: StatusCode, reason: &str, message: &str) -> Response {
+    let body = json!({"error": {
+        "code": status.as_u16(),
+        "message": message,
+        "errors": [{"message": message, "domain": "global", "reason": reason}],
+        "status": if status == StatusCode::UNAUTHORIZED { "UNAUTHENTICATED" } else { "PERMISSION_DENIED" },
+    }});
+    (status, axum::Json(body)).into_response()
+}
+
+impl BigQuery {
+    /// Checks the bearer token as Google's front end does: issued by the doubles, not
+    /// expired, for the expected service account, with a scope that covers BigQuery.
+    fn authorize(&self, headers: &HeaderMap, project: &str) -> Result<(), Response> {
+        let refuse = |status: StatusCode, reason: &str, message: &str| {
+            self.seen
+                .lock()
+                .unwrap()
+                .refused
+                .push((status.as_u16(), reason.to_owned()));
+            google_error(status, reason, message)
+        };
+        let Some(token) = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            return Err(refuse(
+                StatusCode::UNAUTHORIZED,
+                "required",
+                "Request is missing required authentication credential.",
+            ));
+        };
+        let Some(info) = self.cloud.google.lookup(token) else {
+            return Err(refuse(
+                StatusCode::UNAUTHORIZED,
+                "authError",
+                "Request had invalid authentication credentials.",
+            ));
+        };
+        if info.expires_at <= std::time::SystemTime::now() {
+            return Err(refuse(
+                StatusCode::UNAUTHORIZED,
+                "authError",
+                "Request had invalid authentication credentials: the token expired.",
+            ));
+        }
+        if info.email() != Some(SA_EMAIL) {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                "accessDenied",
+                "The caller does not have bigquery.jobs.create permission.",
+            ));
+        }
+        let covered = info
+            .scopes
+            .iter()
+            .any(|s| s == BIGQUERY_SCOPE || s == "https://www.googleapis.com/auth/cloud-platform");
+        if !covered {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                "ACCESS_TOKEN_SCOPE_INSUFFICIENT",
+                "Request had insufficient authentication scopes.",
+            ));
+        }
+        let mut seen = self.seen.lock().unwrap();
+        seen.accepted.insert(token.to_owned());
+        seen.projects.insert(project.to_owned());
+        Ok(())
+    }
+}
+
+fn job(project: &str, id: &str, query: &str) -> Value {
+    json!({
+        "kind": "bigquery#job",
+        "id": format!("{project}:US.{id}"),
+        "jobReference": {"projectId": project, "jobId": id, "location": "US"},
+        "configuration": {"query": {"query": query, "useLegacySql": false}, "jobType": "QUERY"},
+        "status": {"state": "DONE"},
+        "statistics": {"query": {"totalBytesProcessed": "2048", "statementType": "SELECT"}},
+    })
+}
+
+async fn insert_job(
+    State(bq): State<BigQuery>,
+    UrlPath(project): UrlPath<String>,
+    headers: HeaderMap,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    if let Err(refused) = bq.authorize(&headers, &project) {
+        return refused;
+    }
+    let Some(query) = body["configuration"]["query"]["query"].as_str() else {
+        return google_error(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "Required parameter is missing: configuration.query.query",
+        );
+    };
+    bq.seen.lock().unwrap().queries.push(query.to_owned());
+    let id = body["jobReference"]["jobId"]
+        .as_str()
+        .unwrap_or("job_1")
+        .to_owned();
+    axum::Json(job(&project, &id, query)).into_response()
+}
+
+async fn get_job(
+    State(bq): State<BigQuery>,
+    UrlPath((project, id)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refused) = bq.authorize(&headers, &project) {
+        return refused;
+    }
+    let query = bq
+        .seen
+        .lock()
+        .unwrap()
+        .queries
+        .last()
+        .cloned()
+        .unwrap_or_default();
+    axum::Json(job(&project, &id, &query)).into_response()
+}
+
+async fn query_results(
+    State(bq): State<BigQuery>,
+    UrlPath((project, id)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refused) = bq.authorize(&headers, &project) {
+        return refused;
+    }
+    axum::Json(json!({
+        "kind": "bigquery#getQueryResultsResponse",
+        "jobReference": {"projectId": project, "jobId": id, "location": "US"},
+        "jobComplete": true,
+        "schema": {"fields": [
+            {"name": "region", "type": "STRING", "mode": "NULLABLE"},
+            {"name": "orders", "type": "INTEGER", "mode": "NULLABLE"},
+        ]},
+        "rows": [
+            {"f": [{"v": "asia-northeast1"}, {"v": "1204"}]},
+            {"f": [{"v": "us-east4"}, {"v": "877"}]},
+        ],
+        "totalRows": "2",
+        "totalBytesProcessed": "2048",
+        "cacheHit": false,
+    }))
+    .into_response()
+}
+
+/// The BigQuery double on a free loopback port; returns its base URL.
+async fn start_bigquery(bq: BigQuery) -> String {
+    let router = Router::new()
+        .route("/bigquery/v2/projects/{project}/jobs", post(insert_job))
+        .route("/bigquery/v2/projects/{project}/jobs/{id}", get(get_job))
+        .route(
+            "/bigquery/v2/projects/{project}/queries/{id}",
+            get(query_results),
+        )
+        .fallback(|uri: axum::http::Uri| async move {
+            google_error(
+                StatusCode::NOT_FOUND,
+                "notFound",
+                &format!("the BigQuery double does not serve {}", uri.path()),
+            )
+        })
+        .with_state(bq);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    url
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A MutatingWebhookConfiguration for the opted-in pods of `ns`, pointing at `url`, with no
+/// caBundle: the controller fills it in. Deleted when dropped.
+struct Registration(String);
+
+impl Registration {
+    fn new(ns: &TestNamespace, url: &str) -> Registration {
+        let name = format!("fedcred-e2e-{}", ns.name);
+        kubectl(
+            &[
+                "label",
+                "namespace",
+                &ns.name,
+                &format!("fedcred-test/webhook={}", ns.name),
+            ],
+            None,
+        )
+        .success();
+        let config = json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": name},
+            "webhooks": [{
+                "name": "pods.fedcred.io",
+                "clientConfig": {"url": url},
+                "rules": [{
+                    "apiGroups": [""], "apiVersions": ["v1"],
+                    "operations": ["CREATE"], "resources": ["pods"], "scope": "Namespaced",
+                }],
+                "objectSelector": {"matchLabels": {"fedcred.io/inject": "true"}},
+                "namespaceSelector": {"matchLabels": {"fedcred-test/webhook": ns.name}},
+                "failurePolicy": "Fail",
+                "reinvocationPolicy": "IfNeeded",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 5,
+            }],
+        });
+        kubectl(&["create", "-f", "-"], Some(&config.to_string())).success();
+        Registration(name)
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let _ = kubectl(
+            &[
+                "delete",
+                "mutatingwebhookconfiguration",
+                &self.0,
+                "--wait=false",
+            ],
+            None,
+        );
+    }
+}
+
+fn report_pod(endpoint: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "bigquery-report",
+            "labels": {"app": "bigquery-report", "fedcred.io/inject": "true"},
+            "annotations": {"fedcred.io/credential": "bigquery-export"},
+        },
+        "spec": {
+            "serviceAccountName": "orders-api",
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "report",
+                "image": format!("{JOB_IMAGE}:2.0.0"),
+                "command": ["python", "/app/bigquery_report.py"],
+                "env": [{"name": "BIGQUERY_API_ENDPOINT", "value": endpoint}],
+            }],
+        },
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_bigquery_job_reads_with_the_token_fedcred_keeps() {
+    support::ensure_crd();
+    let ns = TestNamespace::new("seed003");
+    let cloud = Arc::new(Cloud::start(|c| c).await);
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let endpoint = start_bigquery(BigQuery {
+        cloud: cloud.clone(),
+        seen: seen.clone(),
+    })
+    .await;
+
+    // The double refuses what Google would refuse.
+    let http = reqwest::Client::new();
+    let probe = format!("{endpoint}/bigquery/v2/projects/acme-shop/jobs/x");
+    let anonymous = http.get(&probe).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let forged = http
+        .get(&probe)
+        .bearer_auth("ya29.fake-forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+
+    let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "orders-api", "annotations": {"eks.amazonaws.com/role-arn": ROLE}}});
+    ns.kubectl(&["apply", "-f", "-"], Some(&sa.to_string()))
+        .success();
+
+    // The controller, serving its webhook on loopback; it keeps the caBundle current.
+    let webhook_port = free_port();
+    let registration = format!("fedcred-e2e-{}", ns.name);
+    let _controller = ControllerProcess::start(
+        &ns.name,
+        &cloud,
+        "r1",
+        &[
+            "--webhook-address",
+            &format!("127.0.0.1:{webhook_port}"),
+            "--webhook-dns-names",
+            "127.0.0.1",
+            "--webhook-configuration",
+            &registration,
+            "--fedcred-image",
+            &format!("{FEDCRED_IMAGE}:e2e"),
+        ],
+    );
+    let _registration = Registration::new(&ns, &format!("https://127.0.0.1:{webhook_port}/mutate"));
+    wait_until(Duration::from_secs(60), || {
+        let out = kubectl(
+            &[
+                "get",
+                "mutatingwebhookconfiguration",
+                &registration,
+                "-o",
+                "jsonpath={.webhooks[0].clientConfig.caBundle}",
+            ],
+            None,
+        );
+        out.ok && !out.stdout.trim().is_empty()
+    });
+
+    // Seed 003's credential: BigQuery scope, the service account the report job runs as.
+    let fc = json!({"apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
+    "metadata": {"name": "bigquery-export"},
+    "spec": {
+        "aws": {"serviceAccount": {"name": "orders-api"}, "region": "us-east-1", "stsEndpoint": cloud.moto.url()},
+        "google": {
+            "audience": AUDIENCE,
+            "serviceAccount": SA_EMAIL,
+            "scopes": [BIGQUERY_SCOPE, "https://www.googleapis.com/auth/devstorage.read_only"],
+            "endpoints": {"sts": cloud.google.sts_url(), "iamCredentials": cloud.google.iam_credentials_url()},
+        },
+        "secret": {"name": "bigquery-token"},
+    }});
+    ns.kubectl(&["apply", "-f", "-"], Some(&fc.to_string()))
+        .success();
+    wait_until(Duration::from_secs(60), || {
+        let out = ns.kubectl(
+            &[
+                "get",
+                "fedcred",
+                "bigquery-export",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ],
+            None,
+        );
+        out.stdout.trim() == "True"
+    });
+
+    // The pod, created for real; the API server calls the webhook and stores the result.
+    // The webhook's configuration may take a moment to reach the API server's watch.
+    wait_until(Duration::from_secs(30), || {
+        ns.kubectl(
+            &["create", "-f", "-"],
+            Some(&report_pod(&endpoint).to_string()),
+        )
+        .ok
+    });
+    let pod = StoredPod::get(&ns, "bigquery-report");
+    let sidecars = pod.sidecars();
+    assert_eq!(
+        sidecars,
+        vec!["fedcred-metadata".to_owned()],
+        "no AlloyDB here: the metadata emulator is the only sidecar"
+    );
+
+    // The kubelet's part: the Secret volume, then the sidecar, then its startup probe.
+    let fedcred = PathBuf::from(env!("CARGO_BIN_EXE_fedcred"));
+    let entrypoints: &[(&str, &Path)] = &[
+        (FEDCRED_IMAGE, &fedcred),
+        ("/usr/local/bin/fedcred", &fedcred),
+    ];
+    let mut volume = SecretVolume::kubelet();
+    // Only the token Secret matters here; the API server also mounts the ServiceAccount's
+    // API token into every container, which nothing of fedcred reads.
+    let mounts: Vec<(String, PathBuf)> = pod
+        .mounts("fedcred-metadata")
+        .into_iter()
+        .filter(|(_, name)| pod.volume_secret(name).as_deref() == Some("bigquery-token"))
+        .map(|(path, _)| (path, volume.dir.clone()))
+        .collect();
+    assert_eq!(mounts.len(), 1, "the metadata sidecar mounts the Secret");
+    assert!(volume.sync(&ns, "bigquery-token"));
+    let argv: Vec<String> = pod
+        .argv("fedcred-metadata", entrypoints)
+        .iter()
+        .map(|a| map_paths(a, &mounts))
+        .collect();
+    let mut metadata = Process::start("fedcred-metadata", &argv, &pod.env("fedcred-metadata"));
+    let startup = pod.container("fedcred-metadata")["startupProbe"].clone();
+    wait_for_exec_probe(
+        &startup,
+        entrypoints,
+        &mut metadata,
+        Duration::from_secs(30),
+    );
+
+    // The app: exactly the environment the API server stored for it, plus the empty home
+    // directory a fresh container has.
+    let env = pod.env("report");
+    let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+    for wanted in [
+        "GCE_METADATA_HOST",
+        "GCE_METADATA_IP",
+        "GCE_METADATA_ROOT",
+        "GOOGLE_CLOUD_PROJECT",
+    ] {
+        assert!(names.contains(&wanted), "{wanted} not injected: {names:?}");
+    }
+    let home = unique("report-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let mut app_env = env.clone();
+    app_env.push(("HOME".to_owned(), home.display().to_string()));
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/bigquery_report.py");
+    let python = venv_python();
+    let app_argv: Vec<String> = pod
+        .argv("report", &[])
+        .into_iter()
+        .map(|a| match a.as_str() {
+            "python" => python.display().to_string(),
+            "/app/bigquery_report.py" => script.display().to_string(),
+            _ => a,
+        })
+        .collect();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&app_argv[0])
+            .args(&app_argv[1..])
+            .env_clear()
+            .envs(app_env)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&home);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the report job failed:\nstdout: {stdout}\nstderr: {stderr}\nrefused: {:?}",
+        seen.lock().unwrap().refused
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["project"], "acme-shop");
+    assert_eq!(
+        report["rows"],
+        json!([{"region": "asia-northeast1", "orders": 1204}, {"region": "us-east4", "orders": 877}])
+    );
+    assert_eq!(report["bytes_processed"], 2048);
+
+    // The double saw exactly the token the controller keeps in the Secret, for the project
+    // the Secret names, and the job's query.
+    let kept = secret_data(&ns, "bigquery-token").unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        seen.accepted,
+        BTreeSet::from([volume.published("access_token").unwrap().to_owned()])
+    );
+    assert!(
+        seen.accepted.contains(&kept["access_token"]),
+        "the job used a token that is no longer the Secret's"
+    );
+    assert_eq!(seen.projects, BTreeSet::from(["acme-shop".to_owned()]));
+    assert_eq!(seen.queries.len(), 1);
+    assert!(seen.queries[0].contains("sales.daily_orders"));
+    assert_eq!(
+        seen.refused,
+        vec![(401, "required".to_owned()), (401, "authError".to_owned())],
+        "only the two probes above were refused"
+    );
+}
