@@ -2,6 +2,7 @@
 //! started, the real kubectl, and one namespace per test.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod alloydb;
 pub mod cloud;
 pub mod controller;
 pub mod pod;
