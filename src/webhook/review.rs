@@ -102,8 +102,16 @@ pub fn parse(body: &[u8]) -> Result<Parsed, BadReview> {
         .ok_or_else(|| bad("the request has no object"))?;
     let mut pod: Pod = serde_json::from_value(object)
         .map_err(|e| BadReview(format!("the request's object is not a Pod: {e}")))?;
-    if pod.metadata.namespace.as_deref().is_none_or(str::is_empty) {
-        pod.metadata.namespace = Some(namespace);
+    match pod.metadata.namespace.as_deref() {
+        None | Some("") => pod.metadata.namespace = Some(namespace),
+        Some(own) if own == namespace => {}
+        // The lookup reads the pod's namespace: a pod claiming another one would be injected
+        // with that namespace's credential.
+        Some(own) => {
+            return Err(BadReview(format!(
+                "the pod's namespace {own:?} is not the request's namespace {namespace:?}"
+            )));
+        }
     }
     Ok(Parsed {
         uid,
@@ -129,8 +137,25 @@ impl Parsed {
             .is_some_and(|v| v == "true");
         let name = credential_name(&self.pod)?.trim();
         let namespace = self.pod.metadata.namespace.as_deref()?;
-        (opted_in && !name.is_empty()).then_some((namespace, name))
+        // Only an object name is looked up: the name becomes part of the API request's path,
+        // where `orders-db/status` or `x?watch=true` would read something else. Any other
+        // name is answered as not found.
+        (opted_in && is_object_name(name)).then_some((namespace, name))
     }
+}
+
+/// Whether `name` can name a FederatedCredential: a DNS subdomain (RFC 1123), as the API
+/// server requires of object names.
+fn is_object_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 /// What looking up [`Parsed::wanted`] found.
@@ -336,6 +361,43 @@ mod tests {
             answer(&parsed, Lookup::NotNeeded, &config())["response"]["allowed"],
             true
         );
+    }
+
+    #[test]
+    fn a_pod_claiming_another_namespace_than_the_request_is_a_bad_request() {
+        let mut pod = labelled_pod("orders-db");
+        pod["metadata"]["namespace"] = json!("payments");
+        let err = parse_value(&review(pod)).unwrap_err();
+        assert!(err.0.contains("\"payments\""), "{err}");
+        let mut same = labelled_pod("orders-db");
+        same["metadata"]["namespace"] = json!("shop");
+        assert_eq!(
+            parse_value(&review(same)).unwrap().wanted(),
+            Some(("shop", "orders-db"))
+        );
+    }
+
+    #[test]
+    fn a_credential_name_that_is_not_an_object_name_is_refused_without_a_lookup() {
+        for name in [
+            "orders-db/status",
+            "orders-db?watch=true",
+            "../../api/v1/namespaces/kube-system/secrets/x",
+            "%2e%2e",
+            "Orders-DB",
+            "-orders",
+            "orders..db",
+        ] {
+            let parsed = parse_value(&review(labelled_pod(name))).unwrap();
+            assert_eq!(parsed.wanted(), None, "{name} is looked up");
+            let r = &answer(&parsed, Lookup::NotNeeded, &config())["response"];
+            assert_eq!(r["allowed"], false, "{name}");
+            assert!(r.get("patch").is_none());
+        }
+        for name in ["orders-db", "orders.db", "a", " orders-db "] {
+            let parsed = parse_value(&review(labelled_pod(name))).unwrap();
+            assert_eq!(parsed.wanted(), Some(("shop", name.trim())), "{name}");
+        }
     }
 
     #[test]
