@@ -389,7 +389,10 @@ async fn soak_with_random_faults() {
     let start = Instant::now();
     let mut next_fault = start + Duration::from_secs(rng.random_range(5..15));
     let mut aws_back_at: Option<Instant> = None;
-    let mut restarts_left = 1 + seconds / 600;
+    let mut restarts_left = seconds / 600;
+    // One SIGKILL and restart of the controller at half time in every run, more at random in
+    // long runs.
+    let mut kill_at = Some(start + run / 2);
     let mut next_round = Instant::now();
     // Faults stop 40 s before the end so the last refreshes can show recovery.
     let faults_until = start + run.saturating_sub(Duration::from_secs(40));
@@ -400,6 +403,24 @@ async fn soak_with_random_faults() {
                 watch.peak_rss_kib = watch.peak_rss_kib.max(rss);
             }
             next_round += Duration::from_secs(1);
+            if watch.rounds.is_multiple_of(60) {
+                eprintln!(
+                    "soak: {:.0} s, {} STS exchanges, {} expired served, closest to expiry {} s, worst staleness {} s, RSS {} KiB, faults {}",
+                    start.elapsed().as_secs_f64(),
+                    cloud.google.exchanges(Target::Sts) - exchanges_before,
+                    watch.expired,
+                    watch.closest_to_expiry.unwrap_or_default(),
+                    watch.worst_staleness,
+                    watch.peak_rss_kib,
+                    injected.summary()
+                );
+            }
+        }
+        if kill_at.is_some_and(|at| Instant::now() >= at) {
+            kill_at = None;
+            controller.kill();
+            controller = Controller::start(&ns.name, &cloud);
+            injected.note("controller SIGKILL + restart");
         }
         if aws_back_at.is_some_and(|at| Instant::now() >= at) {
             gate.set_down(false);
