@@ -10,20 +10,19 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use fedcred::inject::{DEFAULT_PROXY_IMAGE, PROXY_CONTAINER_PREFIX};
 use fedcred_doubles::alloydb::{AlloyDbConfig, AlloyDbDoubles, AuthType, InstanceConfig, Outcome};
 use serde_json::{Value, json};
-use support::alloydb::{Node, Postgres, Process, SecretVolume, free_port};
+use support::alloydb::{Postgres, free_port, proxy_binary, wait_for_http_probe};
 use support::cloud::{Cloud, ROLE, SA_EMAIL};
 use support::controller::ControllerProcess;
+use support::pod::{Process, SecretVolume, StoredPod, map_paths, secret_data, wait_for_exec_probe};
 use support::{INSTANCE, TestNamespace, kubectl};
 
-const FEDCRED_IMAGE: &str = "ghcr.io/example/fedcred:e2e";
-const PROXY_IMAGE: &str = "gcr.io/alloydb-connectors/alloydb-auth-proxy:e2e";
+const FEDCRED_IMAGE: &str = "ghcr.io/example/fedcred";
 const DB_USER: &str = "orders-api@acme-shop.iam";
 /// The shortest lifetime the CRD allows; refreshed when 90 % of it is left, so a new token
 /// arrives about a minute after the first and the first expires ten minutes after issue.
@@ -41,64 +40,6 @@ async fn eventually<T>(what: &str, limit: Duration, mut check: impl FnMut() -> O
             "timed out after {limit:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// The Secret's data, decoded.
-fn secret(ns: &str, name: &str) -> Option<BTreeMap<String, String>> {
-    use base64::Engine as _;
-    let out = kubectl(&["-n", ns, "get", "secret", name, "-o", "json"], None);
-    if !out.ok {
-        return None;
-    }
-    let v: Value = serde_json::from_str(&out.stdout).ok()?;
-    v["data"]
-        .as_object()?
-        .iter()
-        .map(|(k, v)| {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(v.as_str()?)
-                .ok()?;
-            Some((k.clone(), String::from_utf8(bytes).ok()?))
-        })
-        .collect()
-}
-
-/// Keeps a [`SecretVolume`] in step with the real Secret, as the kubelet does, until dropped.
-struct SecretSync {
-    pub dir: std::path::PathBuf,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl SecretSync {
-    fn start(ns: &str, name: &str, first: &BTreeMap<String, String>) -> SecretSync {
-        let mut volume = SecretVolume::new(first);
-        let dir = volume.dir.clone();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ns, name, stopped) = (ns.to_owned(), name.to_owned(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            while !stopped.load(Ordering::Relaxed) {
-                if let Some(data) = secret(&ns, &name) {
-                    volume.update(&data);
-                }
-                std::thread::sleep(Duration::from_millis(500));
-            }
-        });
-        SecretSync {
-            dir,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for SecretSync {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
@@ -180,73 +121,28 @@ fn pod(name: &str, credential: &str) -> Value {
     })
 }
 
-fn named<'a>(list: &'a Value, name: &str) -> &'a Value {
-    list.as_array()
-        .and_then(|l| l.iter().find(|c| c["name"] == name))
-        .unwrap_or_else(|| panic!("no container {name} in {list}"))
-}
-
-fn env_of(container: &Value) -> BTreeMap<String, String> {
-    container["env"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| {
-            Some((
-                e["name"].as_str()?.to_owned(),
-                e["value"].as_str()?.to_owned(),
-            ))
-        })
-        .collect()
-}
-
-/// Runs a container's startup probe until it succeeds, as the kubelet does before it starts
-/// the next container.
-async fn wait_started(node: &Node, container: &Value, process: &mut Process) {
-    let probe = &container["startupProbe"];
-    let start = Instant::now();
-    loop {
-        process.assert_running();
-        let ok = if let Some(command) = probe["exec"]["command"].as_array() {
-            let mut exec = container.clone();
-            exec["command"] = json!(command);
-            exec["args"] = Value::Null;
-            let local = node.resolve(&exec);
-            std::process::Command::new(&local.program)
-                .args(&local.args)
-                .env_clear()
-                .envs(local.env.iter().map(|(k, v)| (k, v)))
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        } else if let Some(port) = probe["httpGet"]["port"].as_u64() {
-            let path = probe["httpGet"]["path"].as_str().unwrap_or("/");
-            reqwest::get(format!("http://127.0.0.1:{port}{path}"))
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        } else {
-            panic!("unsupported startup probe {probe}");
-        };
-        if ok {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{} did not start within 60 s:\n{}",
-            process.name,
-            process.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+/// Waits for `check` while doing the kubelet's part for the Secret volume: publishing the
+/// Secret whenever it changed.
+async fn eventually_synced<T>(
+    what: &str,
+    limit: Duration,
+    ns: &TestNamespace,
+    volume: &mut SecretVolume,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    eventually(what, limit, || {
+        volume.sync(ns, "orders-db");
+        check()
+    })
+    .await
 }
 
 /// `psql -c 'select current_user'` with the app container's environment.
-fn select_current_user(app_env: &BTreeMap<String, String>) -> Result<String, String> {
+fn select_current_user(app_env: &[(String, String)]) -> Result<String, String> {
     let out = std::process::Command::new("psql")
         .args(["-X", "-A", "-t", "-c", "select current_user"])
         .env_clear()
-        .envs(app_env)
+        .envs(app_env.iter().map(|(k, v)| (k, v)))
         .env("PGCONNECT_TIMEOUT", "20")
         .stdin(std::process::Stdio::null())
         .output()
@@ -260,7 +156,7 @@ fn select_current_user(app_env: &BTreeMap<String, String>) -> Result<String, Str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_reaches_alloydb_as_its_iam_user_before_and_after_the_first_token_expires() {
-    let proxy = support::alloydb::proxy_binary();
+    let proxy = proxy_binary();
     let ns = TestNamespace::new("e2e-alloydb");
     let postgres = Postgres::start(DB_USER);
     let cloud = Cloud::start(|c| c).await;
@@ -294,9 +190,7 @@ async fn a_pod_reaches_alloydb_as_its_iam_user_before_and_after_the_first_token_
             "--webhook-configuration",
             &registration.name,
             "--fedcred-image",
-            FEDCRED_IMAGE,
-            "--proxy-image",
-            PROXY_IMAGE,
+            &format!("{FEDCRED_IMAGE}:e2e"),
         ],
     );
     // The API server calls the webhook once the controller has set the caBundle: a dry-run
@@ -326,7 +220,7 @@ async fn a_pod_reaches_alloydb_as_its_iam_user_before_and_after_the_first_token_
     ns.kubectl(&["apply", "-f", "-"], Some(&fc.to_string()))
         .success();
     let first = eventually("the Secret", Duration::from_secs(60), || {
-        secret(&ns.name, "orders-db")
+        secret_data(&ns, "orders-db")
     })
     .await;
     let first_token = first["access_token"].clone();
@@ -338,70 +232,79 @@ async fn a_pod_reaches_alloydb_as_its_iam_user_before_and_after_the_first_token_
         Some(&pod("orders", "orders-db").to_string()),
     );
     assert!(out.ok, "{}", out.stderr);
-    let stored: Value = serde_json::from_str(
-        &ns.kubectl(&["get", "pod", "orders", "-o", "json"], None)
-            .success(),
-    )
-    .unwrap();
-    let init = &stored["spec"]["initContainers"];
-    let metadata = named(init, "fedcred-metadata");
-    let proxy_container = named(init, "alloydb-proxy-0");
-    let app_env = env_of(named(&stored["spec"]["containers"], "app"));
-    assert_eq!(app_env["PGUSER"], DB_USER);
-    assert_eq!(app_env["PGPORT"], local_port.to_string());
-
-    // This machine as the node: images to local binaries, the Secret volume to a directory
-    // kept in step with the real Secret.
-    let sync = SecretSync::start(&ns.name, "orders-db", &first);
-    let volume = stored["spec"]["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["secret"]["secretName"] == "orders-db")
-        .expect("the Secret volume")["name"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let fedcred = std::path::PathBuf::from(env!("CARGO_BIN_EXE_fedcred"));
-    let node = Node {
-        images: BTreeMap::from([
-            (
-                FEDCRED_IMAGE.to_owned(),
-                BTreeMap::from([("/usr/local/bin/fedcred".to_owned(), fedcred)]),
-            ),
-            (
-                PROXY_IMAGE.to_owned(),
-                BTreeMap::from([("/alloydb-auth-proxy".to_owned(), proxy)]),
-            ),
-        ]),
-        entrypoints: BTreeMap::from([
-            (
-                FEDCRED_IMAGE.to_owned(),
-                "/usr/local/bin/fedcred".to_owned(),
-            ),
-            (PROXY_IMAGE.to_owned(), "/alloydb-auth-proxy".to_owned()),
-        ]),
-        volumes: BTreeMap::from([(volume, sync.dir.clone())]),
+    let pod = StoredPod::get(&ns, "orders");
+    let sidecars = pod.sidecars();
+    assert_eq!(
+        sidecars,
+        [
+            "fedcred-metadata".to_owned(),
+            format!("{PROXY_CONTAINER_PREFIX}0")
+        ]
+    );
+    let app_env = pod.env("app");
+    let app_var = |name: &str| {
+        app_env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
     };
+    assert_eq!(app_var("PGUSER").as_deref(), Some(DB_USER));
+    assert_eq!(app_var("PGPORT"), Some(local_port.to_string()));
 
-    // Native sidecars start in order, each once its startup probe passes.
-    let mut emulator = Process::spawn(&node.resolve(metadata));
-    wait_started(&node, metadata, &mut emulator).await;
-    let mut local_proxy = node.resolve(proxy_container);
-    local_proxy.args.push(format!(
-        "--alloydbadmin-api-endpoint={}",
-        alloydb.admin_url()
-    ));
-    let mut proxy_process = Process::spawn(&local_proxy);
-    wait_started(&node, proxy_container, &mut proxy_process).await;
+    // The kubelet's part: the Secret volume, then each native sidecar in order, the next one
+    // once the startup probe of the last has passed. Images map to local programs.
+    let fedcred = PathBuf::from(env!("CARGO_BIN_EXE_fedcred"));
+    let proxy_repository = DEFAULT_PROXY_IMAGE
+        .rsplit_once(':')
+        .map_or(DEFAULT_PROXY_IMAGE, |(r, _)| r);
+    let entrypoints: &[(&str, &Path)] = &[
+        (FEDCRED_IMAGE, &fedcred),
+        ("/usr/local/bin/fedcred", &fedcred),
+        (proxy_repository, &proxy),
+    ];
+    let mut volume = SecretVolume::kubelet();
+    assert!(volume.sync(&ns, "orders-db"));
+    let mut running = Vec::new();
+    for name in &sidecars {
+        // Only the token Secret matters; the API server also mounts the ServiceAccount's API
+        // token into every container, which nothing of fedcred reads.
+        let mounts: Vec<(String, PathBuf)> = pod
+            .mounts(name)
+            .into_iter()
+            .filter(|(_, volume)| pod.volume_secret(volume).as_deref() == Some("orders-db"))
+            .map(|(path, _)| (path, volume.dir.clone()))
+            .collect();
+        let mut argv: Vec<String> = pod
+            .argv(name, entrypoints)
+            .iter()
+            .map(|a| map_paths(a, &mounts))
+            .collect();
+        let env: Vec<(String, String)> = pod
+            .env(name)
+            .into_iter()
+            .map(|(k, v)| (k, map_paths(&v, &mounts)))
+            .collect();
+        if name.starts_with(PROXY_CONTAINER_PREFIX) {
+            // The one addition: the Admin API double instead of alloydb.googleapis.com.
+            argv.push(format!(
+                "--alloydbadmin-api-endpoint={}",
+                alloydb.admin_url()
+            ));
+        }
+        let mut process = Process::start(name, &argv, &env);
+        let startup = pod.container(name)["startupProbe"].clone();
+        if startup["exec"].is_object() {
+            tokio::task::block_in_place(|| {
+                wait_for_exec_probe(&startup, entrypoints, &mut process, Duration::from_secs(30))
+            });
+        } else {
+            wait_for_http_probe(&startup, &mut process, Duration::from_secs(60)).await;
+        }
+        running.push(process);
+    }
 
     let user = tokio::task::block_in_place(|| select_current_user(&app_env));
-    assert_eq!(
-        user.as_deref(),
-        Ok(DB_USER),
-        "proxy log:\n{}",
-        proxy_process.logs()
-    );
+    assert_eq!(user.as_deref(), Ok(DB_USER), "{}", logs(&running));
     let seen = alloydb.connections();
     let accepted = seen
         .iter()
@@ -418,30 +321,42 @@ async fn a_pod_reaches_alloydb_as_its_iam_user_before_and_after_the_first_token_
             .any(|c| c.method == "generateClientCertificate" && c.status == 200)
     );
 
-    // The controller refreshes long before expiry; wait until the first token is dead.
-    let refreshed = eventually("a refreshed token", Duration::from_secs(180), || {
-        secret(&ns.name, "orders-db").filter(|d| d["access_token"] != first_token)
-    })
+    // The controller refreshes long before expiry; wait, keeping the volume in step as the
+    // kubelet does, until the first token is dead.
+    let refreshed = eventually_synced(
+        "a refreshed token",
+        Duration::from_secs(180),
+        &ns,
+        &mut volume,
+        || secret_data(&ns, "orders-db").filter(|d| d["access_token"] != first_token),
+    )
     .await;
     assert!(cloud.google.lookup(&refreshed["access_token"]).is_some());
     let expiry: jiff::Timestamp = first["expiry"].parse().unwrap();
-    let wait = expiry.duration_since(jiff::Timestamp::now());
-    eventually(
+    let wait = expiry
+        .duration_since(jiff::Timestamp::now())
+        .as_secs()
+        .max(0) as u64;
+    eventually_synced(
         "the first token to expire",
-        Duration::from_secs(wait.as_secs().max(0) as u64 + 30),
+        Duration::from_secs(wait + 30),
+        &ns,
+        &mut volume,
         || cloud.google.lookup(&first_token).is_none().then_some(()),
     )
     .await;
-    proxy_process.assert_running();
-    emulator.assert_running();
+    volume.sync(&ns, "orders-db");
+    for process in &mut running {
+        assert!(
+            process.running(),
+            "{} exited:\n{}",
+            process.name,
+            process.logs()
+        );
+    }
 
     let user = tokio::task::block_in_place(|| select_current_user(&app_env));
-    assert_eq!(
-        user.as_deref(),
-        Ok(DB_USER),
-        "proxy log:\n{}",
-        proxy_process.logs()
-    );
+    assert_eq!(user.as_deref(), Ok(DB_USER), "{}", logs(&running));
     let last = alloydb
         .connections()
         .into_iter()
@@ -462,17 +377,15 @@ async fn a_pod_reaches_alloydb_as_its_iam_user_before_and_after_the_first_token_
     assert!(cloud.google.lookup(&used).is_some());
 
     // No token in any log.
-    let logs = format!(
-        "{}{}{}",
-        controller.logs(),
-        emulator.logs(),
-        proxy_process.logs()
-    );
+    let everything = format!("{}{}", controller.logs(), logs(&running));
     for token in cloud.google.issued_tokens() {
-        assert!(!logs.contains(&token), "a token leaked into a log");
+        assert!(!everything.contains(&token), "a token leaked into a log");
     }
-    drop(proxy_process);
-    drop(emulator);
-    drop(sync);
-    drop(postgres);
+}
+
+fn logs(processes: &[Process]) -> String {
+    processes
+        .iter()
+        .map(|p| format!("--- {} ---\n{}\n", p.name, p.logs()))
+        .collect()
 }
