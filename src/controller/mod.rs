@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -76,6 +76,12 @@ impl EventBudget {
 /// Errors that make a reconcile retry: the API server refused or failed a write.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("reading Secret {namespace}/{name} failed: {source}")]
+    SecretRead {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
     #[error("writing Secret {namespace}/{name} failed: {source}")]
     SecretWrite {
         namespace: String,
@@ -93,6 +99,7 @@ pub enum Error {
 impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
+            Error::SecretRead { .. } => "SecretRead",
             Error::SecretWrite { .. } => "SecretWrite",
             Error::StatusWrite { .. } => "StatusWrite",
         }
@@ -330,7 +337,21 @@ async fn refresh(
     let found = ctx
         .secrets
         .get(&ObjectRef::new(&secret_name).within(&namespace));
-    let state = objects::secret_state(&fc, found.as_deref());
+    let mut state = objects::secret_state(&fc, found.as_deref());
+    if state == decide::SecretState::Missing {
+        // The cache holds only Secrets with fedcred's label: ask whether the name is taken by
+        // one without it (listing by name reads metadata only, and needs no `get`).
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+        let listed = secrets
+            .list_metadata(&ListParams::default().fields(&format!("metadata.name={secret_name}")))
+            .await
+            .map_err(|source| Error::SecretRead {
+                namespace: namespace.clone(),
+                name: secret_name.clone(),
+                source,
+            })?;
+        state = objects::uncached_secret_state(&fc, listed.items.first().map(|s| &s.metadata));
+    }
     let now = google_now();
     let schedule = schedule_of(fc.status.as_ref());
 

@@ -125,14 +125,7 @@ pub fn secret_state(fc: &FederatedCredential, found: Option<&Secret>) -> SecretS
     let Some(secret) = found else {
         return SecretState::Missing;
     };
-    let uid = fc.uid();
-    let ours = secret
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .any(|r| r.controller == Some(true) && Some(&r.uid) == uid.as_ref());
-    if !ours {
+    if !owned_by(fc, &secret.metadata) {
         return SecretState::ForeignOwner;
     }
     let intact = match secret.annotations().get(OBSERVED_INTACT) {
@@ -140,6 +133,25 @@ pub fn secret_state(fc: &FederatedCredential, found: Option<&Secret>) -> SecretS
         None => data_intact(secret),
     };
     SecretState::Ours { intact }
+}
+
+/// How a Secret the cache does not hold relates to `fc`, from its metadata as the API server
+/// lists it (`None`: there is none). The cache only holds Secrets with fedcred's label, so a
+/// Secret of that name without it is someone else's and must not be written over; one that
+/// `fc` owns is ours, not yet in the cache, and is treated as missing.
+pub fn uncached_secret_state(fc: &FederatedCredential, listed: Option<&ObjectMeta>) -> SecretState {
+    match listed {
+        Some(meta) if !owned_by(fc, meta) => SecretState::ForeignOwner,
+        _ => SecretState::Missing,
+    }
+}
+
+fn owned_by(fc: &FederatedCredential, meta: &ObjectMeta) -> bool {
+    let uid = fc.uid();
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && Some(&r.uid) == uid.as_ref())
 }
 
 fn time(t: Timestamp) -> Time {
@@ -448,6 +460,28 @@ mod tests {
         );
         s.metadata.owner_references = None;
         assert_eq!(secret_state(&fc, Some(&s)), SecretState::ForeignOwner);
+    }
+
+    #[test]
+    fn an_unlabelled_secret_of_the_same_name_is_foreign_not_missing() {
+        // The cache holds only labelled Secrets; a hand-made Secret named like the resource
+        // is found by listing and must be reported, not written over and adopted.
+        let fc = fc();
+        let foreign = ObjectMeta {
+            name: Some("orders-db".into()),
+            ..ObjectMeta::default()
+        };
+        assert_eq!(
+            uncached_secret_state(&fc, Some(&foreign)),
+            SecretState::ForeignOwner
+        );
+        assert_eq!(uncached_secret_state(&fc, None), SecretState::Missing);
+        let ours = desired_secret(&fc, &issued()).metadata;
+        assert_eq!(
+            uncached_secret_state(&fc, Some(&ours)),
+            SecretState::Missing,
+            "our own Secret the cache has not seen yet is written again, as before"
+        );
     }
 
     #[test]
