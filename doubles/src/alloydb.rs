@@ -7,7 +7,7 @@
 //! Tokens are checked with the issuer, the Google doubles' `/tokeninfo` ([`tokens`]), so only
 //! live tokens they issued pass. Certificates come from the doubles' own CA ([`pki`]). What the
 //! instance saw is recorded per connection ([`Connection`]); token values are kept only as
-//! SHA-256 digests.
+//! SHA-256 digests. Faults can be injected per double ([`faults`]).
 //!
 //! ```no_run
 //! # async fn demo(google: &fedcred_doubles::GoogleDoubles) -> std::io::Result<()> {
@@ -22,6 +22,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod faults;
 pub mod instance;
 pub mod mdx;
 pub mod pg;
@@ -39,8 +40,10 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use config::{AlloyDbConfig, InstanceConfig, SERVER_PROXY_PORT};
+pub use faults::Target;
 pub use mdx::AuthType;
 
+use crate::faults::Fault;
 use crate::state::lock;
 
 /// How a connection to the instance ended its setup.
@@ -92,9 +95,15 @@ pub(crate) struct Shared {
     postgres: Mutex<Option<SocketAddr>>,
     connections: Mutex<Vec<Connection>>,
     admin_calls: Mutex<Vec<AdminCall>>,
+    faults: Mutex<faults::Queues>,
 }
 
 impl Shared {
+    /// The fault the request arriving now at `target` must suffer, if any.
+    fn take_fault(&self, target: Target) -> Option<Fault> {
+        lock(&self.faults).take(target)
+    }
+
     fn record_connection(&self, connection: Connection) {
         lock(&self.connections).push(connection);
     }
@@ -149,6 +158,7 @@ impl AlloyDbDoubles {
             verifier,
             connections: Mutex::default(),
             admin_calls: Mutex::default(),
+            faults: Mutex::default(),
         });
 
         let (shutdown, stopped) = oneshot::channel::<()>();
@@ -208,6 +218,21 @@ impl AlloyDbDoubles {
     /// Every Admin API call, in order.
     pub fn admin_calls(&self) -> Vec<AdminCall> {
         lock(&self.shared.admin_calls).clone()
+    }
+
+    /// Queues `fault` for the next requests to `target` (see [`faults`]).
+    pub fn inject(&self, target: Target, fault: Fault) {
+        lock(&self.shared.faults).push(target, fault);
+    }
+
+    /// Faults still queued for `target`, counts as they stand.
+    pub fn pending_faults(&self, target: Target) -> Vec<Fault> {
+        lock(&self.shared.faults).pending(target)
+    }
+
+    /// Drops every queued fault.
+    pub fn clear_faults(&self) {
+        *lock(&self.shared.faults) = faults::Queues::default();
     }
 
     /// Stops both servers and waits for the Admin API to finish.

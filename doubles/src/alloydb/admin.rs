@@ -10,6 +10,7 @@
 //! instance or cluster that exists (404). Certificate requests must be proto3 JSON of
 //! `GenerateClientCertificateRequest` with a PEM RSA 2048 `publicKey`, a `certDuration` of at
 //! most 24 h and `useMetadataExchange: true` (400). Errors are `google.rpc.Status`-shaped.
+//! An injected fault ([`super::faults`]) applies before any of these checks.
 //! The request checks ([`parse_route`], [`check_certificate_request`]) are plain functions.
 
 use std::sync::Arc;
@@ -27,8 +28,10 @@ use serde_json::json;
 
 use super::Shared;
 use super::config::{is_cluster, split_instance};
+use super::faults::Target;
 use super::pki::{RsaPublicKey, parse_public_key};
 use super::tokens::TokenError;
+use crate::faults::Fault;
 
 const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
 
@@ -41,6 +44,7 @@ pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
     reason: Option<&'static str>,
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -49,6 +53,7 @@ impl ApiError {
             status,
             message: message.into(),
             reason: None,
+            retry_after: None,
         }
     }
 
@@ -123,6 +128,11 @@ impl IntoResponse for ApiError {
             }]);
         }
         let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -298,6 +308,27 @@ fn check_alt(query: Option<&str>) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Applies the injected fault for this request: an error to answer, or a delay.
+async fn injected(shared: &Shared, permission: &str, resource: &str) -> Result<(), ApiError> {
+    match shared.take_fault(Target::Admin) {
+        None => Ok(()),
+        Some(Fault::Delay { millis, .. }) => {
+            tokio::time::sleep(Duration::from_millis(millis)).await;
+            Ok(())
+        }
+        Some(Fault::Reject { .. }) => Err(ApiError::permission_denied(permission, resource)),
+        Some(Fault::Status {
+            code, retry_after, ..
+        }) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            Err(ApiError {
+                retry_after,
+                ..ApiError::new(status, format!("Injected fault: HTTP {}.", status.as_u16()))
+            })
+        }
+    }
+}
+
 async fn get_method(
     Extract(shared): Extract<Arc<Shared>>,
     Path(path): Path<String>,
@@ -324,6 +355,7 @@ async fn connection_info(
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
+    injected(shared, "alloydb.instances.connect", instance).await?;
     check_alt(query)?;
     authorize(shared, headers, "alloydb.instances.connect", instance).await?;
     let config = shared
@@ -374,6 +406,12 @@ async fn generate_certificate(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, ApiError> {
+    injected(
+        shared,
+        "alloydb.clusters.generateClientCertificate",
+        cluster,
+    )
+    .await?;
     check_alt(query)?;
     let email = authorize(
         shared,

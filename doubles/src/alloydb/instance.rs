@@ -5,7 +5,7 @@
 //! live token of an allowed service account that carries the `alloydb.login` scope; then the
 //! PostgreSQL startup, whose `user` must be that service account's IAM database user; then the
 //! bytes are relayed to the configured PostgreSQL server. Every connection is recorded with its
-//! outcome.
+//! outcome. Injected faults ([`super::faults`]) delay or refuse the metadata exchange.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,10 +15,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
+use super::faults::Target;
 use super::mdx::{self, AuthType};
 use super::pg::{self, Startup};
 use super::tokens::{TokenError, iam_db_user};
 use super::{Connection, Outcome, Shared, token_digest};
+use crate::faults::Fault;
 
 /// The scope a token needs for automatic IAM database login.
 pub const ALLOYDB_LOGIN: &str = "https://www.googleapis.com/auth/alloydb.login";
@@ -111,6 +113,17 @@ async fn setup(
     seen.auth_type = Some(request.auth_type);
     seen.user_agent = Some(request.user_agent.clone());
     seen.token_digest = Some(token_digest(&request.oauth2_token));
+    match shared.take_fault(Target::Instance) {
+        Some(Fault::Delay { millis, .. }) => {
+            tokio::time::sleep(Duration::from_millis(millis)).await;
+        }
+        Some(Fault::Reject { .. } | Fault::Status { .. }) => {
+            let reason = "injected fault: the instance refuses the connection".to_owned();
+            let _ = answer(&mut tls, mdx::Response::error(reason.clone())).await;
+            return Err(reason);
+        }
+        None => {}
+    }
     let service_account = match check_exchange(shared, &request).await {
         Ok(email) => email,
         Err(reason) => {

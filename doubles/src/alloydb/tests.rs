@@ -361,3 +361,45 @@ async fn a_client_without_a_certificate_is_refused_at_the_handshake() {
     }
     panic!("the refused handshake was not recorded");
 }
+
+#[tokio::test]
+async fn injected_faults_hit_the_next_requests_then_stop() {
+    use crate::faults::Fault;
+
+    use super::Target;
+
+    let (postgres, _received) = upstream().await;
+    let doubles = start(Some(postgres)).await;
+    let info = format!("{INSTANCE}/connectionInfo");
+    doubles.inject(
+        Target::Admin,
+        Fault::Status {
+            code: 503,
+            retry_after: Some(2),
+            count: 1,
+        },
+    );
+    doubles.inject(Target::Admin, Fault::Reject { count: 1 });
+    let get = reqwest::Method::GET;
+    let (status, body) = call(&doubles, get.clone(), &info, Some("good"), None).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["error"]["status"], "UNAVAILABLE");
+    let (status, _) = call(&doubles, get.clone(), &info, Some("good"), None).await;
+    assert_eq!(status, 403);
+    let (status, _) = call(&doubles, get, &info, Some("good"), None).await;
+    assert_eq!(status, 200);
+    assert!(doubles.pending_faults(Target::Admin).is_empty());
+
+    doubles.inject(Target::Instance, Fault::Reject { count: 1 });
+    let mut stream = connect(&doubles).await;
+    let response = exchange(&mut stream, AuthType::AutoIam, "good").await;
+    assert_eq!(response.response_code, mdx::ResponseCode::Error);
+    assert!(response.error.contains("injected"), "{}", response.error);
+    let mut stream = connect(&doubles).await;
+    let response = exchange(&mut stream, AuthType::AutoIam, "good").await;
+    assert_eq!(response, mdx::Response::ok());
+
+    doubles.inject(Target::Instance, Fault::Reject { count: 5 });
+    doubles.clear_faults();
+    assert!(doubles.pending_faults(Target::Instance).is_empty());
+}
