@@ -647,6 +647,7 @@ async fn the_installed_charts_rbac_is_enough_for_the_controller_and_webhook_and_
         &["get", &own_secret, "-n", sys],
         &["update", &own_secret, "-n", sys],
         &["get", &own_webhook],
+        &["watch", &own_webhook],
         &["update", &own_webhook],
     ];
     for args in allowed {
@@ -686,6 +687,10 @@ async fn the_installed_charts_rbac_is_enough_for_the_controller_and_webhook_and_
             "mutatingwebhookconfigurations.admissionregistration.k8s.io",
         ],
         &["delete", &own_webhook],
+        &[
+            "watch",
+            "mutatingwebhookconfigurations.admissionregistration.k8s.io",
+        ],
         &[
             "update",
             "validatingwebhookconfigurations.admissionregistration.k8s.io",
