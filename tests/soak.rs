@@ -394,6 +394,12 @@ async fn soak_with_random_faults() {
     // long runs.
     let mut kill_at = Some(start + run / 2);
     let mut next_round = Instant::now();
+    // The STS double looks up every new AWS key in moto's full state dump, which grows with
+    // every AssumeRoleWithWebIdentity; resetting moto now and then keeps that lookup fast in
+    // long runs. Keys the double already fetched stay known to it.
+    let moto_reset_every = Duration::from_secs(env_number("FEDCRED_SOAK_MOTO_RESET_SECONDS", 60));
+    let mut next_moto_reset = start + moto_reset_every;
+    let http = reqwest::Client::new();
     // Faults stop 40 s before the end so the last refreshes can show recovery.
     let faults_until = start + run.saturating_sub(Duration::from_secs(40));
     while start.elapsed() < run {
@@ -414,6 +420,17 @@ async fn soak_with_random_faults() {
                     watch.peak_rss_kib,
                     injected.summary()
                 );
+            }
+        }
+        if Instant::now() >= next_moto_reset {
+            next_moto_reset += moto_reset_every;
+            let reset = http
+                .post(format!("{}/moto-api/reset", cloud.moto.url()))
+                .timeout(Duration::from_secs(30))
+                .send()
+                .await;
+            if reset.is_ok_and(|r| r.status().is_success()) {
+                injected.note("moto state reset");
             }
         }
         if kill_at.is_some_and(|at| Instant::now() >= at) {
