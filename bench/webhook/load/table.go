@@ -132,18 +132,18 @@ func summary(rs []result) {
 		}
 		return v, found
 	}
-	median := func(label, phase string, metric func(result) float64) (float64, bool) {
-		var vs []float64
+	mean := func(label, phase string, metric func(result) float64) (float64, bool) {
+		sum, n := 0.0, 0
 		for _, r := range rs {
 			if r.Label == label && r.Phase == phase {
-				vs = append(vs, metric(r))
+				sum += metric(r)
+				n++
 			}
 		}
-		if len(vs) == 0 {
+		if n == 0 {
 			return 0, false
 		}
-		sort.Float64s(vs)
-		return vs[len(vs)/2], true
+		return sum / float64(n), true
 	}
 	maxRate := func(label string) (float64, bool) {
 		return best(label, "ladder", func(r result) float64 {
@@ -166,21 +166,37 @@ func summary(rs []result) {
 		fmt.Printf("| %s | "+format+" | "+format+" | %s |\n", name, va, vb, ratio)
 	}
 	p99 := func(r result) float64 { return r.Lat["p99"] / 1000 }
-	va, okA := median(a, "fixed", p99)
-	vb, okB := median(b, "fixed", p99)
-	row("p99 ms at the fixed rate (median of rounds)", va, vb, okA, okB, "%.3f")
-	va, okA = median(a, "closed", func(r result) float64 { return r.Throughput })
-	vb, okB = median(b, "closed", func(r result) float64 { return r.Throughput })
-	row("closed-loop req/s (median of rounds)", va, vb, okA, okB, "%.0f")
-	va, okA = median(a, "closed", p99)
-	vb, okB = median(b, "closed", p99)
-	row("closed-loop p99 ms (median of rounds)", va, vb, okA, okB, "%.3f")
-	va, okA = median(a, "closed", func(r result) float64 { return r.CPUPerReq })
-	vb, okB = median(b, "closed", func(r result) float64 { return r.CPUPerReq })
-	row("server CPU µs per review, closed loop", va, vb, okA, okB, "%.0f")
+	va, okA := mean(a, "fixed", p99)
+	vb, okB := mean(b, "fixed", p99)
+	row("p99 ms at the fixed rate (mean of rounds)", va, vb, okA, okB, "%.3f")
+	va, okA = mean(a, "closed", func(r result) float64 { return r.Throughput })
+	vb, okB = mean(b, "closed", func(r result) float64 { return r.Throughput })
+	row("closed-loop req/s (mean of rounds)", va, vb, okA, okB, "%.0f")
+	va, okA = mean(a, "closed", p99)
+	vb, okB = mean(b, "closed", p99)
+	row("closed-loop p99 ms (mean of rounds)", va, vb, okA, okB, "%.3f")
+	va, okA = mean(a, "closed", func(r result) float64 { return r.CPUPerReq })
+	vb, okB = mean(b, "closed", func(r result) float64 { return r.CPUPerReq })
+	row("server CPU µs per review, closed loop (mean of rounds)", va, vb, okA, okB, "%.0f")
+	control := func(r result) float64 { return r.AuxCPU["apiserver"] + r.AuxCPU["etcd"] }
+	va, okA = mean(a, "closed", control)
+	vb, okB = mean(b, "closed", control)
+	row("API server + etcd CPU µs per review, closed loop (mean of rounds)", va, vb, okA, okB, "%.0f")
 	va, okA = maxRate(a)
 	vb, okB = maxRate(b)
-	row("highest ladder rate meeting the p99 bound, req/s", va, vb, okA, okB, "%.0f")
+	if okA && okB {
+		rate := func(v float64) string {
+			if v == 0 {
+				return "none"
+			}
+			return fmt.Sprintf("%.0f", v)
+		}
+		ratio := "–"
+		if va != 0 && vb != 0 {
+			ratio = fmt.Sprintf("%.3g", va/vb)
+		}
+		fmt.Printf("| highest ladder rate meeting the p99 bound, req/s | %s | %s | %s |\n", rate(va), rate(vb), ratio)
+	}
 	hwm := func(r result) float64 { return float64(r.VmHWMKiB) / 1024 }
 	va, okA = best(a, "closed", hwm, true)
 	vb, okB = best(b, "closed", hwm, true)
