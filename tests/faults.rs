@@ -727,6 +727,74 @@ async fn iam_credentials_denies_then_allows() {
     assert_sound(&figures, &samples);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn google_sts_down_through_the_last_half_minute_before_expiry() {
+    // 60-second tokens refreshed with 30 s left (the default 50 %): the first refresh already
+    // falls in the last 30 s, where a failing refresh is retried at least once before expiry.
+    let world = World::shared("f-last", federated(60)).await;
+    let controller = world.controller("r1", &[]);
+    world
+        .apply("orders-db", world.spec(no_impersonation(), json!({})))
+        .await;
+    world.recovered("orders-db", None, READY).await;
+    let status = world.status("orders-db").await;
+    let expires_at: Timestamp = status["expiresAt"].as_str().unwrap().parse().unwrap();
+    let sampler = Sampler::start(
+        world.secrets(),
+        vec!["orders-db".into()],
+        world.cloud.clone(),
+    );
+    let stale = world.token("orders-db").await;
+    world.cloud.google.inject(
+        Target::Sts,
+        Fault::Status {
+            code: 503,
+            retry_after: None,
+            count: 100_000,
+        },
+    );
+    let before = world.calls();
+    // Google comes back 8 s before the token would expire.
+    let back = expires_at - SignedDuration::from_secs(8);
+    let first_call = loop {
+        if world.calls().0 > before.0 {
+            break Timestamp::now();
+        }
+        assert!(Timestamp::now() < back, "no refresh was tried");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let wait = back.duration_since(Timestamp::now());
+    tokio::time::sleep(wait.unsigned_abs()).await;
+    let failed = world.status("orders-db").await["failureCount"]
+        .as_i64()
+        .unwrap_or(0);
+    world.cloud.google.clear_faults();
+    let healthy_at = Instant::now();
+    let outage_calls = world.calls().0 - before.0;
+    let outage = back.duration_since(first_call).as_secs_f64();
+    let recovered_at = world
+        .recovered("orders-db", stale.as_deref(), Duration::from_secs(60))
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let samples = sampler.finish().await;
+    let figures = Figures {
+        fault: "Google STS down from the refresh until 8 s before expiry (60 s tokens, refresh at 30 s left)",
+        recovery: Some(recovered_at - healthy_at),
+        expired: samples.expired,
+        lost: world.lost(&["orders-db"]).await,
+        calls: format!("STS {outage_calls} in {outage:.1} s of outage"),
+        notes: format!(
+            "{:.1} Google calls/s while down; {failed} failed refreshes recorded (a status write and a Warning event each, one per {:.1} s); closest approach to expiry {} s",
+            outage_calls as f64 / outage.max(1.0),
+            outage / (failed.max(1) as f64),
+            samples.closest_to_expiry.unwrap_or_default()
+        ),
+    };
+    figures.report();
+    world.keep_evidence(&[&controller]).await;
+    assert_sound(&figures, &samples);
+}
+
 // ---------------------------------------------------------------------------------------------
 // AWS STS
 
