@@ -11,7 +11,7 @@
 #   5. prints the tables (also saved under target/bench/) and stops everything.
 # With 2 or more cores and taskset, the load generator runs on core 0 and each server on core 1.
 #
-#   bench/webhook.sh            full run (about 10 minutes)
+#   bench/webhook.sh            full run (about 6 minutes of measuring)
 #   bench/webhook.sh --quick    smoke run: short runs, one round, a short ladder
 #   FEDCRED_WEBHOOK_RATE=1000 FEDCRED_WEBHOOK_SECONDS=30 FEDCRED_WEBHOOK_ROUNDS=2 bench/webhook.sh
 #   FEDCRED_WEBHOOK_BIN=path/to/fedcred bench/webhook.sh   measure that binary instead of building
@@ -83,8 +83,7 @@ wait_for() { # what seconds command...
 # On a shared machine, FEDCRED_WEBHOOK_PRIORITY=1 raises this session's scheduling group to
 # nice -20 (root only; the kernel shares CPU time between sessions first), so that other work
 # takes less CPU from the generator, the servers and the control plane while they run. Start the
-# script with setsid so that the rest of the terminal session keeps its priority. (SCHED_FIFO
-# is no option: Go runtimes with more threads than cores can starve themselves under it.)
+# script with setsid so that the rest of the terminal session keeps its priority.
 priority="normal scheduling priority"
 if [[ "${FEDCRED_WEBHOOK_PRIORITY:-0}" == 1 ]]; then
   echo -20 >/proc/self/autogroup || die "cannot raise the priority (needs root)"
