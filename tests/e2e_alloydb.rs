@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use fedcred::inject::{DEFAULT_PROXY_IMAGE, PROXY_CONTAINER_PREFIX};
+use fedcred_doubles::Config;
 use fedcred_doubles::alloydb::{AlloyDbConfig, AlloyDbDoubles, AuthType, InstanceConfig, Outcome};
 use serde_json::{Value, json};
 use support::alloydb::{Postgres, free_port, proxy_binary, wait_for_http_probe};
@@ -24,9 +25,11 @@ use support::{INSTANCE, TestNamespace, kubectl};
 
 const FEDCRED_IMAGE: &str = "ghcr.io/example/fedcred";
 const DB_USER: &str = "orders-api@acme-shop.iam";
-/// The shortest lifetime the CRD allows; refreshed when 90 % of it is left, so a new token
-/// arrives about a minute after the first and the first expires ten minutes after issue.
+/// The shortest lifetime the CRD allows, asked for by the controller.
 const LIFETIME_SECONDS: u64 = 600;
+/// What the IAM double grants instead, to compress time: refreshed when half of it is left, so
+/// a new token arrives 20 s after the first, and the first expires 40 s after issue.
+const GRANTED_SECONDS: u64 = 40;
 
 /// Polls `check` until it returns `Some`, failing with `what` after `limit`.
 async fn eventually<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
@@ -159,7 +162,11 @@ async fn a_pod_reaches_alloydb_as_its_iam_user_before_and_after_the_first_token_
     let proxy = proxy_binary();
     let ns = TestNamespace::new("e2e-alloydb");
     let postgres = Postgres::start(DB_USER);
-    let cloud = Cloud::start(|c| c).await;
+    let cloud = Cloud::start(|c| Config {
+        impersonated_lifetime_cap_seconds: Some(GRANTED_SECONDS),
+        ..c
+    })
+    .await;
     let alloydb = AlloyDbDoubles::start(
         AlloyDbConfig {
             postgres: Some(postgres.addr),
@@ -214,7 +221,7 @@ async fn a_pod_reaches_alloydb_as_its_iam_user_before_and_after_the_first_token_
     spec["alloydb"] = json!({"instances": [{
         "uri": INSTANCE, "connectivity": "PSC", "autoIamAuthn": true, "port": local_port,
     }]});
-    spec["secret"] = json!({"renewBeforePercentage": 90});
+    spec["secret"] = json!({"renewBeforePercentage": 50});
     let fc = json!({"apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
         "metadata": {"name": "orders-db"}, "spec": spec});
     ns.kubectl(&["apply", "-f", "-"], Some(&fc.to_string()))

@@ -233,6 +233,9 @@ fn generate_access_token(
         config.max_impersonation_lifetime,
     )
     .map_err(IamError::invalid_argument)?;
+    let lifetime = config
+        .impersonated_lifetime_cap_seconds
+        .map_or(lifetime, |cap| lifetime.min(Duration::from_secs(cap)));
     let delegates = request
         .delegates
         .unwrap_or_default()
