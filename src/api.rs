@@ -397,7 +397,7 @@ pub enum Connectivity {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct AlloyDbProxy {
-    /// Proxy image, for example `gcr.io/alloydb-connectors/alloydb-auth-proxy:1.13.4`.
+    /// Proxy image, for example `gcr.io/alloydb-connectors/alloydb-auth-proxy:1.17.1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,

@@ -96,7 +96,7 @@ pub const FEDCRED_BINARY: &str = "/usr/local/bin/fedcred";
 pub const PROXY_CONTAINER_PREFIX: &str = "alloydb-proxy-";
 
 /// The AlloyDB Auth Proxy image used when the FederatedCredential names none.
-pub const DEFAULT_PROXY_IMAGE: &str = "gcr.io/alloydb-connectors/alloydb-auth-proxy:1.13.11";
+pub const DEFAULT_PROXY_IMAGE: &str = "gcr.io/alloydb-connectors/alloydb-auth-proxy:1.17.1";
 
 /// First port tried for the metadata emulator; the port of [`crate::metadata::DEFAULT_LISTEN`].
 pub const DEFAULT_METADATA_PORT: u16 = 8988;

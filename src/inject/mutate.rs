@@ -613,13 +613,13 @@ mod tests {
     fn proxy_resources_and_image_come_from_the_credential_when_set() {
         let fc = credential(json!({
             "instances": [{"uri": "projects/acme-shop/locations/us-east4/clusters/orders/instances/primary"}],
-            "proxy": {"image": "mirror.example/alloydb-auth-proxy:1.13.11", "resources": {"requests": {"cpu": "1"}}}
+            "proxy": {"image": "mirror.example/alloydb-auth-proxy:1.17.1", "resources": {"requests": {"cpu": "1"}}}
         }));
         let (ops, _) = patch(mutate(&pod(app()), Some(&fc), "orders-db", &config()));
         let sidecars = &ops.last().unwrap()["value"];
         assert_eq!(
             sidecars[1]["image"],
-            "mirror.example/alloydb-auth-proxy:1.13.11"
+            "mirror.example/alloydb-auth-proxy:1.17.1"
         );
         assert_eq!(sidecars[1]["resources"], json!({"requests": {"cpu": "1"}}));
     }
