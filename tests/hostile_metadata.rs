@@ -220,7 +220,7 @@ fn cases() -> Vec<(String, Vec<u8>, Vec<u16>)> {
     ] {
         add(
             &format!("Metadata-Flavor: {value:?}"),
-            request(&get(TOKEN), &[("Metadata-Flavor", &value)]),
+            request(&get(TOKEN), &[("Metadata-Flavor", value)]),
             &[403],
         );
     }
@@ -433,7 +433,7 @@ fn hostile_requests_are_refused_without_the_token_and_the_server_keeps_serving()
             status.is_some_and(|s| statuses.contains(&s)),
             "{what}: answered {status:?}, wanted one of {statuses:?}: {text:.300}"
         );
-        if status.is_some_and(|s| matches!(s, 403 | 404 | 405)) {
+        if status.is_some_and(|s| (403..=405).contains(&s)) {
             // The handler's own refusals carry the protocol's header; hyper's 4xx do not.
             assert_eq!(
                 answers[0].header("metadata-flavor"),

@@ -43,19 +43,19 @@ const NAME_MESSAGE: &str =
 
 /// Each case: what it is, the change to a valid resource, and the text the API server's answer
 /// must contain.
-fn rejected_cases() -> Vec<(&'static str, Box<dyn Fn(&mut Value)>, &'static str)> {
-    let audience = |v: &'static str| -> Box<dyn Fn(&mut Value)> {
+type Change = Box<dyn Fn(&mut Value)>;
+
+fn rejected_cases() -> Vec<(&'static str, Change, &'static str)> {
+    let audience = |v: &'static str| -> Change {
         Box::new(move |d| set(d, "/spec/google/audience", json!(v)))
     };
-    let arn = |v: &'static str| -> Box<dyn Fn(&mut Value)> {
+    let arn = |v: &'static str| -> Change {
         Box::new(move |d| set(d, "/spec/aws/serviceAccount/roleArn", json!(v)))
     };
-    let uri = |v: &'static str| -> Box<dyn Fn(&mut Value)> {
+    let uri = |v: &'static str| -> Change {
         Box::new(move |d| set(d, "/spec/alloydb/instances/0/uri", json!(v)))
     };
-    let region = |v: Value| -> Box<dyn Fn(&mut Value)> {
-        Box::new(move |d| set(d, "/spec/aws/region", v.clone()))
-    };
+    let region = |v: Value| -> Change { Box::new(move |d| set(d, "/spec/aws/region", v.clone())) };
     vec![
         (
             "region in capitals",
