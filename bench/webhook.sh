@@ -126,6 +126,8 @@ spec:
     audience: //iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/eks-pool/providers/aws-shop
     serviceAccount: orders-api@acme-shop.iam.gserviceaccount.com
   alloydb:
+    # Named here so that both servers inject the same image whatever fedcred's default is.
+    proxy: {image: "gcr.io/alloydb-connectors/alloydb-auth-proxy:1.17.1"}
     instances:
       - uri: projects/acme-shop/locations/asia-northeast1/clusters/orders/instances/orders-primary
         connectivity: PSC
