@@ -795,6 +795,77 @@ async fn google_sts_down_through_the_last_half_minute_before_expiry() {
     assert_sound(&figures, &samples);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn google_sts_down_until_the_token_has_expired() {
+    // An outage longer than the time left at the refresh: the token expires while Google is
+    // down. Measured: how long after Google is back the resource gets a token again.
+    let world = World::shared("f-expire", federated(60)).await;
+    let controller = world.controller("r1", &[]);
+    world
+        .apply("orders-db", world.spec(no_impersonation(), json!({})))
+        .await;
+    world.recovered("orders-db", None, READY).await;
+    let status = world.status("orders-db").await;
+    let expires_at: Timestamp = status["expiresAt"].as_str().unwrap().parse().unwrap();
+    let stale = world.token("orders-db").await;
+    world.cloud.google.inject(
+        Target::Sts,
+        Fault::Status {
+            code: 503,
+            retry_after: None,
+            count: 100_000,
+        },
+    );
+    let before = world.calls();
+    // Google comes back 2 s after the token expired.
+    let back = expires_at + SignedDuration::from_secs(2);
+    tokio::time::sleep(back.duration_since(Timestamp::now()).unsigned_abs()).await;
+    world.cloud.google.clear_faults();
+    let healthy_at = Instant::now();
+    let outage_calls = world.calls().0 - before.0;
+    let status = world.status("orders-db").await;
+    let failures = status["failureCount"].as_i64().unwrap_or(0);
+    let next: Option<Timestamp> = status["nextRefreshTime"]
+        .as_str()
+        .and_then(|t| t.parse().ok());
+    // Watch for up to 20 s after Google is back.
+    let sampler = Sampler::start(
+        world.secrets(),
+        vec!["orders-db".into()],
+        world.cloud.clone(),
+    );
+    let mut recovered = None;
+    while healthy_at.elapsed() < Duration::from_secs(20) {
+        if world.healthy("orders-db", stale.as_deref()).await.is_some() {
+            recovered = Some(healthy_at.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let samples = sampler.finish().await;
+    let waiting = next.map(|n| n.as_second() - Timestamp::now().as_second());
+    let figures = Figures {
+        fault: "Google STS down until 2 s after the token expired (60 s tokens, refresh at 30 s left)",
+        recovery: recovered,
+        expired: samples.expired,
+        lost: world.lost(&["orders-db"]).await,
+        calls: format!("STS {outage_calls} during the outage"),
+        notes: match recovered {
+            Some(_) => format!(
+                "{failures} failed refreshes before Google was back; expired samples counted from then on"
+            ),
+            None => format!(
+                "not recovered 20 s after Google was back: {failures} failed refreshes pushed the next retry to {} s after the outage; the expired token stays in the Secret until then; expired samples counted from Google's return",
+                waiting.map_or("an unknown time".to_owned(), |w| (w + 20).to_string())
+            ),
+        },
+    };
+    figures.report();
+    world.keep_evidence(&[&controller]).await;
+    assert_eq!(figures.lost, 0, "the Secret was lost");
+    assert!(failures >= 1, "the outage was noticed: {status}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // AWS STS
 

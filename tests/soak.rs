@@ -388,7 +388,11 @@ async fn soak_with_random_faults() {
     let run = Duration::from_secs(seconds);
     let start = Instant::now();
     let mut next_fault = start + Duration::from_secs(rng.random_range(5..15));
+    // Outages stay shorter than the 30 s between a refresh and the token's expiry, as an
+    // hour-long token's half hour would outlast most real ones: AWS down 5–12 s, never again
+    // within 45 s; hanging STS requests 2–8 s.
     let mut aws_back_at: Option<Instant> = None;
+    let mut aws_quiet_until = start;
     let mut restarts_left = seconds / 600;
     // One SIGKILL and restart of the controller at half time in every run, more at random in
     // long runs.
@@ -466,17 +470,18 @@ async fn soak_with_random_faults() {
                 }
                 2 => {
                     let fault = Fault::Delay {
-                        millis: rng.random_range(2_000..=12_000),
-                        count: rng.random_range(1..=3),
+                        millis: rng.random_range(2_000..=8_000),
+                        count: rng.random_range(1..=2),
                     };
                     cloud.google.inject(Target::Sts, fault);
                     injected.note("STS hang");
                 }
                 3 => {
-                    if aws_back_at.is_none() {
+                    if aws_back_at.is_none() && Instant::now() >= aws_quiet_until {
                         gate.set_down(true);
-                        aws_back_at =
-                            Some(Instant::now() + Duration::from_secs(rng.random_range(5..=15)));
+                        let down = Duration::from_secs(rng.random_range(5..=12));
+                        aws_back_at = Some(Instant::now() + down);
+                        aws_quiet_until = Instant::now() + down + Duration::from_secs(45);
                         injected.note("AWS STS down");
                     }
                 }
