@@ -9,12 +9,12 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
 use support::cloud::{Cloud, ROLE};
-use support::{INSTANCE, Kubectl, TestNamespace, ensure_crd, kubectl, repo_root};
+use support::{INSTANCE, Kubectl, TestNamespace, ensure_crd, eventually, kubectl, repo_root};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -35,21 +35,6 @@ fn helm(args: &[&str]) -> Kubectl {
 
 fn chart_arg() -> String {
     chart().to_str().unwrap().to_owned()
-}
-
-/// Polls `check` until it returns `Some`, failing with `what` after `limit`.
-async fn eventually<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 fn get_json(args: &[&str]) -> Option<Value> {

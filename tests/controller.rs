@@ -8,24 +8,9 @@ use std::time::{Duration, Instant};
 
 use fedcred_doubles::{Condition, Config, Fault, Target};
 use serde_json::{Value, json};
-use support::TestNamespace;
 use support::cloud::{ASSUMED_ROLE, AUDIENCE, Cloud, ROLE, SA_EMAIL};
 use support::controller::ControllerProcess;
-
-/// Polls `check` until it returns `Some`, failing with `what` after `limit`.
-async fn eventually<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+use support::{TestNamespace, eventually};
 
 fn get_json(ns: &TestNamespace, args: &[&str]) -> Option<Value> {
     let mut all = vec!["get"];

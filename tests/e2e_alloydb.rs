@@ -11,7 +11,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fedcred::inject::{DEFAULT_PROXY_IMAGE, PROXY_CONTAINER_PREFIX};
 use fedcred_doubles::Config;
@@ -21,7 +21,8 @@ use support::alloydb::{Postgres, free_port, proxy_binary, wait_for_http_probe};
 use support::cloud::{Cloud, ROLE, SA_EMAIL};
 use support::controller::ControllerProcess;
 use support::pod::{Process, SecretVolume, StoredPod, map_paths, secret_data, wait_for_exec_probe};
-use support::{INSTANCE, TestNamespace, kubectl};
+use support::webhook::Registration;
+use support::{INSTANCE, TestNamespace, eventually};
 
 const FEDCRED_IMAGE: &str = "ghcr.io/example/fedcred";
 const DB_USER: &str = "orders-api@acme-shop.iam";
@@ -30,80 +31,6 @@ const LIFETIME_SECONDS: u64 = 600;
 /// What the IAM double grants instead, to compress time: refreshed when half of it is left, so
 /// a new token arrives 20 s after the first, and the first expires 40 s after issue.
 const GRANTED_SECONDS: u64 = 40;
-
-/// Polls `check` until it returns `Some`, failing with `what` after `limit`.
-async fn eventually<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// A MutatingWebhookConfiguration sending the test namespace's opted-in pods to the
-/// controller's webhook on 127.0.0.1; the controller fills in its `caBundle`. Deleted when
-/// dropped.
-struct Registration {
-    name: String,
-}
-
-impl Registration {
-    fn create(ns: &TestNamespace, port: u16) -> Registration {
-        let name = format!("fedcred-e2e-{}", ns.name);
-        kubectl(
-            &[
-                "label",
-                "namespace",
-                &ns.name,
-                &format!("fedcred-test/webhook={}", ns.name),
-            ],
-            None,
-        )
-        .success();
-        let config = json!({
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "MutatingWebhookConfiguration",
-            "metadata": {"name": name},
-            "webhooks": [{
-                "name": "pods.fedcred.io",
-                "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate")},
-                "rules": [{
-                    "apiGroups": [""], "apiVersions": ["v1"],
-                    "operations": ["CREATE"], "resources": ["pods"], "scope": "Namespaced",
-                }],
-                "objectSelector": {"matchLabels": {"fedcred.io/inject": "true"}},
-                "namespaceSelector": {"matchLabels": {"fedcred-test/webhook": ns.name}},
-                "failurePolicy": "Fail",
-                "reinvocationPolicy": "IfNeeded",
-                "sideEffects": "None",
-                "admissionReviewVersions": ["v1"],
-                "timeoutSeconds": 5,
-            }],
-        });
-        kubectl(&["create", "-f", "-"], Some(&config.to_string())).success();
-        Registration { name }
-    }
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        let _ = kubectl(
-            &[
-                "delete",
-                "mutatingwebhookconfiguration",
-                &self.name,
-                "--ignore-not-found",
-            ],
-            None,
-        );
-    }
-}
 
 fn pod(name: &str, credential: &str) -> Value {
     json!({
@@ -184,7 +111,7 @@ async fn a_pod_reaches_alloydb_as_its_iam_user_before_and_after_the_first_token_
     ns.kubectl(&["apply", "-f", "-"], Some(&sa.to_string()))
         .success();
     let webhook_port = free_port();
-    let registration = Registration::create(&ns, webhook_port);
+    let registration = Registration::create(&ns, webhook_port, None);
     let controller = ControllerProcess::start(
         &ns.name,
         &cloud,

@@ -26,6 +26,7 @@ use support::pod::{
     Process, SecretVolume, StoredPod, map_paths, secret_data, unique, venv_python,
     wait_for_exec_probe,
 };
+use support::webhook::Registration;
 use support::{TestNamespace, kubectl, wait_until};
 
 const FEDCRED_IMAGE: &str = "ghcr.io/example/fedcred";
@@ -235,62 +236,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A MutatingWebhookConfiguration for the opted-in pods of `ns`, pointing at `url`, with no
-/// caBundle: the controller fills it in. Deleted when dropped.
-struct Registration(String);
-
-impl Registration {
-    fn new(ns: &TestNamespace, url: &str) -> Registration {
-        let name = format!("fedcred-e2e-{}", ns.name);
-        kubectl(
-            &[
-                "label",
-                "namespace",
-                &ns.name,
-                &format!("fedcred-test/webhook={}", ns.name),
-            ],
-            None,
-        )
-        .success();
-        let config = json!({
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "MutatingWebhookConfiguration",
-            "metadata": {"name": name},
-            "webhooks": [{
-                "name": "pods.fedcred.io",
-                "clientConfig": {"url": url},
-                "rules": [{
-                    "apiGroups": [""], "apiVersions": ["v1"],
-                    "operations": ["CREATE"], "resources": ["pods"], "scope": "Namespaced",
-                }],
-                "objectSelector": {"matchLabels": {"fedcred.io/inject": "true"}},
-                "namespaceSelector": {"matchLabels": {"fedcred-test/webhook": ns.name}},
-                "failurePolicy": "Fail",
-                "reinvocationPolicy": "IfNeeded",
-                "sideEffects": "None",
-                "admissionReviewVersions": ["v1"],
-                "timeoutSeconds": 5,
-            }],
-        });
-        kubectl(&["create", "-f", "-"], Some(&config.to_string())).success();
-        Registration(name)
-    }
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        let _ = kubectl(
-            &[
-                "delete",
-                "mutatingwebhookconfiguration",
-                &self.0,
-                "--wait=false",
-            ],
-            None,
-        );
-    }
-}
-
 fn report_pod(endpoint: &str) -> Value {
     json!({
         "apiVersion": "v1",
@@ -345,7 +290,7 @@ async fn an_unchanged_bigquery_job_reads_with_the_token_fedcred_keeps() {
 
     // The controller, serving its webhook on loopback; it keeps the caBundle current.
     let webhook_port = free_port();
-    let registration = format!("fedcred-e2e-{}", ns.name);
+    let registration = Registration::create(&ns, webhook_port, None);
     let _controller = ControllerProcess::start(
         &ns.name,
         &cloud,
@@ -356,18 +301,17 @@ async fn an_unchanged_bigquery_job_reads_with_the_token_fedcred_keeps() {
             "--webhook-dns-names",
             "127.0.0.1",
             "--webhook-configuration",
-            &registration,
+            &registration.name,
             "--fedcred-image",
             &format!("{FEDCRED_IMAGE}:e2e"),
         ],
     );
-    let _registration = Registration::new(&ns, &format!("https://127.0.0.1:{webhook_port}/mutate"));
     wait_until(Duration::from_secs(60), || {
         let out = kubectl(
             &[
                 "get",
                 "mutatingwebhookconfiguration",
-                &registration,
+                &registration.name,
                 "-o",
                 "jsonpath={.webhooks[0].clientConfig.caBundle}",
             ],

@@ -10,7 +10,8 @@ use std::time::Duration;
 use fedcred::inject::InjectConfig;
 use fedcred::webhook::{self, CertBundle};
 use serde_json::{Value, json};
-use support::{TestNamespace, ensure_crd, kubectl, wait_until};
+use support::webhook::Registration;
+use support::{TestNamespace, ensure_crd, wait_until};
 
 const FEDCRED_IMAGE: &str = "ghcr.io/example/fedcred:webhook-test";
 
@@ -78,75 +79,19 @@ impl Drop for Server {
     }
 }
 
-/// A MutatingWebhookConfiguration that sends the opted-in pods of one namespace to `server`;
-/// deleted when dropped.
-struct Registration {
-    name: String,
-}
-
-impl Registration {
-    fn new(server: &Server, ns: &TestNamespace) -> Self {
-        use base64::Engine as _;
-        let name = format!("fedcred-test-{}", ns.name);
-        kubectl(
-            &[
-                "label",
-                "namespace",
-                &ns.name,
-                &format!("fedcred-test/webhook={}", ns.name),
-            ],
-            None,
-        )
-        .success();
-        let ca = base64::engine::general_purpose::STANDARD.encode(&server.certs.ca_pem);
-        let config = json!({
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "MutatingWebhookConfiguration",
-            "metadata": {"name": name},
-            "webhooks": [{
-                "name": "pods.fedcred.io",
-                "clientConfig": {"url": server.url("/mutate"), "caBundle": ca},
-                "rules": [{
-                    "apiGroups": [""], "apiVersions": ["v1"],
-                    "operations": ["CREATE"], "resources": ["pods"], "scope": "Namespaced",
-                }],
-                "objectSelector": {"matchLabels": {"fedcred.io/inject": "true"}},
-                "namespaceSelector": {"matchLabels": {"fedcred-test/webhook": ns.name}},
-                "failurePolicy": "Fail",
-                "reinvocationPolicy": "IfNeeded",
-                "sideEffects": "None",
-                "admissionReviewVersions": ["v1"],
-                "timeoutSeconds": 5,
-            }],
-        });
-        kubectl(&["create", "-f", "-"], Some(&config.to_string())).success();
-        let registration = Registration { name };
-        // The API server picks new configurations up from a watch: wait until a dry-run pod
-        // naming a missing credential is refused by the webhook.
-        let probe = pod("probe", Some("no-such-credential"));
-        wait_until(Duration::from_secs(30), || {
-            let out = ns.kubectl(
-                &["create", "--dry-run=server", "-f", "-"],
-                Some(&probe.to_string()),
-            );
-            !out.ok && out.stderr.contains("no-such-credential")
-        });
-        registration
-    }
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        let _ = kubectl(
-            &[
-                "delete",
-                "mutatingwebhookconfiguration",
-                &self.name,
-                "--ignore-not-found",
-            ],
-            None,
+/// Registers `server` for the opted-in pods of `ns` with its CA, and waits until the API
+/// server calls it: a dry-run pod naming a missing credential is refused by the webhook.
+fn register(server: &Server, ns: &TestNamespace) -> Registration {
+    let registration = Registration::create(ns, server.port, Some(&server.certs.ca_pem));
+    let probe = pod("probe", Some("no-such-credential"));
+    wait_until(Duration::from_secs(30), || {
+        let out = ns.kubectl(
+            &["create", "--dry-run=server", "-f", "-"],
+            Some(&probe.to_string()),
         );
-    }
+        !out.ok && out.stderr.contains("no-such-credential")
+    });
+    registration
 }
 
 /// A pod with one application container; labelled for injection and annotated with
@@ -218,7 +163,7 @@ fn an_opted_in_pod_is_stored_with_its_sidecars_and_environment() {
     ensure_crd();
     let ns = TestNamespace::new("wh-inject");
     let server = Server::start();
-    let _registration = Registration::new(&server, &ns);
+    let _registration = register(&server, &ns);
     federated_credential(&ns, "orders-db", true);
 
     let out = ns.kubectl(
@@ -259,7 +204,7 @@ fn pods_that_do_not_opt_in_are_untouched() {
     ensure_crd();
     let ns = TestNamespace::new("wh-plain");
     let server = Server::start();
-    let _registration = Registration::new(&server, &ns);
+    let _registration = register(&server, &ns);
     federated_credential(&ns, "orders-db", true);
 
     // Annotated but not labelled: the objectSelector keeps it from the webhook altogether.
@@ -283,7 +228,7 @@ fn a_pod_naming_a_missing_credential_is_refused_with_its_name() {
     ensure_crd();
     let ns = TestNamespace::new("wh-missing");
     let server = Server::start();
-    let _registration = Registration::new(&server, &ns);
+    let _registration = register(&server, &ns);
 
     let stderr = ns
         .kubectl(
@@ -306,7 +251,7 @@ fn a_credential_that_is_not_ready_admits_the_pod_with_a_warning() {
     ensure_crd();
     let ns = TestNamespace::new("wh-notready");
     let server = Server::start();
-    let _registration = Registration::new(&server, &ns);
+    let _registration = register(&server, &ns);
     federated_credential(&ns, "orders-db", false);
 
     let out = ns.kubectl(

@@ -6,6 +6,7 @@ pub mod alloydb;
 pub mod cloud;
 pub mod controller;
 pub mod pod;
+pub mod webhook;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -162,6 +163,21 @@ impl TestNamespace {
 impl Drop for TestNamespace {
     fn drop(&mut self) {
         let _ = kubectl(&["delete", "namespace", &self.name, "--wait=false"], None);
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing with `what` after `limit`.
+pub async fn eventually<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
