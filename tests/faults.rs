@@ -843,6 +843,13 @@ async fn google_sts_down_until_the_token_has_expired() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let samples = sampler.finish().await;
+    // What the controller has scheduled by now.
+    let status = world.status("orders-db").await;
+    let failures = status["failureCount"].as_i64().unwrap_or(failures);
+    let next: Option<Timestamp> = status["nextRefreshTime"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .or(next);
     let waiting = next.map(|n| n.as_second() - Timestamp::now().as_second());
     let figures = Figures {
         fault: "Google STS down until 2 s after the token expired (60 s tokens, refresh at 30 s left)",
