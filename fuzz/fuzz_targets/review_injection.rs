@@ -267,7 +267,7 @@ fn unique<T: Ord + Clone>(items: &[T]) -> bool {
 }
 
 fuzz_target!(|input: Input| {
-    let operation = if input.operation % 5 == 0 {
+    let operation = if input.operation.is_multiple_of(5) {
         "UPDATE"
     } else {
         "CREATE"
