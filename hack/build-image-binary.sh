@@ -19,6 +19,8 @@ base="${BASE_IMAGE_BYTES:-2500000}"
 export CARGO_PROFILE_RELEASE_LTO=fat
 export CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1
 export CARGO_PROFILE_RELEASE_STRIP=symbols
+export CARGO_PROFILE_RELEASE_OPT_LEVEL=s
+export CARGO_PROFILE_RELEASE_PACKAGE_AWS_LC_SYS_OPT_LEVEL=3
 export RUSTFLAGS="-C target-feature=+crt-static"
 # Its own target directory: these flags would otherwise invalidate the development build.
 export CARGO_TARGET_DIR="$repo/target/image"
