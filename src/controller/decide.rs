@@ -177,18 +177,30 @@ pub const BACKOFF_BASE: Duration = Duration::from_secs(5);
 pub const BACKOFF_CAP: Duration = Duration::from_secs(300);
 /// A still-valid token gets a last retry at least this long before it expires.
 pub const LAST_CHANCE: Duration = Duration::from_secs(30);
+/// Longest delay between retries once the token in the Secret has expired: the pods using it
+/// are failing now, so recovery after an outage must not wait for a long backoff.
+pub const EXPIRED_CAP: Duration = Duration::from_secs(30);
 
 /// When to retry after the `failures`-th consecutive failure (1-based): exponential from
-/// [`BACKOFF_BASE`], capped at [`BACKOFF_CAP`], and never later than [`LAST_CHANCE`] before a
-/// token that is still valid expires.
+/// [`BACKOFF_BASE`], capped at [`BACKOFF_CAP`]. A token that is still valid gets a retry no
+/// later than [`LAST_CHANCE`] before it expires and then one every [`BACKOFF_BASE`] until it
+/// does; once it has expired, retries come at least every [`EXPIRED_CAP`]. A resource that
+/// never had a token (most often a setup error a spec change will fix) keeps the plain backoff.
 pub fn retry_at(now: Timestamp, failures: i32, expires_at: Option<Timestamp>) -> Timestamp {
     let exponent = (failures.max(1) - 1).min(16) as u32;
     let delay = BACKOFF_BASE.saturating_mul(1 << exponent).min(BACKOFF_CAP);
-    let mut at = now + delay;
-    if let Some(exp) = expires_at.filter(|exp| *exp > now) {
-        let last_chance = exp - LAST_CHANCE;
-        at = at.min(last_chance.max(now + Duration::from_secs(1)));
-    }
+    let at = match expires_at {
+        Some(exp) if exp > now => {
+            let last_chance = exp - LAST_CHANCE;
+            if last_chance > now {
+                (now + delay).min(last_chance)
+            } else {
+                now + delay.min(BACKOFF_BASE)
+            }
+        }
+        Some(_) => now + delay.min(EXPIRED_CAP),
+        None => now + delay,
+    };
     truncate(at)
 }
 
@@ -368,19 +380,49 @@ mod tests {
             retry_at(now, 30, Some(t("2026-01-01T00:02:00Z"))),
             t("2026-01-01T00:01:30Z")
         );
-        // Expires in 10 s: retry right away rather than after expiry.
+        // Expires in 10 s: retries every 5 s until then, not in a tight loop.
         assert_eq!(
             retry_at(now, 30, Some(t("2026-01-01T00:00:10Z"))),
-            t("2026-01-01T00:00:01Z")
+            t("2026-01-01T00:00:05Z")
         );
-        // Already expired: plain backoff.
+        assert_eq!(
+            retry_at(now, 1, Some(t("2026-01-01T00:00:20Z"))),
+            t("2026-01-01T00:00:05Z")
+        );
+        // Already expired: the backoff, but never more than 30 s, however many retries
+        // failed before (an outage that outlived the token must not cost minutes more).
         assert_eq!(
             retry_at(now, 2, Some(t("2025-12-31T00:00:00Z"))),
             t("2026-01-01T00:00:10Z")
         );
+        assert_eq!(
+            retry_at(now, 14, Some(t("2025-12-31T23:59:58Z"))),
+            t("2026-01-01T00:00:30Z")
+        );
     }
 
     #[test]
+    fn an_outage_that_outlives_the_token_is_recovered_from_within_the_expired_cap() {
+        // Google is down from 2 minutes before expiry until 10 s after; the controller
+        // retries on its schedule; how long after Google is back does it get a token?
+        let expiry = t("2026-01-01T00:02:00Z");
+        let back = t("2026-01-01T00:02:10Z");
+        let mut now = t("2026-01-01T00:00:00Z");
+        let mut failures = 0;
+        let mut attempts = 0;
+        while now < back {
+            failures += 1;
+            attempts += 1;
+            now = retry_at(now, failures, Some(expiry));
+        }
+        assert!(
+            now.duration_since(back) <= jiff::SignedDuration::from_secs(30),
+            "recovered {} after Google came back",
+            now.duration_since(back)
+        );
+        assert!(attempts <= 12, "{attempts} attempts in 2 min 10 s");
+    }
+
     fn reuse_threshold_exceeds_the_refresh_window() {
         assert_eq!(min_remaining(3600, 50), Duration::from_secs(2250));
         assert_eq!(min_remaining(600, 90), Duration::from_secs(555));
