@@ -65,14 +65,14 @@ fn google_error(status: StatusCode, reason: &str, message: &str) -> Response {
 impl BigQuery {
     /// Checks the bearer token as Google's front end does: issued by the doubles, not
     /// expired, for the expected service account, with a scope that covers BigQuery.
-    fn authorize(&self, headers: &HeaderMap, project: &str) -> Result<(), Response> {
+    fn authorize(&self, headers: &HeaderMap, project: &str) -> Result<(), Box<Response>> {
         let refuse = |status: StatusCode, reason: &str, message: &str| {
             self.seen
                 .lock()
                 .unwrap()
                 .refused
                 .push((status.as_u16(), reason.to_owned()));
-            google_error(status, reason, message)
+            Box::new(google_error(status, reason, message))
         };
         let Some(token) = headers
             .get("authorization")
@@ -142,7 +142,7 @@ async fn insert_job(
     axum::Json(body): axum::Json<Value>,
 ) -> Response {
     if let Err(refused) = bq.authorize(&headers, &project) {
-        return refused;
+        return *refused;
     }
     let Some(query) = body["configuration"]["query"]["query"].as_str() else {
         return google_error(
@@ -165,7 +165,7 @@ async fn get_job(
     headers: HeaderMap,
 ) -> Response {
     if let Err(refused) = bq.authorize(&headers, &project) {
-        return refused;
+        return *refused;
     }
     let query = bq
         .seen
@@ -184,7 +184,7 @@ async fn query_results(
     headers: HeaderMap,
 ) -> Response {
     if let Err(refused) = bq.authorize(&headers, &project) {
-        return refused;
+        return *refused;
     }
     axum::Json(json!({
         "kind": "bigquery#getQueryResultsResponse",

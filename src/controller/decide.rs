@@ -423,6 +423,7 @@ mod tests {
         assert!(attempts <= 12, "{attempts} attempts in 2 min 10 s");
     }
 
+    #[test]
     fn reuse_threshold_exceeds_the_refresh_window() {
         assert_eq!(min_remaining(3600, 50), Duration::from_secs(2250));
         assert_eq!(min_remaining(600, 90), Duration::from_secs(555));
