@@ -7,78 +7,15 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use fedcred::inject::InjectConfig;
-use fedcred::webhook::{self, CertBundle, MAX_BODY_BYTES};
+use fedcred::webhook::MAX_BODY_BYTES;
 use rand::{Rng, RngCore, SeedableRng};
 use serde_json::{Value, json};
+use support::webhook::Server;
 use support::{TestNamespace, ensure_crd};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// The webhook server on its own thread and runtime. Stops when dropped.
-struct Server {
-    port: u16,
-    certs: CertBundle,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Server {
-    fn start() -> Self {
-        let certs = webhook::generate(&["127.0.0.1".to_owned()]).unwrap();
-        let tls = webhook::server_config(&certs.cert_pem, &certs.key_pem).unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (port_tx, port_rx) = mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let client = support::kube_client().await;
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                port_tx.send(listener.local_addr().unwrap().port()).unwrap();
-                let (cache, watch) = webhook::watch_credentials(client.clone(), None);
-                tokio::spawn(watch);
-                let router = webhook::router(
-                    webhook::Webhook::new(client, InjectConfig::new("ghcr.io/example/fedcred:t"))
-                        .with_cache(cache),
-                );
-                webhook::serve(listener, tls, router, async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-            });
-        });
-        let port = port_rx.recv_timeout(Duration::from_secs(30)).unwrap();
-        Server {
-            port,
-            certs,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("https://127.0.0.1:{}{path}", self.port)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
 
 /// Resident memory of this process (server and test alike), in KiB.
 fn rss_kib() -> u64 {
@@ -577,7 +514,7 @@ async fn hostile_admission_reviews_are_refused_and_the_server_stays_up_with_boun
     let ns = TestNamespace::new("hostile-wh");
     let other = TestNamespace::new("hostile-wh-other");
     federated_credential(&ns);
-    let server = Server::start();
+    let server = Server::start("ghcr.io/example/fedcred:t");
     let client = tls_client(&server);
 
     // Warm up (TLS, the credential cache, allocator arenas) before the first measurement.

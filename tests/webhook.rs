@@ -4,80 +4,13 @@
 
 mod support;
 
-use std::sync::mpsc;
 use std::time::Duration;
 
-use fedcred::inject::InjectConfig;
-use fedcred::webhook::{self, CertBundle};
 use serde_json::{Value, json};
-use support::webhook::Registration;
+use support::webhook::{Registration, Server};
 use support::{TestNamespace, ensure_crd, wait_until};
 
 const FEDCRED_IMAGE: &str = "ghcr.io/example/fedcred:webhook-test";
-
-/// The webhook server, running on its own thread and runtime so that the blocking kubectl
-/// calls of the tests never stall it. Stops when dropped.
-struct Server {
-    port: u16,
-    certs: CertBundle,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Server {
-    fn start() -> Self {
-        let certs = webhook::generate(&["127.0.0.1".to_owned()]).unwrap();
-        let tls = webhook::server_config(&certs.cert_pem, &certs.key_pem).unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (port_tx, port_rx) = mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let client = support::kube_client().await;
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                port_tx.send(listener.local_addr().unwrap().port()).unwrap();
-                // As `fedcred controller` runs it: lookups served from a watched cache.
-                let (cache, watch) = webhook::watch_credentials(client.clone(), None);
-                tokio::spawn(watch);
-                let router = webhook::router(
-                    webhook::Webhook::new(client, InjectConfig::new(FEDCRED_IMAGE))
-                        .with_cache(cache),
-                );
-                webhook::serve(listener, tls, router, async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-            });
-        });
-        let port = port_rx.recv_timeout(Duration::from_secs(30)).unwrap();
-        Server {
-            port,
-            certs,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("https://127.0.0.1:{}{path}", self.port)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
 
 /// Registers `server` for the opted-in pods of `ns` with its CA, and waits until the API
 /// server calls it: a dry-run pod naming a missing credential is refused by the webhook.
@@ -162,7 +95,7 @@ fn env_names(container: &Value) -> Vec<String> {
 fn an_opted_in_pod_is_stored_with_its_sidecars_and_environment() {
     ensure_crd();
     let ns = TestNamespace::new("wh-inject");
-    let server = Server::start();
+    let server = Server::start(FEDCRED_IMAGE);
     let _registration = register(&server, &ns);
     federated_credential(&ns, "orders-db", true);
 
@@ -203,7 +136,7 @@ fn an_opted_in_pod_is_stored_with_its_sidecars_and_environment() {
 fn pods_that_do_not_opt_in_are_untouched() {
     ensure_crd();
     let ns = TestNamespace::new("wh-plain");
-    let server = Server::start();
+    let server = Server::start(FEDCRED_IMAGE);
     let _registration = register(&server, &ns);
     federated_credential(&ns, "orders-db", true);
 
@@ -227,7 +160,7 @@ fn pods_that_do_not_opt_in_are_untouched() {
 fn a_pod_naming_a_missing_credential_is_refused_with_its_name() {
     ensure_crd();
     let ns = TestNamespace::new("wh-missing");
-    let server = Server::start();
+    let server = Server::start(FEDCRED_IMAGE);
     let _registration = register(&server, &ns);
 
     let stderr = ns
@@ -250,7 +183,7 @@ fn a_pod_naming_a_missing_credential_is_refused_with_its_name() {
 fn a_credential_that_is_not_ready_admits_the_pod_with_a_warning() {
     ensure_crd();
     let ns = TestNamespace::new("wh-notready");
-    let server = Server::start();
+    let server = Server::start(FEDCRED_IMAGE);
     let _registration = register(&server, &ns);
     federated_credential(&ns, "orders-db", false);
 
@@ -267,7 +200,7 @@ fn a_credential_that_is_not_ready_admits_the_pod_with_a_warning() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_bodies_get_client_errors_and_the_server_stays_up() {
-    let server = Server::start();
+    let server = Server::start(FEDCRED_IMAGE);
     let ca = reqwest::Certificate::from_pem(server.certs.ca_pem.as_bytes()).unwrap();
     let client = reqwest::Client::builder()
         .tls_certs_only([ca])

@@ -1,8 +1,80 @@
-//! Registering a webhook on 127.0.0.1 with the real API server, for one test namespace.
+//! The admission webhook in tests: served in-process on 127.0.0.1 as `fedcred controller`
+//! serves it, and registered with the real API server for one test namespace.
 
+use std::sync::mpsc;
+use std::time::Duration;
+
+use fedcred::inject::InjectConfig;
+use fedcred::webhook::{self, CertBundle};
 use serde_json::json;
 
 use super::{TestNamespace, kubectl};
+
+/// The webhook server, running on its own thread and runtime so that the blocking kubectl
+/// calls of the tests never stall it. Stops when dropped.
+pub struct Server {
+    pub port: u16,
+    pub certs: CertBundle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Starts it with a fresh CA, injecting `fedcred_image` as the metadata sidecar.
+    pub fn start(fedcred_image: &str) -> Self {
+        let fedcred_image = fedcred_image.to_owned();
+        let certs = webhook::generate(&["127.0.0.1".to_owned()]).unwrap();
+        let tls = webhook::server_config(&certs.cert_pem, &certs.key_pem).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (port_tx, port_rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let client = super::kube_client().await;
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                port_tx.send(listener.local_addr().unwrap().port()).unwrap();
+                // As `fedcred controller` runs it: lookups served from a watched cache.
+                let (cache, watch) = webhook::watch_credentials(client.clone(), None);
+                tokio::spawn(watch);
+                let router = webhook::router(
+                    webhook::Webhook::new(client, InjectConfig::new(fedcred_image))
+                        .with_cache(cache),
+                );
+                webhook::serve(listener, tls, router, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+            });
+        });
+        let port = port_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        Server {
+            port,
+            certs,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
 
 /// A MutatingWebhookConfiguration that sends the opted-in pods of one namespace to
 /// `https://127.0.0.1:PORT/mutate`, configured as the chart configures it. Without a `caBundle`
