@@ -286,30 +286,14 @@ async fn rollouts(
     };
     let mut status = fc.status.clone().unwrap_or_default();
     status.injection_hash = Some(hash);
-    let patch = json!({
-        "apiVersion": "fedcred.io/v1alpha1",
-        "kind": "FederatedCredential",
-        "status": status,
-    });
-    match api
-        .patch_status(
-            &fc.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-    {
-        Ok(mut stored) => {
-            // Keep the spec and metadata this reconcile started from; take the new status.
-            let mut next = FederatedCredential::clone(&fc);
-            next.status = stored.status.take();
-            Ok(Arc::new(next))
-        }
-        Err(e) => {
-            tracing::warn!(namespace = %fc.namespace().unwrap_or_default(), name = %fc.name_any(), error = %e, "recording the injection hash failed");
-            Err(fc)
-        }
+    if let Err(e) = write_status(api, &fc, status.clone()).await {
+        tracing::warn!(error = %e, "recording the injection hash failed");
+        return Err(fc);
     }
+    // Keep the spec and metadata this reconcile started from, with the status just written.
+    let mut next = FederatedCredential::clone(&fc);
+    next.status = Some(status);
+    Ok(Arc::new(next))
 }
 
 fn list_or_none(items: &[String]) -> String {
