@@ -19,9 +19,8 @@ use fedcred_doubles::alloydb::{AlloyDbConfig, AlloyDbDoubles, AuthType, Instance
 use serde_json::{Value, json};
 use support::alloydb::{Postgres, free_port, proxy_binary, wait_for_http_probe};
 use support::cloud::{Cloud, ROLE, SA_EMAIL};
-use support::controller::ControllerProcess;
 use support::pod::{Process, SecretVolume, StoredPod, map_paths, secret_data, wait_for_exec_probe};
-use support::webhook::Registration;
+use support::webhook::controller_with_webhook;
 use support::{INSTANCE, TestNamespace, eventually};
 
 const FEDCRED_IMAGE: &str = "ghcr.io/example/fedcred";
@@ -110,23 +109,8 @@ async fn a_pod_reaches_alloydb_as_its_iam_user_before_and_after_the_first_token_
         "metadata": {"name": "orders-api", "annotations": {"eks.amazonaws.com/role-arn": ROLE}}});
     ns.kubectl(&["apply", "-f", "-"], Some(&sa.to_string()))
         .success();
-    let webhook_port = free_port();
-    let registration = Registration::create(&ns, webhook_port, None);
-    let controller = ControllerProcess::start(
-        &ns.name,
-        &cloud,
-        "e2e",
-        &[
-            "--webhook-address",
-            &format!("127.0.0.1:{webhook_port}"),
-            "--webhook-dns-names",
-            "127.0.0.1",
-            "--webhook-configuration",
-            &registration.name,
-            "--fedcred-image",
-            &format!("{FEDCRED_IMAGE}:e2e"),
-        ],
-    );
+    let (_registration, controller) =
+        controller_with_webhook(&ns, &cloud, "e2e", &format!("{FEDCRED_IMAGE}:e2e"));
     // The API server calls the webhook once the controller has set the caBundle: a dry-run
     // pod naming a missing credential is then refused by the webhook with its name.
     let probe = pod("probe", "no-such-credential");

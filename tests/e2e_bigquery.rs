@@ -21,12 +21,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 use support::cloud::{AUDIENCE, Cloud, ROLE, SA_EMAIL};
-use support::controller::ControllerProcess;
 use support::pod::{
     Process, SecretVolume, StoredPod, map_paths, secret_data, unique, venv_python,
     wait_for_exec_probe,
 };
-use support::webhook::Registration;
+use support::webhook::controller_with_webhook;
 use support::{TestNamespace, kubectl, wait_until};
 
 const FEDCRED_IMAGE: &str = "ghcr.io/example/fedcred";
@@ -228,14 +227,6 @@ async fn start_bigquery(bq: BigQuery) -> String {
     url
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn report_pod(endpoint: &str) -> Value {
     json!({
         "apiVersion": "v1",
@@ -289,23 +280,8 @@ async fn an_unchanged_bigquery_job_reads_with_the_token_fedcred_keeps() {
         .success();
 
     // The controller, serving its webhook on loopback; it keeps the caBundle current.
-    let webhook_port = free_port();
-    let registration = Registration::create(&ns, webhook_port, None);
-    let _controller = ControllerProcess::start(
-        &ns.name,
-        &cloud,
-        "r1",
-        &[
-            "--webhook-address",
-            &format!("127.0.0.1:{webhook_port}"),
-            "--webhook-dns-names",
-            "127.0.0.1",
-            "--webhook-configuration",
-            &registration.name,
-            "--fedcred-image",
-            &format!("{FEDCRED_IMAGE}:e2e"),
-        ],
-    );
+    let (registration, _controller) =
+        controller_with_webhook(&ns, &cloud, "r1", &format!("{FEDCRED_IMAGE}:e2e"));
     wait_until(Duration::from_secs(60), || {
         let out = kubectl(
             &[

@@ -140,3 +140,35 @@ impl Drop for Registration {
         );
     }
 }
+
+/// `fedcred controller` watching `ns`, serving its webhook on a free loopback port registered
+/// for `ns` without a `caBundle`: the controller fills it in, as it does for the chart's
+/// configuration.
+pub fn controller_with_webhook(
+    ns: &TestNamespace,
+    cloud: &super::cloud::Cloud,
+    identity: &str,
+    fedcred_image: &str,
+) -> (Registration, super::controller::ControllerProcess) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port");
+    let registration = Registration::create(ns, port, None);
+    let controller = super::controller::ControllerProcess::start(
+        &ns.name,
+        cloud,
+        identity,
+        &[
+            "--webhook-address",
+            &format!("127.0.0.1:{port}"),
+            "--webhook-dns-names",
+            "127.0.0.1",
+            "--webhook-configuration",
+            &registration.name,
+            "--fedcred-image",
+            fedcred_image,
+        ],
+    );
+    (registration, controller)
+}
