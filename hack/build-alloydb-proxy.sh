@@ -44,3 +44,4 @@ wait "$pid" || die "building alloydb-auth-proxy $ALLOYDB_PROXY_VERSION failed"
 mv "$tmp/alloydb-auth-proxy" "$binary"
 echo "$ALLOYDB_PROXY_VERSION" >"$binary.version"
 log "alloydb-auth-proxy $ALLOYDB_PROXY_VERSION built in $((SECONDS - start)) s: $binary"
+drop_go_caches

@@ -75,6 +75,7 @@ build_kubernetes() {
       echo "$KUBE_VERSION" >"$BIN_DIR/$cmd.version"
     done
   )
+  built=1
   log "built $("$BIN_DIR/kube-apiserver" --version)"
 }
 
@@ -105,12 +106,15 @@ build_etcd() {
     run_with_progress etcd go build -mod=mod -trimpath -ldflags "-s -w" -o "$BIN_DIR/etcd" go.etcd.io/etcd/server/v3
   )
   echo "$ETCD_VERSION" >"$BIN_DIR/etcd.version"
+  built=1
   log "built $("$BIN_DIR/etcd" --version | head -1)"
 }
 
+built=0
 case "${1:-all}" in
   etcd) build_etcd ;;
   kubernetes) build_kubernetes ;;
   all) build_etcd; build_kubernetes ;;
   *) die "usage: $0 [all|etcd|kubernetes]" ;;
 esac
+if ((built)); then drop_go_caches; fi
