@@ -38,7 +38,7 @@ use std::time::{Duration, Instant, SystemTime};
 use aws_credential_types::Credentials;
 use fedcred::api::{CLOUD_PLATFORM_SCOPE, FederatedCredentialSpec};
 use fedcred::aws::Aws;
-use fedcred::exchange::{ControllerIdentityPolicy, Defaults, Engine, IdentityKey, plan};
+use fedcred::exchange::{ControllerIdentityPolicy, Defaults, Engine, IdentityKey, Reuse, plan};
 use fedcred::google::{GoogleClient, RetryPolicy};
 use fedcred::secret::Secret;
 use fedcred::subject_token::{self, SubjectTokenRequest};
@@ -623,16 +623,13 @@ async fn exchange_bench(moto_url: Option<&str>, sizes: &Sizes) -> Result<Results
 
     let mut cached = Vec::new();
     let key = Arc::new(engine_key(&moto_url, &doubles.base_url(), true)?);
-    let min_remaining = Duration::from_secs(600);
-    engine
-        .token(&key, min_remaining)
-        .await
-        .map_err(|e| e.message)?;
+    let reuse = Reuse::AtLeast(Duration::from_secs(600));
+    engine.token(&key, reuse).await.map_err(|e| e.message)?;
     let exchanges_before = doubles.exchanges(fedcred_doubles::Target::Sts);
     progress(&format!("cache hits: {} sequential", sizes.cache_ops));
     let timed = time_async(sizes.cache_ops / 10, sizes.cache_ops, || {
         let (engine, key) = (engine.clone(), key.clone());
-        async move { cache_hit(&engine, &key, min_remaining).await }
+        async move { cache_hit(&engine, &key, reuse).await }
     })
     .await?;
     cached.push(Summary::new("cache hit, sequential", timed));
@@ -642,7 +639,7 @@ async fn exchange_bench(moto_url: Option<&str>, sizes: &Sizes) -> Result<Results
         let (engine, key) = (engine.clone(), key.clone());
         move || {
             let (engine, key) = (engine.clone(), key.clone());
-            async move { cache_hit(&engine, &key, min_remaining).await }
+            async move { cache_hit(&engine, &key, reuse).await }
         }
     })
     .await?;
@@ -716,8 +713,8 @@ async fn exchange_once(engine: &Engine, key: &IdentityKey) -> Result<(), String>
     Ok(())
 }
 
-async fn cache_hit(engine: &Engine, key: &IdentityKey, min: Duration) -> Result<(), String> {
-    let issued = engine.token(key, min).await.map_err(|e| e.message)?;
+async fn cache_hit(engine: &Engine, key: &IdentityKey, reuse: Reuse) -> Result<(), String> {
+    let issued = engine.token(key, reuse).await.map_err(|e| e.message)?;
     black_box(issued);
     Ok(())
 }

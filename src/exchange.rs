@@ -326,6 +326,43 @@ pub struct Issued {
     pub scopes: Vec<String>,
 }
 
+/// Whether a token from the shared cache may be handed out again.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Reuse {
+    /// When it has at least this much life left.
+    AtLeast(Duration),
+    /// For a resource that refreshes within the last `share` (0–1) of a token's lifetime:
+    /// when the token has that share plus a quarter of the rest of its own lifetime left, so
+    /// a reused token is not due again at once and a fresh one always qualifies. Judged by
+    /// the lifetime Google gave the token, not the one the spec asked for: a federated token
+    /// lives an hour whatever the spec says.
+    RefreshWithin(f64),
+}
+
+impl Reuse {
+    /// The life `issued` must have left to be reused.
+    pub fn min_remaining(self, issued: &Issued) -> Duration {
+        match self {
+            Reuse::AtLeast(d) => d,
+            Reuse::RefreshWithin(share) => {
+                let lifetime = issued
+                    .expires_at
+                    .duration_since(issued.issued_at)
+                    .as_secs_f64()
+                    .max(0.0);
+                let window = lifetime * share.clamp(0.0, 1.0);
+                Duration::from_secs_f64(window + (lifetime - window) / 4.0)
+            }
+        }
+    }
+
+    /// Whether `issued` may be handed out at `now`.
+    pub fn accepts(self, issued: &Issued, now: Timestamp) -> bool {
+        issued.expires_at > now
+            && issued.expires_at.duration_since(now).unsigned_abs() >= self.min_remaining(issued)
+    }
+}
+
 /// How long a failed exchange answers waiting callers before the next one tries again, so a
 /// hundred resources of one broken identity cause one call, not a hundred.
 const FAILURE_SHARE: Duration = Duration::from_secs(5);
@@ -354,13 +391,9 @@ impl Engine {
         &self.aws
     }
 
-    /// A token for `key` with at least `min_remaining` of life, exchanging only when no
-    /// concurrent or recent exchange for the same identity provides one.
-    pub async fn token(
-        &self,
-        key: &IdentityKey,
-        min_remaining: Duration,
-    ) -> Result<Issued, ExchangeError> {
+    /// A token for `key` that `reuse` accepts, exchanging only when no concurrent or recent
+    /// exchange for the same identity provides one.
+    pub async fn token(&self, key: &IdentityKey, reuse: Reuse) -> Result<Issued, ExchangeError> {
         let slot = {
             let mut slots = self
                 .slots
@@ -372,12 +405,7 @@ impl Engine {
         let now = Timestamp::now();
         if let Some((at, result)) = guard.as_ref() {
             match result {
-                Ok(issued)
-                    if issued.expires_at.duration_since(now).unsigned_abs() >= min_remaining
-                        && issued.expires_at > now =>
-                {
-                    return Ok(issued.clone());
-                }
+                Ok(issued) if reuse.accepts(issued, now) => return Ok(issued.clone()),
                 Err(e) if now.duration_since(*at).unsigned_abs() < FAILURE_SHARE => {
                     return Err(e.clone());
                 }
@@ -674,5 +702,56 @@ mod tests {
             None
         );
         assert_eq!(db_user("alice@example.com"), None);
+    }
+
+    fn issued(issued_at: &str, expires_at: &str) -> Issued {
+        Issued {
+            access_token: Secret::new("ya29.test"),
+            expires_at: expires_at.parse().unwrap(),
+            issued_at: issued_at.parse().unwrap(),
+            principal_arn: None,
+            service_account: None,
+            db_user: None,
+            project_id: None,
+            scopes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn reuse_needs_the_refresh_window_plus_a_quarter_of_the_rest() {
+        let hour = issued("2026-01-01T00:00:00Z", "2026-01-01T01:00:00Z");
+        assert_eq!(
+            Reuse::RefreshWithin(0.5).min_remaining(&hour),
+            Duration::from_secs(2250)
+        );
+        assert_eq!(
+            Reuse::RefreshWithin(0.9).min_remaining(&hour),
+            Duration::from_secs(3330)
+        );
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        // 45 min left: enough for a resource refreshing in the last half, not the last 90 %.
+        assert!(Reuse::RefreshWithin(0.5).accepts(&hour, at("2026-01-01T00:15:00Z")));
+        assert!(!Reuse::RefreshWithin(0.9).accepts(&hour, at("2026-01-01T00:15:00Z")));
+        // Just short of the threshold, and expired.
+        assert!(!Reuse::RefreshWithin(0.5).accepts(&hour, at("2026-01-01T00:22:31Z")));
+        assert!(!Reuse::AtLeast(Duration::ZERO).accepts(&hour, at("2026-01-01T01:00:00Z")));
+    }
+
+    #[test]
+    fn a_fresh_token_is_reusable_whatever_lifetime_google_gave_it() {
+        // The spec may ask for an hour; what counts is the lifetime the token has.
+        for (expires, now) in [
+            ("2026-01-01T00:01:00Z", "2026-01-01T00:00:01Z"),
+            ("2026-01-01T00:10:00Z", "2026-01-01T00:00:05Z"),
+            ("2026-01-01T12:00:00Z", "2026-01-01T00:01:00Z"),
+        ] {
+            let token = issued("2026-01-01T00:00:00Z", expires);
+            for share in [0.1, 0.55, 0.9] {
+                assert!(
+                    Reuse::RefreshWithin(share).accepts(&token, now.parse().unwrap()),
+                    "{expires} at {now}, share {share}"
+                );
+            }
+        }
     }
 }

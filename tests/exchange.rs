@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use fedcred::error::Reason;
-use fedcred::exchange::{ControllerIdentityPolicy, Defaults, IdentityKey, plan};
+use fedcred::exchange::{ControllerIdentityPolicy, Defaults, IdentityKey, Reuse, plan};
 use fedcred::google::RetryPolicy;
 use fedcred_doubles::{Condition, Config, Fault, Target};
 use serde_json::json;
@@ -134,7 +134,11 @@ async fn concurrent_requests_for_one_identity_share_one_exchange() {
         .map(|_| {
             let engine = engine.clone();
             let key = key.clone();
-            tokio::spawn(async move { engine.token(&key, Duration::from_secs(600)).await })
+            tokio::spawn(async move {
+                engine
+                    .token(&key, Reuse::AtLeast(Duration::from_secs(600)))
+                    .await
+            })
         })
         .collect();
     let mut tokens = Vec::new();
@@ -147,9 +151,15 @@ async fn concurrent_requests_for_one_identity_share_one_exchange() {
     assert_eq!(cloud.google.calls(Target::Iam), 1);
 
     // Reused while it has enough life; a caller needing more than it has gets a new one.
-    engine.token(&key, Duration::from_secs(600)).await.unwrap();
+    engine
+        .token(&key, Reuse::AtLeast(Duration::from_secs(600)))
+        .await
+        .unwrap();
     assert_eq!(cloud.google.exchanges(Target::Sts), 1);
-    engine.token(&key, Duration::from_secs(7200)).await.unwrap();
+    engine
+        .token(&key, Reuse::AtLeast(Duration::from_secs(7200)))
+        .await
+        .unwrap();
     assert_eq!(cloud.google.exchanges(Target::Sts), 2);
 }
 

@@ -146,6 +146,9 @@ fn expired(now: Timestamp, _: Option<i64>, s: &Schedule, _: &SecretState) -> Opt
         .then_some(Trigger::Expired)
 }
 
+/// The largest refresh jitter, as a share of the refresh window.
+const REFRESH_JITTER: f64 = 0.1;
+
 /// When to refresh a token issued at `issued_at` that expires at `expires_at`: when
 /// `renew_before_percentage` of its lifetime is left, minus up to a tenth of that window of
 /// jitter (`unit` in [0, 1)) so resources issued together spread out.
@@ -157,18 +160,16 @@ pub fn refresh_at(
 ) -> Timestamp {
     let lifetime = expires_at.duration_since(issued_at).as_secs_f64().max(0.0);
     let window = lifetime * f64::from(renew_before_percentage.clamp(1, 99)) / 100.0;
-    let jitter = window * 0.1 * unit.clamp(0.0, 1.0);
+    let jitter = window * REFRESH_JITTER * unit.clamp(0.0, 1.0);
     let at = expires_at - SignedDuration::from_secs_f64(window + jitter);
     truncate(at.max(issued_at + SignedDuration::from_secs(1)))
 }
 
-/// How long a reused token must still live for a resource: its refresh window plus a quarter
-/// of the rest of its lifetime, so a token taken from the shared cache is not due again at once
-/// and a fresh one always qualifies.
-pub fn min_remaining(lifetime_seconds: i64, renew_before_percentage: i32) -> Duration {
-    let lifetime = lifetime_seconds.max(0) as f64;
-    let window = lifetime * f64::from(renew_before_percentage.clamp(1, 99)) / 100.0;
-    Duration::from_secs_f64(window + (lifetime - window) / 4.0)
+/// The share of a token's lifetime within which [`refresh_at`] may fall due, at the earliest
+/// (the window with the largest jitter). A token shared from the cache must have more than
+/// that left, or the resource taking it would be due again at once.
+pub fn refresh_share(renew_before_percentage: i32) -> f64 {
+    (f64::from(renew_before_percentage.clamp(1, 99)) / 100.0 * (1.0 + REFRESH_JITTER)).min(1.0)
 }
 
 /// First retry delay after a failure.
@@ -186,20 +187,34 @@ pub const EXPIRED_CAP: Duration = Duration::from_secs(30);
 /// later than [`LAST_CHANCE`] before it expires and then one every [`BACKOFF_BASE`] until it
 /// does; once it has expired, retries come at least every [`EXPIRED_CAP`]. A resource that
 /// never had a token (most often a setup error a spec change will fix) keeps the plain backoff.
-pub fn retry_at(now: Timestamp, failures: i32, expires_at: Option<Timestamp>) -> Timestamp {
+///
+/// Every delay is cut by up to half (`unit` in [0, 1), see [`unit_from`]): resources that an
+/// outage made fail together would otherwise retry together, recover together and fall due
+/// together again, a wave that outlasts the refresh window when it is short.
+pub fn retry_at(
+    now: Timestamp,
+    failures: i32,
+    expires_at: Option<Timestamp>,
+    unit: f64,
+) -> Timestamp {
     let exponent = (failures.max(1) - 1).min(16) as u32;
-    let delay = BACKOFF_BASE.saturating_mul(1 << exponent).min(BACKOFF_CAP);
+    let backoff = BACKOFF_BASE.saturating_mul(1 << exponent).min(BACKOFF_CAP);
+    // Rounded up to whole seconds, so the shortest delay (5 s) stays at least 3 s.
+    let spread = |delay: Duration| {
+        let cut = delay.mul_f64(unit.clamp(0.0, 1.0) / 2.0);
+        Duration::from_secs((delay - cut).as_secs_f64().ceil().max(1.0) as u64)
+    };
     let at = match expires_at {
         Some(exp) if exp > now => {
             let last_chance = exp - LAST_CHANCE;
             if last_chance > now {
-                (now + delay).min(last_chance)
+                (now + spread(backoff)).min(last_chance)
             } else {
-                now + delay.min(BACKOFF_BASE)
+                now + spread(backoff.min(BACKOFF_BASE))
             }
         }
-        Some(_) => now + delay.min(EXPIRED_CAP),
-        None => now + delay,
+        Some(_) => now + spread(backoff.min(EXPIRED_CAP)),
+        None => now + spread(backoff),
     };
     truncate(at)
 }
@@ -216,6 +231,8 @@ pub fn unit_from(seed: &str) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     fn t(s: &str) -> Timestamp {
@@ -369,34 +386,51 @@ mod tests {
     }
 
     #[test]
+    fn the_refresh_share_covers_every_jittered_refresh_time() {
+        let issued = t("2026-01-01T00:00:00Z");
+        let exp = t("2026-01-01T01:00:00Z");
+        for percentage in [1, 10, 50, 90, 99] {
+            let share = refresh_share(percentage);
+            // Refresh times are whole seconds, rounded down.
+            let earliest = exp - SignedDuration::from_secs_f64(3600.0 * share + 1.0);
+            for i in 0..100 {
+                let at = refresh_at(issued, exp, percentage, unit_from(&i.to_string()));
+                assert!(at >= earliest, "{percentage} %: {at} before {earliest}");
+            }
+        }
+        assert!((refresh_share(50) - 0.55).abs() < 1e-9);
+        assert_eq!(refresh_share(99), 1.0);
+    }
+
+    #[test]
     fn backoff_doubles_caps_and_never_outlives_a_valid_token() {
         let now = t("2026-01-01T00:00:00Z");
-        assert_eq!(retry_at(now, 1, None), t("2026-01-01T00:00:05Z"));
-        assert_eq!(retry_at(now, 2, None), t("2026-01-01T00:00:10Z"));
-        assert_eq!(retry_at(now, 5, None), t("2026-01-01T00:01:20Z"));
-        assert_eq!(retry_at(now, 30, None), t("2026-01-01T00:05:00Z"));
+        assert_eq!(retry_at(now, 1, None, 0.0), t("2026-01-01T00:00:05Z"));
+        assert_eq!(retry_at(now, 2, None, 0.0), t("2026-01-01T00:00:10Z"));
+        assert_eq!(retry_at(now, 5, None, 0.0), t("2026-01-01T00:01:20Z"));
+        assert_eq!(retry_at(now, 30, None, 0.0), t("2026-01-01T00:05:00Z"));
         // Token expires in 2 minutes: the retry comes 30 s before, not 5 minutes later.
         assert_eq!(
-            retry_at(now, 30, Some(t("2026-01-01T00:02:00Z"))),
+            retry_at(now, 30, Some(t("2026-01-01T00:02:00Z")), 0.0),
             t("2026-01-01T00:01:30Z")
         );
         // Expires in 10 s: retries every 5 s until then, not in a tight loop.
         assert_eq!(
-            retry_at(now, 30, Some(t("2026-01-01T00:00:10Z"))),
+            retry_at(now, 30, Some(t("2026-01-01T00:00:10Z")), 0.0),
             t("2026-01-01T00:00:05Z")
         );
         assert_eq!(
-            retry_at(now, 1, Some(t("2026-01-01T00:00:20Z"))),
+            retry_at(now, 1, Some(t("2026-01-01T00:00:20Z")), 0.0),
             t("2026-01-01T00:00:05Z")
         );
         // Already expired: the backoff, but never more than 30 s, however many retries
         // failed before (an outage that outlived the token must not cost minutes more).
         assert_eq!(
-            retry_at(now, 2, Some(t("2025-12-31T00:00:00Z"))),
+            retry_at(now, 2, Some(t("2025-12-31T00:00:00Z")), 0.0),
             t("2026-01-01T00:00:10Z")
         );
         assert_eq!(
-            retry_at(now, 14, Some(t("2025-12-31T23:59:58Z"))),
+            retry_at(now, 14, Some(t("2025-12-31T23:59:58Z")), 0.0),
             t("2026-01-01T00:00:30Z")
         );
     }
@@ -407,33 +441,52 @@ mod tests {
         // retries on its schedule; how long after Google is back does it get a token?
         let expiry = t("2026-01-01T00:02:00Z");
         let back = t("2026-01-01T00:02:10Z");
-        let mut now = t("2026-01-01T00:00:00Z");
-        let mut failures = 0;
-        let mut attempts = 0;
-        while now < back {
-            failures += 1;
-            attempts += 1;
-            now = retry_at(now, failures, Some(expiry));
+        let jitters: [&dyn Fn(i32) -> f64; 4] = [&|_| 0.0, &|_| 0.5, &|_| 0.999, &|attempt| {
+            unit_from(&attempt.to_string())
+        }];
+        for jitter in jitters {
+            let mut now = t("2026-01-01T00:00:00Z");
+            let mut failures = 0;
+            while now < back {
+                failures += 1;
+                now = retry_at(now, failures, Some(expiry), jitter(failures));
+            }
+            assert!(
+                now.duration_since(back) <= jiff::SignedDuration::from_secs(30),
+                "recovered {} after Google came back",
+                now.duration_since(back)
+            );
+            // Jitter only shortens delays: at most one try per 3 s in the last 30 s.
+            assert!(failures <= 20, "{failures} attempts in 2 min 10 s");
         }
-        assert!(
-            now.duration_since(back) <= jiff::SignedDuration::from_secs(30),
-            "recovered {} after Google came back",
-            now.duration_since(back)
-        );
-        assert!(attempts <= 12, "{attempts} attempts in 2 min 10 s");
     }
 
     #[test]
-    fn reuse_threshold_exceeds_the_refresh_window() {
-        assert_eq!(min_remaining(3600, 50), Duration::from_secs(2250));
-        assert_eq!(min_remaining(600, 90), Duration::from_secs(555));
-        for pct in [10, 50, 90] {
-            let m = min_remaining(3600, pct);
+    fn retries_of_resources_that_failed_together_spread_out() {
+        let now = t("2026-01-01T00:00:00Z");
+        let expires = Some(t("2026-01-01T00:10:00Z"));
+        for failures in [1, 3, 6] {
+            let full = retry_at(now, failures, expires, 0.0).duration_since(now);
+            let times: HashSet<Timestamp> = (0..200)
+                .map(|i| retry_at(now, failures, expires, unit_from(&format!("uid-{i}/retry"))))
+                .collect();
+            for at in &times {
+                let delay = at.duration_since(now);
+                assert!(
+                    delay <= full && delay * 2 >= full - SignedDuration::from_secs(1),
+                    "failure {failures}: {delay} outside half of {full} to {full}"
+                );
+            }
+            // Whole seconds: a 5 s delay has 3 distinct values (3–5 s), longer ones more.
             assert!(
-                m > Duration::from_secs(36 * pct as u64) && m < Duration::from_secs(3600),
-                "{pct}"
+                times.len() >= 3,
+                "failure {failures}: only {} distinct times",
+                times.len()
             );
         }
+        // Never sooner than a second, even at the shortest delay.
+        let soon = retry_at(now, 1, Some(t("2026-01-01T00:00:02Z")), 0.999);
+        assert!(soon >= t("2026-01-01T00:00:01Z"), "{soon}");
     }
 
     #[test]

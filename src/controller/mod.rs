@@ -27,7 +27,7 @@ use tokio::sync::Mutex;
 
 use crate::api::{FederatedCredential, FederatedCredentialStatus};
 use crate::error::ExchangeError;
-use crate::exchange::{Defaults, Engine, plan};
+use crate::exchange::{Defaults, Engine, Reuse, plan};
 use crate::metrics::Metrics;
 use decide::{Decision, Schedule, Trigger};
 
@@ -386,7 +386,7 @@ async fn refresh(
     let started = Instant::now();
     let result = ctx
         .engine
-        .token(&key, decide::min_remaining(key.lifetime_seconds, renew))
+        .token(&key, Reuse::RefreshWithin(decide::refresh_share(renew)))
         .await;
     let issued = match result {
         Ok(issued) => {
@@ -461,7 +461,11 @@ async fn fail(
         .map(|s| s.failure_count)
         .unwrap_or(0)
         .saturating_add(1);
-    let retry = decide::retry_at(now, failures, schedule.expires_at);
+    let unit = decide::unit_from(&format!(
+        "{}/retry/{failures}",
+        fc.uid().unwrap_or_default()
+    ));
+    let retry = decide::retry_at(now, failures, schedule.expires_at, unit);
     tracing::warn!(
         namespace = %fc.namespace().unwrap_or_default(),
         name = %fc.name_any(),
