@@ -245,36 +245,7 @@ impl GoogleClient {
         if !status.is_success() {
             return Err(classify_sts(status.as_u16(), &body));
         }
-        let parsed: StsResponse = serde_json::from_str(&body).map_err(|e| {
-            ExchangeError::new(
-                Reason::Upstream,
-                format!("Google STS answered with an unexpected body ({e})"),
-            )
-        })?;
-        if parsed
-            .token_type
-            .as_deref()
-            .is_some_and(|t| !t.eq_ignore_ascii_case("bearer"))
-        {
-            return Err(ExchangeError::new(
-                Reason::Upstream,
-                "Google STS issued a token that is not a Bearer token",
-            ));
-        }
-        let seconds = parsed
-            .expires_in
-            .seconds()
-            .filter(|s| *s > 0)
-            .ok_or_else(|| {
-                ExchangeError::new(
-                    Reason::Upstream,
-                    "Google STS answered without a usable expires_in",
-                )
-            })?;
-        Ok(AccessToken {
-            token: Secret::new(parsed.access_token),
-            expires_at: truncate(now + Duration::from_secs(seconds as u64)),
-        })
+        read_sts_token(&body, now)
     }
 
     /// Exchanges a federated token for an access token of `service_account`.
@@ -311,23 +282,120 @@ impl GoogleClient {
         if !status.is_success() {
             return Err(classify_iam(status.as_u16(), &text, service_account));
         }
-        let parsed: GenerateAccessTokenResponse = serde_json::from_str(&text).map_err(|e| {
-            ExchangeError::new(
-                Reason::Upstream,
-                format!("IAM Credentials answered with an unexpected body ({e})"),
-            )
-        })?;
-        let expires_at: Timestamp = parsed.expire_time.parse().map_err(|_| {
-            ExchangeError::new(
-                Reason::Upstream,
-                "IAM Credentials answered with an unreadable expireTime",
-            )
-        })?;
-        Ok(AccessToken {
-            token: Secret::new(parsed.access_token),
-            expires_at: truncate(expires_at),
-        })
+        read_generated_token(&text, Timestamp::now())
     }
+}
+
+/// The longest any Google access token lives: 12 hours, for impersonated tokens where the
+/// organization policy allows it; federated tokens live an hour.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+
+/// A successful Google STS answer, received at `now`, as a token and its expiry. Refuses what
+/// would make the controller write a token that is unusable or trust one longer than it lives:
+/// a token type other than Bearer, a token that is empty or not printable ASCII, an
+/// `expires_in` that is missing, not positive or longer than [`MAX_TOKEN_LIFETIME`]. Errors
+/// never quote the token.
+pub fn read_sts_token(body: &str, now: Timestamp) -> Result<AccessToken, ExchangeError> {
+    let upstream =
+        |what: String| ExchangeError::new(Reason::Upstream, format!("Google STS {what}"));
+    let parsed: StsResponse = serde_json::from_str(body).map_err(|e| {
+        upstream(format!(
+            "answered with an unexpected body ({})",
+            json_error(&e)
+        ))
+    })?;
+    if parsed
+        .token_type
+        .as_deref()
+        .is_some_and(|t| !t.eq_ignore_ascii_case("bearer"))
+    {
+        return Err(upstream("issued a token that is not a Bearer token".into()));
+    }
+    let seconds = parsed
+        .expires_in
+        .seconds()
+        .filter(|s| *s > 0)
+        .ok_or_else(|| upstream("answered without a usable expires_in".into()))?;
+    let lifetime = Duration::from_secs(seconds.unsigned_abs());
+    if lifetime > MAX_TOKEN_LIFETIME {
+        return Err(upstream(format!(
+            "answered expires_in {seconds}, longer than any Google access token lives ({} s); the \
+             token's real end is unknown, so it is not used",
+            MAX_TOKEN_LIFETIME.as_secs()
+        )));
+    }
+    Ok(AccessToken {
+        token: checked_token(parsed.access_token).map_err(|e| upstream(e.into()))?,
+        expires_at: truncate(now + lifetime),
+    })
+}
+
+/// A successful IAM Credentials `generateAccessToken` answer, received at `now`, as a token
+/// and its expiry. Refuses a token that is empty or not printable ASCII and an `expireTime`
+/// that is unreadable, already past, or further away than [`MAX_TOKEN_LIFETIME`] (with a
+/// minute for clock skew). Errors never quote the token.
+pub fn read_generated_token(body: &str, now: Timestamp) -> Result<AccessToken, ExchangeError> {
+    let upstream =
+        |what: String| ExchangeError::new(Reason::Upstream, format!("IAM Credentials {what}"));
+    let parsed: GenerateAccessTokenResponse = serde_json::from_str(body).map_err(|e| {
+        upstream(format!(
+            "answered with an unexpected body ({})",
+            json_error(&e)
+        ))
+    })?;
+    let expires_at: Timestamp = parsed
+        .expire_time
+        .parse()
+        .map_err(|_| upstream("answered with an unreadable expireTime".into()))?;
+    if expires_at <= now {
+        return Err(upstream(format!(
+            "issued a token that had expired already (expireTime {expires_at}, received {now}); \
+             check the controller's clock"
+        )));
+    }
+    let latest = now + MAX_TOKEN_LIFETIME + Duration::from_secs(60);
+    if expires_at > latest {
+        return Err(upstream(format!(
+            "answered expireTime {expires_at}, further away than any Google access token lives \
+             ({} s); check the controller's clock",
+            MAX_TOKEN_LIFETIME.as_secs()
+        )));
+    }
+    Ok(AccessToken {
+        token: checked_token(parsed.access_token).map_err(|e| upstream(e.into()))?,
+        expires_at: truncate(expires_at),
+    })
+}
+
+/// What a [`serde_json::Error`] says, without the input it may quote: a type mismatch quotes
+/// the offending value, which may be a token. Missing and duplicate fields name only our own
+/// field names, so they are kept.
+fn json_error(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    if text.starts_with("missing field") || text.starts_with("duplicate field") {
+        return text;
+    }
+    let kind = match e.classify() {
+        serde_json::error::Category::Io => "unreadable",
+        serde_json::error::Category::Syntax => "not JSON",
+        serde_json::error::Category::Data => "a field of the wrong type",
+        serde_json::error::Category::Eof => "cut short",
+    };
+    format!("{kind} at line {} column {}", e.line(), e.column())
+}
+
+/// A token as Google issues them: non-empty printable ASCII without spaces, which is what an
+/// `Authorization: Bearer` header and the Secret's readers can carry.
+fn checked_token(value: String) -> Result<Secret, &'static str> {
+    if value.is_empty() {
+        return Err("issued an empty access token");
+    }
+    if !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(
+            "issued an access token with characters no token has (spaces, control characters or non-ASCII)",
+        );
+    }
+    Ok(Secret::new(value))
 }
 
 /// Status keeps whole seconds; so do we, so that comparisons after a round trip agree.
@@ -532,6 +600,109 @@ mod tests {
         assert_eq!(
             classify_iam(500, "", "a@b.iam.gserviceaccount.com").reason,
             Reason::Upstream
+        );
+    }
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn an_sts_answer_becomes_a_token_with_its_expiry() {
+        let now = at("2026-01-01T00:00:00.7Z");
+        let body = r#"{"access_token":"ya29.abc","issued_token_type":"urn:ietf:params:oauth:token-type:access_token","token_type":"Bearer","expires_in":3599}"#;
+        let token = read_sts_token(body, now).unwrap();
+        assert_eq!(token.token.expose(), "ya29.abc");
+        assert_eq!(token.expires_at, at("2026-01-01T00:59:59Z"));
+    }
+
+    #[test]
+    fn sts_answers_that_cannot_be_trusted_are_upstream_errors_without_the_token() {
+        let now = at("2026-01-01T00:00:00Z");
+        let token = "ya29.SECRET-VALUE";
+        for (body, says) in [
+            (
+                format!(r#"{{"access_token":"{token}","expires_in":9223372036854775807}}"#),
+                "longer than any",
+            ),
+            (
+                format!(r#"{{"access_token":"{token}","expires_in":43201}}"#),
+                "longer than any",
+            ),
+            (
+                format!(r#"{{"access_token":"{token}","expires_in":0}}"#),
+                "usable expires_in",
+            ),
+            (
+                format!(r#"{{"access_token":"{token}","expires_in":"soon"}}"#),
+                "usable expires_in",
+            ),
+            (
+                format!(r#"{{"access_token":"{token}"}}"#),
+                "missing field `expires_in`",
+            ),
+            (
+                format!(r#"{{"access_token":"{token}","token_type":"MAC","expires_in":60}}"#),
+                "not a Bearer",
+            ),
+            (
+                r#"{"access_token":"","expires_in":60}"#.to_owned(),
+                "empty access token",
+            ),
+            (
+                r#"{"access_token":"ya29.a b","expires_in":60}"#.to_owned(),
+                "characters no token has",
+            ),
+            (
+                r#"{"access_token":"ya29.\u0007","expires_in":60}"#.to_owned(),
+                "characters no token has",
+            ),
+            (
+                format!(r#"{{"access_token":{{"v":"{token}"}},"expires_in":60}}"#),
+                "wrong type",
+            ),
+            (
+                format!(r#"{{"access_token":"{token}","expires_in":{{"n":"{token}"}}}}"#),
+                "wrong type",
+            ),
+            (format!(r#"{{"access_token":"{token}""#), "cut short"),
+            ("<html>".to_owned(), "not JSON"),
+        ] {
+            let e = read_sts_token(&body, now).unwrap_err();
+            assert_eq!(e.reason, Reason::Upstream, "{body}");
+            assert!(e.message.contains(says), "{body}: {}", e.message);
+            assert!(!e.message.contains("SECRET"), "{body}: {}", e.message);
+        }
+        // The largest lifetime Google gives is accepted.
+        let longest = format!(r#"{{"access_token":"{token}","expires_in":43200}}"#);
+        assert!(read_sts_token(&longest, now).is_ok());
+    }
+
+    #[test]
+    fn a_generated_token_must_expire_in_the_future_and_within_twelve_hours() {
+        let now = at("2026-01-01T00:00:00Z");
+        let body =
+            |expire: &str| format!(r#"{{"accessToken":"ya29.SECRET","expireTime":"{expire}"}}"#);
+        let token = read_generated_token(&body("2026-01-01T01:00:00.5Z"), now).unwrap();
+        assert_eq!(token.expires_at, at("2026-01-01T01:00:00Z"));
+        assert!(read_generated_token(&body("2026-01-01T12:01:00Z"), now).is_ok());
+        for (expire, says) in [
+            ("2025-12-31T23:59:59Z", "expired already"),
+            ("2026-01-01T00:00:00Z", "expired already"),
+            ("2026-01-01T12:01:01Z", "further away"),
+            ("9000-01-01T00:00:00Z", "further away"),
+            ("tomorrow", "unreadable expireTime"),
+        ] {
+            let e = read_generated_token(&body(expire), now).unwrap_err();
+            assert_eq!(e.reason, Reason::Upstream);
+            assert!(e.message.contains(says), "{expire}: {}", e.message);
+            assert!(!e.message.contains("SECRET"), "{}", e.message);
+        }
+        let e = read_generated_token(r#"{"accessToken":"ya29.SECRET"}"#, now).unwrap_err();
+        assert!(
+            e.message.contains("missing field `expireTime`"),
+            "{}",
+            e.message
         );
     }
 
