@@ -333,9 +333,10 @@ pub enum Reuse {
     AtLeast(Duration),
     /// For a resource that refreshes within the last `share` (0–1) of a token's lifetime:
     /// when the token has that share plus a quarter of the rest of its own lifetime left, so
-    /// a reused token is not due again at once and a fresh one always qualifies. Judged by
-    /// the lifetime Google gave the token, not the one the spec asked for: a federated token
-    /// lives an hour whatever the spec says.
+    /// a reused token is not due again at once, and a fresh one qualifies for three quarters
+    /// of the part before the window (about 20 minutes of an hour-long token at the default
+    /// 50 %, 27 s at 90 %). Judged by the lifetime Google gave the token, not the one the
+    /// spec asked for: a federated token lives an hour whatever the spec says.
     RefreshWithin(f64),
 }
 
