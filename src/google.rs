@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ExchangeError, Reason};
@@ -296,14 +297,9 @@ pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// `expires_in` that is missing, not positive or longer than [`MAX_TOKEN_LIFETIME`]. Errors
 /// never quote the token.
 pub fn read_sts_token(body: &str, now: Timestamp) -> Result<AccessToken, ExchangeError> {
-    let upstream =
-        |what: String| ExchangeError::new(Reason::Upstream, format!("Google STS {what}"));
-    let parsed: StsResponse = serde_json::from_str(body).map_err(|e| {
-        upstream(format!(
-            "answered with an unexpected body ({})",
-            json_error(&e)
-        ))
-    })?;
+    const PEER: &str = "Google STS";
+    let upstream = |what: String| upstream(PEER, what);
+    let parsed: StsResponse = parse_answer(PEER, body)?;
     if parsed
         .token_type
         .as_deref()
@@ -335,14 +331,9 @@ pub fn read_sts_token(body: &str, now: Timestamp) -> Result<AccessToken, Exchang
 /// that is unreadable, already past, or further away than [`MAX_TOKEN_LIFETIME`] (with a
 /// minute for clock skew). Errors never quote the token.
 pub fn read_generated_token(body: &str, now: Timestamp) -> Result<AccessToken, ExchangeError> {
-    let upstream =
-        |what: String| ExchangeError::new(Reason::Upstream, format!("IAM Credentials {what}"));
-    let parsed: GenerateAccessTokenResponse = serde_json::from_str(body).map_err(|e| {
-        upstream(format!(
-            "answered with an unexpected body ({})",
-            json_error(&e)
-        ))
-    })?;
+    const PEER: &str = "IAM Credentials";
+    let upstream = |what: String| upstream(PEER, what);
+    let parsed: GenerateAccessTokenResponse = parse_answer(PEER, body)?;
     let expires_at: Timestamp = parsed
         .expire_time
         .parse()
@@ -364,6 +355,21 @@ pub fn read_generated_token(body: &str, now: Timestamp) -> Result<AccessToken, E
     Ok(AccessToken {
         token: checked_token(parsed.access_token).map_err(|e| upstream(e.into()))?,
         expires_at: truncate(expires_at),
+    })
+}
+
+/// An `Upstream` error: `peer` gave an answer fedcred cannot use.
+fn upstream(peer: &str, what: String) -> ExchangeError {
+    ExchangeError::new(Reason::Upstream, format!("{peer} {what}"))
+}
+
+/// A success body of `peer`, parsed; an error says what was wrong without quoting the body.
+fn parse_answer<T: DeserializeOwned>(peer: &str, body: &str) -> Result<T, ExchangeError> {
+    serde_json::from_str(body).map_err(|e| {
+        upstream(
+            peer,
+            format!("answered with an unexpected body ({})", json_error(&e)),
+        )
     })
 }
 
