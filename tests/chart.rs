@@ -777,9 +777,20 @@ async fn the_installed_charts_rbac_is_enough_for_the_controller_and_webhook_and_
         );
     }
     assert!(kubectl(&["get", "crd", "federatedcredentials.fedcred.io"], None).ok);
-    // What the controller created at run time is not Helm's: the webhook's TLS Secret and the
-    // Lease stay until the namespace goes (docs/upgrading.md).
-    assert!(system.kubectl(&["get", "secret", &tls_secret], None).ok);
+    // The webhook's TLS Secret is owned by the configuration that trusted its CA, so the
+    // garbage collector removes it; the Lease stays until the namespace goes
+    // (docs/upgrading.md).
+    eventually(
+        "the webhook TLS Secret to be garbage-collected",
+        LIMIT,
+        || (!system.kubectl(&["get", "secret", &tls_secret], None).ok).then_some(()),
+    )
+    .await;
+    assert!(
+        system
+            .kubectl(&["get", "lease", &format!("{fullname}-controller")], None)
+            .ok
+    );
     // The FederatedCredential and its Secret are the user's and stay too.
     assert!(app.kubectl(&["get", "secret", "orders-db"], None).ok);
 }

@@ -202,6 +202,74 @@ async fn two_replicas_racing_end_with_one_secret_and_one_ca() {
     assert_eq!(data(ours[0], certs::CA_CRT), a.ca_pem);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_secret_goes_with_its_configuration() {
+    let ns = TestNamespace::new("certs-owner");
+    let client = support::kube_client().await;
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns.name);
+    let name = format!("fedcred-{}", ns.name);
+    let settings = settings(&ns.name, &name, &["a.svc"]);
+
+    // A Secret written before its configuration existed gets the configuration as its owner
+    // once it appears, without new material.
+    let early = certs::ensure(&client, &settings).await.unwrap();
+    assert_eq!(
+        secret(&client, &ns.name).await.metadata.owner_references,
+        None
+    );
+    let configuration = Configuration::create(&client, &name).await;
+    let uid = configuration.api.get(&name).await.unwrap().metadata.uid;
+    let kept = certs::ensure(&client, &settings).await.unwrap();
+    assert_eq!(kept.ca_pem, early.ca_pem);
+    assert_eq!(kept.cert_pem, early.cert_pem);
+    let owners = secret(&client, &ns.name)
+        .await
+        .metadata
+        .owner_references
+        .unwrap();
+    assert_eq!(owners.len(), 1);
+    assert_eq!(owners[0].kind, "MutatingWebhookConfiguration");
+    assert_eq!(owners[0].name, name);
+    assert_eq!(Some(owners[0].uid.clone()), uid);
+    assert_eq!(
+        configuration.ca_bundles().await,
+        vec![Some(early.ca_pem.clone()); 2]
+    );
+
+    // Deleting the configuration (helm uninstall, kubectl delete) removes the Secret through
+    // the garbage collector.
+    drop(configuration);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while secrets
+        .get_opt("fedcred-webhook-tls")
+        .await
+        .unwrap()
+        .is_some()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the garbage collector did not delete the Secret within 60 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
+    // A new configuration of the name gets a new CA in a new Secret it owns.
+    let configuration = Configuration::create(&client, &name).await;
+    let uid = configuration.api.get(&name).await.unwrap().metadata.uid;
+    let renewed = certs::ensure(&client, &settings).await.unwrap();
+    assert_ne!(renewed.ca_pem, early.ca_pem);
+    let owners = secret(&client, &ns.name)
+        .await
+        .metadata
+        .owner_references
+        .unwrap();
+    assert_eq!(Some(owners[0].uid.clone()), uid);
+    assert_eq!(
+        configuration.ca_bundles().await,
+        vec![Some(renewed.ca_pem.clone()); 2]
+    );
+}
+
 /// A client of the webhook port trusting only `ca_pem`.
 fn trusting(ca_pem: &str) -> reqwest::Client {
     let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap();

@@ -10,6 +10,10 @@
 //!
 //! When each certificate ends is written in annotations when it is issued
 //! ([`CA_NOT_AFTER`], [`NOT_AFTER`]), with the names of the serving certificate ([`NAMES`]).
+//!
+//! The Secret is owned by the MutatingWebhookConfiguration that trusts its CA
+//! ([`set_owner`]): when `helm uninstall` or `kubectl delete` removes the configuration, the
+//! garbage collector removes the CA and key nobody trusts any more.
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
@@ -20,6 +24,7 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 
@@ -209,22 +214,28 @@ pub fn decide(stored: &Stored, names: &[String], now: Timestamp) -> Decision {
 }
 
 /// New material as `decision` says (not [`Decision::Keep`]), reusing the stored CA for
-/// [`Decision::RenewServing`].
+/// [`Decision::RenewServing`]: what to store, and what to serve.
 fn issue(
     decision: Decision,
     stored: &Stored,
     names: &[String],
     now: Timestamp,
-) -> Result<Stored, Error> {
+) -> Result<(Stored, CertBundle), Error> {
     let ca = match (decision, &stored.ca) {
         (Decision::RenewServing, Some(ca)) => ca.clone(),
         _ => new_ca(now)?,
     };
     let serving = sign_serving(&ca.key_pem, names, now)?;
-    Ok(Stored {
+    let bundle = CertBundle {
+        ca_pem: ca.cert_pem.clone(),
+        cert_pem: serving.cert_pem.clone(),
+        key_pem: serving.key_pem.clone(),
+    };
+    let fresh = Stored {
         ca: Some(ca),
         serving: Some((serving, names.to_vec())),
-    })
+    };
+    Ok((fresh, bundle))
 }
 
 /// Writes `stored` (complete) into `secret`, keeping its other metadata.
@@ -258,6 +269,10 @@ fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(status) if status.code == 409)
 }
 
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(status) if status.code == 404)
+}
+
 /// [`ensure_at`] now.
 pub async fn ensure(client: &Client, settings: &CertSettings) -> Result<CertBundle, Error> {
     ensure_at(client, settings, Timestamp::now()).await
@@ -271,14 +286,61 @@ pub async fn ensure_at(
     settings: &CertSettings,
     now: Timestamp,
 ) -> Result<CertBundle, Error> {
-    let bundle = ensure_secret(client, settings, now).await?;
+    let owner = configuration_owner(client, &settings.webhook_configuration).await?;
+    let bundle = ensure_secret(client, settings, owner.as_ref(), now).await?;
     sync_ca_bundle(client, &settings.webhook_configuration, &bundle.ca_pem).await?;
     Ok(bundle)
+}
+
+/// The owner reference to the MutatingWebhookConfiguration `name`, if it exists.
+async fn configuration_owner(client: &Client, name: &str) -> Result<Option<OwnerReference>, Error> {
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let config = api
+        .get_opt(name)
+        .await
+        .map_err(|e| api_err(&format!("MutatingWebhookConfiguration {name}"), e))?;
+    Ok(config.as_ref().and_then(owner_reference))
+}
+
+/// A reference to `config` as the owner of the Secret (not its controller, and not blocking
+/// the configuration's deletion, which would need more RBAC than `update`). `None` for a
+/// configuration without name or uid.
+pub fn owner_reference(config: &MutatingWebhookConfiguration) -> Option<OwnerReference> {
+    Some(OwnerReference {
+        api_version: "admissionregistration.k8s.io/v1".to_owned(),
+        kind: "MutatingWebhookConfiguration".to_owned(),
+        name: config.metadata.name.clone()?,
+        uid: config.metadata.uid.clone()?,
+        ..OwnerReference::default()
+    })
+}
+
+/// Makes `owner` the only reference in `meta` to a MutatingWebhookConfiguration of its name
+/// (one to an earlier configuration of that name is replaced; references to anything else are
+/// kept). Without an owner nothing changes: the configuration may be on its way in. Returns
+/// whether `meta` changed. Pure.
+pub fn set_owner(meta: &mut ObjectMeta, owner: Option<&OwnerReference>) -> bool {
+    let Some(owner) = owner else {
+        return false;
+    };
+    let references = meta.owner_references.get_or_insert_with(Vec::new);
+    let same_object = |r: &OwnerReference| r.kind == owner.kind && r.name == owner.name;
+    if references
+        .iter()
+        .filter(|r| same_object(r))
+        .eq(std::iter::once(owner))
+    {
+        return false;
+    }
+    references.retain(|r| !same_object(r));
+    references.push(owner.clone());
+    true
 }
 
 async fn ensure_secret(
     client: &Client,
     settings: &CertSettings,
+    owner: Option<&OwnerReference>,
     now: Timestamp,
 ) -> Result<CertBundle, Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), &settings.namespace);
@@ -293,19 +355,30 @@ async fn ensure_secret(
             .map(Stored::from_secret)
             .unwrap_or_default();
         let decision = decide(&stored, &settings.names, now);
-        if decision == Decision::Keep
-            && let Some(bundle) = stored.bundle()
-        {
-            return Ok(bundle);
-        }
-        let fresh = issue(decision, &stored, &settings.names, now)?;
-        let written = match existing {
-            Some(mut secret) => {
-                fill(&mut secret, &fresh);
+        let kept = match (decision, stored.bundle()) {
+            (Decision::Keep, Some(bundle)) => Some(bundle),
+            _ => None,
+        };
+        let written = match (existing, &kept) {
+            // Kept material: written again only to point the Secret at its configuration.
+            (Some(mut secret), Some(bundle)) => {
+                if !set_owner(&mut secret.metadata, owner) {
+                    return Ok(bundle.clone());
+                }
                 api.replace(&settings.secret, &PostParams::default(), &secret)
                     .await
+                    .map(|_| bundle.clone())
             }
-            None => {
+            (Some(mut secret), None) => {
+                let (fresh, bundle) = issue(decision, &stored, &settings.names, now)?;
+                fill(&mut secret, &fresh);
+                set_owner(&mut secret.metadata, owner);
+                api.replace(&settings.secret, &PostParams::default(), &secret)
+                    .await
+                    .map(|_| bundle)
+            }
+            (None, _) => {
+                let (fresh, bundle) = issue(decision, &stored, &settings.names, now)?;
                 let mut secret = Secret {
                     metadata: ObjectMeta {
                         name: Some(settings.secret.clone()),
@@ -316,18 +389,23 @@ async fn ensure_secret(
                     ..Secret::default()
                 };
                 fill(&mut secret, &fresh);
-                api.create(&PostParams::default(), &secret).await
+                set_owner(&mut secret.metadata, owner);
+                api.create(&PostParams::default(), &secret)
+                    .await
+                    .map(|_| bundle)
             }
         };
         match written {
-            Ok(_) => {
-                tracing::info!(secret = %what, ?decision, "webhook certificates written");
-                if let Some(bundle) = fresh.bundle() {
-                    return Ok(bundle);
+            Ok(bundle) => {
+                if kept.is_none() {
+                    tracing::info!(secret = %what, ?decision, "webhook certificates written");
                 }
+                return Ok(bundle);
             }
-            // Another replica wrote first: read and use its material.
-            Err(e) if is_conflict(&e) => continue,
+            // Another replica wrote first: read and use its material. Or the Secret was
+            // deleted since it was read (by the garbage collector, its configuration gone): read
+            // again and create it.
+            Err(e) if is_conflict(&e) || is_not_found(&e) => continue,
             Err(e) => return Err(api_err(&what, e)),
         }
     }
@@ -478,7 +556,9 @@ mod tests {
     }
 
     fn fresh(now: Timestamp, list: &[&str]) -> Stored {
-        issue(Decision::RenewAll, &Stored::default(), &names(list), now).unwrap()
+        issue(Decision::RenewAll, &Stored::default(), &names(list), now)
+            .unwrap()
+            .0
     }
 
     fn days(n: i64) -> SignedDuration {
@@ -573,12 +653,82 @@ mod tests {
     fn renewing_serving_keeps_the_ca_and_chains_to_it() {
         let now = Timestamp::now();
         let stored = fresh(now, &["a.svc"]);
-        let renewed = issue(Decision::RenewServing, &stored, &names(&["b.svc"]), now).unwrap();
-        let (old, new) = (stored.bundle().unwrap(), renewed.bundle().unwrap());
+        let (renewed, new) =
+            issue(Decision::RenewServing, &stored, &names(&["b.svc"]), now).unwrap();
+        let old = stored.bundle().unwrap();
         assert_eq!(old.ca_pem, new.ca_pem);
         assert_ne!(old.cert_pem, new.cert_pem);
         certified_key(&new.cert_pem, &new.key_pem).unwrap();
-        let all = issue(Decision::RenewAll, &stored, &names(&["a.svc"]), now).unwrap();
-        assert_ne!(all.bundle().unwrap().ca_pem, old.ca_pem);
+        // What is served is what is stored.
+        let stored_new = renewed.bundle().unwrap();
+        assert_eq!(
+            (stored_new.ca_pem, stored_new.cert_pem, stored_new.key_pem),
+            (new.ca_pem, new.cert_pem, new.key_pem)
+        );
+        let (_, all) = issue(Decision::RenewAll, &stored, &names(&["a.svc"]), now).unwrap();
+        assert_ne!(all.ca_pem, old.ca_pem);
+    }
+
+    fn reference(kind: &str, name: &str, uid: &str) -> OwnerReference {
+        OwnerReference {
+            api_version: "admissionregistration.k8s.io/v1".to_owned(),
+            kind: kind.to_owned(),
+            name: name.to_owned(),
+            uid: uid.to_owned(),
+            ..OwnerReference::default()
+        }
+    }
+
+    #[test]
+    fn the_secret_is_owned_by_the_current_configuration_of_its_name_only() {
+        let config: MutatingWebhookConfiguration = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "fedcred", "uid": "uid-2"},
+        }))
+        .unwrap();
+        let owner = owner_reference(&config).unwrap();
+        assert_eq!(
+            owner,
+            reference("MutatingWebhookConfiguration", "fedcred", "uid-2")
+        );
+        assert_eq!(owner.controller, None, "not its controller");
+        assert_eq!(owner.block_owner_deletion, None, "never blocks deletion");
+        let unsaved = MutatingWebhookConfiguration::default();
+        assert_eq!(owner_reference(&unsaved), None, "no uid, no reference");
+
+        // A Secret without owners gets the reference; a second call changes nothing.
+        let mut meta = ObjectMeta::default();
+        assert!(set_owner(&mut meta, Some(&owner)));
+        assert_eq!(meta.owner_references, Some(vec![owner.clone()]));
+        assert!(!set_owner(&mut meta, Some(&owner)));
+
+        // A reference to an earlier configuration of the name is replaced; others are kept.
+        let other = reference("MutatingWebhookConfiguration", "other", "uid-9");
+        let unrelated = reference("ConfigMap", "fedcred", "uid-7");
+        let mut meta = ObjectMeta {
+            owner_references: Some(vec![
+                other.clone(),
+                reference("MutatingWebhookConfiguration", "fedcred", "uid-1"),
+                unrelated.clone(),
+                reference("MutatingWebhookConfiguration", "fedcred", "uid-2"),
+            ]),
+            ..ObjectMeta::default()
+        };
+        assert!(set_owner(&mut meta, Some(&owner)));
+        assert_eq!(
+            meta.owner_references,
+            Some(vec![other, unrelated, owner.clone()])
+        );
+
+        // No configuration (yet): the references stay as they are.
+        let mut meta = ObjectMeta {
+            owner_references: Some(vec![reference(
+                "MutatingWebhookConfiguration",
+                "fedcred",
+                "uid-1",
+            )]),
+            ..ObjectMeta::default()
+        };
+        assert!(!set_owner(&mut meta, None));
+        assert_eq!(meta.owner_references.as_ref().unwrap()[0].uid, "uid-1");
     }
 }
