@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use fedcred::webhook::certs::{self, CertSettings};
 use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhook, MutatingWebhookConfiguration, WebhookClientConfig,
 };
@@ -107,6 +108,10 @@ async fn secret(client: &Client, namespace: &str) -> Secret {
         .unwrap()
 }
 
+async fn data_of(client: &Client, namespace: &str, key: &str) -> String {
+    data(&secret(client, namespace).await, key)
+}
+
 fn data(secret: &Secret, key: &str) -> String {
     String::from_utf8(secret.data.as_ref().unwrap()[key].0.clone()).unwrap()
 }
@@ -155,6 +160,36 @@ async fn the_secret_is_created_kept_renewed_and_trusted() {
             .unwrap()[certs::NAMES],
         "b.example.svc"
     );
+
+    // A serving pair from another CA written into the Secret by hand: the API server, which
+    // trusts our CA, would refuse it, so it is replaced under our CA.
+    let foreign = fedcred::webhook::generate(&["b.example.svc".to_owned()]).unwrap();
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns.name);
+    let mut edited = secret(&client, &ns.name).await;
+    let data = edited.data.as_mut().unwrap();
+    for (key, value) in [
+        (certs::TLS_CRT, &foreign.cert_pem),
+        (certs::TLS_KEY, &foreign.key_pem),
+    ] {
+        data.insert(key.to_owned(), ByteString(value.as_bytes().to_vec()));
+    }
+    secrets
+        .replace("fedcred-webhook-tls", &PostParams::default(), &edited)
+        .await
+        .unwrap();
+    let repaired = certs::ensure(&client, &other_names).await.unwrap();
+    assert_eq!(repaired.ca_pem, first.ca_pem);
+    assert_ne!(repaired.cert_pem, foreign.cert_pem);
+    assert_eq!(
+        data_of(&client, &ns.name, certs::TLS_CRT).await,
+        repaired.cert_pem
+    );
+    assert!(fedcred::webhook::tls::trusted_for(
+        &first.ca_pem,
+        &repaired.cert_pem,
+        &other_names.names,
+        Timestamp::now()
+    ));
 
     // The CA within 90 days of its end: everything renewed, and the new CA trusted.
     let later = Timestamp::now() + SignedDuration::from_hours(24 * 300);

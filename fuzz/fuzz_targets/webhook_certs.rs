@@ -2,7 +2,8 @@
 //! arbitrary Secret contents built from real material: keys missing, swapped between two CAs,
 //! altered bytes, garbage, extra PEM blocks, odd annotations. Checks: a CA is accepted only
 //! when its key can sign a serving certificate, a serving pair only when it makes a TLS
-//! configuration, and `Keep` only with both parts present.
+//! configuration, and `Keep` only for a serving certificate that a client trusting the CA
+//! (as the API server trusts the `caBundle`) accepts for the names at that moment.
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -148,7 +149,13 @@ fuzz_target!(|input: Input| {
     }
     let decision = certs::decide(&stored, &names, now);
     if decision == Decision::Keep {
-        assert!(stored.ca.is_some() && stored.serving.is_some());
+        let (Some(ca), Some((serving, _))) = (&stored.ca, &stored.serving) else {
+            panic!("kept without a CA and a serving pair");
+        };
+        assert!(
+            tls::trusted_for(&ca.cert_pem, &serving.cert_pem, &names, now),
+            "kept a serving certificate the API server would refuse with this CA"
+        );
     }
     if stored.ca.is_none() {
         assert_eq!(decision, Decision::RenewAll);

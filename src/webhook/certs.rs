@@ -29,7 +29,9 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 
 use super::Error;
-use super::tls::{CertBundle, Issued, ReloadingCert, certified_key, new_ca, sign_serving};
+use super::tls::{
+    CertBundle, Issued, ReloadingCert, certified_key, new_ca, sign_serving, trusted_for,
+};
 
 /// Key of the CA certificate in the Secret.
 pub const CA_CRT: &str = "ca.crt";
@@ -205,10 +207,14 @@ pub fn decide(stored: &Stored, names: &[String], now: Timestamp) -> Decision {
                 .checked_sub(SERVING_RENEW_BEFORE)
                 .unwrap_or(serving.not_after)
                 > now
-                && same_names(served, names) =>
+                && same_names(served, names)
+                && trusted_for(&ca.cert_pem, &serving.cert_pem, names, now) =>
         {
             Decision::Keep
         }
+        // Missing, near its end, for other names, or not one the API server would accept
+        // with this CA in the `caBundle` (signed by another CA, the annotations not matching
+        // the certificate): a new one under the stored CA.
         _ => Decision::RenewServing,
     }
 }
@@ -650,6 +656,59 @@ mod tests {
     }
 
     #[test]
+    fn a_serving_certificate_the_ca_did_not_sign_or_not_for_the_names_is_renewed() {
+        let now = Timestamp::now();
+        let ours = fresh(now, &["a.svc"]);
+        let theirs = fresh(now, &["a.svc"]);
+        let kept = round_trip(&ours);
+        assert_eq!(decide(&kept, &names(&["a.svc"]), now), Decision::Keep);
+
+        // A serving pair from another CA (restored from another cluster's Secret, edited by
+        // hand): it makes a TLS configuration, but the API server trusting our CA refuses it.
+        let mut secret = Secret::default();
+        fill(&mut secret, &ours);
+        let (serving, _) = theirs.serving.as_ref().unwrap();
+        let data = secret.data.as_mut().unwrap();
+        data.insert(
+            TLS_CRT.to_owned(),
+            ByteString(serving.cert_pem.clone().into_bytes()),
+        );
+        data.insert(
+            TLS_KEY.to_owned(),
+            ByteString(serving.key_pem.clone().into_bytes()),
+        );
+        let foreign = Stored::from_secret(&secret);
+        assert!(foreign.ca.is_some() && foreign.serving.is_some());
+        assert_eq!(
+            decide(&foreign, &names(&["a.svc"]), now),
+            Decision::RenewServing
+        );
+
+        // Annotations that claim other names, or a later end, than the certificate has.
+        let mut secret = Secret::default();
+        fill(&mut secret, &fresh(now, &["b.svc"]));
+        let annotations = secret.metadata.annotations.as_mut().unwrap();
+        annotations.insert(NAMES.to_owned(), "a.svc".to_owned());
+        let misnamed = Stored::from_secret(&secret);
+        assert_eq!(
+            decide(&misnamed, &names(&["a.svc"]), now),
+            Decision::RenewServing
+        );
+        let mut secret = Secret::default();
+        fill(&mut secret, &ours);
+        let not_after = (now + days(2000)).to_string();
+        let annotations = secret.metadata.annotations.as_mut().unwrap();
+        annotations.insert(NOT_AFTER.to_owned(), not_after.clone());
+        annotations.insert(CA_NOT_AFTER.to_owned(), not_after);
+        let overstated = Stored::from_secret(&secret);
+        assert_eq!(
+            decide(&overstated, &names(&["a.svc"]), now + days(400)),
+            Decision::RenewServing,
+            "the certificate itself ended after 365 days"
+        );
+    }
+
+    #[test]
     fn renewing_serving_keeps_the_ca_and_chains_to_it() {
         let now = Timestamp::now();
         let stored = fresh(now, &["a.svc"]);
@@ -659,6 +718,18 @@ mod tests {
         assert_eq!(old.ca_pem, new.ca_pem);
         assert_ne!(old.cert_pem, new.cert_pem);
         certified_key(&new.cert_pem, &new.key_pem).unwrap();
+        assert!(trusted_for(
+            &old.ca_pem,
+            &new.cert_pem,
+            &names(&["b.svc"]),
+            now
+        ));
+        assert!(!trusted_for(
+            &old.ca_pem,
+            &new.cert_pem,
+            &names(&["a.svc"]),
+            now
+        ));
         // What is served is what is stored.
         let stored_new = renewed.bundle().unwrap();
         assert_eq!(

@@ -194,6 +194,50 @@ pub fn server_config(cert_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>,
     Ok(Arc::new(config))
 }
 
+/// Whether a client trusting only the CA `ca_pem` accepts the serving certificate `cert_pem`
+/// (optionally followed by intermediates) for every one of `names` at `now`, as the API server
+/// checks it against the `caBundle`: signed by that CA, valid at that moment, issued for those
+/// names, for server authentication. Pure.
+pub fn trusted_for(ca_pem: &str, cert_pem: &str, names: &[String], now: jiff::Timestamp) -> bool {
+    use rustls::client::WebPkiServerVerifier;
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::pki_types::{ServerName, UnixTime};
+
+    let mut roots = rustls::RootCertStore::empty();
+    let Ok(ca) = CertificateDer::from_pem_slice(ca_pem.as_bytes()) else {
+        return false;
+    };
+    if roots.add(ca).is_err() {
+        return false;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let Ok(verifier) =
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider).build()
+    else {
+        return false;
+    };
+    let Ok(chain) =
+        CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()
+    else {
+        return false;
+    };
+    let Some((serving, intermediates)) = chain.split_first() else {
+        return false;
+    };
+    let Ok(seconds) = u64::try_from(now.as_second()) else {
+        return false;
+    };
+    let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(seconds));
+    !names.is_empty()
+        && names.iter().all(|name| {
+            ServerName::try_from(name.as_str()).is_ok_and(|name| {
+                verifier
+                    .verify_server_cert(serving, intermediates, &name, &[], at)
+                    .is_ok()
+            })
+        })
+}
+
 /// The serving certificate and key as rustls serves them, checked to belong together.
 pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, Error> {
     let (chain, key) = parse_pems(cert_pem, key_pem)?;
