@@ -8,13 +8,16 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
 use support::cloud::{Cloud, ROLE};
-use support::{INSTANCE, Kubectl, TestNamespace, ensure_crd, eventually, kubectl, repo_root};
+use support::controller::{ControllerProcess, Launch};
+use support::{
+    INSTANCE, Kubectl, TestNamespace, ensure_crd, eventually, free_port, kubectl, repo_root,
+};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -43,14 +46,6 @@ fn get_json(args: &[&str]) -> Option<Value> {
     all.extend_from_slice(&["-o", "json"]);
     let out = kubectl(&all, None);
     out.ok.then(|| serde_json::from_str(&out.stdout).unwrap())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A file in the temporary directory, removed when dropped.
@@ -260,121 +255,50 @@ fn service_account_kubeconfig(namespace: &str, service_account: &str) -> TempFil
 
 /// `fedcred controller` started with the arguments and environment of the chart's Deployment,
 /// except that it listens on loopback (there is no pod network here).
-struct Controller {
-    child: Option<Child>,
-    log: TempFile,
-    metrics_port: u16,
-}
-
-impl Controller {
-    fn start(
-        deployment: &Value,
-        kubeconfig: &Path,
-        cloud: &Cloud,
-        webhook_port: u16,
-    ) -> Controller {
-        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
-        let metrics_port = free_port();
-        let args: Vec<String> = container["args"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| {
-                let arg = a.as_str().unwrap();
-                match arg.split_once('=') {
-                    Some(("--webhook-address", _)) => {
-                        format!("--webhook-address=127.0.0.1:{webhook_port}")
-                    }
-                    Some(("--webhook-dns-names", _)) => "--webhook-dns-names=127.0.0.1".to_owned(),
-                    Some(("--metrics-address", _)) => {
-                        format!("--metrics-address=127.0.0.1:{metrics_port}")
-                    }
-                    _ => arg.to_owned(),
+fn start_controller(
+    deployment: &Value,
+    kubeconfig: &Path,
+    cloud: &Cloud,
+    webhook_port: u16,
+) -> ControllerProcess {
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let launch = Launch::new(cloud).kubeconfig(kubeconfig);
+    let metrics_port = launch.metrics_port;
+    let args: Vec<String> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            let arg = a.as_str().unwrap();
+            match arg.split_once('=') {
+                Some(("--webhook-address", _)) => {
+                    format!("--webhook-address=127.0.0.1:{webhook_port}")
                 }
-            })
-            .collect();
-        let namespace = deployment["metadata"]["namespace"].as_str().unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_fedcred"));
-        command.args(&args);
-        for var in container["env"].as_array().unwrap() {
-            let name = var["name"].as_str().unwrap();
-            let value = match var["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
-                Some("metadata.namespace") => namespace.to_owned(),
-                Some("metadata.name") => "fedcred-replica-0".to_owned(),
-                Some(other) => panic!("unexpected fieldRef {other}"),
-                None => var["value"].as_str().unwrap().to_owned(),
-            };
-            command.env(name, value);
-        }
-        let log = TempFile::new("controller-log", "");
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(log.path())
-            .unwrap();
-        let child = command
-            .args(["--google-sts-url", &cloud.google.sts_url()])
-            .args([
-                "--google-iam-credentials-url",
-                &cloud.google.iam_credentials_url(),
-            ])
-            .env("KUBECONFIG", kubeconfig)
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("RUST_LOG", "info,fedcred=debug")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("the fedcred binary runs");
-        Controller {
-            child: Some(child),
-            log,
-            metrics_port,
-        }
-    }
-
-    async fn get(&self, path: &str) -> u16 {
-        let url = format!("http://127.0.0.1:{}{path}", self.metrics_port);
-        match reqwest::get(&url).await {
-            Ok(resp) => resp.status().as_u16(),
-            Err(_) => 0,
-        }
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(self.log.path()).unwrap_or_default()
-    }
-
-    /// SIGTERM, then waits for the exit; returns whether it exited successfully.
-    fn terminate(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else {
-            return false;
-        };
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        for _ in 0..100 {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.success();
+                Some(("--webhook-dns-names", _)) => "--webhook-dns-names=127.0.0.1".to_owned(),
+                Some(("--metrics-address", _)) => {
+                    format!("--metrics-address=127.0.0.1:{metrics_port}")
+                }
+                _ => arg.to_owned(),
             }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        false
+        })
+        .collect();
+    let namespace = deployment["metadata"]["namespace"].as_str().unwrap();
+    let replica = "fedcred-replica-0";
+    let mut launch = launch
+        .command(replica, args)
+        .log_stem("chart-controller")
+        .temporary_log();
+    for var in container["env"].as_array().unwrap() {
+        let name = var["name"].as_str().unwrap();
+        let value = match var["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+            Some("metadata.namespace") => namespace,
+            Some("metadata.name") => replica,
+            Some(other) => panic!("unexpected fieldRef {other}"),
+            None => var["value"].as_str().unwrap(),
+        };
+        launch = launch.env(name, value);
     }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- controller log ---\n{}", self.logs());
-        }
-    }
+    launch.start()
 }
 
 /// `kubectl auth can-i` as `user`: whether the API server's authorizer allows it.
@@ -511,7 +435,7 @@ async fn the_installed_charts_rbac_is_enough_for_the_controller_and_webhook_and_
     app.kubectl(&["apply", "-f", "-"], Some(&sa.to_string()))
         .success();
     let kubeconfig = service_account_kubeconfig(&system.name, &fullname);
-    let mut controller = Controller::start(&deployment, kubeconfig.path(), &cloud, webhook_port);
+    let mut controller = start_controller(&deployment, kubeconfig.path(), &cloud, webhook_port);
 
     // then a FederatedCredential in another namespace becomes Ready with its Secret,
     let mut spec = serde_json::to_value(
@@ -547,7 +471,7 @@ async fn the_installed_charts_rbac_is_enough_for_the_controller_and_webhook_and_
             .then_some(())
     })
     .await;
-    assert_eq!(controller.get("/readyz").await, 200);
+    assert_eq!(controller.get("/readyz").await.0, 200);
     let lease = get_json(&[
         "lease",
         &format!("{fullname}-controller"),

@@ -17,11 +17,11 @@ use fedcred::inject::{DEFAULT_PROXY_IMAGE, PROXY_CONTAINER_PREFIX};
 use fedcred_doubles::Config;
 use fedcred_doubles::alloydb::{AlloyDbConfig, AlloyDbDoubles, AuthType, InstanceConfig, Outcome};
 use serde_json::{Value, json};
-use support::alloydb::{Postgres, free_port, proxy_binary, wait_for_http_probe};
+use support::alloydb::{Postgres, proxy_binary, wait_for_http_probe};
 use support::cloud::{Cloud, ROLE, SA_EMAIL};
 use support::pod::{Process, SecretVolume, StoredPod, map_paths, secret_data, wait_for_exec_probe};
 use support::webhook::controller_with_webhook;
-use support::{INSTANCE, TestNamespace, eventually};
+use support::{INSTANCE, TestNamespace, eventually, free_port};
 
 const FEDCRED_IMAGE: &str = "ghcr.io/example/fedcred";
 const DB_USER: &str = "orders-api@acme-shop.iam";

@@ -15,10 +15,10 @@ mod support;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,9 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use support::cloud::{Cloud, ROLE};
+use support::controller::{ControllerProcess, Launch};
+use support::free_port;
+use support::gate::Gate;
 
 // ---------------------------------------------------------------------------------------------
 // Figures
@@ -179,105 +182,6 @@ fn decode(secret: &Secret) -> BTreeMap<String, String> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The controller as a process
-
-/// `fedcred controller` against any control plane, with its log in the evidence directory.
-struct Controller {
-    child: Option<Child>,
-    identity: String,
-    log: PathBuf,
-    metrics_port: u16,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Controller {
-    fn start(
-        kubeconfig: &Path,
-        namespace: &str,
-        cloud: &Cloud,
-        identity: &str,
-        extra: &[&str],
-    ) -> Controller {
-        static STARTS: AtomicU32 = AtomicU32::new(0);
-        let log = support::controller::log_dir().join(format!(
-            "fedcred-faults-{namespace}-{identity}-{}-{}.log",
-            std::process::id(),
-            STARTS.fetch_add(1, Ordering::Relaxed)
-        ));
-        let file = std::fs::File::create(&log).expect("controller log file");
-        let metrics_port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_fedcred"))
-            .args(["controller", "--namespace", namespace])
-            .args(["--lease-namespace", namespace, "--identity", identity])
-            .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
-            .args(["--google-sts-url", &cloud.google.sts_url()])
-            .args([
-                "--google-iam-credentials-url",
-                &cloud.google.iam_credentials_url(),
-            ])
-            .args(extra)
-            .env("KUBECONFIG", kubeconfig)
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("RUST_LOG", "info,fedcred=debug")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("the fedcred binary runs");
-        Controller {
-            child: Some(child),
-            identity: identity.to_owned(),
-            log,
-            metrics_port,
-        }
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Whether the process still runs.
-    fn alive(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    /// SIGKILL, as when the node dies.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    async fn metrics(&self) -> String {
-        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
-        match reqwest::get(&url).await {
-            Ok(resp) => resp.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        }
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!("--- controller {} log ---\n{}", self.identity, self.logs());
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // A story's world
 
 /// One namespace with the ServiceAccount `orders-api` (IRSA role), the cloud, and a client.
@@ -327,14 +231,14 @@ impl World {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
-    fn controller(&self, identity: &str, extra: &[&str]) -> Controller {
-        Controller::start(
-            &self.kubeconfig,
-            &self.namespace,
-            &self.cloud,
-            identity,
-            extra,
-        )
+    /// `fedcred controller` watching this namespace, with its log in the evidence directory.
+    fn controller(&self, identity: &str, extra: &[&str]) -> ControllerProcess {
+        Launch::new(&self.cloud)
+            .watching(&self.namespace, identity)
+            .args(extra)
+            .kubeconfig(&self.kubeconfig)
+            .log_stem(format!("faults-{}-{identity}", self.namespace))
+            .start()
     }
 
     /// A spec for IRSA through `orders-api`; `google` and `top` are merged into it.
@@ -400,6 +304,13 @@ impl World {
         Some(token)
     }
 
+    /// Applies `name` with `spec`, waits until it is healthy and starts sampling its Secret.
+    async fn ready_and_sampled(&self, name: &str, spec: FederatedCredentialSpec) -> Sampler {
+        self.apply(name, spec).await;
+        self.recovered(name, None, READY).await;
+        Sampler::start(self.secrets(), vec![name.into()], self.cloud.clone())
+    }
+
     /// Waits until [`World::healthy`]; returns when it was seen.
     async fn recovered(&self, name: &str, stale: Option<&str>, limit: Duration) -> Instant {
         let start = Instant::now();
@@ -440,7 +351,7 @@ impl World {
 
     /// Leaves the namespace's events and statuses and each controller's metrics in the
     /// evidence directory, for the secrecy scan at the end of the run.
-    async fn keep_evidence(&self, controllers: &[&Controller]) {
+    async fn keep_evidence(&self, controllers: &[&ControllerProcess]) {
         let Some(dir) = std::env::var_os("FEDCRED_EVIDENCE_DIR").map(PathBuf::from) else {
             return;
         };
@@ -532,13 +443,9 @@ async fn google_fault(
     } else {
         no_impersonation()
     };
-    world.apply("orders-db", world.spec(google, eager())).await;
-    world.recovered("orders-db", None, READY).await;
-    let sampler = Sampler::start(
-        world.secrets(),
-        vec!["orders-db".into()],
-        world.cloud.clone(),
-    );
+    let sampler = world
+        .ready_and_sampled("orders-db", world.spec(google, eager()))
+        .await;
     let before = world.calls();
     let stale = world.token("orders-db").await;
     let start = Instant::now();
@@ -669,15 +576,9 @@ async fn iam_credentials_denies_then_allows() {
     // (new scopes) while IAM Credentials denies; the old token stays valid meanwhile.
     let world = World::shared("f-iam", |c| c).await;
     let controller = world.controller("r1", &[]);
-    world
-        .apply("orders-db", world.spec(json!({}), json!({})))
+    let sampler = world
+        .ready_and_sampled("orders-db", world.spec(json!({}), json!({})))
         .await;
-    world.recovered("orders-db", None, READY).await;
-    let sampler = Sampler::start(
-        world.secrets(),
-        vec!["orders-db".into()],
-        world.cloud.clone(),
-    );
     let before = world.calls();
     let stale = world.token("orders-db").await;
     world
@@ -734,17 +635,11 @@ async fn google_sts_down_through_the_last_half_minute_before_expiry() {
     // falls in the last 30 s, where a failing refresh is retried at least once before expiry.
     let world = World::shared("f-last", federated(60)).await;
     let controller = world.controller("r1", &[]);
-    world
-        .apply("orders-db", world.spec(no_impersonation(), json!({})))
+    let sampler = world
+        .ready_and_sampled("orders-db", world.spec(no_impersonation(), json!({})))
         .await;
-    world.recovered("orders-db", None, READY).await;
     let status = world.status("orders-db").await;
     let expires_at: Timestamp = status["expiresAt"].as_str().unwrap().parse().unwrap();
-    let sampler = Sampler::start(
-        world.secrets(),
-        vec!["orders-db".into()],
-        world.cloud.clone(),
-    );
     let stale = world.token("orders-db").await;
     world.cloud.google.inject(
         Target::Sts,
@@ -883,82 +778,6 @@ async fn google_sts_down_until_the_token_has_expired() {
 // ---------------------------------------------------------------------------------------------
 // AWS STS
 
-/// A TCP relay in front of moto that can be switched off: while down it closes every new
-/// connection at once and has cut every open one, as a dead endpoint does.
-struct Gate {
-    port: u16,
-    down: Arc<AtomicBool>,
-    refused: Arc<AtomicU64>,
-    open: Arc<Mutex<Vec<TcpStream>>>,
-}
-
-impl Gate {
-    fn start(target: u16) -> Gate {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let down = Arc::new(AtomicBool::new(false));
-        let refused = Arc::new(AtomicU64::new(0));
-        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let (d, r, o) = (down.clone(), refused.clone(), open.clone());
-        std::thread::spawn(move || {
-            for client in listener.incoming().flatten() {
-                if d.load(Ordering::Relaxed) {
-                    r.fetch_add(1, Ordering::Relaxed);
-                    drop(client);
-                    continue;
-                }
-                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
-                    continue;
-                };
-                {
-                    let mut open = o.lock().unwrap();
-                    open.retain(|s| s.peer_addr().is_ok());
-                    open.push(client.try_clone().unwrap());
-                    open.push(server.try_clone().unwrap());
-                }
-                relay(client.try_clone().unwrap(), server.try_clone().unwrap());
-                relay(server, client);
-            }
-        });
-        Gate {
-            port,
-            down,
-            refused,
-            open,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn set_down(&self, down: bool) {
-        self.down.store(down, Ordering::Relaxed);
-        if down {
-            for stream in self.open.lock().unwrap().drain(..) {
-                let _ = stream.shutdown(std::net::Shutdown::Both);
-            }
-        }
-    }
-}
-
-fn relay(mut from: TcpStream, mut to: TcpStream) {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 16 * 1024];
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if to.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        let _ = to.shutdown(std::net::Shutdown::Write);
-    });
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_sts_down_then_back() {
     // The gate's URL is the STS endpoint of the resource, so the subject token names it; the
@@ -966,13 +785,8 @@ async fn aws_sts_down_then_back() {
     let gate: Arc<Mutex<Option<Gate>>> = Arc::default();
     let slot = gate.clone();
     let world = World::shared("f-aws", move |c| {
-        let moto = c.moto_url.clone().unwrap();
-        let port: u16 = moto.rsplit(':').next().unwrap().parse().unwrap();
-        let g = Gate::start(port);
         let mut c = federated(60)(c);
-        c.aws_sts_endpoints.push(g.url());
-        c.aws_sts_routes.push((g.url(), moto));
-        *slot.lock().unwrap() = Some(g);
+        *slot.lock().unwrap() = Some(Gate::before_moto(&mut c));
         c
     })
     .await;
@@ -980,13 +794,7 @@ async fn aws_sts_down_then_back() {
     let controller = world.controller("r1", &[]);
     let mut spec = world.spec(no_impersonation(), eager());
     spec.aws.sts_endpoint = Some(gate.url());
-    world.apply("orders-db", spec).await;
-    world.recovered("orders-db", None, READY).await;
-    let sampler = Sampler::start(
-        world.secrets(),
-        vec!["orders-db".into()],
-        world.cloud.clone(),
-    );
+    let sampler = world.ready_and_sampled("orders-db", spec).await;
     let before = world.calls();
     let stale = world.token("orders-db").await;
     gate.set_down(true);
@@ -1032,15 +840,9 @@ async fn aws_sts_down_then_back() {
 async fn the_controller_killed_in_the_middle_of_a_refresh() {
     let world = World::shared("f-kill", federated(60)).await;
     let mut controller = world.controller("r1", &[]);
-    world
-        .apply("orders-db", world.spec(no_impersonation(), eager()))
+    let sampler = world
+        .ready_and_sampled("orders-db", world.spec(no_impersonation(), eager()))
         .await;
-    world.recovered("orders-db", None, READY).await;
-    let sampler = Sampler::start(
-        world.secrets(),
-        vec!["orders-db".into()],
-        world.cloud.clone(),
-    );
     let stale = world.token("orders-db").await;
     // Hold the next exchange open, and kill the controller while it waits for the answer.
     world.cloud.google.inject(
@@ -1096,10 +898,9 @@ async fn leader_failover_between_two_replicas() {
     let world = World::shared("f-leader", federated(60)).await;
     let mut a = world.controller("replica-a", &[]);
     let mut b = world.controller("replica-b", &[]);
-    world
-        .apply("orders-db", world.spec(no_impersonation(), eager()))
+    let sampler = world
+        .ready_and_sampled("orders-db", world.spec(no_impersonation(), eager()))
         .await;
-    world.recovered("orders-db", None, READY).await;
     let leases: Api<Lease> = Api::namespaced(world.client.clone(), &world.namespace);
     let holder = leases
         .get("fedcred-controller")
@@ -1113,11 +914,6 @@ async fn leader_failover_between_two_replicas() {
     } else {
         (&mut b, &mut a)
     };
-    let sampler = Sampler::start(
-        world.secrets(),
-        vec!["orders-db".into()],
-        world.cloud.clone(),
-    );
     let before = world.calls();
     let stale = world.token("orders-db").await;
     // SIGKILL: the Lease is not released, so the standby waits for it to expire.
@@ -1159,15 +955,9 @@ async fn leader_failover_between_two_replicas() {
 async fn a_secret_deleted_or_edited_by_hand() {
     let world = World::shared("f-hand", |c| c).await;
     let controller = world.controller("r1", &[]);
-    world
-        .apply("orders-db", world.spec(json!({}), json!({})))
+    let sampler = world
+        .ready_and_sampled("orders-db", world.spec(json!({}), json!({})))
         .await;
-    world.recovered("orders-db", None, READY).await;
-    let sampler = Sampler::start(
-        world.secrets(),
-        vec!["orders-db".into()],
-        world.cloud.clone(),
-    );
 
     let before = world.calls();
     world
@@ -1343,15 +1133,9 @@ async fn kube_apiserver_killed_and_restarted() {
     };
     world.service_account().await;
     let mut controller = world.controller("r1", &[]);
-    world
-        .apply("orders-db", world.spec(no_impersonation(), eager()))
+    let sampler = world
+        .ready_and_sampled("orders-db", world.spec(no_impersonation(), eager()))
         .await;
-    world.recovered("orders-db", None, READY).await;
-    let sampler = Sampler::start(
-        world.secrets(),
-        vec!["orders-db".into()],
-        world.cloud.clone(),
-    );
     let before = world.calls();
     let down = 20;
     let killed_at = Instant::now();

@@ -16,11 +16,8 @@
 mod support;
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +30,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use support::cloud::{Cloud, ROLE};
+use support::controller::{ControllerProcess, Launch};
+use support::gate::Gate;
 
 /// Token lifetime the doubles issue.
 const LIFETIME: i64 = 60;
@@ -46,156 +45,14 @@ fn env_number(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-// ---------------------------------------------------------------------------------------------
-// The controller as a process
-
-struct Controller {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Controller {
-    fn start(namespace: &str, cloud: &Cloud) -> Controller {
-        static STARTS: AtomicU32 = AtomicU32::new(0);
-        let log = support::controller::log_dir().join(format!(
-            "fedcred-soak-{namespace}-{}-{}.log",
-            std::process::id(),
-            STARTS.fetch_add(1, Ordering::Relaxed)
-        ));
-        let file = std::fs::File::create(&log).expect("controller log file");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_fedcred"))
-            .args(["controller", "--namespace", namespace])
-            .args(["--lease-namespace", namespace, "--identity", "soak"])
-            .args(["--metrics-address", &format!("127.0.0.1:{port}")])
-            .args(["--google-sts-url", &cloud.google.sts_url()])
-            .args([
-                "--google-iam-credentials-url",
-                &cloud.google.iam_credentials_url(),
-            ])
-            .env("KUBECONFIG", support::kubeconfig())
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("the fedcred binary runs");
-        Controller {
-            child: Some(child),
-            log,
-        }
-    }
-
-    /// Resident memory in KiB, from /proc.
-    fn rss_kib(&self) -> Option<u64> {
-        let pid = self.child.as_ref()?.id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("--- controller log (last lines) ---");
-            for line in tail.into_iter().rev() {
-                eprintln!("{line}");
-            }
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// AWS STS behind a switch
-
-/// A TCP relay in front of moto that can be switched off: while down it closes every new
-/// connection at once and has cut every open one.
-struct Gate {
-    port: u16,
-    down: Arc<AtomicBool>,
-    open: Arc<Mutex<Vec<TcpStream>>>,
-}
-
-impl Gate {
-    fn start(target: u16) -> Gate {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let down = Arc::new(AtomicBool::new(false));
-        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let (d, o) = (down.clone(), open.clone());
-        std::thread::spawn(move || {
-            for client in listener.incoming().flatten() {
-                if d.load(Ordering::Relaxed) {
-                    drop(client);
-                    continue;
-                }
-                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
-                    continue;
-                };
-                {
-                    let mut open = o.lock().unwrap();
-                    open.retain(|s| s.peer_addr().is_ok());
-                    open.push(client.try_clone().unwrap());
-                    open.push(server.try_clone().unwrap());
-                }
-                relay(client.try_clone().unwrap(), server.try_clone().unwrap());
-                relay(server, client);
-            }
-        });
-        Gate { port, down, open }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn set_down(&self, down: bool) {
-        self.down.store(down, Ordering::Relaxed);
-        if down {
-            for stream in self.open.lock().unwrap().drain(..) {
-                let _ = stream.shutdown(std::net::Shutdown::Both);
-            }
-        }
-    }
-}
-
-fn relay(mut from: TcpStream, mut to: TcpStream) {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 16 * 1024];
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if to.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        let _ = to.shutdown(std::net::Shutdown::Write);
-    });
+/// The one controller of the soak, with its log in the evidence directory.
+fn start_controller(namespace: &str, cloud: &Cloud) -> ControllerProcess {
+    Launch::new(cloud)
+        .watching(namespace, "soak")
+        .rust_log("info")
+        .log_stem(format!("soak-{namespace}"))
+        .panic_tail(40)
+        .start()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -318,16 +175,11 @@ async fn soak_with_random_faults() {
     let slot = gate.clone();
     let cloud = Arc::new(
         Cloud::start(move |c| {
-            let moto = c.moto_url.clone().unwrap();
-            let port: u16 = moto.rsplit(':').next().unwrap().parse().unwrap();
-            let g = Gate::start(port);
             let mut c = Config {
                 federated_lifetime: Duration::from_secs(LIFETIME as u64),
                 ..c
             };
-            c.aws_sts_endpoints.push(g.url());
-            c.aws_sts_routes.push((g.url(), moto));
-            *slot.lock().unwrap() = Some(g);
+            *slot.lock().unwrap() = Some(Gate::before_moto(&mut c));
             c
         })
         .await,
@@ -360,7 +212,7 @@ async fn soak_with_random_faults() {
 
     let client = support::kube_client().await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
-    let mut controller = Controller::start(&ns.name, &cloud);
+    let mut controller = start_controller(&ns.name, &cloud);
     let setup = Instant::now();
     loop {
         let have = secrets
@@ -440,7 +292,7 @@ async fn soak_with_random_faults() {
         if kill_at.is_some_and(|at| Instant::now() >= at) {
             kill_at = None;
             controller.kill();
-            controller = Controller::start(&ns.name, &cloud);
+            controller = start_controller(&ns.name, &cloud);
             injected.note("controller SIGKILL + restart");
         }
         if aws_back_at.is_some_and(|at| Instant::now() >= at) {
@@ -501,7 +353,7 @@ async fn soak_with_random_faults() {
                 6 if restarts_left > 0 => {
                     restarts_left -= 1;
                     controller.kill();
-                    controller = Controller::start(&ns.name, &cloud);
+                    controller = start_controller(&ns.name, &cloud);
                     injected.note("controller SIGKILL + restart");
                 }
                 _ => {

@@ -2,22 +2,15 @@
 //! ([`super::pod`]): a real PostgreSQL server from Debian, the real `alloydb-auth-proxy`
 //! binary, and the kubelet's `httpGet` startup probe.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::free_port;
 use super::pod::{Process, unique};
-
-/// A free TCP port on 127.0.0.1 (free now; the caller binds it soon after).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
 
 /// The real `alloydb-auth-proxy`: `$FEDCRED_ALLOYDB_PROXY` (exported by `hack/test.sh`), else
 /// the one `hack/build-alloydb-proxy.sh` caches.

@@ -1,17 +1,182 @@
-//! `fedcred controller` as a real process against the test control plane and cloud.
+//! `fedcred controller` as a real process against a test control plane and cloud.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use super::cloud::Cloud;
 
+/// A running `fedcred controller`, SIGKILLed when dropped; a failing test prints its log.
 pub struct ControllerProcess {
     child: Option<Child>,
+    /// The name it goes by in the Lease.
     pub identity: String,
     pub log: PathBuf,
     /// Port of /healthz, /readyz and /metrics.
     pub metrics_port: u16,
+    /// The log is removed when the process is dropped.
+    temporary_log: bool,
+    /// How many of the last log lines a failing test prints; all when `None`.
+    panic_tail: Option<usize>,
+}
+
+/// How to start a controller: [`Launch::new`], then [`Launch::watching`] or [`Launch::command`],
+/// then [`Launch::start`].
+pub struct Launch<'a> {
+    cloud: &'a Cloud,
+    /// The arguments before the Google URLs, starting with the subcommand.
+    command: Vec<String>,
+    /// The arguments after the Google URLs.
+    extra: Vec<String>,
+    /// Set before KUBECONFIG, AWS_REGION, AWS_EC2_METADATA_DISABLED and RUST_LOG, which win.
+    env: Vec<(String, String)>,
+    kubeconfig: PathBuf,
+    rust_log: String,
+    identity: String,
+    log_stem: String,
+    temporary_log: bool,
+    panic_tail: Option<usize>,
+    /// The port the controller is to serve /healthz, /readyz and /metrics on.
+    pub metrics_port: u16,
+}
+
+impl<'a> Launch<'a> {
+    /// A controller of the test control plane using `cloud`, logging at
+    /// `info,fedcred=debug`; it has no arguments yet.
+    pub fn new(cloud: &'a Cloud) -> Launch<'a> {
+        Launch {
+            cloud,
+            command: Vec::new(),
+            extra: Vec::new(),
+            env: Vec::new(),
+            kubeconfig: super::kubeconfig(),
+            rust_log: "info,fedcred=debug".to_owned(),
+            identity: String::new(),
+            log_stem: "controller".to_owned(),
+            temporary_log: false,
+            panic_tail: None,
+            metrics_port: super::free_port(),
+        }
+    }
+
+    /// Watches `namespace` only, electing its leader with a Lease there as `identity`, and
+    /// serves metrics on loopback.
+    pub fn watching(mut self, namespace: &str, identity: &str) -> Self {
+        self.command = [
+            "controller",
+            "--namespace",
+            namespace,
+            "--lease-namespace",
+            namespace,
+            "--identity",
+            identity,
+            "--metrics-address",
+            &format!("127.0.0.1:{}", self.metrics_port),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        self.identity = identity.to_owned();
+        self.log_stem = format!("{namespace}-{identity}");
+        self
+    }
+
+    /// Runs the binary with exactly these arguments (and the Google URLs after them), as a
+    /// replica that goes by `identity` in the Lease.
+    pub fn command(mut self, identity: &str, args: Vec<String>) -> Self {
+        self.command = args;
+        self.identity = identity.to_owned();
+        self
+    }
+
+    /// Arguments after the Google URLs.
+    pub fn args(mut self, extra: &[&str]) -> Self {
+        self.extra.extend(extra.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Another control plane than the one `hack/test.sh` started.
+    pub fn kubeconfig(mut self, path: impl Into<PathBuf>) -> Self {
+        self.kubeconfig = path.into();
+        self
+    }
+
+    pub fn rust_log(mut self, filter: &str) -> Self {
+        self.rust_log = filter.to_owned();
+        self
+    }
+
+    /// The log is `fedcred-<stem>-<pid>-<n>.log`.
+    pub fn log_stem(mut self, stem: impl Into<String>) -> Self {
+        self.log_stem = stem.into();
+        self
+    }
+
+    /// The log goes to the temporary directory, readable by its owner only, and is removed
+    /// with the process instead of staying with the evidence.
+    pub fn temporary_log(mut self) -> Self {
+        self.temporary_log = true;
+        self
+    }
+
+    /// A failing test prints only the last `lines` of the log.
+    pub fn panic_tail(mut self, lines: usize) -> Self {
+        self.panic_tail = Some(lines);
+        self
+    }
+
+    pub fn start(self) -> ControllerProcess {
+        static STARTS: AtomicU32 = AtomicU32::new(0);
+        let dir = if self.temporary_log {
+            std::env::temp_dir()
+        } else {
+            log_dir()
+        };
+        let log = dir.join(format!(
+            "fedcred-{}-{}-{}.log",
+            self.log_stem,
+            std::process::id(),
+            STARTS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut open = std::fs::OpenOptions::new();
+        open.write(true).create(true).truncate(true);
+        if self.temporary_log {
+            open.mode(0o600);
+        }
+        let file = open.open(&log).expect("controller log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_fedcred"))
+            .args(&self.command)
+            .args(["--google-sts-url", &self.cloud.google.sts_url()])
+            .args([
+                "--google-iam-credentials-url",
+                &self.cloud.google.iam_credentials_url(),
+            ])
+            .args(&self.extra)
+            .envs(self.env)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("RUST_LOG", &self.rust_log)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("the fedcred binary runs");
+        ControllerProcess {
+            child: Some(child),
+            identity: self.identity,
+            log,
+            metrics_port: self.metrics_port,
+            temporary_log: self.temporary_log,
+            panic_tail: self.panic_tail,
+        }
+    }
 }
 
 impl ControllerProcess {
@@ -23,52 +188,10 @@ impl ControllerProcess {
         extra: &[&str],
     ) -> ControllerProcess {
         super::ensure_crd();
-        let log = log_dir().join(format!(
-            "fedcred-{namespace}-{identity}-{}-{}.log",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        let file = std::fs::File::create(&log).expect("controller log file");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_fedcred"))
-            .args([
-                "controller",
-                "--namespace",
-                namespace,
-                "--lease-namespace",
-                namespace,
-                "--identity",
-                identity,
-            ])
-            .args(["--metrics-address", &format!("127.0.0.1:{port}")])
-            .args(["--google-sts-url", &cloud.google.sts_url()])
-            .args([
-                "--google-iam-credentials-url",
-                &cloud.google.iam_credentials_url(),
-            ])
+        Launch::new(cloud)
+            .watching(namespace, identity)
             .args(extra)
-            .env("KUBECONFIG", super::kubeconfig())
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("RUST_LOG", "info,fedcred=debug")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("the fedcred binary runs");
-        ControllerProcess {
-            child: Some(child),
-            identity: identity.to_owned(),
-            log,
-            metrics_port: port,
-        }
+            .start()
     }
 
     /// GET of a path on the metrics port: (status, body).
@@ -83,32 +206,54 @@ impl ControllerProcess {
         }
     }
 
+    /// The body of /metrics; empty when it does not answer.
+    pub async fn metrics(&self) -> String {
+        match self.get("/metrics").await {
+            (0, _) => String::new(),
+            (_, body) => body,
+        }
+    }
+
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn signal(&mut self, signal: &str) {
-        if let Some(child) = &self.child {
-            let _ = Command::new("kill")
-                .args([signal, &child.id().to_string()])
-                .status();
-        }
+    /// Whether the process still runs.
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
     }
 
     /// SIGKILL: no chance to clean up, as when a node dies.
     pub fn kill(&mut self) {
-        self.signal("-KILL");
         if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
             let _ = child.wait();
         }
     }
 
     /// SIGTERM, then waits for a clean exit; returns whether it exited successfully.
     pub fn terminate(&mut self) -> bool {
-        self.signal("-TERM");
         let Some(mut child) = self.child.take() else {
             return false;
         };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
         for _ in 0..100 {
             if let Ok(Some(status)) = child.try_wait() {
                 return status.success();
@@ -116,6 +261,7 @@ impl ControllerProcess {
             std::thread::sleep(Duration::from_millis(100));
         }
         let _ = child.kill();
+        let _ = child.wait();
         false
     }
 }
@@ -137,7 +283,20 @@ impl Drop for ControllerProcess {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
-            eprintln!("--- controller {} log ---\n{}", self.identity, self.logs());
+            let logs = self.logs();
+            match self.panic_tail {
+                None => eprintln!("--- controller {} log ---\n{logs}", self.identity),
+                Some(lines) => {
+                    let tail: Vec<&str> = logs.lines().rev().take(lines).collect();
+                    eprintln!("--- controller {} log (last lines) ---", self.identity);
+                    for line in tail.into_iter().rev() {
+                        eprintln!("{line}");
+                    }
+                }
+            }
+        }
+        if self.temporary_log {
+            let _ = std::fs::remove_file(&self.log);
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod alloydb;
 pub mod cloud;
 pub mod controller;
+pub mod gate;
 pub mod pod;
 pub mod webhook;
 
@@ -191,6 +192,14 @@ pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A free TCP port on 127.0.0.1 (free now; the caller binds it soon after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
 }
 
 fn rand_u32() -> u32 {

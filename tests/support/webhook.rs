@@ -150,10 +150,7 @@ pub fn controller_with_webhook(
     identity: &str,
     fedcred_image: &str,
 ) -> (Registration, super::controller::ControllerProcess) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port");
+    let port = super::free_port();
     let registration = Registration::create(ns, port, None);
     let controller = super::controller::ControllerProcess::start(
         &ns.name,
