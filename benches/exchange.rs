@@ -624,7 +624,10 @@ async fn exchange_bench(moto_url: Option<&str>, sizes: &Sizes) -> Result<Results
     let mut cached = Vec::new();
     let key = Arc::new(engine_key(&moto_url, &doubles.base_url(), true)?);
     let reuse = Reuse::AtLeast(Duration::from_secs(600));
-    engine.token(&key, reuse).await.map_err(|e| e.message)?;
+    engine
+        .token(&key, reuse, None)
+        .await
+        .map_err(|e| e.message)?;
     let exchanges_before = doubles.exchanges(fedcred_doubles::Target::Sts);
     progress(&format!("cache hits: {} sequential", sizes.cache_ops));
     let timed = time_async(sizes.cache_ops / 10, sizes.cache_ops, || {
@@ -714,7 +717,10 @@ async fn exchange_once(engine: &Engine, key: &IdentityKey) -> Result<(), String>
 }
 
 async fn cache_hit(engine: &Engine, key: &IdentityKey, reuse: Reuse) -> Result<(), String> {
-    let issued = engine.token(key, reuse).await.map_err(|e| e.message)?;
+    let issued = engine
+        .token(key, reuse, None)
+        .await
+        .map_err(|e| e.message)?;
     black_box(issued);
     Ok(())
 }

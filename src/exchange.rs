@@ -364,9 +364,36 @@ impl Reuse {
     }
 }
 
-/// How long a failed exchange answers waiting callers before the next one tries again, so a
+/// How long a failed exchange answers later callers before the next one tries again, so a
 /// hundred resources of one broken identity cause one call, not a hundred.
-const FAILURE_SHARE: Duration = Duration::from_secs(5);
+pub const FAILURE_SHARE: Duration = Duration::from_secs(5);
+
+/// Whether a failed exchange recorded at `at` answers a call made at `called` and served at
+/// `now`, for a caller whose own last attempt failed at `seen` (kept in whole seconds, as the
+/// status keeps it). Pure.
+///
+/// A failure that was recorded while the call waited for it always answers: it is the
+/// freshest word on the identity. An earlier one answers for [`FAILURE_SHARE`], except a
+/// retrying caller's own failure (recorded within the second `seen` names): a retry answered
+/// with the failure it retries would call nobody, and a resource whose token is about to
+/// expire would learn that Google is back only at its retry after next.
+pub fn shares_failure(
+    at: Timestamp,
+    called: Timestamp,
+    now: Timestamp,
+    seen: Option<Timestamp>,
+) -> bool {
+    if at >= called {
+        return true;
+    }
+    if now.duration_since(at).unsigned_abs() >= FAILURE_SHARE {
+        return false;
+    }
+    match seen {
+        None => true,
+        Some(seen) => at.duration_since(seen) > jiff::SignedDuration::from_secs(1),
+    }
+}
 
 type Slot = Arc<tokio::sync::Mutex<Option<(Timestamp, Result<Issued, ExchangeError>)>>>;
 
@@ -393,8 +420,15 @@ impl Engine {
     }
 
     /// A token for `key` that `reuse` accepts, exchanging only when no concurrent or recent
-    /// exchange for the same identity provides one.
-    pub async fn token(&self, key: &IdentityKey, reuse: Reuse) -> Result<Issued, ExchangeError> {
+    /// exchange for the same identity provides one. `failed_at`: when the caller's own last
+    /// attempt failed, if it did (see [`shares_failure`]).
+    pub async fn token(
+        &self,
+        key: &IdentityKey,
+        reuse: Reuse,
+        failed_at: Option<Timestamp>,
+    ) -> Result<Issued, ExchangeError> {
+        let called = Timestamp::now();
         let slot = {
             let mut slots = self
                 .slots
@@ -407,7 +441,7 @@ impl Engine {
         if let Some((at, result)) = guard.as_ref() {
             match result {
                 Ok(issued) if reuse.accepts(issued, now) => return Ok(issued.clone()),
-                Err(e) if now.duration_since(*at).unsigned_abs() < FAILURE_SHARE => {
+                Err(e) if shares_failure(*at, called, now, failed_at) => {
                     return Err(e.clone());
                 }
                 _ => {}
@@ -531,6 +565,41 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_answers_waiters_and_newcomers_but_not_its_own_retry() {
+        let t = |s: &str| -> Timestamp { s.parse().unwrap() };
+        let at = t("2026-11-29T10:00:03.400Z");
+        // Recorded while the call waited: always shared, even with a retry of it.
+        let seen = Some(t("2026-11-29T10:00:03Z"));
+        assert!(shares_failure(
+            at,
+            t("2026-11-29T10:00:02Z"),
+            t("2026-11-29T10:00:03.5Z"),
+            seen
+        ));
+        // A caller that has not failed: shared for five seconds.
+        let called = t("2026-11-29T10:00:06Z");
+        assert!(shares_failure(at, called, called, None));
+        let late = t("2026-11-29T10:00:08.400Z");
+        assert!(!shares_failure(at, late, late, None));
+        // The retry of the caller whose failure it is (kept in whole seconds): not shared.
+        assert!(!shares_failure(at, called, called, seen));
+        // A retry after an older failure of its own: the newer failure of another caller is
+        // news, and shared.
+        assert!(shares_failure(
+            at,
+            called,
+            called,
+            Some(t("2026-11-29T10:00:02Z"))
+        ));
+        assert!(!shares_failure(
+            at,
+            called,
+            called,
+            Some(t("2026-11-29T10:00:02.5Z"))
+        ));
+    }
 
     fn spec(extra: serde_json::Value) -> FederatedCredentialSpec {
         let mut base = serde_json::json!({

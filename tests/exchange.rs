@@ -136,7 +136,7 @@ async fn concurrent_requests_for_one_identity_share_one_exchange() {
             let key = key.clone();
             tokio::spawn(async move {
                 engine
-                    .token(&key, Reuse::AtLeast(Duration::from_secs(600)))
+                    .token(&key, Reuse::AtLeast(Duration::from_secs(600)), None)
                     .await
             })
         })
@@ -152,15 +152,53 @@ async fn concurrent_requests_for_one_identity_share_one_exchange() {
 
     // Reused while it has enough life; a caller needing more than it has gets a new one.
     engine
-        .token(&key, Reuse::AtLeast(Duration::from_secs(600)))
+        .token(&key, Reuse::AtLeast(Duration::from_secs(600)), None)
         .await
         .unwrap();
     assert_eq!(cloud.google.exchanges(Target::Sts), 1);
     engine
-        .token(&key, Reuse::AtLeast(Duration::from_secs(7200)))
+        .token(&key, Reuse::AtLeast(Duration::from_secs(7200)), None)
         .await
         .unwrap();
     assert_eq!(cloud.google.exchanges(Target::Sts), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_is_shared_with_other_callers_but_not_with_its_own_retry() {
+    let ns = TestNamespace::new("failure-share");
+    let cloud = Cloud::start(|c| c).await;
+    let key = irsa_key(&cloud, &ns);
+    let engine = cloud.engine(fast_retries()).await;
+    let reuse = Reuse::AtLeast(Duration::from_secs(600));
+    cloud.google.inject(
+        Target::Sts,
+        Fault::Status {
+            code: 503,
+            retry_after: None,
+            count: 100_000,
+        },
+    );
+
+    // The first caller's exchange fails after its attempts at Google STS.
+    let err = engine.token(&key, reuse, None).await.unwrap_err();
+    assert_eq!(err.reason, Reason::Upstream);
+    let first = cloud.google.calls(Target::Sts);
+    assert!(first >= 1);
+    let failed_at = jiff::Timestamp::now();
+
+    // Another resource of the identity that has not failed yet gets the same failure without
+    // a call.
+    let shared = engine.token(&key, reuse, None).await.unwrap_err();
+    assert_eq!(shared.message, err.message);
+    assert_eq!(cloud.google.calls(Target::Sts), first);
+
+    // A retry by the caller that failed (its failure kept in whole seconds, as the status
+    // keeps it) calls Google again: Google is back, so it gets a token.
+    cloud.google.clear_faults();
+    let seen = jiff::Timestamp::from_second(failed_at.as_second()).unwrap();
+    let issued = engine.token(&key, reuse, Some(seen)).await.unwrap();
+    assert!(cloud.google.lookup(issued.access_token.expose()).is_some());
+    assert_eq!(cloud.google.exchanges(Target::Sts), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

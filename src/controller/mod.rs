@@ -375,7 +375,7 @@ async fn refresh(
 
     let key = match plan(&namespace, &fc.spec, &ctx.defaults) {
         Ok(key) => key,
-        Err(err) => return fail(api, &fc, ctx, None, err, &schedule, now).await,
+        Err(err) => return fail(api, &fc, ctx, None, err, &schedule).await,
     };
     let renew = fc
         .spec
@@ -386,7 +386,14 @@ async fn refresh(
     let started = Instant::now();
     let result = ctx
         .engine
-        .token(&key, Reuse::RefreshWithin(decide::refresh_share(renew)))
+        .token(
+            &key,
+            Reuse::RefreshWithin(decide::refresh_share(renew)),
+            fc.status
+                .as_ref()
+                .and_then(|s| s.last_failure_time.as_ref())
+                .map(|t| t.0),
+        )
         .await;
     let issued = match result {
         Ok(issued) => {
@@ -396,7 +403,7 @@ async fn refresh(
         Err(err) => {
             ctx.metrics
                 .observe_refresh(started.elapsed(), Some(err.reason.as_str()));
-            return fail(api, &fc, ctx, Some(&key), err, &schedule, now).await;
+            return fail(api, &fc, ctx, Some(&key), err, &schedule).await;
         }
     };
 
@@ -453,8 +460,10 @@ async fn fail(
     key: Option<&crate::exchange::IdentityKey>,
     err: ExchangeError,
     schedule: &Schedule,
-    now: Timestamp,
 ) -> Result<Action, Error> {
+    // The moment of the failure, not of the reconcile's start: the retry is spaced from it,
+    // and the exchange engine tells this resource's next retry its own failure by it.
+    let now = google_now();
     let failures = fc
         .status
         .as_ref()
