@@ -284,10 +284,7 @@ fn start_controller(
         .collect();
     let namespace = deployment["metadata"]["namespace"].as_str().unwrap();
     let replica = "fedcred-replica-0";
-    let mut launch = launch
-        .command(replica, args)
-        .log_stem("chart-controller")
-        .temporary_log();
+    let mut launch = launch.command(replica, args).log_stem("chart-controller");
     for var in container["env"].as_array().unwrap() {
         let name = var["name"].as_str().unwrap();
         let value = match var["valueFrom"]["fieldRef"]["fieldPath"].as_str() {

@@ -1,6 +1,5 @@
 //! `fedcred controller` as a real process against a test control plane and cloud.
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -16,8 +15,6 @@ pub struct ControllerProcess {
     pub log: PathBuf,
     /// Port of /healthz, /readyz and /metrics.
     pub metrics_port: u16,
-    /// The log is removed when the process is dropped.
-    temporary_log: bool,
     /// How many of the last log lines a failing test prints; all when `None`.
     panic_tail: Option<usize>,
 }
@@ -36,7 +33,6 @@ pub struct Launch<'a> {
     rust_log: String,
     identity: String,
     log_stem: String,
-    temporary_log: bool,
     panic_tail: Option<usize>,
     /// The port the controller is to serve /healthz, /readyz and /metrics on.
     pub metrics_port: u16,
@@ -55,7 +51,6 @@ impl<'a> Launch<'a> {
             rust_log: "info,fedcred=debug".to_owned(),
             identity: String::new(),
             log_stem: "controller".to_owned(),
-            temporary_log: false,
             panic_tail: None,
             metrics_port: super::free_port(),
         }
@@ -118,13 +113,6 @@ impl<'a> Launch<'a> {
         self
     }
 
-    /// The log goes to the temporary directory, readable by its owner only, and is removed
-    /// with the process instead of staying with the evidence.
-    pub fn temporary_log(mut self) -> Self {
-        self.temporary_log = true;
-        self
-    }
-
     /// A failing test prints only the last `lines` of the log.
     pub fn panic_tail(mut self, lines: usize) -> Self {
         self.panic_tail = Some(lines);
@@ -133,23 +121,13 @@ impl<'a> Launch<'a> {
 
     pub fn start(self) -> ControllerProcess {
         static STARTS: AtomicU32 = AtomicU32::new(0);
-        let dir = if self.temporary_log {
-            std::env::temp_dir()
-        } else {
-            log_dir()
-        };
-        let log = dir.join(format!(
+        let log = log_dir().join(format!(
             "fedcred-{}-{}-{}.log",
             self.log_stem,
             std::process::id(),
             STARTS.fetch_add(1, Ordering::Relaxed)
         ));
-        let mut open = std::fs::OpenOptions::new();
-        open.write(true).create(true).truncate(true);
-        if self.temporary_log {
-            open.mode(0o600);
-        }
-        let file = open.open(&log).expect("controller log file");
+        let file = std::fs::File::create(&log).expect("controller log file");
         let child = Command::new(env!("CARGO_BIN_EXE_fedcred"))
             .args(&self.command)
             .args(["--google-sts-url", &self.cloud.google.sts_url()])
@@ -173,7 +151,6 @@ impl<'a> Launch<'a> {
             identity: self.identity,
             log,
             metrics_port: self.metrics_port,
-            temporary_log: self.temporary_log,
             panic_tail: self.panic_tail,
         }
     }
@@ -294,9 +271,6 @@ impl Drop for ControllerProcess {
                     }
                 }
             }
-        }
-        if self.temporary_log {
-            let _ = std::fs::remove_file(&self.log);
         }
     }
 }
