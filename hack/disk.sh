@@ -13,18 +13,16 @@ cd "$here/.."
 
 needed_gb="${FEDCRED_DISK_NEEDED_GB:-7}"
 mkdir -p "$FEDCRED_CACHE"
-free_gb() { df -P -BG "$1" | awk 'NR == 2 {sub("G", "", $4); print $4}'; }
+free_in() { df -P "-B$1" "$2" | awk -v unit="$1" 'NR == 2 {sub(unit, "", $4); print $4}'; } # UNIT PATH
 size_of() { if [[ -e "$1" ]]; then du -sh "$1" 2>/dev/null | cut -f1; else echo 0; fi; }
-
-free_mb() { df -P -BM "$1" | awk 'NR == 2 {sub("M", "", $4); print $4}'; }
 
 case "${1:-}" in
   --watch)
     file="${2:?--watch needs a file}"
     caller=$PPID
-    start=$(free_mb .) lowest=$start
+    start=$(free_in M .) lowest=$start
     while kill -0 "$caller" 2>/dev/null; do
-      now=$(free_mb .)
+      now=$(free_in M .)
       ((now < lowest)) && lowest=$now
       echo "$start $lowest" >"$file.tmp" && mv "$file.tmp" "$file"
       sleep 5
@@ -40,7 +38,7 @@ case "${1:-}" in
     ;;
 esac
 
-repo_free=$(free_gb .) cache_free=$(free_gb "$FEDCRED_CACHE")
+repo_free=$(free_in G .) cache_free=$(free_in G "$FEDCRED_CACHE")
 log "disk: $repo_free GB free for the repository, $cache_free GB for $FEDCRED_CACHE; kept: $(size_of "$FEDCRED_CACHE") in the cache, $(size_of target) in target/"
 if ((repo_free < needed_gb || cache_free < needed_gb)); then
   log "warning: a run with nothing cached needs about $needed_gb GB; this one may run out of space (what is cached already is not built again)"

@@ -366,7 +366,7 @@ impl Reuse {
 
 /// How long a failed exchange answers later callers before the next one tries again, so a
 /// hundred resources of one broken identity cause one call, not a hundred.
-pub const FAILURE_SHARE: Duration = Duration::from_secs(5);
+const FAILURE_SHARE: Duration = Duration::from_secs(5);
 
 /// Whether a failed exchange recorded at `at` answers a call made at `called` and served at
 /// `now`, for a caller whose own last attempt failed at `seen` (kept in whole seconds, as the
@@ -377,7 +377,7 @@ pub const FAILURE_SHARE: Duration = Duration::from_secs(5);
 /// retrying caller's own failure (recorded within the second `seen` names): a retry answered
 /// with the failure it retries would call nobody, and a resource whose token is about to
 /// expire would learn that Google is back only at its retry after next.
-pub fn shares_failure(
+fn shares_failure(
     at: Timestamp,
     called: Timestamp,
     now: Timestamp,
@@ -421,7 +421,8 @@ impl Engine {
 
     /// A token for `key` that `reuse` accepts, exchanging only when no concurrent or recent
     /// exchange for the same identity provides one. `failed_at`: when the caller's own last
-    /// attempt failed, if it did (see [`shares_failure`]).
+    /// attempt failed, if it did: a retry is never answered with its own failure
+    /// (`shares_failure`).
     pub async fn token(
         &self,
         key: &IdentityKey,

@@ -13,7 +13,7 @@ use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhook, MutatingWebhookConfiguration, WebhookClientConfig,
 };
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 use support::TestNamespace;
@@ -106,6 +106,15 @@ async fn secret(client: &Client, namespace: &str) -> Secret {
         .get("fedcred-webhook-tls")
         .await
         .unwrap()
+}
+
+/// The owner references of the Secret.
+async fn owners(client: &Client, namespace: &str) -> Vec<OwnerReference> {
+    secret(client, namespace)
+        .await
+        .metadata
+        .owner_references
+        .unwrap_or_default()
 }
 
 async fn data_of(client: &Client, namespace: &str, key: &str) -> String {
@@ -248,24 +257,17 @@ async fn the_secret_goes_with_its_configuration() {
     // A Secret written before its configuration existed gets the configuration as its owner
     // once it appears, without new material.
     let early = certs::ensure(&client, &settings).await.unwrap();
-    assert_eq!(
-        secret(&client, &ns.name).await.metadata.owner_references,
-        None
-    );
+    assert_eq!(owners(&client, &ns.name).await, Vec::new());
     let configuration = Configuration::create(&client, &name).await;
     let uid = configuration.api.get(&name).await.unwrap().metadata.uid;
     let kept = certs::ensure(&client, &settings).await.unwrap();
     assert_eq!(kept.ca_pem, early.ca_pem);
     assert_eq!(kept.cert_pem, early.cert_pem);
-    let owners = secret(&client, &ns.name)
-        .await
-        .metadata
-        .owner_references
-        .unwrap();
-    assert_eq!(owners.len(), 1);
-    assert_eq!(owners[0].kind, "MutatingWebhookConfiguration");
-    assert_eq!(owners[0].name, name);
-    assert_eq!(Some(owners[0].uid.clone()), uid);
+    let owned_by = owners(&client, &ns.name).await;
+    assert_eq!(owned_by.len(), 1);
+    assert_eq!(owned_by[0].kind, "MutatingWebhookConfiguration");
+    assert_eq!(owned_by[0].name, name);
+    assert_eq!(Some(owned_by[0].uid.clone()), uid);
     assert_eq!(
         configuration.ca_bundles().await,
         vec![Some(early.ca_pem.clone()); 2]
@@ -293,12 +295,9 @@ async fn the_secret_goes_with_its_configuration() {
     let uid = configuration.api.get(&name).await.unwrap().metadata.uid;
     let renewed = certs::ensure(&client, &settings).await.unwrap();
     assert_ne!(renewed.ca_pem, early.ca_pem);
-    let owners = secret(&client, &ns.name)
-        .await
-        .metadata
-        .owner_references
-        .unwrap();
-    assert_eq!(Some(owners[0].uid.clone()), uid);
+    let owned_by = owners(&client, &ns.name).await;
+    assert_eq!(owned_by.len(), 1);
+    assert_eq!(Some(owned_by[0].uid.clone()), uid);
     assert_eq!(
         configuration.ca_bundles().await,
         vec![Some(renewed.ca_pem.clone()); 2]

@@ -12,7 +12,7 @@
 //! ([`CA_NOT_AFTER`], [`NOT_AFTER`]), with the names of the serving certificate ([`NAMES`]).
 //!
 //! The Secret is owned by the MutatingWebhookConfiguration that trusts its CA
-//! ([`set_owner`]): when `helm uninstall` or `kubectl delete` removes the configuration, the
+//! (`set_owner`): when `helm uninstall` or `kubectl delete` removes the configuration, the
 //! garbage collector removes the CA and key nobody trusts any more.
 
 use std::collections::BTreeMap;
@@ -26,7 +26,7 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{ObjectMeta, PostParams};
-use kube::{Api, Client};
+use kube::{Api, Client, Resource};
 
 use super::Error;
 use super::tls::{
@@ -149,11 +149,16 @@ impl Stored {
 
     fn bundle(&self) -> Option<CertBundle> {
         let (ca, (serving, _)) = (self.ca.as_ref()?, self.serving.as_ref()?);
-        Some(CertBundle {
-            ca_pem: ca.cert_pem.clone(),
-            cert_pem: serving.cert_pem.clone(),
-            key_pem: serving.key_pem.clone(),
-        })
+        Some(to_serve(ca, serving))
+    }
+}
+
+/// What is served from a CA and a serving certificate it signed.
+fn to_serve(ca: &Issued, serving: &Issued) -> CertBundle {
+    CertBundle {
+        ca_pem: ca.cert_pem.clone(),
+        cert_pem: serving.cert_pem.clone(),
+        key_pem: serving.key_pem.clone(),
     }
 }
 
@@ -232,11 +237,7 @@ fn issue(
         _ => new_ca(now)?,
     };
     let serving = sign_serving(&ca.key_pem, names, now)?;
-    let bundle = CertBundle {
-        ca_pem: ca.cert_pem.clone(),
-        cert_pem: serving.cert_pem.clone(),
-        key_pem: serving.key_pem.clone(),
-    };
+    let bundle = to_serve(&ca, &serving);
     let fresh = Stored {
         ca: Some(ca),
         serving: Some((serving, names.to_vec())),
@@ -305,27 +306,16 @@ async fn configuration_owner(client: &Client, name: &str) -> Result<Option<Owner
         .get_opt(name)
         .await
         .map_err(|e| api_err(&format!("MutatingWebhookConfiguration {name}"), e))?;
-    Ok(config.as_ref().and_then(owner_reference))
-}
-
-/// A reference to `config` as the owner of the Secret (not its controller, and not blocking
-/// the configuration's deletion, which would need more RBAC than `update`). `None` for a
-/// configuration without name or uid.
-pub fn owner_reference(config: &MutatingWebhookConfiguration) -> Option<OwnerReference> {
-    Some(OwnerReference {
-        api_version: "admissionregistration.k8s.io/v1".to_owned(),
-        kind: "MutatingWebhookConfiguration".to_owned(),
-        name: config.metadata.name.clone()?,
-        uid: config.metadata.uid.clone()?,
-        ..OwnerReference::default()
-    })
+    // An owner, not the controller, and not blocking the configuration's deletion (which
+    // would need more RBAC than `update`).
+    Ok(config.and_then(|c| c.owner_ref(&())))
 }
 
 /// Makes `owner` the only reference in `meta` to a MutatingWebhookConfiguration of its name
 /// (one to an earlier configuration of that name is replaced; references to anything else are
 /// kept). Without an owner nothing changes: the configuration may be on its way in. Returns
 /// whether `meta` changed. Pure.
-pub fn set_owner(meta: &mut ObjectMeta, owner: Option<&OwnerReference>) -> bool {
+fn set_owner(meta: &mut ObjectMeta, owner: Option<&OwnerReference>) -> bool {
     let Some(owner) = owner else {
         return false;
     };
@@ -365,45 +355,37 @@ async fn ensure_secret(
             (Decision::Keep, Some(bundle)) => Some(bundle),
             _ => None,
         };
-        let written = match (existing, &kept) {
+        let renewed = kept.is_none();
+        let creating = existing.is_none();
+        let mut secret = existing.unwrap_or_else(|| Secret {
+            metadata: ObjectMeta {
+                name: Some(settings.secret.clone()),
+                namespace: Some(settings.namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            type_: Some("kubernetes.io/tls".to_owned()),
+            ..Secret::default()
+        });
+        let owner_changed = set_owner(&mut secret.metadata, owner);
+        let bundle = match kept {
+            Some(bundle) if !owner_changed => return Ok(bundle),
             // Kept material: written again only to point the Secret at its configuration.
-            (Some(mut secret), Some(bundle)) => {
-                if !set_owner(&mut secret.metadata, owner) {
-                    return Ok(bundle.clone());
-                }
-                api.replace(&settings.secret, &PostParams::default(), &secret)
-                    .await
-                    .map(|_| bundle.clone())
-            }
-            (Some(mut secret), None) => {
+            Some(bundle) => bundle,
+            None => {
                 let (fresh, bundle) = issue(decision, &stored, &settings.names, now)?;
                 fill(&mut secret, &fresh);
-                set_owner(&mut secret.metadata, owner);
-                api.replace(&settings.secret, &PostParams::default(), &secret)
-                    .await
-                    .map(|_| bundle)
-            }
-            (None, _) => {
-                let (fresh, bundle) = issue(decision, &stored, &settings.names, now)?;
-                let mut secret = Secret {
-                    metadata: ObjectMeta {
-                        name: Some(settings.secret.clone()),
-                        namespace: Some(settings.namespace.clone()),
-                        ..ObjectMeta::default()
-                    },
-                    type_: Some("kubernetes.io/tls".to_owned()),
-                    ..Secret::default()
-                };
-                fill(&mut secret, &fresh);
-                set_owner(&mut secret.metadata, owner);
-                api.create(&PostParams::default(), &secret)
-                    .await
-                    .map(|_| bundle)
+                bundle
             }
         };
+        let params = PostParams::default();
+        let written = if creating {
+            api.create(&params, &secret).await
+        } else {
+            api.replace(&settings.secret, &params, &secret).await
+        };
         match written {
-            Ok(bundle) => {
-                if kept.is_none() {
+            Ok(_) => {
+                if renewed {
                     tracing::info!(secret = %what, ?decision, "webhook certificates written");
                 }
                 return Ok(bundle);
@@ -756,7 +738,7 @@ mod tests {
             "metadata": {"name": "fedcred", "uid": "uid-2"},
         }))
         .unwrap();
-        let owner = owner_reference(&config).unwrap();
+        let owner = config.owner_ref(&()).unwrap();
         assert_eq!(
             owner,
             reference("MutatingWebhookConfiguration", "fedcred", "uid-2")
@@ -764,7 +746,7 @@ mod tests {
         assert_eq!(owner.controller, None, "not its controller");
         assert_eq!(owner.block_owner_deletion, None, "never blocks deletion");
         let unsaved = MutatingWebhookConfiguration::default();
-        assert_eq!(owner_reference(&unsaved), None, "no uid, no reference");
+        assert_eq!(unsaved.owner_ref(&()), None, "no uid, no reference");
 
         // A Secret without owners gets the reference; a second call changes nothing.
         let mut meta = ObjectMeta::default();

@@ -160,11 +160,8 @@ pub fn sign_serving(
     })
 }
 
-/// The certificate chain and private key in `cert_pem` and `key_pem`.
-fn parse_pems(
-    cert_pem: &str,
-    key_pem: &str,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), Error> {
+/// The certificate chain in `cert_pem`: at least one certificate.
+fn parse_chain(cert_pem: &str) -> Result<Vec<CertificateDer<'static>>, Error> {
     let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Error::Certificate(format!("the serving certificate PEM: {e}")))?;
@@ -173,6 +170,15 @@ fn parse_pems(
             "the serving certificate PEM holds no certificate".to_owned(),
         ));
     }
+    Ok(chain)
+}
+
+/// The certificate chain and private key in `cert_pem` and `key_pem`.
+fn parse_pems(
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), Error> {
+    let chain = parse_chain(cert_pem)?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
         .map_err(|e| Error::Certificate(format!("the serving key PEM: {e}")))?;
     Ok((chain, key))
@@ -216,9 +222,7 @@ pub fn trusted_for(ca_pem: &str, cert_pem: &str, names: &[String], now: jiff::Ti
     else {
         return false;
     };
-    let Ok(chain) =
-        CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()
-    else {
+    let Ok(chain) = parse_chain(cert_pem) else {
         return false;
     };
     let Some((serving, intermediates)) = chain.split_first() else {
