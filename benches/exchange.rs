@@ -33,15 +33,17 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use aws_credential_types::Credentials;
-use fedcred::api::{CLOUD_PLATFORM_SCOPE, FederatedCredentialSpec};
-use fedcred::aws::Aws;
-use fedcred::exchange::{ControllerIdentityPolicy, Defaults, Engine, IdentityKey, Reuse, plan};
-use fedcred::google::{GoogleClient, RetryPolicy};
-use fedcred::secret::Secret;
-use fedcred::subject_token::{self, SubjectTokenRequest};
+use fedcred::exchange::Engine;
+use fedcred::exchange::aws::Aws;
+use fedcred::exchange::google::GoogleClient;
+use fedcred_core::api::{CLOUD_PLATFORM_SCOPE, FederatedCredentialSpec};
+use fedcred_core::exchange::{ControllerIdentityPolicy, Defaults, IdentityKey, Reuse, plan};
+use fedcred_core::google::RetryPolicy;
+use fedcred_core::sensitive::Sensitive;
+use fedcred_core::sigv4::AwsCredentials;
+use fedcred_core::subject_token::{self, SubjectTokenRequest};
 use fedcred_doubles::moto::Moto;
 use fedcred_doubles::{Binding, Config, GoogleDoubles, Provider, principal_member};
 use serde_json::json;
@@ -505,15 +507,17 @@ fn reexec_with_bench_env() -> Result<(), String> {
 }
 
 fn token_bench(sizes: &Sizes) -> Vec<Summary> {
-    let static_keys = Credentials::new(ACCESS_KEY_ID, SECRET_ACCESS_KEY, None, None, "bench");
+    let static_keys = AwsCredentials {
+        access_key_id: ACCESS_KEY_ID.to_owned(),
+        secret_access_key: Sensitive::new(SECRET_ACCESS_KEY),
+        session_token: None,
+    };
     // Temporary credentials, as IRSA and AssumeRole give: one more signed header.
-    let temporary = Credentials::new(
-        "ASIAFEDCREDBENCH0002",
-        SECRET_ACCESS_KEY,
-        Some("IQoJb3JpZ2luX2VjEFAKE".repeat(40)),
-        None,
-        "bench",
-    );
+    let temporary = AwsCredentials {
+        access_key_id: "ASIAFEDCREDBENCH0002".to_owned(),
+        secret_access_key: Sensitive::new(SECRET_ACCESS_KEY),
+        session_token: Some(Sensitive::new("IQoJb3JpZ2luX2VjEFAKE".repeat(40))),
+    };
     let request = |time| SubjectTokenRequest {
         region: REGION,
         audience: AUDIENCE,
@@ -525,7 +529,8 @@ fn token_bench(sizes: &Sizes) -> Vec<Summary> {
 
     progress("subject token: signed request JSON");
     let timed = time_sync(warmup, sizes.token_ops, || {
-        let json = subject_token::signed_request_json(&static_keys, &request(SystemTime::now()));
+        let json =
+            subject_token::signed_request_json(&static_keys, &request(jiff::Timestamp::now()));
         black_box(json.expect("signs"));
     });
     rows.push(Summary::new(
@@ -535,7 +540,9 @@ fn token_bench(sizes: &Sizes) -> Vec<Summary> {
 
     progress("subject token: build (sign + JSON + URL-encode)");
     let timed = time_sync(warmup, sizes.token_ops, || {
-        black_box(subject_token::build(&static_keys, &request(SystemTime::now())).expect("signs"));
+        black_box(
+            subject_token::build(&static_keys, &request(jiff::Timestamp::now())).expect("signs"),
+        );
     });
     rows.push(Summary::new(
         "`build` (sign + JSON + URL-encode), static keys",
@@ -544,7 +551,9 @@ fn token_bench(sizes: &Sizes) -> Vec<Summary> {
 
     progress("subject token: build with a session token");
     let timed = time_sync(warmup, sizes.token_ops, || {
-        black_box(subject_token::build(&temporary, &request(SystemTime::now())).expect("signs"));
+        black_box(
+            subject_token::build(&temporary, &request(jiff::Timestamp::now())).expect("signs"),
+        );
     });
     rows.push(Summary::new(
         "`build`, temporary credentials (840-byte session token)",
@@ -623,7 +632,7 @@ async fn exchange_bench(moto_url: Option<&str>, sizes: &Sizes) -> Result<Results
 
     let mut cached = Vec::new();
     let key = Arc::new(engine_key(&moto_url, &doubles.base_url(), true)?);
-    let reuse = Reuse::AtLeast(Duration::from_secs(600));
+    let reuse = Reuse::refresh_within(0.5);
     engine
         .token(&key, reuse, None)
         .await
@@ -656,7 +665,7 @@ async fn exchange_bench(moto_url: Option<&str>, sizes: &Sizes) -> Result<Results
     doubles.shutdown().await;
 
     // With the doubles idle, this process's CPU time is the client's own.
-    let aws = aws_step_bench(&engine, &moto_url, sizes.exchanges).await?;
+    let aws = aws_step_bench(&Aws::from_env().await, &moto_url, sizes.exchanges).await?;
     Ok(Results {
         exchanges,
         cached,
@@ -666,11 +675,10 @@ async fn exchange_bench(moto_url: Option<&str>, sizes: &Sizes) -> Result<Results
 
 /// The AWS part of a controllerIdentity exchange alone, as the engine runs it, and the same
 /// GetCallerIdentity call on one long-lived AWS SDK client, for comparison.
-async fn aws_step_bench(engine: &Engine, moto_url: &str, n: usize) -> Result<Vec<Summary>, String> {
+async fn aws_step_bench(aws: &Aws, moto_url: &str, n: usize) -> Result<Vec<Summary>, String> {
     progress(&format!("AWS step: {n} × Aws::controller"));
     let timed = time_async(50, n, || async {
-        let identity = engine
-            .aws()
+        let identity = aws
             .controller(NAMESPACE, None, REGION, Some(moto_url))
             .await
             .map_err(|e| e.message)?;
@@ -782,7 +790,7 @@ fn client(flags: &Flags) -> Result<(), String> {
             "wire" => Box::new(WireClient::from_env(&doubles, impersonate)?),
             other => return Err(format!("--impl {other:?}: engine or wire")),
         };
-        let mut last = Secret::new("");
+        let mut last = Sensitive::new("");
         run(exchange.as_ref(), warmup, &mut last).await?;
         let cpu_start = process_cpu();
         let start = Instant::now();
@@ -807,7 +815,7 @@ fn client(flags: &Flags) -> Result<(), String> {
 }
 
 /// Runs `n` exchanges, each of which must bring a token different from the one before.
-async fn run(exchange: &dyn Exchange, n: usize, last: &mut Secret) -> Result<(), String> {
+async fn run(exchange: &dyn Exchange, n: usize, last: &mut Sensitive) -> Result<(), String> {
     for _ in 0..n {
         let token = exchange.once().await?;
         if token == *last {
@@ -820,7 +828,7 @@ async fn run(exchange: &dyn Exchange, n: usize, last: &mut Secret) -> Result<(),
 
 /// One full exchange, whichever way.
 trait Exchange {
-    fn once(&self) -> std::pin::Pin<Box<dyn Future<Output = Result<Secret, String>> + '_>>;
+    fn once(&self) -> std::pin::Pin<Box<dyn Future<Output = Result<Sensitive, String>> + '_>>;
 }
 
 struct EngineClient {
@@ -829,7 +837,7 @@ struct EngineClient {
 }
 
 impl Exchange for EngineClient {
-    fn once(&self) -> std::pin::Pin<Box<dyn Future<Output = Result<Secret, String>> + '_>> {
+    fn once(&self) -> std::pin::Pin<Box<dyn Future<Output = Result<Sensitive, String>> + '_>> {
         Box::pin(async move {
             self.engine
                 .exchange(&self.key)
@@ -844,7 +852,7 @@ impl Exchange for EngineClient {
 /// URL, Google STS, then impersonation when asked.
 struct WireClient {
     google: GoogleClient,
-    credentials: Credentials,
+    credentials: AwsCredentials,
     sts_url: String,
     iam_url: String,
     impersonate: bool,
@@ -856,13 +864,11 @@ impl WireClient {
         let var = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
         Ok(WireClient {
             google: GoogleClient::new(RetryPolicy::default()).map_err(|e| e.message)?,
-            credentials: Credentials::new(
-                var("AWS_ACCESS_KEY_ID")?,
-                var("AWS_SECRET_ACCESS_KEY")?,
-                std::env::var("AWS_SESSION_TOKEN").ok(),
-                None,
-                "environment",
-            ),
+            credentials: AwsCredentials {
+                access_key_id: var("AWS_ACCESS_KEY_ID")?,
+                secret_access_key: Sensitive::new(var("AWS_SECRET_ACCESS_KEY")?),
+                session_token: std::env::var("AWS_SESSION_TOKEN").ok().map(Sensitive::new),
+            },
             sts_url: format!("{doubles}/v1/token"),
             iam_url: doubles.to_owned(),
             impersonate,
@@ -872,7 +878,7 @@ impl WireClient {
 }
 
 impl Exchange for WireClient {
-    fn once(&self) -> std::pin::Pin<Box<dyn Future<Output = Result<Secret, String>> + '_>> {
+    fn once(&self) -> std::pin::Pin<Box<dyn Future<Output = Result<Sensitive, String>> + '_>> {
         Box::pin(async move {
             let subject = subject_token::build(
                 &self.credentials,
@@ -880,13 +886,19 @@ impl Exchange for WireClient {
                     region: REGION,
                     audience: AUDIENCE,
                     endpoint: None,
-                    time: SystemTime::now(),
+                    time: jiff::Timestamp::now(),
                 },
             )
             .map_err(|e| e.to_string())?;
             let federated = self
                 .google
-                .sts_exchange(&self.sts_url, AUDIENCE, &self.scopes, &subject)
+                .sts_exchange(
+                    &self.sts_url,
+                    AUDIENCE,
+                    &self.scopes,
+                    subject_token::TOKEN_TYPE,
+                    &subject,
+                )
                 .await
                 .map_err(|e| e.message)?;
             if !self.impersonate {

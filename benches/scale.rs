@@ -13,10 +13,10 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use fedcred::api::FederatedCredential;
-use fedcred::controller::objects;
-use fedcred::exchange::{ControllerIdentityPolicy, Defaults, Issued, plan};
-use fedcred::secret::Secret as Token;
+use fedcred_core::api::FederatedCredential;
+use fedcred_core::exchange::{ControllerIdentityPolicy, Defaults, Issued, plan};
+use fedcred_core::refresh::objects;
+use fedcred_core::sensitive::Sensitive as Token;
 use fedcred_doubles::moto::Moto;
 use fedcred_doubles::{Binding, Config, GoogleDoubles, Provider, Target, role_member};
 use futures::{StreamExt, TryStreamExt};
@@ -139,7 +139,7 @@ async fn floor(client: &Client, ns: &str, n: usize, concurrency: usize) -> Durat
         .map(|fc| {
             let (fcs, secrets, defaults) = (fcs.clone(), secrets.clone(), defaults.clone());
             async move {
-                let now = fedcred::google::truncate(jiff::Timestamp::now());
+                let now = fedcred_core::google::truncate(jiff::Timestamp::now());
                 let key = plan(ns, &fc.spec, &defaults).expect("plan");
                 let issued = Issued {
                     access_token: Token::new(format!("ya29.floor-{:032x}", rand::random::<u128>())),
@@ -179,9 +179,10 @@ async fn exchange_floor(
     moto: &str,
     google: &GoogleDoubles,
 ) -> Duration {
-    use fedcred::aws::Aws;
     use fedcred::exchange::Engine;
-    use fedcred::google::{GoogleClient, RetryPolicy};
+    use fedcred::exchange::aws::Aws;
+    use fedcred::exchange::google::GoogleClient;
+    use fedcred_core::google::RetryPolicy;
     let engine = Engine::new(
         Aws::from_env().await,
         GoogleClient::new(RetryPolicy::default()).unwrap(),

@@ -1,18 +1,22 @@
-//! Leader election with a coordination.k8s.io Lease, so two replicas never both reconcile.
+//! Leader election with a `coordination.k8s.io` Lease, so two replicas never both reconcile.
 //!
-//! The holder renews the Lease every `renew_every`; a candidate takes it over only when its
-//! `renewTime` is older than `lease_duration`. Every write is a replace with the
-//! resourceVersion read, so two candidates cannot both win. A leader that cannot renew within
-//! the lease duration stops leading (the process exits and restarts), and a leader that shuts
-//! down releases the Lease so a standby takes over at once.
+//! The decisions are [`fedcred_core::lease`]'s: a candidate takes the Lease over only when
+//! its record has not changed for a lease duration by this replica's own clock, and a leader
+//! gives up when it has not renewed within the renew deadline, which is shorter than the lease
+//! duration. Every write is a replace with the resourceVersion read, so two candidates cannot
+//! both win. Every call to the API server has a deadline: a hung renewal counts as a failed
+//! one. A leader that shuts down releases the Lease so a standby takes over at once.
 
 use std::time::Duration;
 
+use fedcred_core::lease::{Observer, Record, Timing};
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
 
 #[derive(Clone, Debug)]
 pub struct LeaseSettings {
@@ -20,27 +24,22 @@ pub struct LeaseSettings {
     pub name: String,
     /// This replica's identity, usually the pod name.
     pub identity: String,
-    pub lease_duration: Duration,
-    pub renew_every: Duration,
+    pub timing: Timing,
 }
 
-/// Whether `lease` may be taken by `identity` at `now`. Pure.
-pub fn can_acquire(lease: &LeaseSpec, identity: &str, now: Timestamp) -> bool {
-    let holder = lease.holder_identity.as_deref().unwrap_or("");
-    if holder.is_empty() || holder == identity {
-        return true;
-    }
-    let duration = Duration::from_secs(lease.lease_duration_seconds.unwrap_or(15).max(1) as u64);
-    match &lease.renew_time {
-        Some(MicroTime(renewed)) => *renewed + duration < now,
-        None => true,
-    }
+/// Why an attempt to take or keep the Lease did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the API server did not answer about Lease {0} in time")]
+    TimedOut(String),
+    #[error("reading or writing Lease {lease} failed: {source}")]
+    Api { lease: String, source: kube::Error },
 }
 
-#[derive(Clone)]
 pub struct Elector {
     api: Api<Lease>,
     settings: LeaseSettings,
+    seen: Mutex<Observer>,
 }
 
 impl Elector {
@@ -48,20 +47,35 @@ impl Elector {
         Elector {
             api: Api::namespaced(client, &settings.namespace),
             settings,
+            seen: Mutex::new(Observer::default()),
         }
     }
 
-    /// One attempt to take or keep the Lease. `Ok(true)`: we hold it now.
-    pub async fn try_acquire(&self) -> Result<bool, kube::Error> {
-        let now = Timestamp::now();
+    fn api_error(&self, source: kube::Error) -> Error {
+        Error::Api {
+            lease: self.settings.name.clone(),
+            source,
+        }
+    }
+
+    /// One attempt to take or keep the Lease, within `deadline`. `Ok(true)`: we hold it now.
+    pub async fn try_acquire(&self, deadline: Duration) -> Result<bool, Error> {
+        match tokio::time::timeout(deadline, self.attempt()).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::TimedOut(self.settings.name.clone())),
+        }
+    }
+
+    async fn attempt(&self) -> Result<bool, Error> {
         let s = &self.settings;
+        let now = Timestamp::now();
         let spec = |previous: Option<&LeaseSpec>| {
             let transitions = previous.and_then(|p| p.lease_transitions).unwrap_or(0);
             let held_by_us =
                 previous.and_then(|p| p.holder_identity.as_deref()) == Some(s.identity.as_str());
             LeaseSpec {
                 holder_identity: Some(s.identity.clone()),
-                lease_duration_seconds: Some(s.lease_duration.as_secs() as i32),
+                lease_duration_seconds: Some(s.timing.lease_duration.as_secs() as i32),
                 acquire_time: if held_by_us {
                     previous.and_then(|p| p.acquire_time.clone())
                 } else {
@@ -76,71 +90,95 @@ impl Elector {
                 ..LeaseSpec::default()
             }
         };
-        match self.api.get_opt(&s.name).await? {
-            None => {
-                let lease = Lease {
-                    metadata: ObjectMeta {
-                        name: Some(s.name.clone()),
-                        ..ObjectMeta::default()
-                    },
-                    spec: Some(spec(None)),
-                };
-                match self.api.create(&PostParams::default(), &lease).await {
-                    Ok(_) => Ok(true),
-                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-                    Err(e) => Err(e),
-                }
-            }
-            Some(mut lease) => {
-                let current = lease.spec.clone().unwrap_or_default();
-                if !can_acquire(&current, &s.identity, now) {
-                    return Ok(false);
-                }
-                lease.spec = Some(spec(Some(&current)));
-                match self
-                    .api
-                    .replace(&s.name, &PostParams::default(), &lease)
-                    .await
-                {
-                    Ok(_) => Ok(true),
-                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-                    Err(e) => Err(e),
-                }
-            }
+        let Some(mut lease) = self
+            .api
+            .get_opt(&s.name)
+            .await
+            .map_err(|e| self.api_error(e))?
+        else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(s.name.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(spec(None)),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+                Err(e) => Err(self.api_error(e)),
+            };
+        };
+        let current = lease.spec.clone().unwrap_or_default();
+        let may = {
+            let mut seen = self.seen.lock().await;
+            seen.observe(record(&current), Instant::now().into_std());
+            seen.may_acquire(&s.identity, Instant::now().into_std())
+        };
+        if !may {
+            return Ok(false);
+        }
+        lease.spec = Some(spec(Some(&current)));
+        match self
+            .api
+            .replace(&s.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) => Err(self.api_error(e)),
         }
     }
 
     /// Waits until this replica holds the Lease.
     pub async fn acquire(&self) {
+        let timing = self.settings.timing;
         loop {
-            match self.try_acquire().await {
+            match self.try_acquire(timing.retry_period).await {
                 Ok(true) => {
                     tracing::info!(lease = %self.settings.name, identity = %self.settings.identity, "became leader");
                     return;
                 }
                 Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "leader election: reading the Lease failed"),
+                Err(e) => tracing::warn!(error = %e, "leader election: taking the Lease failed"),
             }
-            tokio::time::sleep(self.settings.renew_every).await;
+            tokio::time::sleep(timing.retry_period).await;
         }
     }
 
-    /// Renews until renewal has failed for a whole lease duration; returns when leadership is
-    /// lost.
+    /// Renews until leadership is lost: another replica took the Lease, or no renewal
+    /// succeeded within the renew deadline (a hung API server counts). Returns at that moment,
+    /// before any standby may take over (the fencing margin is lease duration minus renew
+    /// deadline).
     pub async fn hold(&self) {
-        let mut last_success = tokio::time::Instant::now();
+        let timing = self.settings.timing;
+        let mut renewed = Instant::now();
         loop {
-            tokio::time::sleep(self.settings.renew_every).await;
-            match self.try_acquire().await {
-                Ok(true) => last_success = tokio::time::Instant::now(),
-                Ok(false) => {
-                    tracing::error!("leader election: another replica took the Lease");
+            tokio::time::sleep_until(renewed + timing.retry_period).await;
+            loop {
+                let left = timing
+                    .renew_deadline
+                    .saturating_sub(renewed.elapsed())
+                    .min(timing.retry_period.max(Duration::from_secs(1)));
+                if timing.lost(renewed.into_std(), Instant::now().into_std()) || left.is_zero() {
+                    tracing::error!(
+                        lease = %self.settings.name,
+                        "leader election: no renewal within the renew deadline; giving up leadership"
+                    );
                     return;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "leader election: renewing the Lease failed");
-                    if last_success.elapsed() >= self.settings.lease_duration {
+                match self.try_acquire(left).await {
+                    Ok(true) => {
+                        renewed = Instant::now();
+                        break;
+                    }
+                    Ok(false) => {
+                        tracing::error!(lease = %self.settings.name, "leader election: another replica took the Lease");
                         return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "leader election: renewing the Lease failed");
+                        tokio::time::sleep(Duration::from_millis(200).min(left)).await;
                     }
                 }
             }
@@ -149,66 +187,45 @@ impl Elector {
 
     /// Gives the Lease up so a standby need not wait for it to expire.
     pub async fn release(&self) {
-        if let Ok(Some(mut lease)) = self.api.get_opt(&self.settings.name).await {
+        let timing = self.settings.timing;
+        let release = async {
+            let Ok(Some(mut lease)) = self.api.get_opt(&self.settings.name).await else {
+                return;
+            };
             let ours = lease
                 .spec
                 .as_ref()
                 .and_then(|s| s.holder_identity.as_deref())
                 == Some(&self.settings.identity);
-            if ours {
-                if let Some(spec) = lease.spec.as_mut() {
-                    spec.holder_identity = None;
-                    spec.renew_time = None;
-                }
-                if let Err(e) = self
-                    .api
-                    .replace(&self.settings.name, &PostParams::default(), &lease)
-                    .await
-                {
-                    tracing::warn!(error = %e, "releasing the Lease failed; the standby takes over when it expires");
-                }
+            if !ours {
+                return;
             }
+            if let Some(spec) = lease.spec.as_mut() {
+                spec.holder_identity = None;
+                spec.renew_time = None;
+            }
+            if let Err(e) = self
+                .api
+                .replace(&self.settings.name, &PostParams::default(), &lease)
+                .await
+            {
+                tracing::warn!(error = %e, "releasing the Lease failed; the standby takes over when it expires");
+            }
+        };
+        if tokio::time::timeout(timing.renew_deadline, release)
+            .await
+            .is_err()
+        {
+            tracing::warn!("releasing the Lease timed out; the standby takes over when it expires");
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn lease(holder: Option<&str>, renewed: &str) -> LeaseSpec {
-        LeaseSpec {
-            holder_identity: holder.map(str::to_owned),
-            lease_duration_seconds: Some(15),
-            renew_time: Some(MicroTime(renewed.parse().unwrap())),
-            ..LeaseSpec::default()
-        }
-    }
-
-    #[test]
-    fn a_live_lease_of_another_replica_is_respected() {
-        let now: Timestamp = "2026-01-01T00:00:10Z".parse().unwrap();
-        assert!(!can_acquire(
-            &lease(Some("a"), "2026-01-01T00:00:00Z"),
-            "b",
-            now
-        ));
-        assert!(can_acquire(
-            &lease(Some("a"), "2026-01-01T00:00:00Z"),
-            "a",
-            now
-        ));
-    }
-
-    #[test]
-    fn an_expired_or_released_lease_can_be_taken() {
-        let now: Timestamp = "2026-01-01T00:00:16Z".parse().unwrap();
-        assert!(can_acquire(
-            &lease(Some("a"), "2026-01-01T00:00:00Z"),
-            "b",
-            now
-        ));
-        assert!(can_acquire(&lease(None, "2026-01-01T00:00:15Z"), "b", now));
-        assert!(can_acquire(&LeaseSpec::default(), "b", now));
+/// What the core compares of a Lease.
+fn record(spec: &LeaseSpec) -> Record {
+    Record {
+        holder: spec.holder_identity.clone().unwrap_or_default(),
+        lease_duration: Duration::from_secs(spec.lease_duration_seconds.unwrap_or(15).max(1) as u64),
+        renew_time: spec.renew_time.as_ref().map(|t| t.0.to_string()),
     }
 }

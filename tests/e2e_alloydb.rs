@@ -13,7 +13,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fedcred::inject::{DEFAULT_PROXY_IMAGE, PROXY_CONTAINER_PREFIX};
+use fedcred_core::inject::{DEFAULT_PROXY_IMAGE, PROXY_CONTAINER_PREFIX};
 use fedcred_doubles::Config;
 use fedcred_doubles::alloydb::{AlloyDbConfig, AlloyDbDoubles, AuthType, InstanceConfig, Outcome};
 use serde_json::{Value, json};

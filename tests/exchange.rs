@@ -7,9 +7,9 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use fedcred::error::Reason;
-use fedcred::exchange::{ControllerIdentityPolicy, Defaults, IdentityKey, Reuse, plan};
-use fedcred::google::RetryPolicy;
+use fedcred_core::error::Reason;
+use fedcred_core::exchange::{ControllerIdentityPolicy, Defaults, IdentityKey, Reuse, plan};
+use fedcred_core::google::RetryPolicy;
 use fedcred_doubles::{Condition, Config, Fault, Target};
 use serde_json::json;
 use support::TestNamespace;
@@ -134,11 +134,7 @@ async fn concurrent_requests_for_one_identity_share_one_exchange() {
         .map(|_| {
             let engine = engine.clone();
             let key = key.clone();
-            tokio::spawn(async move {
-                engine
-                    .token(&key, Reuse::AtLeast(Duration::from_secs(600)), None)
-                    .await
-            })
+            tokio::spawn(async move { engine.token(&key, Reuse::refresh_within(0.5), None).await })
         })
         .collect();
     let mut tokens = Vec::new();
@@ -150,14 +146,15 @@ async fn concurrent_requests_for_one_identity_share_one_exchange() {
     assert_eq!(cloud.google.exchanges(Target::Sts), 1);
     assert_eq!(cloud.google.calls(Target::Iam), 1);
 
-    // Reused while it has enough life; a caller needing more than it has gets a new one.
+    // Reused while it has enough life; a caller refreshing within all of a token's lifetime
+    // needs more than any token has once issued, and gets a new one.
     engine
-        .token(&key, Reuse::AtLeast(Duration::from_secs(600)), None)
+        .token(&key, Reuse::refresh_within(0.5), None)
         .await
         .unwrap();
     assert_eq!(cloud.google.exchanges(Target::Sts), 1);
     engine
-        .token(&key, Reuse::AtLeast(Duration::from_secs(7200)), None)
+        .token(&key, Reuse::refresh_within(1.0), None)
         .await
         .unwrap();
     assert_eq!(cloud.google.exchanges(Target::Sts), 2);
@@ -169,7 +166,7 @@ async fn a_failure_is_shared_with_other_callers_but_not_with_its_own_retry() {
     let cloud = Cloud::start(|c| c).await;
     let key = irsa_key(&cloud, &ns);
     let engine = cloud.engine(fast_retries()).await;
-    let reuse = Reuse::AtLeast(Duration::from_secs(600));
+    let reuse = Reuse::refresh_within(0.5);
     cloud.google.inject(
         Target::Sts,
         Fault::Status {

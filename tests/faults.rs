@@ -22,9 +22,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fedcred::api::{FederatedCredential, FederatedCredentialSpec};
-use fedcred::controller::decide;
 use fedcred::webhook::certs::{self, CertSettings};
+use fedcred_core::api::{FederatedCredential, FederatedCredentialSpec};
+use fedcred_core::refresh::decide;
 use fedcred_doubles::{Config, Fault, Target};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::coordination::v1::Lease;

@@ -461,7 +461,9 @@ fn google_auth_adc(emulator: &Emulator) -> Value {
     let output = Command::new(python)
         .arg(script)
         .env_clear()
-        .envs(fedcred::metadata::injected_env(&emulator.addr.to_string()))
+        .envs(fedcred_core::metadata::injected_env(
+            &emulator.addr.to_string(),
+        ))
         .env("HOME", &home)
         .stdin(Stdio::null())
         .output()

@@ -6,10 +6,10 @@ mod support;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::SystemTime;
 
-use aws_credential_types::Credentials;
-use fedcred::subject_token::{SubjectTokenRequest, regional_url, signed_request_json};
+use fedcred_core::sensitive::Sensitive;
+use fedcred_core::sigv4::AwsCredentials;
+use fedcred_core::subject_token::{SubjectTokenRequest, regional_url, signed_request_json};
 use serde_json::{Value, json};
 
 struct Vector {
@@ -101,13 +101,17 @@ fn botocore_computes_the_same_signatures() {
     let mut ours = Vec::new();
     let mut input = Vec::new();
     for v in &vectors {
-        let creds = Credentials::new(v.key, v.secret, v.token.map(str::to_owned), None, "test");
+        let creds = AwsCredentials {
+            access_key_id: v.key.to_owned(),
+            secret_access_key: Sensitive::new(v.secret),
+            session_token: v.token.map(Sensitive::new),
+        };
         let time: jiff::Timestamp = v.time.parse().unwrap();
         let req = SubjectTokenRequest {
             region: v.region,
             audience: v.audience,
             endpoint: None,
-            time: SystemTime::from(time),
+            time,
         };
         let signed: Value =
             serde_json::from_str(signed_request_json(&creds, &req).unwrap().expose()).unwrap();

@@ -331,7 +331,7 @@ async fn the_server_serves_renewed_certificates_without_a_restart() {
     let url = format!("https://{}/healthz", listener.local_addr().unwrap());
     let router = webhook::router(webhook::Webhook::new(
         client.clone(),
-        fedcred::inject::InjectConfig::new("ghcr.io/example/fedcred:test"),
+        fedcred_core::inject::InjectConfig::new("ghcr.io/example/fedcred:test"),
     ));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(webhook::serve(listener, tls, router, async {

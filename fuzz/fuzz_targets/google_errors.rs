@@ -6,7 +6,7 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use fedcred::google::{classify_iam, classify_sts};
+use fedcred_core::google::{classify_iam, classify_sts};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]

@@ -7,8 +7,8 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use fedcred::error::Reason;
-use fedcred::google::{MAX_TOKEN_LIFETIME, read_generated_token, read_sts_token};
+use fedcred_core::error::Reason;
+use fedcred_core::google::{MAX_TOKEN_LIFETIME, read_generated_token, read_sts_token};
 use jiff::{SignedDuration, Timestamp};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};

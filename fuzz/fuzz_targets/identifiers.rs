@@ -9,9 +9,9 @@ mod common;
 
 use std::sync::LazyLock;
 
-use fedcred::aws::{is_role_arn, session_name};
-use fedcred::exchange::{db_user, is_audience, is_service_account_email, project_id};
-use fedcred::subject_token::is_region;
+use fedcred_core::names::{is_role_arn, session_name};
+use fedcred_core::names::{db_user, is_audience, is_service_account_email, project_id};
+use fedcred_core::names::is_region;
 use libfuzzer_sys::fuzz_target;
 use regex::Regex;
 
@@ -33,7 +33,7 @@ static CRD: LazyLock<Patterns> = LazyLock::new(|| Patterns {
     email: common::crd_pattern(&["google", "serviceAccount"]),
     delegate: {
         // The delegates rule is `self.all(d, d.matches(…))` on the list.
-        let crd = serde_json::to_value(fedcred::api::crd()).unwrap();
+        let crd = serde_json::to_value(fedcred_core::api::crd()).unwrap();
         let rule = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
             ["properties"]["google"]["properties"]["delegates"]["x-kubernetes-validations"][0]
             ["rule"]

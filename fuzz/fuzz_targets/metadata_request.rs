@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 
 use arbitrary::Arbitrary;
-use fedcred::metadata::protocol::{self, AccountItem, Refusal, Resource};
-use fedcred::metadata::view::SecretView;
+use fedcred_core::metadata::protocol::{self, AccountItem, Refusal, Resource};
+use fedcred_core::metadata::view::SecretView;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use libfuzzer_sys::fuzz_target;
 

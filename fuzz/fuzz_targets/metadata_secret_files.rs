@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
 use arbitrary::Arbitrary;
-use fedcred::metadata::protocol;
-use fedcred::metadata::view::{KEYS, SecretView};
+use fedcred_core::metadata::protocol;
+use fedcred_core::metadata::view::{KEYS, SecretView};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use libfuzzer_sys::fuzz_target;
 

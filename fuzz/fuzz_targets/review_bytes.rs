@@ -8,9 +8,9 @@ mod common;
 
 use std::sync::LazyLock;
 
-use fedcred::api::FederatedCredential;
-use fedcred::inject::InjectConfig;
-use fedcred::webhook::review::{Lookup, answer, parse};
+use fedcred_core::api::FederatedCredential;
+use fedcred_core::inject::InjectConfig;
+use fedcred_core::admission::{Lookup, answer, parse};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
 
@@ -66,7 +66,7 @@ fuzz_target!(|data: &[u8]| {
     check_answers(&parsed);
 });
 
-fn check_answers(parsed: &fedcred::webhook::review::Parsed) {
+fn check_answers(parsed: &fedcred_core::admission::Parsed) {
     let config = InjectConfig::new("ghcr.io/example/fedcred:fuzz");
     for lookup in [
         Lookup::NotNeeded,

@@ -7,11 +7,11 @@
 mod common;
 
 use std::sync::LazyLock;
-use std::time::{Duration, SystemTime};
 
 use arbitrary::Arbitrary;
-use aws_credential_types::Credentials;
-use fedcred::subject_token::{self, SubjectTokenRequest, TARGET_RESOURCE_HEADER};
+use fedcred_core::sensitive::Sensitive;
+use fedcred_core::sigv4::AwsCredentials;
+use fedcred_core::subject_token::{self, SubjectTokenRequest, TARGET_RESOURCE_HEADER};
 use libfuzzer_sys::fuzz_target;
 use regex::Regex;
 use serde_json::Value;
@@ -68,18 +68,16 @@ fn token(input: &Input, secret: &str, session: Option<&str>) -> Result<String, S
     let region = input.region.get(REGIONS);
     let audience = input.audience.get(AUDIENCES);
     let endpoint = input.endpoint.as_ref().map(|e| e.get(ENDPOINTS));
-    let credentials = Credentials::new(
-        input.key_id.clone(),
-        secret.to_owned(),
-        session.map(str::to_owned),
-        None,
-        "fuzz",
-    );
+    let credentials = AwsCredentials {
+        access_key_id: input.key_id.clone(),
+        secret_access_key: Sensitive::new(secret),
+        session_token: session.map(Sensitive::new),
+    };
     let req = SubjectTokenRequest {
         region: &region,
         audience: &audience,
         endpoint: endpoint.as_deref(),
-        time: SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(input.seconds)),
+        time: jiff::Timestamp::from_second(i64::from(input.seconds)).expect("a u32 of seconds is a time"),
     };
     let built = subject_token::build(&credentials, &req).map(|t| t.expose().to_owned());
     let json =

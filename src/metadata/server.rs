@@ -14,9 +14,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use jiff::Timestamp;
 
-use super::protocol::{self, FLAVOR, FLAVOR_HEADER, Reply};
-use super::view::{Expiry, SecretView};
 use super::volume;
+use fedcred_core::metadata::protocol::{self, FLAVOR, FLAVOR_HEADER, Reply};
+use fedcred_core::metadata::view::{Expiry, SecretView};
 
 /// What `fedcred metadata-server` was asked to do.
 #[derive(Clone, Debug)]

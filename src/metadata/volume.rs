@@ -13,7 +13,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use super::view::KEYS;
+use fedcred_core::metadata::view::KEYS;
 
 /// A key larger than this is refused: tokens are a few kilobytes, and bodies stay small.
 const MAX_VALUE_BYTES: u64 = 64 * 1024;

@@ -268,8 +268,11 @@ fn fill(secret: &mut Secret, stored: &Stored) {
     annotations.insert(NAMES.to_owned(), names.join(","));
 }
 
-fn api_err(what: &str, e: kube::Error) -> Error {
-    Error::Api(format!("{what}: {e}"))
+fn api_err(what: &str, source: kube::Error) -> Error {
+    Error::Api {
+        object: what.to_owned(),
+        source,
+    }
 }
 
 fn is_conflict(e: &kube::Error) -> bool {
@@ -397,9 +400,10 @@ async fn ensure_secret(
             Err(e) => return Err(api_err(&what, e)),
         }
     }
-    Err(Error::Api(format!(
-        "{what}: still conflicting after {ATTEMPTS} attempts"
-    )))
+    Err(Error::Conflict {
+        object: what,
+        attempts: ATTEMPTS,
+    })
 }
 
 /// Sets the `caBundle` of every webhook of the MutatingWebhookConfiguration `name` to
@@ -436,9 +440,10 @@ pub async fn sync_ca_bundle(client: &Client, name: &str, ca_pem: &str) -> Result
             Err(e) => return Err(api_err(&what, e)),
         }
     }
-    Err(Error::Api(format!(
-        "{what}: still conflicting after {ATTEMPTS} attempts"
-    )))
+    Err(Error::Conflict {
+        object: what,
+        attempts: ATTEMPTS,
+    })
 }
 
 /// Calls [`ensure`] every [`CHECK_EVERY`] (a minute after a failure), and whenever the

@@ -1,15 +1,14 @@
 //! The mutating admission webhook (DESIGN.md §2, §5, §6): an HTTPS server that answers
-//! AdmissionReviews of pod creations with the patch [`crate::inject::mutate`] decides.
+//! AdmissionReviews of pod creations with the patch [`fedcred_core::inject::mutate`] decides.
 //!
-//! This module owns the HTTP and TLS side and the AdmissionReview format: [`review`] reads and
-//! answers reviews as pure functions, [`server`] serves them over TLS and looks up the
-//! FederatedCredential a pod names, [`tls`] makes the CA and serving certificate, [`certs`]
-//! keeps them in a Secret, renews them and keeps the `caBundle` of the
-//! MutatingWebhookConfiguration current (it does not create the configuration). What a pod
-//! gets is [`crate::inject`]'s decision alone; this module must not change it.
+//! This module owns the HTTP and TLS side: [`server`] serves reviews over TLS and looks up the
+//! FederatedCredential a pod names ([`fedcred_core::admission`] reads and answers the
+//! reviews), [`tls`] makes the CA and serving certificate, [`certs`] keeps them in a Secret,
+//! renews them and keeps the `caBundle` of the MutatingWebhookConfiguration current (it does
+//! not create the configuration). What a pod gets is decided in the core alone; this module
+//! must not change it.
 
 pub mod certs;
-pub mod review;
 pub mod server;
 pub mod tls;
 
@@ -23,14 +22,25 @@ pub use tls::{CertBundle, ReloadingCert, generate, reloading_server_config, serv
 /// What can go wrong setting up or running the webhook server.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The certificate could not be generated or the PEMs are unusable: check the files
-    /// given to the webhook.
-    #[error("webhook TLS: {0}")]
-    Certificate(String),
-    /// Reading or writing the Secret or the MutatingWebhookConfiguration failed.
-    #[error("webhook certificates: {0}")]
-    Api(String),
+    /// A certificate could not be generated or a PEM is unusable: `what` names which.
+    #[error("webhook TLS: {what}: {detail}")]
+    Certificate { what: &'static str, detail: String },
+    /// Reading or writing `object` (the Secret or the MutatingWebhookConfiguration) failed.
+    #[error("webhook certificates: {object}: {source}")]
+    Api { object: String, source: kube::Error },
+    /// Another replica kept writing `object` between our read and write.
+    #[error("webhook certificates: {object}: still conflicting after {attempts} attempts")]
+    Conflict { object: String, attempts: usize },
     /// The listening socket failed.
     #[error("webhook server: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl Error {
+    pub(crate) fn certificate(what: &'static str, detail: impl std::fmt::Display) -> Self {
+        Error::Certificate {
+            what,
+            detail: detail.to_string(),
+        }
+    }
 }

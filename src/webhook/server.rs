@@ -23,10 +23,11 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use fedcred_core::admission::{Lookup, allowed, answer, parse};
+use fedcred_core::api::FederatedCredential;
+use fedcred_core::inject::InjectConfig;
+
 use super::Error;
-use super::review::{Lookup, answer, parse};
-use crate::api::FederatedCredential;
-use crate::inject::InjectConfig;
 
 /// The path the MutatingWebhookConfiguration points at.
 pub const MUTATE_PATH: &str = "/mutate";
@@ -178,7 +179,7 @@ async fn mutate(State(webhook): State<Webhook>, headers: HeaderMap, body: Body) 
     tracing::debug!(
         uid = %parsed.uid,
         namespace = parsed.pod.metadata.namespace.as_deref().unwrap_or_default(),
-        allowed = %reply["response"]["allowed"],
+        allowed = allowed(&reply),
         dry_run = parsed.dry_run,
         "admission review answered"
     );

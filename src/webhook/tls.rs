@@ -73,7 +73,7 @@ impl std::fmt::Debug for Issued {
 }
 
 fn cert_err(e: rcgen::Error) -> Error {
-    Error::Certificate(e.to_string())
+    Error::certificate("generating a certificate", e)
 }
 
 /// Sets the validity window of a certificate issued at `now`: from yesterday (clock skew
@@ -83,7 +83,7 @@ fn set_validity(
     now: jiff::Timestamp,
 ) -> Result<jiff::Timestamp, Error> {
     let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
-    let date_err = |e: jiff::Error| Error::Certificate(format!("certificate validity: {e}"));
+    let date_err = |e: jiff::Error| Error::certificate("certificate validity", e);
     let start = today.yesterday().map_err(date_err)?;
     let end = today
         .checked_add(jiff::Span::new().days(VALIDITY_DAYS))
@@ -135,12 +135,13 @@ pub fn sign_serving(
     now: jiff::Timestamp,
 ) -> Result<Issued, Error> {
     if names.is_empty() {
-        return Err(Error::Certificate(
-            "a serving certificate needs at least one DNS name or IP address".to_owned(),
+        return Err(Error::certificate(
+            "the serving certificate's names",
+            "a serving certificate needs at least one DNS name or IP address",
         ));
     }
-    let ca_key = KeyPair::from_pem(ca_key_pem)
-        .map_err(|e| Error::Certificate(format!("the CA key PEM: {e}")))?;
+    let ca_key =
+        KeyPair::from_pem(ca_key_pem).map_err(|e| Error::certificate("the CA key PEM", e))?;
     let issuer = Issuer::new(ca_params()?, ca_key);
 
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(cert_err)?;
@@ -164,10 +165,11 @@ pub fn sign_serving(
 fn parse_chain(cert_pem: &str) -> Result<Vec<CertificateDer<'static>>, Error> {
     let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::Certificate(format!("the serving certificate PEM: {e}")))?;
+        .map_err(|e| Error::certificate("the serving certificate PEM", e))?;
     if chain.is_empty() {
-        return Err(Error::Certificate(
-            "the serving certificate PEM holds no certificate".to_owned(),
+        return Err(Error::certificate(
+            "the serving certificate PEM",
+            "it holds no certificate",
         ));
     }
     Ok(chain)
@@ -180,7 +182,7 @@ fn parse_pems(
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), Error> {
     let chain = parse_chain(cert_pem)?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|e| Error::Certificate(format!("the serving key PEM: {e}")))?;
+        .map_err(|e| Error::certificate("the serving key PEM", e))?;
     Ok((chain, key))
 }
 
@@ -192,10 +194,10 @@ pub fn server_config(cert_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>,
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| Error::Certificate(e.to_string()))?
+        .map_err(|e| Error::certificate("the TLS configuration", e))?
         .with_no_client_auth()
         .with_single_cert(chain, key)
-        .map_err(|e| Error::Certificate(format!("the serving certificate and key: {e}")))?;
+        .map_err(|e| Error::certificate("the serving certificate and key", e))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -248,7 +250,7 @@ pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>,
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     CertifiedKey::from_der(chain, key, &provider)
         .map(Arc::new)
-        .map_err(|e| Error::Certificate(format!("the serving certificate and key: {e}")))
+        .map_err(|e| Error::certificate("the serving certificate and key", e))
 }
 
 /// A serving certificate that can be swapped while the server runs: every handshake gets the
@@ -309,7 +311,7 @@ pub fn reloading_server_config(cert: Arc<ReloadingCert>) -> Result<Arc<ServerCon
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| Error::Certificate(e.to_string()))?
+        .map_err(|e| Error::certificate("the TLS configuration", e))?
         .with_no_client_auth()
         .with_cert_resolver(cert);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];

@@ -1,10 +1,11 @@
 //! The cloud around fedcred in tests: the real moto server for AWS STS and the verifying
 //! Google doubles, configured with one provider and one service-account binding.
 
-use fedcred::api::FederatedCredentialSpec;
-use fedcred::aws::Aws;
 use fedcred::exchange::Engine;
-use fedcred::google::{GoogleClient, RetryPolicy};
+use fedcred::exchange::aws::Aws;
+use fedcred::exchange::google::GoogleClient;
+use fedcred_core::api::FederatedCredentialSpec;
+use fedcred_core::google::RetryPolicy;
 use fedcred_doubles::moto::Moto;
 use fedcred_doubles::{Binding, Config, GoogleDoubles, Provider, role_member};
 use serde_json::json;

@@ -4,8 +4,8 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
-use fedcred::inject::InjectConfig;
 use fedcred::webhook::{self, CertBundle};
+use fedcred_core::inject::InjectConfig;
 use serde_json::json;
 
 use super::{TestNamespace, kubectl};

@@ -62,14 +62,6 @@ impl Reason {
             Reason::Upstream => "Upstream",
         }
     }
-
-    /// Whether trying again later may succeed without anyone changing anything.
-    pub fn is_transient(self) -> bool {
-        matches!(
-            self,
-            Reason::Timeout | Reason::Upstream | Reason::TokenRequestFailed
-        )
-    }
 }
 
 impl fmt::Display for Reason {
@@ -78,12 +70,16 @@ impl fmt::Display for Reason {
     }
 }
 
-/// A failed exchange: a stable reason and a message for humans. Never carries a credential.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
+/// A failed exchange: a stable reason, a message for humans that says what to do, and the AWS
+/// principal Google was shown when it is known (Google's own errors do not name it). Never
+/// carries a credential.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExchangeError {
     pub reason: Reason,
     pub message: String,
+    /// The principal (an AWS ARN or `system:serviceaccount:NS:NAME`) the failing step
+    /// presented, for status and for the message.
+    pub principal: Option<String>,
 }
 
 impl ExchangeError {
@@ -91,14 +87,27 @@ impl ExchangeError {
         ExchangeError {
             reason,
             message: message.into(),
+            principal: None,
         }
     }
 
-    /// Prefixes the message with the AWS principal Google was shown, when known.
-    pub fn with_principal(mut self, principal: Option<&str>) -> Self {
-        if let Some(arn) = principal {
-            self.message = format!("AWS principal {arn}: {}", self.message);
+    /// The same failure, attributed to the principal that was presented, when known.
+    pub fn presented_by(mut self, principal: Option<&str>) -> Self {
+        if let Some(principal) = principal {
+            self.principal = Some(principal.to_owned());
         }
         self
     }
 }
+
+/// The message, preceded by the principal when known: `AWS principal ARN: message`.
+impl fmt::Display for ExchangeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.principal {
+            Some(principal) => write!(f, "AWS principal {principal}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for ExchangeError {}

@@ -1,11 +1,10 @@
-//! Google's side of the exchange: the Security Token Service (AWS subject token → federated
-//! access token) and IAM Service Account Credentials (federated token → service account
-//! token), over HTTPS with rustls.
+//! Google's side of the exchange, as data: the endpoints, the requests' fields, the retry
+//! schedule, and what Google's answers mean. Reading an answer is pure ([`read_sts_token`],
+//! [`read_generated_token`], [`classify_sts`], [`classify_iam`]); the HTTP client in the
+//! `fedcred` crate sends the requests and hands the bodies here.
 //!
-//! Transient failures (5xx, 429, timeouts, connection errors) are retried a bounded number of
-//! times with exponential backoff and full jitter, honouring `Retry-After`; definite rejections
-//! are not retried. Every failure maps to a stable [`Reason`] with a message naming the next
-//! step. Tokens travel as [`Secret`] and never appear in errors.
+//! Every failure maps to a stable [`Reason`] with a message naming the next step. Tokens
+//! travel as [`Sensitive`] and never appear in errors.
 
 use std::time::Duration;
 
@@ -14,16 +13,17 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ExchangeError, Reason};
-use crate::secret::Secret;
-use crate::subject_token;
+use crate::sensitive::Sensitive;
 
 /// Google STS token endpoint.
 pub const DEFAULT_STS_URL: &str = "https://sts.googleapis.com/v1/token";
 /// IAM Service Account Credentials base URL.
 pub const DEFAULT_IAM_CREDENTIALS_URL: &str = "https://iamcredentials.googleapis.com";
 
-const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const REQUESTED_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// `grant_type` of a token exchange.
+pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// `requested_token_type` of a token exchange: an access token.
+pub const REQUESTED_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 /// How hard to try before giving up on a transient failure.
 #[derive(Clone, Debug)]
@@ -73,15 +73,8 @@ impl RetryPolicy {
 /// An access token and when it expires.
 #[derive(Clone, Debug)]
 pub struct AccessToken {
-    pub token: Secret,
+    pub token: Sensitive,
     pub expires_at: Timestamp,
-}
-
-/// Client of Google STS and IAM Credentials.
-#[derive(Clone)]
-pub struct GoogleClient {
-    http: reqwest::Client,
-    policy: RetryPolicy,
 }
 
 #[derive(Deserialize)]
@@ -110,7 +103,7 @@ impl NumberOrString {
 }
 
 #[derive(Serialize)]
-struct GenerateAccessTokenRequest<'a> {
+pub struct GenerateAccessTokenRequest<'a> {
     scope: &'a [String],
     lifetime: String,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
@@ -124,166 +117,44 @@ struct GenerateAccessTokenResponse {
     expire_time: String,
 }
 
-/// What one HTTP attempt came to.
-enum Attempt {
-    Done(reqwest::StatusCode, String),
-    Transient(String, Option<Duration>),
-    TimedOut,
+/// The form fields of a Google STS token exchange (DESIGN.md §4), in order.
+pub fn sts_form<'a>(
+    audience: &'a str,
+    scope: &'a str,
+    subject_token_type: &'a str,
+    subject_token: &'a Sensitive,
+) -> [(&'static str, &'a str); 6] {
+    [
+        ("grant_type", GRANT_TYPE),
+        ("requested_token_type", REQUESTED_TOKEN_TYPE),
+        ("audience", audience),
+        ("scope", scope),
+        ("subject_token_type", subject_token_type),
+        ("subject_token", subject_token.expose()),
+    ]
 }
 
-impl GoogleClient {
-    pub fn new(policy: RetryPolicy) -> Result<Self, ExchangeError> {
-        let http = reqwest::Client::builder()
-            .timeout(policy.request_timeout)
-            .connect_timeout(policy.request_timeout.min(Duration::from_secs(5)))
-            .user_agent(concat!("fedcred/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| {
-                ExchangeError::new(
-                    Reason::Upstream,
-                    format!("building the HTTP client failed: {e}"),
-                )
-            })?;
-        Ok(GoogleClient { http, policy })
-    }
+/// The URL of `generateAccessToken` for `service_account` under `iam_base_url`.
+pub fn generate_access_token_url(iam_base_url: &str, service_account: &str) -> String {
+    format!(
+        "{}/v1/projects/-/serviceAccounts/{service_account}:generateAccessToken",
+        iam_base_url.trim_end_matches('/'),
+    )
+}
 
-    /// Sends the request built by `build` until it gets a definite answer, retrying transient
-    /// failures per the policy. Returns the final status and body.
-    async fn send(
-        &self,
-        what: &str,
-        build: impl Fn() -> reqwest::RequestBuilder,
-    ) -> Result<(reqwest::StatusCode, String), ExchangeError> {
-        let mut retry = 0;
-        loop {
-            let attempt = match build().send().await {
-                Ok(resp) => {
-                    let status = resp.status();
-                    let retry_after = resp
-                        .headers()
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs);
-                    match resp.text().await {
-                        Ok(body) if status.is_server_error() || status.as_u16() == 429 => {
-                            Attempt::Transient(
-                                format!("HTTP {status}: {}", snippet(&body)),
-                                retry_after,
-                            )
-                        }
-                        Ok(body) => Attempt::Done(status, body),
-                        Err(e) if e.is_timeout() => Attempt::TimedOut,
-                        Err(e) => {
-                            Attempt::Transient(format!("reading the answer failed: {e}"), None)
-                        }
-                    }
-                }
-                Err(e) if e.is_timeout() => Attempt::TimedOut,
-                Err(e) => Attempt::Transient(format!("request failed: {}", without_url(&e)), None),
-            };
-            let (last, retry_after) = match attempt {
-                Attempt::Done(status, body) => return Ok((status, body)),
-                Attempt::Transient(msg, after) => (msg, after),
-                Attempt::TimedOut => (
-                    format!("no answer within {:?}", self.policy.request_timeout),
-                    None,
-                ),
-            };
-            match self.policy.delay(retry, retry_after, rand::random::<f64>()) {
-                Some(wait) => {
-                    tracing::debug!(what, retry, wait_ms = wait.as_millis() as u64, %last, "retrying");
-                    tokio::time::sleep(wait).await;
-                    retry += 1;
-                }
-                None => {
-                    let reason = if last.starts_with("no answer") {
-                        Reason::Timeout
-                    } else {
-                        Reason::Upstream
-                    };
-                    let advice = match retry_after {
-                        Some(after) if after > self.policy.max_delay => {
-                            format!(
-                                "; Google asked to wait {} s before retrying",
-                                after.as_secs()
-                            )
-                        }
-                        _ => String::new(),
-                    };
-                    return Err(ExchangeError::new(
-                        reason,
-                        format!("{what} failed after {} attempts: {last}{advice}", retry + 1),
-                    ));
-                }
-            }
-        }
-    }
-
-    /// Exchanges an AWS subject token for a federated access token.
-    pub async fn sts_exchange(
-        &self,
-        sts_url: &str,
-        audience: &str,
-        scopes: &[String],
-        subject_token: &Secret,
-    ) -> Result<AccessToken, ExchangeError> {
-        let scope = scopes.join(" ");
-        let form = [
-            ("grant_type", GRANT_TYPE),
-            ("requested_token_type", REQUESTED_TOKEN_TYPE),
-            ("audience", audience),
-            ("scope", scope.as_str()),
-            ("subject_token_type", subject_token::TOKEN_TYPE),
-            ("subject_token", subject_token.expose()),
-        ];
-        let now = Timestamp::now();
-        let (status, body) = self
-            .send("Google STS token exchange", || {
-                self.http.post(sts_url).form(&form)
-            })
-            .await?;
-        if !status.is_success() {
-            return Err(classify_sts(status.as_u16(), &body));
-        }
-        read_sts_token(&body, now)
-    }
-
-    /// Exchanges a federated token for an access token of `service_account`.
-    pub async fn impersonate(
-        &self,
-        iam_base_url: &str,
-        federated: &Secret,
-        service_account: &str,
-        scopes: &[String],
-        delegates: &[String],
-        lifetime: Duration,
-    ) -> Result<AccessToken, ExchangeError> {
-        let url = format!(
-            "{}/v1/projects/-/serviceAccounts/{}:generateAccessToken",
-            iam_base_url.trim_end_matches('/'),
-            service_account
-        );
-        let body = GenerateAccessTokenRequest {
-            scope: scopes,
-            lifetime: format!("{}s", lifetime.as_secs()),
-            delegates: delegates
-                .iter()
-                .map(|d| format!("projects/-/serviceAccounts/{d}"))
-                .collect(),
-        };
-        let (status, text) = self
-            .send("IAM Credentials generateAccessToken", || {
-                self.http
-                    .post(&url)
-                    .bearer_auth(federated.expose())
-                    .json(&body)
-            })
-            .await?;
-        if !status.is_success() {
-            return Err(classify_iam(status.as_u16(), &text, service_account));
-        }
-        read_generated_token(&text, Timestamp::now())
+/// The body of `generateAccessToken`.
+pub fn generate_access_token_body<'a>(
+    scopes: &'a [String],
+    delegates: &[String],
+    lifetime: Duration,
+) -> GenerateAccessTokenRequest<'a> {
+    GenerateAccessTokenRequest {
+        scope: scopes,
+        lifetime: format!("{}s", lifetime.as_secs()),
+        delegates: delegates
+            .iter()
+            .map(|d| format!("projects/-/serviceAccounts/{d}"))
+            .collect(),
     }
 }
 
@@ -392,7 +263,7 @@ fn json_error(e: &serde_json::Error) -> String {
 
 /// A token as Google issues them: non-empty printable ASCII without spaces, which is what an
 /// `Authorization: Bearer` header and the Secret's readers can carry.
-fn checked_token(value: String) -> Result<Secret, &'static str> {
+fn checked_token(value: String) -> Result<Sensitive, &'static str> {
     if value.is_empty() {
         return Err("issued an empty access token");
     }
@@ -401,7 +272,7 @@ fn checked_token(value: String) -> Result<Secret, &'static str> {
             "issued an access token with characters no token has (spaces, control characters or non-ASCII)",
         );
     }
-    Ok(Secret::new(value))
+    Ok(Sensitive::new(value))
 }
 
 /// Status keeps whole seconds; so do we, so that comparisons after a round trip agree.
@@ -409,24 +280,10 @@ pub fn truncate(t: Timestamp) -> Timestamp {
     Timestamp::from_second(t.as_second()).unwrap_or(t)
 }
 
-fn snippet(body: &str) -> String {
+/// One line of at most 200 characters of `body`, for messages about answers that are not tokens.
+pub fn snippet(body: &str) -> String {
     let one_line: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
     one_line.chars().take(200).collect()
-}
-
-/// reqwest errors print the URL; keep only the cause.
-fn without_url(e: &reqwest::Error) -> String {
-    let mut msg = e.to_string();
-    if let Some(url) = e.url() {
-        msg = msg.replace(url.as_str(), "<endpoint>");
-    }
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
 }
 
 #[derive(Deserialize, Default)]

@@ -58,21 +58,19 @@ mod env;
 mod mutate;
 mod patch;
 mod ports;
+mod recipe;
 mod sidecars;
 
 #[cfg(test)]
 mod golden;
 
+use std::fmt;
+
 pub use mutate::mutate;
+pub use recipe::{Recipe, injection_hash};
 pub use sidecars::metadata_startup_probe;
 
-use k8s_openapi::api::core::v1::Pod;
-
-/// Pod label that opts a pod in (the webhook's objectSelector); its value must be `true`.
-pub const INJECT_LABEL: &str = "fedcred.io/inject";
-
-/// Pod annotation naming the FederatedCredential of the pod's namespace to use.
-pub const CREDENTIAL_ANNOTATION: &str = "fedcred.io/credential";
+use crate::names::{CREDENTIAL_ANNOTATION, INJECT_LABEL};
 
 /// Pod annotation the patch adds: `sha256:` and the first 16 hex digits of a digest of the
 /// injected volume, containers and environment.
@@ -153,18 +151,123 @@ pub enum Outcome {
     },
     /// Admit as is: not opted in, or already injected.
     Unchanged,
-    /// Deny, with a message that says what to fix.
-    Refuse(String),
+    /// Deny; the refusal's message says what to fix.
+    Refuse(Refusal),
 }
 
-/// The value of the pod's [`CREDENTIAL_ANNOTATION`], if any (possibly empty: [`mutate`]
-/// refuses that).
-pub fn credential_name(pod: &Pod) -> Option<&str> {
-    pod.metadata
-        .annotations
-        .as_ref()?
-        .get(CREDENTIAL_ANNOTATION)
-        .map(String::as_str)
+/// Why a pod is refused. Its `Display` is the message the user sees, naming what to fix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Opted in by the label, but the annotation names no FederatedCredential.
+    NoCredentialNamed {
+        namespace: Option<String>,
+    },
+    NoSpec,
+    /// The pod uses one of the injection's names without having been injected.
+    NameTaken {
+        what: String,
+    },
+    /// The FederatedCredential the annotation names does not exist.
+    CredentialNotFound {
+        namespace: Option<String>,
+        name: String,
+    },
+    /// The FederatedCredential could not be read; admitting the pod without its sidecars
+    /// would hand it no credentials, silently.
+    LookupFailed {
+        namespace: String,
+        name: String,
+        error: String,
+    },
+    /// `hostNetwork` pods share the node's loopback, where the emulator would serve every
+    /// process on the node.
+    HostNetwork,
+    /// An AlloyDB instance's local port cannot be used in this pod.
+    InstancePort {
+        /// `namespace/name` of the FederatedCredential.
+        credential: String,
+        index: usize,
+        port: i32,
+        problem: PortProblem,
+    },
+    NoFreePort,
+}
+
+/// What is wrong with an instance's port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortProblem {
+    NotAPort,
+    /// A container of the pod (named) declares it.
+    DeclaredBy(String),
+    UsedTwice,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::NoCredentialNamed { namespace } => write!(
+                f,
+                "the pod is labelled {INJECT_LABEL}=true but its annotation {CREDENTIAL_ANNOTATION} \
+                 is missing or empty: set it to the name of a FederatedCredential in {}, or remove \
+                 the label",
+                namespace.as_deref().map_or_else(
+                    || "the pod's namespace".to_owned(),
+                    |ns| format!("namespace {ns}")
+                )
+            ),
+            Refusal::NoSpec => f.write_str("the pod has no spec"),
+            Refusal::NameTaken { what } => write!(
+                f,
+                "the pod already has {what}, a name fedcred's injection uses, but not fedcred's \
+                 {METADATA_CONTAINER} sidecar: rename it, or remove the label {INJECT_LABEL}"
+            ),
+            Refusal::CredentialNotFound { namespace, name } => write!(
+                f,
+                "FederatedCredential {}/{name} not found (named by the pod's annotation \
+                 {CREDENTIAL_ANNOTATION}): create it in that namespace, correct the annotation, or \
+                 remove the label {INJECT_LABEL}",
+                namespace.as_deref().unwrap_or("<pod namespace>")
+            ),
+            Refusal::LookupFailed {
+                namespace,
+                name,
+                error,
+            } => write!(
+                f,
+                "could not read FederatedCredential {namespace}/{name} to inject its credentials: \
+                 {error}; retry"
+            ),
+            Refusal::HostNetwork => write!(
+                f,
+                "the pod uses hostNetwork: fedcred's metadata emulator listens on loopback, which \
+                 such a pod shares with the node, so every process on the node could take its Google \
+                 token; remove hostNetwork or the label {INJECT_LABEL}"
+            ),
+            Refusal::InstancePort {
+                credential,
+                index,
+                port,
+                problem,
+            } => {
+                write!(
+                    f,
+                    "spec.alloydb.instances[{index}].port of FederatedCredential {credential} is {port}"
+                )?;
+                match problem {
+                    PortProblem::NotAPort => f.write_str(", not a port"),
+                    PortProblem::DeclaredBy(owner) => write!(
+                        f,
+                        ", which container {owner} of this pod also declares: give the instance \
+                         another port, or change the pod's"
+                    ),
+                    PortProblem::UsedTwice => f.write_str(", which another instance uses too"),
+                }
+            }
+            Refusal::NoFreePort => {
+                f.write_str("no free port left in the pod for fedcred's sidecars")
+            }
+        }
+    }
 }
 
 /// Whether an API server of this version (`major`/`minor` of its `/version`, such as `1` and

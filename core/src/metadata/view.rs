@@ -1,11 +1,11 @@
 //! What one reading of the mounted Secret says, as plain data, and whether its token may be
-//! handed out. No I/O: [`super::volume`] reads the files, this module interprets them.
+//! handed out. No I/O: the emulator reads the files, this module interprets them.
 
 use std::collections::BTreeMap;
 
 use jiff::{SignedDuration, Timestamp};
 
-use crate::secret::Secret;
+use crate::sensitive::Sensitive;
 
 /// The Secret keys the emulator reads (DESIGN.md §2), the `scopes` key the controller adds
 /// (whitespace-separated), and optional ones honoured when present: `numeric_project_id` and
@@ -55,7 +55,7 @@ pub enum Expiry {
 /// absent (a file written with a trailing newline still works).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SecretView {
-    pub access_token: Option<Secret>,
+    pub access_token: Option<Sensitive>,
     pub expiry: Expiry,
     pub token_type: String,
     pub service_account: Option<String>,
@@ -74,7 +74,7 @@ impl Default for SecretView {
 /// A token that may be served: it exists and lives at least [`EXPIRY_MARGIN`] longer.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ServableToken<'a> {
-    pub access_token: &'a Secret,
+    pub access_token: &'a Sensitive,
     pub expires_in: i64,
     pub token_type: &'a str,
 }
@@ -141,7 +141,7 @@ impl SecretView {
             },
         };
         SecretView {
-            access_token: value("access_token").map(Secret::new),
+            access_token: value("access_token").map(Sensitive::new),
             expiry,
             token_type: value("token_type").unwrap_or_else(|| "Bearer".to_owned()),
             service_account: value("service_account"),

@@ -20,20 +20,15 @@ use aws_credential_types::Credentials;
 use aws_credential_types::provider::ProvideCredentials;
 use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_sts::error::{DisplayErrorContext, SdkError};
+use fedcred_core::error::{ExchangeError, Reason};
+use fedcred_core::names::{ROLE_ARN_ANNOTATION, STS_AUDIENCE, is_role_arn, session_name};
+use fedcred_core::sensitive::Sensitive;
+use fedcred_core::sigv4::AwsCredentials;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::Api;
 use kube::api::PostParams;
-use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
-
-use crate::error::{ExchangeError, Reason};
-
-/// Annotation EKS uses to name a ServiceAccount's IAM role.
-pub const ROLE_ARN_ANNOTATION: &str = "eks.amazonaws.com/role-arn";
-
-/// Audience of ServiceAccount tokens AWS STS accepts.
-pub const STS_AUDIENCE: &str = "sts.amazonaws.com";
 
 /// Lifetime asked for in TokenRequest; the API server's minimum. The token is used once.
 const SERVICE_ACCOUNT_TOKEN_SECONDS: i64 = 600;
@@ -44,59 +39,17 @@ const ASSUMED_ROLE_SECONDS: i32 = 900;
 /// Credentials for signing, and the principal Google will see (when known before asking).
 #[derive(Clone, Debug)]
 pub struct AwsIdentity {
-    pub credentials: Credentials,
+    pub credentials: AwsCredentials,
     pub principal_arn: Option<String>,
 }
 
-/// Deterministic STS session name: `fedcred.NAMESPACE` or `fedcred.NAMESPACE.SERVICEACCOUNT`,
-/// at most 64 characters of `[\w+=,.@-]`. Longer names keep a readable prefix and end in a
-/// hash of the whole, so distinct inputs stay distinct.
-pub fn session_name(namespace: &str, service_account: Option<&str>) -> String {
-    let full = match service_account {
-        Some(sa) => format!("fedcred.{namespace}.{sa}"),
-        None => format!("fedcred.{namespace}"),
-    };
-    let clean: String = full
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "_+=,.@-".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    if clean.len() <= 64 {
-        return clean;
+/// The SDK's credentials as the core's signer takes them.
+fn for_signing(credentials: &Credentials) -> AwsCredentials {
+    AwsCredentials {
+        access_key_id: credentials.access_key_id().to_owned(),
+        secret_access_key: Sensitive::new(credentials.secret_access_key()),
+        session_token: credentials.session_token().map(Sensitive::new),
     }
-    let digest = Sha256::digest(full.as_bytes());
-    let hash: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{hash}", &clean[..55])
-}
-
-/// Whether `arn` is an IAM role ARN (`arn:PARTITION:iam::ACCOUNT:role/NAME`).
-pub fn is_role_arn(arn: &str) -> bool {
-    let mut parts = arn.splitn(6, ':');
-    let (Some("arn"), Some(partition), Some("iam"), Some(""), Some(account), Some(resource)) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
-        return false;
-    };
-    partition.starts_with("aws")
-        && account.len() == 12
-        && account.bytes().all(|b| b.is_ascii_digit())
-        && resource.strip_prefix("role/").is_some_and(|name| {
-            !name.is_empty()
-                && name.len() <= 576
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_+=,.@-/".contains(c))
-        })
 }
 
 /// The AWS side's clients and configuration, shared by all resources.
@@ -311,7 +264,7 @@ impl Aws {
                 }
             };
             return Ok(AwsIdentity {
-                credentials: own,
+                credentials: for_signing(&own),
                 principal_arn: arn,
             });
         };
@@ -360,15 +313,12 @@ fn assumed(
             format!("AWS STS returned no credentials for {role_arn}"),
         )
     })?;
-    let expiry = SystemTime::try_from(c.expiration).ok();
     Ok(AwsIdentity {
-        credentials: Credentials::new(
-            c.access_key_id,
-            c.secret_access_key,
-            Some(c.session_token),
-            expiry,
-            "fedcred-sts",
-        ),
+        credentials: AwsCredentials {
+            access_key_id: c.access_key_id,
+            secret_access_key: Sensitive::new(c.secret_access_key),
+            session_token: Some(Sensitive::new(c.session_token)),
+        },
         principal_arn: arn,
     })
 }
@@ -480,64 +430,4 @@ fn causes(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     parts.join(": ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn valid_session(s: &str) -> bool {
-        (2..=64).contains(&s.len())
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_+=,.@-".contains(c))
-    }
-
-    #[test]
-    fn session_names_are_stable_per_namespace_identity() {
-        assert_eq!(
-            session_name("shop", Some("orders-api")),
-            "fedcred.shop.orders-api"
-        );
-        assert_eq!(session_name("analytics", None), "fedcred.analytics");
-        assert_eq!(
-            session_name("shop", Some("orders-api")),
-            session_name("shop", Some("orders-api"))
-        );
-        assert_ne!(session_name("shop", Some("a")), session_name("shop", None));
-    }
-
-    #[test]
-    fn long_session_names_stay_valid_and_distinct() {
-        let ns = "n".repeat(63);
-        let a = session_name(&ns, Some(&"a".repeat(253)));
-        let b = session_name(&ns, Some(&format!("{}b", "a".repeat(252))));
-        assert!(valid_session(&a), "{a}");
-        assert!(valid_session(&b), "{b}");
-        assert_eq!(a.len(), 64);
-        assert_ne!(a, b);
-        assert!(a.starts_with("fedcred.nnn"));
-    }
-
-    #[test]
-    fn role_arns() {
-        for ok in [
-            "arn:aws:iam::123456789012:role/shop-orders-api",
-            "arn:aws:iam::123456789012:role/path/to/role",
-            "arn:aws-cn:iam::123456789012:role/x",
-            "arn:aws-us-gov:iam::123456789012:role/a+b=c,d.e@f_g",
-        ] {
-            assert!(is_role_arn(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            "arn:aws:iam::123456789012:user/alice",
-            "arn:aws:iam::1234:role/x",
-            "arn:aws:sts::123456789012:assumed-role/x/y",
-            "arn:aws:iam::123456789012:role/",
-            "arn:aws:iam:us-east-1:123456789012:role/x",
-            "arn:aws:iam::123456789012:role/has space",
-        ] {
-            assert!(!is_role_arn(bad), "{bad}");
-        }
-    }
 }

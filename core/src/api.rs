@@ -32,6 +32,14 @@ pub const DEFAULT_TOKEN_LIFETIME_SECONDS: i64 = 3600;
 /// Upper bound Google accepts for a federated (not impersonated) access token, in seconds.
 pub const MAX_FEDERATED_TOKEN_LIFETIME_SECONDS: i64 = 3600;
 
+/// Condition type: whether the Secret holds a valid token.
+pub const READY: &str = "Ready";
+/// Condition type: present while refreshing fails, even when the token is still valid.
+pub const REFRESH_FAILING: &str = "RefreshFailing";
+
+/// Default share of a token's lifetime left when it is refreshed, in percent.
+pub const DEFAULT_RENEW_BEFORE_PERCENTAGE: i32 = 50;
+
 /// Default local port of the first AlloyDB instance, PostgreSQL's own.
 pub const DEFAULT_ALLOYDB_PORT: i32 = 5432;
 
@@ -141,7 +149,7 @@ pub struct AwsIdentity {
     /// not do). Defaults to the regional endpoint `https://sts.REGION.amazonaws.com`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new(
-        "isURL(self) && (url(self).getScheme() == 'https' || (url(self).getScheme() == 'http' && url(self).getHostname() in ['127.0.0.1', 'localhost', '::1']))"
+        "isURL(self) && (self.startsWith('https://') || self.matches('^http://(127\\\\.0\\\\.0\\\\.1|localhost|\\\\[::1\\\\])(:[0-9]{1,5})?(/.*)?$'))"
     ).message("aws.stsEndpoint must be an https:// URL (plain http:// is allowed only on loopback, for local testing)"))]
     #[schemars(length(max = 2048))]
     pub sts_endpoint: Option<String>,
@@ -178,8 +186,12 @@ pub struct ControllerIdentity {
     pub role_arn: Option<String>,
 }
 
+/// The role name's characters are spelled out rather than `\w`: the same set in the API
+/// server's regular expressions (RE2's `\w` is ASCII), and a small automaton in the Rust
+/// validator (the `regex` crate's `\w` is Unicode, and 576 repetitions of it exceed its size
+/// limit).
 fn role_arn_rule(field: &str) -> kube::core::Rule {
-    kube::core::Rule::new("self.matches('^arn:aws(-cn|-us-gov|-iso|-iso-b)?:iam::[0-9]{12}:role/[\\\\w+=,.@/-]{1,576}$')")
+    kube::core::Rule::new("self.matches('^arn:aws(-cn|-us-gov|-iso|-iso-b)?:iam::[0-9]{12}:role/[0-9A-Za-z_+=,.@/-]{1,576}$')")
         .message(kube::core::Message::Message(format!(
             "{field} must be an IAM role ARN such as arn:aws:iam::123456789012:role/my-role"
         )))
@@ -281,9 +293,12 @@ pub struct GoogleEndpoints {
     pub iam_credentials: Option<String>,
 }
 
+/// Written with `startsWith` and `matches` rather than `url(self).getScheme()`: kube-cel reads
+/// `http://localhost/…` as a bare path with no scheme, and the API server and fedcred's
+/// validator must judge alike.
 fn endpoint_rule(field: &str) -> kube::core::Rule {
     kube::core::Rule::new(
-        "isURL(self) && (url(self).getScheme() == 'https' || (url(self).getScheme() == 'http' && url(self).getHostname() in ['127.0.0.1', 'localhost', '::1']))",
+        "isURL(self) && (self.startsWith('https://') || self.matches('^http://(127\\\\.0\\\\.0\\\\.1|localhost|\\\\[::1\\\\])(:[0-9]{1,5})?(/.*)?$'))",
     )
     .message(kube::core::Message::Message(format!(
         "{field} must be an https:// URL (plain http:// is allowed only on loopback, for local testing)"
@@ -320,7 +335,7 @@ pub struct SecretTarget {
 }
 
 fn default_renew_before_percentage() -> i32 {
-    50
+    DEFAULT_RENEW_BEFORE_PERCENTAGE
 }
 
 /// AlloyDB instances reached through the AlloyDB Auth Proxy sidecar.
@@ -486,12 +501,6 @@ pub fn crd() -> CustomResourceDefinition {
     serde_json::from_value(value).expect("reflowing descriptions keeps the CRD valid")
 }
 
-/// The CRD as YAML, exactly as `fedcred crd` prints it and `crds/` stores it.
-pub fn crd_yaml() -> String {
-    // Serializing a value built by kube's own derive cannot fail; a failure here is a bug.
-    serde_yaml::to_string(&crd()).expect("the derived CRD serializes to YAML")
-}
-
 /// Joins the hard-wrapped lines of doc comments; blank lines stay paragraph breaks.
 fn unwrap_descriptions(value: &mut serde_json::Value) {
     match value {
@@ -547,7 +556,7 @@ mod tests {
 
     #[test]
     fn crd_carries_names_subresource_and_columns() {
-        let crd: serde_json::Value = serde_yaml::from_str(&crd_yaml()).unwrap();
+        let crd = serde_json::to_value(crd()).unwrap();
         assert_eq!(crd["metadata"]["name"], "federatedcredentials.fedcred.io");
         assert_eq!(crd["spec"]["scope"], "Namespaced");
         assert_eq!(crd["spec"]["names"]["shortNames"][0], "fedcred");
@@ -584,7 +593,7 @@ mod tests {
                 _ => {}
             }
         }
-        let crd: serde_json::Value = serde_yaml::from_str(&crd_yaml()).unwrap();
+        let crd = serde_json::to_value(crd()).unwrap();
         let mut found = 0;
         walk(&crd, &mut found);
         assert!(

@@ -1,8 +1,9 @@
 //! Values that must never reach logs, events, status, metrics or panic messages.
 //!
-//! `Secret` wraps a credential (a Google access token, an AWS subject token, a Kubernetes
-//! ServiceAccount token). Its `Debug` and `Display` print a redaction marker; the value leaves
-//! only through `expose`, which makes every use greppable.
+//! [`Sensitive`] wraps a credential (a Google access token, an AWS subject token or secret key,
+//! a Kubernetes ServiceAccount token). Its `Debug` and `Display` print a redaction marker; the
+//! value leaves only through `expose`, which makes every use greppable. (Named apart from the
+//! Kubernetes `Secret` object, which is where some of these values end up.)
 
 use std::fmt;
 
@@ -10,11 +11,11 @@ use sha2::{Digest, Sha256};
 
 /// A credential value that prints as `<redacted>`.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub struct Sensitive(String);
 
-impl Secret {
+impl Sensitive {
     pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
+        Sensitive(value.into())
     }
 
     /// The raw value, for the one place that sends or stores it.
@@ -29,13 +30,13 @@ impl Secret {
     }
 }
 
-impl fmt::Debug for Secret {
+impl fmt::Debug for Sensitive {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
     }
 }
 
-impl fmt::Display for Secret {
+impl fmt::Display for Sensitive {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
     }
@@ -47,7 +48,7 @@ mod tests {
 
     #[test]
     fn never_prints_its_value() {
-        let s = Secret::new("ya29.very-secret");
+        let s = Sensitive::new("ya29.very-secret");
         assert_eq!(
             format!("{s:?} {s} {:?}", Some(&s)),
             "<redacted> <redacted> Some(<redacted>)"

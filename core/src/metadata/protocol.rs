@@ -1,6 +1,6 @@
 //! The GCE metadata protocol as two pure steps: [`route`] decides what a request asks for (or
 //! why it is refused) from its method, URI and headers; [`answer`] renders the reply from one
-//! [`SecretView`] at one instant. The HTTP adapter in [`super::server`] only glues them.
+//! [`SecretView`] at one instant. The HTTP adapter in the `fedcred` crate only glues them.
 
 use http::{HeaderMap, Method, StatusCode, Uri};
 use jiff::Timestamp;

@@ -2,21 +2,20 @@
 //! `POST sts.REGION.amazonaws.com?Action=GetCallerIdentity&Version=2011-06-15` with no body,
 //! serialized as JSON `{"url","method","headers":[{"key","value"},…]}` and URL-encoded.
 //!
-//! Pure: credentials, region, audience and time in, token out. No I/O, no clock.
+//! Pure: credentials, region, audience and time in, token out. No I/O, no clock. The
+//! signature comes from [`crate::sigv4`].
 //!
 //! The `x-goog-cloud-target-resource` header (the provider's full resource name) is signed, as
 //! Google's STS API recommends and its Go and Java libraries do, so a token minted for one
 //! provider cannot be replayed against another.
 
-use std::time::SystemTime;
-
-use aws_credential_types::Credentials;
-use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
-use aws_sigv4::sign::v4::SigningParams;
+use jiff::Timestamp;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Serialize;
 
-use crate::secret::Secret;
+use crate::names::is_region;
+use crate::sensitive::Sensitive;
+use crate::sigv4::{self, AwsCredentials};
 
 /// Header carrying the audience inside the signed request.
 pub const TARGET_RESOURCE_HEADER: &str = "x-goog-cloud-target-resource";
@@ -36,7 +35,7 @@ pub struct SubjectTokenRequest<'a> {
     /// STS endpoint (scheme and host, optional path); `None` for the regional default.
     pub endpoint: Option<&'a str>,
     /// Signing time; Google accepts tokens signed within the last 15 minutes.
-    pub time: SystemTime,
+    pub time: Timestamp,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,8 +44,6 @@ pub enum SubjectTokenError {
     InvalidRegion(String),
     #[error("aws.stsEndpoint {0:?} is not an http(s) URL with a host")]
     InvalidEndpoint(String),
-    #[error("signing the GetCallerIdentity request failed: {0}")]
-    Signing(String),
 }
 
 /// The regional STS URL Google forwards the signed request to.
@@ -58,22 +55,6 @@ pub fn regional_url(region: &str) -> String {
         "amazonaws.com"
     };
     format!("https://sts.{region}.{domain}?{QUERY}")
-}
-
-/// Whether `region` has the shape of an AWS region code (`us-east-1`, `us-gov-west-1`, …).
-pub fn is_region(region: &str) -> bool {
-    let parts: Vec<&str> = region.split('-').collect();
-    parts.len() >= 3
-        && parts.len() <= 4
-        && parts[0].len() == 2
-        && parts.iter().all(|p| {
-            !p.is_empty()
-                && p.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        })
-        && parts
-            .last()
-            .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn endpoint_url(endpoint: &str) -> Result<String, SubjectTokenError> {
@@ -110,20 +91,20 @@ const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
 
 /// Builds the URL-encoded subject token for `credentials`.
 pub fn build(
-    credentials: &Credentials,
+    credentials: &AwsCredentials,
     req: &SubjectTokenRequest<'_>,
-) -> Result<Secret, SubjectTokenError> {
+) -> Result<Sensitive, SubjectTokenError> {
     let json = signed_request_json(credentials, req)?;
-    Ok(Secret::new(
+    Ok(Sensitive::new(
         utf8_percent_encode(json.expose(), COMPONENT).to_string(),
     ))
 }
 
 /// The signed request as JSON, before URL encoding.
 pub fn signed_request_json(
-    credentials: &Credentials,
+    credentials: &AwsCredentials,
     req: &SubjectTokenRequest<'_>,
-) -> Result<Secret, SubjectTokenError> {
+) -> Result<Sensitive, SubjectTokenError> {
     if !is_region(req.region) {
         return Err(SubjectTokenError::InvalidRegion(req.region.to_owned()));
     }
@@ -131,13 +112,13 @@ pub fn signed_request_json(
         Some(endpoint) => endpoint_url(endpoint)?,
         None => regional_url(req.region),
     };
-    let host = url::Url::parse(&url)
-        .ok()
-        .and_then(|u| {
-            u.host_str().map(|h| match u.port() {
-                Some(port) => format!("{h}:{port}"),
-                None => h.to_owned(),
-            })
+    let parsed =
+        url::Url::parse(&url).map_err(|_| SubjectTokenError::InvalidEndpoint(url.clone()))?;
+    let host = parsed
+        .host_str()
+        .map(|h| match parsed.port() {
+            Some(port) => format!("{h}:{port}"),
+            None => h.to_owned(),
         })
         .ok_or_else(|| SubjectTokenError::InvalidEndpoint(url.clone()))?;
 
@@ -145,39 +126,29 @@ pub fn signed_request_json(
     if !req.audience.is_empty() {
         unsigned.push((TARGET_RESOURCE_HEADER, req.audience));
     }
-    let identity = credentials.clone().into();
-    let params = SigningParams::builder()
-        .identity(&identity)
-        .region(req.region)
-        .name("sts")
-        .time(req.time)
-        .settings(SigningSettings::default())
-        .build()
-        .map_err(|e| SubjectTokenError::Signing(e.to_string()))?;
-    let signable = SignableRequest::new(
-        "POST",
-        url.as_str(),
-        unsigned.iter().copied(),
-        SignableBody::Bytes(b""),
-    )
-    .map_err(|e| SubjectTokenError::Signing(e.to_string()))?;
-    let (instructions, _signature) = sign(signable, &params.into())
-        .map_err(|e| SubjectTokenError::Signing(e.to_string()))?
-        .into_parts();
-
-    let (added, _) = instructions.into_parts();
+    let added = sigv4::sign(
+        credentials,
+        &sigv4::Request {
+            path: parsed.path(),
+            query: parsed.query().unwrap_or_default(),
+            headers: &unsigned,
+            region: req.region,
+            service: "sts",
+            time: req.time,
+        },
+    );
     let mut headers: Vec<(String, String)> = unsigned
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    for header in &added {
+    for (name, value) in added {
         // Google's libraries spell it "Authorization"; the other names stay lowercase.
-        let key = if header.name().eq_ignore_ascii_case("authorization") {
+        let key = if name == "authorization" {
             "Authorization"
         } else {
-            header.name()
+            name
         };
-        headers.push((key.to_owned(), header.value().to_owned()));
+        headers.push((key.to_owned(), value));
     }
     // Sorted by key, byte-wise, as Google's libraries send them.
     headers.sort();
@@ -189,8 +160,9 @@ pub fn signed_request_json(
             .map(|(key, value)| KeyValue { key, value })
             .collect(),
     };
-    Ok(Secret::new(
-        serde_json::to_string(&body).map_err(|e| SubjectTokenError::Signing(e.to_string()))?,
+    // A struct of strings always serialises.
+    Ok(Sensitive::new(
+        serde_json::to_string(&body).expect("a struct of strings serialises"),
     ))
 }
 
@@ -198,13 +170,16 @@ pub fn signed_request_json(
 mod tests {
     use super::*;
 
-    fn creds(key: &str, secret: &str, token: Option<String>) -> Credentials {
-        Credentials::new(key, secret, token, None, "test")
+    fn creds(key: &str, secret: &str, token: Option<String>) -> AwsCredentials {
+        AwsCredentials {
+            access_key_id: key.to_owned(),
+            secret_access_key: Sensitive::new(secret),
+            session_token: token.map(Sensitive::new),
+        }
     }
 
-    fn at(rfc3339: &str) -> SystemTime {
-        let ts: jiff::Timestamp = rfc3339.parse().unwrap();
-        SystemTime::from(ts)
+    fn at(rfc3339: &str) -> Timestamp {
+        rfc3339.parse().unwrap()
     }
 
     fn header<'a>(json: &'a serde_json::Value, key: &str) -> Option<&'a str> {
@@ -216,7 +191,7 @@ mod tests {
             .map(|h| h["value"].as_str().unwrap())
     }
 
-    fn signed(creds: &Credentials, audience: &str) -> serde_json::Value {
+    fn signed(creds: &AwsCredentials, audience: &str) -> serde_json::Value {
         let req = SubjectTokenRequest {
             region: "us-east-2",
             audience,
@@ -345,7 +320,7 @@ mod tests {
             region: "Tokyo",
             audience: "",
             endpoint: None,
-            time: SystemTime::UNIX_EPOCH,
+            time: Timestamp::UNIX_EPOCH,
         };
         assert!(
             build(&creds, &req)
@@ -361,17 +336,5 @@ mod tests {
                 .to_string()
                 .starts_with("aws.stsEndpoint")
         );
-        for ok in [
-            "us-east-1",
-            "us-gov-west-1",
-            "ap-northeast-1",
-            "cn-north-1",
-            "eu-central-2",
-        ] {
-            assert!(is_region(ok), "{ok}");
-        }
-        for bad in ["", "us", "us-east", "US-EAST-1", "us-east-x", "us--1"] {
-            assert!(!is_region(bad), "{bad}");
-        }
     }
 }

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
-use super::{InjectConfig, Outcome, credential_name, mutate};
+use super::{InjectConfig, Outcome, mutate};
 use crate::api::FederatedCredential;
 
 const BLESS: &str = "FEDCRED_BLESS";
@@ -271,8 +271,7 @@ fn run(pod: &Value, fc: Option<&Value>, config: &InjectConfig) -> Outcome {
     let pod: Pod = serde_json::from_value(pod.clone()).expect("the fixture is a valid Pod");
     let fc: Option<FederatedCredential> =
         fc.map(|v| serde_json::from_value(v.clone()).expect("the fixture is a valid resource"));
-    let name = credential_name(&pod).unwrap_or_default();
-    mutate(&pod, fc.as_ref(), name, config)
+    mutate(&pod, fc.as_ref(), config)
 }
 
 fn check(case: &str, story: &str, pod: Value, fc: Option<Value>, config: InjectConfig) {
@@ -307,9 +306,9 @@ fn check(case: &str, story: &str, pod: Value, fc: Option<Value>, config: InjectC
             doc["patched"] = patched;
         }
         Outcome::Unchanged => doc["outcome"] = json!("Unchanged"),
-        Outcome::Refuse(message) => {
+        Outcome::Refuse(refusal) => {
             doc["outcome"] = json!("Refuse");
-            doc["message"] = json!(message);
+            doc["message"] = json!(refusal.to_string());
         }
     }
     compare(case, &doc);
@@ -406,85 +405,10 @@ fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/inject")
 }
 
-// ---------------------------------------------------------------------------------------------
-// A minimal RFC 6902 applier for `add` and `replace`, strict where the API server is.
-
+/// The pod with the patch applied, as the API server applies it (RFC 6902, `json-patch`).
 fn apply(mut doc: Value, ops: &[Value]) -> Value {
-    for op in ops {
-        let kind = op["op"].as_str().expect("op");
-        let path = op["path"].as_str().expect("path");
-        let value = op.get("value").cloned().expect("value");
-        let tokens: Vec<String> = path
-            .strip_prefix('/')
-            .unwrap_or_else(|| panic!("{path}: a pointer starts with /"))
-            .split('/')
-            // RFC 6901: ~1 first, then ~0.
-            .map(|t| t.replace("~1", "/").replace("~0", "~"))
-            .collect();
-        let (last, parents) = tokens.split_last().expect("a non-empty pointer");
-        let mut target = &mut doc;
-        for token in parents {
-            target = match target {
-                Value::Object(map) => map
-                    .get_mut(token)
-                    .unwrap_or_else(|| panic!("{path}: no member {token}")),
-                Value::Array(items) => items
-                    .get_mut(index(token, path))
-                    .unwrap_or_else(|| panic!("{path}: no element {token}")),
-                _ => panic!("{path}: {token} is not in a container"),
-            };
-        }
-        match (kind, target) {
-            ("add", Value::Object(map)) => {
-                map.insert(last.clone(), value);
-            }
-            ("add", Value::Array(items)) if last == "-" => items.push(value),
-            ("add", Value::Array(items)) => {
-                let i = index(last, path);
-                assert!(i <= items.len(), "{path}: index past the end");
-                items.insert(i, value);
-            }
-            ("replace", Value::Object(map)) => {
-                let slot = map
-                    .get_mut(last)
-                    .unwrap_or_else(|| panic!("{path}: replace needs an existing member"));
-                *slot = value;
-            }
-            ("replace", Value::Array(items)) => {
-                let i = index(last, path);
-                let slot = items
-                    .get_mut(i)
-                    .unwrap_or_else(|| panic!("{path}: replace needs an existing element"));
-                *slot = value;
-            }
-            (kind, _) => panic!("{path}: {kind} on a scalar or an unknown op"),
-        }
-    }
+    let patch: json_patch::Patch =
+        serde_json::from_value(Value::Array(ops.to_vec())).expect("the operations are RFC 6902");
+    json_patch::patch(&mut doc, &patch).expect("the patch applies to the pod it was made for");
     doc
-}
-
-fn index(token: &str, path: &str) -> usize {
-    assert!(
-        token == "0" || !token.starts_with('0'),
-        "{path}: leading zero in {token}"
-    );
-    token
-        .parse()
-        .unwrap_or_else(|_| panic!("{path}: {token} is not an index"))
-}
-
-#[test]
-fn the_applier_follows_rfc_6902() {
-    let doc = json!({"a": {"b~/c": 1}, "list": [1, 3]});
-    let ops = vec![
-        json!({"op": "add", "path": "/list/1", "value": 2}),
-        json!({"op": "add", "path": "/list/-", "value": 4}),
-        json!({"op": "replace", "path": "/a/b~0~1c", "value": 5}),
-        json!({"op": "add", "path": "/a/new", "value": {"x": []}}),
-        json!({"op": "add", "path": "/a/new/x/0", "value": "y"}),
-    ];
-    assert_eq!(
-        apply(doc, &ops),
-        json!({"a": {"b~/c": 5, "new": {"x": ["y"]}}, "list": [1, 2, 3, 4]})
-    );
 }

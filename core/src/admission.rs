@@ -1,67 +1,32 @@
-//! The AdmissionReview exchange as pure functions: [`parse`] reads a request body,
-//! [`Parsed::wanted`] says which FederatedCredential to look up, and [`answer`] turns the pod
-//! and what the lookup found into the AdmissionReview response. No I/O here.
+//! The AdmissionReview exchange as pure functions, on kube's `admission.k8s.io/v1` types:
+//! [`parse`] reads a request body, [`Parsed::wanted`] says which FederatedCredential to look
+//! up, and [`answer`] turns the pod and what the lookup found into the review to send back.
+//! What the pod gets is [`crate::inject`]'s decision alone. No I/O here.
 
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Pod;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 
 use crate::api::FederatedCredential;
-use crate::inject::{INJECT_LABEL, InjectConfig, Outcome, credential_name, mutate};
+use crate::inject::{InjectConfig, Outcome, Refusal, mutate};
+use crate::names::{is_object_name, requested_credential};
 
 const API_VERSION: &str = "admission.k8s.io/v1";
 const KIND: &str = "AdmissionReview";
 
 /// Why a body is not an AdmissionReview this webhook answers; the server replies 400 with
 /// the message.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
 pub struct BadReview(pub String);
-
-impl std::fmt::Display for BadReview {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// The fields of an `admission.k8s.io/v1` AdmissionReview this webhook reads.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Review {
-    api_version: Option<String>,
-    kind: Option<String>,
-    request: Option<Request>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Request {
-    uid: Option<String>,
-    kind: Option<GroupVersionKind>,
-    namespace: Option<String>,
-    operation: Option<String>,
-    object: Option<Value>,
-    #[serde(default)]
-    dry_run: Option<bool>,
-}
-
-#[derive(Deserialize)]
-struct GroupVersionKind {
-    #[serde(default)]
-    group: String,
-    #[serde(default)]
-    version: String,
-    #[serde(default)]
-    kind: String,
-}
 
 /// A well-formed review of a pod.
 #[derive(Clone, Debug)]
 pub struct Parsed {
+    /// The request without its object, for the response.
+    request: AdmissionRequest<Pod>,
     /// Echoed in the response; the API server matches them.
     pub uid: String,
-    /// `CREATE`, `UPDATE`, …; only `CREATE` is mutated.
-    pub operation: String,
     /// The pod, its namespace filled from the request when the object lacks it (pods that
     /// controllers create usually do).
     pub pod: Pod,
@@ -72,36 +37,33 @@ pub struct Parsed {
 /// Reads an AdmissionReview of a pod; anything else is a [`BadReview`].
 pub fn parse(body: &[u8]) -> Result<Parsed, BadReview> {
     let bad = |m: &str| BadReview(m.to_owned());
-    let review: Review = serde_json::from_slice(body)
-        .map_err(|e| BadReview(format!("the body is not an AdmissionReview: {e}")))?;
-    if review.api_version.as_deref() != Some(API_VERSION) || review.kind.as_deref() != Some(KIND) {
+    let review: AdmissionReview<Pod> = serde_json::from_slice(body)
+        .map_err(|e| BadReview(format!("the body is not an AdmissionReview of a Pod: {e}")))?;
+    if review.types.api_version != API_VERSION || review.types.kind != KIND {
         return Err(bad(
             "expected apiVersion admission.k8s.io/v1 and kind AdmissionReview",
         ));
     }
-    let request = review
-        .request
-        .ok_or_else(|| bad("the review has no request"))?;
-    let uid = request
-        .uid
-        .filter(|u| !u.is_empty())
-        .ok_or_else(|| bad("the request has no uid"))?;
-    match request.kind {
-        Some(gvk) if gvk.group.is_empty() && gvk.version == "v1" && gvk.kind == "Pod" => {}
-        _ => return Err(bad("the request is not about a v1 Pod")),
+    let mut request: AdmissionRequest<Pod> = review
+        .try_into()
+        .map_err(|_| bad("the review has no request"))?;
+    if request.uid.is_empty() {
+        return Err(bad("the request has no uid"));
+    }
+    let gvk = &request.kind;
+    if !(gvk.group.is_empty() && gvk.version == "v1" && gvk.kind == "Pod") {
+        return Err(bad("the request is not about a v1 Pod"));
     }
     let namespace = request
         .namespace
+        .clone()
         .filter(|n| !n.is_empty())
         .ok_or_else(|| bad("the request has no namespace"))?;
-    let operation = request
-        .operation
-        .ok_or_else(|| bad("the request has no operation"))?;
-    let object = request
+    let mut pod = request
         .object
+        .take()
         .ok_or_else(|| bad("the request has no object"))?;
-    let mut pod: Pod = serde_json::from_value(object)
-        .map_err(|e| BadReview(format!("the request's object is not a Pod: {e}")))?;
+    request.old_object = None;
     match pod.metadata.namespace.as_deref() {
         None | Some("") => pod.metadata.namespace = Some(namespace),
         Some(own) if own == namespace => {}
@@ -114,48 +76,35 @@ pub fn parse(body: &[u8]) -> Result<Parsed, BadReview> {
         }
     }
     Ok(Parsed {
-        uid,
-        operation,
+        uid: request.uid.clone(),
+        dry_run: request.dry_run,
+        request,
         pod,
-        dry_run: request.dry_run.unwrap_or(false),
     })
 }
 
 impl Parsed {
+    /// Whether this is a creation, the only operation the webhook mutates.
+    pub fn creates(&self) -> bool {
+        matches!(self.request.operation, Operation::Create)
+    }
+
     /// The FederatedCredential to look up, as namespace and name: `None` when the answer does
     /// not depend on one (not a creation, not opted in, no credential named).
     pub fn wanted(&self) -> Option<(&str, &str)> {
-        if self.operation != "CREATE" {
+        if !self.creates() {
             return None;
         }
-        let opted_in = self
-            .pod
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(INJECT_LABEL))
-            .is_some_and(|v| v == "true");
-        let name = credential_name(&self.pod)?.trim();
+        let name = requested_credential(
+            self.pod.metadata.labels.as_ref(),
+            self.pod.metadata.annotations.as_ref(),
+        )?;
         let namespace = self.pod.metadata.namespace.as_deref()?;
         // Only an object name is looked up: the name becomes part of the API request's path,
         // where `orders-db/status` or `x?watch=true` would read something else. Any other
         // name is answered as not found.
-        (opted_in && is_object_name(name)).then_some((namespace, name))
+        is_object_name(name).then_some((namespace, name))
     }
-}
-
-/// Whether `name` can name a FederatedCredential: a DNS subdomain (RFC 1123), as the API
-/// server requires of object names.
-fn is_object_name(name: &str) -> bool {
-    name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
 }
 
 /// What looking up [`Parsed::wanted`] found.
@@ -170,55 +119,85 @@ pub enum Lookup {
     Failed(String),
 }
 
-/// The AdmissionReview response for `parsed`, given what the lookup found.
-pub fn answer(parsed: &Parsed, lookup: Lookup, config: &InjectConfig) -> Value {
-    let outcome = if parsed.operation != "CREATE" {
+/// The AdmissionReview to send back for `parsed`, given what the lookup found.
+pub fn answer(
+    parsed: &Parsed,
+    lookup: Lookup,
+    config: &InjectConfig,
+) -> AdmissionReview<DynamicObject> {
+    let outcome = if !parsed.creates() {
         Outcome::Unchanged
     } else {
-        let name = credential_name(&parsed.pod).unwrap_or_default();
         match lookup {
-            Lookup::Failed(error) => Outcome::Refuse(format!(
-                "could not read FederatedCredential {}/{} to inject its credentials: {error}; \
-                 retry",
-                parsed.pod.metadata.namespace.as_deref().unwrap_or_default(),
-                name.trim()
-            )),
-            Lookup::Found(fc) => mutate(&parsed.pod, Some(&fc), name, config),
-            Lookup::NotNeeded | Lookup::Missing => mutate(&parsed.pod, None, name, config),
+            Lookup::Failed(error) => Outcome::Refuse(Refusal::LookupFailed {
+                namespace: parsed.pod.metadata.namespace.clone().unwrap_or_default(),
+                name: requested_credential(
+                    parsed.pod.metadata.labels.as_ref(),
+                    parsed.pod.metadata.annotations.as_ref(),
+                )
+                .unwrap_or_default()
+                .to_owned(),
+                error,
+            }),
+            Lookup::Found(fc) => mutate(&parsed.pod, Some(&fc), config),
+            Lookup::NotNeeded | Lookup::Missing => mutate(&parsed.pod, None, config),
         }
     };
-    response(&parsed.uid, outcome)
+    response(&parsed.request, outcome).into_review()
 }
 
-fn response(uid: &str, outcome: Outcome) -> Value {
-    let response = match outcome {
-        Outcome::Unchanged => json!({"uid": uid, "allowed": true}),
+/// Whether `review` admits the pod.
+pub fn allowed(review: &AdmissionReview<DynamicObject>) -> bool {
+    review.response.as_ref().is_some_and(|r| r.allowed)
+}
+
+fn response(request: &AdmissionRequest<Pod>, outcome: Outcome) -> AdmissionResponse {
+    let admitted = AdmissionResponse::from(request);
+    match outcome {
+        Outcome::Unchanged => admitted,
         Outcome::Patch { ops, warnings } => {
-            // A Vec of JSON values always serialises.
-            let patch = serde_json::to_vec(&ops).unwrap_or_default();
-            let mut r = json!({
-                "uid": uid,
-                "allowed": true,
-                "patchType": "JSONPatch",
-                "patch": ByteString(patch),
-            });
-            if !warnings.is_empty() {
-                r["warnings"] = json!(warnings);
+            // The operations are RFC 6902 operations built by `inject`; one that is not
+            // refuses the pod rather than admitting it without its sidecars.
+            let patch = serde_json::from_value::<json_patch::Patch>(serde_json::Value::Array(ops))
+                .map_err(|e| e.to_string())
+                .and_then(|patch| {
+                    admitted
+                        .clone()
+                        .with_patch(patch)
+                        .map_err(|e| e.to_string())
+                });
+            match patch {
+                Ok(mut r) => {
+                    if !warnings.is_empty() {
+                        r.warnings = Some(warnings);
+                    }
+                    r
+                }
+                Err(e) => forbidden(admitted, format!("fedcred built an unusable patch: {e}")),
             }
-            r
         }
-        Outcome::Refuse(message) => json!({
-            "uid": uid,
-            "allowed": false,
-            "status": {"status": "Failure", "code": 403, "reason": "Forbidden", "message": message},
-        }),
-    };
-    json!({"apiVersion": API_VERSION, "kind": KIND, "response": response})
+        Outcome::Refuse(refusal) => forbidden(admitted, refusal.to_string()),
+    }
+}
+
+fn forbidden(response: AdmissionResponse, message: String) -> AdmissionResponse {
+    let mut denied = response.deny(message);
+    denied.result.code = 403;
+    denied.result.reason = "Forbidden".to_owned();
+    denied.result.status = Some(kube::core::response::StatusSummary::Failure);
+    denied
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value, json};
+
     use super::*;
+
+    /// The review to send back, as JSON.
+    fn reply(parsed: &Parsed, lookup: Lookup, config: &InjectConfig) -> Value {
+        serde_json::to_value(answer(parsed, lookup, config)).unwrap()
+    }
 
     fn review(pod: Value) -> Value {
         json!({
@@ -230,6 +209,7 @@ mod tests {
                 "resource": {"group": "", "version": "v1", "resource": "pods"},
                 "namespace": "shop",
                 "operation": "CREATE",
+                "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
                 "object": pod,
                 "dryRun": false,
             }
@@ -276,8 +256,10 @@ mod tests {
     }
 
     fn decoded_patch(response: &Value) -> Vec<Value> {
-        let bytes: ByteString = serde_json::from_value(response["patch"].clone()).unwrap();
-        serde_json::from_slice(&bytes.0).unwrap()
+        // kube writes the patch's bytes as a JSON array of numbers, which the API server
+        // reads as its []byte as well as base64.
+        let bytes: Vec<u8> = serde_json::from_value(response["patch"].clone()).unwrap();
+        serde_json::from_slice(&bytes).unwrap()
     }
 
     #[test]
@@ -285,7 +267,7 @@ mod tests {
         let parsed = parse_value(&review(labelled_pod("orders-db"))).unwrap();
         assert_eq!(parsed.wanted(), Some(("shop", "orders-db")));
         assert_eq!(parsed.pod.metadata.namespace.as_deref(), Some("shop"));
-        let out = answer(&parsed, Lookup::Found(Box::new(fc(true))), &config());
+        let out = reply(&parsed, Lookup::Found(Box::new(fc(true))), &config());
         assert_eq!(out["apiVersion"], API_VERSION);
         assert_eq!(out["kind"], KIND);
         let r = &out["response"];
@@ -303,7 +285,7 @@ mod tests {
     #[test]
     fn a_credential_that_is_not_ready_admits_with_a_warning() {
         let parsed = parse_value(&review(labelled_pod("orders-db"))).unwrap();
-        let r = &answer(&parsed, Lookup::Found(Box::new(fc(false))), &config())["response"];
+        let r = &reply(&parsed, Lookup::Found(Box::new(fc(false))), &config())["response"];
         assert_eq!(r["allowed"], true);
         assert!(r["warnings"][0].as_str().unwrap().contains("not Ready"));
     }
@@ -311,7 +293,7 @@ mod tests {
     #[test]
     fn a_missing_credential_is_refused_with_its_name() {
         let parsed = parse_value(&review(labelled_pod("orders-db"))).unwrap();
-        let r = &answer(&parsed, Lookup::Missing, &config())["response"];
+        let r = &reply(&parsed, Lookup::Missing, &config())["response"];
         assert_eq!(r["allowed"], false);
         assert_eq!(r["status"]["code"], 403);
         let message = r["status"]["message"].as_str().unwrap();
@@ -321,7 +303,7 @@ mod tests {
     #[test]
     fn a_failed_lookup_is_refused_and_says_retry() {
         let parsed = parse_value(&review(labelled_pod("orders-db"))).unwrap();
-        let r = &answer(&parsed, Lookup::Failed("timed out".into()), &config())["response"];
+        let r = &reply(&parsed, Lookup::Failed("timed out".into()), &config())["response"];
         assert_eq!(r["allowed"], false);
         assert!(
             r["status"]["message"]
@@ -337,8 +319,12 @@ mod tests {
         pod["metadata"]["labels"] = json!({});
         let parsed = parse_value(&review(pod)).unwrap();
         assert_eq!(parsed.wanted(), None);
-        let r = &answer(&parsed, Lookup::NotNeeded, &config())["response"];
-        assert_eq!(r, &json!({"uid": parsed.uid, "allowed": true}));
+        let r = &reply(&parsed, Lookup::NotNeeded, &config())["response"];
+        assert_eq!(
+            (&r["uid"], &r["allowed"]),
+            (&json!(parsed.uid), &json!(true))
+        );
+        assert!(r.get("patch").is_none());
     }
 
     #[test]
@@ -347,7 +333,7 @@ mod tests {
         pod["metadata"]["annotations"] = json!({});
         let parsed = parse_value(&review(pod)).unwrap();
         assert_eq!(parsed.wanted(), None);
-        let r = &answer(&parsed, Lookup::NotNeeded, &config())["response"];
+        let r = &reply(&parsed, Lookup::NotNeeded, &config())["response"];
         assert_eq!(r["allowed"], false);
     }
 
@@ -358,7 +344,7 @@ mod tests {
         let parsed = parse_value(&v).unwrap();
         assert_eq!(parsed.wanted(), None);
         assert_eq!(
-            answer(&parsed, Lookup::NotNeeded, &config())["response"]["allowed"],
+            reply(&parsed, Lookup::NotNeeded, &config())["response"]["allowed"],
             true
         );
     }
@@ -390,7 +376,7 @@ mod tests {
         ] {
             let parsed = parse_value(&review(labelled_pod(name))).unwrap();
             assert_eq!(parsed.wanted(), None, "{name} is looked up");
-            let r = &answer(&parsed, Lookup::NotNeeded, &config())["response"];
+            let r = &reply(&parsed, Lookup::NotNeeded, &config())["response"];
             assert_eq!(r["allowed"], false, "{name}");
             assert!(r.get("patch").is_none());
         }

@@ -3,93 +3,62 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, SecretVolumeSource, Volume};
-use kube::ResourceExt;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::env::{self, EnvEdit};
 use super::patch::{add, escape, replace};
 use super::ports::{self, Taken};
+use super::recipe::Recipe;
 use super::sidecars::{self, ProxySettings};
 use super::{
-    CREDENTIAL_ANNOTATION, DEFAULT_HEALTH_PORT, INJECT_LABEL, INJECTED_ANNOTATION, InjectConfig,
-    MAX_WARNING_CHARS, METADATA_CONTAINER, Outcome, PROXY_CONTAINER_PREFIX, TOKEN_VOLUME,
+    DEFAULT_HEALTH_PORT, INJECTED_ANNOTATION, InjectConfig, MAX_WARNING_CHARS, METADATA_CONTAINER,
+    Outcome, PROXY_CONTAINER_PREFIX, Refusal, TOKEN_VOLUME,
 };
-use crate::api::{AlloyDbInstance, FederatedCredential};
-use crate::controller::objects::{READY, secret_name};
-use crate::exchange::{db_user, project_id};
+use crate::api::{FederatedCredential, READY};
 use crate::metadata::{injected_env, project_env};
+use crate::names::requested_credential;
 
-/// What `pod` gets from `fc`, the FederatedCredential its [`CREDENTIAL_ANNOTATION`] names
-/// (`credential_name`, looked up by the caller in the pod's namespace; `None` when it does not
-/// exist).
+/// What `pod` gets from `fc`, the FederatedCredential of the pod's namespace that the pod's
+/// annotation names (looked up by the caller; `None` when it does not exist).
 ///
 /// The caller fills `pod.metadata.namespace` from the admission request when the object lacks
 /// it (pods created by controllers usually do), so that messages name the right namespace.
-pub fn mutate(
-    pod: &Pod,
-    fc: Option<&FederatedCredential>,
-    credential_name: &str,
-    config: &InjectConfig,
-) -> Outcome {
-    if !opted_in(pod) {
+pub fn mutate(pod: &Pod, fc: Option<&FederatedCredential>, config: &InjectConfig) -> Outcome {
+    let Some(credential_name) = requested_credential(
+        pod.metadata.labels.as_ref(),
+        pod.metadata.annotations.as_ref(),
+    ) else {
         return Outcome::Unchanged;
-    }
-    let namespace = pod.metadata.namespace.as_deref();
-    let credential_name = credential_name.trim();
+    };
+    let namespace = pod.metadata.namespace.clone();
     if credential_name.is_empty() {
-        return Outcome::Refuse(format!(
-            "the pod is labelled {INJECT_LABEL}=true but its annotation {CREDENTIAL_ANNOTATION} \
-             is missing or empty: set it to the name of a FederatedCredential in {}, or remove \
-             the label",
-            namespace_phrase(namespace)
-        ));
+        return Outcome::Refuse(Refusal::NoCredentialNamed { namespace });
     }
     let Some(spec) = pod.spec.as_ref() else {
-        return Outcome::Refuse("the pod has no spec".to_owned());
+        return Outcome::Refuse(Refusal::NoSpec);
     };
     match existing_injection(spec) {
         Existing::Injected => return Outcome::Unchanged,
-        Existing::NameTaken(what) => {
-            return Outcome::Refuse(format!(
-                "the pod already has {what}, a name fedcred's injection uses, but not fedcred's \
-                 {METADATA_CONTAINER} sidecar: rename it, or remove the label {INJECT_LABEL}"
-            ));
-        }
+        Existing::NameTaken(what) => return Outcome::Refuse(Refusal::NameTaken { what }),
         Existing::None => {}
     }
     let Some(fc) = fc else {
-        return Outcome::Refuse(format!(
-            "FederatedCredential {}/{credential_name} not found (named by the pod's annotation \
-             {CREDENTIAL_ANNOTATION}): create it in that namespace, correct the annotation, or \
-             remove the label {INJECT_LABEL}",
-            namespace.unwrap_or("<pod namespace>")
-        ));
+        return Outcome::Refuse(Refusal::CredentialNotFound {
+            namespace,
+            name: credential_name.to_owned(),
+        });
     };
     if spec.host_network == Some(true) {
         // The node's loopback is shared by every host-network pod on the node: the emulator
         // would hand this pod's token to all of them, and the ports would collide.
-        return Outcome::Refuse(format!(
-            "the pod uses hostNetwork: fedcred's metadata emulator listens on loopback, which \
-             such a pod shares with the node, so every process on the node could take its Google \
-             token; remove hostNetwork or the label {INJECT_LABEL}"
-        ));
+        return Outcome::Refuse(Refusal::HostNetwork);
     }
-    match Injection::plan(pod, fc, config) {
+    let credential = fc_id(fc, pod);
+    match Injection::plan(pod, &Recipe::of(fc), &credential, config) {
         Ok(injection) => injection.into_outcome(pod, spec, fc),
-        Err(message) => Outcome::Refuse(message),
+        Err(refusal) => Outcome::Refuse(refusal),
     }
-}
-
-fn opted_in(pod: &Pod) -> bool {
-    pod.labels().get(INJECT_LABEL).map(String::as_str) == Some("true")
-}
-
-fn namespace_phrase(namespace: Option<&str>) -> String {
-    namespace.map_or_else(
-        || "the pod's namespace".to_owned(),
-        |ns| format!("namespace {ns}"),
-    )
 }
 
 enum Existing {
@@ -140,44 +109,39 @@ struct Injection {
 }
 
 impl Injection {
+    /// Everything `recipe` gives `pod`; `credential` (`namespace/name`) names the resource
+    /// in refusals.
     fn plan(
         pod: &Pod,
-        fc: &FederatedCredential,
+        recipe: &Recipe<'_>,
+        credential: &str,
         config: &InjectConfig,
-    ) -> Result<Injection, String> {
-        let instances: &[AlloyDbInstance] = fc
-            .spec
-            .alloydb
-            .as_ref()
-            .map(|a| a.instances.as_slice())
-            .unwrap_or_default();
+    ) -> Result<Injection, Refusal> {
+        let instances = recipe.instances();
         let declared = ports::declared(pod);
         let mut instance_ports = BTreeMap::new();
         for (i, instance) in instances.iter().enumerate() {
-            let field = format!(
-                "spec.alloydb.instances[{i}].port of FederatedCredential {}",
-                fc_id(fc, pod)
-            );
+            let refusal = |problem| Refusal::InstancePort {
+                credential: credential.to_owned(),
+                index: i,
+                port: instance.port,
+                problem,
+            };
             let port = u16::try_from(instance.port)
                 .ok()
                 .filter(|p| *p > 0)
-                .ok_or_else(|| format!("{field} is {}, not a port", instance.port))?;
+                .ok_or_else(|| refusal(super::PortProblem::NotAPort))?;
             // The user chose this port and the application may rely on it: refuse rather than
             // move it, or the proxy would crash-loop on a port the application holds.
             if let Some(owner) = declared.get(&port) {
-                return Err(format!(
-                    "{field} is {port}, which container {owner} of this pod also declares: give \
-                     the instance another port, or change the pod's"
-                ));
+                return Err(refusal(super::PortProblem::DeclaredBy(owner.clone())));
             }
             if instance_ports.insert(port, i).is_some() {
-                return Err(format!(
-                    "{field} is {port}, which another instance uses too"
-                ));
+                return Err(refusal(super::PortProblem::UsedTwice));
             }
         }
         let mut taken = Taken::new(declared.keys().chain(instance_ports.keys()).copied());
-        let no_port = || "no free port left in the pod for fedcred's sidecars".to_owned();
+        let no_port = || Refusal::NoFreePort;
         let metadata_port = taken.claim_from(config.metadata_port).ok_or_else(no_port)?;
         let health_ports: Vec<u16> = instances
             .iter()
@@ -186,26 +150,20 @@ impl Injection {
             .ok_or_else(no_port)?;
 
         let metadata_env = injected_env(&sidecars::listen(metadata_port));
-        let service_account = fc
-            .spec
-            .google
-            .service_account
-            .as_deref()
-            .filter(|s| !s.is_empty());
         let mut app_env = metadata_env.clone();
-        app_env.extend(project_env(service_account.and_then(project_id).as_deref()));
+        app_env.extend(project_env(recipe.project_id().as_deref()));
         if let Some(first) = instances.first() {
             app_env.push(("PGHOST".to_owned(), "127.0.0.1".to_owned()));
             app_env.push(("PGPORT".to_owned(), first.port.to_string()));
             // With a password login the user is the application's business.
             if first.auto_iam_authn
-                && let Some(user) = service_account.and_then(db_user)
+                && let Some(user) = recipe.db_user()
             {
                 app_env.push(("PGUSER".to_owned(), user));
             }
         }
 
-        let proxy = fc.spec.alloydb.as_ref().and_then(|a| a.proxy.as_ref());
+        let proxy = recipe.proxy();
         let settings = ProxySettings {
             image: proxy
                 .and_then(|p| p.image.as_deref())
@@ -233,7 +191,7 @@ impl Injection {
             volume: Volume {
                 name: TOKEN_VOLUME.to_owned(),
                 secret: Some(SecretVolumeSource {
-                    secret_name: Some(secret_name(fc)),
+                    secret_name: Some(recipe.secret.clone()),
                     ..SecretVolumeSource::default()
                 }),
                 ..Volume::default()
@@ -384,10 +342,15 @@ fn readiness_warning(fc: &FederatedCredential, pod: &Pod) -> Option<String> {
 
 fn fc_id(fc: &FederatedCredential, pod: &Pod) -> String {
     let namespace = fc
-        .namespace()
-        .or_else(|| pod.metadata.namespace.clone())
-        .unwrap_or_else(|| "<pod namespace>".to_owned());
-    format!("{namespace}/{}", fc.name_any())
+        .metadata
+        .namespace
+        .as_deref()
+        .or(pod.metadata.namespace.as_deref())
+        .unwrap_or("<pod namespace>");
+    format!(
+        "{namespace}/{}",
+        fc.metadata.name.as_deref().unwrap_or_default()
+    )
 }
 
 /// `text` cut to at most `max` characters, ending in `…` when cut.
@@ -418,6 +381,7 @@ fn to_value<T: serde::Serialize>(object: &T) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::ResourceExt;
     use serde_json::json;
 
     fn pod(spec: Value) -> Pod {
@@ -467,7 +431,7 @@ mod tests {
 
     fn refusal(outcome: Outcome) -> String {
         match outcome {
-            Outcome::Refuse(message) => message,
+            Outcome::Refuse(refusal) => refusal.to_string(),
             other => panic!("expected a refusal, got {other:?}"),
         }
     }
@@ -484,15 +448,15 @@ mod tests {
         let mut p = pod(app());
         p.metadata.labels = None;
         let fc = one_instance(5432);
-        assert_eq!(
-            mutate(&p, Some(&fc), "orders-db", &config()),
-            Outcome::Unchanged
-        );
+        assert_eq!(mutate(&p, Some(&fc), &config()), Outcome::Unchanged);
     }
 
     #[test]
     fn a_labelled_pod_without_a_credential_name_is_refused() {
-        let message = refusal(mutate(&pod(app()), None, " ", &config()));
+        let mut p = pod(app());
+        p.annotations_mut()
+            .insert("fedcred.io/credential".to_owned(), " ".to_owned());
+        let message = refusal(mutate(&p, None, &config()));
         assert!(message.contains("fedcred.io/credential"), "{message}");
         assert!(message.contains("namespace shop"), "{message}");
     }
@@ -500,12 +464,7 @@ mod tests {
     #[test]
     fn host_network_pods_are_refused() {
         let p = pod(json!({"hostNetwork": true, "containers": [{"name": "app"}]}));
-        let message = refusal(mutate(
-            &p,
-            Some(&one_instance(5432)),
-            "orders-db",
-            &config(),
-        ));
+        let message = refusal(mutate(&p, Some(&one_instance(5432)), &config()));
         assert!(message.contains("hostNetwork"), "{message}");
     }
 
@@ -514,12 +473,7 @@ mod tests {
         let p = pod(json!({"containers": [
             {"name": "app", "ports": [{"containerPort": 5432}]}
         ]}));
-        let message = refusal(mutate(
-            &p,
-            Some(&one_instance(5432)),
-            "orders-db",
-            &config(),
-        ));
+        let message = refusal(mutate(&p, Some(&one_instance(5432)), &config()));
         assert!(
             message.contains("spec.alloydb.instances[0].port"),
             "{message}"
@@ -531,33 +485,18 @@ mod tests {
     #[test]
     fn a_foreign_container_with_a_proxy_name_is_refused() {
         let p = pod(json!({"containers": [{"name": "app"}, {"name": "alloydb-proxy-0"}]}));
-        let message = refusal(mutate(
-            &p,
-            Some(&one_instance(5432)),
-            "orders-db",
-            &config(),
-        ));
+        let message = refusal(mutate(&p, Some(&one_instance(5432)), &config()));
         assert!(message.contains("alloydb-proxy-0"), "{message}");
         // A name that merely starts alike is the pod's own business.
         let p = pod(json!({"containers": [{"name": "app"}, {"name": "alloydb-proxy-old"}]}));
-        patch(mutate(
-            &p,
-            Some(&one_instance(5432)),
-            "orders-db",
-            &config(),
-        ));
+        patch(mutate(&p, Some(&one_instance(5432)), &config()));
     }
 
     #[test]
     fn the_metadata_port_steps_over_instance_ports() {
         let mut config = config();
         config.metadata_port = 5432;
-        let (ops, _) = patch(mutate(
-            &pod(app()),
-            Some(&one_instance(5432)),
-            "orders-db",
-            &config,
-        ));
+        let (ops, _) = patch(mutate(&pod(app()), Some(&one_instance(5432)), &config));
         let text = serde_json::to_string(&ops).unwrap();
         assert!(text.contains("127.0.0.1:5433"), "{text}");
     }
@@ -567,12 +506,7 @@ mod tests {
         let mut p = pod(app());
         p.annotations_mut()
             .insert(INJECTED_ANNOTATION.to_owned(), "sha256:0000".to_owned());
-        let (ops, _) = patch(mutate(
-            &p,
-            Some(&one_instance(5432)),
-            "orders-db",
-            &config(),
-        ));
+        let (ops, _) = patch(mutate(&p, Some(&one_instance(5432)), &config()));
         assert_eq!(ops[0]["path"], "/metadata/annotations/fedcred.io~1injected");
         assert_ne!(ops[0]["value"], "sha256:0000");
     }
@@ -581,7 +515,7 @@ mod tests {
     fn the_digest_follows_what_is_injected() {
         let fc = one_instance(5432);
         let digest_of = |config: &InjectConfig| {
-            patch(mutate(&pod(app()), Some(&fc), "orders-db", config)).0[0]["value"].clone()
+            patch(mutate(&pod(app()), Some(&fc), config)).0[0]["value"].clone()
         };
         let mut other = config();
         other.proxy_image = "proxy:other".to_owned();
@@ -599,7 +533,7 @@ mod tests {
             }]}))
             .unwrap(),
         );
-        let (_, warnings) = patch(mutate(&pod(app()), Some(&fc), "orders-db", &config()));
+        let (_, warnings) = patch(mutate(&pod(app()), Some(&fc), &config()));
         assert_eq!(warnings.len(), 1);
         assert_eq!(warnings[0].chars().count(), MAX_WARNING_CHARS);
         assert!(
@@ -615,7 +549,7 @@ mod tests {
             "instances": [{"uri": "projects/acme-shop/locations/us-east4/clusters/orders/instances/primary"}],
             "proxy": {"image": "mirror.example/alloydb-auth-proxy:1.17.1", "resources": {"requests": {"cpu": "1"}}}
         }));
-        let (ops, _) = patch(mutate(&pod(app()), Some(&fc), "orders-db", &config()));
+        let (ops, _) = patch(mutate(&pod(app()), Some(&fc), &config()));
         let sidecars = &ops.last().unwrap()["value"];
         assert_eq!(
             sidecars[1]["image"],

@@ -11,20 +11,14 @@ use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
 use super::decide::SecretState;
-use crate::api::{FederatedCredential, FederatedCredentialStatus};
+use crate::api::{FederatedCredential, FederatedCredentialStatus, READY, REFRESH_FAILING};
 use crate::error::ExchangeError;
 use crate::exchange::{IdentityKey, Issued};
+use crate::names::{CREDENTIAL_LABEL, MANAGED_BY, MANAGED_BY_LABEL, secret_name};
 
-/// Label on everything fedcred manages.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY: &str = "fedcred";
-/// Label naming the FederatedCredential a Secret belongs to.
-pub const CREDENTIAL_LABEL: &str = "fedcred.io/credential";
 /// Annotation with a digest of the Secret's data as written, to notice edits.
 pub const CONTENT_HASH_ANNOTATION: &str = "fedcred.io/content-hash";
 
-pub const READY: &str = "Ready";
-pub const REFRESH_FAILING: &str = "RefreshFailing";
 /// Reason of a Ready condition when the Secret holds a fresh token.
 pub const TOKEN_ISSUED: &str = "TokenIssued";
 /// Reason when the Secret's name is taken by a Secret this resource does not own.
@@ -52,15 +46,6 @@ fn data_intact(secret: &Secret) -> bool {
     let data = secret.data.as_ref().unwrap_or(&empty);
     let recorded = secret.annotations().get(CONTENT_HASH_ANNOTATION);
     recorded.is_some_and(|h| *h == content_hash(data)) && data.contains_key("access_token")
-}
-
-/// The Secret a resource writes its token to.
-pub fn secret_name(fc: &FederatedCredential) -> String {
-    fc.spec
-        .secret
-        .as_ref()
-        .and_then(|s| s.name.clone())
-        .unwrap_or_else(|| fc.name_any())
 }
 
 fn put(data: &mut BTreeMap<String, ByteString>, key: &str, value: &str) {
@@ -274,7 +259,7 @@ pub fn failure_status(
             READY,
             false,
             reason,
-            err.message.clone(),
+            err.to_string(),
             generation,
             now,
         );
@@ -284,7 +269,7 @@ pub fn failure_status(
         REFRESH_FAILING,
         true,
         reason,
-        err.message.clone(),
+        err.to_string(),
         generation,
         now,
     );
@@ -293,9 +278,7 @@ pub fn failure_status(
         // The failure describes this generation: a spec change is not retried as "changed".
         observed_generation: generation,
         identity: key.map(IdentityKey::describe).or(previous.identity),
-        aws_principal_arn: previous
-            .aws_principal_arn
-            .or_else(|| principal_in(&err.message)),
+        aws_principal_arn: err.principal.clone().or(previous.aws_principal_arn),
         google_service_account: previous.google_service_account,
         db_user: previous.db_user,
         secret_name: Some(secret_name(fc)),
@@ -307,12 +290,6 @@ pub fn failure_status(
         last_failure_reason: Some(reason.to_owned()),
         injection_hash: previous.injection_hash.clone(),
     }
-}
-
-/// The AWS principal named at the start of an exchange error ("AWS principal ARN: …").
-fn principal_in(message: &str) -> Option<String> {
-    let rest = message.strip_prefix("AWS principal ")?;
-    rest.split_once(": ").map(|(arn, _)| arn.to_owned())
 }
 
 /// Status when the Secret's name is taken by someone else.
@@ -344,7 +321,7 @@ mod tests {
     use super::*;
     use crate::error::Reason;
     use crate::exchange::{AwsSource, IdentityKey};
-    use crate::secret::Secret as Token;
+    use crate::sensitive::Sensitive;
 
     fn fc() -> FederatedCredential {
         let mut fc: FederatedCredential = serde_json::from_value(serde_json::json!({
@@ -364,7 +341,7 @@ mod tests {
 
     fn issued() -> Issued {
         Issued {
-            access_token: Token::new("ya29.token"),
+            access_token: Sensitive::new("ya29.token"),
             expires_at: "2026-01-01T01:00:00Z".parse().unwrap(),
             issued_at: "2026-01-01T00:00:00Z".parse().unwrap(),
             principal_arn: Some(
@@ -540,7 +517,7 @@ mod tests {
     fn first_failure_is_not_ready_and_names_the_principal() {
         let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
         let err = ExchangeError::new(Reason::AttributeConditionRejected, "rejected")
-            .with_principal(Some("arn:aws:sts::1:assumed-role/r/s"));
+            .presented_by(Some("arn:aws:sts::1:assumed-role/r/s"));
         let st = failure_status(&fc(), Some(&key()), &err, now, now);
         let ready = &st.conditions[0];
         assert_eq!(

@@ -1,0 +1,423 @@
+//! The exchange, decided: which identity a FederatedCredential asks for and when a token
+//! obtained for it may be handed out again.
+//!
+//! [`plan`] turns a spec and the controller's defaults into an [`IdentityKey`] and checks what
+//! only the controller can check (its policy, the region). The engine in the `fedcred` crate
+//! runs the key through AWS and Google with single-flight: concurrent callers for one key share
+//! one exchange, and a token with enough life left ([`Reuse`]) or a fresh failure
+//! ([`shares_failure`]) answers later callers, so Google sees one exchange per identity per
+//! refresh rather than one per resource.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use crate::api::{ALLOYDB_LOGIN_SCOPE, FederatedCredentialSpec};
+use crate::error::{ExchangeError, Reason};
+use crate::google::{DEFAULT_IAM_CREDENTIALS_URL, DEFAULT_STS_URL};
+use crate::names::is_region;
+use crate::sensitive::Sensitive;
+
+/// Which AWS identity a resource presents.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum AwsSource {
+    /// IRSA through a ServiceAccount of the resource's namespace.
+    ServiceAccount {
+        name: String,
+        role_arn: Option<String>,
+    },
+    /// The controller's own identity, optionally chained into a role.
+    Controller { role_arn: Option<String> },
+}
+
+/// Everything that determines the token; equal keys may share one token.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct IdentityKey {
+    pub namespace: String,
+    pub source: AwsSource,
+    pub region: String,
+    pub aws_sts_endpoint: Option<String>,
+    pub audience: String,
+    pub service_account: Option<String>,
+    pub delegates: Vec<String>,
+    /// Sorted and de-duplicated.
+    pub scopes: Vec<String>,
+    pub lifetime_seconds: i64,
+    pub sts_url: String,
+    pub iam_credentials_url: String,
+}
+
+impl IdentityKey {
+    /// Short description for `kubectl get` and logs, e.g. `ServiceAccount/orders-api`.
+    pub fn describe(&self) -> String {
+        let role = |arn: &Option<String>| {
+            arn.as_deref()
+                .and_then(|a| a.rsplit('/').next())
+                .map(str::to_owned)
+        };
+        match &self.source {
+            AwsSource::ServiceAccount { name, role_arn } => match role(role_arn) {
+                Some(r) => format!("ServiceAccount/{name} as role/{r}"),
+                None => format!("ServiceAccount/{name}"),
+            },
+            AwsSource::Controller { role_arn } => match role(role_arn) {
+                Some(r) => format!("controller as role/{r}"),
+                None => "controller".to_owned(),
+            },
+        }
+    }
+}
+
+/// Which namespaces may use the controller's own AWS identity.
+#[derive(Clone, Debug, Default)]
+pub struct ControllerIdentityPolicy {
+    allowed: BTreeSet<String>,
+    all: bool,
+}
+
+impl ControllerIdentityPolicy {
+    /// `*` allows every namespace; otherwise the listed ones. Empty: none (the default).
+    pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(namespaces: I) -> Self {
+        let mut policy = ControllerIdentityPolicy::default();
+        for ns in namespaces {
+            let ns = ns.into();
+            if ns == "*" {
+                policy.all = true;
+            } else if !ns.is_empty() {
+                policy.allowed.insert(ns);
+            }
+        }
+        policy
+    }
+
+    pub fn allows(&self, namespace: &str) -> bool {
+        self.all || self.allowed.contains(namespace)
+    }
+}
+
+/// Controller-wide settings the spec falls back to.
+#[derive(Clone, Debug)]
+pub struct Defaults {
+    /// Region when the spec names none (environment or instance metadata).
+    pub region: Option<String>,
+    pub sts_url: String,
+    pub iam_credentials_url: String,
+    pub controller_identity: ControllerIdentityPolicy,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            region: None,
+            sts_url: DEFAULT_STS_URL.to_owned(),
+            iam_credentials_url: DEFAULT_IAM_CREDENTIALS_URL.to_owned(),
+            controller_identity: ControllerIdentityPolicy::default(),
+        }
+    }
+}
+
+/// Resolves a spec into the identity it asks for. The spec is taken as valid (the API
+/// server, or [`crate::validate`] for files, checked it).
+pub fn plan(
+    namespace: &str,
+    spec: &FederatedCredentialSpec,
+    defaults: &Defaults,
+) -> Result<IdentityKey, ExchangeError> {
+    let source = match (&spec.aws.service_account, &spec.aws.controller_identity) {
+        (Some(sa), None) => AwsSource::ServiceAccount {
+            name: sa.name.clone(),
+            role_arn: sa.role_arn.clone(),
+        },
+        (None, Some(ci)) => {
+            if !defaults.controller_identity.allows(namespace) {
+                return Err(ExchangeError::new(
+                    Reason::ControllerIdentityNotAllowed,
+                    format!(
+                        "namespace {namespace} may not use the controller's own AWS identity; use aws.serviceAccount (IRSA), or ask the cluster admin to add {namespace} to controllerIdentity.allowedNamespaces"
+                    ),
+                ));
+            }
+            AwsSource::Controller {
+                role_arn: ci.role_arn.clone(),
+            }
+        }
+        _ => {
+            return Err(ExchangeError::new(
+                Reason::InvalidSpec,
+                "set exactly one of aws.serviceAccount and aws.controllerIdentity",
+            ));
+        }
+    };
+    let region = spec.aws.region.clone().or_else(|| defaults.region.clone()).ok_or_else(|| {
+        ExchangeError::new(
+            Reason::InvalidSpec,
+            "no AWS region known: set aws.region, or AWS_REGION in the controller's environment",
+        )
+    })?;
+    if !is_region(&region) {
+        return Err(ExchangeError::new(
+            Reason::InvalidSpec,
+            format!("aws.region {region:?} is not an AWS region code"),
+        ));
+    }
+    let mut scopes: BTreeSet<String> = spec.google.scopes.iter().cloned().collect();
+    let iam_login = spec
+        .alloydb
+        .as_ref()
+        .is_some_and(|a| a.instances.iter().any(|i| i.auto_iam_authn));
+    if iam_login {
+        // The AlloyDB Auth Proxy logs in with the token; IAM login needs this scope.
+        scopes.insert(ALLOYDB_LOGIN_SCOPE.to_owned());
+    }
+    let endpoints = spec.google.endpoints.clone().unwrap_or_default();
+    Ok(IdentityKey {
+        namespace: namespace.to_owned(),
+        source,
+        region,
+        aws_sts_endpoint: spec.aws.sts_endpoint.clone(),
+        audience: spec.google.audience.clone(),
+        service_account: spec.google.service_account.clone(),
+        delegates: spec.google.delegates.clone(),
+        scopes: scopes.into_iter().collect(),
+        lifetime_seconds: spec.google.token_lifetime_seconds,
+        sts_url: endpoints.sts.unwrap_or_else(|| defaults.sts_url.clone()),
+        iam_credentials_url: endpoints
+            .iam_credentials
+            .unwrap_or_else(|| defaults.iam_credentials_url.clone()),
+    })
+}
+
+/// A token and what the resource's status says about it.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    pub access_token: Sensitive,
+    pub expires_at: Timestamp,
+    pub issued_at: Timestamp,
+    pub principal_arn: Option<String>,
+    pub service_account: Option<String>,
+    pub db_user: Option<String>,
+    pub project_id: Option<String>,
+    /// The scopes the token was asked for.
+    pub scopes: Vec<String>,
+}
+
+/// Whether a token from the shared cache may be handed out again.
+///
+/// For a resource that refreshes within the last `share` (0–1) of a token's lifetime: when
+/// the token has that share plus a quarter of the rest of its own lifetime left, so a reused
+/// token is not due again at once, and a fresh one qualifies for three quarters of the part
+/// before the window (about 20 minutes of an hour-long token at the default 50 %, 27 s at
+/// 90 %). Judged by the lifetime Google gave the token, not the one the spec asked for: a
+/// federated token lives an hour whatever the spec says.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Reuse {
+    share: f64,
+}
+
+impl Reuse {
+    /// For a resource whose refresh falls due within the last `share` of a token's lifetime
+    /// (see [`crate::refresh::decide::refresh_share`]).
+    pub fn refresh_within(share: f64) -> Self {
+        Reuse { share }
+    }
+
+    /// The life `issued` must have left to be reused.
+    pub fn min_remaining(self, issued: &Issued) -> Duration {
+        let lifetime = issued
+            .expires_at
+            .duration_since(issued.issued_at)
+            .as_secs_f64()
+            .max(0.0);
+        let window = lifetime * self.share.clamp(0.0, 1.0);
+        Duration::from_secs_f64(window + (lifetime - window) / 4.0)
+    }
+
+    /// Whether `issued` may be handed out at `now`.
+    pub fn accepts(self, issued: &Issued, now: Timestamp) -> bool {
+        issued.expires_at > now
+            && issued.expires_at.duration_since(now).unsigned_abs() >= self.min_remaining(issued)
+    }
+}
+
+/// How long a failed exchange answers later callers before the next one tries again, so a
+/// hundred resources of one broken identity cause one call, not a hundred.
+pub const FAILURE_SHARE: Duration = Duration::from_secs(5);
+
+/// Whether a failed exchange recorded at `at` answers a call made at `called` and served at
+/// `now`, for a caller whose own last attempt failed at `seen` (kept in whole seconds, as the
+/// status keeps it). Pure.
+///
+/// A failure that was recorded while the call waited for it always answers: it is the
+/// freshest word on the identity. An earlier one answers for [`FAILURE_SHARE`], except a
+/// retrying caller's own failure (recorded within the second `seen` names): a retry answered
+/// with the failure it retries would call nobody, and a resource whose token is about to
+/// expire would learn that Google is back only at its retry after next.
+pub fn shares_failure(
+    at: Timestamp,
+    called: Timestamp,
+    now: Timestamp,
+    seen: Option<Timestamp>,
+) -> bool {
+    if at >= called {
+        return true;
+    }
+    if now.duration_since(at).unsigned_abs() >= FAILURE_SHARE {
+        return false;
+    }
+    match seen {
+        None => true,
+        Some(seen) => at.duration_since(seen) > jiff::SignedDuration::from_secs(1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_answers_waiters_and_newcomers_but_not_its_own_retry() {
+        let t = |s: &str| -> Timestamp { s.parse().unwrap() };
+        let at = t("2026-11-29T10:00:03.400Z");
+        // Recorded while the call waited: always shared, even with a retry of it.
+        let seen = Some(t("2026-11-29T10:00:03Z"));
+        assert!(shares_failure(
+            at,
+            t("2026-11-29T10:00:02Z"),
+            t("2026-11-29T10:00:03.5Z"),
+            seen
+        ));
+        // A caller that has not failed: shared for five seconds.
+        let called = t("2026-11-29T10:00:06Z");
+        assert!(shares_failure(at, called, called, None));
+        let late = t("2026-11-29T10:00:08.400Z");
+        assert!(!shares_failure(at, late, late, None));
+        // The retry of the caller whose failure it is (kept in whole seconds): not shared.
+        assert!(!shares_failure(at, called, called, seen));
+        // A retry after an older failure of its own: the newer failure of another caller is
+        // news, and shared.
+        assert!(shares_failure(
+            at,
+            called,
+            called,
+            Some(t("2026-11-29T10:00:02Z"))
+        ));
+        assert!(!shares_failure(
+            at,
+            called,
+            called,
+            Some(t("2026-11-29T10:00:02.5Z"))
+        ));
+    }
+
+    use crate::testing::{credential, issued};
+
+    /// The spec of the fixture without a region, for the defaults to fill.
+    fn spec(fixture: crate::testing::Credential) -> FederatedCredentialSpec {
+        fixture.region(None).spec()
+    }
+
+    fn defaults() -> Defaults {
+        Defaults {
+            region: Some("us-east-1".into()),
+            ..Defaults::default()
+        }
+    }
+
+    #[test]
+    fn irsa_plan_uses_defaults_and_adds_the_alloydb_login_scope() {
+        let s = spec(credential("orders-db").alloydb_instance(5432));
+        let key = plan("shop", &s, &defaults()).unwrap();
+        assert_eq!(key.region, "us-east-1");
+        assert_eq!(
+            key.scopes,
+            [
+                "https://www.googleapis.com/auth/alloydb.login",
+                "https://www.googleapis.com/auth/cloud-platform"
+            ]
+        );
+        assert_eq!(key.sts_url, "https://sts.googleapis.com/v1/token");
+        assert_eq!(key.describe(), "ServiceAccount/orders-api");
+        assert_eq!(key.lifetime_seconds, 3600);
+    }
+
+    #[test]
+    fn resources_asking_for_the_same_identity_share_a_key() {
+        let a = plan("shop", &spec(credential("a").secret_name("a")), &defaults()).unwrap();
+        let b = plan("shop", &spec(credential("b").secret_name("b")), &defaults()).unwrap();
+        assert_eq!(a, b);
+        let other_ns = plan("billing", &spec(credential("a")), &defaults()).unwrap();
+        assert_ne!(a, other_ns);
+        let other_lifetime =
+            plan("shop", &spec(credential("a").lifetime(1800)), &defaults()).unwrap();
+        assert_ne!(a, other_lifetime);
+    }
+
+    #[test]
+    fn controller_identity_needs_the_admins_permission() {
+        let s = spec(credential("a").controller_identity(Some("arn:aws:iam::123456789012:role/x")));
+        assert_eq!(s.aws.service_account, None);
+        let err = plan("analytics", &s, &defaults()).unwrap_err();
+        assert_eq!(err.reason, Reason::ControllerIdentityNotAllowed);
+        assert!(
+            err.message
+                .contains("namespace analytics may not use the controller's own AWS identity")
+        );
+        let allowed = Defaults {
+            controller_identity: ControllerIdentityPolicy::new(["analytics"]),
+            ..defaults()
+        };
+        let key = plan("analytics", &s, &allowed).unwrap();
+        assert_eq!(key.describe(), "controller as role/x");
+        let everyone = Defaults {
+            controller_identity: ControllerIdentityPolicy::new(["*"]),
+            ..defaults()
+        };
+        assert!(plan("anything", &s, &everyone).is_ok());
+    }
+
+    #[test]
+    fn no_region_anywhere_is_explained() {
+        let err = plan("shop", &spec(credential("a")), &Defaults::default()).unwrap_err();
+        assert_eq!(err.reason, Reason::InvalidSpec);
+        assert!(err.message.contains("set aws.region"), "{}", err.message);
+    }
+
+    #[test]
+    fn reuse_needs_the_refresh_window_plus_a_quarter_of_the_rest() {
+        let hour = issued("2026-01-01T00:00:00Z", "2026-01-01T01:00:00Z");
+        assert_eq!(
+            Reuse::refresh_within(0.5).min_remaining(&hour),
+            Duration::from_secs(2250)
+        );
+        assert_eq!(
+            Reuse::refresh_within(0.9).min_remaining(&hour),
+            Duration::from_secs(3330)
+        );
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        // 45 min left: enough for a resource refreshing in the last half, not the last 90 %.
+        assert!(Reuse::refresh_within(0.5).accepts(&hour, at("2026-01-01T00:15:00Z")));
+        assert!(!Reuse::refresh_within(0.9).accepts(&hour, at("2026-01-01T00:15:00Z")));
+        // Just short of the threshold, and expired.
+        assert!(!Reuse::refresh_within(0.5).accepts(&hour, at("2026-01-01T00:22:31Z")));
+        assert!(!Reuse::refresh_within(0.0).accepts(&hour, at("2026-01-01T01:00:00Z")));
+    }
+
+    #[test]
+    fn a_fresh_token_is_reusable_whatever_lifetime_google_gave_it() {
+        // The spec may ask for an hour; what counts is the lifetime the token has.
+        for (expires, now) in [
+            ("2026-01-01T00:01:00Z", "2026-01-01T00:00:01Z"),
+            ("2026-01-01T00:10:00Z", "2026-01-01T00:00:05Z"),
+            ("2026-01-01T12:00:00Z", "2026-01-01T00:01:00Z"),
+        ] {
+            let token = issued("2026-01-01T00:00:00Z", expires);
+            for share in [0.1, 0.55, 0.9] {
+                assert!(
+                    Reuse::refresh_within(share).accepts(&token, now.parse().unwrap()),
+                    "{expires} at {now}, share {share}"
+                );
+            }
+        }
+    }
+}

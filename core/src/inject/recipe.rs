@@ -1,0 +1,153 @@
+//! What a FederatedCredential contributes to every pod that uses it.
+//!
+//! [`super::mutate`] reads the resource only through a [`Recipe`], and [`injection_hash`] is a
+//! digest of the same recipe, so a setting that reaches pods always changes the hash that rolls
+//! their workloads, and a setting that does not (a token refresh, the scopes, the lifetime)
+//! never restarts anything.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::api::{AlloyDb, AlloyDbInstance, AlloyDbProxy, FederatedCredential};
+use crate::names::{db_user, project_id, secret_name};
+
+/// The resource's part of an injection. Its serialized form is what [`injection_hash`]
+/// digests: keep the field names and their serialization as they are, or every workload
+/// rolls once when the controller is upgraded.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Recipe<'a> {
+    /// AlloyDB instances and proxy settings.
+    pub alloydb: Option<&'a AlloyDb>,
+    /// The Secret the metadata sidecar mounts.
+    pub secret: String,
+    /// The impersonated service account, behind `PGUSER` and `GOOGLE_CLOUD_PROJECT`.
+    pub service_account: Option<&'a str>,
+}
+
+impl<'a> Recipe<'a> {
+    pub fn of(fc: &'a FederatedCredential) -> Self {
+        Recipe {
+            alloydb: fc.spec.alloydb.as_ref(),
+            secret: secret_name(fc),
+            service_account: fc.spec.google.service_account.as_deref(),
+        }
+    }
+
+    pub fn instances(&self) -> &'a [AlloyDbInstance] {
+        self.alloydb
+            .map(|a| a.instances.as_slice())
+            .unwrap_or_default()
+    }
+
+    pub fn proxy(&self) -> Option<&'a AlloyDbProxy> {
+        self.alloydb.and_then(|a| a.proxy.as_ref())
+    }
+
+    fn account(&self) -> Option<&'a str> {
+        self.service_account.filter(|s| !s.is_empty())
+    }
+
+    /// The IAM database user of the service account.
+    pub fn db_user(&self) -> Option<String> {
+        self.account().and_then(db_user)
+    }
+
+    /// The project of the service account.
+    pub fn project_id(&self) -> Option<String> {
+        self.account().and_then(project_id)
+    }
+
+    /// 16 hex digits of a digest of the recipe, as canonical JSON (every object's keys
+    /// sorted, whatever the order of the fields that make it).
+    pub fn hash(&self) -> String {
+        // A struct of strings, numbers and options always serializes; going through a `Value`
+        // sorts the keys.
+        let text = serde_json::to_value(self)
+            .expect("a recipe serializes")
+            .to_string();
+        let digest = Sha256::digest(text.as_bytes());
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Hash of everything the webhook reads from `fc` to build a pod's sidecars and environment.
+/// Equal hashes mean identically injected pods.
+pub fn injection_hash(fc: &FederatedCredential) -> String {
+    Recipe::of(fc).hash()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::testing::credential;
+
+    #[test]
+    fn the_hash_is_the_one_earlier_controllers_recorded() {
+        // The formula of the releases before the recipe existed: an upgrade must not roll
+        // every workload.
+        let earlier = |fc: &FederatedCredential| {
+            let inputs = json!({
+                "alloydb": fc.spec.alloydb,
+                "serviceAccount": fc.spec.google.service_account,
+                "secret": secret_name(fc),
+            });
+            let digest = Sha256::digest(inputs.to_string().as_bytes());
+            digest[..8]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        for fc in [
+            credential("orders-db").build(),
+            credential("orders-db").alloydb_instance(5432).build(),
+            credential("orders-db")
+                .federated()
+                .secret_name("other")
+                .build(),
+            credential("orders-db")
+                .alloydb(
+                    json!([{"uri": crate::testing::INSTANCE, "connectivity": "PublicIP",
+                                 "autoIamAuthn": false, "port": 6000}]),
+                )
+                .build(),
+        ] {
+            assert_eq!(injection_hash(&fc), earlier(&fc));
+        }
+    }
+
+    #[test]
+    fn only_what_reaches_pods_changes_the_hash() {
+        let base = injection_hash(&credential("orders-db").alloydb_instance(5432).build());
+        let same = [
+            credential("orders-db")
+                .alloydb_instance(5432)
+                .lifetime(1800)
+                .build(),
+            credential("orders-db")
+                .alloydb_instance(5432)
+                .renew_before(80)
+                .ready_until("2026-01-01T01:00:00Z")
+                .build(),
+        ];
+        for fc in same {
+            assert_eq!(injection_hash(&fc), base);
+        }
+        let different = [
+            credential("orders-db").alloydb_instance(5433).build(),
+            credential("orders-db")
+                .alloydb_instance(5432)
+                .secret_name("x")
+                .build(),
+            credential("orders-db")
+                .alloydb_instance(5432)
+                .impersonating("other@acme-shop.iam.gserviceaccount.com")
+                .build(),
+        ];
+        for fc in different {
+            assert_ne!(injection_hash(&fc), base);
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! The `fedcred` command line: its flags, and what each command runs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use fedcred_core::error::ExchangeError;
+use fedcred_core::exchange::{ControllerIdentityPolicy, Defaults, plan};
+use fedcred_core::google::{DEFAULT_IAM_CREDENTIALS_URL, DEFAULT_STS_URL, RetryPolicy};
+use fedcred_core::inject::DEFAULT_PROXY_IMAGE;
+use fedcred_core::metadata::{DEFAULT_LISTEN, injected_env};
+use fedcred_core::sensitive::Sensitive;
+use fedcred_core::sigv4::AwsCredentials;
+use fedcred_core::subject_token::{self, SubjectTokenRequest};
+
+use crate::exchange::Engine;
+use crate::exchange::aws::Aws;
+use crate::exchange::google::GoogleClient;
+use crate::{manifest, runtime};
+
+/// fedcred: AWS identities to Google Cloud access tokens, kept fresh for Kubernetes workloads.
+#[derive(Parser)]
+#[command(version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the FederatedCredential CustomResourceDefinition as YAML.
+    Crd,
+    /// Print the URL-encoded AWS subject token for the credentials in AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN.
+    SubjectToken {
+        /// AWS region to sign for; defaults to AWS_REGION, then AWS_DEFAULT_REGION.
+        #[arg(long)]
+        region: Option<String>,
+        /// Full resource name of the Workload Identity provider (signed as
+        /// x-goog-cloud-target-resource).
+        #[arg(long)]
+        audience: String,
+        /// Signing time (RFC 3339); defaults to now.
+        #[arg(long)]
+        at: Option<String>,
+        /// AWS STS endpoint to sign for instead of the regional one.
+        #[arg(long)]
+        sts_endpoint: Option<String>,
+    },
+    /// Run the controller: keep every FederatedCredential's Secret fresh.
+    Controller(Box<ControllerArgs>),
+    /// Run one full exchange for a FederatedCredential manifest and print what Google issued.
+    Exchange {
+        /// The manifest (YAML or JSON, one or more documents); `-` reads standard input.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// Which FederatedCredential of the file, when it holds several.
+        #[arg(long)]
+        name: Option<String>,
+        /// Namespace for aws.serviceAccount; defaults to the manifest's, then `default`.
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Also print the access token.
+        #[arg(long)]
+        show_token: bool,
+    },
+    /// Serve the GCE metadata protocol on loopback from the FederatedCredential Secret mounted
+    /// in the pod, so unchanged Google libraries find their token.
+    MetadataServer {
+        /// Directory where the Secret is mounted (the kubelet keeps it up to date).
+        #[arg(long, env = "FEDCRED_SECRET_DIR", required_unless_present = "check")]
+        secret_dir: Option<PathBuf>,
+        /// Do not serve: ask the emulator at --listen whether it answers, and exit 0 if it
+        /// does (the startup probe of the injected sidecar; the image has no shell or curl).
+        #[arg(long)]
+        check: bool,
+        /// Address to listen on; keep it on loopback.
+        #[arg(long, env = "FEDCRED_METADATA_LISTEN", default_value = DEFAULT_LISTEN)]
+        listen: SocketAddr,
+        /// Log format: `json` or `text`.
+        #[arg(long, env = "FEDCRED_LOG_FORMAT", default_value = "json")]
+        log_format: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct ControllerArgs {
+    /// Serve the admission webhook (`POST /mutate`, `GET /healthz`) over HTTPS on this address.
+    #[arg(long, env = "FEDCRED_WEBHOOK_ADDRESS", requires = "fedcred_image")]
+    webhook_address: Option<SocketAddr>,
+    /// DNS names or IPs of the webhook's serving certificate: its Service's names.
+    #[arg(
+        long,
+        env = "FEDCRED_WEBHOOK_DNS_NAMES",
+        value_delimiter = ',',
+        default_value = "fedcred-webhook.fedcred-system.svc"
+    )]
+    webhook_dns_names: Vec<String>,
+    /// Secret (in the Lease's namespace) holding the webhook's CA and serving certificate,
+    /// created and renewed by the controller.
+    #[arg(
+        long,
+        env = "FEDCRED_WEBHOOK_SECRET",
+        default_value = "fedcred-webhook-tls"
+    )]
+    webhook_secret: String,
+    /// MutatingWebhookConfiguration whose `caBundle` the controller keeps current.
+    #[arg(long, env = "FEDCRED_WEBHOOK_CONFIGURATION", default_value = "fedcred")]
+    webhook_configuration: String,
+    /// Image of the fedcred binary, injected into pods as the metadata sidecar.
+    #[arg(long, env = "FEDCRED_IMAGE")]
+    fedcred_image: Option<String>,
+    /// AlloyDB Auth Proxy image injected for resources that name none in
+    /// `spec.alloydb.proxy.image`.
+    #[arg(long, env = "FEDCRED_PROXY_IMAGE", default_value = DEFAULT_PROXY_IMAGE)]
+    proxy_image: String,
+    /// Watch only this namespace (default: all).
+    #[arg(long, env = "FEDCRED_NAMESPACE")]
+    namespace: Option<String>,
+    /// Namespaces allowed to use the controller's own AWS identity (comma-separated, `*` for
+    /// all). Default: none.
+    #[arg(long, env = "FEDCRED_ALLOW_CONTROLLER_IDENTITY", value_delimiter = ',')]
+    allow_controller_identity: Vec<String>,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "FEDCRED_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    metrics_address: SocketAddr,
+    /// Elect a leader through a Lease so several replicas can run.
+    #[arg(long, env = "FEDCRED_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Namespace of the leader-election Lease (default: POD_NAMESPACE, then `default`).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "fedcred-controller")]
+    lease_name: String,
+    /// This replica's identity in the Lease and in events (default: POD_NAME, then the host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Google STS endpoint used when a resource names none.
+    #[arg(long, env = "FEDCRED_GOOGLE_STS_URL", default_value = DEFAULT_STS_URL)]
+    google_sts_url: String,
+    /// IAM Credentials endpoint used when a resource names none.
+    #[arg(long, env = "FEDCRED_GOOGLE_IAM_CREDENTIALS_URL", default_value = DEFAULT_IAM_CREDENTIALS_URL)]
+    google_iam_credentials_url: String,
+    /// Log format: `json` or `text`.
+    #[arg(long, env = "FEDCRED_LOG_FORMAT", default_value = "json")]
+    log_format: String,
+    /// Most FederatedCredentials reconciled at once.
+    #[arg(long, env = "FEDCRED_CONCURRENCY", default_value_t = 32)]
+    concurrency: u16,
+}
+
+/// Why a command failed; printed as `error: …` with exit status 1.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0} is not set: export the AWS credentials to sign with")]
+    MissingEnv(&'static str),
+    #[error("no region: pass --region or set AWS_REGION")]
+    NoRegion,
+    #[error("--at {0:?} is not an RFC 3339 time such as 2020-08-11T06:55:22Z")]
+    BadTime(String),
+    #[error("--log-format {0:?}: use json or text")]
+    LogFormat(String),
+    #[error(transparent)]
+    SubjectToken(#[from] subject_token::SubjectTokenError),
+    #[error(transparent)]
+    Manifest(#[from] manifest::Error),
+    #[error("{0} ({reason})", reason = .0.reason)]
+    Exchange(ExchangeError),
+    #[error(
+        "aws.serviceAccount needs a Kubernetes API server; no usable kubeconfig or in-cluster config: {0}"
+    )]
+    NoKubernetes(kube::Error),
+    #[error(transparent)]
+    Controller(#[from] runtime::Error),
+    #[error(transparent)]
+    MetadataServer(#[from] crate::metadata::Error),
+    #[error("the metadata emulator at {host} does not answer: {problem}")]
+    MetadataCheck { host: String, problem: String },
+}
+
+impl Cli {
+    /// Runs the command.
+    pub async fn run(self) -> Result<(), Error> {
+        match self.command {
+            Command::Crd => {
+                print!("{}", crd_yaml());
+                Ok(())
+            }
+            Command::SubjectToken {
+                region,
+                audience,
+                at,
+                sts_endpoint,
+            } => subject_token(region, &audience, at.as_deref(), sts_endpoint.as_deref()),
+            Command::Controller(args) => controller(*args).await,
+            Command::Exchange {
+                file,
+                name,
+                namespace,
+                show_token,
+            } => exchange(&file, name.as_deref(), namespace, show_token).await,
+            Command::MetadataServer {
+                check: true,
+                listen,
+                ..
+            } => metadata_check(listen).await,
+            Command::MetadataServer {
+                secret_dir,
+                listen,
+                log_format,
+                ..
+            } => {
+                init_logging(&log_format)?;
+                let options = crate::metadata::Options {
+                    // clap requires it unless --check is given.
+                    secret_dir: secret_dir.unwrap_or_default(),
+                    listen,
+                };
+                Ok(crate::metadata::serve(options, runtime::shutdown_signal()).await?)
+            }
+        }
+    }
+}
+
+/// The CRD as YAML, exactly as `fedcred crd` prints it and `crds/` stores it.
+pub fn crd_yaml() -> String {
+    // Serializing a value built by kube's own derive cannot fail; a failure here is a bug.
+    serde_norway::to_string(&fedcred_core::api::crd()).expect("the derived CRD serializes")
+}
+
+fn env(name: &'static str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn subject_token(
+    region: Option<String>,
+    audience: &str,
+    at: Option<&str>,
+    sts_endpoint: Option<&str>,
+) -> Result<(), Error> {
+    let credentials = AwsCredentials {
+        access_key_id: env("AWS_ACCESS_KEY_ID").ok_or(Error::MissingEnv("AWS_ACCESS_KEY_ID"))?,
+        secret_access_key: Sensitive::new(
+            env("AWS_SECRET_ACCESS_KEY").ok_or(Error::MissingEnv("AWS_SECRET_ACCESS_KEY"))?,
+        ),
+        session_token: env("AWS_SESSION_TOKEN").map(Sensitive::new),
+    };
+    let region = region
+        .or_else(|| env("AWS_REGION"))
+        .or_else(|| env("AWS_DEFAULT_REGION"))
+        .ok_or(Error::NoRegion)?;
+    let time = match at {
+        Some(text) => text.parse().map_err(|_| Error::BadTime(text.to_owned()))?,
+        None => jiff::Timestamp::now(),
+    };
+    let token = subject_token::build(
+        &credentials,
+        &SubjectTokenRequest {
+            region: &region,
+            audience,
+            endpoint: sts_endpoint,
+            time,
+        },
+    )?;
+    println!("{}", token.expose());
+    Ok(())
+}
+
+async fn exchange(
+    file: &std::path::Path,
+    name: Option<&str>,
+    namespace: Option<String>,
+    show_token: bool,
+) -> Result<(), Error> {
+    let fc = manifest::load(file, name)?;
+    let namespace = namespace
+        .or_else(|| fc.metadata.namespace.clone())
+        .unwrap_or_else(|| "default".to_owned());
+    let aws = Aws::from_env().await;
+    let defaults = Defaults {
+        region: aws.default_region().map(str::to_owned),
+        // Run by hand, the command lends nobody else's identity: the caller's own AWS
+        // credentials are used as they would be by any AWS tool.
+        controller_identity: ControllerIdentityPolicy::new(["*"]),
+        ..Defaults::default()
+    };
+    let key = plan(&namespace, &fc.spec, &defaults).map_err(Error::Exchange)?;
+    let kube = match fc.spec.aws.service_account {
+        Some(_) => Some(
+            kube::Client::try_default()
+                .await
+                .map_err(Error::NoKubernetes)?,
+        ),
+        None => None,
+    };
+    let google = GoogleClient::new(RetryPolicy::default()).map_err(Error::Exchange)?;
+    let issued = Engine::new(aws, google, kube)
+        .exchange(&key)
+        .await
+        .map_err(Error::Exchange)?;
+    let or = |v: Option<&str>, none: &'static str| v.unwrap_or(none).to_owned();
+    println!("identity:        {}", key.describe());
+    println!(
+        "principal:       {}",
+        or(issued.principal_arn.as_deref(), "unknown")
+    );
+    println!(
+        "service account: {}",
+        or(issued.service_account.as_deref(), "none (federated token)")
+    );
+    println!("db user:         {}", or(issued.db_user.as_deref(), "none"));
+    println!("scopes:          {}", key.scopes.join(" "));
+    println!("expires at:      {}", issued.expires_at);
+    if show_token {
+        println!("access token:    {}", issued.access_token.expose());
+    }
+    Ok(())
+}
+
+fn init_logging(format: &str) -> Result<(), Error> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        "json" => builder.json().flatten_event(true).init(),
+        "text" => builder.init(),
+        other => return Err(Error::LogFormat(other.to_owned())),
+    }
+    Ok(())
+}
+
+/// One request to the emulator's root, as Google's libraries ping it: success is a 200 that
+/// carries `Metadata-Flavor: Google`.
+async fn metadata_check(listen: SocketAddr) -> Result<(), Error> {
+    let host = injected_env(&listen.to_string())
+        .into_iter()
+        .find(|(name, _)| name == "GCE_METADATA_HOST")
+        .map(|(_, value)| value)
+        .unwrap_or_else(|| listen.to_string());
+    let failed = |problem: String| Error::MetadataCheck {
+        host: host.clone(),
+        problem,
+    };
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .no_proxy()
+        .build()
+        .map_err(|e| failed(e.to_string()))?;
+    let response = client
+        .get(format!("http://{host}/"))
+        .header("Metadata-Flavor", "Google")
+        .send()
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let flavored = response
+        .headers()
+        .get("metadata-flavor")
+        .is_some_and(|v| v == "Google");
+    match (response.status().is_success(), flavored) {
+        (true, true) => Ok(()),
+        (_, true) => Err(failed(format!("it answered HTTP {}", response.status()))),
+        _ => Err(failed(format!(
+            "it answered HTTP {} without Metadata-Flavor: Google",
+            response.status()
+        ))),
+    }
+}
+
+async fn controller(args: ControllerArgs) -> Result<(), Error> {
+    init_logging(&args.log_format)?;
+    let lease_namespace = args.lease_namespace.unwrap_or_else(|| "default".to_owned());
+    let identity = args
+        .identity
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .unwrap_or_else(|| "fedcred".to_owned());
+    let webhook = match (args.webhook_address, args.fedcred_image) {
+        (Some(address), Some(fedcred_image)) => Some(runtime::WebhookOptions {
+            address,
+            dns_names: args.webhook_dns_names,
+            secret: args.webhook_secret,
+            configuration: args.webhook_configuration,
+            fedcred_image,
+            proxy_image: args.proxy_image,
+        }),
+        _ => None,
+    };
+    let options = runtime::Options {
+        namespace: args.namespace,
+        allow_controller_identity: args.allow_controller_identity,
+        metrics_address: args.metrics_address,
+        leader_election: args.leader_election,
+        lease_namespace,
+        lease_name: args.lease_name,
+        identity,
+        google_sts_url: args.google_sts_url,
+        google_iam_credentials_url: args.google_iam_credentials_url,
+        concurrency: args.concurrency,
+        webhook,
+    };
+    Ok(runtime::controller(options, runtime::shutdown_signal()).await?)
+}

@@ -1,0 +1,196 @@
+//! The exchange engine: runs an [`IdentityKey`] through the adapters (AWS credentials, the
+//! subject token, Google STS, impersonation) with single-flight and reuse, as decided in
+//! [`fedcred_core::exchange`]: concurrent callers for one identity share one exchange, and a
+//! cached token with enough life left is handed out again.
+//!
+//! [`aws`] and [`google`] are the two clouds' adapters.
+
+pub mod aws;
+pub mod google;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fedcred_core::api::CLOUD_PLATFORM_SCOPE;
+use fedcred_core::error::{ExchangeError, Reason};
+use fedcred_core::exchange::{AwsSource, IdentityKey, Issued, Reuse, shares_failure};
+use fedcred_core::google::{AccessToken, truncate};
+use fedcred_core::names::{db_user, project_id};
+use fedcred_core::subject_token::{self, SubjectTokenRequest};
+use jiff::Timestamp;
+
+use self::aws::{Aws, AwsIdentity};
+use self::google::GoogleClient;
+
+type Slot = Arc<tokio::sync::Mutex<Option<(Timestamp, Result<Issued, ExchangeError>)>>>;
+
+/// Runs exchanges with single-flight and reuse.
+pub struct Engine {
+    aws: Aws,
+    google: GoogleClient,
+    kube: Option<kube::Client>,
+    slots: std::sync::Mutex<HashMap<IdentityKey, Slot>>,
+}
+
+impl Engine {
+    pub fn new(aws: Aws, google: GoogleClient, kube: Option<kube::Client>) -> Self {
+        Engine {
+            aws,
+            google,
+            kube,
+            slots: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A token for `key` that `reuse` accepts, exchanging only when no concurrent or recent
+    /// exchange for the same identity provides one. `failed_at`: when the caller's own last
+    /// attempt failed, if it did: a retry is never answered with its own failure
+    /// (`shares_failure`).
+    pub async fn token(
+        &self,
+        key: &IdentityKey,
+        reuse: Reuse,
+        failed_at: Option<Timestamp>,
+    ) -> Result<Issued, ExchangeError> {
+        let called = Timestamp::now();
+        let slot = {
+            let mut slots = self
+                .slots
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            slots.entry(key.clone()).or_default().clone()
+        };
+        let mut guard = slot.lock().await;
+        let now = Timestamp::now();
+        if let Some((at, result)) = guard.as_ref() {
+            match result {
+                Ok(issued) if reuse.accepts(issued, now) => return Ok(issued.clone()),
+                Err(e) if shares_failure(*at, called, now, failed_at) => {
+                    return Err(e.clone());
+                }
+                _ => {}
+            }
+        }
+        let result = self.exchange(key).await;
+        *guard = Some((Timestamp::now(), result.clone()));
+        result
+    }
+
+    /// Forgets identities whose tokens expired long ago; call now and then.
+    pub fn prune(&self) {
+        let now = Timestamp::now();
+        let mut slots = self
+            .slots
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        slots.retain(|_, slot| match slot.try_lock() {
+            Ok(guard) => match guard.as_ref() {
+                Some((_, Ok(issued))) => issued.expires_at > now,
+                Some((at, Err(_))) => {
+                    now.duration_since(*at).unsigned_abs() < fedcred_core::exchange::FAILURE_SHARE
+                }
+                None => false,
+            },
+            Err(_) => true, // in flight
+        });
+    }
+
+    /// One full exchange, no caching.
+    pub async fn exchange(&self, key: &IdentityKey) -> Result<Issued, ExchangeError> {
+        let identity = self.aws_identity(key).await?;
+        let principal = identity.principal_arn.as_deref();
+        let subject = subject_token::build(
+            &identity.credentials,
+            &SubjectTokenRequest {
+                region: &key.region,
+                audience: &key.audience,
+                endpoint: key.aws_sts_endpoint.as_deref(),
+                time: Timestamp::now(),
+            },
+        )
+        .map_err(|e| ExchangeError::new(Reason::InvalidSpec, e.to_string()))?;
+        // A federated token that is only a step towards impersonation needs cloud-platform to
+        // call IAM Credentials; the user's scopes go on the impersonated token.
+        let iam_scope = [CLOUD_PLATFORM_SCOPE.to_owned()];
+        let sts_scopes: &[String] = if key.service_account.is_some() {
+            &iam_scope
+        } else {
+            &key.scopes
+        };
+        let federated = self
+            .google
+            .sts_exchange(
+                &key.sts_url,
+                &key.audience,
+                sts_scopes,
+                subject_token::TOKEN_TYPE,
+                &subject,
+            )
+            .await
+            .map_err(|e| e.presented_by(principal))?;
+        let token: AccessToken = match &key.service_account {
+            None => federated,
+            Some(sa) => self
+                .google
+                .impersonate(
+                    &key.iam_credentials_url,
+                    &federated.token,
+                    sa,
+                    &key.scopes,
+                    &key.delegates,
+                    Duration::from_secs(key.lifetime_seconds.max(0) as u64),
+                )
+                .await
+                .map_err(|e| e.presented_by(principal))?,
+        };
+        tracing::info!(
+            namespace = %key.namespace,
+            identity = %key.describe(),
+            principal = principal.unwrap_or("unknown"),
+            service_account = key.service_account.as_deref().unwrap_or("none"),
+            expires_at = %token.expires_at,
+            token = %token.token.fingerprint(),
+            "exchanged AWS identity for a Google token"
+        );
+        Ok(Issued {
+            access_token: token.token,
+            expires_at: token.expires_at,
+            issued_at: truncate(Timestamp::now()),
+            principal_arn: identity.principal_arn,
+            service_account: key.service_account.clone(),
+            db_user: key.service_account.as_deref().and_then(db_user),
+            project_id: key.service_account.as_deref().and_then(project_id),
+            scopes: key.scopes.clone(),
+        })
+    }
+
+    async fn aws_identity(&self, key: &IdentityKey) -> Result<AwsIdentity, ExchangeError> {
+        let endpoint = key.aws_sts_endpoint.as_deref();
+        match &key.source {
+            AwsSource::ServiceAccount { name, role_arn } => {
+                let kube = self.kube.as_ref().ok_or_else(|| {
+                    ExchangeError::new(
+                        Reason::TokenRequestFailed,
+                        "aws.serviceAccount needs access to a Kubernetes API server (a kubeconfig or in-cluster config)",
+                    )
+                })?;
+                self.aws
+                    .irsa(
+                        kube,
+                        &key.namespace,
+                        name,
+                        role_arn.as_deref(),
+                        &key.region,
+                        endpoint,
+                    )
+                    .await
+            }
+            AwsSource::Controller { role_arn } => {
+                self.aws
+                    .controller(&key.namespace, role_arn.as_deref(), &key.region, endpoint)
+                    .await
+            }
+        }
+    }
+}

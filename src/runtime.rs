@@ -1,0 +1,261 @@
+//! The controller process, assembled: health and metrics, the admission webhook with its
+//! certificates, leader election, the controller, and shutdown.
+//!
+//! Every replica serves the webhook and the health endpoints; only the leader reconciles. On
+//! SIGTERM everything stops and the Lease is released. When leadership is lost the controller
+//! is stopped at once, in-flight reconciles included, well before a standby may take over
+//! (see [`fedcred_core::lease::Timing::fencing_margin`]), and the process exits with an error
+//! so that a fresh start competes again.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use fedcred_core::exchange::{ControllerIdentityPolicy, Defaults};
+use fedcred_core::google::RetryPolicy;
+use fedcred_core::inject::{InjectConfig, native_sidecars_supported};
+use fedcred_core::lease::Timing;
+use kube::runtime::events::Reporter;
+use tokio::sync::watch;
+
+use crate::controller;
+use crate::exchange::Engine;
+use crate::exchange::aws::Aws;
+use crate::exchange::google::GoogleClient;
+use crate::leader::{Elector, LeaseSettings};
+use crate::metrics::Metrics;
+use crate::webhook;
+
+/// Everything `fedcred controller` is configured with.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Watch only this namespace (all when `None`).
+    pub namespace: Option<String>,
+    pub allow_controller_identity: Vec<String>,
+    pub metrics_address: SocketAddr,
+    /// Elect a leader through the Lease; off, this replica always reconciles.
+    pub leader_election: bool,
+    /// Where the Lease, the webhook's TLS Secret and events' reporter live.
+    pub lease_namespace: String,
+    pub lease_name: String,
+    /// This replica's name in the Lease and in events.
+    pub identity: String,
+    pub google_sts_url: String,
+    pub google_iam_credentials_url: String,
+    pub concurrency: u16,
+    /// The webhook, when it is served.
+    pub webhook: Option<WebhookOptions>,
+}
+
+/// The admission webhook's settings.
+#[derive(Clone, Debug)]
+pub struct WebhookOptions {
+    pub address: SocketAddr,
+    pub dns_names: Vec<String>,
+    pub secret: String,
+    pub configuration: String,
+    pub fedcred_image: String,
+    pub proxy_image: String,
+}
+
+/// Why the controller process stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no usable kubeconfig or in-cluster configuration: {0}")]
+    Kubeconfig(kube::Error),
+    #[error("reading the API server version: {0}")]
+    ApiServerVersion(kube::Error),
+    #[error(transparent)]
+    Webhook(#[from] webhook::Error),
+    #[error("webhook address {address}: {source}")]
+    Listen {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("building the Google client: {0}")]
+    Google(fedcred_core::error::ExchangeError),
+    #[error("lost the leader Lease; exiting so a fresh start can compete again")]
+    LostLeadership,
+}
+
+/// A shutdown signal many tasks can wait for.
+#[derive(Clone)]
+struct Stop(watch::Receiver<bool>);
+
+impl Stop {
+    async fn wait(mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Runs the controller process until SIGTERM (`Ok`) or lost leadership (`Err`).
+pub async fn controller(options: Options, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let client = kube::Client::try_default()
+        .await
+        .map_err(Error::Kubeconfig)?;
+    let aws = Aws::from_env().await;
+    let defaults = Defaults {
+        region: aws.default_region().map(str::to_owned),
+        sts_url: options.google_sts_url.clone(),
+        iam_credentials_url: options.google_iam_credentials_url.clone(),
+        controller_identity: ControllerIdentityPolicy::new(
+            options.allow_controller_identity.clone(),
+        ),
+    };
+    let google = GoogleClient::new(RetryPolicy::default()).map_err(Error::Google)?;
+    let engine = Arc::new(Engine::new(aws, google, Some(client.clone())));
+    let metrics = Metrics::shared();
+    let ready = Arc::new(AtomicBool::new(false));
+    let health = tokio::spawn(crate::health::serve(
+        options.metrics_address,
+        metrics.clone(),
+        ready.clone(),
+    ));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = Stop(stop_rx);
+
+    let webhook = match &options.webhook {
+        Some(settings) => Some(start_webhook(&client, &options, settings, &stop).await?),
+        None => None,
+    };
+
+    let timing = Timing::default();
+    let elector = options.leader_election.then(|| {
+        Arc::new(Elector::new(
+            client.clone(),
+            LeaseSettings {
+                namespace: options.lease_namespace.clone(),
+                name: options.lease_name.clone(),
+                identity: options.identity.clone(),
+                timing,
+            },
+        ))
+    });
+    ready.store(true, Ordering::Relaxed);
+    tokio::pin!(shutdown);
+    if let Some(elector) = &elector {
+        tokio::select! {
+            () = elector.acquire() => {},
+            () = &mut shutdown => {
+                let _ = stop_tx.send(true);
+                health.abort();
+                return Ok(());
+            }
+        }
+    }
+    let lost = async {
+        match &elector {
+            Some(elector) => elector.hold().await,
+            None => std::future::pending().await,
+        }
+    };
+    let reporter = Reporter {
+        controller: "fedcred".to_owned(),
+        instance: Some(options.identity.clone()),
+    };
+    let settings = controller::Settings {
+        namespace: options.namespace.clone(),
+        defaults,
+        reporter,
+        concurrency: options.concurrency,
+    };
+    let run = controller::run(client, engine, metrics, settings, stop.clone().wait());
+    tokio::pin!(run);
+    let outcome = tokio::select! {
+        () = &mut run => Ok(()),
+        () = &mut shutdown => {
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+            // Reconciles in flight finish; new ones do not start.
+            run.await;
+            Ok(())
+        }
+        () = lost => {
+            // Fencing: a standby may start once the Lease has not changed for a lease
+            // duration; this replica gave up at the renew deadline, and drops its in-flight
+            // reconciles now instead of letting them write.
+            let _ = stop_tx.send(true);
+            Err(Error::LostLeadership)
+        }
+    };
+    if outcome.is_ok()
+        && let Some(elector) = &elector
+    {
+        elector.release().await;
+    }
+    let _ = stop_tx.send(true);
+    health.abort();
+    if let Some(webhook) = webhook {
+        webhook.abort();
+    }
+    outcome
+}
+
+/// Starts the webhook server with its certificates and its cache of FederatedCredentials;
+/// everything it starts stops with `stop`.
+async fn start_webhook(
+    client: &kube::Client,
+    options: &Options,
+    settings: &WebhookOptions,
+    stop: &Stop,
+) -> Result<tokio::task::JoinHandle<Result<(), webhook::Error>>, Error> {
+    let version = client
+        .apiserver_version()
+        .await
+        .map_err(Error::ApiServerVersion)?;
+    let mut inject = InjectConfig::new(settings.fedcred_image.clone());
+    inject.proxy_image = settings.proxy_image.clone();
+    inject.native_sidecars = native_sidecars_supported(&version.major, &version.minor);
+    let certs = webhook::CertSettings {
+        namespace: options.lease_namespace.clone(),
+        secret: settings.secret.clone(),
+        webhook_configuration: settings.configuration.clone(),
+        names: settings.dns_names.clone(),
+    };
+    let bundle = webhook::ensure(client, &certs).await?;
+    let cert = webhook::ReloadingCert::new(&bundle)?;
+    let tls = webhook::reloading_server_config(cert.clone())?;
+    spawn_until(webhook::keep_current(client.clone(), certs, cert), stop);
+    let listener = tokio::net::TcpListener::bind(settings.address)
+        .await
+        .map_err(|source| Error::Listen {
+            address: settings.address,
+            source,
+        })?;
+    let (cache, watch) = webhook::watch_credentials(client.clone(), options.namespace.as_deref());
+    spawn_until(watch, stop);
+    let router = webhook::router(webhook::Webhook::new(client.clone(), inject).with_cache(cache));
+    Ok(tokio::spawn(webhook::serve(
+        listener,
+        tls,
+        router,
+        stop.clone().wait(),
+    )))
+}
+
+/// Runs `task` in the background until it ends or `stop` fires.
+fn spawn_until(task: impl Future<Output = ()> + Send + 'static, stop: &Stop) {
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = task => {}
+            () = stop.wait() => {}
+        }
+    });
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+}
