@@ -215,11 +215,11 @@ async fn a_rejected_principal_is_named_in_the_error() {
         .unwrap_err();
     assert_eq!(err.reason, Reason::AttributeConditionRejected);
     let principal = format!("{ASSUMED_ROLE}/fedcred.{}.orders-api", ns.name);
+    assert_eq!(err.principal.as_deref(), Some(principal.as_str()), "{err}");
     assert!(
-        err.message
+        err.to_string()
             .starts_with(&format!("AWS principal {principal}:")),
-        "{}",
-        err.message
+        "{err}"
     );
     assert!(
         err.message.contains("attribute condition"),
@@ -266,9 +266,10 @@ async fn unknown_provider_and_missing_binding_map_to_their_reasons() {
         )
     );
     assert!(
-        err.message.contains(ASSUMED_ROLE),
-        "names the principal: {}",
-        err.message
+        err.principal
+            .as_deref()
+            .is_some_and(|p| p.contains(ASSUMED_ROLE)),
+        "names the principal: {err}"
     );
 }
 

@@ -226,7 +226,9 @@ async fn hostile_bodies_get_client_errors_and_the_server_stays_up() {
         "request": {
             "uid": "0b8c3f0e-0000-4000-8000-000000000001",
             "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
             "namespace": "shop", "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:shop:deployer"},
             "object": pod("plain", None),
         }
     })
@@ -276,9 +278,12 @@ async fn hostile_bodies_get_client_errors_and_the_server_stays_up() {
     let response = post(valid.into_bytes(), "application/json").await.unwrap();
     assert_eq!(response.status(), 200);
     let review: Value = response.json().await.unwrap();
-    assert_eq!(
-        review["response"],
-        json!({"uid": "0b8c3f0e-0000-4000-8000-000000000001", "allowed": true})
+    let answer = &review["response"];
+    assert_eq!(answer["uid"], "0b8c3f0e-0000-4000-8000-000000000001");
+    assert_eq!(answer["allowed"], true);
+    assert!(
+        answer.get("patch").is_none(),
+        "a plain pod is not patched: {answer}"
     );
 
     let plain_http = reqwest::Client::new()

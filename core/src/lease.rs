@@ -80,6 +80,8 @@ impl Timing {
 }
 
 #[cfg(test)]
+// The tests drive the clock themselves, from a real starting instant.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 

@@ -5,12 +5,13 @@
 //! After an intended change, regenerate the files and review their diff:
 //!
 //! ```text
-//! FEDCRED_BLESS=1 cargo test -p fedcred --lib inject
+//! FEDCRED_BLESS=1 cargo test -p fedcred-core --lib inject
 //! ```
 //!
-//! Every patch is also applied here by a small RFC 6902 applier (`add` and `replace`, the only
-//! operations [`mutate`] emits), the result must still be a valid `Pod`, and mutating it again
-//! must change nothing.
+//! Every patch is also applied here with the `json-patch` crate (RFC 6902), the result must
+//! still be a valid `Pod`, and mutating it again must change nothing.
+// Golden files are read and (with FEDCRED_BLESS) written by this test module only.
+#![allow(clippy::disallowed_methods)]
 
 use std::path::PathBuf;
 
