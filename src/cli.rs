@@ -146,9 +146,14 @@ struct ControllerArgs {
     /// Log format: `json` or `text`.
     #[arg(long, env = "FEDCRED_LOG_FORMAT", default_value = "json")]
     log_format: String,
-    /// Most FederatedCredentials reconciled at once.
+    /// Most FederatedCredentials reconciled at once. One namespace may use a quarter of them
+    /// for exchanges, so a namespace whose peers hang cannot hold up the others.
     #[arg(long, env = "FEDCRED_CONCURRENCY", default_value_t = 32)]
     concurrency: u16,
+    /// Shortest token lifetime (seconds) accepted from Google; a shorter-lived token is
+    /// refused rather than refreshed in a loop.
+    #[arg(long, env = "FEDCRED_MIN_TOKEN_SECONDS", default_value_t = 60)]
+    min_token_seconds: u64,
 }
 
 /// Why a command failed; printed as `error: …` with exit status 1.
@@ -403,6 +408,7 @@ async fn controller(args: ControllerArgs) -> Result<(), Error> {
         google_sts_url: args.google_sts_url,
         google_iam_credentials_url: args.google_iam_credentials_url,
         concurrency: args.concurrency,
+        min_token_lifetime: Duration::from_secs(args.min_token_seconds),
         webhook,
     };
     Ok(runtime::controller(options, runtime::shutdown_signal()).await?)

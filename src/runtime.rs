@@ -43,6 +43,8 @@ pub struct Options {
     pub google_sts_url: String,
     pub google_iam_credentials_url: String,
     pub concurrency: u16,
+    /// Shortest token lifetime accepted from Google.
+    pub min_token_lifetime: std::time::Duration,
     /// The webhook, when it is served.
     pub webhook: Option<WebhookOptions>,
 }
@@ -103,7 +105,11 @@ pub async fn controller(options: Options, shutdown: impl Future<Output = ()>) ->
         ),
     };
     let google = GoogleClient::new(RetryPolicy::default()).map_err(Error::Google)?;
-    let engine = Arc::new(Engine::new(aws, google, Some(client.clone())));
+    let limits = fedcred_core::exchange::Limits {
+        min_token_lifetime: options.min_token_lifetime,
+        ..fedcred_core::exchange::Limits::for_concurrency(options.concurrency)
+    };
+    let engine = Arc::new(Engine::new(aws, google, Some(client.clone())).with_limits(limits));
     let metrics = Metrics::shared();
     let ready = Arc::new(AtomicBool::new(false));
     let health = tokio::spawn(crate::health::serve(

@@ -39,6 +39,9 @@ pub enum Reason {
     Timeout,
     /// A peer failed in a way not listed above (5xx, unexpected body, network).
     Upstream,
+    /// Not tried now: the namespace's share of concurrent exchanges is in use, or another
+    /// exchange of the same identity is still running. Retried shortly; never written to status.
+    Busy,
 }
 
 impl Reason {
@@ -60,6 +63,7 @@ impl Reason {
             Reason::InvalidTokenRequest => "InvalidTokenRequest",
             Reason::Timeout => "Timeout",
             Reason::Upstream => "Upstream",
+            Reason::Busy => "Busy",
         }
     }
 }

@@ -271,9 +271,112 @@ pub fn shares_failure(
     }
 }
 
+/// Bounds that keep one tenant's slow or hostile peer from stalling the others: every
+/// exchange ends by a deadline, a caller waits only briefly for another caller's exchange of
+/// the same identity, a namespace runs at most its share of exchanges at once, and a token
+/// that lives too short to be worth writing is refused rather than refreshed in a loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest one exchange may take, all retries included.
+    pub exchange_deadline: Duration,
+    /// Longest a caller waits for a concurrent exchange of the same identity before it is told
+    /// to come back ([`Reason::Busy`]) instead of holding a worker.
+    pub identity_wait: Duration,
+    /// Most exchanges one namespace may have in flight at once.
+    pub namespace_share: usize,
+    /// Shortest token lifetime accepted from Google.
+    pub min_token_lifetime: Duration,
+}
+
+/// Longest one exchange may take: above the longest legitimate one (a handful of calls that
+/// each answer in well under a second, with a few retries), far below any token's lifetime.
+pub const EXCHANGE_DEADLINE: Duration = Duration::from_secs(40);
+/// Shortest token lifetime accepted by default: Google issues hour-long federated tokens and
+/// impersonated tokens of at least several minutes.
+pub const MIN_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+
+impl Limits {
+    /// The limits for a controller running `concurrency` reconciles at once: a namespace may
+    /// use a quarter of them (at least one) for exchanges.
+    pub fn for_concurrency(concurrency: u16) -> Limits {
+        Limits {
+            exchange_deadline: EXCHANGE_DEADLINE,
+            identity_wait: Duration::from_secs(1),
+            namespace_share: (usize::from(concurrency) / 4).max(1),
+            min_token_lifetime: MIN_TOKEN_LIFETIME,
+        }
+    }
+
+    /// Whether a namespace with `in_flight` exchanges running may start another.
+    pub fn admits(&self, in_flight: usize) -> bool {
+        in_flight < self.namespace_share
+    }
+
+    /// The error for a namespace that has used its share.
+    pub fn busy(&self, namespace: &str) -> ExchangeError {
+        ExchangeError::new(
+            Reason::Busy,
+            format!(
+                "namespace {namespace} already has {} exchanges in flight, its share of the controller; this one waits its turn",
+                self.namespace_share
+            ),
+        )
+    }
+
+    /// Refuses a token Google issued at `issued_at` to expire at `expires_at` when it lives
+    /// shorter than [`Limits::min_token_lifetime`].
+    pub fn check_lifetime(
+        &self,
+        issued_at: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<(), ExchangeError> {
+        let lifetime = expires_at.duration_since(issued_at).as_secs_f64();
+        // A second of slack: expiry times are kept in whole seconds.
+        if lifetime + 1.0 < self.min_token_lifetime.as_secs_f64() {
+            return Err(ExchangeError::new(
+                Reason::Upstream,
+                format!(
+                    "Google issued a token that lives {} s, shorter than the {} s the controller accepts (--min-token-seconds); it is not written",
+                    lifetime.max(0.0).round(),
+                    self.min_token_lifetime.as_secs()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::for_concurrency(32)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_namespace_gets_a_quarter_of_the_workers_and_short_tokens_are_refused() {
+        let limits = Limits::for_concurrency(32);
+        assert_eq!(limits.namespace_share, 8);
+        assert!(limits.admits(7));
+        assert!(!limits.admits(8));
+        assert_eq!(Limits::for_concurrency(2).namespace_share, 1);
+        assert_eq!(limits.busy("hostile").reason, Reason::Busy);
+        let at: Timestamp = "2026-11-29T10:00:00Z".parse().unwrap();
+        let one = limits
+            .check_lifetime(at, at + Duration::from_secs(1))
+            .unwrap_err();
+        assert_eq!(one.reason, Reason::Upstream);
+        assert!(one.message.contains("1 s"), "{}", one.message);
+        assert!(
+            limits
+                .check_lifetime(at, at + Duration::from_secs(60))
+                .is_ok()
+        );
+        assert!(limits.exchange_deadline < Duration::from_secs(60));
+    }
 
     #[test]
     fn a_failure_answers_waiters_and_newcomers_but_not_its_own_retry() {

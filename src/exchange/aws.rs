@@ -66,6 +66,16 @@ pub struct Aws {
 /// Region, endpoint override, and access key id of the credentials an STS client signs with.
 type ClientKey = (String, Option<String>, Option<String>);
 
+/// Deadlines of every AWS STS call: connect, each attempt, and the call with its retries.
+fn sts_timeouts() -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .read_timeout(Duration::from_secs(5))
+        .operation_attempt_timeout(Duration::from_secs(5))
+        .operation_timeout(Duration::from_secs(15))
+        .build()
+}
+
 /// Clients kept before the cache starts over (credentials rotate; identities are few).
 const MAX_CACHED_CLIENTS: usize = 256;
 
@@ -76,6 +86,9 @@ impl Aws {
         let base = aws_config::defaults(BehaviorVersion::latest())
             // Credentials are resolved per use below, so each failure can be explained.
             .no_credentials()
+            // An endpoint that accepts connections and never answers must not hold a call
+            // for longer than this; the SDK alone sets only a connect timeout.
+            .timeout_config(sts_timeouts())
             .load()
             .await;
         Aws {

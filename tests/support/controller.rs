@@ -135,6 +135,9 @@ impl<'a> Launch<'a> {
                 "--google-iam-credentials-url",
                 &self.cloud.google.iam_credentials_url(),
             ])
+            // The doubles issue tokens of a few seconds to compress time; the default floor
+            // (a minute) would refuse them.
+            .args(["--min-token-seconds", "5"])
             .args(&self.extra)
             .envs(self.env)
             .env("KUBECONFIG", &self.kubeconfig)

@@ -1,0 +1,189 @@
+//! One controller, many tenants: what one namespace's resources point at cannot stall,
+//! redirect or widen what fedcred does for another namespace. On the real API server, with
+//! moto and the Google doubles.
+
+mod support;
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use fedcred_doubles::Config;
+use serde_json::{Value, json};
+use support::cloud::{Cloud, ROLE};
+use support::controller::{ControllerProcess, Launch};
+use support::{TestNamespace, eventually};
+
+fn get_json(ns: &TestNamespace, args: &[&str]) -> Option<Value> {
+    let mut all = vec!["get"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["-o", "json"]);
+    let out = ns.kubectl(&all, None);
+    out.ok.then(|| serde_json::from_str(&out.stdout).unwrap())
+}
+
+fn condition(ns: &TestNamespace, name: &str, type_: &str) -> Option<Value> {
+    let fc = get_json(ns, &["federatedcredential", name])?;
+    fc["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .cloned()
+}
+
+fn is_ready(ns: &TestNamespace, name: &str) -> bool {
+    condition(ns, name, "Ready").is_some_and(|c| c["status"] == "True")
+}
+
+/// The Secret's `access_token` and `expires_at` (RFC 3339), decoded.
+fn token(ns: &TestNamespace, name: &str) -> Option<(String, jiff::Timestamp)> {
+    use base64::Engine as _;
+    let secret = get_json(ns, &["secret", name])?;
+    let field = |key: &str| -> Option<String> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(secret["data"][key].as_str()?)
+            .ok()?;
+        String::from_utf8(bytes).ok()
+    };
+    Some((field("access_token")?, field("expiry")?.parse().ok()?))
+}
+
+fn service_account(ns: &TestNamespace, name: &str) {
+    let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": name, "annotations": {"eks.amazonaws.com/role-arn": ROLE}}});
+    ns.kubectl(&["apply", "-f", "-"], Some(&sa.to_string()))
+        .success();
+}
+
+/// Applies FederatedCredentials `(name, spec)` in one kubectl call.
+fn apply_all(ns: &TestNamespace, items: Vec<(String, Value)>) {
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": items
+        .into_iter()
+        .map(|(name, spec)| json!({"apiVersion": "fedcred.io/v1alpha1",
+            "kind": "FederatedCredential", "metadata": {"name": name}, "spec": spec}))
+        .collect::<Vec<_>>()});
+    ns.kubectl(&["apply", "-f", "-"], Some(&list.to_string()))
+        .success();
+}
+
+/// A TCP server on loopback that accepts every connection, reads nothing and never sends a
+/// byte: a request to it waits for an answer forever.
+fn black_hole() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    port
+}
+
+/// A controller of every namespace (the tenants are in several), electing its leader in
+/// `lease_namespace`.
+fn cluster_wide(cloud: &Cloud, lease_namespace: &str, identity: &str) -> ControllerProcess {
+    support::ensure_crd();
+    let launch = Launch::new(cloud);
+    let metrics = format!("127.0.0.1:{}", launch.metrics_port);
+    launch
+        .command(
+            identity,
+            [
+                "controller",
+                "--lease-namespace",
+                lease_namespace,
+                "--identity",
+                identity,
+                "--metrics-address",
+                &metrics,
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        )
+        .log_stem(format!("tenancy-{identity}"))
+        .panic_tail(200)
+        .start()
+}
+
+/// 64 resources in one namespace whose AWS STS endpoint accepts connections and never
+/// answers (half of them one shared identity, half each its own role) do not stop another
+/// namespace's resource from becoming Ready and staying fresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_whose_sts_never_answers_does_not_stall_another_namespace() {
+    support::ensure_crd();
+    let hostile = TestNamespace::new("hostile");
+    let tenant = TestNamespace::new("tenant");
+    // Short federated tokens, so the tenant's refreshes happen while the test watches.
+    let cloud = Cloud::start(|c| Config {
+        federated_lifetime: Duration::from_secs(12),
+        ..c
+    })
+    .await;
+    let hole = format!("http://127.0.0.1:{}", black_hole());
+    service_account(&hostile, "orders-api");
+    service_account(&tenant, "orders-api");
+    let federated = json!({"serviceAccount": null});
+    let mut items = Vec::new();
+    for i in 0..64 {
+        let role = if i % 2 == 0 {
+            ROLE.to_owned()
+        } else {
+            format!("arn:aws:iam::123456789012:role/hostile-{i}")
+        };
+        let mut spec = serde_json::to_value(cloud.spec(
+            json!({"serviceAccount": {"name": "orders-api", "roleArn": role}}),
+            federated.clone(),
+        ))
+        .unwrap();
+        spec["aws"]["stsEndpoint"] = json!(hole);
+        items.push((format!("stuck-{i}"), spec));
+    }
+    apply_all(&hostile, items);
+    let _controller = cluster_wide(&cloud, &tenant.name, "tenancy");
+    // Let the hostile resources take the workers.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let spec = serde_json::to_value(
+        cloud.spec(json!({"serviceAccount": {"name": "orders-api"}}), federated),
+    )
+    .unwrap();
+    apply_all(&tenant, vec![("orders".to_owned(), spec)]);
+    let applied = Instant::now();
+    eventually(
+        "the tenant's resource Ready",
+        Duration::from_secs(30),
+        || is_ready(&tenant, "orders").then_some(()),
+    )
+    .await;
+    eprintln!("tenant Ready {:?} after apply", applied.elapsed());
+
+    // It keeps refreshing: new tokens, and never an expired one in the Secret.
+    let mut seen: Vec<String> = Vec::new();
+    let mut expired_reads = 0;
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(30) {
+        if let Some((token, expires_at)) = token(&tenant, "orders") {
+            if expires_at <= jiff::Timestamp::now() {
+                expired_reads += 1;
+            }
+            if seen.last() != Some(&token) {
+                seen.push(token);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(expired_reads, 0, "reads of an expired token in the Secret");
+    assert!(
+        seen.len() >= 3,
+        "only {} tokens in 30 s of 12-second tokens",
+        seen.len()
+    );
+    // The hostile resources are told why, by their own status.
+    let stuck = eventually(
+        "a hostile resource's failure",
+        Duration::from_secs(90),
+        || condition(&hostile, "stuck-1", "Ready").filter(|c| c["status"] == "False"),
+    )
+    .await;
+    assert_eq!(stuck["reason"], "Timeout", "{stuck}");
+}
