@@ -187,3 +187,39 @@ async fn a_namespace_whose_sts_never_answers_does_not_stall_another_namespace() 
     .await;
     assert_eq!(stuck["reason"], "Timeout", "{stuck}");
 }
+
+/// A Google that issues one-second tokens does not make a resource refresh in a loop: the
+/// token is refused (shorter than the controller's floor), the resource says why, and retries
+/// back off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_second_tokens_are_refused_not_refreshed_in_a_loop() {
+    support::ensure_crd();
+    let ns = TestNamespace::new("blink");
+    let cloud = Cloud::start(|c| Config {
+        federated_lifetime: Duration::from_secs(1),
+        ..c
+    })
+    .await;
+    service_account(&ns, "orders-api");
+    let _controller = ControllerProcess::start(&ns.name, &cloud, "blink", &[]);
+    let spec = serde_json::to_value(cloud.spec(
+        json!({"serviceAccount": {"name": "orders-api"}}),
+        json!({"serviceAccount": null}),
+    ))
+    .unwrap();
+    apply_all(&ns, vec![("blink".to_owned(), spec)]);
+    let refused = eventually("the refusal in status", Duration::from_secs(30), || {
+        condition(&ns, "blink", "Ready").filter(|c| c["status"] == "False")
+    })
+    .await;
+    assert!(
+        refused["message"].as_str().unwrap().contains("lives 1 s"),
+        "{refused}"
+    );
+    let before = cloud.google.exchanges(fedcred_doubles::Target::Sts);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let during = cloud.google.exchanges(fedcred_doubles::Target::Sts) - before;
+    // Backoff from 5 s (cut by up to half), doubling: at most a handful in 20 s; a loop
+    // refreshing every 1-2 s would make 10 or more.
+    assert!(during <= 6, "{during} STS exchanges in 20 s");
+}
