@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use fedcred_core::error::ExchangeError;
-use fedcred_core::exchange::{ControllerIdentityPolicy, Defaults, plan};
+use fedcred_core::exchange::{ControllerIdentityPolicy, Defaults, EndpointPolicy, plan};
 use fedcred_core::google::{DEFAULT_IAM_CREDENTIALS_URL, DEFAULT_STS_URL, RetryPolicy};
 use fedcred_core::inject::DEFAULT_PROXY_IMAGE;
 use fedcred_core::metadata::{DEFAULT_LISTEN, injected_env};
@@ -122,6 +122,11 @@ struct ControllerArgs {
     /// all). Default: none.
     #[arg(long, env = "FEDCRED_ALLOW_CONTROLLER_IDENTITY", value_delimiter = ',')]
     allow_controller_identity: Vec<String>,
+    /// Endpoints resources may name in aws.stsEndpoint and google.endpoints.* besides AWS's
+    /// and Google's own (comma-separated `scheme://host[:port]`, port `*` for any). They
+    /// receive credentials. Default: none.
+    #[arg(long, env = "FEDCRED_ALLOW_ENDPOINTS", value_delimiter = ',')]
+    allow_endpoint: Vec<String>,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "FEDCRED_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
     metrics_address: SocketAddr,
@@ -289,6 +294,7 @@ async fn exchange(
         // Run by hand, the command lends nobody else's identity: the caller's own AWS
         // credentials are used as they would be by any AWS tool.
         controller_identity: ControllerIdentityPolicy::new(["*"]),
+        endpoints: EndpointPolicy::any(),
         ..Defaults::default()
     };
     let key = plan(&namespace, &fc.spec, &defaults).map_err(Error::Exchange)?;
@@ -400,6 +406,7 @@ async fn controller(args: ControllerArgs) -> Result<(), Error> {
     let options = runtime::Options {
         namespace: args.namespace,
         allow_controller_identity: args.allow_controller_identity,
+        allow_endpoints: args.allow_endpoint,
         metrics_address: args.metrics_address,
         leader_election: args.leader_election,
         lease_namespace,

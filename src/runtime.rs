@@ -32,6 +32,8 @@ pub struct Options {
     /// Watch only this namespace (all when `None`).
     pub namespace: Option<String>,
     pub allow_controller_identity: Vec<String>,
+    /// Endpoints besides AWS's and Google's that resources may name.
+    pub allow_endpoints: Vec<String>,
     pub metrics_address: SocketAddr,
     /// Elect a leader through the Lease; off, this replica always reconciles.
     pub leader_election: bool,
@@ -65,6 +67,8 @@ pub struct WebhookOptions {
 pub enum Error {
     #[error("no usable kubeconfig or in-cluster configuration: {0}")]
     Kubeconfig(kube::Error),
+    #[error("{0}")]
+    Endpoints(String),
     #[error("reading the API server version: {0}")]
     ApiServerVersion(kube::Error),
     #[error(transparent)]
@@ -103,6 +107,8 @@ pub async fn controller(options: Options, shutdown: impl Future<Output = ()>) ->
         controller_identity: ControllerIdentityPolicy::new(
             options.allow_controller_identity.clone(),
         ),
+        endpoints: fedcred_core::exchange::EndpointPolicy::new(&options.allow_endpoints)
+            .map_err(Error::Endpoints)?,
     };
     let google = GoogleClient::new(RetryPolicy::default()).map_err(Error::Google)?;
     let limits = fedcred_core::exchange::Limits {

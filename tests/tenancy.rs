@@ -223,3 +223,103 @@ async fn one_second_tokens_are_refused_not_refreshed_in_a_loop() {
     // refreshing every 1-2 s would make 10 or more.
     assert!(during <= 6, "{during} STS exchanges in 20 s");
 }
+
+/// A resource naming an endpoint the admin did not allow is refused before anything is sent,
+/// with a condition that says who can allow it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_the_admin_did_not_allow_is_refused_with_the_reason() {
+    support::ensure_crd();
+    let ns = TestNamespace::new("endpoint");
+    let cloud = Cloud::start(|c| c).await;
+    service_account(&ns, "orders-api");
+    let _controller = ControllerProcess::start(&ns.name, &cloud, "endpoint", &[]);
+    let mut spec = serde_json::to_value(
+        cloud.spec(json!({"serviceAccount": {"name": "orders-api"}}), json!({})),
+    )
+    .unwrap();
+    spec["aws"]["stsEndpoint"] = json!("https://sts.attacker.example");
+    let mut google = spec.clone();
+    google["aws"]["stsEndpoint"] = json!(cloud.moto.url());
+    // https on loopback: the suite allows only http://127.0.0.1.
+    google["google"]["endpoints"]["sts"] = json!("https://127.0.0.1:9/v1/token");
+    apply_all(
+        &ns,
+        vec![("aws".to_owned(), spec), ("google".to_owned(), google)],
+    );
+    for (name, field) in [
+        ("aws", "aws.stsEndpoint https://sts.attacker.example:443"),
+        ("google", "google.endpoints.sts https://127.0.0.1:9"),
+    ] {
+        let refused = eventually("the refusal", Duration::from_secs(30), || {
+            condition(&ns, name, "Ready").filter(|c| c["status"] == "False")
+        })
+        .await;
+        assert_eq!(refused["reason"], "EndpointNotAllowed", "{refused}");
+        let message = refused["message"].as_str().unwrap();
+        assert!(message.contains(field), "{message}");
+        assert!(message.contains("--allow-endpoint"), "{message}");
+        assert!(message.contains("endpoints.allowed"), "{message}");
+    }
+    assert_eq!(
+        cloud.google.calls(fedcred_doubles::Target::Sts),
+        0,
+        "nothing reached Google STS"
+    );
+}
+
+/// A Google endpoint that answers with a redirect to plain http is not followed: the subject
+/// token goes nowhere else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_from_an_endpoint_is_not_followed() {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let elsewhere = TcpListener::bind("127.0.0.1:0").unwrap();
+    let elsewhere_port = elsewhere.local_addr().unwrap().port();
+    let reached = Arc::new(AtomicUsize::new(0));
+    {
+        let reached = reached.clone();
+        std::thread::spawn(move || {
+            for mut stream in elsewhere.incoming().flatten() {
+                reached.fetch_add(1, Ordering::SeqCst);
+                let _ = stream.write_all(b"HTTP/1.1 500 Nope\r\ncontent-length: 0\r\n\r\n");
+            }
+        });
+    }
+    let redirector = TcpListener::bind("127.0.0.1:0").unwrap();
+    let redirector_port = redirector.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut stream in redirector.incoming().flatten() {
+            let mut buf = [0u8; 65536];
+            let _ = stream.read(&mut buf);
+            let answer = format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://127.0.0.1:{elsewhere_port}/v1/token\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    let google =
+        fedcred::exchange::google::GoogleClient::new(fedcred_core::google::RetryPolicy::default())
+            .unwrap();
+    let result = google
+        .sts_exchange(
+            &format!("http://127.0.0.1:{redirector_port}/v1/token"),
+            support::cloud::AUDIENCE,
+            &["https://www.googleapis.com/auth/cloud-platform".to_owned()],
+            fedcred_core::subject_token::TOKEN_TYPE,
+            &fedcred_core::sensitive::Sensitive::new("subject-token-that-must-stay"),
+        )
+        .await;
+    let err = result.expect_err("a redirect is no token");
+    assert_eq!(
+        reached.load(Ordering::SeqCst),
+        0,
+        "the redirect was followed"
+    );
+    assert!(
+        !err.message.contains("subject-token-that-must-stay"),
+        "{}",
+        err.message
+    );
+}

@@ -39,6 +39,8 @@ pub enum Reason {
     Timeout,
     /// A peer failed in a way not listed above (5xx, unexpected body, network).
     Upstream,
+    /// The resource names an endpoint the cluster admin has not allowed.
+    EndpointNotAllowed,
     /// Not tried now: the namespace's share of concurrent exchanges is in use, or another
     /// exchange of the same identity is still running. Retried shortly; never written to status.
     Busy,
@@ -64,6 +66,7 @@ impl Reason {
             Reason::Timeout => "Timeout",
             Reason::Upstream => "Upstream",
             Reason::Busy => "Busy",
+            Reason::EndpointNotAllowed => "EndpointNotAllowed",
         }
     }
 }
