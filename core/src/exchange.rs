@@ -485,8 +485,15 @@ impl Limits {
 }
 
 impl Default for Limits {
+    /// For an engine used on its own (`fedcred exchange`, a library caller): deadlines and the
+    /// lifetime floor, but callers of one identity wait for its exchange and no namespace has
+    /// a share to exceed; a controller sets [`Limits::for_concurrency`].
     fn default() -> Self {
-        Limits::for_concurrency(32)
+        Limits {
+            identity_wait: EXCHANGE_DEADLINE,
+            namespace_share: usize::MAX,
+            ..Limits::for_concurrency(32)
+        }
     }
 }
 
