@@ -323,3 +323,73 @@ async fn a_redirect_from_an_endpoint_is_not_followed() {
         err.message
     );
 }
+
+/// A client that sends the webhook a request head and then the body only trickles (or never
+/// comes) is answered, or cut off, within the body deadline: a flood of such uploads cannot
+/// hold the webhook's memory or connections for long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_body_that_never_arrives_is_cut_off() {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let server = support::webhook::Server::start("fedcred:test");
+    let mut roots = rustls::RootCertStore::empty();
+    let der = {
+        use base64::Engine as _;
+        let b64: String = server
+            .certs
+            .ca_pem
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap()
+    };
+    roots
+        .add(rustls::pki_types::CertificateDer::from(der))
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("127.0.0.1".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let head = "POST /mutate HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 4000000\r\n\r\n{\"kind\":";
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.flush().await.unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the connection was still open 30 s after the head, waiting for the body"
+    );
+    let text = String::from_utf8_lossy(&answer);
+    eprintln!(
+        "cut off after {:?}: {}",
+        started.elapsed(),
+        text.lines().next().unwrap_or("(closed without an answer)")
+    );
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+}
