@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager and etcd from the Go module proxy and caches
-# them in $FEDCRED_CACHE/bin. Idempotent: a binary already built at the pinned version is kept.
+# Builds kube-apiserver, kube-controller-manager and etcd, and the node's kubelet and
+# kube-scheduler, from the Go module proxy and caches them in $FEDCRED_CACHE/bin. Idempotent: a binary already built at the pinned version is kept.
 #
 # `go install k8s.io/kubernetes/cmd/...@vX` is refused because k8s.io/kubernetes replaces its
 # staging modules (k8s.io/api, ...) with local directories and lists them as v0.0.0. A small
@@ -121,7 +121,8 @@ case "${1:-all}" in
   etcd) build_etcd ;;
   kubernetes) build_kubernetes ;;
   node) build_kube_commands kubelet kube-scheduler ;;
-  all) build_etcd; build_kubernetes ;;
+  # With the node's kubelet and kube-scheduler: one module download and one Go cache for all.
+  all) build_etcd; build_kube_commands kube-apiserver kube-controller-manager kubelet kube-scheduler ;;
   *) die "usage: $0 [all|etcd|kubernetes|node]" ;;
 esac
 if ((built)); then drop_go_caches; fi

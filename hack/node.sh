@@ -41,16 +41,20 @@ snapshot() { # dir
     [[ -d "$c/kubepods" ]] && echo "cgroup ${c}kubepods"
     [[ -d "$c/k8s.io" ]] && echo "cgroup ${c}k8s.io"
   done
-  ls /run/netns 2>/dev/null | sed 's/^/netns /'
+  ls /run/netns 2>/dev/null | sed 's/^/netns /' || true
   ip -o link show 2>/dev/null | awk -F': ' '{sub(/@.*/, "", $2); print "link " $2}'
-  nft list tables 2>/dev/null | sed 's/^table /nft /'
-  iptables-save 2>/dev/null | grep -E '^:KUBE|^-A .*KUBE' | sed 's/^/iptables /' || true
+  nft list tables 2>/dev/null | sed 's/^table /nft /' || true
+  local ipt
+  for ipt in iptables ip6tables; do
+    "$ipt-save" 2>/dev/null | grep -E '^:KUBE|^-A .*KUBE' | sed "s/^/$ipt /" || true
+  done
   echo "sysctl ip_forward=$(cat /proc/sys/net/ipv4/ip_forward)"
   [[ -e /var/lib/kubelet ]] && echo "path /var/lib/kubelet"
   [[ -e /var/log/pods ]] && echo "path /var/log/pods"
-  local pid
+  local pid cmd
   for pid in /proc/[0-9]*; do
-    tr '\0' ' ' <"$pid/cmdline" 2>/dev/null | grep -qF -- "$dir/" && echo "process ${pid#/proc/} $(tr '\0' ' ' <"$pid/cmdline" | cut -c1-80)"
+    cmd=$(tr '\0' ' ' 2>/dev/null <"$pid/cmdline" || true)
+    [[ "$cmd" == *"$dir/node/"* ]] && echo "process ${pid#/proc/} ${cmd:0:80}"
   done
   return 0
 }
@@ -164,7 +168,7 @@ JSON
   wait_for containerd 30 ctr --address "$sock" version || die "containerd did not start; see $dir/logs/containerd.log"
   local tar
   for tar in "$images"/*.tar; do
-    ctr --address "$sock" -n k8s.io images import --no-unpack "$tar" >/dev/null ||
+    ctr --address "$sock" -n k8s.io images import "$tar" >/dev/null ||
       die "importing $tar into containerd failed"
   done
   log "imported $(ctr --address "$sock" -n k8s.io images ls -q | grep -c fedcred-node) images"
@@ -256,7 +260,6 @@ KC
     echo "export FEDCRED_TEST_NODE=localhost"
     # Where pods reach the host: the bridge's address (the host's 127.0.0.1 is not theirs).
     echo "export FEDCRED_TEST_NODE_HOST_IP=$SUBNET_PREFIX.1"
-    echo "export FEDCRED_TEST_NODE_LEFTOVERS=\"$here/node.sh leftovers $dir\""
     awk '{gsub(/-/, "_", $1); print "export FEDCRED_TEST_NODE_IMAGE_" toupper($1) "=" $2}' "$images/images"
   } >>"$dir/env"
   log "node localhost up: containerd $sock, kubelet 127.0.0.1:$kubelet_port"
@@ -267,7 +270,7 @@ stop_pid() { # dir name
   [[ -f "$f" ]] || return 0
   local pid; pid=$(cat "$f")
   if kill "$pid" 2>/dev/null; then
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null || true
   fi
   rm -f "$f"
@@ -302,7 +305,7 @@ down() {
   for pid in /proc/[0-9]*; do
     pid=${pid#/proc/}
     [[ "$pid" == "$$" ]] && continue
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$node/" && kill -9 "$pid" 2>/dev/null || true
+    [[ "$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" || true)" == *"$node/"* ]] && kill -9 "$pid" 2>/dev/null || true
   done
   sleep 0.2
   # Mounts, deepest first: the kubelet's volumes and its root dir's bind mount, overlay roots, shm.
@@ -321,12 +324,15 @@ down() {
     [[ -n "$t" ]] || continue
     grep -qxF "nft $t" "$before" || nft delete table $t 2>/dev/null || true
   done < <(nft list tables 2>/dev/null | sed 's/^table //')
-  local table
-  for table in filter nat mangle; do
-    iptables -t "$table" -S 2>/dev/null | awk '/^-A .*KUBE/ {sub(/^-A/, "-D"); print}' |
-      while read -r rule; do eval "iptables -t $table $rule" 2>/dev/null || true; done
-    iptables -t "$table" -S 2>/dev/null | awk '/^-N KUBE/ {print $2}' |
-      while read -r chain; do iptables -t "$table" -X "$chain" 2>/dev/null || true; done
+  # The kubelet's KUBE-* chains (its canaries), in tables that were there before.
+  local ipt table
+  for ipt in iptables ip6tables; do
+    for table in filter nat mangle; do
+      "$ipt" -t "$table" -S 2>/dev/null | awk '/^-A .*KUBE/ {sub(/^-A/, "-D"); print}' |
+        while read -r rule; do eval "$ipt -t $table $rule" 2>/dev/null || true; done
+      "$ipt" -t "$table" -S 2>/dev/null | awk '/^-N KUBE/ {print $2}' |
+        while read -r chain; do "$ipt" -t "$table" -X "$chain" 2>/dev/null || true; done
+    done
   done
   # Cgroups: the kubelet's kubepods tree and containerd's k8s.io, deepest first.
   local c
@@ -348,8 +354,9 @@ leftovers() {
   dir=$(cd "$dir" && pwd)
   local before="$dir/node/before"
   [[ -f "$before" ]] || die "no node was started in $dir"
-  local extra
-  extra=$(snapshot "$dir" | grep -vxF -f "$before" || true)
+  local now extra
+  now=$(snapshot "$dir")
+  extra=$(grep -vxF -f "$before" <<<"$now" || true)
   [[ -e "$LOCK" ]] && extra+=$'\n'"path $LOCK"
   extra=$(sed '/^$/d' <<<"$extra")
   if [[ -n "$extra" ]]; then

@@ -300,8 +300,8 @@ async fn an_injected_pod_reads_the_token_from_the_kubelet_mounted_secret_and_fol
         .map(|c| c["name"].as_str().unwrap())
         .collect();
     assert_eq!(sidecars, ["fedcred-metadata"]);
-    let ready = wait_ready(&ns, "orders", Duration::from_secs(90));
-    let _ = created;
+    wait_ready(&ns, "orders", Duration::from_secs(90));
+    let ready = created.elapsed();
     eprintln!("injected pod ready {ready:?} after create (metadata sidecar startup probe passed)");
 
     // The sidecar runs the image's binary as 65532, with no shell in the image.
