@@ -256,6 +256,7 @@ KC
   wait_for "kube-root-ca.crt" 60 kubectl -n default get configmap kube-root-ca.crt ||
     die "kube-controller-manager did not publish kube-root-ca.crt; see $dir/logs/kube-controller-manager.log"
 
+  sed -i '/^export FEDCRED_TEST_NODE/d' "$dir/env"
   {
     echo "export FEDCRED_TEST_NODE=localhost"
     # Where pods reach the host: the bridge's address (the host's 127.0.0.1 is not theirs).
