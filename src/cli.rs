@@ -96,9 +96,14 @@ struct AgentArgs {
         short = 'f',
         long = "filename",
         env = "FEDCRED_CREDENTIAL_FILE",
-        required_unless_present = "check"
+        required_unless_present_any = ["check", "credential"],
+        conflicts_with = "credential"
     )]
     file: Option<PathBuf>,
+    /// The manifest itself instead of a file, for places without files such as an ECS task
+    /// definition's environment.
+    #[arg(long, env = "FEDCRED_CREDENTIAL", hide_env_values = true)]
+    credential: Option<String>,
     /// Which FederatedCredential of the file, when it holds several.
     #[arg(long, env = "FEDCRED_CREDENTIAL_NAME")]
     name: Option<String>,
@@ -249,8 +254,11 @@ impl Cli {
             Command::Agent(args) => {
                 init_logging(&args.log_format)?;
                 let options = crate::agent::Options {
-                    // clap requires it unless --check is given.
-                    file: args.file.unwrap_or_default(),
+                    // clap requires one of the two unless --check is given.
+                    manifest: match (args.file, args.credential) {
+                        (Some(file), _) => crate::agent::Manifest::File(file),
+                        (None, text) => crate::agent::Manifest::Text(text.unwrap_or_default()),
+                    },
                     name: args.name,
                     listen: args.listen,
                     region: args.region,

@@ -34,7 +34,7 @@ use crate::{health, manifest, metadata};
 #[derive(Clone, Debug)]
 pub struct Options {
     /// The manifest holding the FederatedCredential.
-    pub file: PathBuf,
+    pub manifest: Manifest,
     /// Which FederatedCredential of the file, when it holds several.
     pub name: Option<String>,
     /// Where to serve the metadata protocol; keep it on loopback.
@@ -43,6 +43,15 @@ pub struct Options {
     pub region: Option<String>,
     /// Where to serve `/healthz`, `/readyz` and `/metrics`, if anywhere.
     pub metrics_address: Option<SocketAddr>,
+}
+
+/// Where the manifest comes from.
+#[derive(Clone, Debug)]
+pub enum Manifest {
+    /// A file (`-` for standard input).
+    File(PathBuf),
+    /// The text itself (`FEDCRED_CREDENTIAL`).
+    Text(String),
 }
 
 /// Why the agent could not start; each says what to change.
@@ -84,7 +93,12 @@ pub struct Plan {
 
 /// Reads and checks the manifest and resolves the identity, without touching the network.
 pub fn load(options: &Options) -> Result<Plan, Error> {
-    let fc = manifest::load(&options.file, options.name.as_deref())?;
+    let fc = match &options.manifest {
+        Manifest::File(path) => manifest::load(path, options.name.as_deref())?,
+        Manifest::Text(text) => {
+            manifest::parse("FEDCRED_CREDENTIAL", text, options.name.as_deref())?
+        }
+    };
     let name = fc.metadata.name.clone().unwrap_or_default();
     let namespace = fc
         .metadata
