@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use fedcred_core::error::ExchangeError;
-use fedcred_core::exchange::{ControllerIdentityPolicy, Defaults, plan};
+use fedcred_core::exchange::{ControllerIdentityPolicy, Defaults, EndpointPolicy, plan};
 use fedcred_core::google::{DEFAULT_IAM_CREDENTIALS_URL, DEFAULT_STS_URL, RetryPolicy};
 use fedcred_core::inject::DEFAULT_PROXY_IMAGE;
 use fedcred_core::metadata::{DEFAULT_LISTEN, injected_env};
@@ -164,6 +164,11 @@ struct ControllerArgs {
     /// all). Default: none.
     #[arg(long, env = "FEDCRED_ALLOW_CONTROLLER_IDENTITY", value_delimiter = ',')]
     allow_controller_identity: Vec<String>,
+    /// Endpoints resources may name in aws.stsEndpoint and google.endpoints.* besides AWS's
+    /// and Google's own (comma-separated `scheme://host[:port]`, port `*` for any). They
+    /// receive credentials. Default: none.
+    #[arg(long, env = "FEDCRED_ALLOW_ENDPOINTS", value_delimiter = ',')]
+    allow_endpoint: Vec<String>,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "FEDCRED_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
     metrics_address: SocketAddr,
@@ -188,9 +193,14 @@ struct ControllerArgs {
     /// Log format: `json` or `text`.
     #[arg(long, env = "FEDCRED_LOG_FORMAT", default_value = "json")]
     log_format: String,
-    /// Most FederatedCredentials reconciled at once.
+    /// Most FederatedCredentials reconciled at once. One namespace may use a quarter of them
+    /// for exchanges, so a namespace whose peers hang cannot hold up the others.
     #[arg(long, env = "FEDCRED_CONCURRENCY", default_value_t = 32)]
     concurrency: u16,
+    /// Shortest token lifetime (seconds) accepted from Google; a shorter-lived token is
+    /// refused rather than refreshed in a loop.
+    #[arg(long, env = "FEDCRED_MIN_TOKEN_SECONDS", default_value_t = 60)]
+    min_token_seconds: u64,
 }
 
 /// Why a command failed; printed as `error: …` with exit status 1.
@@ -344,6 +354,7 @@ async fn exchange(
         // Run by hand, the command lends nobody else's identity: the caller's own AWS
         // credentials are used as they would be by any AWS tool.
         controller_identity: ControllerIdentityPolicy::new(["*"]),
+        endpoints: EndpointPolicy::any(),
         ..Defaults::default()
     };
     let key = plan(&namespace, &fc.spec, &defaults).map_err(Error::Exchange)?;
@@ -466,6 +477,7 @@ async fn controller(args: ControllerArgs) -> Result<(), Error> {
     let options = runtime::Options {
         namespace: args.namespace,
         allow_controller_identity: args.allow_controller_identity,
+        allow_endpoints: args.allow_endpoint,
         metrics_address: args.metrics_address,
         leader_election: args.leader_election,
         lease_namespace,
@@ -474,6 +486,7 @@ async fn controller(args: ControllerArgs) -> Result<(), Error> {
         google_sts_url: args.google_sts_url,
         google_iam_credentials_url: args.google_iam_credentials_url,
         concurrency: args.concurrency,
+        min_token_lifetime: Duration::from_secs(args.min_token_seconds),
         webhook,
     };
     Ok(runtime::controller(options, runtime::shutdown_signal()).await?)
