@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use fedcred_core::error::ExchangeError;
-use fedcred_core::exchange::{ControllerIdentityPolicy, Defaults, plan};
+use fedcred_core::exchange::{ControllerIdentityPolicy, Defaults, EndpointPolicy, plan};
 use fedcred_core::google::{DEFAULT_IAM_CREDENTIALS_URL, DEFAULT_STS_URL, RetryPolicy};
 use fedcred_core::inject::DEFAULT_PROXY_IMAGE;
 use fedcred_core::metadata::{DEFAULT_LISTEN, injected_env};
@@ -65,6 +65,10 @@ enum Command {
         #[arg(long)]
         show_token: bool,
     },
+    /// Exchange the AWS identity of this host (EC2, ECS, a Pod Identity pod) as the
+    /// FederatedCredential in a file says, keep the token fresh in memory and serve it with
+    /// the GCE metadata protocol on loopback. No Kubernetes needed.
+    Agent(Box<AgentArgs>),
     /// Serve the GCE metadata protocol on loopback from the FederatedCredential Secret mounted
     /// in the pod, so unchanged Google libraries find their token.
     MetadataServer {
@@ -82,6 +86,44 @@ enum Command {
         #[arg(long, env = "FEDCRED_LOG_FORMAT", default_value = "json")]
         log_format: String,
     },
+}
+
+/// `fedcred agent`: the exchange where the AWS credentials are, served as GCE metadata.
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// The manifest holding the FederatedCredential (YAML or JSON, one or more documents).
+    #[arg(
+        short = 'f',
+        long = "filename",
+        env = "FEDCRED_CREDENTIAL_FILE",
+        required_unless_present_any = ["check", "credential"],
+        conflicts_with = "credential"
+    )]
+    file: Option<PathBuf>,
+    /// The manifest itself instead of a file, for places without files such as an ECS task
+    /// definition's environment.
+    #[arg(long, env = "FEDCRED_CREDENTIAL", hide_env_values = true)]
+    credential: Option<String>,
+    /// Which FederatedCredential of the file, when it holds several.
+    #[arg(long, env = "FEDCRED_CREDENTIAL_NAME")]
+    name: Option<String>,
+    /// Do not serve: ask the agent at --listen for its token and exit 0 only if it serves one
+    /// (a container health check; the image has no shell or curl). Prints no token.
+    #[arg(long)]
+    check: bool,
+    /// Address to serve the metadata protocol on; keep it on loopback.
+    #[arg(long, env = "FEDCRED_METADATA_LISTEN", default_value = DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// AWS region to sign for when the file names none; defaults to AWS_REGION, then
+    /// AWS_DEFAULT_REGION.
+    #[arg(long, env = "FEDCRED_AWS_REGION")]
+    region: Option<String>,
+    /// Serve /healthz, /readyz (200 once a token is held) and /metrics on this address.
+    #[arg(long, env = "FEDCRED_METRICS_ADDRESS")]
+    metrics_address: Option<SocketAddr>,
+    /// Log format: `json` or `text`.
+    #[arg(long, env = "FEDCRED_LOG_FORMAT", default_value = "json")]
+    log_format: String,
 }
 
 #[derive(clap::Args)]
@@ -122,6 +164,11 @@ struct ControllerArgs {
     /// all). Default: none.
     #[arg(long, env = "FEDCRED_ALLOW_CONTROLLER_IDENTITY", value_delimiter = ',')]
     allow_controller_identity: Vec<String>,
+    /// Endpoints resources may name in aws.stsEndpoint and google.endpoints.* besides AWS's
+    /// and Google's own (comma-separated `scheme://host[:port]`, port `*` for any). They
+    /// receive credentials. Default: none.
+    #[arg(long, env = "FEDCRED_ALLOW_ENDPOINTS", value_delimiter = ',')]
+    allow_endpoint: Vec<String>,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "FEDCRED_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
     metrics_address: SocketAddr,
@@ -146,9 +193,14 @@ struct ControllerArgs {
     /// Log format: `json` or `text`.
     #[arg(long, env = "FEDCRED_LOG_FORMAT", default_value = "json")]
     log_format: String,
-    /// Most FederatedCredentials reconciled at once.
+    /// Most FederatedCredentials reconciled at once. One namespace may use a quarter of them
+    /// for exchanges, so a namespace whose peers hang cannot hold up the others.
     #[arg(long, env = "FEDCRED_CONCURRENCY", default_value_t = 32)]
     concurrency: u16,
+    /// Shortest token lifetime (seconds) accepted from Google; a shorter-lived token is
+    /// refused rather than refreshed in a loop.
+    #[arg(long, env = "FEDCRED_MIN_TOKEN_SECONDS", default_value_t = 60)]
+    min_token_seconds: u64,
 }
 
 /// Why a command failed; printed as `error: …` with exit status 1.
@@ -176,6 +228,8 @@ pub enum Error {
     Controller(#[from] runtime::Error),
     #[error(transparent)]
     MetadataServer(#[from] crate::metadata::Error),
+    #[error(transparent)]
+    Agent(#[from] crate::agent::Error),
     #[error("the metadata emulator at {host} does not answer: {problem}")]
     MetadataCheck { host: String, problem: String },
 }
@@ -205,7 +259,23 @@ impl Cli {
                 check: true,
                 listen,
                 ..
-            } => metadata_check(listen).await,
+            } => metadata_check(listen, "/").await,
+            Command::Agent(args) if args.check => metadata_check(args.listen, TOKEN_PATH).await,
+            Command::Agent(args) => {
+                init_logging(&args.log_format)?;
+                let options = crate::agent::Options {
+                    // clap requires one of the two unless --check is given.
+                    manifest: match (args.file, args.credential) {
+                        (Some(file), _) => crate::agent::Manifest::File(file),
+                        (None, text) => crate::agent::Manifest::Text(text.unwrap_or_default()),
+                    },
+                    name: args.name,
+                    listen: args.listen,
+                    region: args.region,
+                    metrics_address: args.metrics_address,
+                };
+                Ok(crate::agent::run(options, runtime::shutdown_signal()).await?)
+            }
             Command::MetadataServer {
                 secret_dir,
                 listen,
@@ -284,6 +354,7 @@ async fn exchange(
         // Run by hand, the command lends nobody else's identity: the caller's own AWS
         // credentials are used as they would be by any AWS tool.
         controller_identity: ControllerIdentityPolicy::new(["*"]),
+        endpoints: EndpointPolicy::any(),
         ..Defaults::default()
     };
     let key = plan(&namespace, &fc.spec, &defaults).map_err(Error::Exchange)?;
@@ -333,9 +404,13 @@ fn init_logging(format: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// One request to the emulator's root, as Google's libraries ping it: success is a 200 that
-/// carries `Metadata-Flavor: Google`.
-async fn metadata_check(listen: SocketAddr) -> Result<(), Error> {
+/// The token path: `fedcred agent --check` passes only when a token is served.
+const TOKEN_PATH: &str = "/computeMetadata/v1/instance/service-accounts/default/token";
+
+/// One request to the emulator at `path` (its root, as Google's libraries ping it, or the
+/// token): success is a 200 that carries `Metadata-Flavor: Google`. The body of a refusal is
+/// part of the message (it names the reason, never a token); a served token is not printed.
+async fn metadata_check(listen: SocketAddr, path: &str) -> Result<(), Error> {
     let host = injected_env(&listen.to_string())
         .into_iter()
         .find(|(name, _)| name == "GCE_METADATA_HOST")
@@ -351,7 +426,7 @@ async fn metadata_check(listen: SocketAddr) -> Result<(), Error> {
         .build()
         .map_err(|e| failed(e.to_string()))?;
     let response = client
-        .get(format!("http://{host}/"))
+        .get(format!("http://{host}{path}"))
         .header("Metadata-Flavor", "Google")
         .send()
         .await
@@ -360,9 +435,16 @@ async fn metadata_check(listen: SocketAddr) -> Result<(), Error> {
         .headers()
         .get("metadata-flavor")
         .is_some_and(|v| v == "Google");
-    match (response.status().is_success(), flavored) {
+    let status = response.status();
+    match (status.is_success(), flavored) {
         (true, true) => Ok(()),
-        (_, true) => Err(failed(format!("it answered HTTP {}", response.status()))),
+        (_, true) => {
+            let body = response.text().await.unwrap_or_default();
+            Err(failed(format!(
+                "it answered HTTP {status}: {}",
+                body.trim()
+            )))
+        }
         _ => Err(failed(format!(
             "it answered HTTP {} without Metadata-Flavor: Google",
             response.status()
@@ -395,6 +477,7 @@ async fn controller(args: ControllerArgs) -> Result<(), Error> {
     let options = runtime::Options {
         namespace: args.namespace,
         allow_controller_identity: args.allow_controller_identity,
+        allow_endpoints: args.allow_endpoint,
         metrics_address: args.metrics_address,
         leader_election: args.leader_election,
         lease_namespace,
@@ -403,6 +486,7 @@ async fn controller(args: ControllerArgs) -> Result<(), Error> {
         google_sts_url: args.google_sts_url,
         google_iam_credentials_url: args.google_iam_credentials_url,
         concurrency: args.concurrency,
+        min_token_lifetime: Duration::from_secs(args.min_token_seconds),
         webhook,
     };
     Ok(runtime::controller(options, runtime::shutdown_signal()).await?)

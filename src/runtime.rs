@@ -32,6 +32,8 @@ pub struct Options {
     /// Watch only this namespace (all when `None`).
     pub namespace: Option<String>,
     pub allow_controller_identity: Vec<String>,
+    /// Endpoints besides AWS's and Google's that resources may name.
+    pub allow_endpoints: Vec<String>,
     pub metrics_address: SocketAddr,
     /// Elect a leader through the Lease; off, this replica always reconciles.
     pub leader_election: bool,
@@ -43,6 +45,8 @@ pub struct Options {
     pub google_sts_url: String,
     pub google_iam_credentials_url: String,
     pub concurrency: u16,
+    /// Shortest token lifetime accepted from Google.
+    pub min_token_lifetime: std::time::Duration,
     /// The webhook, when it is served.
     pub webhook: Option<WebhookOptions>,
 }
@@ -63,6 +67,8 @@ pub struct WebhookOptions {
 pub enum Error {
     #[error("no usable kubeconfig or in-cluster configuration: {0}")]
     Kubeconfig(kube::Error),
+    #[error("{0}")]
+    Endpoints(String),
     #[error("reading the API server version: {0}")]
     ApiServerVersion(kube::Error),
     #[error(transparent)]
@@ -101,9 +107,15 @@ pub async fn controller(options: Options, shutdown: impl Future<Output = ()>) ->
         controller_identity: ControllerIdentityPolicy::new(
             options.allow_controller_identity.clone(),
         ),
+        endpoints: fedcred_core::exchange::EndpointPolicy::new(&options.allow_endpoints)
+            .map_err(Error::Endpoints)?,
     };
     let google = GoogleClient::new(RetryPolicy::default()).map_err(Error::Google)?;
-    let engine = Arc::new(Engine::new(aws, google, Some(client.clone())));
+    let limits = fedcred_core::exchange::Limits {
+        min_token_lifetime: options.min_token_lifetime,
+        ..fedcred_core::exchange::Limits::for_concurrency(options.concurrency)
+    };
+    let engine = Arc::new(Engine::new(aws, google, Some(client.clone())).with_limits(limits));
     let metrics = Metrics::shared();
     let ready = Arc::new(AtomicBool::new(false));
     let health = tokio::spawn(crate::health::serve(

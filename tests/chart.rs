@@ -15,6 +15,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use support::cloud::{Cloud, ROLE};
 use support::controller::{ControllerProcess, Launch};
+use support::pod::secret_data_in;
 use support::{
     INSTANCE, Kubectl, TestNamespace, ensure_crd, eventually, free_port, kubectl, repo_root,
 };
@@ -46,6 +47,22 @@ fn get_json(args: &[&str]) -> Option<Value> {
     all.extend_from_slice(&["-o", "json"]);
     let out = kubectl(&all, None);
     out.ok.then(|| serde_json::from_str(&out.stdout).unwrap())
+}
+
+/// Applies JSON patch `ops` to the chart's MutatingWebhookConfiguration `fullname`.
+fn patch_webhook(fullname: &str, ops: Value) {
+    kubectl(
+        &[
+            "patch",
+            "mutatingwebhookconfiguration",
+            fullname,
+            "--type=json",
+            "-p",
+            &ops.to_string(),
+        ],
+        None,
+    )
+    .success();
 }
 
 /// A file in the temporary directory, removed when dropped.
@@ -317,22 +334,6 @@ fn condition_ready(fc: &Value) -> bool {
     })
 }
 
-fn secret_data(namespace: &str, name: &str) -> Option<std::collections::BTreeMap<String, String>> {
-    let secret = get_json(&["secret", name, "-n", namespace])?;
-    Some(
-        secret["data"]
-            .as_object()?
-            .iter()
-            .map(|(k, v)| {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(v.as_str().unwrap())
-                    .unwrap();
-                (k.clone(), String::from_utf8(bytes).unwrap())
-            })
-            .collect(),
-    )
-}
-
 fn ca_bundle(configuration: &str) -> Option<String> {
     get_json(&["mutatingwebhookconfiguration", configuration])?["webhooks"][0]["clientConfig"]
         ["caBundle"]
@@ -407,23 +408,14 @@ async fn the_installed_charts_rbac_is_enough_for_the_controller_and_webhook_and_
 
     // The webhook is reached by URL on loopback instead of through its Service.
     let webhook_port = free_port();
-    kubectl(
-        &[
-            "patch",
-            "mutatingwebhookconfiguration",
-            &fullname,
-            "--type=json",
-            "-p",
-            &json!([
-                {"op": "remove", "path": "/webhooks/0/clientConfig/service"},
-                {"op": "add", "path": "/webhooks/0/clientConfig/url",
-                 "value": format!("https://127.0.0.1:{webhook_port}/mutate")},
-            ])
-            .to_string(),
-        ],
-        None,
-    )
-    .success();
+    patch_webhook(
+        &fullname,
+        json!([
+            {"op": "remove", "path": "/webhooks/0/clientConfig/service"},
+            {"op": "add", "path": "/webhooks/0/clientConfig/url",
+             "value": format!("https://127.0.0.1:{webhook_port}/mutate")},
+        ]),
+    );
 
     // When the controller runs as the chart's ServiceAccount with the chart's arguments,
     let cloud = Cloud::start(|c| c).await;
@@ -448,7 +440,7 @@ async fn the_installed_charts_rbac_is_enough_for_the_controller_and_webhook_and_
         get_json(&["fedcred", "orders-db", "-n", &app.name]).filter(condition_ready)
     })
     .await;
-    let data = secret_data(&app.name, "orders-db").expect("the token Secret");
+    let data = secret_data_in(&app.name, "orders-db").expect("the token Secret");
     assert!(
         cloud.google.lookup(&data["access_token"]).is_some(),
         "the Secret holds a token the IAM double issued"
@@ -481,7 +473,7 @@ async fn the_installed_charts_rbac_is_enough_for_the_controller_and_webhook_and_
     // and the webhook's certificate is kept in its Secret, its CA in the configuration,
     let tls_secret = format!("{fullname}-webhook-tls");
     let tls = eventually("the webhook TLS Secret", LIMIT, || {
-        secret_data(&system.name, &tls_secret)
+        secret_data_in(&system.name, &tls_secret)
     })
     .await;
     let wanted_ca = base64::engine::general_purpose::STANDARD.encode(&tls["ca.crt"]);
@@ -616,24 +608,15 @@ async fn the_installed_charts_rbac_is_enough_for_the_controller_and_webhook_and_
     assert!(controller.terminate(), "{}", controller.logs());
 
     // helm upgrade: a changed value takes effect and the controller's caBundle survives.
-    kubectl(
-        &[
-            "patch",
-            "mutatingwebhookconfiguration",
-            &fullname,
-            "--type=json",
-            "-p",
-            &json!([
-                {"op": "remove", "path": "/webhooks/0/clientConfig/url"},
-                {"op": "add", "path": "/webhooks/0/clientConfig/service",
-                 "value": {"name": format!("{fullname}-webhook"), "namespace": system.name,
-                           "path": "/mutate", "port": 443}},
-            ])
-            .to_string(),
-        ],
-        None,
-    )
-    .success();
+    patch_webhook(
+        &fullname,
+        json!([
+            {"op": "remove", "path": "/webhooks/0/clientConfig/url"},
+            {"op": "add", "path": "/webhooks/0/clientConfig/service",
+             "value": {"name": format!("{fullname}-webhook"), "namespace": system.name,
+                       "path": "/mutate", "port": 443}},
+        ]),
+    );
     let upgrade = helm(&[
         "upgrade",
         &release.name,

@@ -3,13 +3,13 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use fedcred_doubles::{Condition, Config, Fault, Target};
 use serde_json::{Value, json};
 use support::cloud::{ASSUMED_ROLE, AUDIENCE, Cloud, ROLE, SA_EMAIL};
 use support::controller::ControllerProcess;
+use support::pod::secret_data;
 use support::{TestNamespace, eventually};
 
 fn get_json(ns: &TestNamespace, args: &[&str]) -> Option<Value> {
@@ -37,23 +37,6 @@ fn condition(status: &Value, type_: &str) -> Option<Value> {
 fn is_ready(ns: &TestNamespace, name: &str) -> Option<Value> {
     let s = status(ns, name);
     (condition(&s, "Ready")?["status"] == "True").then_some(s)
-}
-
-/// The Secret's data, decoded.
-fn secret(ns: &TestNamespace, name: &str) -> Option<BTreeMap<String, String>> {
-    use base64::Engine as _;
-    let v = get_json(ns, &["secret", name])?;
-    let data = v["data"].as_object()?;
-    Some(
-        data.iter()
-            .map(|(k, v)| {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(v.as_str().unwrap())
-                    .unwrap();
-                (k.clone(), String::from_utf8(bytes).unwrap())
-            })
-            .collect(),
-    )
 }
 
 fn events(ns: &TestNamespace, name: &str) -> Vec<Value> {
@@ -111,7 +94,7 @@ async fn a_new_resource_becomes_ready_with_a_token_the_iam_double_accepts() {
     );
 
     let status = eventually("Ready", LIMIT, || is_ready(&ns, "orders-db")).await;
-    let data = secret(&ns, "orders-db").expect("the Secret exists");
+    let data = secret_data(&ns, "orders-db").expect("the Secret exists");
     let info = cloud
         .google
         .lookup(&data["access_token"])
@@ -220,7 +203,7 @@ async fn short_lived_tokens_are_refreshed_before_they_expire() {
             "only {} tokens in 40 s",
             seen.len()
         );
-        if let Some(data) = secret(&ns, "fast") {
+        if let Some(data) = secret_data(&ns, "fast") {
             let token = data["access_token"].clone();
             if seen.last().is_none_or(|(t, _)| *t != token) {
                 let now = jiff::Timestamp::now();
@@ -246,11 +229,11 @@ async fn a_deleted_or_edited_secret_is_repaired() {
     let _controller = ControllerProcess::start(&ns.name, &cloud, "r1", &[]);
     apply(&ns, &cloud, "orders-db", irsa(), json!({}), json!({}));
     eventually("Ready", LIMIT, || is_ready(&ns, "orders-db")).await;
-    let original = secret(&ns, "orders-db").unwrap();
+    let original = secret_data(&ns, "orders-db").unwrap();
 
     ns.kubectl(&["delete", "secret", "orders-db"], None)
         .success();
-    let recreated = eventually("the Secret back", LIMIT, || secret(&ns, "orders-db")).await;
+    let recreated = eventually("the Secret back", LIMIT, || secret_data(&ns, "orders-db")).await;
     assert!(cloud.google.lookup(&recreated["access_token"]).is_some());
 
     let patch = json!({"stringData": {"access_token": "tampered"}});
@@ -267,7 +250,7 @@ async fn a_deleted_or_edited_secret_is_repaired() {
     )
     .success();
     let restored = eventually("the edit undone", LIMIT, || {
-        secret(&ns, "orders-db").filter(|d| d["access_token"] != "tampered")
+        secret_data(&ns, "orders-db").filter(|d| d["access_token"] != "tampered")
     })
     .await;
     assert!(cloud.google.lookup(&restored["access_token"]).is_some());
@@ -284,7 +267,7 @@ async fn a_spec_change_refreshes_and_advances_observed_generation() {
     let _controller = ControllerProcess::start(&ns.name, &cloud, "r1", &[]);
     apply(&ns, &cloud, "orders-db", irsa(), json!({}), json!({}));
     eventually("Ready", LIMIT, || is_ready(&ns, "orders-db")).await;
-    let before = secret(&ns, "orders-db").unwrap();
+    let before = secret_data(&ns, "orders-db").unwrap();
 
     let scopes = json!({"scopes": ["https://www.googleapis.com/auth/bigquery"]});
     apply(&ns, &cloud, "orders-db", irsa(), scopes, json!({}));
@@ -292,7 +275,7 @@ async fn a_spec_change_refreshes_and_advances_observed_generation() {
         is_ready(&ns, "orders-db").filter(|s| s["observedGeneration"] == 2)
     })
     .await;
-    let after = secret(&ns, "orders-db").unwrap();
+    let after = secret_data(&ns, "orders-db").unwrap();
     assert_ne!(before["access_token"], after["access_token"]);
     let info = cloud.google.lookup(&after["access_token"]).unwrap();
     assert_eq!(info.scopes, ["https://www.googleapis.com/auth/bigquery"]);
@@ -336,7 +319,7 @@ async fn an_attribute_condition_rejection_is_explained_with_the_principal() {
     .await;
     assert_eq!(event["type"], "Warning");
     assert!(
-        secret(&ns, "orders-db").is_none(),
+        secret_data(&ns, "orders-db").is_none(),
         "no Secret without a token"
     );
 }
@@ -361,7 +344,7 @@ async fn an_sts_outage_keeps_the_old_token_backs_off_and_recovers_without_a_stor
         json!({"secret": {"renewBeforePercentage": 90}}),
     );
     eventually("Ready", LIMIT, || is_ready(&ns, "orders-db")).await;
-    let first = secret(&ns, "orders-db").unwrap();
+    let first = secret_data(&ns, "orders-db").unwrap();
     let calls_before = cloud.google.calls(Target::Sts);
     // Two refreshes' worth of failures (each refresh tries four times).
     cloud.google.inject(
@@ -389,7 +372,7 @@ async fn an_sts_outage_keeps_the_old_token_backs_off_and_recovers_without_a_stor
     );
     assert!(failing["nextRefreshTime"].as_str().is_some());
     assert_eq!(
-        secret(&ns, "orders-db").unwrap()["access_token"],
+        secret_data(&ns, "orders-db").unwrap()["access_token"],
         first["access_token"],
         "old token kept"
     );
@@ -401,7 +384,7 @@ async fn an_sts_outage_keeps_the_old_token_backs_off_and_recovers_without_a_stor
     .await;
     assert_eq!(condition(&recovered, "Ready").unwrap()["status"], "True");
     assert_ne!(
-        secret(&ns, "orders-db").unwrap()["access_token"],
+        secret_data(&ns, "orders-db").unwrap()["access_token"],
         first["access_token"]
     );
     let episode = cloud.google.calls(Target::Sts) - calls_before;
@@ -488,7 +471,7 @@ async fn two_replicas_elect_one_writer_and_fail_over() {
     ns.kubectl(&["delete", "secret", "orders-db"], None)
         .success();
     eventually("the new leader repairing the Secret", LIMIT, || {
-        secret(&ns, "orders-db")
+        secret_data(&ns, "orders-db")
     })
     .await;
 }
@@ -500,11 +483,11 @@ async fn deleting_the_resource_removes_its_secret() {
     service_account(&ns, "orders-api");
     let _controller = ControllerProcess::start(&ns.name, &cloud, "r1", &[]);
     apply(&ns, &cloud, "orders-db", irsa(), json!({}), json!({}));
-    eventually("the Secret", LIMIT, || secret(&ns, "orders-db")).await;
+    eventually("the Secret", LIMIT, || secret_data(&ns, "orders-db")).await;
     ns.kubectl(&["delete", "fedcred", "orders-db"], None)
         .success();
     eventually("the Secret gone", LIMIT, || {
-        secret(&ns, "orders-db").is_none().then_some(())
+        secret_data(&ns, "orders-db").is_none().then_some(())
     })
     .await;
 }
@@ -630,9 +613,9 @@ async fn workloads_roll_when_injected_settings_change_and_never_on_refresh() {
     .await;
 
     // Several refreshes later, nothing has been rolled.
-    let token = secret(&ns, "orders").unwrap()["access_token"].clone();
+    let token = secret_data(&ns, "orders").unwrap()["access_token"].clone();
     eventually("two refreshes", LIMIT, || {
-        let now = secret(&ns, "orders")?["access_token"].clone();
+        let now = secret_data(&ns, "orders")?["access_token"].clone();
         (now != token).then_some(())
     })
     .await;
@@ -696,9 +679,9 @@ async fn workloads_roll_when_injected_settings_change_and_never_on_refresh() {
         get_json(&ns, &[kind, name]).unwrap()["metadata"]["generation"].clone()
     };
     let before = generation("deployment", "api");
-    let token = secret(&ns, "orders").unwrap()["access_token"].clone();
+    let token = secret_data(&ns, "orders").unwrap()["access_token"].clone();
     eventually("another refresh", LIMIT, || {
-        let now = secret(&ns, "orders")?["access_token"].clone();
+        let now = secret_data(&ns, "orders")?["access_token"].clone();
         (now != token).then_some(())
     })
     .await;

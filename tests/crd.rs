@@ -223,19 +223,7 @@ fn kubectl_get_shows_the_printer_columns() {
             "lastTransitionTime": "2030-01-02T02:04:05Z", "observedGeneration": 1
         }]
     }});
-    ns.kubectl(
-        &[
-            "patch",
-            "fedcred",
-            "orders-db",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &status.to_string(),
-        ],
-        None,
-    )
-    .success();
+    ns.set_status("orders-db", &status);
     let table = ns.kubectl(&["get", "fedcred", "orders-db"], None).success();
     let mut lines = table.lines();
     let header: Vec<&str> = lines

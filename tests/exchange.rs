@@ -18,6 +18,8 @@ use support::cloud::{ASSUMED_ROLE, AUDIENCE, Cloud, ROLE, SA_EMAIL};
 fn defaults() -> Defaults {
     Defaults {
         controller_identity: ControllerIdentityPolicy::new(["*"]),
+        // Moto and the Google doubles listen on loopback.
+        endpoints: fedcred_core::exchange::EndpointPolicy::new(["http://127.0.0.1:*"]).unwrap(),
         ..Defaults::default()
     }
 }

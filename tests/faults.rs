@@ -36,9 +36,17 @@ use support::cloud::{Cloud, ROLE};
 use support::controller::{ControllerProcess, Launch};
 use support::free_port;
 use support::gate::Gate;
+use support::tokens::{Judge, Verdict, decode, report_row};
 
 // ---------------------------------------------------------------------------------------------
 // Figures
+
+/// Google STS down, as [`World::break_google_sts`] found the resource.
+struct Outage {
+    expires_at: Timestamp,
+    stale: Option<String>,
+    before: (u64, u64),
+}
 
 /// One row of the fault table.
 struct Figures {
@@ -64,17 +72,7 @@ impl Figures {
 
     /// Prints the row and appends it to `FEDCRED_FAULT_REPORT` when set.
     fn report(&self) {
-        let row = self.row();
-        println!("{row}");
-        if let Some(path) = std::env::var_os("FEDCRED_FAULT_REPORT") {
-            let mut file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .expect("the fault report file opens");
-            file.write_all(format!("{row}\n").as_bytes())
-                .expect("the fault report file takes the row");
-        }
+        report_row("FEDCRED_FAULT_REPORT", &self.row());
     }
 }
 
@@ -99,6 +97,22 @@ struct Samples {
     distinct_tokens: usize,
     /// Fewest seconds to expiry seen in any sample.
     closest_to_expiry: Option<i64>,
+    /// Secrets of the story missing once it was over.
+    lost: u64,
+}
+
+impl Samples {
+    /// The figures every story reports from its samples; the story adds the rest.
+    fn figures(&self, fault: &'static str) -> Figures {
+        Figures {
+            fault,
+            recovery: None,
+            expired: self.expired,
+            lost: self.lost,
+            calls: String::new(),
+            notes: String::new(),
+        }
+    }
 }
 
 /// Reads the Secrets `names` every 100 ms until finished and checks each token against its
@@ -114,7 +128,7 @@ impl Sampler {
         let stopped = stop.clone();
         let task = tokio::spawn(async move {
             let mut s = Samples::default();
-            let mut issued: HashSet<String> = HashSet::new();
+            let mut judge = Judge::default();
             let mut seen: HashSet<String> = HashSet::new();
             while !stopped.load(Ordering::Relaxed) {
                 for name in &names {
@@ -132,31 +146,18 @@ impl Sampler {
                             continue;
                         }
                     };
-                    let data = decode(&secret);
-                    let (Some(token), Some(expiry)) =
-                        (data.get("access_token"), data.get("expiry"))
-                    else {
-                        s.foreign += 1;
-                        continue;
-                    };
-                    let now = Timestamp::now();
-                    let Ok(expiry) = expiry.parse::<Timestamp>() else {
-                        s.foreign += 1;
-                        continue;
-                    };
-                    let left = expiry.as_second() - now.as_second();
-                    s.closest_to_expiry = Some(s.closest_to_expiry.map_or(left, |c| c.min(left)));
-                    if !issued.contains(token) {
-                        issued.extend(cloud.google.issued_tokens());
+                    let verdict = judge.judge(&secret, &cloud);
+                    if let Some(left) = verdict.left() {
+                        s.closest_to_expiry =
+                            Some(s.closest_to_expiry.map_or(left, |c| c.min(left)));
                     }
-                    if expiry <= now {
-                        s.expired += 1;
-                    } else if !issued.contains(token) {
-                        s.foreign += 1;
-                    } else if cloud.google.lookup(token).is_none() {
-                        s.expired += 1;
+                    match verdict {
+                        Verdict::Fresh { token, .. } => {
+                            seen.insert(token);
+                        }
+                        Verdict::Expired { .. } => s.expired += 1,
+                        Verdict::Foreign { .. } => s.foreign += 1,
                     }
-                    seen.insert(token.clone());
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -170,15 +171,6 @@ impl Sampler {
         self.stop.store(true, Ordering::Relaxed);
         self.task.await.expect("the sampler ran")
     }
-}
-
-fn decode(secret: &Secret) -> BTreeMap<String, String> {
-    secret
-        .data
-        .iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
-        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -339,6 +331,59 @@ impl World {
         format!("STS {}, IAM {}", sts - before.0, iam - before.1)
     }
 
+    /// Reads the expiry and token of `orders-db`, then makes Google STS answer 503 to every
+    /// request until [`World::mend_google_sts_at`].
+    async fn break_google_sts(&self) -> Outage {
+        let status = self.status("orders-db").await;
+        let outage = Outage {
+            expires_at: status["expiresAt"].as_str().unwrap().parse().unwrap(),
+            stale: self.token("orders-db").await,
+            before: self.calls(),
+        };
+        self.cloud.google.inject(
+            Target::Sts,
+            Fault::Status {
+                code: 503,
+                retry_after: None,
+                count: 100_000,
+            },
+        );
+        outage
+    }
+
+    /// Ends the outage at `back`: returns when Google was healthy again, how many STS calls the
+    /// outage saw since `before`, and the failures the status counted by then.
+    async fn mend_google_sts_at(&self, back: Timestamp, before: (u64, u64)) -> (Instant, u64, i64) {
+        tokio::time::sleep(back.duration_since(Timestamp::now()).unsigned_abs()).await;
+        let failures = self.status("orders-db").await["failureCount"]
+            .as_i64()
+            .unwrap_or(0);
+        self.cloud.google.clear_faults();
+        (Instant::now(), self.calls().0 - before.0, failures)
+    }
+
+    /// A last second of sampling (the new token must be served too), then what the sampler
+    /// saw and whether the story's Secret survived.
+    async fn settle(&self, sampler: Sampler) -> Samples {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut samples = sampler.finish().await;
+        samples.lost = self.lost(&["orders-db"]).await;
+        samples
+    }
+
+    /// Reports the story's row, keeps the evidence of `controllers` and checks that no expired
+    /// token was served and no Secret lost.
+    async fn conclude(
+        &self,
+        figures: &Figures,
+        samples: &Samples,
+        controllers: &[&ControllerProcess],
+    ) {
+        figures.report();
+        self.keep_evidence(controllers).await;
+        assert_sound(figures, samples);
+    }
+
     async fn lost(&self, names: &[&str]) -> u64 {
         let mut lost = 0;
         for name in names {
@@ -435,7 +480,7 @@ async fn google_fault(
     inject: impl FnOnce(&World),
     target: Target,
     notes: impl FnOnce(&Samples, Duration) -> String,
-) -> (Figures, Samples) {
+) -> Figures {
     let world = World::shared(prefix, federated(60)).await;
     let controller = world.controller("r1", &[]);
     let google = if impersonate {
@@ -455,19 +500,15 @@ async fn google_fault(
         .recovered("orders-db", stale.as_deref(), Duration::from_secs(120))
         .await;
     let calls = world.calls_since(before);
-    // Keep sampling a little after recovery: the new token must be served too.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let samples = sampler.finish().await;
+    let samples = world.settle(sampler).await;
     let figures = Figures {
-        fault,
         recovery: Some(recovered_at.saturating_duration_since(healthy_at)),
-        expired: samples.expired,
-        lost: world.lost(&["orders-db"]).await,
         calls,
         notes: notes(&samples, recovered_at - start),
+        ..samples.figures(fault)
     };
-    world.keep_evidence(&[&controller]).await;
-    (figures, samples)
+    world.conclude(&figures, &samples, &[&controller]).await;
+    figures
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -475,7 +516,7 @@ async fn google_fault(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn google_sts_5xx_burst() {
-    let (figures, samples) = google_fault(
+    google_fault(
         "Google STS 5xx burst (8 × 503)",
         "f-5xx",
         false,
@@ -499,13 +540,11 @@ async fn google_sts_5xx_burst() {
         },
     )
     .await;
-    figures.report();
-    assert_sound(&figures, &samples);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn google_sts_429_with_retry_after() {
-    let (figures, samples) = google_fault(
+    let figures = google_fault(
         "Google STS 429, Retry-After: 2 (3 ×)",
         "f-429",
         false,
@@ -529,8 +568,6 @@ async fn google_sts_429_with_retry_after() {
         },
     )
     .await;
-    figures.report();
-    assert_sound(&figures, &samples);
     // Three refusals and one success within one refresh: no storm.
     let sts: u64 = figures.calls["STS ".len()..]
         .split(',')
@@ -543,7 +580,7 @@ async fn google_sts_429_with_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn google_sts_requests_hang_past_the_client_timeout() {
-    let (figures, samples) = google_fault(
+    google_fault(
         "Google STS hangs 12 s (> 10 s client timeout, 2 ×)",
         "f-hang",
         false,
@@ -566,8 +603,6 @@ async fn google_sts_requests_hang_past_the_client_timeout() {
         },
     )
     .await;
-    figures.report();
-    assert_sound(&figures, &samples);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -608,25 +643,20 @@ async fn iam_credentials_denies_then_allows() {
         .recovered("orders-db", stale.as_deref(), Duration::from_secs(120))
         .await;
     let calls = world.calls_since(before);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let samples = sampler.finish().await;
+    let samples = world.settle(sampler).await;
     let token = world.token("orders-db").await.unwrap();
     let info = world.cloud.google.lookup(&token).unwrap();
     assert_eq!(info.scopes, ["https://www.googleapis.com/auth/bigquery"]);
     let figures = Figures {
-        fault: "IAM Credentials denies (2 ×) then allows",
         recovery: Some(recovered_at.saturating_duration_since(healthy_at)),
-        expired: samples.expired,
-        lost: world.lost(&["orders-db"]).await,
         calls,
         notes: format!(
             "refresh forced by a spec change; old token served meanwhile; episode {}",
             secs(recovered_at - start)
         ),
+        ..samples.figures("IAM Credentials denies (2 ×) then allows")
     };
-    figures.report();
-    world.keep_evidence(&[&controller]).await;
-    assert_sound(&figures, &samples);
+    world.conclude(&figures, &samples, &[&controller]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -638,18 +668,11 @@ async fn google_sts_down_through_the_last_half_minute_before_expiry() {
     let sampler = world
         .ready_and_sampled("orders-db", world.spec(no_impersonation(), json!({})))
         .await;
-    let status = world.status("orders-db").await;
-    let expires_at: Timestamp = status["expiresAt"].as_str().unwrap().parse().unwrap();
-    let stale = world.token("orders-db").await;
-    world.cloud.google.inject(
-        Target::Sts,
-        Fault::Status {
-            code: 503,
-            retry_after: None,
-            count: 100_000,
-        },
-    );
-    let before = world.calls();
+    let Outage {
+        expires_at,
+        stale,
+        before,
+    } = world.break_google_sts().await;
     // Google comes back 8 s before the token would expire.
     let back = expires_at - SignedDuration::from_secs(8);
     let first_call = loop {
@@ -659,25 +682,14 @@ async fn google_sts_down_through_the_last_half_minute_before_expiry() {
         assert!(Timestamp::now() < back, "no refresh was tried");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let wait = back.duration_since(Timestamp::now());
-    tokio::time::sleep(wait.unsigned_abs()).await;
-    let failed = world.status("orders-db").await["failureCount"]
-        .as_i64()
-        .unwrap_or(0);
-    world.cloud.google.clear_faults();
-    let healthy_at = Instant::now();
-    let outage_calls = world.calls().0 - before.0;
+    let (healthy_at, outage_calls, failed) = world.mend_google_sts_at(back, before).await;
     let outage = back.duration_since(first_call).as_secs_f64();
     let recovered_at = world
         .recovered("orders-db", stale.as_deref(), Duration::from_secs(60))
         .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let samples = sampler.finish().await;
+    let samples = world.settle(sampler).await;
     let figures = Figures {
-        fault: "Google STS down from the refresh until 8 s before expiry (60 s tokens, refresh at 30 s left)",
         recovery: Some(recovered_at - healthy_at),
-        expired: samples.expired,
-        lost: world.lost(&["orders-db"]).await,
         calls: format!("STS {outage_calls} in {outage:.1} s of outage"),
         notes: format!(
             "{:.1} Google calls/s while down; {failed} failed refreshes recorded (a status write and a Warning event each, one per {:.1} s); closest approach to expiry {} s",
@@ -685,10 +697,9 @@ async fn google_sts_down_through_the_last_half_minute_before_expiry() {
             outage / (failed.max(1) as f64),
             samples.closest_to_expiry.unwrap_or_default()
         ),
+        ..samples.figures("Google STS down from the refresh until 8 s before expiry (60 s tokens, refresh at 30 s left)")
     };
-    figures.report();
-    world.keep_evidence(&[&controller]).await;
-    assert_sound(&figures, &samples);
+    world.conclude(&figures, &samples, &[&controller]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -701,26 +712,15 @@ async fn google_sts_down_until_the_token_has_expired() {
         .apply("orders-db", world.spec(no_impersonation(), json!({})))
         .await;
     world.recovered("orders-db", None, READY).await;
-    let status = world.status("orders-db").await;
-    let expires_at: Timestamp = status["expiresAt"].as_str().unwrap().parse().unwrap();
-    let stale = world.token("orders-db").await;
-    world.cloud.google.inject(
-        Target::Sts,
-        Fault::Status {
-            code: 503,
-            retry_after: None,
-            count: 100_000,
-        },
-    );
-    let before = world.calls();
+    let Outage {
+        expires_at,
+        stale,
+        before,
+    } = world.break_google_sts().await;
     // Google comes back 2 s after the token expired.
     let back = expires_at + SignedDuration::from_secs(2);
-    tokio::time::sleep(back.duration_since(Timestamp::now()).unsigned_abs()).await;
-    world.cloud.google.clear_faults();
-    let healthy_at = Instant::now();
-    let outage_calls = world.calls().0 - before.0;
+    let (healthy_at, outage_calls, failures) = world.mend_google_sts_at(back, before).await;
     let status = world.status("orders-db").await;
-    let failures = status["failureCount"].as_i64().unwrap_or(0);
     let next: Option<Timestamp> = status["nextRefreshTime"]
         .as_str()
         .and_then(|t| t.parse().ok());
@@ -739,7 +739,7 @@ async fn google_sts_down_until_the_token_has_expired() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let samples = sampler.finish().await;
+    let samples = world.settle(sampler).await;
     // What the controller has scheduled by now.
     let status = world.status("orders-db").await;
     let failures = status["failureCount"].as_i64().unwrap_or(failures);
@@ -749,10 +749,7 @@ async fn google_sts_down_until_the_token_has_expired() {
         .or(next);
     let waiting = next.map(|n| n.as_second() - Timestamp::now().as_second());
     let figures = Figures {
-        fault: "Google STS down until 2 s after the token expired (60 s tokens, refresh at 30 s left)",
         recovery: recovered,
-        expired: samples.expired,
-        lost: world.lost(&["orders-db"]).await,
         calls: format!("STS {outage_calls} during the outage"),
         notes: match recovered {
             Some(_) => format!(
@@ -763,6 +760,9 @@ async fn google_sts_down_until_the_token_has_expired() {
                 waiting.map_or("an unknown time".to_owned(), |w| (w + 40).to_string())
             ),
         },
+        ..samples.figures(
+            "Google STS down until 2 s after the token expired (60 s tokens, refresh at 30 s left)",
+        )
     };
     figures.report();
     world.keep_evidence(&[&controller]).await;
@@ -807,13 +807,9 @@ async fn aws_sts_down_then_back() {
         .recovered("orders-db", stale.as_deref(), Duration::from_secs(120))
         .await;
     let calls = world.calls_since(before);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let samples = sampler.finish().await;
+    let samples = world.settle(sampler).await;
     let figures = Figures {
-        fault: "AWS STS (moto) down 20 s, then back",
         recovery: Some(recovered_at - healthy_at),
-        expired: samples.expired,
-        lost: world.lost(&["orders-db"]).await,
         calls: format!(
             "{calls}; AWS connections refused {}",
             gate.refused.load(Ordering::Relaxed)
@@ -823,10 +819,9 @@ async fn aws_sts_down_then_back() {
             failing["lastFailureReason"].as_str().unwrap_or("none"),
             samples.closest_to_expiry.unwrap_or_default()
         ),
+        ..samples.figures("AWS STS (moto) down 20 s, then back")
     };
-    figures.report();
-    world.keep_evidence(&[&controller]).await;
-    assert_sound(&figures, &samples);
+    world.conclude(&figures, &samples, &[&controller]).await;
     assert!(
         failing["failureCount"].as_i64().unwrap_or(0) >= 1,
         "the outage was noticed: {failing}"
@@ -875,22 +870,17 @@ async fn the_controller_killed_in_the_middle_of_a_refresh() {
         .recovered("orders-db", stale.as_deref(), Duration::from_secs(120))
         .await;
     let calls = world.calls_since(before);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let samples = sampler.finish().await;
+    let samples = world.settle(sampler).await;
     let figures = Figures {
-        fault: "controller SIGKILLed during a refresh, restarted",
         recovery: Some(recovered_at - restarted_at),
-        expired: samples.expired,
-        lost: world.lost(&["orders-db"]).await,
         calls,
         notes: format!(
             "old token kept through the kill; closest approach to expiry {} s",
             samples.closest_to_expiry.unwrap_or_default()
         ),
+        ..samples.figures("controller SIGKILLed during a refresh, restarted")
     };
-    figures.report();
-    world.keep_evidence(&[&restarted]).await;
-    assert_sound(&figures, &samples);
+    world.conclude(&figures, &samples, &[&restarted]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -932,23 +922,18 @@ async fn leader_failover_between_two_replicas() {
         .recovered("orders-db", stale.as_deref(), Duration::from_secs(120))
         .await;
     let calls = world.calls_since(before);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let samples = sampler.finish().await;
+    let samples = world.settle(sampler).await;
     let figures = Figures {
-        fault: "leader SIGKILLed, standby replica takes over",
         recovery: Some(recovered_at - killed_at),
-        expired: samples.expired,
-        lost: world.lost(&["orders-db"]).await,
         calls,
         notes: format!(
             "takeover after {} (15 s Lease); 60 s tokens; closest approach to expiry {} s",
             secs(takeover),
             samples.closest_to_expiry.unwrap_or_default()
         ),
+        ..samples.figures("leader SIGKILLed, standby replica takes over")
     };
-    figures.report();
-    world.keep_evidence(&[standby]).await;
-    assert_sound(&figures, &samples);
+    world.conclude(&figures, &samples, &[standby]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -983,35 +968,27 @@ async fn a_secret_deleted_or_edited_by_hand() {
         .recovered("orders-db", Some("edited-by-hand"), Duration::from_secs(60))
         .await;
     let edit_calls = world.calls_since(before);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let samples = sampler.finish().await;
-    let lost = world.lost(&["orders-db"]).await;
+    let samples = world.settle(sampler).await;
     let deleted = Figures {
-        fault: "Secret deleted by hand",
         recovery: Some(back_at - deleted_at),
-        expired: samples.expired,
-        lost,
         calls: delete_calls,
         notes: format!(
             "recreated from the cached token; {} samples saw no Secret",
             samples.missing
         ),
+        ..samples.figures("Secret deleted by hand")
     };
     let edited = Figures {
-        fault: "Secret edited by hand (token overwritten)",
         recovery: Some(restored_at - edited_at),
-        expired: samples.expired,
-        lost,
         calls: edit_calls,
         notes: format!(
             "edit undone from the cached token; {} samples saw the edited value",
             samples.foreign
         ),
+        ..samples.figures("Secret edited by hand (token overwritten)")
     };
-    deleted.report();
     edited.report();
-    world.keep_evidence(&[&controller]).await;
-    assert_sound(&deleted, &samples);
+    world.conclude(&deleted, &samples, &[&controller]).await;
     assert!(
         samples.missing > 0 || samples.foreign > 0,
         "the sampler saw the hand edits"
@@ -1157,13 +1134,9 @@ async fn kube_apiserver_killed_and_restarted() {
         .recovered("orders-db", stale.as_deref(), Duration::from_secs(120))
         .await;
     let calls = world.calls_since(before);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let samples = sampler.finish().await;
+    let samples = world.settle(sampler).await;
     let figures = Figures {
-        fault: "kube-apiserver SIGKILLed, down 20 s, restarted",
         recovery: Some(recovered_at - ready_at),
-        expired: samples.expired,
-        lost: world.lost(&["orders-db"]).await,
         calls,
         notes: format!(
             "API server back {} after the kill; controller {}; {} reads unanswered; closest approach to expiry {} s",
@@ -1176,13 +1149,10 @@ async fn kube_apiserver_killed_and_restarted() {
             samples.unreachable,
             samples.closest_to_expiry.unwrap_or_default()
         ),
+        ..samples.figures("kube-apiserver SIGKILLed, down 20 s, restarted")
     };
-    figures.report();
-    match &restarted {
-        Some(r) => world.keep_evidence(&[r]).await,
-        None => world.keep_evidence(&[&controller]).await,
-    }
-    assert_sound(&figures, &samples);
+    let last = restarted.as_ref().unwrap_or(&controller);
+    world.conclude(&figures, &samples, &[last]).await;
     assert!(samples.unreachable > 0, "the sampler saw the outage");
 }
 

@@ -469,30 +469,6 @@ fn chunked(body: &[u8]) -> Vec<u8> {
     out
 }
 
-fn federated_credential(ns: &TestNamespace) {
-    let fc = support::valid_credential("orders-db");
-    ns.kubectl(&["create", "-f", "-"], Some(&fc.to_string()))
-        .success();
-    let status = json!({"status": {"conditions": [{
-        "type": "Ready", "status": "True", "reason": "TokenIssued",
-        "message": "the Secret holds a valid token",
-        "lastTransitionTime": "2026-01-01T00:00:00Z",
-    }]}});
-    ns.kubectl(
-        &[
-            "patch",
-            "fedcred",
-            "orders-db",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &status.to_string(),
-        ],
-        None,
-    )
-    .success();
-}
-
 /// Posts the valid review and checks that it is answered with a patch.
 async fn answers_a_valid_review(client: &reqwest::Client, server: &Server, ns: &str) {
     let response = client
@@ -513,7 +489,7 @@ async fn hostile_admission_reviews_are_refused_and_the_server_stays_up_with_boun
     ensure_crd();
     let ns = TestNamespace::new("hostile-wh");
     let other = TestNamespace::new("hostile-wh-other");
-    federated_credential(&ns);
+    support::create_credential(&ns, "orders-db", true);
     let server = Server::start("ghcr.io/example/fedcred:t");
     let client = tls_client(&server);
 

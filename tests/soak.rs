@@ -16,7 +16,6 @@
 mod support;
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,6 +31,7 @@ use serde_json::{Value, json};
 use support::cloud::{Cloud, ROLE};
 use support::controller::{ControllerProcess, Launch};
 use support::gate::Gate;
+use support::tokens::{Judge, Verdict, report_row};
 
 /// Token lifetime the doubles issue.
 const LIFETIME: i64 = 60;
@@ -75,21 +75,12 @@ struct Watch {
     peak_rss_kib: u64,
 }
 
-fn decode(secret: &Secret) -> BTreeMap<String, String> {
-    secret
-        .data
-        .iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
-        .collect()
-}
-
 /// One round: every Secret of the namespace, checked.
 async fn sample(
     secrets: &Api<Secret>,
     names: &[String],
     cloud: &Cloud,
-    issued: &mut HashSet<String>,
+    judge: &mut Judge,
     w: &mut Watch,
 ) {
     w.rounds += 1;
@@ -114,28 +105,17 @@ async fn sample(
             continue;
         };
         w.reads += 1;
-        let data = decode(secret);
-        let (Some(token), Some(expiry)) = (data.get("access_token"), data.get("expiry")) else {
-            w.foreign += 1;
-            continue;
-        };
-        let Ok(expiry) = expiry.parse::<Timestamp>() else {
-            w.foreign += 1;
-            continue;
-        };
-        let left = expiry.as_second() - now.as_second();
-        w.closest_to_expiry = Some(w.closest_to_expiry.map_or(left, |c| c.min(left)));
-        let stale = now.as_second() - (expiry.as_second() - LIFETIME * RENEW_PERCENT / 100);
-        w.worst_staleness = w.worst_staleness.max(stale);
-        if !issued.contains(token) {
-            issued.extend(cloud.google.issued_tokens());
+        let verdict = judge.judge(secret, cloud);
+        if let Some(left) = verdict.left() {
+            w.closest_to_expiry = Some(w.closest_to_expiry.map_or(left, |c| c.min(left)));
         }
-        if expiry <= now {
-            w.expired += 1;
-        } else if !issued.contains(token) {
-            w.foreign += 1;
-        } else if cloud.google.lookup(token).is_none() {
-            w.expired += 1;
+        match verdict {
+            Verdict::Fresh { expiry, .. } => {
+                let stale = now.as_second() - (expiry.as_second() - LIFETIME * RENEW_PERCENT / 100);
+                w.worst_staleness = w.worst_staleness.max(stale);
+            }
+            Verdict::Expired { .. } => w.expired += 1,
+            Verdict::Foreign { .. } => w.foreign += 1,
         }
     }
 }
@@ -235,7 +215,7 @@ async fn soak_with_random_faults() {
     let exchanges_before = cloud.google.exchanges(Target::Sts);
     let calls_before = cloud.google.calls(Target::Sts);
     let mut watch = Watch::default();
-    let mut issued = HashSet::new();
+    let mut judge = Judge::default();
     let mut injected = Injected::default();
     let run = Duration::from_secs(seconds);
     let start = Instant::now();
@@ -260,7 +240,7 @@ async fn soak_with_random_faults() {
     let faults_until = start + run.saturating_sub(Duration::from_secs(40));
     while start.elapsed() < run {
         if Instant::now() >= next_round {
-            sample(&secrets, &names, &cloud, &mut issued, &mut watch).await;
+            sample(&secrets, &names, &cloud, &mut judge, &mut watch).await;
             if let Some(rss) = controller.rss_kib() {
                 watch.peak_rss_kib = watch.peak_rss_kib.max(rss);
             }
@@ -429,7 +409,7 @@ async fn soak_with_random_faults() {
         "| duration | resources | tokens served expired | Secrets lost | worst staleness | exchange rate | controller peak RSS | faults injected (seed {seed}) |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    println!("{row}");
+    report_row("FEDCRED_SOAK_REPORT", &row);
     println!(
         "all {resources} Secrets written {:.1} s after the controller started; {} rounds of reads, {} reads, {} rounds unanswered, {} hand-deleted and {} hand-edited observations",
         all_ready_after.as_secs_f64(),
@@ -439,14 +419,6 @@ async fn soak_with_random_faults() {
         watch.missing,
         watch.foreign
     );
-    if let Some(path) = std::env::var_os("FEDCRED_SOAK_REPORT") {
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap();
-        file.write_all(format!("{row}\n").as_bytes()).unwrap();
-    }
     if let Some(dir) = std::env::var_os("FEDCRED_EVIDENCE_DIR") {
         let _ = std::fs::write(
             PathBuf::from(dir).join(format!("soak-{}-federatedcredentials.json", ns.name)),

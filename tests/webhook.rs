@@ -42,33 +42,6 @@ fn pod(name: &str, credential: Option<&str>) -> Value {
     pod
 }
 
-/// Creates a FederatedCredential with one AlloyDB instance, Ready or without any status.
-fn federated_credential(ns: &TestNamespace, name: &str, ready: bool) {
-    let fc = support::valid_credential(name);
-    ns.kubectl(&["create", "-f", "-"], Some(&fc.to_string()))
-        .success();
-    if ready {
-        let status = json!({"status": {"conditions": [{
-            "type": "Ready", "status": "True", "reason": "TokenIssued",
-            "message": "the Secret holds a valid token",
-            "lastTransitionTime": "2026-01-01T00:00:00Z",
-        }]}});
-        ns.kubectl(
-            &[
-                "patch",
-                "fedcred",
-                name,
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                &status.to_string(),
-            ],
-            None,
-        )
-        .success();
-    }
-}
-
 fn stored_pod(ns: &TestNamespace, name: &str) -> Value {
     let out = ns
         .kubectl(&["get", "pod", name, "-o", "json"], None)
@@ -97,7 +70,7 @@ fn an_opted_in_pod_is_stored_with_its_sidecars_and_environment() {
     let ns = TestNamespace::new("wh-inject");
     let server = Server::start(FEDCRED_IMAGE);
     let _registration = register(&server, &ns);
-    federated_credential(&ns, "orders-db", true);
+    support::create_credential(&ns, "orders-db", true);
 
     let out = ns.kubectl(
         &["create", "-f", "-"],
@@ -138,7 +111,7 @@ fn pods_that_do_not_opt_in_are_untouched() {
     let ns = TestNamespace::new("wh-plain");
     let server = Server::start(FEDCRED_IMAGE);
     let _registration = register(&server, &ns);
-    federated_credential(&ns, "orders-db", true);
+    support::create_credential(&ns, "orders-db", true);
 
     // Annotated but not labelled: the objectSelector keeps it from the webhook altogether.
     let mut plain = pod("plain", Some("orders-db"));
@@ -185,7 +158,7 @@ fn a_credential_that_is_not_ready_admits_the_pod_with_a_warning() {
     let ns = TestNamespace::new("wh-notready");
     let server = Server::start(FEDCRED_IMAGE);
     let _registration = register(&server, &ns);
-    federated_credential(&ns, "orders-db", false);
+    support::create_credential(&ns, "orders-db", false);
 
     let out = ns.kubectl(
         &["create", "-f", "-"],

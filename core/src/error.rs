@@ -39,6 +39,11 @@ pub enum Reason {
     Timeout,
     /// A peer failed in a way not listed above (5xx, unexpected body, network).
     Upstream,
+    /// The resource names an endpoint the cluster admin has not allowed.
+    EndpointNotAllowed,
+    /// Not tried now: the namespace's share of concurrent exchanges is in use, or another
+    /// exchange of the same identity is still running. Retried shortly; never written to status.
+    Busy,
 }
 
 impl Reason {
@@ -60,6 +65,8 @@ impl Reason {
             Reason::InvalidTokenRequest => "InvalidTokenRequest",
             Reason::Timeout => "Timeout",
             Reason::Upstream => "Upstream",
+            Reason::Busy => "Busy",
+            Reason::EndpointNotAllowed => "EndpointNotAllowed",
         }
     }
 }

@@ -96,6 +96,128 @@ impl ControllerIdentityPolicy {
     }
 }
 
+/// Which endpoints a resource may name in `aws.stsEndpoint` and `google.endpoints.*`: they
+/// receive credentials (a ServiceAccount token, a signed GetCallerIdentity, a federated
+/// token), so they are the cluster admin's choice, not the resource author's. By default only
+/// AWS's own STS hosts and Google's; the admin lists others (`--allow-endpoint`), each as
+/// `scheme://host[:port]`, with `*` for any port.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndpointPolicy {
+    /// `(scheme, host, port)`; port `None`: any.
+    allowed: Vec<(String, String, Option<u16>)>,
+    /// Every endpoint: for `fedcred exchange`, run by hand with the caller's own credentials.
+    any: bool,
+}
+
+/// An endpoint URL's scheme, host (lowercase) and port (the scheme's default when absent).
+fn origin(url: &str) -> Option<(String, String, u16)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let authority = rest.split(['/', '?', '#']).next()?;
+    if authority.contains('@') || authority.is_empty() {
+        return None;
+    }
+    let default = match scheme.as_str() {
+        "https" => 443,
+        "http" => 80,
+        _ => return None,
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => {
+            (host, port.parse().ok()?)
+        }
+        _ => (authority, default),
+    };
+    Some((scheme, host.to_ascii_lowercase(), port))
+}
+
+/// Whether `host` is one of AWS's own STS hosts: global, regional, FIPS, China.
+fn is_aws_sts_host(host: &str) -> bool {
+    if host == "sts.amazonaws.com" {
+        return true;
+    }
+    let region_of = |h: &str| -> Option<String> {
+        let h = h
+            .strip_suffix(".amazonaws.com.cn")
+            .or_else(|| h.strip_suffix(".amazonaws.com"))?;
+        let region = h
+            .strip_prefix("sts.")
+            .or_else(|| h.strip_prefix("sts-fips."))?;
+        Some(region.to_owned())
+    };
+    region_of(host).is_some_and(|r| is_region(&r))
+}
+
+impl EndpointPolicy {
+    /// The default policy plus `entries` (`scheme://host[:port]`, `*` for any port). Returns
+    /// the entries that could not be read.
+    pub fn new<I: IntoIterator<Item = S>, S: AsRef<str>>(entries: I) -> Result<Self, String> {
+        let mut allowed = Vec::new();
+        for entry in entries {
+            let entry = entry.as_ref().trim();
+            if entry.is_empty() {
+                continue;
+            }
+            let (any_port, url) = match entry.strip_suffix(":*") {
+                Some(base) => (true, base),
+                None => (false, entry),
+            };
+            let (scheme, host, port) = origin(url).ok_or_else(|| {
+                format!("--allow-endpoint {entry:?} is not scheme://host[:port] (port `*` for any)")
+            })?;
+            allowed.push((scheme, host, (!any_port).then_some(port)));
+        }
+        Ok(EndpointPolicy {
+            allowed,
+            any: false,
+        })
+    }
+
+    /// Every endpoint allowed: for a command run by hand, whose user chose the file.
+    pub fn any() -> Self {
+        EndpointPolicy {
+            allowed: Vec::new(),
+            any: true,
+        }
+    }
+
+    /// Whether a resource may send credentials to `url`.
+    pub fn allows(&self, url: &str) -> bool {
+        if self.any {
+            return true;
+        }
+        let Some((scheme, host, port)) = origin(url) else {
+            return false;
+        };
+        let official = scheme == "https"
+            && port == 443
+            && (is_aws_sts_host(&host)
+                || host == "sts.googleapis.com"
+                || host == "iamcredentials.googleapis.com");
+        official
+            || self
+                .allowed
+                .iter()
+                .any(|(s, h, p)| *s == scheme && *h == host && p.is_none_or(|p| p == port))
+    }
+
+    /// Refuses `url` in `field` unless allowed, naming who can allow it.
+    pub fn check(&self, field: &str, url: &str) -> Result<(), ExchangeError> {
+        if self.allows(url) {
+            return Ok(());
+        }
+        let shown = origin(url)
+            .map(|(s, h, p)| format!("{s}://{h}:{p}"))
+            .unwrap_or_else(|| url.to_owned());
+        Err(ExchangeError::new(
+            Reason::EndpointNotAllowed,
+            format!(
+                "{field} {shown} is not an endpoint this controller sends credentials to; remove {field} to use the official endpoint, or ask the cluster admin to allow it (controller flag --allow-endpoint, chart value endpoints.allowed)"
+            ),
+        ))
+    }
+}
+
 /// Controller-wide settings the spec falls back to.
 #[derive(Clone, Debug)]
 pub struct Defaults {
@@ -104,6 +226,8 @@ pub struct Defaults {
     pub sts_url: String,
     pub iam_credentials_url: String,
     pub controller_identity: ControllerIdentityPolicy,
+    /// Endpoints a resource may name.
+    pub endpoints: EndpointPolicy,
 }
 
 impl Default for Defaults {
@@ -113,6 +237,7 @@ impl Default for Defaults {
             sts_url: DEFAULT_STS_URL.to_owned(),
             iam_credentials_url: DEFAULT_IAM_CREDENTIALS_URL.to_owned(),
             controller_identity: ControllerIdentityPolicy::default(),
+            endpoints: EndpointPolicy::default(),
         }
     }
 }
@@ -171,6 +296,19 @@ pub fn plan(
         scopes.insert(ALLOYDB_LOGIN_SCOPE.to_owned());
     }
     let endpoints = spec.google.endpoints.clone().unwrap_or_default();
+    let named = [
+        ("aws.stsEndpoint", spec.aws.sts_endpoint.as_deref()),
+        ("google.endpoints.sts", endpoints.sts.as_deref()),
+        (
+            "google.endpoints.iamCredentials",
+            endpoints.iam_credentials.as_deref(),
+        ),
+    ];
+    for (field, url) in named {
+        if let Some(url) = url {
+            defaults.endpoints.check(field, url)?;
+        }
+    }
     Ok(IdentityKey {
         namespace: namespace.to_owned(),
         source,
@@ -271,9 +409,166 @@ pub fn shares_failure(
     }
 }
 
+/// Bounds that keep one tenant's slow or hostile peer from stalling the others: every
+/// exchange ends by a deadline, a caller waits only briefly for another caller's exchange of
+/// the same identity, a namespace runs at most its share of exchanges at once, and a token
+/// that lives too short to be worth writing is refused rather than refreshed in a loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest one exchange may take, all retries included.
+    pub exchange_deadline: Duration,
+    /// Longest a caller waits for a concurrent exchange of the same identity before it is told
+    /// to come back ([`Reason::Busy`]) instead of holding a worker.
+    pub identity_wait: Duration,
+    /// Most exchanges one namespace may have in flight at once.
+    pub namespace_share: usize,
+    /// Shortest token lifetime accepted from Google.
+    pub min_token_lifetime: Duration,
+}
+
+/// Longest one exchange may take: above the longest legitimate one (a handful of calls that
+/// each answer in well under a second, with a few retries), far below any token's lifetime.
+pub const EXCHANGE_DEADLINE: Duration = Duration::from_secs(40);
+/// Shortest token lifetime accepted by default: Google issues hour-long federated tokens and
+/// impersonated tokens of at least several minutes.
+pub const MIN_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+
+impl Limits {
+    /// The limits for a controller running `concurrency` reconciles at once: a namespace may
+    /// use a quarter of them (at least one) for exchanges.
+    pub fn for_concurrency(concurrency: u16) -> Limits {
+        Limits {
+            exchange_deadline: EXCHANGE_DEADLINE,
+            identity_wait: Duration::from_secs(1),
+            namespace_share: (usize::from(concurrency) / 4).max(1),
+            min_token_lifetime: MIN_TOKEN_LIFETIME,
+        }
+    }
+
+    /// Whether a namespace with `in_flight` exchanges running may start another.
+    pub fn admits(&self, in_flight: usize) -> bool {
+        in_flight < self.namespace_share
+    }
+
+    /// The error for a namespace that has used its share.
+    pub fn busy(&self, namespace: &str) -> ExchangeError {
+        ExchangeError::new(
+            Reason::Busy,
+            format!(
+                "namespace {namespace} already has {} exchanges in flight, its share of the controller; this one waits its turn",
+                self.namespace_share
+            ),
+        )
+    }
+
+    /// Refuses a token Google issued at `issued_at` to expire at `expires_at` when it lives
+    /// shorter than [`Limits::min_token_lifetime`].
+    pub fn check_lifetime(
+        &self,
+        issued_at: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<(), ExchangeError> {
+        let lifetime = expires_at.duration_since(issued_at).as_secs_f64();
+        // A second of slack: expiry times are kept in whole seconds.
+        if lifetime + 1.0 < self.min_token_lifetime.as_secs_f64() {
+            return Err(ExchangeError::new(
+                Reason::Upstream,
+                format!(
+                    "Google issued a token that lives {} s, shorter than the {} s the controller accepts (--min-token-seconds); it is not written",
+                    lifetime.max(0.0).round(),
+                    self.min_token_lifetime.as_secs()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for Limits {
+    /// For an engine used on its own (`fedcred exchange`, a library caller): deadlines and the
+    /// lifetime floor, but callers of one identity wait for its exchange and no namespace has
+    /// a share to exceed; a controller sets [`Limits::for_concurrency`].
+    fn default() -> Self {
+        Limits {
+            identity_wait: EXCHANGE_DEADLINE,
+            namespace_share: usize::MAX,
+            ..Limits::for_concurrency(32)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_official_endpoints_unless_the_admin_lists_more() {
+        let none = EndpointPolicy::default();
+        for ok in [
+            "https://sts.amazonaws.com",
+            "https://sts.eu-west-1.amazonaws.com/",
+            "https://sts-fips.us-east-1.amazonaws.com",
+            "https://sts.cn-north-1.amazonaws.com.cn",
+            "https://sts.googleapis.com/v1/token",
+            "https://iamcredentials.googleapis.com",
+            "HTTPS://STS.GOOGLEAPIS.COM:443/v1/token",
+        ] {
+            assert!(none.allows(ok), "{ok}");
+        }
+        for refused in [
+            "https://sts.googleapis.com.evil.example/v1/token",
+            "https://evil.example/sts.amazonaws.com",
+            "https://sts.amazonaws.com@evil.example",
+            "http://sts.amazonaws.com",
+            "https://sts.googleapis.com:8443",
+            "https://sts.not-a-region.amazonaws.com",
+            "http://127.0.0.1:5000",
+        ] {
+            assert!(!none.allows(refused), "{refused}");
+        }
+        let err = none
+            .check("aws.stsEndpoint", "https://evil.example/x")
+            .unwrap_err();
+        assert_eq!(err.reason, Reason::EndpointNotAllowed);
+        assert!(err.message.contains("--allow-endpoint"), "{}", err.message);
+        assert!(
+            err.message
+                .contains("aws.stsEndpoint https://evil.example:443"),
+            "{}",
+            err.message
+        );
+
+        let admin =
+            EndpointPolicy::new(["http://127.0.0.1:5000", "https://vpce.example:*"]).unwrap();
+        assert!(admin.allows("http://127.0.0.1:5000/"));
+        assert!(!admin.allows("http://127.0.0.1:5001/"));
+        assert!(!admin.allows("https://127.0.0.1:5000/"));
+        assert!(admin.allows("https://vpce.example:9443/v1"));
+        assert!(admin.allows("https://vpce.example"));
+        assert!(EndpointPolicy::new(["127.0.0.1:5000"]).is_err());
+    }
+
+    #[test]
+    fn a_namespace_gets_a_quarter_of_the_workers_and_short_tokens_are_refused() {
+        let limits = Limits::for_concurrency(32);
+        assert_eq!(limits.namespace_share, 8);
+        assert!(limits.admits(7));
+        assert!(!limits.admits(8));
+        assert_eq!(Limits::for_concurrency(2).namespace_share, 1);
+        assert_eq!(limits.busy("hostile").reason, Reason::Busy);
+        let at: Timestamp = "2026-11-29T10:00:00Z".parse().unwrap();
+        let one = limits
+            .check_lifetime(at, at + Duration::from_secs(1))
+            .unwrap_err();
+        assert_eq!(one.reason, Reason::Upstream);
+        assert!(one.message.contains("1 s"), "{}", one.message);
+        assert!(
+            limits
+                .check_lifetime(at, at + Duration::from_secs(60))
+                .is_ok()
+        );
+        assert!(limits.exchange_deadline < Duration::from_secs(60));
+    }
 
     #[test]
     fn a_failure_answers_waiters_and_newcomers_but_not_its_own_retry() {

@@ -99,8 +99,9 @@ pub fn project_id(service_account: &str) -> Option<String> {
 }
 
 /// Deterministic STS session name: `fedcred.NAMESPACE` or `fedcred.NAMESPACE.SERVICEACCOUNT`,
-/// at most 64 characters of `[\w+=,.@-]`. Longer names keep a readable prefix and end in a
-/// hash of the whole, so distinct inputs stay distinct.
+/// at most 64 characters of `[\w+=,.@-]`. Longer names keep a readable prefix of 31
+/// characters and end in 128 bits of a SHA-256 of the whole, so no tenant can search for a
+/// name that collides with another's (a trust policy may match on `sts:RoleSessionName`).
 pub fn session_name(namespace: &str, service_account: Option<&str>) -> String {
     let full = match service_account {
         Some(sa) => format!("fedcred.{namespace}.{sa}"),
@@ -120,8 +121,8 @@ pub fn session_name(namespace: &str, service_account: Option<&str>) -> String {
         return clean;
     }
     let digest = Sha256::digest(full.as_bytes());
-    let hash: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{hash}", &clean[..55])
+    let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{hash}", &clean[..31])
 }
 
 /// Whether `arn` is an IAM role ARN (`arn:PARTITION:iam::ACCOUNT:role/NAME`).
@@ -223,6 +224,16 @@ mod tests {
         );
         assert_eq!(session_name("analytics", None), "fedcred.analytics");
         assert_ne!(session_name("shop", Some("a")), session_name("shop", None));
+    }
+
+    #[test]
+    fn a_long_session_name_ends_in_128_bits_of_hash() {
+        // A 32-bit hash lets one tenant search for a name that collides with another's.
+        let name = session_name(&"n".repeat(63), Some(&"s".repeat(200)));
+        assert_eq!(name.len(), 64);
+        let (_, hash) = name.rsplit_once('-').unwrap();
+        assert_eq!(hash.len(), 32, "{name}");
+        assert!(hash.bytes().all(|b| b.is_ascii_hexdigit()), "{name}");
     }
 
     #[test]

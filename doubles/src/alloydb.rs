@@ -44,7 +44,7 @@ pub use faults::Target;
 pub use mdx::AuthType;
 
 use crate::faults::Fault;
-use crate::state::lock;
+use crate::sync::lock;
 
 /// How a connection to the instance ended its setup.
 #[derive(Clone, Debug, PartialEq, Eq)]

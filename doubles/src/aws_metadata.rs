@@ -39,7 +39,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use crate::moto::TemporaryCredentials;
-use crate::state::lock;
+use crate::sync::lock;
 
 /// Header of the IMDSv2 token request naming the token's lifetime in seconds; echoed on the answer.
 pub const TOKEN_TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use serde::Deserialize;
 
-use crate::state::lock;
+use crate::sync::lock;
 
 pub(crate) struct KeySource {
     static_keys: HashMap<String, String>,

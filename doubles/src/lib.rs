@@ -45,6 +45,7 @@ pub mod sigv4;
 pub mod state;
 pub mod sts;
 pub mod subject;
+mod sync;
 
 pub use config::{Binding, Condition, Config, EXTENDED_LIFETIME, Provider};
 pub use faults::{Fault, Target};

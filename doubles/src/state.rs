@@ -6,8 +6,8 @@
 //! update it. Locks are never held across an `.await`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use rand::distr::{Alphanumeric, SampleString};
@@ -15,6 +15,7 @@ use rand::distr::{Alphanumeric, SampleString};
 use crate::config::Config;
 use crate::faults::{Fault, Faults, Target};
 use crate::keys::KeySource;
+use crate::sync::lock;
 
 /// Prefix of every access token the doubles issue.
 pub const TOKEN_PREFIX: &str = "ya29.fake-";
@@ -65,11 +66,6 @@ impl TokenInfo {
     pub fn expires_in(&self, now: SystemTime) -> Duration {
         self.expires_at.duration_since(now).unwrap_or_default()
     }
-}
-
-/// `Mutex::lock` that shrugs off poisoning: a panicking test must not wedge the doubles.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Appends `token` to the file named by `FEDCRED_ISSUED_TOKENS`, when set: a test run ends with

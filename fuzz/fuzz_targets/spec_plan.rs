@@ -24,6 +24,9 @@ fuzz_target!(|data: &[u8]| {
         let defaults = Defaults {
             region: Some("us-east-1".to_owned()),
             controller_identity: ControllerIdentityPolicy::new(["shop"]),
+            // Endpoint refusals are checked in fedcred-core's tests; here every admitted
+            // endpoint is planned.
+            endpoints: fedcred_core::exchange::EndpointPolicy::any(),
             ..Defaults::default()
         };
         let allowed = spec.aws.controller_identity.is_none() || namespace == "shop";

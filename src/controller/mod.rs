@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fedcred_core::api::{FederatedCredential, FederatedCredentialStatus};
+use fedcred_core::error::Reason;
 use fedcred_core::exchange::Defaults;
 use fedcred_core::google::truncate;
 use fedcred_core::names::{MANAGED_BY, MANAGED_BY_LABEL, ROLLOUT_ANNOTATION, secret_name};
@@ -56,6 +57,8 @@ pub enum Error {
         name: String,
         source: kube::Error,
     },
+    #[error("the reconcile did not finish within {} s and was abandoned", RECONCILE_DEADLINE.as_secs())]
+    Deadline,
 }
 
 impl Error {
@@ -64,6 +67,7 @@ impl Error {
             Error::SecretRead { .. } => "SecretRead",
             Error::SecretWrite { .. } => "SecretWrite",
             Error::StatusWrite { .. } => "StatusWrite",
+            Error::Deadline => "Deadline",
         }
     }
 }
@@ -253,6 +257,23 @@ pub async fn reconcile(fc: Arc<FederatedCredential>, ctx: Arc<Context>) -> Resul
     })
 }
 
+/// How soon a resource whose exchange was not tried ([`Reason::Busy`]) is looked at again.
+const BUSY_RETRY: Duration = Duration::from_secs(2);
+
+/// Longest one reconcile may take: the exchange's own deadline and a few API writes.
+pub const RECONCILE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// [`reconcile`] within [`RECONCILE_DEADLINE`]: a peer that never answers cannot hold a
+/// worker for longer.
+async fn reconcile_within_deadline(
+    fc: Arc<FederatedCredential>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    tokio::time::timeout(RECONCILE_DEADLINE, reconcile(fc, ctx))
+        .await
+        .unwrap_or(Err(Error::Deadline))
+}
+
 /// How soon a failed rollout is tried again.
 const ROLLOUT_RETRY: Duration = Duration::from_secs(30);
 
@@ -376,6 +397,12 @@ async fn refresh(
             );
             match result {
                 Ok(issued) => refresh::issued(&observed, &key, trigger, &issued),
+                // Not tried: the namespace's share is in use or the identity's exchange is
+                // running; nothing to report, look again soon.
+                Err(err) if err.reason == Reason::Busy => {
+                    tracing::debug!(namespace = %fc.namespace().unwrap_or_default(), name = %fc.name_any(), "{err}");
+                    return Ok(Action::requeue(BUSY_RETRY));
+                }
                 // The moment of the failure, not of the reconcile's start.
                 Err(err) => refresh::failed(
                     &Observed {
@@ -497,7 +524,7 @@ pub async fn run(
                 .debounce(DEBOUNCE),
         )
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile_within_deadline, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))
         .await;
     housekeeping.abort();

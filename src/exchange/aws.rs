@@ -59,12 +59,23 @@ pub struct Aws {
     /// STS clients by (region, endpoint, access key id of the signing credentials); building
     /// one costs more than the call it makes.
     clients: std::sync::Mutex<HashMap<ClientKey, aws_sdk_sts::Client>>,
-    /// The ARN of each set of the controller's own credentials, by access key id.
-    callers: std::sync::Mutex<HashMap<String, String>>,
+    /// The ARN of each set of the controller's own credentials, by the STS client that told
+    /// it (region, endpoint, access key id): an endpoint's answer is never taken for another's.
+    callers: std::sync::Mutex<HashMap<ClientKey, String>>,
 }
 
 /// Region, endpoint override, and access key id of the credentials an STS client signs with.
 type ClientKey = (String, Option<String>, Option<String>);
+
+/// Deadlines of every AWS STS call: connect, each attempt, and the call with its retries.
+fn sts_timeouts() -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .read_timeout(Duration::from_secs(5))
+        .operation_attempt_timeout(Duration::from_secs(5))
+        .operation_timeout(Duration::from_secs(15))
+        .build()
+}
 
 /// Clients kept before the cache starts over (credentials rotate; identities are few).
 const MAX_CACHED_CLIENTS: usize = 256;
@@ -76,6 +87,9 @@ impl Aws {
         let base = aws_config::defaults(BehaviorVersion::latest())
             // Credentials are resolved per use below, so each failure can be explained.
             .no_credentials()
+            // An endpoint that accepts connections and never answers must not hold a call
+            // for longer than this; the SDK alone sets only a connect timeout.
+            .timeout_config(sts_timeouts())
             .load()
             .await;
         Aws {
@@ -236,11 +250,16 @@ impl Aws {
         let Some(role_arn) = role_arn else {
             // Google will see the controller's own principal; ask AWS who that is (once per
             // set of credentials), so status and error messages can name it.
+            let caller_key = (
+                region.to_owned(),
+                sts_endpoint.map(str::to_owned),
+                Some(own.access_key_id().to_owned()),
+            );
             let known = self
                 .callers
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .get(own.access_key_id())
+                .get(&caller_key)
                 .cloned();
             let arn = match known {
                 Some(arn) => Some(arn),
@@ -258,7 +277,7 @@ impl Aws {
                         if callers.len() >= MAX_CACHED_CLIENTS {
                             callers.clear();
                         }
-                        callers.insert(own.access_key_id().to_owned(), arn.clone());
+                        callers.insert(caller_key, arn.clone());
                     }
                     who.arn
                 }
@@ -412,7 +431,7 @@ async fn default_chain(region: &str) -> Result<Credentials, ExchangeError> {
     Err(ExchangeError::new(
         Reason::AwsCredentialsUnavailable,
         format!(
-            "the controller found no AWS credentials of its own; tried {}. Give the controller an identity (IRSA or Pod Identity on its ServiceAccount, or an instance role) or use aws.serviceAccount instead",
+            "found no AWS credentials where fedcred runs; tried {}. Give the controller (or the host of fedcred agent) an identity: IRSA or Pod Identity on its ServiceAccount, an ECS task role, or an instance role with IMDSv2 (or, in a cluster, use aws.serviceAccount instead)",
             tried.join("; ")
         ),
     ))

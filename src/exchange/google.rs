@@ -42,6 +42,9 @@ impl GoogleClient {
             .timeout(policy.request_timeout)
             .connect_timeout(policy.request_timeout.min(Duration::from_secs(5)))
             .user_agent(concat!("fedcred/", env!("CARGO_PKG_VERSION")))
+            // A redirect would carry a subject token or a federated token to a host nobody
+            // allowed; an endpoint that redirects is answered as the failure it is.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| {
                 ExchangeError::new(

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use fedcred_core::api::CLOUD_PLATFORM_SCOPE;
 use fedcred_core::error::{ExchangeError, Reason};
-use fedcred_core::exchange::{AwsSource, IdentityKey, Issued, Reuse, shares_failure};
+use fedcred_core::exchange::{AwsSource, IdentityKey, Issued, Limits, Reuse, shares_failure};
 use fedcred_core::google::{AccessToken, truncate};
 use fedcred_core::names::{db_user, project_id};
 use fedcred_core::subject_token::{self, SubjectTokenRequest};
@@ -31,6 +31,30 @@ pub struct Engine {
     google: GoogleClient,
     kube: Option<kube::Client>,
     slots: std::sync::Mutex<HashMap<IdentityKey, Slot>>,
+    limits: Limits,
+    /// Calls in [`Engine::token`] per namespace, waiting or exchanging.
+    in_flight: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+}
+
+/// One call's place in its namespace's share; given back when dropped.
+struct Place {
+    namespace: String,
+    in_flight: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut counts = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(n) = counts.get_mut(&self.namespace) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.namespace);
+            }
+        }
+    }
 }
 
 impl Engine {
@@ -40,7 +64,32 @@ impl Engine {
             google,
             kube,
             slots: std::sync::Mutex::new(HashMap::new()),
+            limits: Limits::default(),
+            in_flight: Arc::default(),
         }
+    }
+
+    /// The same engine under `limits`.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// A place in `namespace`'s share of concurrent calls, or [`Reason::Busy`].
+    fn enter(&self, namespace: &str) -> Result<Place, ExchangeError> {
+        let mut counts = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let n = counts.entry(namespace.to_owned()).or_default();
+        if !self.limits.admits(*n) {
+            return Err(self.limits.busy(namespace));
+        }
+        *n += 1;
+        Ok(Place {
+            namespace: namespace.to_owned(),
+            in_flight: self.in_flight.clone(),
+        })
     }
 
     /// A token for `key` that `reuse` accepts, exchanging only when no concurrent or recent
@@ -54,6 +103,8 @@ impl Engine {
         failed_at: Option<Timestamp>,
     ) -> Result<Issued, ExchangeError> {
         let called = Timestamp::now();
+        // A namespace whose peers hang holds at most its share of the callers.
+        let _place = self.enter(&key.namespace)?;
         let slot = {
             let mut slots = self
                 .slots
@@ -61,7 +112,19 @@ impl Engine {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             slots.entry(key.clone()).or_default().clone()
         };
-        let mut guard = slot.lock().await;
+        // Another caller exchanging for this identity: wait briefly for its answer, then come
+        // back later rather than hold a worker for as long as that exchange may take.
+        let Ok(mut guard) = tokio::time::timeout(self.limits.identity_wait, slot.lock()).await
+        else {
+            return Err(ExchangeError::new(
+                Reason::Busy,
+                format!(
+                    "another exchange of {} in namespace {} is still running",
+                    key.describe(),
+                    key.namespace
+                ),
+            ));
+        };
         let now = Timestamp::now();
         if let Some((at, result)) = guard.as_ref() {
             match result {
@@ -72,7 +135,19 @@ impl Engine {
                 _ => {}
             }
         }
-        let result = self.exchange(key).await;
+        let result = match tokio::time::timeout(self.limits.exchange_deadline, self.exchange(key))
+            .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(ExchangeError::new(
+                Reason::Timeout,
+                format!(
+                    "the exchange of {} took longer than {} s and was abandoned: AWS STS, Google or the Kubernetes API did not answer in time",
+                    key.describe(),
+                    self.limits.exchange_deadline.as_secs()
+                ),
+            )),
+        };
         *guard = Some((Timestamp::now(), result.clone()));
         result
     }
@@ -98,6 +173,7 @@ impl Engine {
 
     /// One full exchange, no caching.
     pub async fn exchange(&self, key: &IdentityKey) -> Result<Issued, ExchangeError> {
+        let started = Timestamp::now();
         let identity = self.aws_identity(key).await?;
         let principal = identity.principal_arn.as_deref();
         let subject = subject_token::build(
@@ -144,6 +220,9 @@ impl Engine {
                 .await
                 .map_err(|e| e.presented_by(principal))?,
         };
+        self.limits
+            .check_lifetime(started, token.expires_at)
+            .map_err(|e| e.presented_by(principal))?;
         tracing::info!(
             namespace = %key.namespace,
             identity = %key.describe(),

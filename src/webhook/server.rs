@@ -46,6 +46,9 @@ pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a client has to finish the TLS handshake, and then to send request headers.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Longest the whole request body may take to arrive once the head has.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What the handler needs: the API client for lookups, an optional watched cache of
 /// FederatedCredentials, and the injection settings.
 #[derive(Clone)]
@@ -164,8 +167,19 @@ async fn mutate(State(webhook): State<Webhook>, headers: HeaderMap, body: Body) 
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return too_large();
     }
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
-        return too_large();
+    // The API server sends a review at once; a body still arriving after this is a client
+    // holding the connection and its buffer, not a review.
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES))
+        .await
+    {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => return too_large(),
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the body did not arrive within {BODY_TIMEOUT:?}"),
+            );
+        }
     };
     let parsed = match parse(&bytes) {
         Ok(parsed) => parsed,

@@ -135,6 +135,12 @@ impl<'a> Launch<'a> {
                 "--google-iam-credentials-url",
                 &self.cloud.google.iam_credentials_url(),
             ])
+            // The doubles issue tokens of a few seconds to compress time; the default floor
+            // (a minute) would refuse them.
+            .args(["--min-token-seconds", "5"])
+            // Moto, the Google doubles and the suite's gates all listen on loopback: the
+            // admin's allow-list for endpoints that resources name.
+            .args(["--allow-endpoint", "http://127.0.0.1:*"])
             .args(&self.extra)
             .envs(self.env)
             .env("KUBECONFIG", &self.kubeconfig)

@@ -7,6 +7,7 @@ pub mod cloud;
 pub mod controller;
 pub mod gate;
 pub mod pod;
+pub mod tokens;
 pub mod webhook;
 
 use std::io::Write;
@@ -159,6 +160,24 @@ impl TestNamespace {
         all.extend_from_slice(args);
         kubectl(&all, stdin)
     }
+
+    /// Merges `status` (`{"status": {...}}`) into FederatedCredential `name`'s status
+    /// subresource, as the controller would write it.
+    pub fn set_status(&self, name: &str, status: &serde_json::Value) {
+        self.kubectl(
+            &[
+                "patch",
+                "fedcred",
+                name,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &status.to_string(),
+            ],
+            None,
+        )
+        .success();
+    }
 }
 
 impl Drop for TestNamespace {
@@ -234,6 +253,26 @@ pub fn valid_credential(name: &str) -> serde_json::Value {
             "alloydb": {"instances": [{"uri": INSTANCE}]}
         }
     })
+}
+
+/// Creates [`valid_credential`] `name` in `ns`; when `ready`, also writes the Ready status the
+/// controller would, so the webhook injects without a controller running.
+pub fn create_credential(ns: &TestNamespace, name: &str, ready: bool) {
+    ns.kubectl(
+        &["create", "-f", "-"],
+        Some(&valid_credential(name).to_string()),
+    )
+    .success();
+    if ready {
+        ns.set_status(
+            name,
+            &serde_json::json!({"status": {"conditions": [{
+                "type": "Ready", "status": "True", "reason": "TokenIssued",
+                "message": "the Secret holds a valid token",
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }]}}),
+        );
+    }
 }
 
 /// An async client of the test control plane, for tests that use kube directly.

@@ -122,8 +122,16 @@ impl Drop for SecretVolume {
 
 /// The data of Secret `name` in `ns`, decoded; `None` while it does not exist.
 pub fn secret_data(ns: &TestNamespace, name: &str) -> Option<BTreeMap<String, String>> {
+    secret_data_in(&ns.name, name)
+}
+
+/// The data of Secret `name` in namespace `namespace`, decoded; `None` while it does not exist.
+pub fn secret_data_in(namespace: &str, name: &str) -> Option<BTreeMap<String, String>> {
     use base64::Engine as _;
-    let out = ns.kubectl(&["get", "secret", name, "-o", "json"], None);
+    let out = super::kubectl(
+        &["get", "secret", name, "-n", namespace, "-o", "json"],
+        None,
+    );
     if !out.ok {
         return None;
     }

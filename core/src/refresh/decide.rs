@@ -146,6 +146,10 @@ fn expired(now: Timestamp, _: Option<i64>, s: &Schedule, _: &SecretState) -> Opt
         .then_some(Trigger::Expired)
 }
 
+/// The soonest a token is refreshed after it was issued, whatever its lifetime: a peer that
+/// issues one-second tokens must not make a resource refresh in a loop.
+pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(2);
+
 /// The largest refresh jitter, as a share of the refresh window.
 const REFRESH_JITTER: f64 = 0.1;
 
@@ -162,7 +166,7 @@ pub fn refresh_at(
     let window = lifetime * f64::from(renew_before_percentage.clamp(1, 99)) / 100.0;
     let jitter = window * REFRESH_JITTER * unit.clamp(0.0, 1.0);
     let at = expires_at - SignedDuration::from_secs_f64(window + jitter);
-    truncate(at.max(issued_at + SignedDuration::from_secs(1)))
+    truncate(at.max(issued_at + MIN_REFRESH_INTERVAL))
 }
 
 /// The share of a token's lifetime within which [`refresh_at`] may fall due, at the earliest
@@ -368,6 +372,14 @@ mod tests {
             decide(t("2026-01-01T01:00:00Z"), Some(1), &stale, &INTACT),
             Decision::Refresh(Trigger::Expired)
         );
+    }
+
+    #[test]
+    fn a_token_is_never_refreshed_sooner_than_the_floor_after_it_was_issued() {
+        let issued = t("2026-01-01T00:00:00Z");
+        // A token that lives 3 s, refreshed when 99 % of it is left.
+        let at = refresh_at(issued, t("2026-01-01T00:00:03Z"), 99, 0.0);
+        assert_eq!(at, t("2026-01-01T00:00:02Z"));
     }
 
     #[test]

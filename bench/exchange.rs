@@ -184,6 +184,7 @@ fn engine_key(moto: &str, doubles: &str, impersonate: bool) -> Result<IdentityKe
     .map_err(|e| format!("bench spec: {e}"))?;
     let defaults = Defaults {
         controller_identity: ControllerIdentityPolicy::new([NAMESPACE]),
+        endpoints: fedcred_core::exchange::EndpointPolicy::new(["http://127.0.0.1:*"]).unwrap(),
         ..Defaults::default()
     };
     plan(NAMESPACE, &spec, &defaults).map_err(|e| format!("{} ({})", e.message, e.reason))

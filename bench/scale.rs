@@ -131,6 +131,7 @@ async fn floor(client: &Client, ns: &str, n: usize, concurrency: usize) -> Durat
     let defaults = Defaults {
         region: Some("us-east-1".into()),
         controller_identity: ControllerIdentityPolicy::default(),
+        endpoints: fedcred_core::exchange::EndpointPolicy::new(["http://127.0.0.1:*"]).unwrap(),
         ..Defaults::default()
     };
     let start = Instant::now();
@@ -192,6 +193,7 @@ async fn exchange_floor(
         region: Some("us-east-1".into()),
         sts_url: google.sts_url(),
         iam_credentials_url: google.iam_credentials_url(),
+        endpoints: fedcred_core::exchange::EndpointPolicy::new(["http://127.0.0.1:*"]).unwrap(),
         ..Defaults::default()
     };
     let keys: Vec<_> = (0..identities)
