@@ -65,6 +65,10 @@ enum Command {
         #[arg(long)]
         show_token: bool,
     },
+    /// Exchange the AWS identity of this host (EC2, ECS, a Pod Identity pod) as the
+    /// FederatedCredential in a file says, keep the token fresh in memory and serve it with
+    /// the GCE metadata protocol on loopback. No Kubernetes needed.
+    Agent(Box<AgentArgs>),
     /// Serve the GCE metadata protocol on loopback from the FederatedCredential Secret mounted
     /// in the pod, so unchanged Google libraries find their token.
     MetadataServer {
@@ -82,6 +86,44 @@ enum Command {
         #[arg(long, env = "FEDCRED_LOG_FORMAT", default_value = "json")]
         log_format: String,
     },
+}
+
+/// `fedcred agent`: the exchange where the AWS credentials are, served as GCE metadata.
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// The manifest holding the FederatedCredential (YAML or JSON, one or more documents).
+    #[arg(
+        short = 'f',
+        long = "filename",
+        env = "FEDCRED_CREDENTIAL_FILE",
+        required_unless_present_any = ["check", "credential"],
+        conflicts_with = "credential"
+    )]
+    file: Option<PathBuf>,
+    /// The manifest itself instead of a file, for places without files such as an ECS task
+    /// definition's environment.
+    #[arg(long, env = "FEDCRED_CREDENTIAL", hide_env_values = true)]
+    credential: Option<String>,
+    /// Which FederatedCredential of the file, when it holds several.
+    #[arg(long, env = "FEDCRED_CREDENTIAL_NAME")]
+    name: Option<String>,
+    /// Do not serve: ask the agent at --listen for its token and exit 0 only if it serves one
+    /// (a container health check; the image has no shell or curl). Prints no token.
+    #[arg(long)]
+    check: bool,
+    /// Address to serve the metadata protocol on; keep it on loopback.
+    #[arg(long, env = "FEDCRED_METADATA_LISTEN", default_value = DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// AWS region to sign for when the file names none; defaults to AWS_REGION, then
+    /// AWS_DEFAULT_REGION.
+    #[arg(long, env = "FEDCRED_AWS_REGION")]
+    region: Option<String>,
+    /// Serve /healthz, /readyz (200 once a token is held) and /metrics on this address.
+    #[arg(long, env = "FEDCRED_METRICS_ADDRESS")]
+    metrics_address: Option<SocketAddr>,
+    /// Log format: `json` or `text`.
+    #[arg(long, env = "FEDCRED_LOG_FORMAT", default_value = "json")]
+    log_format: String,
 }
 
 #[derive(clap::Args)]
@@ -186,6 +228,8 @@ pub enum Error {
     Controller(#[from] runtime::Error),
     #[error(transparent)]
     MetadataServer(#[from] crate::metadata::Error),
+    #[error(transparent)]
+    Agent(#[from] crate::agent::Error),
     #[error("the metadata emulator at {host} does not answer: {problem}")]
     MetadataCheck { host: String, problem: String },
 }
@@ -215,7 +259,23 @@ impl Cli {
                 check: true,
                 listen,
                 ..
-            } => metadata_check(listen).await,
+            } => metadata_check(listen, "/").await,
+            Command::Agent(args) if args.check => metadata_check(args.listen, TOKEN_PATH).await,
+            Command::Agent(args) => {
+                init_logging(&args.log_format)?;
+                let options = crate::agent::Options {
+                    // clap requires one of the two unless --check is given.
+                    manifest: match (args.file, args.credential) {
+                        (Some(file), _) => crate::agent::Manifest::File(file),
+                        (None, text) => crate::agent::Manifest::Text(text.unwrap_or_default()),
+                    },
+                    name: args.name,
+                    listen: args.listen,
+                    region: args.region,
+                    metrics_address: args.metrics_address,
+                };
+                Ok(crate::agent::run(options, runtime::shutdown_signal()).await?)
+            }
             Command::MetadataServer {
                 secret_dir,
                 listen,
@@ -344,9 +404,13 @@ fn init_logging(format: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// One request to the emulator's root, as Google's libraries ping it: success is a 200 that
-/// carries `Metadata-Flavor: Google`.
-async fn metadata_check(listen: SocketAddr) -> Result<(), Error> {
+/// The token path: `fedcred agent --check` passes only when a token is served.
+const TOKEN_PATH: &str = "/computeMetadata/v1/instance/service-accounts/default/token";
+
+/// One request to the emulator at `path` (its root, as Google's libraries ping it, or the
+/// token): success is a 200 that carries `Metadata-Flavor: Google`. The body of a refusal is
+/// part of the message (it names the reason, never a token); a served token is not printed.
+async fn metadata_check(listen: SocketAddr, path: &str) -> Result<(), Error> {
     let host = injected_env(&listen.to_string())
         .into_iter()
         .find(|(name, _)| name == "GCE_METADATA_HOST")
@@ -362,7 +426,7 @@ async fn metadata_check(listen: SocketAddr) -> Result<(), Error> {
         .build()
         .map_err(|e| failed(e.to_string()))?;
     let response = client
-        .get(format!("http://{host}/"))
+        .get(format!("http://{host}{path}"))
         .header("Metadata-Flavor", "Google")
         .send()
         .await
@@ -371,9 +435,16 @@ async fn metadata_check(listen: SocketAddr) -> Result<(), Error> {
         .headers()
         .get("metadata-flavor")
         .is_some_and(|v| v == "Google");
-    match (response.status().is_success(), flavored) {
+    let status = response.status();
+    match (status.is_success(), flavored) {
         (true, true) => Ok(()),
-        (_, true) => Err(failed(format!("it answered HTTP {}", response.status()))),
+        (_, true) => {
+            let body = response.text().await.unwrap_or_default();
+            Err(failed(format!(
+                "it answered HTTP {status}: {}",
+                body.trim()
+            )))
+        }
         _ => Err(failed(format!(
             "it answered HTTP {} without Metadata-Flavor: Google",
             response.status()

@@ -8,6 +8,7 @@
 //! ([`runtime`], run by the commands in [`cli`]).
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod cli;
 pub mod controller;
 pub mod exchange;

@@ -431,7 +431,7 @@ async fn default_chain(region: &str) -> Result<Credentials, ExchangeError> {
     Err(ExchangeError::new(
         Reason::AwsCredentialsUnavailable,
         format!(
-            "the controller found no AWS credentials of its own; tried {}. Give the controller an identity (IRSA or Pod Identity on its ServiceAccount, or an instance role) or use aws.serviceAccount instead",
+            "found no AWS credentials where fedcred runs; tried {}. Give the controller (or the host of fedcred agent) an identity: IRSA or Pod Identity on its ServiceAccount, an ECS task role, or an instance role with IMDSv2 (or, in a cluster, use aws.serviceAccount instead)",
             tried.join("; ")
         ),
     ))

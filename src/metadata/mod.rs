@@ -9,4 +9,6 @@
 pub mod server;
 pub mod volume;
 
-pub use server::{Error, Options, check_secret_dir, serve};
+pub use server::{
+    Error, Options, TokenSource, VolumeSource, bind, check_secret_dir, serve, serve_on,
+};

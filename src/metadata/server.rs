@@ -1,6 +1,7 @@
-//! The HTTP adapter: binds the listener, reads the Secret volume per request, and turns
-//! [`protocol`] decisions into responses. Nothing is cached, so an update the kubelet made is
-//! served by the very next request.
+//! The HTTP adapter: binds the listener, asks a [`TokenSource`] for the current view per
+//! request, and turns [`protocol`] decisions into responses. Two sources exist: the Secret
+//! volume of `fedcred metadata-server` ([`VolumeSource`], read per request, so an update the
+//! kubelet made is served by the very next request) and the in-memory token of `fedcred agent`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -54,8 +55,36 @@ pub enum Error {
     Serve(std::io::Error),
 }
 
-struct Shared {
-    secret_dir: PathBuf,
+/// Where the served token and its metadata come from.
+pub trait TokenSource: Send + Sync + 'static {
+    /// The current view, or the complete answer (a 503 naming why) when there is none to
+    /// serve. Called once per request that needs the token or the account.
+    fn view(&self) -> impl Future<Output = Result<SecretView, Reply>> + Send;
+}
+
+/// The FederatedCredential's Secret as the kubelet mounts it.
+pub struct VolumeSource {
+    pub secret_dir: PathBuf,
+}
+
+impl TokenSource for VolumeSource {
+    async fn view(&self) -> Result<SecretView, Reply> {
+        let dir = self.secret_dir.clone();
+        // Small local files, but still blocking I/O: keep it off the async workers.
+        let files = tokio::task::spawn_blocking(move || volume::read(&dir))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|read| read)
+            .map_err(|error| {
+                tracing::warn!(%error, "cannot read the mounted Secret");
+                protocol::unreadable(&error)
+            })?;
+        Ok(SecretView::from_files(&files))
+    }
+}
+
+struct Shared<S> {
+    source: S,
     /// The last token state logged, so that changes are logged once, not per request.
     last_state: Mutex<Option<String>>,
 }
@@ -75,36 +104,56 @@ pub fn check_secret_dir(dir: &std::path::Path) -> Result<(), Error> {
     }
 }
 
-/// Serves the metadata protocol until `shutdown` completes (SIGTERM when the pod stops).
+/// Serves the metadata protocol from the mounted Secret until `shutdown` completes (SIGTERM
+/// when the pod stops).
 pub async fn serve(
     options: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     check_secret_dir(&options.secret_dir)?;
-    let listener = tokio::net::TcpListener::bind(options.listen)
+    let listener = bind(options.listen).await?;
+    tracing::info!(
+        secret_dir = %options.secret_dir.display(),
+        "reading tokens from the mounted Secret"
+    );
+    let source = VolumeSource {
+        secret_dir: options.secret_dir,
+    };
+    serve_on(listener, source, shutdown).await
+}
+
+/// Binds the metadata listener, so a taken port is reported before anything else starts.
+pub async fn bind(listen: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| Error::Bind {
-            addr: options.listen,
+            addr: listen,
             source,
         })?;
     let addr = listener.local_addr().map_err(Error::Serve)?;
     if !addr.ip().is_loopback() {
-        tracing::warn!(%addr, "listening beyond loopback: other hosts can ask for this pod's token");
+        tracing::warn!(%addr, "listening beyond loopback: other hosts can ask for this token");
     }
+    Ok(listener)
+}
+
+/// Serves the metadata protocol on `listener` from `source` until `shutdown` completes.
+pub async fn serve_on<S: TokenSource>(
+    listener: tokio::net::TcpListener,
+    source: S,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let addr = listener.local_addr().map_err(Error::Serve)?;
     let shared = Arc::new(Shared {
-        secret_dir: options.secret_dir.clone(),
+        source,
         last_state: Mutex::new(None),
     });
-    tracing::info!(
-        %addr,
-        secret_dir = %options.secret_dir.display(),
-        "serving the GCE metadata protocol"
-    );
-    // Log what the Secret holds at start, before any client asks.
-    if let Ok(view) = read_view(&shared).await {
-        observe(&shared, &view, Timestamp::now());
+    tracing::info!(%addr, "serving the GCE metadata protocol");
+    // Log what the source holds at start, before any client asks.
+    if let Ok(view) = shared.source.view().await {
+        observe(&shared.last_state, &view, Timestamp::now());
     }
-    let app = Router::new().fallback(handle).with_state(shared);
+    let app = Router::new().fallback(handle::<S>).with_state(shared);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
@@ -113,16 +162,10 @@ pub async fn serve(
     Ok(())
 }
 
-async fn read_view(shared: &Arc<Shared>) -> std::io::Result<SecretView> {
-    let dir = shared.secret_dir.clone();
-    // Small local files, but still blocking I/O: keep it off the async workers.
-    let files = tokio::task::spawn_blocking(move || volume::read(&dir))
-        .await
-        .map_err(std::io::Error::other)??;
-    Ok(SecretView::from_files(&files))
-}
-
-async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+async fn handle<S: TokenSource>(
+    State(shared): State<Arc<Shared<S>>>,
+    request: Request,
+) -> Response {
     let (parts, _body) = request.into_parts();
     let reply = match protocol::route(&parts.method, &parts.uri, &parts.headers) {
         Err(refusal) => {
@@ -136,16 +179,13 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         Ok(served) if !served.needs_secret() => {
             protocol::answer(&served, &SecretView::default(), Timestamp::now())
         }
-        Ok(served) => match read_view(&shared).await {
+        Ok(served) => match shared.source.view().await {
             Ok(view) => {
                 let now = Timestamp::now();
-                observe(&shared, &view, now);
+                observe(&shared.last_state, &view, now);
                 protocol::answer(&served, &view, now)
             }
-            Err(error) => {
-                tracing::warn!(%error, "cannot read the mounted Secret");
-                protocol::unreadable(&error)
-            }
+            Err(reply) => reply,
         },
     };
     tracing::debug!(
@@ -158,7 +198,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
 }
 
 /// Logs the token state when it changes: a fingerprint and expiry, never the token.
-fn observe(shared: &Shared, view: &SecretView, now: Timestamp) {
+fn observe(last_state: &Mutex<Option<String>>, view: &SecretView, now: Timestamp) {
     let state = match view.token(now) {
         Ok(_) => format!(
             "serving token {} expiring at {}",
@@ -173,7 +213,7 @@ fn observe(shared: &Shared, view: &SecretView, now: Timestamp) {
         ),
         Err(why) => format!("not serving a token: {}", why.reason()),
     };
-    let Ok(mut last) = shared.last_state.lock() else {
+    let Ok(mut last) = last_state.lock() else {
         return;
     };
     if last.as_deref() == Some(state.as_str()) {
