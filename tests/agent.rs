@@ -19,7 +19,7 @@ use fedcred_doubles::{Binding, Provider, Target, role_member};
 use serde_json::{Value, json};
 use support::cloud::{ASSUMED_ROLE, AUDIENCE, Cloud, ROLE, SA_EMAIL};
 use support::free_port;
-use support::pod::{unique, venv_python};
+use support::pod::{google_auth_adc, unique};
 
 const TOKEN: &str = "/computeMetadata/v1/instance/service-accounts/default/token";
 /// What EKS Pod Identity mounts at AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE.
@@ -422,30 +422,9 @@ fn assert_live_for(cloud: &Cloud, token: &str, email: &str) {
 }
 
 /// google-auth's application-default credentials with only the metadata environment for
-/// `port` and `extra`, an empty HOME, as in a fresh container.
+/// `port` and `extra`.
 fn google_auth(port: u16, extra: &[(String, String)]) -> Value {
-    let home = unique("agent-python-home");
-    std::fs::create_dir_all(&home).unwrap();
-    let script = support::repo_root().join("tests/python/metadata_adc.py");
-    let output = Command::new(venv_python())
-        .arg(script)
-        .env_clear()
-        .envs(fedcred_core::metadata::injected_env(&format!(
-            "127.0.0.1:{port}"
-        )))
-        .envs(extra.iter().cloned())
-        .env("HOME", &home)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_dir_all(&home);
-    assert!(
-        output.status.success(),
-        "google-auth failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    google_auth_adc(&format!("127.0.0.1:{port}"), extra)
 }
 
 async fn http_get(url: &str, flavor: bool) -> (u16, String) {

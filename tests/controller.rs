@@ -5,9 +5,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use fedcred_doubles::{Condition, Config, Fault, Target};
+use fedcred_doubles::{Condition, Fault, Target};
 use serde_json::{Value, json};
-use support::cloud::{ASSUMED_ROLE, AUDIENCE, Cloud, ROLE, SA_EMAIL};
+use support::cloud::{ASSUMED_ROLE, AUDIENCE, Cloud, ROLE, SA_EMAIL, federated};
 use support::controller::ControllerProcess;
 use support::pod::secret_data;
 use support::{TestNamespace, eventually};
@@ -178,11 +178,7 @@ async fn a_new_resource_becomes_ready_with_a_token_the_iam_double_accepts() {
 async fn short_lived_tokens_are_refreshed_before_they_expire() {
     let ns = TestNamespace::new("short");
     // Federated tokens (no impersonation) that live 6 seconds.
-    let cloud = Cloud::start(|c| Config {
-        federated_lifetime: Duration::from_secs(6),
-        ..c
-    })
-    .await;
+    let cloud = Cloud::start(federated(6)).await;
     service_account(&ns, "orders-api");
     let _controller = ControllerProcess::start(&ns.name, &cloud, "r1", &[]);
     apply(
@@ -327,11 +323,7 @@ async fn an_attribute_condition_rejection_is_explained_with_the_principal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sts_outage_keeps_the_old_token_backs_off_and_recovers_without_a_storm() {
     let ns = TestNamespace::new("outage");
-    let cloud = Cloud::start(|c| Config {
-        federated_lifetime: Duration::from_secs(60),
-        ..c
-    })
-    .await;
+    let cloud = Cloud::start(federated(60)).await;
     service_account(&ns, "orders-api");
     let _controller = ControllerProcess::start(&ns.name, &cloud, "r1", &[]);
     // Refresh when 90 % of the minute is left: about 6 s after issue.
@@ -577,11 +569,7 @@ async fn workloads_roll_when_injected_settings_change_and_never_on_refresh() {
     support::ensure_crd();
     let ns = TestNamespace::new("rollout");
     // Short tokens, so that refreshes happen while the test watches.
-    let cloud = Cloud::start(|c| Config {
-        federated_lifetime: Duration::from_secs(8),
-        ..c
-    })
-    .await;
+    let cloud = Cloud::start(federated(8)).await;
     service_account(&ns, "orders-api");
     // Federated tokens, so without IAM database login.
     let instance = json!({"uri": support::INSTANCE, "autoIamAuthn": false});

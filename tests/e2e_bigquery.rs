@@ -26,7 +26,7 @@ use support::pod::{
     wait_for_exec_probe,
 };
 use support::webhook::controller_with_webhook;
-use support::{TestNamespace, kubectl, wait_until};
+use support::{TestNamespace, wait_until};
 
 const FEDCRED_IMAGE: &str = "ghcr.io/example/fedcred";
 const BIGQUERY_SCOPE: &str = "https://www.googleapis.com/auth/bigquery";
@@ -282,19 +282,7 @@ async fn an_unchanged_bigquery_job_reads_with_the_token_fedcred_keeps() {
     // The controller, serving its webhook on loopback; it keeps the caBundle current.
     let (registration, _controller) =
         controller_with_webhook(&ns, &cloud, "r1", &format!("{FEDCRED_IMAGE}:e2e"));
-    wait_until(Duration::from_secs(60), || {
-        let out = kubectl(
-            &[
-                "get",
-                "mutatingwebhookconfiguration",
-                &registration.name,
-                "-o",
-                "jsonpath={.webhooks[0].clientConfig.caBundle}",
-            ],
-            None,
-        );
-        out.ok && !out.stdout.trim().is_empty()
-    });
+    registration.wait_for_ca_bundle();
 
     // Seed 003's credential: BigQuery scope, the service account the report job runs as.
     let fc = json!({"apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",

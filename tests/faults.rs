@@ -32,7 +32,7 @@ use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
-use support::cloud::{Cloud, ROLE};
+use support::cloud::{Cloud, ROLE, federated};
 use support::controller::{ControllerProcess, Launch};
 use support::free_port;
 use support::gate::Gate;
@@ -433,14 +433,6 @@ impl World {
 /// Refreshes when 90 % of the lifetime is left: with 60-second tokens, every few seconds.
 fn eager() -> Value {
     json!({"secret": {"renewBeforePercentage": 90}})
-}
-
-/// Federated tokens (no impersonation) living `seconds`.
-fn federated(seconds: u64) -> impl FnOnce(Config) -> Config {
-    move |c| Config {
-        federated_lifetime: Duration::from_secs(seconds),
-        ..c
-    }
 }
 
 fn no_impersonation() -> Value {

@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fedcred::webhook::MAX_BODY_BYTES;
@@ -387,40 +386,10 @@ fn tls_client(server: &Server) -> reqwest::Client {
         .unwrap()
 }
 
-/// A TLS connection to the server, for what reqwest will not send.
-async fn raw_tls(server: &Server) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    let ca = rustls::pki_types::CertificateDer::from(pem_der(&server.certs.ca_pem));
-    roots.add(ca).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(("127.0.0.1", server.port))
-        .await
-        .unwrap();
-    connector
-        .connect("127.0.0.1".try_into().unwrap(), tcp)
-        .await
-        .unwrap()
-}
-
-fn pem_der(pem: &str) -> Vec<u8> {
-    use base64::Engine;
-    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .unwrap()
-}
-
 /// Sends `head` and then `body` while reading the answer, and returns its status code (`None`
 /// when the connection closed without one).
 async fn raw_exchange(server: &Server, head: String, body: Vec<u8>) -> Option<u16> {
-    let tls = raw_tls(server).await;
+    let tls = server.raw_tls().await;
     let (mut rd, mut wr) = tokio::io::split(tls);
     let writer = tokio::spawn(async move {
         let _ = wr.write_all(head.as_bytes()).await;
@@ -725,7 +694,7 @@ async fn hostile_admission_reviews_are_refused_and_the_server_stays_up_with_boun
     for i in 0..20 {
         counted += 1;
         if i % 2 == 0 {
-            let mut tls = raw_tls(&server).await;
+            let mut tls = server.raw_tls().await;
             tls.write_all(b"POST /mutate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty")
                 .await
                 .unwrap();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
-use support::pod::{SecretVolume, unique, venv_python};
+use support::pod::{SecretVolume, unique};
 
 mod support;
 
@@ -451,31 +451,9 @@ fn stops_cleanly_on_sigterm() {
     assert!(status.success(), "{status:?}");
 }
 
-/// Runs google-auth's application-default credentials with ONLY the injected environment
-/// (plus an empty HOME, as in a fresh container) and returns what it found.
+/// google-auth's application-default credentials with only what the webhook injects.
 fn google_auth_adc(emulator: &Emulator) -> Value {
-    let python = venv_python();
-    let home = unique("python-home");
-    std::fs::create_dir_all(&home).unwrap();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/metadata_adc.py");
-    let output = Command::new(python)
-        .arg(script)
-        .env_clear()
-        .envs(fedcred_core::metadata::injected_env(
-            &emulator.addr.to_string(),
-        ))
-        .env("HOME", &home)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_dir_all(&home);
-    assert!(
-        output.status.success(),
-        "google-auth failed:\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    support::pod::google_auth_adc(&emulator.addr.to_string(), &[])
 }
 
 #[test]

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use support::cloud::{AUDIENCE, Cloud, ROLE, SA_EMAIL};
 use support::webhook::controller_with_webhook;
-use support::{TestNamespace, kubectl, wait_until};
+use support::{TestNamespace, wait_until};
 
 /// An image the node has, by its name in hack/node/images.py.
 fn image(name: &str) -> String {
@@ -216,19 +216,7 @@ async fn an_injected_pod_reads_the_token_from_the_kubelet_mounted_secret_and_fol
     ns.kubectl(&["apply", "-f", "-"], Some(&sa.to_string()))
         .success();
     let (registration, _controller) = controller_with_webhook(&ns, &cloud, "r1", &image("fedcred"));
-    wait_until(Duration::from_secs(60), || {
-        let out = kubectl(
-            &[
-                "get",
-                "mutatingwebhookconfiguration",
-                &registration.name,
-                "-o",
-                "jsonpath={.webhooks[0].clientConfig.caBundle}",
-            ],
-            None,
-        );
-        out.ok && !out.stdout.trim().is_empty()
-    });
+    registration.wait_for_ca_bundle();
     let fc = json!({"apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
     "metadata": {"name": "orders"},
     "spec": {

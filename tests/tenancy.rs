@@ -7,9 +7,8 @@ mod support;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use fedcred_doubles::Config;
 use serde_json::{Value, json};
-use support::cloud::{Cloud, ROLE};
+use support::cloud::{Cloud, ROLE, federated};
 use support::controller::{ControllerProcess, Launch};
 use support::{TestNamespace, eventually};
 
@@ -114,11 +113,7 @@ async fn a_namespace_whose_sts_never_answers_does_not_stall_another_namespace() 
     let hostile = TestNamespace::new("hostile");
     let tenant = TestNamespace::new("tenant");
     // Short federated tokens, so the tenant's refreshes happen while the test watches.
-    let cloud = Cloud::start(|c| Config {
-        federated_lifetime: Duration::from_secs(12),
-        ..c
-    })
-    .await;
+    let cloud = Cloud::start(federated(12)).await;
     let hole = format!("http://127.0.0.1:{}", black_hole());
     service_account(&hostile, "orders-api");
     service_account(&tenant, "orders-api");
@@ -195,11 +190,7 @@ async fn a_namespace_whose_sts_never_answers_does_not_stall_another_namespace() 
 async fn one_second_tokens_are_refused_not_refreshed_in_a_loop() {
     support::ensure_crd();
     let ns = TestNamespace::new("blink");
-    let cloud = Cloud::start(|c| Config {
-        federated_lifetime: Duration::from_secs(1),
-        ..c
-    })
-    .await;
+    let cloud = Cloud::start(federated(1)).await;
     service_account(&ns, "orders-api");
     let _controller = ControllerProcess::start(&ns.name, &cloud, "blink", &[]);
     let spec = serde_json::to_value(cloud.spec(
@@ -329,40 +320,10 @@ async fn a_redirect_from_an_endpoint_is_not_followed() {
 /// hold the webhook's memory or connections for long.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_body_that_never_arrives_is_cut_off() {
-    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let server = support::webhook::Server::start("fedcred:test");
-    let mut roots = rustls::RootCertStore::empty();
-    let der = {
-        use base64::Engine as _;
-        let b64: String = server
-            .certs
-            .ca_pem
-            .lines()
-            .filter(|l| !l.starts_with("-----"))
-            .collect();
-        base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .unwrap()
-    };
-    roots
-        .add(rustls::pki_types::CertificateDer::from(der))
-        .unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
-        .await
-        .unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect("127.0.0.1".try_into().unwrap(), tcp)
-        .await
-        .unwrap();
+    let mut tls = server.raw_tls().await;
     let head = "POST /mutate HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 4000000\r\n\r\n{\"kind\":";
     tls.write_all(head.as_bytes()).await.unwrap();
     tls.flush().await.unwrap();

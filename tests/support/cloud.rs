@@ -68,3 +68,11 @@ impl Cloud {
         )
     }
 }
+
+/// A [`Cloud::start`] configuration whose Google issues federated tokens that live `seconds`.
+pub fn federated(seconds: u64) -> impl FnOnce(Config) -> Config {
+    move |c| Config {
+        federated_lifetime: std::time::Duration::from_secs(seconds),
+        ..c
+    }
+}

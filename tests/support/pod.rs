@@ -391,3 +391,29 @@ pub fn venv_python() -> PathBuf {
     );
     python
 }
+
+/// Runs google-auth's application-default credentials (`tests/python/metadata_adc.py`) with
+/// ONLY the environment the webhook injects for the metadata server at `addr`, plus `extra`
+/// and an empty HOME, as in a fresh container; returns what it found.
+pub fn google_auth_adc(addr: &str, extra: &[(String, String)]) -> serde_json::Value {
+    let home = unique("python-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let script = super::repo_root().join("tests/python/metadata_adc.py");
+    let output = Command::new(venv_python())
+        .arg(script)
+        .env_clear()
+        .envs(fedcred_core::metadata::injected_env(addr))
+        .envs(extra.iter().cloned())
+        .env("HOME", &home)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&home);
+    assert!(
+        output.status.success(),
+        "google-auth failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}

@@ -84,6 +84,24 @@ pub struct Registration {
 }
 
 impl Registration {
+    /// Waits (up to a minute) until the controller has written the caBundle, so the API
+    /// server can call the webhook.
+    pub fn wait_for_ca_bundle(&self) {
+        super::wait_until(Duration::from_secs(60), || {
+            let out = kubectl(
+                &[
+                    "get",
+                    "mutatingwebhookconfiguration",
+                    &self.name,
+                    "-o",
+                    "jsonpath={.webhooks[0].clientConfig.caBundle}",
+                ],
+                None,
+            );
+            out.ok && !out.stdout.trim().is_empty()
+        });
+    }
+
     pub fn create(ns: &TestNamespace, port: u16, ca_pem: Option<&str>) -> Registration {
         use base64::Engine as _;
         let name = format!("fedcred-test-{}", ns.name);
@@ -168,4 +186,38 @@ pub fn controller_with_webhook(
         ],
     );
     (registration, controller)
+}
+
+impl Server {
+    /// A TLS connection to the server that trusts its CA, for what reqwest will not send.
+    pub async fn raw_tls(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        use base64::Engine as _;
+        let b64: String = self
+            .certs
+            .ca_pem
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from(der))
+            .unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect("127.0.0.1".try_into().unwrap(), tcp)
+            .await
+            .unwrap()
+    }
 }
