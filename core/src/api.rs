@@ -96,10 +96,19 @@ pub const DEFAULT_ALLOYDB_PORT: i32 = 5432;
 ).message(
     "AlloyDB automatic IAM login needs google.serviceAccount: federated identities cannot log in to AlloyDB; set google.serviceAccount to the service account that has the AlloyDB IAM user, or set autoIamAuthn: false on every instance"
 ))]
+#[x_kube(validation = Rule::new(
+    "!has(self.exchange) || self.exchange != 'Pod' || has(self.aws.controllerIdentity)"
+).message(
+    "exchange: Pod uses the AWS credentials of each pod (EKS Pod Identity or IRSA), not a ServiceAccount token requested by the controller: set aws.controllerIdentity: {} (with roleArn to chain into a role under a stable session name) instead of aws.serviceAccount"
+))]
 #[serde(rename_all = "camelCase")]
 pub struct FederatedCredentialSpec {
     /// The AWS identity whose signed GetCallerIdentity request Google accepts as proof.
     pub aws: AwsIdentity,
+
+    /// Where the exchange happens; see [`Exchange`], whose text `kubectl explain` shows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<Exchange>,
 
     /// The Google side: the Workload Identity Federation provider and, optionally, the
     /// service account to impersonate.
@@ -391,6 +400,29 @@ fn default_true() -> bool {
 
 fn default_alloydb_port() -> i32 {
     DEFAULT_ALLOYDB_PORT
+}
+
+/// Where the exchange happens. `Controller` (the default): the controller exchanges and
+/// keeps the token in a Secret that the pods' metadata sidecar serves. `Pod`: each pod
+/// exchanges its own AWS credentials (EKS Pod Identity, or IRSA) in its metadata sidecar,
+/// `fedcred agent`, and keeps the token in memory; no Secret is written, and
+/// `aws.controllerIdentity` then means the pod's own identity, which needs no permission from
+/// the cluster admin. Pod Identity session names differ per pod: set
+/// `aws.controllerIdentity.roleArn` to present one stable session to Google.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Exchange {
+    /// The controller, with a Secret per resource.
+    #[default]
+    Controller,
+    /// Each pod that uses the resource, in its `fedcred agent` sidecar.
+    Pod,
+}
+
+impl FederatedCredentialSpec {
+    /// Whether each pod exchanges its own AWS credentials (`exchange: Pod`).
+    pub fn exchanges_in_pod(&self) -> bool {
+        self.exchange == Some(Exchange::Pod)
+    }
 }
 
 /// How the AlloyDB Auth Proxy reaches an instance.

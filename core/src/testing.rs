@@ -102,6 +102,12 @@ impl Credential {
         self.spec_patch(json!({"aws": {"serviceAccount": null, "controllerIdentity": identity}}))
     }
 
+    /// `exchange: Pod` with the pod's own identity, chained into `role` when given.
+    pub fn in_pod(self, role: Option<&str>) -> Self {
+        self.controller_identity(role)
+            .spec_patch(json!({"exchange": "Pod"}))
+    }
+
     pub fn region(self, region: Option<&str>) -> Self {
         self.spec_patch(json!({"aws": {"region": region}}))
     }

@@ -193,6 +193,9 @@ impl Context {
             } => {
                 tracing::warn!(%namespace, %name, reason = error.reason.as_str(), failures, %retry_at, "refresh failed: {error}");
             }
+            Outcome::InPod => {
+                tracing::debug!(%namespace, %name, "the exchange happens in the pods");
+            }
             Outcome::Conflict => {
                 tracing::warn!(%namespace, %name, "the Secret's name is taken by a Secret this resource does not own");
             }

@@ -265,6 +265,74 @@ fn proxied_container_gets_loopback_in_no_proxy() {
     );
 }
 
+/// `fc` with the exchange in each pod, chained into the orders role.
+fn in_pod(mut fc: Value) -> Value {
+    fc["spec"]["exchange"] = json!("Pod");
+    fc["spec"]["aws"] = json!({
+        "controllerIdentity": {"roleArn": "arn:aws:iam::111122223333:role/orders"}
+    });
+    fc["status"] = json!({
+        "conditions": [{
+            "type": "Ready",
+            "status": "True",
+            "reason": "ExchangeInPod",
+            "message": "the exchange happens in each pod that uses this resource",
+            "lastTransitionTime": "2026-01-01T00:00:00Z"
+        }],
+        "identity": "in pod, as arn:aws:iam::111122223333:role/orders"
+    });
+    fc
+}
+
+#[test]
+fn in_pod_exchange_after_eks_pod_identity() {
+    // As EKS's Pod Identity webhook leaves a pod when it runs before fedcred's.
+    let mut pod = orders_pod();
+    pod["spec"]["containers"][0]["env"] = json!([
+        {"name": "AWS_STS_REGIONAL_ENDPOINTS", "value": "regional"},
+        {"name": "AWS_DEFAULT_REGION", "value": "us-east-1"},
+        {"name": "AWS_REGION", "value": "us-east-1"},
+        {"name": "AWS_CONTAINER_CREDENTIALS_FULL_URI", "value": "http://169.254.170.23/v1/credentials"},
+        {"name": "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+         "value": "/var/run/secrets/pods.eks.amazonaws.com/serviceaccount/eks-pod-identity-token"}
+    ]);
+    pod["spec"]["containers"][0]["volumeMounts"] = json!([{
+        "name": "eks-pod-identity-token",
+        "mountPath": "/var/run/secrets/pods.eks.amazonaws.com/serviceaccount",
+        "readOnly": true
+    }]);
+    pod["spec"]["volumes"] = json!([{
+        "name": "eks-pod-identity-token",
+        "projected": {"sources": [{"serviceAccountToken": {
+            "audience": "pods.eks.amazonaws.com", "expirationSeconds": 86400,
+            "path": "eks-pod-identity-token"
+        }}]}
+    }]);
+    check(
+        "in_pod_after_eks_pod_identity",
+        "exchange: Pod, and EKS's webhook ran first: no Secret volume; the metadata sidecar runs \
+         fedcred agent with the resource in FEDCRED_CREDENTIAL and a copy of the pod's Pod \
+         Identity variables and token mount; the proxy and the app get what they get with the \
+         emulator.",
+        pod,
+        Some(in_pod(psc_credential())),
+        config(),
+    );
+}
+
+#[test]
+fn in_pod_exchange_before_eks() {
+    check(
+        "in_pod_before_eks",
+        "exchange: Pod on a pod EKS's webhook has not seen yet: the agent gets only its \
+         credential; EKS's webhook, which mutates every container and init container, adds the \
+         Pod Identity variables and mount to it afterwards.",
+        orders_pod(),
+        Some(in_pod(credential(None, Some(ORDERS_SA)))),
+        config(),
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Harness.
 

@@ -24,6 +24,15 @@
 //!   and, with automatic IAM login, `PGUSER`.
 //! - The annotation [`INJECTED_ANNOTATION`], a digest of what was injected.
 //!
+//! # `exchange: Pod`
+//! A FederatedCredential with `spec.exchange: Pod` gets no Secret volume: the sidecar
+//! [`METADATA_CONTAINER`] runs `fedcred agent` instead of `fedcred metadata-server`, in the
+//! same place, on the same port, with the same probe, and exchanges the pod's own AWS
+//! credentials itself. It takes the resource as JSON in [`AGENT_CREDENTIAL_ENV`], and the
+//! pod's AWS settings (EKS Pod Identity or IRSA) copied from the pod's containers when EKS's
+//! webhook ran first (`pod_aws` says why). The application containers get the same
+//! environment as with the emulator.
+//!
 //! # Environment precedence
 //! A variable the container already sets in `env` is left alone, each variable on its own
 //! (a container that sets `PGUSER` still gets `PGHOST` and `PGPORT`). `envFrom` cannot be
@@ -57,6 +66,7 @@
 mod env;
 mod mutate;
 mod patch;
+mod pod_aws;
 mod ports;
 mod recipe;
 mod sidecars;
@@ -84,6 +94,9 @@ pub const TOKEN_MOUNT_PATH: &str = "/var/run/fedcred";
 
 /// The metadata emulator sidecar.
 pub const METADATA_CONTAINER: &str = "fedcred-metadata";
+
+/// The variable that hands the `fedcred agent` sidecar its FederatedCredential, as JSON.
+pub const AGENT_CREDENTIAL_ENV: &str = "FEDCRED_CREDENTIAL";
 
 /// Where the fedcred image keeps its one binary; the metadata sidecar's startup probe execs it
 /// (`fedcred metadata-server --check`), since the image has no shell or curl.

@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 
 use super::env::{self, EnvEdit};
 use super::patch::{add, escape, replace};
+use super::pod_aws::pod_aws;
 use super::ports::{self, Taken};
 use super::recipe::Recipe;
 use super::sidecars::{self, ProxySettings};
@@ -101,7 +102,8 @@ fn existing_injection(spec: &PodSpec) -> Existing {
 /// Everything decided for one pod, before it becomes patch operations.
 struct Injection {
     native: bool,
-    volume: Volume,
+    /// The Secret volume; none when the pod exchanges for itself.
+    volume: Option<Volume>,
     /// Metadata sidecar first, then the proxies in instance order.
     sidecars: Vec<Container>,
     /// Environment for the pod's own containers and init containers.
@@ -173,7 +175,16 @@ impl Injection {
             metadata_env: &metadata_env,
             admin_endpoint: config.alloydb_admin_endpoint.as_deref(),
         };
-        let mut sidecars = vec![sidecars::metadata(&config.fedcred_image, metadata_port)];
+        let first = match &recipe.agent_credential {
+            Some(credential) => sidecars::agent(
+                &config.fedcred_image,
+                metadata_port,
+                credential,
+                &pod_aws(pod.spec.as_ref().ok_or(Refusal::NoSpec)?),
+            ),
+            None => sidecars::metadata(&config.fedcred_image, metadata_port),
+        };
+        let mut sidecars = vec![first];
         sidecars.extend(
             instances
                 .iter()
@@ -188,14 +199,14 @@ impl Injection {
         }
         Ok(Injection {
             native: config.native_sidecars,
-            volume: Volume {
+            volume: recipe.agent_credential.is_none().then(|| Volume {
                 name: TOKEN_VOLUME.to_owned(),
                 secret: Some(SecretVolumeSource {
                     secret_name: Some(recipe.secret.clone()),
                     ..SecretVolumeSource::default()
                 }),
                 ..Volume::default()
-            },
+            }),
             sidecars,
             app_env,
         })
@@ -207,11 +218,13 @@ impl Injection {
         let mut warnings: Vec<String> = readiness_warning(fc, pod).into_iter().collect();
         let mut ops = Vec::new();
 
-        let volume = to_value(&self.volume);
-        ops.push(match spec.volumes {
-            None => add("/spec/volumes".to_owned(), Value::Array(vec![volume])),
-            Some(_) => add("/spec/volumes/-".to_owned(), volume),
-        });
+        if let Some(volume) = &self.volume {
+            let volume = to_value(volume);
+            ops.push(match spec.volumes {
+                None => add("/spec/volumes".to_owned(), Value::Array(vec![volume])),
+                Some(_) => add("/spec/volumes/-".to_owned(), volume),
+            });
+        }
 
         let mut own: Vec<(String, &Container, String)> = spec
             .containers

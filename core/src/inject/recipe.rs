@@ -23,6 +23,10 @@ pub struct Recipe<'a> {
     pub secret: String,
     /// The impersonated service account, behind `PGUSER` and `GOOGLE_CLOUD_PROJECT`.
     pub service_account: Option<&'a str>,
+    /// With `exchange: Pod`, the resource as the agent sidecar receives it (JSON): any change
+    /// of the spec reaches the pods. Absent otherwise, which keeps earlier hashes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_credential: Option<String>,
 }
 
 impl<'a> Recipe<'a> {
@@ -31,6 +35,7 @@ impl<'a> Recipe<'a> {
             alloydb: fc.spec.alloydb.as_ref(),
             secret: secret_name(fc),
             service_account: fc.spec.google.service_account.as_deref(),
+            agent_credential: fc.spec.exchanges_in_pod().then(|| agent_credential(fc)),
         }
     }
 
@@ -69,6 +74,18 @@ impl<'a> Recipe<'a> {
         let digest = Sha256::digest(text.as_bytes());
         digest[..8].iter().map(|b| format!("{b:02x}")).collect()
     }
+}
+
+/// The FederatedCredential as `fedcred agent` reads it: kind, name, namespace (the session
+/// name comes from them) and spec; no status, no other metadata.
+fn agent_credential(fc: &FederatedCredential) -> String {
+    serde_json::json!({
+        "apiVersion": "fedcred.io/v1alpha1",
+        "kind": "FederatedCredential",
+        "metadata": {"name": fc.metadata.name, "namespace": fc.metadata.namespace},
+        "spec": fc.spec,
+    })
+    .to_string()
 }
 
 /// Hash of everything the webhook reads from `fc` to build a pod's sidecars and environment.
@@ -135,6 +152,12 @@ mod tests {
         for fc in same {
             assert_eq!(injection_hash(&fc), base);
         }
+        // With the exchange in the pods, the whole spec reaches them: a lifetime too.
+        let in_pod = credential("orders-db").alloydb_instance(5432).in_pod(None);
+        assert_ne!(
+            injection_hash(&in_pod.clone().lifetime(1800).build()),
+            injection_hash(&in_pod.build())
+        );
         let different = [
             credential("orders-db").alloydb_instance(5433).build(),
             credential("orders-db")
@@ -144,6 +167,10 @@ mod tests {
             credential("orders-db")
                 .alloydb_instance(5432)
                 .impersonating("other@acme-shop.iam.gserviceaccount.com")
+                .build(),
+            credential("orders-db")
+                .alloydb_instance(5432)
+                .in_pod(None)
                 .build(),
         ];
         for fc in different {

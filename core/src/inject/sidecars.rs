@@ -9,9 +9,10 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::pod_aws::PodAws;
 use super::{
-    FEDCRED_BINARY, METADATA_CONTAINER, PROXY_CONTAINER_PREFIX, RUN_AS_USER, TOKEN_MOUNT_PATH,
-    TOKEN_VOLUME,
+    AGENT_CREDENTIAL_ENV, FEDCRED_BINARY, METADATA_CONTAINER, PROXY_CONTAINER_PREFIX, RUN_AS_USER,
+    TOKEN_MOUNT_PATH, TOKEN_VOLUME,
 };
 use crate::api::{AlloyDbInstance, Connectivity};
 
@@ -60,6 +61,27 @@ pub(super) fn metadata(image: &str, port: u16) -> Container {
             read_only: Some(true),
             ..VolumeMount::default()
         }]),
+        resources: Some(resources("10m", "16Mi", "64Mi")),
+        security_context: Some(security_context()),
+        startup_probe: metadata_startup_probe(port),
+        ..Container::default()
+    }
+}
+
+/// `fedcred agent` in place of the emulator, for `exchange: Pod`: the same name, place,
+/// listen address, probe, resources and security context, but it exchanges the pod's own AWS
+/// credentials itself and keeps the token in memory. The FederatedCredential comes in
+/// `FEDCRED_CREDENTIAL` (the agent's documented way to take it without a file); the pod's AWS
+/// settings follow ([`super::pod_aws`]).
+pub(super) fn agent(image: &str, port: u16, credential: &str, aws: &PodAws) -> Container {
+    let mut env = vec![env_var(AGENT_CREDENTIAL_ENV, credential)];
+    env.extend(aws.env.iter().cloned());
+    Container {
+        name: METADATA_CONTAINER.to_owned(),
+        image: Some(image.to_owned()),
+        args: Some(strings(["agent", "--listen", &listen(port)])),
+        env: Some(env),
+        volume_mounts: (!aws.mounts.is_empty()).then(|| aws.mounts.clone()),
         resources: Some(resources("10m", "16Mi", "64Mi")),
         security_context: Some(security_context()),
         startup_probe: metadata_startup_probe(port),

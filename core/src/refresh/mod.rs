@@ -86,6 +86,8 @@ pub enum Outcome {
         retry_at: Timestamp,
     },
     Conflict,
+    /// The resource asks each pod to exchange for itself: nothing to refresh.
+    InPod,
 }
 
 /// An event about the resource.
@@ -118,6 +120,9 @@ pub fn schedule_of(status: Option<&FederatedCredentialStatus>) -> Schedule {
 pub fn next(observed: &Observed<'_>, defaults: &Defaults) -> Next {
     let fc = observed.fc;
     let now = observed.now;
+    if fc.spec.exchanges_in_pod() {
+        return Next::Write(Box::new(in_pod(observed)));
+    }
     let schedule = schedule_of(fc.status.as_ref());
     let trigger = match decide::decide(now, fc.metadata.generation, &schedule, &observed.secret) {
         Decision::Wait(at) => {
@@ -241,6 +246,37 @@ fn conflict(observed: &Observed<'_>) -> Effects {
         requeue_at: observed.now + CONFLICT_RETRY,
         seconds_to_expiry: None,
         outcome: Outcome::Conflict,
+    }
+}
+
+/// How long a resource whose pods exchange for themselves waits before it is looked at again;
+/// a change of its spec wakes the controller sooner.
+pub const IN_POD_RECHECK: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// `exchange: Pod`: no token and no Secret here, only a status that says so. A Secret written
+/// while the resource exchanged in the controller is left to its owner reference.
+fn in_pod(observed: &Observed<'_>) -> Effects {
+    let fc = observed.fc;
+    let first = fc.status.as_ref().is_none_or(|s| {
+        !s.conditions
+            .iter()
+            .any(|c| c.reason == objects::EXCHANGE_IN_POD)
+    });
+    Effects {
+        secret: None,
+        status: objects::in_pod_status(fc, observed.now),
+        event: first.then(|| Note {
+            warning: false,
+            reason: objects::EXCHANGE_IN_POD.to_owned(),
+            message: "the exchange happens in each pod that uses this resource; no Secret is \
+                      written"
+                .to_owned(),
+            action: "Validate",
+            budget: events::Budget::Unlimited,
+        }),
+        requeue_at: observed.now + IN_POD_RECHECK,
+        seconds_to_expiry: None,
+        outcome: Outcome::InPod,
     }
 }
 

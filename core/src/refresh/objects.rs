@@ -23,6 +23,8 @@ pub const CONTENT_HASH_ANNOTATION: &str = "fedcred.io/content-hash";
 pub const TOKEN_ISSUED: &str = "TokenIssued";
 /// Reason when the Secret's name is taken by a Secret this resource does not own.
 pub const SECRET_CONFLICT: &str = "SecretConflict";
+/// Reason of a Ready condition when each pod exchanges for itself (`exchange: Pod`).
+pub const EXCHANGE_IN_POD: &str = "ExchangeInPod";
 
 /// Cache-only annotation: whether the Secret's data matched its content hash when it was
 /// watched. The controller's cache keeps this verdict instead of the data, so tokens never sit
@@ -313,6 +315,47 @@ pub fn conflict_status(fc: &FederatedCredential, now: Timestamp) -> FederatedCre
         observed_generation: fc.metadata.generation,
         secret_name: Some(name),
         ..previous
+    }
+}
+
+/// Status of a resource whose exchange happens in each pod (`exchange: Pod`): Ready, since
+/// there is nothing for the controller to do, and saying where the tokens come from. Nothing
+/// about a token: the controller never sees one, and no Secret is named.
+pub fn in_pod_status(fc: &FederatedCredential, now: Timestamp) -> FederatedCredentialStatus {
+    let previous = fc.status.clone().unwrap_or_default();
+    let mut conditions = previous.conditions;
+    let generation = fc.metadata.generation;
+    let role = fc
+        .spec
+        .aws
+        .controller_identity
+        .as_ref()
+        .and_then(|c| c.role_arn.as_deref());
+    set_condition(
+        &mut conditions,
+        READY,
+        true,
+        EXCHANGE_IN_POD,
+        format!(
+            "the exchange happens in each pod that uses this resource (spec.exchange: Pod): its \
+             fedcred agent sidecar presents the pod's own AWS credentials{} to Google and keeps \
+             the token in memory; no Secret is written",
+            role.map(|r| format!(" chained into {r}"))
+                .unwrap_or_default()
+        ),
+        generation,
+        now,
+    );
+    remove_condition(&mut conditions, REFRESH_FAILING);
+    FederatedCredentialStatus {
+        conditions,
+        observed_generation: generation,
+        identity: Some(match role {
+            Some(role) => format!("in pod, as {role}"),
+            None => "in pod, the pod's own role".to_owned(),
+        }),
+        injection_hash: previous.injection_hash,
+        ..FederatedCredentialStatus::default()
     }
 }
 

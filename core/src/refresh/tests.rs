@@ -217,6 +217,44 @@ fn a_secret_owned_by_someone_else_is_reported_once_and_never_written() {
 }
 
 #[test]
+fn a_resource_whose_pods_exchange_is_reported_ready_without_a_secret_or_a_token() {
+    let now = at("2026-01-01T00:00:00Z");
+    // The pod's own identity, in a namespace the controller would not lend its own to.
+    let fc = credential("orders-db")
+        .in_pod(Some("arn:aws:iam::123456789012:role/orders"))
+        .region(None)
+        .build();
+    let Next::Write(effects) = observe(&fc, SecretState::Missing, now) else {
+        panic!("expected a status only");
+    };
+    assert!(effects.secret.is_none(), "no Secret for in-pod exchange");
+    assert_eq!(effects.outcome, Outcome::InPod);
+    let ready = &effects.status.conditions[0];
+    assert_eq!(
+        (ready.type_.as_str(), ready.status.as_str()),
+        ("Ready", "True")
+    );
+    assert_eq!(ready.reason, "ExchangeInPod");
+    assert!(ready.message.contains("in each pod"), "{}", ready.message);
+    assert!(ready.message.contains("role/orders"), "{}", ready.message);
+    assert_eq!(effects.status.secret_name, None);
+    assert_eq!(effects.status.expires_at, None);
+    assert_eq!(
+        effects.status.identity.as_deref(),
+        Some("in pod, as arn:aws:iam::123456789012:role/orders")
+    );
+    assert_eq!(effects.event.as_ref().unwrap().reason, "ExchangeInPod");
+
+    // Reported once; the next look writes the same status and publishes nothing.
+    let fc = after(&fc, &effects);
+    let Next::Write(again) = observe(&fc, SecretState::Missing, now + IN_POD_RECHECK) else {
+        panic!("expected a status only");
+    };
+    assert!(again.event.is_none());
+    assert_eq!(again.status, effects.status);
+}
+
+#[test]
 fn a_spec_the_controller_may_not_serve_fails_without_asking_anyone() {
     let now = at("2026-01-01T00:00:00Z");
     let fc = credential("orders-db").controller_identity(None).build();
