@@ -66,6 +66,12 @@ pub enum Error {
          under a stable session name) instead"
     )]
     ServiceAccountSource { name: String },
+    #[error(
+        "FederatedCredential {name} uses kubernetes.serviceAccount, which asks a controller to \
+         request a ServiceAccount token from Kubernetes; fedcred agent reads a projected token \
+         file instead: set kubernetes.tokenPath to its path (and remove serviceAccount)"
+    )]
+    KubernetesServiceAccountSource { name: String },
     #[error("FederatedCredential {name}: {error} ({reason})", reason = .error.reason)]
     Plan {
         name: String,
@@ -106,8 +112,21 @@ pub fn load(options: &Options) -> Result<Plan, Error> {
         .clone()
         .unwrap_or_else(|| "default".to_owned());
     let label = format!("{namespace}/{name}");
-    if fc.spec.aws.service_account.is_some() {
+    if fc
+        .spec
+        .aws
+        .as_ref()
+        .is_some_and(|aws| aws.service_account.is_some())
+    {
         return Err(Error::ServiceAccountSource { name: label });
+    }
+    if fc
+        .spec
+        .kubernetes
+        .as_ref()
+        .is_some_and(|k| k.service_account.is_some())
+    {
+        return Err(Error::KubernetesServiceAccountSource { name: label });
     }
     let defaults = Defaults {
         region: options
@@ -117,6 +136,8 @@ pub fn load(options: &Options) -> Result<Plan, Error> {
             .or_else(|| env("AWS_DEFAULT_REGION")),
         // The agent's own AWS identity is the one the host gave it: nobody else's is lent.
         controller_identity: ControllerIdentityPolicy::new(["*"]),
+        // The token file is on the agent's own host, chosen by whoever configured the host.
+        token_files: true,
         ..Defaults::default()
     };
     let key = plan(&namespace, &fc.spec, &defaults).map_err(|error| Error::Plan {

@@ -208,6 +208,7 @@ pub fn success_status(
         observed_generation: generation,
         identity: Some(key.describe()),
         aws_principal_arn: issued.principal_arn.clone(),
+        subject: issued.subject.clone(),
         google_service_account: issued.service_account.clone(),
         db_user: issued.db_user.clone(),
         secret_name: Some(secret_name(fc)),
@@ -278,7 +279,15 @@ pub fn failure_status(
         // The failure describes this generation: a spec change is not retried as "changed".
         observed_generation: generation,
         identity: key.map(IdentityKey::describe).or(previous.identity),
-        aws_principal_arn: err.principal.clone().or(previous.aws_principal_arn),
+        // An AWS principal is an ARN; the Kubernetes sources present a subject.
+        aws_principal_arn: match &err.principal {
+            Some(p) if p.starts_with("arn:") => Some(p.clone()),
+            _ => previous.aws_principal_arn,
+        },
+        subject: match &err.principal {
+            Some(p) if !p.starts_with("arn:") => Some(p.clone()),
+            _ => key.and_then(IdentityKey::subject).or(previous.subject),
+        },
         google_service_account: previous.google_service_account,
         db_user: previous.db_user,
         secret_name: Some(secret_name(fc)),
@@ -320,7 +329,7 @@ pub fn conflict_status(fc: &FederatedCredential, now: Timestamp) -> FederatedCre
 mod tests {
     use super::*;
     use crate::error::Reason;
-    use crate::exchange::{AwsSource, IdentityKey};
+    use crate::exchange::{IdentityKey, IdentitySource};
     use crate::sensitive::Sensitive;
 
     fn fc() -> FederatedCredential {
@@ -347,6 +356,7 @@ mod tests {
             principal_arn: Some(
                 "arn:aws:sts::123456789012:assumed-role/shop/fedcred.shop.orders-api".into(),
             ),
+            subject: None,
             service_account: Some("orders-api@acme-shop.iam.gserviceaccount.com".into()),
             db_user: Some("orders-api@acme-shop.iam".into()),
             project_id: Some("acme-shop".into()),
@@ -357,7 +367,7 @@ mod tests {
     fn key() -> IdentityKey {
         IdentityKey {
             namespace: "shop".into(),
-            source: AwsSource::ServiceAccount {
+            source: IdentitySource::ServiceAccount {
                 name: "orders-api".into(),
                 role_arn: None,
             },
