@@ -1,0 +1,483 @@
+//! The `kubernetes` identity source on the real API server: the controller requests a token of
+//! a ServiceAccount of the resource's namespace and sends it straight to the Google STS double,
+//! which verifies it as Google does — with the keys the API server publishes
+//! (`/.well-known/openid-configuration`, `/openid/v1/jwks`) fetched by the double itself or
+//! uploaded to the provider, never because fedcred made the token — and maps
+//! `system:serviceaccount:NS:NAME` and the namespace.
+//!
+//! Also: each refusal with its stable reason, a token signed by another key, and Google's own
+//! Python library (`external_account` with a file-sourced token) against the same double.
+
+mod support;
+
+use std::time::Duration;
+
+use fedcred_core::error::Reason;
+use fedcred_core::google::{JWT_TOKEN_TYPE, classify_jwt_sts};
+use fedcred_doubles::oidc::TestKey;
+use fedcred_doubles::{Binding, Condition, Oidc, Provider, attribute_member};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::Api;
+use kube::api::PostParams;
+use serde_json::{Value, json};
+use support::cloud::{Cloud, SA_EMAIL};
+use support::controller::ControllerProcess;
+use support::pod::{secret_data, venv_python};
+use support::{TestNamespace, eventually, kube_client, kubectl};
+
+/// The OIDC provider of the cluster in the pool `k8s-pool`.
+const OIDC_AUDIENCE: &str = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/k8s-pool/providers/onprem";
+/// Another provider of the pool, with a condition admitting only another namespace.
+const STRICT_AUDIENCE: &str = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/k8s-pool/providers/strict";
+/// A provider configured with the issuer the cluster accepts but does not write into tokens.
+const OTHER_ISSUER_AUDIENCE: &str = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/k8s-pool/providers/other-issuer";
+/// A provider that must discover the keys but does not trust the cluster's private CA, as
+/// Google cannot reach a private issuer.
+const PRIVATE_AUDIENCE: &str = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/k8s-pool/providers/private";
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// What the API server publishes about its ServiceAccount token issuer, read as a user would
+/// (`kubectl get --raw`), and the CA its serving certificate chains to.
+struct ClusterIssuer {
+    issuer: String,
+    jwks: String,
+    ca_pem: String,
+}
+
+async fn cluster_issuer() -> ClusterIssuer {
+    let client = kube_client().await;
+    let get = |path: &str| http::Request::builder().uri(path).body(Vec::new()).unwrap();
+    let discovery: Value = serde_json::from_str(
+        &client
+            .request_text(get("/.well-known/openid-configuration"))
+            .await
+            .expect("the API server serves its discovery document"),
+    )
+    .unwrap();
+    let jwks = client
+        .request_text(get("/openid/v1/jwks"))
+        .await
+        .expect("the API server serves its JWKS");
+    let kubeconfig = kube::config::Kubeconfig::read_from(support::kubeconfig()).unwrap();
+    let ca_path = kubeconfig.clusters[0]
+        .cluster
+        .as_ref()
+        .and_then(|c| c.certificate_authority.clone())
+        .expect("the test kubeconfig names its CA file");
+    ClusterIssuer {
+        issuer: discovery["issuer"].as_str().unwrap().to_owned(),
+        jwks,
+        ca_pem: std::fs::read_to_string(ca_path).unwrap(),
+    }
+}
+
+impl ClusterIssuer {
+    /// A provider holding the cluster's JWKS, uploaded.
+    fn uploaded(&self) -> Oidc {
+        Oidc {
+            issuer_uri: self.issuer.clone(),
+            allowed_audiences: Vec::new(),
+            jwks_json: Some(self.jwks.clone()),
+            discovery_ca_pem: None,
+        }
+    }
+
+    /// A provider that discovers the keys from the issuer URL.
+    fn discovered(&self) -> Oidc {
+        Oidc {
+            issuer_uri: self.issuer.clone(),
+            allowed_audiences: Vec::new(),
+            jwks_json: None,
+            discovery_ca_pem: Some(self.ca_pem.clone()),
+        }
+    }
+}
+
+/// Lets anyone read the issuer's discovery document and keys, as a cluster whose issuer
+/// Google discovers must (the role exists in every cluster; by default only ServiceAccounts
+/// hold it).
+fn allow_anonymous_discovery() {
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "fedcred-test-oidc-discovery"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": "system:service-account-issuer-discovery"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
+                      "name": "system:unauthenticated"}]
+    });
+    kubectl(&["apply", "-f", "-"], Some(&binding.to_string())).success();
+}
+
+fn service_account(ns: &TestNamespace, name: &str) {
+    let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}});
+    ns.kubectl(&["apply", "-f", "-"], Some(&sa.to_string()))
+        .success();
+}
+
+/// A FederatedCredential with the `kubernetes` source `kubernetes`, for the provider
+/// `audience`, impersonating SA_EMAIL through the doubles.
+fn apply(ns: &TestNamespace, cloud: &Cloud, name: &str, audience: &str, kubernetes: Value) {
+    let fc = json!({
+        "apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
+        "metadata": {"name": name},
+        "spec": {
+            "kubernetes": kubernetes,
+            "google": {
+                "audience": audience,
+                "serviceAccount": SA_EMAIL,
+                "endpoints": {"sts": cloud.google.sts_url(), "iamCredentials": cloud.google.iam_credentials_url()}
+            }
+        }
+    });
+    ns.kubectl(&["apply", "-f", "-"], Some(&fc.to_string()))
+        .success();
+}
+
+fn status(ns: &TestNamespace, name: &str) -> Value {
+    let out = ns.kubectl(&["get", "fedcred", name, "-o", "json"], None);
+    if !out.ok {
+        return Value::Null;
+    }
+    serde_json::from_str::<Value>(&out.stdout).unwrap()["status"].clone()
+}
+
+fn ready_condition(status: &Value) -> Option<Value> {
+    status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .cloned()
+}
+
+async fn ready(ns: &TestNamespace, name: &str) -> Value {
+    eventually(&format!("{name} Ready"), LIMIT, || {
+        let s = status(ns, name);
+        (ready_condition(&s)?["status"] == "True").then_some(s)
+    })
+    .await
+}
+
+/// Waits for `name` to be not Ready for `reason`; returns its status.
+async fn refused(ns: &TestNamespace, name: &str, reason: Reason) -> Value {
+    eventually(&format!("{name} refused with {reason}"), LIMIT, || {
+        let s = status(ns, name);
+        let c = ready_condition(&s)?;
+        (c["status"] == "False" && c["reason"] == reason.as_str()).then_some(s)
+    })
+    .await
+}
+
+/// A token of `ns/name` for `audience`, from the API server.
+async fn request_token(ns: &str, name: &str, audience: &str) -> String {
+    let accounts: Api<ServiceAccount> = Api::namespaced(kube_client().await, ns);
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![audience.to_owned()],
+            expiration_seconds: Some(600),
+            bound_object_ref: None,
+        },
+        ..Default::default()
+    };
+    accounts
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .expect("TokenRequest succeeds")
+        .status
+        .unwrap()
+        .token
+}
+
+/// SA_EMAIL may be impersonated by every identity of namespace `ns` of the pool.
+fn bound_to_namespace(ns: &str) -> Binding {
+    Binding::new(
+        SA_EMAIL,
+        &[attribute_member(OIDC_AUDIENCE, "namespace", ns)],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_account_token_becomes_a_google_token_verified_with_the_keys_the_double_discovered()
+ {
+    support::ensure_crd();
+    allow_anonymous_discovery();
+    let issuer = cluster_issuer().await;
+    let ns = TestNamespace::new("oidc-ready");
+    let cloud = Cloud::start(|c| {
+        c.provider(Provider::oidc(OIDC_AUDIENCE, issuer.discovered()))
+            .binding(bound_to_namespace(&ns.name))
+    })
+    .await;
+    service_account(&ns, "orders-api");
+    let _controller = ControllerProcess::start(&ns.name, &cloud, "o1", &[]);
+    apply(
+        &ns,
+        &cloud,
+        "orders-db",
+        OIDC_AUDIENCE,
+        json!({"serviceAccount": {"name": "orders-api"}}),
+    );
+
+    let status = ready(&ns, "orders-db").await;
+    let subject = format!("system:serviceaccount:{}:orders-api", ns.name);
+    assert_eq!(status["subject"], subject.as_str());
+    assert_eq!(status["identity"], "ServiceAccount/orders-api token");
+    assert!(status.get("awsPrincipalArn").is_none(), "{status}");
+    let data = secret_data(&ns, "orders-db").expect("the Secret exists");
+    let info = cloud
+        .google
+        .lookup(&data["access_token"])
+        .expect("the IAM double issued the token");
+    assert_eq!(info.email(), Some(SA_EMAIL));
+    // The STS double saw the subject the API server wrote into the token, and the IAM double
+    // admitted it through the namespace attribute mapped from assertion['kubernetes.io'].
+    assert_eq!(cloud.google.seen_principals(), [subject]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_each_carry_their_reason_and_name_the_subject_google_saw() {
+    support::ensure_crd();
+    let issuer = cluster_issuer().await;
+    let ns = TestNamespace::new("oidc-refused");
+    let other_issuer = Oidc {
+        issuer_uri: "https://kubernetes.default.svc.cluster.local".to_owned(),
+        ..issuer.uploaded()
+    };
+    assert_ne!(other_issuer.issuer_uri, issuer.issuer);
+    let private = Oidc {
+        discovery_ca_pem: None,
+        ..issuer.discovered()
+    };
+    let cloud = Cloud::start(|c| {
+        c.provider(Provider::oidc(OIDC_AUDIENCE, issuer.uploaded()))
+            .provider(
+                Provider::oidc(STRICT_AUDIENCE, issuer.uploaded())
+                    .with_condition(Condition::NamespaceEquals("payments".into())),
+            )
+            .provider(Provider::oidc(OTHER_ISSUER_AUDIENCE, other_issuer))
+            .provider(Provider::oidc(PRIVATE_AUDIENCE, private))
+            .binding(bound_to_namespace(&ns.name))
+    })
+    .await;
+    for sa in ["orders-api", "late-api", "rotated-api"] {
+        service_account(&ns, sa);
+    }
+    let _controller = ControllerProcess::start(&ns.name, &cloud, "o1", &[]);
+    let orders = json!({"serviceAccount": {"name": "orders-api"}});
+
+    // The uploaded JWKS works: the baseline the refusals below differ from.
+    apply(&ns, &cloud, "baseline", OIDC_AUDIENCE, orders.clone());
+    ready(&ns, "baseline").await;
+
+    apply(
+        &ns,
+        &cloud,
+        "audience",
+        OIDC_AUDIENCE,
+        json!({"serviceAccount": {"name": "orders-api"}, "audience": "https://kubernetes.default.svc"}),
+    );
+    apply(&ns, &cloud, "condition", STRICT_AUDIENCE, orders.clone());
+    apply(&ns, &cloud, "issuer", OTHER_ISSUER_AUDIENCE, orders.clone());
+    apply(&ns, &cloud, "private", PRIVATE_AUDIENCE, orders.clone());
+
+    let subject = format!("system:serviceaccount:{}:orders-api", ns.name);
+    let s = refused(&ns, "audience", Reason::AudienceMismatch).await;
+    assert!(
+        ready_condition(&s).unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("--allowed-audiences"),
+        "{s}"
+    );
+    let s = refused(&ns, "condition", Reason::AttributeConditionRejected).await;
+    let message = ready_condition(&s).unwrap()["message"].to_string();
+    assert!(
+        message.contains(&format!("principal {subject}")),
+        "{message}"
+    );
+    assert_eq!(s["subject"], subject.as_str());
+    let s = refused(&ns, "issuer", Reason::IssuerNotTrusted).await;
+    assert!(
+        ready_condition(&s).unwrap()["message"]
+            .to_string()
+            .contains("--issuer-uri"),
+        "{s}"
+    );
+    let s = refused(&ns, "private", Reason::IssuerUnreachable).await;
+    assert!(
+        ready_condition(&s).unwrap()["message"]
+            .to_string()
+            .contains("--jwk-json-path"),
+        "{s}"
+    );
+
+    // Google's clock ten minutes and a bit ahead: a real token of the API server, valid for
+    // ten minutes, has expired.
+    cloud.google.set_jwt_clock_offset(700);
+    apply(
+        &ns,
+        &cloud,
+        "expired",
+        OIDC_AUDIENCE,
+        json!({"serviceAccount": {"name": "late-api"}}),
+    );
+    refused(&ns, "expired", Reason::SubjectTokenExpired).await;
+    cloud.google.set_jwt_clock_offset(0);
+
+    // The provider's keys replaced on the Google side: the cluster's tokens no longer verify.
+    let stranger = TestKey::generate("rotated");
+    cloud.google.set_provider_oidc(
+        OIDC_AUDIENCE,
+        Oidc {
+            jwks_json: Some(stranger.jwks().to_string()),
+            ..issuer.uploaded()
+        },
+    );
+    apply(
+        &ns,
+        &cloud,
+        "rotated",
+        OIDC_AUDIENCE,
+        json!({"serviceAccount": {"name": "rotated-api"}}),
+    );
+    let s = refused(&ns, "rotated", Reason::SignatureNotVerified).await;
+    assert!(
+        ready_condition(&s).unwrap()["message"]
+            .to_string()
+            .contains("/openid/v1/jwks"),
+        "{s}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_signed_by_another_key_is_refused_and_the_real_one_is_not() {
+    let issuer = cluster_issuer().await;
+    let ns = TestNamespace::new("oidc-forged");
+    let cloud =
+        Cloud::start(|c| c.provider(Provider::oidc(OIDC_AUDIENCE, issuer.uploaded()))).await;
+    service_account(&ns, "orders-api");
+    let real = request_token(&ns.name, "orders-api", OIDC_AUDIENCE).await;
+
+    // The same claims, under the kid of the cluster's own key, signed by a key of our own.
+    let claims: Value = {
+        use base64::Engine as _;
+        let payload = real.split('.').nth(1).unwrap();
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let jwks: Value = serde_json::from_str(&issuer.jwks).unwrap();
+    let kid = jwks["keys"][0]["kid"].as_str().unwrap();
+    let forged = TestKey::generate(kid).sign(&claims);
+
+    let http = reqwest::Client::new();
+    let exchange = |token: String| {
+        let http = http.clone();
+        let url = cloud.google.sts_url();
+        async move {
+            let response = http
+                .post(url)
+                .form(&[
+                    (
+                        "grant_type",
+                        "urn:ietf:params:oauth:grant-type:token-exchange",
+                    ),
+                    (
+                        "requested_token_type",
+                        "urn:ietf:params:oauth:token-type:access_token",
+                    ),
+                    ("audience", OIDC_AUDIENCE),
+                    ("scope", "https://www.googleapis.com/auth/cloud-platform"),
+                    ("subject_token_type", JWT_TOKEN_TYPE),
+                    ("subject_token", token.as_str()),
+                ])
+                .send()
+                .await
+                .unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let (status, body) = exchange(forged).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        classify_jwt_sts(status, &body).reason,
+        Reason::SignatureNotVerified,
+        "{body}"
+    );
+    let (status, body) = exchange(real).await;
+    assert_eq!(status, 200, "{body}");
+    // Tokens of another type for an OIDC provider are refused as a bad request.
+    let (status, _) = exchange("not-a-jwt".to_owned()).await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn google_auth_with_a_file_sourced_token_gets_a_token_from_the_same_double() {
+    let issuer = cluster_issuer().await;
+    let ns = TestNamespace::new("oidc-google-auth");
+    let cloud = Cloud::start(|c| {
+        c.provider(Provider::oidc(OIDC_AUDIENCE, issuer.uploaded()))
+            .binding(bound_to_namespace(&ns.name))
+    })
+    .await;
+    service_account(&ns, "orders-api");
+    let dir = std::env::temp_dir().join(format!("fedcred-oidc-{}", ns.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(
+        &token_file,
+        request_token(&ns.name, "orders-api", OIDC_AUDIENCE).await,
+    )
+    .unwrap();
+    // The configuration `gcloud iam workload-identity-pools create-cred-config
+    // --credential-source-file` writes, unchanged.
+    let config = json!({
+        "type": "external_account",
+        "audience": OIDC_AUDIENCE,
+        "subject_token_type": JWT_TOKEN_TYPE,
+        "token_url": cloud.google.sts_url(),
+        "service_account_impersonation_url": format!(
+            "{}/v1/projects/-/serviceAccounts/{SA_EMAIL}:generateAccessToken",
+            cloud.google.iam_credentials_url()
+        ),
+        "credential_source": {"file": token_file.to_str().unwrap()}
+    });
+    let config_file = dir.join("credentials.json");
+    std::fs::write(&config_file, config.to_string()).unwrap();
+    let script = r#"
+import sys
+import google.auth.transport.requests
+from google.auth import identity_pool
+# from_file, not load_credentials_from_file: the latter also asks Cloud Resource Manager for
+# the project, which is not part of the exchange.
+credentials = identity_pool.Credentials.from_file(
+    sys.argv[1], scopes=["https://www.googleapis.com/auth/cloud-platform"])
+credentials.refresh(google.auth.transport.requests.Request())
+print(credentials.token)
+"#;
+    let out = tokio::process::Command::new(venv_python())
+        .args(["-c", script, config_file.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "google-auth failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let info = cloud
+        .google
+        .lookup(&token)
+        .expect("the IAM double issued the token google-auth got");
+    assert_eq!(info.email(), Some(SA_EMAIL));
+    assert_eq!(
+        cloud.google.seen_principals(),
+        [format!("system:serviceaccount:{}:orders-api", ns.name)]
+    );
+}
