@@ -481,3 +481,38 @@ print(credentials.token)
         [format!("system:serviceaccount:{}:orders-api", ns.name)]
     );
 }
+
+#[test]
+fn kubectl_explain_describes_the_kubernetes_source() {
+    support::ensure_crd();
+    let mut last = String::new();
+    support::wait_until(LIMIT, || {
+        let out = kubectl(&["explain", "federatedcredential.spec.kubernetes"], None);
+        // kubectl wraps lines wherever it likes.
+        last = format!("{}{}", out.stdout, out.stderr)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        out.ok && last.contains("sent straight to Google STS")
+    });
+    for says in [
+        "for clusters outside AWS",
+        "system:serviceaccount:NAMESPACE:NAME",
+        "serviceAccount",
+        "tokenPath",
+        "expirationSeconds",
+    ] {
+        assert!(last.contains(says), "{says} missing from:\n{last}");
+    }
+    let flat = |text: String| text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let audience = flat(kubectl(&["explain", "fedcred.spec.kubernetes.audience"], None).success());
+    assert!(
+        audience.contains("Defaults to `google.audience`"),
+        "{audience}"
+    );
+    let subject = flat(kubectl(&["explain", "fedcred.status.subject"], None).success());
+    assert!(
+        subject.contains("system:serviceaccount:NS:NAME"),
+        "{subject}"
+    );
+}

@@ -107,7 +107,10 @@ pub struct FederatedCredentialSpec {
     pub aws: Option<AwsIdentity>,
 
     /// The cluster's own ServiceAccount token, sent straight to Google STS as an OIDC token:
-    /// for clusters outside AWS, and for EKS without an AWS role. Set this or `aws`.
+    /// for clusters outside AWS, and for EKS without an AWS role. Set this or `aws`. The
+    /// provider in `google.audience` must be an OIDC provider trusting this cluster's issuer
+    /// (its discovery document, or its JWKS uploaded to the provider); Google sees the
+    /// subject `system:serviceaccount:NAMESPACE:NAME`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubernetesIdentity>,
 
