@@ -516,3 +516,186 @@ fn kubectl_explain_describes_the_kubernetes_source() {
         "{subject}"
     );
 }
+
+/// `fedcred agent` serving the metadata protocol from a FederatedCredential file, its stderr
+/// in `log`; killed when dropped.
+struct Agent {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+    token_url: String,
+}
+
+impl Agent {
+    fn start(dir: &std::path::Path, manifest: &Value) -> Agent {
+        let file = dir.join("credential.json");
+        std::fs::write(&file, manifest.to_string()).unwrap();
+        let port = support::free_port();
+        let log = dir.join("agent.log");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_fedcred"))
+            .args(["agent", "-f", file.to_str().unwrap()])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "info")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Agent {
+            child,
+            log,
+            token_url: format!(
+                "http://127.0.0.1:{port}/computeMetadata/v1/instance/service-accounts/default/token"
+            ),
+        }
+    }
+
+    async fn token(&self) -> (u16, String) {
+        match reqwest::Client::new()
+            .get(&self.token_url)
+            .header("Metadata-Flavor", "Google")
+            .send()
+            .await
+        {
+            Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+            Err(_) => (0, String::new()),
+        }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A manifest for the agent: the token file `path`, the federated token of OIDC_AUDIENCE
+/// itself, refreshed when 90 % of its life is gone.
+fn agent_manifest(cloud: &Cloud, namespace: &str, path: &std::path::Path) -> Value {
+    json!({
+        "apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
+        "metadata": {"name": "host", "namespace": namespace},
+        "spec": {
+            "kubernetes": {"tokenPath": path.to_str().unwrap()},
+            "google": {"audience": OIDC_AUDIENCE, "endpoints": {"sts": cloud.google.sts_url()}},
+            "secret": {"renewBeforePercentage": 90}
+        }
+    })
+}
+
+/// Writes `token` to `path` the way the kubelet updates a projected volume: a new file renamed
+/// over the old one.
+fn replace_file(path: &std::path::Path, token: &str) {
+    let next = path.with_extension("next");
+    std::fs::write(&next, token).unwrap();
+    std::fs::rename(&next, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_reads_the_projected_token_file_again_for_every_exchange() {
+    let issuer = cluster_issuer().await;
+    let ns = TestNamespace::new("oidc-agent");
+    let cloud = Cloud::start(|mut c| {
+        // Short federated tokens, so the agent exchanges again within seconds.
+        c.federated_lifetime = Duration::from_secs(80);
+        c.provider(Provider::oidc(OIDC_AUDIENCE, issuer.uploaded()))
+    })
+    .await;
+    service_account(&ns, "orders-api");
+    service_account(&ns, "batch-api");
+    let dir = std::env::temp_dir().join(format!("fedcred-oidc-{}", ns.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    replace_file(
+        &token_file,
+        &request_token(&ns.name, "orders-api", OIDC_AUDIENCE).await,
+    );
+    let agent = Agent::start(&dir, &agent_manifest(&cloud, &ns.name, &token_file));
+
+    let subject_served = || async {
+        let (status, body) = agent.token().await;
+        if status != 200 {
+            return None;
+        }
+        let token: Value = serde_json::from_str(&body).ok()?;
+        let info = cloud.google.lookup(token["access_token"].as_str()?)?;
+        Some(info.subject().to_owned())
+    };
+    let first = eventually_async(LIMIT, || subject_served()).await;
+    assert_eq!(
+        first,
+        format!("system:serviceaccount:{}:orders-api", ns.name),
+        "{}",
+        agent.logs()
+    );
+
+    // The kubelet rotates the file; the next exchange presents what it holds now.
+    replace_file(
+        &token_file,
+        &request_token(&ns.name, "batch-api", OIDC_AUDIENCE).await,
+    );
+    let batch = format!("system:serviceaccount:{}:batch-api", ns.name);
+    let started = std::time::Instant::now();
+    loop {
+        if subject_served().await.as_deref() == Some(batch.as_str()) {
+            break;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "the agent never presented the rotated file: {:?}\n{}",
+            cloud.google.seen_principals(),
+            agent.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_without_its_token_file_answers_503_with_the_reason() {
+    let cloud = Cloud::start(|c| c).await;
+    let dir = std::env::temp_dir().join(format!("fedcred-oidc-missing-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let agent = Agent::start(
+        &dir,
+        &agent_manifest(&cloud, "default", &dir.join("no-such-token")),
+    );
+    let started = std::time::Instant::now();
+    loop {
+        let (status, body) = agent.token().await;
+        assert_ne!(status, 200, "a token was served");
+        if status == 503 && body.contains("(TokenFileUnreadable)") {
+            assert!(body.contains("no-such-token"), "{body}");
+            break;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "no 503 naming TokenFileUnreadable: {status} {body}\n{}",
+            agent.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Polls the async `check` until it answers, for at most `limit`.
+async fn eventually_async<T, F: std::future::Future<Output = Option<T>>>(
+    limit: Duration,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(started.elapsed() < limit, "nothing within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -183,7 +183,6 @@ impl Engine {
 
     /// One full exchange, no caching.
     pub async fn exchange(&self, key: &IdentityKey) -> Result<Issued, ExchangeError> {
-        let started = Timestamp::now();
         let presented = if key.source.is_kubernetes() {
             let subject = key.subject();
             let token = self
@@ -254,8 +253,10 @@ impl Engine {
                 .await
                 .map_err(|e| e.presented_by(principal))?,
         };
+        // The lifetime Google gave, counted from the answer (not from the start of a slow
+        // exchange).
         self.limits
-            .check_lifetime(started, token.expires_at)
+            .check_lifetime(Timestamp::now(), token.expires_at)
             .map_err(|e| e.presented_by(principal))?;
         tracing::info!(
             namespace = %key.namespace,
