@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use fedcred_core::api::DEFAULT_RENEW_BEFORE_PERCENTAGE;
-use fedcred_core::exchange::{ControllerIdentityPolicy, Defaults, IdentityKey, plan};
+use fedcred_core::exchange::{
+    ControllerIdentityPolicy, Defaults, EndpointPolicy, IdentityKey, plan,
+};
 use fedcred_core::google::RetryPolicy;
 use fedcred_core::refresh::decide::{refresh_at, retry_at, unit_from};
 use jiff::Timestamp;
@@ -136,6 +138,9 @@ pub fn load(options: &Options) -> Result<Plan, Error> {
             .or_else(|| env("AWS_DEFAULT_REGION")),
         // The agent's own AWS identity is the one the host gave it: nobody else's is lent.
         controller_identity: ControllerIdentityPolicy::new(["*"]),
+        // The file is the host owner's, not a tenant's: the endpoints it names are theirs to
+        // choose, as with any AWS or Google tool run on the host.
+        endpoints: EndpointPolicy::any(),
         // The token file is on the agent's own host, chosen by whoever configured the host.
         token_files: true,
         ..Defaults::default()
