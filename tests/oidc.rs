@@ -699,3 +699,105 @@ async fn eventually_async<T, F: std::future::Future<Output = Option<T>>>(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[test]
+fn the_example_is_accepted_by_the_api_server_and_by_fedcreds_own_validator() {
+    use serde::Deserialize as _;
+    support::ensure_crd();
+    let ns = TestNamespace::new("oidc-example");
+    let text =
+        std::fs::read_to_string(support::repo_root().join("examples/kubernetes-token-gcs.yaml"))
+            .unwrap();
+    let mut resources = 0;
+    for doc in serde_norway::Deserializer::from_str(&text) {
+        let mut obj = Value::deserialize(doc).unwrap();
+        if obj["kind"] == "Namespace" {
+            continue;
+        }
+        // The example brings its own namespace; its objects go to the test's instead.
+        obj["metadata"].as_object_mut().unwrap().remove("namespace");
+        if obj["kind"] == "FederatedCredential" {
+            fedcred_core::validate::federated_credential(&obj).expect("the validator agrees");
+            resources += 1;
+        }
+        ns.kubectl(&["create", "-f", "-"], Some(&obj.to_string()))
+            .success();
+    }
+    assert_eq!(resources, 1);
+    let stored = ns
+        .kubectl(&["get", "fedcred", "reports-gcs", "-o", "json"], None)
+        .success();
+    let stored: Value = serde_json::from_str(&stored).unwrap();
+    // The API server filled in the token's lifetime.
+    assert_eq!(stored["spec"]["kubernetes"]["expirationSeconds"], 600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubernetes_resource_refreshes_with_a_fresh_token_through_sts_faults() {
+    use fedcred_doubles::{Fault, Target};
+    support::ensure_crd();
+    let issuer = cluster_issuer().await;
+    let ns = TestNamespace::new("oidc-refresh");
+    let cloud = Cloud::start(|mut c| {
+        // Eighty-second tokens refreshed when 90 % of their life is gone: a refresh within
+        // about eight seconds.
+        c.impersonated_lifetime_cap_seconds = Some(80);
+        c.provider(Provider::oidc(OIDC_AUDIENCE, issuer.uploaded()))
+            .binding(bound_to_namespace(&ns.name))
+    })
+    .await;
+    service_account(&ns, "orders-api");
+    let _controller = ControllerProcess::start(&ns.name, &cloud, "o1", &[]);
+    let fc = json!({
+        "apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
+        "metadata": {"name": "orders-db"},
+        "spec": {
+            "kubernetes": {"serviceAccount": {"name": "orders-api"}},
+            "google": {
+                "audience": OIDC_AUDIENCE,
+                "serviceAccount": SA_EMAIL,
+                "endpoints": {"sts": cloud.google.sts_url(), "iamCredentials": cloud.google.iam_credentials_url()}
+            },
+            "secret": {"renewBeforePercentage": 90}
+        }
+    });
+    ns.kubectl(&["apply", "-f", "-"], Some(&fc.to_string()))
+        .success();
+    ready(&ns, "orders-db").await;
+    let first = secret_data(&ns, "orders-db").unwrap()["access_token"].clone();
+    let sts_before = cloud.google.calls(Target::Sts);
+
+    // Google STS fails twice before the refresh gets through.
+    cloud.google.inject(
+        Target::Sts,
+        Fault::Status {
+            code: 503,
+            retry_after: None,
+            count: 2,
+        },
+    );
+    let second = eventually("a refreshed token", LIMIT, || {
+        let token = secret_data(&ns, "orders-db")?["access_token"].clone();
+        (token != first).then_some(token)
+    })
+    .await;
+    let info = cloud
+        .google
+        .lookup(&second)
+        .expect("the refreshed token is live");
+    assert_eq!(info.email(), Some(SA_EMAIL));
+    assert!(
+        cloud.google.pending_faults(Target::Sts).is_empty(),
+        "both faults were met"
+    );
+    assert!(
+        cloud.google.calls(Target::Sts) >= sts_before + 3,
+        "two failed calls and a successful one"
+    );
+    // Every exchange presented a token of its own: the double saw the subject, verified anew.
+    assert_eq!(
+        cloud.google.seen_principals(),
+        [format!("system:serviceaccount:{}:orders-api", ns.name)]
+    );
+    assert!(cloud.google.exchanges(Target::Sts) >= 2);
+}

@@ -458,6 +458,8 @@ async fn exchange_jwt(
         )));
     }
     let jwt = Jwt::parse(&request.subject_token)?;
+    // A ServiceAccount token is a credential here: the secrecy scan looks for it too.
+    state.record_received_credential(&request.subject_token);
     oidc::check_issuer(&jwt, oidc_config)?;
     let jwks = provider_keys(state, oidc_config).await?;
     oidc::verify_signature(&jwt, &jwks)?;
