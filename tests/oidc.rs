@@ -626,7 +626,7 @@ async fn the_agent_reads_the_projected_token_file_again_for_every_exchange() {
         let info = cloud.google.lookup(token["access_token"].as_str()?)?;
         Some(info.subject().to_owned())
     };
-    let first = eventually_async(LIMIT, || subject_served()).await;
+    let first = eventually_async(LIMIT, &subject_served).await;
     assert_eq!(
         first,
         format!("system:serviceaccount:{}:orders-api", ns.name),
