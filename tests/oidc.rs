@@ -280,6 +280,14 @@ async fn refusals_each_carry_their_reason_and_name_the_subject_google_saw() {
     apply(&ns, &cloud, "condition", STRICT_AUDIENCE, orders.clone());
     apply(&ns, &cloud, "issuer", OTHER_ISSUER_AUDIENCE, orders.clone());
     apply(&ns, &cloud, "private", PRIVATE_AUDIENCE, orders.clone());
+    // A tenant naming a file on the controller's host: never read.
+    apply(
+        &ns,
+        &cloud,
+        "file",
+        OIDC_AUDIENCE,
+        json!({"tokenPath": "/var/run/secrets/kubernetes.io/serviceaccount/token"}),
+    );
 
     let subject = format!("system:serviceaccount:{}:orders-api", ns.name);
     let s = refused(&ns, "audience", Reason::AudienceMismatch).await;
@@ -309,6 +317,14 @@ async fn refusals_each_carry_their_reason_and_name_the_subject_google_saw() {
         ready_condition(&s).unwrap()["message"]
             .to_string()
             .contains("--jwk-json-path"),
+        "{s}"
+    );
+
+    let s = refused(&ns, "file", Reason::InvalidSpec).await;
+    assert!(
+        ready_condition(&s).unwrap()["message"]
+            .to_string()
+            .contains("only fedcred agent reads"),
         "{s}"
     );
 
@@ -800,4 +816,60 @@ async fn a_kubernetes_resource_refreshes_with_a_fresh_token_through_sts_faults()
         [format!("system:serviceaccount:{}:orders-api", ns.name)]
     );
     assert!(cloud.google.exchanges(Target::Sts) >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fedcred_exchange_runs_the_kubernetes_source_by_hand() {
+    let issuer = cluster_issuer().await;
+    let ns = TestNamespace::new("oidc-cli");
+    let cloud = Cloud::start(|c| {
+        c.provider(Provider::oidc(OIDC_AUDIENCE, issuer.uploaded()))
+            .binding(bound_to_namespace(&ns.name))
+    })
+    .await;
+    service_account(&ns, "orders-api");
+    let dir = std::env::temp_dir().join(format!("fedcred-oidc-{}", ns.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("credential.json");
+    let fc = json!({
+        "apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
+        "metadata": {"name": "orders-db", "namespace": ns.name},
+        "spec": {
+            "kubernetes": {"serviceAccount": {"name": "orders-api"}},
+            "google": {
+                "audience": OIDC_AUDIENCE,
+                "serviceAccount": SA_EMAIL,
+                "endpoints": {"sts": cloud.google.sts_url(), "iamCredentials": cloud.google.iam_credentials_url()}
+            }
+        }
+    });
+    std::fs::write(&file, fc.to_string()).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fedcred"))
+        .args(["exchange", "-f", file.to_str().unwrap()])
+        .env("KUBECONFIG", support::kubeconfig())
+        .output()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!(
+            "principal:       system:serviceaccount:{}:orders-api",
+            ns.name
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("service account: {SA_EMAIL}")),
+        "{stdout}"
+    );
+    // The token is not printed unless asked for.
+    for token in cloud.google.issued_tokens() {
+        assert!(!stdout.contains(&token), "{stdout}");
+    }
 }

@@ -34,6 +34,12 @@ fuzz_target!(|data: &[u8]| {
             .as_ref()
             .is_none_or(|aws| aws.controller_identity.is_none())
             || namespace == "shop";
+        // A token file is read only by the agent, never by the controller planned for here.
+        let allowed = allowed
+            && spec
+                .kubernetes
+                .as_ref()
+                .is_none_or(|k| k.token_path.is_none());
         match plan(namespace, &spec, &defaults) {
             Ok(key) if admitted => {
                 assert!(is_audience(&key.audience), "{key:?}");
