@@ -286,7 +286,11 @@ pub fn failure_status(
         },
         subject: match &err.principal {
             Some(p) if !p.starts_with("arn:") => Some(p.clone()),
-            _ => key.and_then(IdentityKey::subject).or(previous.subject),
+            // The key says whether the source has a subject at all (an AWS source has none).
+            _ => match key {
+                Some(key) => key.subject(),
+                None => previous.subject,
+            },
         },
         google_service_account: previous.google_service_account,
         db_user: previous.db_user,
@@ -538,6 +542,49 @@ mod tests {
         assert_eq!(
             st.aws_principal_arn.as_deref(),
             Some("arn:aws:sts::1:assumed-role/r/s")
+        );
+    }
+
+    #[test]
+    fn a_kubernetes_subject_lands_in_status_subject_not_in_the_aws_principal() {
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let subject = "system:serviceaccount:shop:orders-api";
+        let key = IdentityKey {
+            source: IdentitySource::KubernetesToken {
+                name: "orders-api".into(),
+                audience: "aud".into(),
+                expiration_seconds: 600,
+            },
+            region: String::new(),
+            ..key()
+        };
+        let err = ExchangeError::new(Reason::AttributeConditionRejected, "rejected")
+            .presented_by(Some(subject));
+        let st = failure_status(&fc(), Some(&key), &err, now, now);
+        assert_eq!(st.subject.as_deref(), Some(subject));
+        assert_eq!(st.aws_principal_arn, None);
+        assert!(
+            st.conditions[0]
+                .message
+                .starts_with(&format!("principal {subject}: ")),
+            "{}",
+            st.conditions[0].message
+        );
+        // Before Google answers at all (the TokenRequest failed), the key names the subject.
+        let early = ExchangeError::new(Reason::TokenRequestFailed, "refused");
+        let st = failure_status(&fc(), Some(&key), &early, now, now);
+        assert_eq!(st.subject.as_deref(), Some(subject));
+        let issued = Issued {
+            principal_arn: None,
+            subject: Some(subject.into()),
+            ..issued()
+        };
+        let ok = success_status(&fc(), &key, &issued, now, now);
+        assert_eq!(ok.subject.as_deref(), Some(subject));
+        assert_eq!(ok.aws_principal_arn, None);
+        assert_eq!(
+            ok.identity.as_deref(),
+            Some("ServiceAccount/orders-api token")
         );
     }
 
