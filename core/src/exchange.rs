@@ -586,7 +586,7 @@ impl Limits {
             return Err(ExchangeError::new(
                 Reason::Upstream,
                 format!(
-                    "Google issued a token that lives {} s, shorter than the {} s the controller accepts (--min-token-seconds); it is not written",
+                    "Google issued a token that lives {} s, shorter than the {} s fedcred accepts (--min-token-seconds); it is not written",
                     lifetime.max(0.0).ceil(),
                     self.min_token_lifetime.as_secs()
                 ),

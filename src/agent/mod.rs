@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use fedcred_core::api::DEFAULT_RENEW_BEFORE_PERCENTAGE;
 use fedcred_core::exchange::{
-    ControllerIdentityPolicy, Defaults, EndpointPolicy, IdentityKey, plan,
+    ControllerIdentityPolicy, Defaults, EndpointPolicy, IdentityKey, Limits, plan,
 };
 use fedcred_core::google::RetryPolicy;
 use fedcred_core::refresh::decide::{refresh_at, retry_at, unit_from};
@@ -45,6 +45,8 @@ pub struct Options {
     pub region: Option<String>,
     /// Where to serve `/healthz`, `/readyz` and `/metrics`, if anywhere.
     pub metrics_address: Option<SocketAddr>,
+    /// Shortest token lifetime accepted from Google.
+    pub min_token_lifetime: Duration,
 }
 
 /// Where the manifest comes from.
@@ -202,7 +204,10 @@ pub async fn run(
         name: plan.label.clone(),
         error,
     })?;
-    let engine = Engine::new(Aws::from_env().await, google, None);
+    let engine = Engine::new(Aws::from_env().await, google, None).with_limits(Limits {
+        min_token_lifetime: options.min_token_lifetime,
+        ..Limits::default()
+    });
     let refresher = tokio::spawn(refresh_loop(engine, plan, state.clone(), metrics, ready));
     let served = metadata::serve_on(listener, state::Served(state), shutdown).await;
     refresher.abort();
