@@ -3,7 +3,8 @@
 //!
 //! In Google's order: the token's shape and header, its `iss` against the provider's issuer
 //! URI, the keys (the JWKS uploaded to the provider, or the issuer's discovery document and the
-//! `jwks_uri` it names, fetched now), the RS256 signature with the key the header's `kid` names,
+//! `jwks_uri` it names, fetched now), the RS256 or ES256 signature with the key the header's
+//! `kid` names,
 //! `aud` against the allowed audiences (or, when none are listed, the provider's own resource
 //! name in either of its two spellings), then the time window (`exp`, `nbf`, `iat`, and a
 //! lifetime of at most a day). Then the attribute mapping:
@@ -24,7 +25,9 @@ use std::time::{Duration, SystemTime};
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::KeySize;
-use aws_lc_rs::signature::{self, KeyPair as _, RsaKeyPair, RsaPublicKeyComponents};
+use aws_lc_rs::signature::{
+    self, EcdsaKeyPair, KeyPair as _, RsaKeyPair, RsaPublicKeyComponents, UnparsedPublicKey,
+};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
@@ -44,7 +47,7 @@ pub const LEEWAY: Duration = Duration::from_secs(60);
 pub enum OidcError {
     /// Not three base64url parts of JSON.
     Malformed(String),
-    /// An algorithm other than RS256.
+    /// An algorithm other than RS256 and ES256.
     Unsupported(String),
     /// `iss` is not the provider's issuer URI.
     Issuer { token: String, expected: String },
@@ -72,7 +75,7 @@ impl std::fmt::Display for OidcError {
             OidcError::Malformed(what) => write!(f, "Unable to parse the ID Token: {what}."),
             OidcError::Unsupported(alg) => write!(
                 f,
-                "The ID Token's signing algorithm {alg} is not supported; use RS256."
+                "The ID Token's signing algorithm {alg} is not supported; use RS256 or ES256."
             ),
             OidcError::Issuer { token, expected } => write!(
                 f,
@@ -169,13 +172,34 @@ impl Jwt {
     }
 }
 
-/// The keys of a JWKS document that can verify RS256: `(kid, n, e)`.
-pub fn rsa_keys(jwks: &Value) -> Vec<(Option<String>, Vec<u8>, Vec<u8>)> {
+/// A verification key of a JWKS document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Jwk {
+    /// An RSA key (RS256): modulus and exponent, big-endian.
+    Rsa {
+        kid: Option<String>,
+        n: Vec<u8>,
+        e: Vec<u8>,
+    },
+    /// A P-256 key (ES256): the uncompressed point `04 || x || y`.
+    P256 { kid: Option<String>, point: Vec<u8> },
+}
+
+impl Jwk {
+    fn kid(&self) -> Option<&str> {
+        match self {
+            Jwk::Rsa { kid, .. } | Jwk::P256 { kid, .. } => kid.as_deref(),
+        }
+    }
+}
+
+/// The signing keys of a JWKS document that Google can use: RSA, and EC on P-256. Keys for
+/// encryption and of other curves are skipped.
+pub fn signing_keys(jwks: &Value) -> Vec<Jwk> {
     jwks.get("keys")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .filter(|k| k.get("kty").and_then(Value::as_str) == Some("RSA"))
         .filter(|k| {
             k.get("use")
                 .and_then(Value::as_str)
@@ -187,11 +211,25 @@ pub fn rsa_keys(jwks: &Value) -> Vec<(Option<String>, Vec<u8>, Vec<u8>)> {
                     .and_then(Value::as_str)
                     .and_then(|v| URL_SAFE_NO_PAD.decode(v).ok())
             };
-            Some((
-                k.get("kid").and_then(Value::as_str).map(str::to_owned),
-                b64("n")?,
-                b64("e")?,
-            ))
+            let kid = k.get("kid").and_then(Value::as_str).map(str::to_owned);
+            match k.get("kty").and_then(Value::as_str)? {
+                "RSA" => Some(Jwk::Rsa {
+                    kid,
+                    n: b64("n")?,
+                    e: b64("e")?,
+                }),
+                "EC" if k.get("crv").and_then(Value::as_str) == Some("P-256") => {
+                    let (x, y) = (b64("x")?, b64("y")?);
+                    if x.len() != 32 || y.len() != 32 {
+                        return None;
+                    }
+                    let mut point = vec![4];
+                    point.extend_from_slice(&x);
+                    point.extend_from_slice(&y);
+                    Some(Jwk::P256 { kid, point })
+                }
+                _ => None,
+            }
         })
         .collect()
 }
@@ -199,7 +237,7 @@ pub fn rsa_keys(jwks: &Value) -> Vec<(Option<String>, Vec<u8>, Vec<u8>)> {
 /// Checks the header and `iss` of `jwt` for `provider`; the keys come next.
 pub fn check_issuer(jwt: &Jwt, provider: &Oidc) -> Result<(), OidcError> {
     match jwt.header.get("alg").and_then(Value::as_str) {
-        Some("RS256") => {}
+        Some("RS256" | "ES256") => {}
         other => return Err(OidcError::Unsupported(other.unwrap_or("none").to_owned())),
     }
     let iss = jwt.claim_str("iss").unwrap_or_default();
@@ -212,21 +250,30 @@ pub fn check_issuer(jwt: &Jwt, provider: &Oidc) -> Result<(), OidcError> {
     Ok(())
 }
 
-/// Verifies the RS256 signature of `jwt` with the key of `jwks` its `kid` names (any RSA key
-/// of the set when the header names none).
+/// Verifies the signature of `jwt` (RS256 or ES256, as its header says) with the key of `jwks`
+/// its `kid` names (any key of the algorithm's type when the header names none).
 pub fn verify_signature(jwt: &Jwt, jwks: &Value) -> Result<(), OidcError> {
     let kid = jwt.header.get("kid").and_then(Value::as_str);
-    let verified = rsa_keys(jwks)
+    let alg = jwt.header.get("alg").and_then(Value::as_str);
+    let message = jwt.signed.as_bytes();
+    let verified = signing_keys(jwks)
         .into_iter()
-        .filter(|(key_id, _, _)| kid.is_none() || key_id.as_deref() == kid)
-        .any(|(_, n, e)| {
-            RsaPublicKeyComponents { n: &n, e: &e }
+        .filter(|key| kid.is_none() || key.kid() == kid)
+        .any(|key| match (alg, key) {
+            (Some("RS256"), Jwk::Rsa { n, e, .. }) => RsaPublicKeyComponents { n: &n, e: &e }
                 .verify(
                     &signature::RSA_PKCS1_2048_8192_SHA256,
-                    jwt.signed.as_bytes(),
+                    message,
                     &jwt.signature,
                 )
-                .is_ok()
+                .is_ok(),
+            // JWS carries ECDSA signatures as fixed-width r || s.
+            (Some("ES256"), Jwk::P256 { point, .. }) => {
+                UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, &point)
+                    .verify(message, &jwt.signature)
+                    .is_ok()
+            }
+            _ => false,
         });
     if verified {
         Ok(())
@@ -316,48 +363,96 @@ pub fn admits(condition: &Condition, attributes: &BTreeMap<String, String>) -> b
     }
 }
 
-/// An RSA key of a test's own, for tokens a provider must refuse (a key it does not hold) and
-/// for JWKS to upload in place of the cluster's (a rotation on the Google side).
+/// A signing key of a test's own (RSA or P-256), for tokens a provider must refuse (a key it
+/// does not hold) and for JWKS to upload in place of the cluster's (a rotation on the Google
+/// side).
 pub struct TestKey {
-    pair: RsaKeyPair,
+    pair: TestPair,
     pub kid: String,
 }
 
+enum TestPair {
+    Rsa(RsaKeyPair),
+    P256(EcdsaKeyPair),
+}
+
 impl TestKey {
+    /// A 2048-bit RSA key (RS256).
     pub fn generate(kid: &str) -> TestKey {
         TestKey {
-            pair: RsaKeyPair::generate(KeySize::Rsa2048).expect("aws-lc-rs generates RSA keys"),
+            pair: TestPair::Rsa(
+                RsaKeyPair::generate(KeySize::Rsa2048).expect("aws-lc-rs generates RSA keys"),
+            ),
+            kid: kid.to_owned(),
+        }
+    }
+
+    /// A P-256 key (ES256).
+    pub fn generate_p256(kid: &str) -> TestKey {
+        TestKey {
+            pair: TestPair::P256(
+                EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING)
+                    .expect("aws-lc-rs generates P-256 keys"),
+            ),
             kid: kid.to_owned(),
         }
     }
 
     /// The public key as a JWKS document.
     pub fn jwks(&self) -> Value {
-        let public = self.pair.public_key();
-        json!({"keys": [{
-            "kty": "RSA", "use": "sig", "alg": "RS256", "kid": self.kid,
-            "n": URL_SAFE_NO_PAD.encode(public.modulus().big_endian_without_leading_zero()),
-            "e": URL_SAFE_NO_PAD.encode(public.exponent().big_endian_without_leading_zero()),
-        }]})
+        let key = match &self.pair {
+            TestPair::Rsa(pair) => {
+                let public = pair.public_key();
+                json!({
+                    "kty": "RSA", "use": "sig", "alg": "RS256", "kid": self.kid,
+                    "n": URL_SAFE_NO_PAD.encode(public.modulus().big_endian_without_leading_zero()),
+                    "e": URL_SAFE_NO_PAD.encode(public.exponent().big_endian_without_leading_zero()),
+                })
+            }
+            TestPair::P256(pair) => {
+                // The uncompressed point: 04 || x || y.
+                let point = pair.public_key().as_ref();
+                json!({
+                    "kty": "EC", "use": "sig", "alg": "ES256", "crv": "P-256", "kid": self.kid,
+                    "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+                    "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+                })
+            }
+        };
+        json!({ "keys": [key] })
     }
 
-    /// `claims` signed with RS256 under this key's `kid`.
+    /// `claims` signed under this key's `kid`.
     pub fn sign(&self, claims: &Value) -> String {
-        let header = json!({"alg": "RS256", "kid": self.kid, "typ": "JWT"});
+        let alg = match self.pair {
+            TestPair::Rsa(_) => "RS256",
+            TestPair::P256(_) => "ES256",
+        };
+        let header = json!({"alg": alg, "kid": self.kid, "typ": "JWT"});
         let signed = format!(
             "{}.{}",
             URL_SAFE_NO_PAD.encode(header.to_string()),
             URL_SAFE_NO_PAD.encode(claims.to_string())
         );
-        let mut sig = vec![0; self.pair.public_modulus_len()];
-        self.pair
-            .sign(
-                &signature::RSA_PKCS1_SHA256,
-                &SystemRandom::new(),
-                signed.as_bytes(),
-                &mut sig,
-            )
-            .expect("signing with a fresh key works");
+        let rng = SystemRandom::new();
+        let sig = match &self.pair {
+            TestPair::Rsa(pair) => {
+                let mut sig = vec![0; pair.public_modulus_len()];
+                pair.sign(
+                    &signature::RSA_PKCS1_SHA256,
+                    &rng,
+                    signed.as_bytes(),
+                    &mut sig,
+                )
+                .expect("signing with a fresh key works");
+                sig
+            }
+            TestPair::P256(pair) => pair
+                .sign(&rng, signed.as_bytes())
+                .expect("signing with a fresh key works")
+                .as_ref()
+                .to_vec(),
+        };
         format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig))
     }
 }
@@ -404,6 +499,20 @@ mod tests {
         parts[1] = URL_SAFE_NO_PAD.encode(claims(AUDIENCE, 1000, 99999).to_string());
         let forged = Jwt::parse(&parts.join(".")).unwrap();
         assert!(verify_signature(&forged, &key.jwks()).is_err());
+    }
+
+    #[test]
+    fn es256_tokens_verify_with_p256_keys_only() {
+        let key = TestKey::generate_p256("ec");
+        let jwt = Jwt::parse(&key.sign(&claims(AUDIENCE, 1000, 1600))).unwrap();
+        check_issuer(&jwt, &provider()).unwrap();
+        verify_signature(&jwt, &key.jwks()).unwrap();
+        assert!(verify_signature(&jwt, &TestKey::generate_p256("ec").jwks()).is_err());
+        // An RSA key of the same kid does not verify an ES256 token, nor the reverse.
+        assert!(verify_signature(&jwt, &TestKey::generate("ec").jwks()).is_err());
+        let rsa = TestKey::generate("ec");
+        let rs256 = Jwt::parse(&rsa.sign(&claims(AUDIENCE, 1000, 1600))).unwrap();
+        assert!(verify_signature(&rs256, &key.jwks()).is_err());
     }
 
     #[test]
