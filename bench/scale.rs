@@ -147,6 +147,7 @@ async fn floor(client: &Client, ns: &str, n: usize, concurrency: usize) -> Durat
                     expires_at: now + Duration::from_secs(3600),
                     issued_at: now,
                     principal_arn: Some(format!("{ASSUMED_ROLE}/fedcred.{ns}.app")),
+                    subject: None,
                     service_account: Some(SA_EMAIL.into()),
                     db_user: Some("orders-api@acme-shop.iam".into()),
                     project_id: Some("acme-shop".into()),

@@ -112,7 +112,9 @@ start_apiserver() { # dir etcd_port api_port: kube-apiserver in the background, 
     --tls-cert-file "$dir/pki/apiserver.crt" --tls-private-key-file "$dir/pki/apiserver.key" \
     --client-ca-file "$dir/pki/ca.crt" \
     "${node_flags[@]}" \
+    --service-account-issuer "https://127.0.0.1:$api_port" \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-jwks-uri "https://127.0.0.1:$api_port/openid/v1/jwks" \
     --service-account-key-file "$dir/pki/sa.pub" \
     --service-account-signing-key-file "$dir/pki/sa.key" \
     --service-cluster-ip-range 10.0.0.0/24 \

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The scan that ends every test run: no token value the doubles issued may appear in what the run
+# The scan that ends every test run: no token value the doubles issued (nor any ServiceAccount
+# token presented to the STS double, a credential too) may appear in what the run
 # left behind (controller logs, events, FederatedCredential statuses, metrics, control-plane logs).
 #
 #   hack/secrecy-scan.sh [--cluster] TOKENS_FILE DIR...

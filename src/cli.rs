@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use fedcred_core::error::ExchangeError;
-use fedcred_core::exchange::{ControllerIdentityPolicy, Defaults, EndpointPolicy, plan};
+use fedcred_core::exchange::{
+    ControllerIdentityPolicy, Defaults, EndpointPolicy, IdentitySource, plan,
+};
 use fedcred_core::google::{DEFAULT_IAM_CREDENTIALS_URL, DEFAULT_STS_URL, RetryPolicy};
 use fedcred_core::inject::DEFAULT_PROXY_IMAGE;
 use fedcred_core::metadata::{DEFAULT_LISTEN, injected_env};
@@ -360,16 +362,22 @@ async fn exchange(
         // credentials are used as they would be by any AWS tool.
         controller_identity: ControllerIdentityPolicy::new(["*"]),
         endpoints: EndpointPolicy::any(),
+        // Run by hand on the caller's host: a token file there is the caller's own.
+        token_files: true,
         ..Defaults::default()
     };
     let key = plan(&namespace, &fc.spec, &defaults).map_err(Error::Exchange)?;
-    let kube = match fc.spec.aws.service_account {
-        Some(_) => Some(
+    let needs_kubernetes = matches!(
+        key.source,
+        IdentitySource::ServiceAccount { .. } | IdentitySource::KubernetesToken { .. }
+    );
+    let kube = match needs_kubernetes {
+        true => Some(
             kube::Client::try_default()
                 .await
                 .map_err(Error::NoKubernetes)?,
         ),
-        None => None,
+        false => None,
     };
     let google = GoogleClient::new(RetryPolicy::default()).map_err(Error::Exchange)?;
     let issued = Engine::new(aws, google, kube)
@@ -380,7 +388,13 @@ async fn exchange(
     println!("identity:        {}", key.describe());
     println!(
         "principal:       {}",
-        or(issued.principal_arn.as_deref(), "unknown")
+        or(
+            issued
+                .principal_arn
+                .as_deref()
+                .or(issued.subject.as_deref()),
+            "unknown"
+        )
     );
     println!(
         "service account: {}",

@@ -109,6 +109,8 @@ pub async fn controller(options: Options, shutdown: impl Future<Output = ()>) ->
         ),
         endpoints: fedcred_core::exchange::EndpointPolicy::new(&options.allow_endpoints)
             .map_err(Error::Endpoints)?,
+        // The controller never reads a file a resource names.
+        token_files: false,
     };
     let google = GoogleClient::new(RetryPolicy::default()).map_err(Error::Google)?;
     let limits = fedcred_core::exchange::Limits {

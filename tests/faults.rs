@@ -785,7 +785,7 @@ async fn aws_sts_down_then_back() {
     let gate = gate.lock().unwrap().take().unwrap();
     let controller = world.controller("r1", &[]);
     let mut spec = world.spec(no_impersonation(), eager());
-    spec.aws.sts_endpoint = Some(gate.url());
+    spec.aws.as_mut().expect("an AWS source").sts_endpoint = Some(gate.url());
     let sampler = world.ready_and_sampled("orders-db", spec).await;
     let before = world.calls();
     let stale = world.token("orders-db").await;

@@ -43,8 +43,8 @@ pub const DEFAULT_RENEW_BEFORE_PERCENTAGE: i32 = 50;
 /// Default local port of the first AlloyDB instance, PostgreSQL's own.
 pub const DEFAULT_ALLOYDB_PORT: i32 = 5432;
 
-/// A FederatedCredential turns an AWS identity into a Google Cloud access token through
-/// Workload Identity Federation and keeps that token fresh in a Secret of its namespace.
+/// A FederatedCredential turns an AWS identity or a Kubernetes ServiceAccount token into a
+/// Google Cloud access token through Workload Identity Federation and keeps that token fresh in a Secret of its namespace.
 /// Pods labelled `fedcred.io/inject: "true"` and annotated `fedcred.io/credential: <name>`
 /// get a local GCE metadata emulator serving the token, and the AlloyDB Auth Proxy for each
 /// instance listed under `alloydb`.
@@ -60,7 +60,7 @@ pub const DEFAULT_ALLOYDB_PORT: i32 = 5432;
     category = "fedcred",
     status = "FederatedCredentialStatus",
     derive = "PartialEq",
-    doc = "A FederatedCredential exchanges an AWS identity for a Google Cloud access token through Workload Identity Federation and keeps the token fresh in a Secret of its namespace.",
+    doc = "A FederatedCredential exchanges an AWS identity or a Kubernetes ServiceAccount token for a Google Cloud access token through Workload Identity Federation and keeps the token fresh in a Secret of its namespace.",
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -71,7 +71,7 @@ pub const DEFAULT_ALLOYDB_PORT: i32 = 5432;
         name = "Identity",
         type_ = "string",
         json_path = ".status.identity",
-        description = "The AWS identity presented to Google: ServiceAccount and role, or the controller's role"
+        description = "The identity presented to Google: ServiceAccount and role, the controller's role, or a ServiceAccount token"
     ),
     printcolumn(
         name = "Google SA",
@@ -97,14 +97,27 @@ pub const DEFAULT_ALLOYDB_PORT: i32 = 5432;
     "AlloyDB automatic IAM login needs google.serviceAccount: federated identities cannot log in to AlloyDB; set google.serviceAccount to the service account that has the AlloyDB IAM user, or set autoIamAuthn: false on every instance"
 ))]
 #[x_kube(validation = Rule::new(
-    "!has(self.exchange) || self.exchange != 'Pod' || has(self.aws.controllerIdentity)"
+    "!has(self.exchange) || self.exchange != 'Pod' || (has(self.aws) && has(self.aws.controllerIdentity))"
 ).message(
     "exchange: Pod uses the AWS credentials of each pod (EKS Pod Identity or IRSA), not a ServiceAccount token requested by the controller: set aws.controllerIdentity: {} (with roleArn to chain into a role under a stable session name) instead of aws.serviceAccount"
 ))]
+#[x_kube(validation = Rule::new("has(self.aws) != has(self.kubernetes)").message(
+    "set exactly one identity source: aws (an AWS identity whose signed request Google verifies) or kubernetes (a ServiceAccount token of this cluster sent straight to Google)"
+))]
 #[serde(rename_all = "camelCase")]
 pub struct FederatedCredentialSpec {
-    /// The AWS identity whose signed GetCallerIdentity request Google accepts as proof.
-    pub aws: AwsIdentity,
+    /// The AWS identity whose signed GetCallerIdentity request Google accepts as proof. Set
+    /// this or `kubernetes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws: Option<AwsIdentity>,
+
+    /// The cluster's own ServiceAccount token, sent straight to Google STS as an OIDC token:
+    /// for clusters outside AWS, and for EKS without an AWS role. Set this or `aws`. The
+    /// provider in `google.audience` must be an OIDC provider trusting this cluster's issuer
+    /// (its discovery document, or its JWKS uploaded to the provider); Google sees the
+    /// subject `system:serviceaccount:NAMESPACE:NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesIdentity>,
 
     /// Where the exchange happens; see [`Exchange`], whose text `kubectl explain` shows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -181,6 +194,65 @@ pub struct ServiceAccountIdentity {
     #[x_kube(validation = role_arn_rule("aws.serviceAccount.roleArn"))]
     #[schemars(length(max = 2048))]
     pub role_arn: Option<String>,
+}
+
+/// A Kubernetes ServiceAccount token as the identity Google verifies, with the Workload Identity
+/// provider in `google.audience` being an OIDC provider that trusts this cluster's issuer
+/// (through its discovery document, or the cluster's JWKS uploaded to the provider). Google
+/// maps the token's subject, `system:serviceaccount:NAMESPACE:NAME`, to `google.subject`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("has(self.serviceAccount) != has(self.tokenPath)").message(
+    "set exactly one of kubernetes.serviceAccount (the controller requests a token of a ServiceAccount of this namespace) and kubernetes.tokenPath (fedcred agent reads a projected token file on its host)"
+))]
+#[serde(rename_all = "camelCase")]
+pub struct KubernetesIdentity {
+    /// A ServiceAccount of this namespace; the controller asks the API server for a short-lived
+    /// token of it (TokenRequest) for every exchange.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<ServiceAccountName>,
+
+    /// For `fedcred agent` only: the path of a projected ServiceAccount token file, read again
+    /// for every exchange (the kubelet rotates it). The controller refuses it: it never reads
+    /// files a resource names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message(
+        "kubernetes.tokenPath must be an absolute path such as /var/run/secrets/tokens/google"
+    ))]
+    #[schemars(length(min = 1, max = 1024))]
+    pub token_path: Option<String>,
+
+    /// Audience (`aud`) of the token. Defaults to `google.audience`, the provider's full
+    /// resource name, which Google accepts when the provider lists no allowed audiences; set
+    /// one of the provider's allowed audiences otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub audience: Option<String>,
+
+    /// Lifetime of the requested ServiceAccount token in seconds, 600 (the API server's
+    /// minimum) to 3600. It is used once, for one exchange; the Google token's lifetime is
+    /// `google.tokenLifetimeSeconds`.
+    #[serde(default = "default_kubernetes_token_seconds")]
+    #[schemars(range(min = 600, max = 3600))]
+    pub expiration_seconds: i64,
+}
+
+/// Lifetime of the ServiceAccount tokens sent to Google: the API server's minimum.
+pub const DEFAULT_KUBERNETES_TOKEN_SECONDS: i64 = 600;
+
+fn default_kubernetes_token_seconds() -> i64 {
+    DEFAULT_KUBERNETES_TOKEN_SECONDS
+}
+
+/// A ServiceAccount of the resource's own namespace, by name.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountName {
+    /// Name of the ServiceAccount in this namespace.
+    #[x_kube(validation = Rule::new(
+        "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')"
+    ).message("kubernetes.serviceAccount.name must be the name of a ServiceAccount in this namespace (lowercase letters, digits, '-' and '.')"))]
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
 }
 
 /// The controller's own AWS identity, optionally chained into another role.
@@ -468,7 +540,7 @@ pub struct FederatedCredentialStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// A short description of the AWS identity in use, for `kubectl get`.
+    /// A short description of the identity in use, for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
 
@@ -476,6 +548,12 @@ pub struct FederatedCredentialStatus {
     /// `arn:aws:sts::123456789012:assumed-role/ROLE/SESSION`; bind Google IAM to this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws_principal_arn: Option<String>,
+
+    /// The subject Google saw for a `kubernetes` source, `system:serviceaccount:NS:NAME`
+    /// (mapped to `google.subject`); bind Google IAM to
+    /// `principal://iam.googleapis.com/projects/NUMBER/locations/global/workloadIdentityPools/POOL/subject/` + this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
 
     /// The Google service account the token belongs to, when impersonating.
     #[serde(default, skip_serializing_if = "Option::is_none")]

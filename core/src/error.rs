@@ -41,6 +41,22 @@ pub enum Reason {
     Upstream,
     /// The resource names an endpoint the cluster admin has not allowed.
     EndpointNotAllowed,
+    /// Google does not trust the token's issuer: the provider's issuer URI differs from the
+    /// token's `iss`, or the issuer's discovery document names another issuer.
+    IssuerNotTrusted,
+    /// The provider's keys (uploaded JWKS or the issuer's) do not verify the token's signature:
+    /// the cluster's signing key changed, or the provider holds another cluster's keys.
+    SignatureNotVerified,
+    /// The token's audience is neither one of the provider's allowed audiences nor, when it
+    /// lists none, the provider's full resource name.
+    AudienceMismatch,
+    /// Google judged the ServiceAccount token expired or not yet valid (clock skew).
+    SubjectTokenExpired,
+    /// Google could not fetch the issuer's discovery document or keys.
+    IssuerUnreachable,
+    /// The projected ServiceAccount token file (`kubernetes.tokenPath`) is missing, unreadable
+    /// or holds no token.
+    TokenFileUnreadable,
     /// Not tried now: the namespace's share of concurrent exchanges is in use, or another
     /// exchange of the same identity is still running. Retried shortly; never written to status.
     Busy,
@@ -66,6 +82,12 @@ impl Reason {
             Reason::Timeout => "Timeout",
             Reason::Upstream => "Upstream",
             Reason::Busy => "Busy",
+            Reason::IssuerNotTrusted => "IssuerNotTrusted",
+            Reason::SignatureNotVerified => "SignatureNotVerified",
+            Reason::AudienceMismatch => "AudienceMismatch",
+            Reason::SubjectTokenExpired => "SubjectTokenExpired",
+            Reason::IssuerUnreachable => "IssuerUnreachable",
+            Reason::TokenFileUnreadable => "TokenFileUnreadable",
             Reason::EndpointNotAllowed => "EndpointNotAllowed",
         }
     }
@@ -111,7 +133,10 @@ impl ExchangeError {
 impl fmt::Display for ExchangeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.principal {
-            Some(principal) => write!(f, "AWS principal {principal}: {}", self.message),
+            Some(principal) if principal.starts_with("arn:") => {
+                write!(f, "AWS principal {principal}: {}", self.message)
+            }
+            Some(principal) => write!(f, "principal {principal}: {}", self.message),
             None => f.write_str(&self.message),
         }
     }

@@ -19,9 +19,9 @@ use crate::google::{DEFAULT_IAM_CREDENTIALS_URL, DEFAULT_STS_URL};
 use crate::names::is_region;
 use crate::sensitive::Sensitive;
 
-/// Which AWS identity a resource presents.
+/// Which identity a resource presents.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum AwsSource {
+pub enum IdentitySource {
     /// IRSA through a ServiceAccount of the resource's namespace.
     ServiceAccount {
         name: String,
@@ -29,13 +29,41 @@ pub enum AwsSource {
     },
     /// The controller's own identity, optionally chained into a role.
     Controller { role_arn: Option<String> },
+    /// A token of a ServiceAccount of the resource's namespace, sent straight to Google.
+    KubernetesToken {
+        name: String,
+        /// The token's `aud`.
+        audience: String,
+        expiration_seconds: i64,
+    },
+    /// A projected ServiceAccount token file on the host, read for every exchange
+    /// (`fedcred agent`).
+    TokenFile { path: String },
+}
+
+impl IdentitySource {
+    /// Whether Google receives a JWT rather than a signed AWS request.
+    pub fn is_kubernetes(&self) -> bool {
+        matches!(
+            self,
+            IdentitySource::KubernetesToken { .. } | IdentitySource::TokenFile { .. }
+        )
+    }
+}
+
+/// The subject Kubernetes writes into a ServiceAccount token, which Google maps to
+/// `google.subject`.
+pub fn service_account_subject(namespace: &str, name: &str) -> String {
+    format!("system:serviceaccount:{namespace}:{name}")
 }
 
 /// Everything that determines the token; equal keys may share one token.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct IdentityKey {
     pub namespace: String,
-    pub source: AwsSource,
+    pub source: IdentitySource,
+    /// The AWS region of the signed request; empty for the Kubernetes sources, which sign
+    /// nothing.
     pub region: String,
     pub aws_sts_endpoint: Option<String>,
     pub audience: String,
@@ -57,14 +85,27 @@ impl IdentityKey {
                 .map(str::to_owned)
         };
         match &self.source {
-            AwsSource::ServiceAccount { name, role_arn } => match role(role_arn) {
+            IdentitySource::ServiceAccount { name, role_arn } => match role(role_arn) {
                 Some(r) => format!("ServiceAccount/{name} as role/{r}"),
                 None => format!("ServiceAccount/{name}"),
             },
-            AwsSource::Controller { role_arn } => match role(role_arn) {
+            IdentitySource::Controller { role_arn } => match role(role_arn) {
                 Some(r) => format!("controller as role/{r}"),
                 None => "controller".to_owned(),
             },
+            IdentitySource::KubernetesToken { name, .. } => format!("ServiceAccount/{name} token"),
+            IdentitySource::TokenFile { path } => format!("token file {path}"),
+        }
+    }
+
+    /// The subject Google will see, when known before asking: for a ServiceAccount token,
+    /// `system:serviceaccount:NS:NAME`.
+    pub fn subject(&self) -> Option<String> {
+        match &self.source {
+            IdentitySource::KubernetesToken { name, .. } => {
+                Some(service_account_subject(&self.namespace, name))
+            }
+            _ => None,
         }
     }
 }
@@ -228,6 +269,9 @@ pub struct Defaults {
     pub controller_identity: ControllerIdentityPolicy,
     /// Endpoints a resource may name.
     pub endpoints: EndpointPolicy,
+    /// Whether `kubernetes.tokenPath` may be read: only by a process on its own host (`fedcred
+    /// agent`, `fedcred exchange`), never by the controller.
+    pub token_files: bool,
 }
 
 impl Default for Defaults {
@@ -238,6 +282,7 @@ impl Default for Defaults {
             iam_credentials_url: DEFAULT_IAM_CREDENTIALS_URL.to_owned(),
             controller_identity: ControllerIdentityPolicy::default(),
             endpoints: EndpointPolicy::default(),
+            token_files: false,
         }
     }
 }
@@ -249,8 +294,17 @@ pub fn plan(
     spec: &FederatedCredentialSpec,
     defaults: &Defaults,
 ) -> Result<IdentityKey, ExchangeError> {
-    let source = match (&spec.aws.service_account, &spec.aws.controller_identity) {
-        (Some(sa), None) => AwsSource::ServiceAccount {
+    if let Some(kubernetes) = &spec.kubernetes {
+        return plan_kubernetes(namespace, spec, kubernetes, defaults);
+    }
+    let Some(aws) = &spec.aws else {
+        return Err(ExchangeError::new(
+            Reason::InvalidSpec,
+            "set exactly one identity source: aws or kubernetes",
+        ));
+    };
+    let source = match (&aws.service_account, &aws.controller_identity) {
+        (Some(sa), None) => IdentitySource::ServiceAccount {
             name: sa.name.clone(),
             role_arn: sa.role_arn.clone(),
         },
@@ -263,7 +317,7 @@ pub fn plan(
                     ),
                 ));
             }
-            AwsSource::Controller {
+            IdentitySource::Controller {
                 role_arn: ci.role_arn.clone(),
             }
         }
@@ -274,7 +328,7 @@ pub fn plan(
             ));
         }
     };
-    let region = spec.aws.region.clone().or_else(|| defaults.region.clone()).ok_or_else(|| {
+    let region = aws.region.clone().or_else(|| defaults.region.clone()).ok_or_else(|| {
         ExchangeError::new(
             Reason::InvalidSpec,
             "no AWS region known: set aws.region, or AWS_REGION in the controller's environment",
@@ -286,6 +340,61 @@ pub fn plan(
             format!("aws.region {region:?} is not an AWS region code"),
         ));
     }
+    google_side(
+        namespace,
+        spec,
+        source,
+        region,
+        aws.sts_endpoint.clone(),
+        defaults,
+    )
+}
+
+/// The Kubernetes sources: a ServiceAccount of the namespace (in the cluster) or a token file
+/// (only where the caller allows files: the agent on its own host, never the controller).
+fn plan_kubernetes(
+    namespace: &str,
+    spec: &FederatedCredentialSpec,
+    kubernetes: &crate::api::KubernetesIdentity,
+    defaults: &Defaults,
+) -> Result<IdentityKey, ExchangeError> {
+    let source = match (&kubernetes.service_account, &kubernetes.token_path) {
+        (Some(sa), None) => IdentitySource::KubernetesToken {
+            name: sa.name.clone(),
+            audience: kubernetes
+                .audience
+                .clone()
+                .unwrap_or_else(|| spec.google.audience.clone()),
+            expiration_seconds: kubernetes.expiration_seconds,
+        },
+        (None, Some(path)) if defaults.token_files => {
+            IdentitySource::TokenFile { path: path.clone() }
+        }
+        (None, Some(_)) => {
+            return Err(ExchangeError::new(
+                Reason::InvalidSpec,
+                "kubernetes.tokenPath names a file on a host, which only fedcred agent reads; in a cluster use kubernetes.serviceAccount (the controller never reads files a resource names)",
+            ));
+        }
+        _ => {
+            return Err(ExchangeError::new(
+                Reason::InvalidSpec,
+                "set exactly one of kubernetes.serviceAccount and kubernetes.tokenPath",
+            ));
+        }
+    };
+    google_side(namespace, spec, source, String::new(), None, defaults)
+}
+
+/// The Google half of the key, common to every source.
+fn google_side(
+    namespace: &str,
+    spec: &FederatedCredentialSpec,
+    source: IdentitySource,
+    region: String,
+    aws_sts_endpoint: Option<String>,
+    defaults: &Defaults,
+) -> Result<IdentityKey, ExchangeError> {
     let mut scopes: BTreeSet<String> = spec.google.scopes.iter().cloned().collect();
     let iam_login = spec
         .alloydb
@@ -297,7 +406,7 @@ pub fn plan(
     }
     let endpoints = spec.google.endpoints.clone().unwrap_or_default();
     let named = [
-        ("aws.stsEndpoint", spec.aws.sts_endpoint.as_deref()),
+        ("aws.stsEndpoint", aws_sts_endpoint.as_deref()),
         ("google.endpoints.sts", endpoints.sts.as_deref()),
         (
             "google.endpoints.iamCredentials",
@@ -313,7 +422,7 @@ pub fn plan(
         namespace: namespace.to_owned(),
         source,
         region,
-        aws_sts_endpoint: spec.aws.sts_endpoint.clone(),
+        aws_sts_endpoint,
         audience: spec.google.audience.clone(),
         service_account: spec.google.service_account.clone(),
         delegates: spec.google.delegates.clone(),
@@ -333,6 +442,8 @@ pub struct Issued {
     pub expires_at: Timestamp,
     pub issued_at: Timestamp,
     pub principal_arn: Option<String>,
+    /// The subject Google saw for a Kubernetes source (`system:serviceaccount:NS:NAME`).
+    pub subject: Option<String>,
     pub service_account: Option<String>,
     pub db_user: Option<String>,
     pub project_id: Option<String>,
@@ -657,7 +768,7 @@ mod tests {
     #[test]
     fn controller_identity_needs_the_admins_permission() {
         let s = spec(credential("a").controller_identity(Some("arn:aws:iam::123456789012:role/x")));
-        assert_eq!(s.aws.service_account, None);
+        assert_eq!(s.aws.as_ref().unwrap().service_account, None);
         let err = plan("analytics", &s, &defaults()).unwrap_err();
         assert_eq!(err.reason, Reason::ControllerIdentityNotAllowed);
         assert!(
@@ -675,6 +786,63 @@ mod tests {
             ..defaults()
         };
         assert!(plan("anything", &s, &everyone).is_ok());
+    }
+
+    #[test]
+    fn a_kubernetes_token_goes_to_the_provider_and_needs_no_region() {
+        let s = credential("a").kubernetes("orders-api").spec();
+        let key = plan("shop", &s, &Defaults::default()).unwrap();
+        assert_eq!(
+            key.source,
+            IdentitySource::KubernetesToken {
+                name: "orders-api".into(),
+                audience: crate::testing::AUDIENCE.into(),
+                expiration_seconds: 600,
+            }
+        );
+        assert_eq!(key.region, "");
+        assert_eq!(
+            key.subject().as_deref(),
+            Some("system:serviceaccount:shop:orders-api")
+        );
+        assert_eq!(key.describe(), "ServiceAccount/orders-api token");
+        // Another namespace's ServiceAccount of the same name is another identity.
+        assert_ne!(plan("billing", &s, &Defaults::default()).unwrap(), key);
+        let own_audience = credential("a")
+            .kubernetes("orders-api")
+            .with(serde_json::json!({"spec": {"kubernetes": {"audience": "my-cluster", "expirationSeconds": 900}}}))
+            .spec();
+        let key = plan("shop", &own_audience, &Defaults::default()).unwrap();
+        assert!(matches!(
+            key.source,
+            IdentitySource::KubernetesToken { ref audience, expiration_seconds: 900, .. } if audience == "my-cluster"
+        ));
+    }
+
+    #[test]
+    fn the_controller_never_reads_a_token_file_a_resource_names() {
+        let s = credential("a")
+            .token_path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+            .spec();
+        let err = plan("shop", &s, &Defaults::default()).unwrap_err();
+        assert_eq!(err.reason, Reason::InvalidSpec);
+        assert!(
+            err.message.contains("only fedcred agent reads"),
+            "{}",
+            err.message
+        );
+        let agent = Defaults {
+            token_files: true,
+            ..Defaults::default()
+        };
+        let key = plan("shop", &s, &agent).unwrap();
+        assert_eq!(
+            key.source,
+            IdentitySource::TokenFile {
+                path: "/var/run/secrets/kubernetes.io/serviceaccount/token".into()
+            }
+        );
+        assert_eq!(key.subject(), None);
     }
 
     #[test]

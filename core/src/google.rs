@@ -340,6 +340,80 @@ pub fn classify_sts(status: u16, body: &str) -> ExchangeError {
     )
 }
 
+/// `subject_token_type` of a Kubernetes ServiceAccount token (an OIDC ID token, a JWT).
+pub const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+
+/// Maps a Google STS error answer to a ServiceAccount token (an OIDC JWT) to a reason and a
+/// message naming the next step: the provider's issuer, keys, audiences, the token's time
+/// window, or its condition. What is not specific to OIDC is classified as [`classify_sts`]
+/// does.
+pub fn classify_jwt_sts(status: u16, body: &str) -> ExchangeError {
+    let e: OAuthError = serde_json::from_str(body).unwrap_or_default();
+    let desc = if e.error_description.is_empty() {
+        snippet(body)
+    } else {
+        e.error_description.clone()
+    };
+    let lower = desc.to_ascii_lowercase();
+    let grant = e.error == "invalid_grant";
+    let found = if lower.contains("attribute condition") {
+        Some((
+            Reason::AttributeConditionRejected,
+            "the provider's attribute condition does not admit this ServiceAccount (the subject above,              with its namespace in assertion['kubernetes.io']['namespace']); update the condition              (gcloud iam workload-identity-pools providers update-oidc … --attribute-condition=…) or use              a ServiceAccount it admits",
+        ))
+    } else if grant
+        && lower.contains("issuer")
+        && (lower.contains("connect") || lower.contains("fetch") || lower.contains("reach"))
+    {
+        Some((
+            Reason::IssuerUnreachable,
+            "Google cannot fetch the cluster issuer's discovery document or keys; a private issuer              cannot be reached from Google: upload the cluster's JWKS to the provider instead              (kubectl get --raw /openid/v1/jwks > jwks.json; gcloud iam workload-identity-pools providers              update-oidc … --jwk-json-path=jwks.json)",
+        ))
+    } else if grant && lower.contains("issuer") {
+        Some((
+            Reason::IssuerNotTrusted,
+            "the provider's issuer URI is not the token's issuer; set the provider's --issuer-uri to              the cluster's issuer (kubectl get --raw /.well-known/openid-configuration, field issuer)",
+        ))
+    } else if grant && (lower.contains("signature") || lower.contains("kid")) {
+        Some((
+            Reason::SignatureNotVerified,
+            "the provider's keys do not verify the token's signature: the cluster's signing key              changed or the provider holds another cluster's keys; upload the current JWKS              (kubectl get --raw /openid/v1/jwks) to the provider",
+        ))
+    } else if grant && lower.contains("audience") {
+        Some((
+            Reason::AudienceMismatch,
+            "the token's audience is not one the provider accepts; remove kubernetes.audience to use              the provider's full resource name, or add it to the provider's --allowed-audiences",
+        ))
+    } else if grant
+        && (lower.contains("expired")
+            || lower.contains("stale")
+            || lower.contains("not yet valid")
+            || lower.contains("future"))
+    {
+        Some((
+            Reason::SubjectTokenExpired,
+            "Google judged the ServiceAccount token outside its validity window; check the clocks of              the API server and the controller (NTP)",
+        ))
+    } else if grant {
+        Some((
+            Reason::InvalidSubjectToken,
+            "Google could not verify the ServiceAccount token; check the provider's issuer URI and keys",
+        ))
+    } else {
+        None
+    };
+    match found {
+        Some((reason, next)) => ExchangeError::new(
+            reason,
+            format!(
+                "Google STS answered HTTP {status} {}: {desc}; {next}",
+                e.error
+            ),
+        ),
+        None => classify_sts(status, body),
+    }
+}
+
 #[derive(Deserialize, Default)]
 struct GoogleApiError {
     #[serde(default)]
@@ -444,6 +518,53 @@ mod tests {
         }
         let e = classify_sts(400, cases[0].0);
         assert!(e.message.contains("attribute-condition"), "{}", e.message);
+    }
+
+    #[test]
+    fn oidc_errors_map_to_stable_reasons() {
+        let grant = |d: &str| format!(r#"{{"error":"invalid_grant","error_description":"{d}"}}"#);
+        let cases = [
+            (
+                grant("Error connecting to the given credential's issuer."),
+                Reason::IssuerUnreachable,
+                "--jwk-json-path",
+            ),
+            (
+                grant("The issuer in ID Token https://a does not match the expected ones: https://b."),
+                Reason::IssuerNotTrusted,
+                "--issuer-uri",
+            ),
+            (
+                grant("Invalid ID Token: the signature cannot be verified with the provider's keys (kid k1)."),
+                Reason::SignatureNotVerified,
+                "/openid/v1/jwks",
+            ),
+            (
+                grant("The audience in ID Token [x] does not match the expected audience."),
+                Reason::AudienceMismatch,
+                "--allowed-audiences",
+            ),
+            (
+                grant("ID Token expired at 1700000000 (now 1700000700)."),
+                Reason::SubjectTokenExpired,
+                "NTP",
+            ),
+            (
+                r#"{"error":"unauthorized_client","error_description":"The given credential is rejected by the attribute condition."}"#.to_owned(),
+                Reason::AttributeConditionRejected,
+                "update-oidc",
+            ),
+            (
+                r#"{"error":"invalid_target","error_description":"The target service indicated by the \"audience\" parameters is invalid."}"#.to_owned(),
+                Reason::ProviderNotFound,
+                "does not exist",
+            ),
+        ];
+        for (body, reason, next) in cases {
+            let e = classify_jwt_sts(400, &body);
+            assert_eq!(e.reason, reason, "{body}");
+            assert!(e.message.contains(next), "{}", e.message);
+        }
     }
 
     #[test]

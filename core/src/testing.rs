@@ -108,6 +108,19 @@ impl Credential {
             .spec_patch(json!({"exchange": "Pod"}))
     }
 
+    /// The cluster's own token of `service_account` sent straight to Google, instead of an
+    /// AWS identity.
+    pub fn kubernetes(self, service_account: &str) -> Self {
+        self.spec_patch(
+            json!({"aws": null, "kubernetes": {"serviceAccount": {"name": service_account}}}),
+        )
+    }
+
+    /// A projected token file on the host (`fedcred agent`), instead of an AWS identity.
+    pub fn token_path(self, path: &str) -> Self {
+        self.spec_patch(json!({"aws": null, "kubernetes": {"tokenPath": path}}))
+    }
+
     pub fn region(self, region: Option<&str>) -> Self {
         self.spec_patch(json!({"aws": {"region": region}}))
     }
@@ -212,6 +225,7 @@ pub fn issued(issued_at: &str, expires_at: &str) -> Issued {
         principal_arn: Some(
             "arn:aws:sts::123456789012:assumed-role/shop-orders/fedcred.shop.orders-api".into(),
         ),
+        subject: None,
         service_account: Some(SERVICE_ACCOUNT.into()),
         db_user: Some("orders-api@acme-shop.iam".into()),
         project_id: Some("acme-shop".into()),

@@ -99,6 +99,8 @@ pub fn admits(
         Condition::AwsRoleEquals(role) => {
             attributes.get("attribute.aws_role").map(String::as_str) == Some(role.as_str())
         }
+        // An AWS identity has no namespace.
+        Condition::NamespaceEquals(_) => false,
     }
 }
 

@@ -68,6 +68,9 @@ pub struct Config {
     /// Google never does this; it compresses time in tests, where the CRD's shortest lifetime
     /// (ten minutes) would be too slow.
     pub impersonated_lifetime_cap_seconds: Option<u64>,
+    /// Judge the times of JWT subject tokens as if the clock were this many seconds ahead: a
+    /// real, freshly issued ServiceAccount token is then expired for the double.
+    pub jwt_clock_offset_seconds: i64,
 }
 
 impl Default for Config {
@@ -85,6 +88,7 @@ impl Default for Config {
             expires_in_as_string: false,
             alloydb: None,
             impersonated_lifetime_cap_seconds: None,
+            jwt_clock_offset_seconds: 0,
         }
     }
 }
@@ -146,6 +150,7 @@ impl fmt::Debug for Config {
                 "impersonated_lifetime_cap_seconds",
                 &self.impersonated_lifetime_cap_seconds,
             )
+            .field("jwt_clock_offset_seconds", &self.jwt_clock_offset_seconds)
             .finish()
     }
 }
@@ -163,6 +168,29 @@ pub struct Provider {
     /// A disabled provider answers like a missing one.
     #[serde(default)]
     pub disabled: bool,
+    /// An OIDC provider (Kubernetes ServiceAccount tokens) instead of an AWS one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc: Option<Oidc>,
+}
+
+/// The OIDC side of a provider, as `gcloud iam workload-identity-pools providers create-oidc`
+/// sets it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Oidc {
+    /// `--issuer-uri`: the token's `iss` must equal it; without uploaded keys, its discovery
+    /// document (`ISSUER/.well-known/openid-configuration`) names the JWKS.
+    pub issuer_uri: String,
+    /// `--allowed-audiences`; empty: the provider's own resource name.
+    #[serde(default)]
+    pub allowed_audiences: Vec<String>,
+    /// `--jwk-json-path`: an uploaded JWKS (JSON text), for issuers Google cannot reach.
+    #[serde(default)]
+    pub jwks_json: Option<String>,
+    /// PEM of a CA trusted when fetching the discovery document and JWKS. Google trusts public
+    /// CAs only; a local API server's certificate comes from its own CA.
+    #[serde(default)]
+    pub discovery_ca_pem: Option<String>,
 }
 
 impl Provider {
@@ -172,6 +200,15 @@ impl Provider {
             audience: audience.to_owned(),
             condition: Condition::None,
             disabled: false,
+            oidc: None,
+        }
+    }
+
+    /// An enabled OIDC provider without attribute condition.
+    pub fn oidc(audience: &str, oidc: Oidc) -> Provider {
+        Provider {
+            oidc: Some(oidc),
+            ..Provider::new(audience)
         }
     }
 
@@ -193,6 +230,8 @@ pub enum Condition {
     ArnContains(String),
     /// CEL `attribute.aws_role == VALUE` (seed 003's condition).
     AwsRoleEquals(String),
+    /// CEL `attribute.namespace == VALUE`, for OIDC providers of Kubernetes clusters.
+    NamespaceEquals(String),
 }
 
 /// An IAM policy binding of `roles/iam.workloadIdentityUser` (or Token Creator) on a service

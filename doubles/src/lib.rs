@@ -40,6 +40,7 @@ pub mod iam;
 mod keys;
 pub mod moto;
 pub mod names;
+pub mod oidc;
 pub mod server;
 pub mod sigv4;
 pub mod state;
@@ -47,7 +48,7 @@ pub mod sts;
 pub mod subject;
 mod sync;
 
-pub use config::{Binding, Condition, Config, EXTENDED_LIFETIME, Provider};
+pub use config::{Binding, Condition, Config, EXTENDED_LIFETIME, Oidc, Provider};
 pub use faults::{Fault, Target};
 pub use names::{
     attribute_member, pool_member, principal_member, role_member, service_account_member,

@@ -143,6 +143,22 @@ impl GoogleDoubles {
         });
     }
 
+    /// Replaces the OIDC settings of the provider `audience` (its issuer, allowed audiences,
+    /// uploaded keys), as `gcloud … providers update-oidc` does.
+    pub fn set_provider_oidc(&self, audience: &str, oidc: crate::config::Oidc) {
+        self.state.update_config(|c| {
+            for p in c.providers.iter_mut().filter(|p| p.audience == audience) {
+                p.oidc = Some(oidc.clone());
+            }
+        });
+    }
+
+    /// Judges JWT times as if the clock were `seconds` ahead.
+    pub fn set_jwt_clock_offset(&self, seconds: i64) {
+        self.state
+            .update_config(|c| c.jwt_clock_offset_seconds = seconds);
+    }
+
     /// Replaces every binding.
     pub fn set_bindings(&self, bindings: Vec<Binding>) {
         self.state.update_config(|c| c.bindings = bindings);

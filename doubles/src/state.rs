@@ -154,6 +154,12 @@ impl State {
         token
     }
 
+    /// Lists a credential the doubles received (a ServiceAccount token presented to STS) for
+    /// the secrecy scan, as issued tokens are: it must not appear anywhere a run leaves behind.
+    pub fn record_received_credential(&self, value: &str) {
+        record_issued(value);
+    }
+
     /// What a live token stands for; `None` for unknown or expired tokens.
     pub fn lookup(&self, token: &str) -> Option<TokenInfo> {
         let info = lock(&self.tokens).get(token).cloned()?;

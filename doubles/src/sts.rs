@@ -19,10 +19,11 @@ use serde_json::json;
 
 use crate::attributes::{self, Assertion, MappingError};
 use crate::aws::{self, AwsError};
-use crate::config::{Config, Provider};
+use crate::config::{Config, Oidc, Provider};
 use crate::faults::{Fault, Target};
 use crate::keys::KeyError;
 use crate::names::ProviderName;
+use crate::oidc::{self, Jwt, OidcError};
 use crate::sigv4::{self, SigV4Error};
 use crate::state::{Principal, State, TokenInfo, now};
 use crate::subject::{self, CheckedRequest, Expectations};
@@ -30,6 +31,7 @@ use crate::subject::{self, CheckedRequest, Expectations};
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 pub const AWS_SUBJECT_TOKEN_TYPE: &str = "urn:ietf:params:aws:token-type:aws4_request";
+pub const JWT_SUBJECT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
 
 const INVALID_TARGET: &str = "The target service indicated by the \"audience\" parameters is \
     invalid. This might either be because the pool or provider is disabled or deleted or because \
@@ -205,6 +207,7 @@ fn expect_param(
 struct ExchangeRequest {
     audience: String,
     subject_token: String,
+    subject_token_type: String,
     scopes: Vec<String>,
 }
 
@@ -230,7 +233,14 @@ fn parse_request(headers: &HeaderMap, body: &[u8]) -> Result<ExchangeRequest, St
         }
     }
     expect_param(&params, "requested_token_type", ACCESS_TOKEN_TYPE)?;
-    expect_param(&params, "subject_token_type", AWS_SUBJECT_TOKEN_TYPE)?;
+    let subject_token_type = require(&params, "subject_token_type")?.to_owned();
+    if subject_token_type != AWS_SUBJECT_TOKEN_TYPE && subject_token_type != JWT_SUBJECT_TOKEN_TYPE
+    {
+        return Err(StsError::invalid_request(format!(
+            "Invalid value for \"subject_token_type\": {subject_token_type:?}; expected \
+             {AWS_SUBJECT_TOKEN_TYPE:?} or {JWT_SUBJECT_TOKEN_TYPE:?}."
+        )));
+    }
     let subject_token = require(&params, "subject_token")?.to_owned();
     let audience = require(&params, "audience")?.to_owned();
     if ProviderName::parse(&audience).is_none() {
@@ -243,6 +253,7 @@ fn parse_request(headers: &HeaderMap, body: &[u8]) -> Result<ExchangeRequest, St
     Ok(ExchangeRequest {
         audience,
         subject_token,
+        subject_token_type,
         scopes,
     })
 }
@@ -348,6 +359,15 @@ async fn exchange(
     let request = parse_request(headers, body)?;
     let config = state.config();
     let provider = find_provider(&config, &request.audience)?;
+    if let Some(oidc) = &provider.oidc {
+        return exchange_jwt(state, &config, provider, oidc, &request, injected_reject).await;
+    }
+    if request.subject_token_type != AWS_SUBJECT_TOKEN_TYPE {
+        return Err(StsError::invalid_request(format!(
+            "The provider {} is an AWS provider; subject_token_type must be {AWS_SUBJECT_TOKEN_TYPE:?}.",
+            request.audience
+        )));
+    }
     let checked = subject::check(
         &request.subject_token,
         &Expectations {
@@ -363,10 +383,27 @@ async fn exchange(
     state.saw_principal(&assertion.arn);
     let attributes = admit(provider, &assertion, injected_reject)?;
 
+    Ok(federated_answer(
+        state,
+        &config,
+        &request,
+        &assertion.arn,
+        attributes,
+    ))
+}
+
+/// Issues a federated token for `subject` and answers with it.
+fn federated_answer(
+    state: &State,
+    config: &Config,
+    request: &ExchangeRequest,
+    subject: &str,
+    attributes: BTreeMap<String, String>,
+) -> serde_json::Value {
     let lifetime = config.federated_lifetime;
     let token = state.issue(TokenInfo {
         principal: Principal::Federated {
-            subject: assertion.arn.clone(),
+            subject: subject.to_owned(),
             audience: request.audience.clone(),
             attributes,
         },
@@ -375,7 +412,7 @@ async fn exchange(
     });
     eprintln!(
         "[doubles] sts: issued a federated token for {} via {}, scopes {:?}, {} s",
-        assertion.arn,
+        subject,
         request.audience,
         request.scopes,
         lifetime.as_secs()
@@ -385,10 +422,125 @@ async fn exchange(
     } else {
         json!(lifetime.as_secs())
     };
-    Ok(json!({
+    json!({
         "access_token": token,
         "issued_token_type": ACCESS_TOKEN_TYPE,
         "token_type": "Bearer",
         "expires_in": expires_in,
-    }))
+    })
+}
+
+impl From<OidcError> for StsError {
+    fn from(e: OidcError) -> Self {
+        match e {
+            OidcError::Unsupported(_) | OidcError::Malformed(_) => {
+                StsError::invalid_request(e.to_string())
+            }
+            _ => StsError::invalid_grant(e.to_string()),
+        }
+    }
+}
+
+/// A JWT subject token for an OIDC provider: verified against the provider's keys, then
+/// mapped and admitted.
+async fn exchange_jwt(
+    state: &State,
+    config: &Config,
+    provider: &Provider,
+    oidc_config: &Oidc,
+    request: &ExchangeRequest,
+    injected_reject: bool,
+) -> Result<serde_json::Value, StsError> {
+    if request.subject_token_type != JWT_SUBJECT_TOKEN_TYPE {
+        return Err(StsError::invalid_request(format!(
+            "The provider {} is an OIDC provider; subject_token_type must be {JWT_SUBJECT_TOKEN_TYPE:?}.",
+            request.audience
+        )));
+    }
+    let jwt = Jwt::parse(&request.subject_token)?;
+    // A ServiceAccount token is a credential here: the secrecy scan looks for it too.
+    state.record_received_credential(&request.subject_token);
+    oidc::check_issuer(&jwt, oidc_config)?;
+    let jwks = provider_keys(state, oidc_config).await?;
+    oidc::verify_signature(&jwt, &jwks)?;
+    let offset = config.jwt_clock_offset_seconds;
+    let judged_at = if offset >= 0 {
+        std::time::SystemTime::now() + Duration::from_secs(offset.unsigned_abs())
+    } else {
+        std::time::SystemTime::now() - Duration::from_secs(offset.unsigned_abs())
+    };
+    oidc::check_claims(&jwt, oidc_config, &provider.audience, judged_at)?;
+    let attributes = oidc::map(&jwt)?;
+    let subject = attributes["google.subject"].clone();
+    state.saw_principal(&subject);
+    if injected_reject || !oidc::admits(&provider.condition, &attributes) {
+        eprintln!(
+            "[doubles] sts: {subject} rejected by the attribute condition{} of {}",
+            if injected_reject { " (injected)" } else { "" },
+            provider.audience
+        );
+        return Err(StsError::new(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            REJECTED_BY_CONDITION,
+        ));
+    }
+    Ok(federated_answer(
+        state, config, request, &subject, attributes,
+    ))
+}
+
+/// The provider's keys: the uploaded JWKS, or the issuer's, found through its discovery
+/// document now (Google caches them; the double fetches every time, so a rotation shows at
+/// once).
+async fn provider_keys(state: &State, oidc_config: &Oidc) -> Result<serde_json::Value, OidcError> {
+    if let Some(text) = &oidc_config.jwks_json {
+        return serde_json::from_str(text).map_err(|_| {
+            OidcError::IssuerUnreachable("the provider's uploaded JWKS is not JSON".into())
+        });
+    }
+    let client = match &oidc_config.discovery_ca_pem {
+        None => state.http.clone(),
+        Some(pem) => {
+            let ca = reqwest::Certificate::from_pem(pem.as_bytes())
+                .map_err(|e| OidcError::IssuerUnreachable(format!("discovery CA: {e}")))?;
+            reqwest::Client::builder()
+                .tls_certs_only([ca])
+                .timeout(Duration::from_secs(5))
+                .build()
+                .map_err(|e| OidcError::IssuerUnreachable(e.to_string()))?
+        }
+    };
+    let fetch = |url: String| {
+        let client = client.clone();
+        async move {
+            let response = client
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| OidcError::IssuerUnreachable(format!("{url}: {e}")))?;
+            if !response.status().is_success() {
+                return Err(OidcError::IssuerUnreachable(format!(
+                    "{url}: HTTP {}",
+                    response.status()
+                )));
+            }
+            response
+                .json::<serde_json::Value>()
+                .await
+                .map_err(|e| OidcError::IssuerUnreachable(format!("{url}: {e}")))
+        }
+    };
+    let issuer = oidc_config.issuer_uri.trim_end_matches('/');
+    let discovery = fetch(format!("{issuer}/.well-known/openid-configuration")).await?;
+    if discovery["issuer"].as_str() != Some(oidc_config.issuer_uri.as_str()) {
+        return Err(OidcError::DiscoveryIssuer);
+    }
+    let jwks_uri = discovery["jwks_uri"]
+        .as_str()
+        .filter(|u| u.starts_with("https://"))
+        .ok_or_else(|| {
+            OidcError::IssuerUnreachable("the discovery document names no https jwks_uri".into())
+        })?;
+    fetch(jwks_uri.to_owned()).await
 }

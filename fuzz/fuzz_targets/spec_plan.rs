@@ -6,7 +6,7 @@
 #![no_main]
 
 use fedcred_core::api::FederatedCredentialSpec;
-use fedcred_core::exchange::{AwsSource, ControllerIdentityPolicy, Defaults, plan};
+use fedcred_core::exchange::{IdentitySource, ControllerIdentityPolicy, Defaults, plan};
 use fedcred_core::names::{is_audience, is_region, is_role_arn, is_service_account_email};
 use fedcred_core::validate;
 use libfuzzer_sys::fuzz_target;
@@ -29,11 +29,24 @@ fuzz_target!(|data: &[u8]| {
             endpoints: fedcred_core::exchange::EndpointPolicy::any(),
             ..Defaults::default()
         };
-        let allowed = spec.aws.controller_identity.is_none() || namespace == "shop";
+        let allowed = spec
+            .aws
+            .as_ref()
+            .is_none_or(|aws| aws.controller_identity.is_none())
+            || namespace == "shop";
+        // A token file is read only by the agent, never by the controller planned for here.
+        let allowed = allowed
+            && spec
+                .kubernetes
+                .as_ref()
+                .is_none_or(|k| k.token_path.is_none());
         match plan(namespace, &spec, &defaults) {
             Ok(key) if admitted => {
                 assert!(is_audience(&key.audience), "{key:?}");
-                assert!(is_region(&key.region), "{key:?}");
+                assert!(
+                    key.source.is_kubernetes() || is_region(&key.region),
+                    "{key:?}"
+                );
                 assert!(
                     key.service_account
                         .as_deref()
@@ -42,13 +55,16 @@ fuzz_target!(|data: &[u8]| {
                 assert!(key.delegates.iter().all(|d| is_service_account_email(d)));
                 assert!((600..=43200).contains(&key.lifetime_seconds));
                 let role = match &key.source {
-                    AwsSource::ServiceAccount { role_arn, .. } => role_arn,
-                    AwsSource::Controller { role_arn } => {
+                    IdentitySource::ServiceAccount { role_arn, .. } => role_arn,
+                    IdentitySource::Controller { role_arn } => {
                         assert_eq!(
                             namespace, "shop",
                             "controller identity outside the allowed namespace"
                         );
                         role_arn
+                    }
+                    IdentitySource::KubernetesToken { .. } | IdentitySource::TokenFile { .. } => {
+                        &None
                     }
                 };
                 assert!(role.as_deref().is_none_or(is_role_arn), "{key:?}");

@@ -70,6 +70,12 @@ pub enum Error {
          under a stable session name) instead"
     )]
     ServiceAccountSource { name: String },
+    #[error(
+        "FederatedCredential {name} uses kubernetes.serviceAccount, which asks a controller to \
+         request a ServiceAccount token from Kubernetes; fedcred agent reads a projected token \
+         file instead: set kubernetes.tokenPath to its path (and remove serviceAccount)"
+    )]
+    KubernetesServiceAccountSource { name: String },
     #[error("FederatedCredential {name}: {error} ({reason})", reason = .error.reason)]
     Plan {
         name: String,
@@ -110,8 +116,21 @@ pub fn load(options: &Options) -> Result<Plan, Error> {
         .clone()
         .unwrap_or_else(|| "default".to_owned());
     let label = format!("{namespace}/{name}");
-    if fc.spec.aws.service_account.is_some() {
+    if fc
+        .spec
+        .aws
+        .as_ref()
+        .is_some_and(|aws| aws.service_account.is_some())
+    {
         return Err(Error::ServiceAccountSource { name: label });
+    }
+    if fc
+        .spec
+        .kubernetes
+        .as_ref()
+        .is_some_and(|k| k.service_account.is_some())
+    {
+        return Err(Error::KubernetesServiceAccountSource { name: label });
     }
     let defaults = Defaults {
         region: options
@@ -124,6 +143,8 @@ pub fn load(options: &Options) -> Result<Plan, Error> {
         // The file is the host owner's, not a tenant's: the endpoints it names are theirs to
         // choose, as with any AWS or Google tool run on the host.
         endpoints: EndpointPolicy::any(),
+        // The token file is on the agent's own host, chosen by whoever configured the host.
+        token_files: true,
         ..Defaults::default()
     };
     let key = plan(&namespace, &fc.spec, &defaults).map_err(|error| Error::Plan {

@@ -151,6 +151,7 @@ mod tests {
             expires_at: t(expires_at),
             issued_at: t("2026-01-01T00:00:00Z"),
             principal_arn: Some("arn:aws:sts::1:assumed-role/r/fedcred.ns".to_owned()),
+            subject: None,
             service_account: Some("sa@p.iam.gserviceaccount.com".to_owned()),
             db_user: None,
             project_id: Some("p".to_owned()),

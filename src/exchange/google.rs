@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use fedcred_core::error::{ExchangeError, Reason};
 use fedcred_core::google::{
-    AccessToken, RetryPolicy, classify_iam, classify_sts, generate_access_token_body,
-    generate_access_token_url, read_generated_token, read_sts_token, snippet, sts_form,
+    AccessToken, JWT_TOKEN_TYPE, RetryPolicy, classify_iam, classify_jwt_sts, classify_sts,
+    generate_access_token_body, generate_access_token_url, read_generated_token, read_sts_token,
+    snippet, sts_form,
 };
 use fedcred_core::sensitive::Sensitive;
 use jiff::Timestamp;
@@ -145,7 +146,11 @@ impl GoogleClient {
             })
             .await?;
         if !status.is_success() {
-            return Err(classify_sts(status.as_u16(), &body));
+            return Err(if subject_token_type == JWT_TOKEN_TYPE {
+                classify_jwt_sts(status.as_u16(), &body)
+            } else {
+                classify_sts(status.as_u16(), &body)
+            });
         }
         read_sts_token(&body, now)
     }

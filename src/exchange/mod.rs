@@ -7,6 +7,7 @@
 
 pub mod aws;
 pub mod google;
+pub mod kubernetes;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,14 +15,23 @@ use std::time::Duration;
 
 use fedcred_core::api::CLOUD_PLATFORM_SCOPE;
 use fedcred_core::error::{ExchangeError, Reason};
-use fedcred_core::exchange::{AwsSource, IdentityKey, Issued, Limits, Reuse, shares_failure};
-use fedcred_core::google::{AccessToken, truncate};
+use fedcred_core::exchange::{IdentityKey, IdentitySource, Issued, Limits, Reuse, shares_failure};
+use fedcred_core::google::{AccessToken, JWT_TOKEN_TYPE, truncate};
 use fedcred_core::names::{db_user, project_id};
+use fedcred_core::sensitive::Sensitive;
 use fedcred_core::subject_token::{self, SubjectTokenRequest};
 use jiff::Timestamp;
 
 use self::aws::{Aws, AwsIdentity};
 use self::google::GoogleClient;
+
+/// What is shown to Google STS, and who it stands for.
+struct Presented {
+    token: Sensitive,
+    token_type: &'static str,
+    principal_arn: Option<String>,
+    subject: Option<String>,
+}
 
 type Slot = Arc<tokio::sync::Mutex<Option<(Timestamp, Result<Issued, ExchangeError>)>>>;
 
@@ -173,18 +183,42 @@ impl Engine {
 
     /// One full exchange, no caching.
     pub async fn exchange(&self, key: &IdentityKey) -> Result<Issued, ExchangeError> {
-        let identity = self.aws_identity(key).await?;
-        let principal = identity.principal_arn.as_deref();
-        let subject = subject_token::build(
-            &identity.credentials,
-            &SubjectTokenRequest {
-                region: &key.region,
-                audience: &key.audience,
-                endpoint: key.aws_sts_endpoint.as_deref(),
-                time: Timestamp::now(),
-            },
-        )
-        .map_err(|e| ExchangeError::new(Reason::InvalidSpec, e.to_string()))?;
+        let presented = if key.source.is_kubernetes() {
+            let subject = key.subject();
+            let token = self
+                .kubernetes_token(key)
+                .await
+                .map_err(|e| e.presented_by(subject.as_deref()))?;
+            Presented {
+                token,
+                token_type: JWT_TOKEN_TYPE,
+                principal_arn: None,
+                subject,
+            }
+        } else {
+            let identity = self.aws_identity(key).await?;
+            let token = subject_token::build(
+                &identity.credentials,
+                &SubjectTokenRequest {
+                    region: &key.region,
+                    audience: &key.audience,
+                    endpoint: key.aws_sts_endpoint.as_deref(),
+                    time: Timestamp::now(),
+                },
+            )
+            .map_err(|e| ExchangeError::new(Reason::InvalidSpec, e.to_string()))?;
+            Presented {
+                token,
+                token_type: subject_token::TOKEN_TYPE,
+                principal_arn: identity.principal_arn,
+                subject: None,
+            }
+        };
+        let principal = presented
+            .principal_arn
+            .as_deref()
+            .or(presented.subject.as_deref());
+        let subject = &presented.token;
         // A federated token that is only a step towards impersonation needs cloud-platform to
         // call IAM Credentials; the user's scopes go on the impersonated token.
         let iam_scope = [CLOUD_PLATFORM_SCOPE.to_owned()];
@@ -199,8 +233,8 @@ impl Engine {
                 &key.sts_url,
                 &key.audience,
                 sts_scopes,
-                subject_token::TOKEN_TYPE,
-                &subject,
+                presented.token_type,
+                subject,
             )
             .await
             .map_err(|e| e.presented_by(principal))?;
@@ -231,13 +265,14 @@ impl Engine {
             service_account = key.service_account.as_deref().unwrap_or("none"),
             expires_at = %token.expires_at,
             token = %token.token.fingerprint(),
-            "exchanged AWS identity for a Google token"
+            "exchanged an identity for a Google token"
         );
         Ok(Issued {
             access_token: token.token,
             expires_at: token.expires_at,
             issued_at: truncate(Timestamp::now()),
-            principal_arn: identity.principal_arn,
+            principal_arn: presented.principal_arn.clone(),
+            subject: presented.subject.clone(),
             service_account: key.service_account.clone(),
             db_user: key.service_account.as_deref().and_then(db_user),
             project_id: key.service_account.as_deref().and_then(project_id),
@@ -245,10 +280,41 @@ impl Engine {
         })
     }
 
+    /// The ServiceAccount token a Kubernetes source presents.
+    async fn kubernetes_token(&self, key: &IdentityKey) -> Result<Sensitive, ExchangeError> {
+        match &key.source {
+            IdentitySource::KubernetesToken {
+                name,
+                audience,
+                expiration_seconds,
+            } => {
+                let kube = self.kube.as_ref().ok_or_else(|| {
+                    ExchangeError::new(
+                        Reason::TokenRequestFailed,
+                        "kubernetes.serviceAccount needs access to a Kubernetes API server (a kubeconfig or in-cluster config)",
+                    )
+                })?;
+                kubernetes::service_account_token(
+                    kube,
+                    &key.namespace,
+                    name,
+                    audience,
+                    *expiration_seconds,
+                )
+                .await
+            }
+            IdentitySource::TokenFile { path } => kubernetes::token_file(path).await,
+            _ => Err(ExchangeError::new(
+                Reason::InvalidSpec,
+                "not a Kubernetes identity source",
+            )),
+        }
+    }
+
     async fn aws_identity(&self, key: &IdentityKey) -> Result<AwsIdentity, ExchangeError> {
         let endpoint = key.aws_sts_endpoint.as_deref();
         match &key.source {
-            AwsSource::ServiceAccount { name, role_arn } => {
+            IdentitySource::ServiceAccount { name, role_arn } => {
                 let kube = self.kube.as_ref().ok_or_else(|| {
                     ExchangeError::new(
                         Reason::TokenRequestFailed,
@@ -266,10 +332,16 @@ impl Engine {
                     )
                     .await
             }
-            AwsSource::Controller { role_arn } => {
+            IdentitySource::Controller { role_arn } => {
                 self.aws
                     .controller(&key.namespace, role_arn.as_deref(), &key.region, endpoint)
                     .await
+            }
+            IdentitySource::KubernetesToken { .. } | IdentitySource::TokenFile { .. } => {
+                Err(ExchangeError::new(
+                    Reason::InvalidSpec,
+                    "a Kubernetes identity source has no AWS identity",
+                ))
             }
         }
     }

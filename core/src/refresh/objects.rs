@@ -210,6 +210,7 @@ pub fn success_status(
         observed_generation: generation,
         identity: Some(key.describe()),
         aws_principal_arn: issued.principal_arn.clone(),
+        subject: issued.subject.clone(),
         google_service_account: issued.service_account.clone(),
         db_user: issued.db_user.clone(),
         secret_name: Some(secret_name(fc)),
@@ -280,7 +281,19 @@ pub fn failure_status(
         // The failure describes this generation: a spec change is not retried as "changed".
         observed_generation: generation,
         identity: key.map(IdentityKey::describe).or(previous.identity),
-        aws_principal_arn: err.principal.clone().or(previous.aws_principal_arn),
+        // An AWS principal is an ARN; the Kubernetes sources present a subject.
+        aws_principal_arn: match &err.principal {
+            Some(p) if p.starts_with("arn:") => Some(p.clone()),
+            _ => previous.aws_principal_arn,
+        },
+        subject: match &err.principal {
+            Some(p) if !p.starts_with("arn:") => Some(p.clone()),
+            // The key says whether the source has a subject at all (an AWS source has none).
+            _ => match key {
+                Some(key) => key.subject(),
+                None => previous.subject,
+            },
+        },
         google_service_account: previous.google_service_account,
         db_user: previous.db_user,
         secret_name: Some(secret_name(fc)),
@@ -363,7 +376,7 @@ pub fn in_pod_status(fc: &FederatedCredential, now: Timestamp) -> FederatedCrede
 mod tests {
     use super::*;
     use crate::error::Reason;
-    use crate::exchange::{AwsSource, IdentityKey};
+    use crate::exchange::{IdentityKey, IdentitySource};
     use crate::sensitive::Sensitive;
 
     fn fc() -> FederatedCredential {
@@ -390,6 +403,7 @@ mod tests {
             principal_arn: Some(
                 "arn:aws:sts::123456789012:assumed-role/shop/fedcred.shop.orders-api".into(),
             ),
+            subject: None,
             service_account: Some("orders-api@acme-shop.iam.gserviceaccount.com".into()),
             db_user: Some("orders-api@acme-shop.iam".into()),
             project_id: Some("acme-shop".into()),
@@ -400,7 +414,7 @@ mod tests {
     fn key() -> IdentityKey {
         IdentityKey {
             namespace: "shop".into(),
-            source: AwsSource::ServiceAccount {
+            source: IdentitySource::ServiceAccount {
                 name: "orders-api".into(),
                 role_arn: None,
             },
@@ -571,6 +585,49 @@ mod tests {
         assert_eq!(
             st.aws_principal_arn.as_deref(),
             Some("arn:aws:sts::1:assumed-role/r/s")
+        );
+    }
+
+    #[test]
+    fn a_kubernetes_subject_lands_in_status_subject_not_in_the_aws_principal() {
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let subject = "system:serviceaccount:shop:orders-api";
+        let key = IdentityKey {
+            source: IdentitySource::KubernetesToken {
+                name: "orders-api".into(),
+                audience: "aud".into(),
+                expiration_seconds: 600,
+            },
+            region: String::new(),
+            ..key()
+        };
+        let err = ExchangeError::new(Reason::AttributeConditionRejected, "rejected")
+            .presented_by(Some(subject));
+        let st = failure_status(&fc(), Some(&key), &err, now, now);
+        assert_eq!(st.subject.as_deref(), Some(subject));
+        assert_eq!(st.aws_principal_arn, None);
+        assert!(
+            st.conditions[0]
+                .message
+                .starts_with(&format!("principal {subject}: ")),
+            "{}",
+            st.conditions[0].message
+        );
+        // Before Google answers at all (the TokenRequest failed), the key names the subject.
+        let early = ExchangeError::new(Reason::TokenRequestFailed, "refused");
+        let st = failure_status(&fc(), Some(&key), &early, now, now);
+        assert_eq!(st.subject.as_deref(), Some(subject));
+        let issued = Issued {
+            principal_arn: None,
+            subject: Some(subject.into()),
+            ..issued()
+        };
+        let ok = success_status(&fc(), &key, &issued, now, now);
+        assert_eq!(ok.subject.as_deref(), Some(subject));
+        assert_eq!(ok.aws_principal_arn, None);
+        assert_eq!(
+            ok.identity.as_deref(),
+            Some("ServiceAccount/orders-api token")
         );
     }
 
