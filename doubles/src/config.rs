@@ -68,6 +68,9 @@ pub struct Config {
     /// Google never does this; it compresses time in tests, where the CRD's shortest lifetime
     /// (ten minutes) would be too slow.
     pub impersonated_lifetime_cap_seconds: Option<u64>,
+    /// Lifetime of the ID tokens `generateIdToken` signs (Google: one hour).
+    #[serde(with = "seconds")]
+    pub id_token_lifetime: Duration,
 }
 
 impl Default for Config {
@@ -85,6 +88,7 @@ impl Default for Config {
             expires_in_as_string: false,
             alloydb: None,
             impersonated_lifetime_cap_seconds: None,
+            id_token_lifetime: DEFAULT_LIFETIME,
         }
     }
 }

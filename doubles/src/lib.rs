@@ -37,6 +37,7 @@ pub mod aws_metadata;
 pub mod config;
 pub mod faults;
 pub mod iam;
+pub mod idtoken;
 mod keys;
 pub mod moto;
 pub mod names;

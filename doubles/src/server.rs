@@ -5,6 +5,8 @@
 //! |---|---|
 //! | `POST /v1/token` | Google STS token exchange ([`crate::sts`]) |
 //! | `POST /v1/projects/-/serviceAccounts/EMAIL:generateAccessToken` | IAM Credentials ([`crate::iam`]) |
+//! | `POST /v1/projects/-/serviceAccounts/EMAIL:generateIdToken` | ID tokens ([`crate::iam`], signed by [`crate::idtoken`]) |
+//! | `GET /oauth2/v3/certs`, `GET /oauth2/v1/certs` | the ID token key as a JWKS and as PEM certificates by key id |
 //! | `GET /tokeninfo?access_token=T` | `{"email"?,"sub","scope","expires_in","exp"}`, or 400 `{"error":"invalid_token"}` |
 //! | `POST /__faults` | queue a fault: `{"target":"sts"\|"iam","kind":"status","code":503,"retry_after":2,"count":1}` (see [`Fault`]) |
 //! | `DELETE /__faults` | drop every queued fault |
@@ -105,6 +107,21 @@ impl GoogleDoubles {
     /// `/v1/projects/-/serviceAccounts/EMAIL:generateAccessToken`.
     pub fn iam_credentials_url(&self) -> String {
         self.base_url()
+    }
+
+    /// The JWKS of the ID token signing key: `base/oauth2/v3/certs`.
+    pub fn jwks_url(&self) -> String {
+        format!("{}/oauth2/v3/certs", self.base_url())
+    }
+
+    /// The ID token signing key as PEM certificates by key id: `base/oauth2/v1/certs`.
+    pub fn pem_certs_url(&self) -> String {
+        format!("{}/oauth2/v1/certs", self.base_url())
+    }
+
+    /// ID tokens `generateIdToken` has signed so far.
+    pub fn id_tokens_issued(&self) -> u64 {
+        self.state.id_tokens_issued()
     }
 
     /// `base/tokeninfo`.
@@ -215,6 +232,8 @@ fn router(state: Arc<State>) -> Router {
             post(iam::service_account_call),
         )
         .route("/tokeninfo", get(tokeninfo))
+        .route("/oauth2/v3/certs", get(jwks))
+        .route("/oauth2/v1/certs", get(pem_certs))
         .route("/__faults", post(add_fault).delete(clear_faults))
         .route("/__stats", get(stats))
         .route("/__condition", post(change_condition))
@@ -233,6 +252,16 @@ async fn not_found() -> Response {
 
 fn bad_request(message: String) -> Response {
     (StatusCode::BAD_REQUEST, Json(json!({"error": message}))).into_response()
+}
+
+/// `GET /oauth2/v3/certs`: the ID token signing key as a JWKS.
+async fn jwks(Extract(state): Extract<Arc<State>>) -> Response {
+    Json(state.signer.jwks().clone()).into_response()
+}
+
+/// `GET /oauth2/v1/certs`: the ID token signing key as `{kid: PEM certificate}`.
+async fn pem_certs(Extract(state): Extract<Arc<State>>) -> Response {
+    Json(state.signer.pem_certs().clone()).into_response()
 }
 
 /// `GET /tokeninfo?access_token=…`, like Google's OAuth2 token info.
@@ -312,6 +341,7 @@ async fn stats(Extract(state): Extract<Arc<State>>) -> Response {
         "sts": target(Target::Sts),
         "iam": target(Target::Iam),
         "issued_tokens": state.issued_tokens().len(),
+        "id_tokens": state.id_tokens_issued(),
         "seen_principals": state.seen_principals(),
     }))
     .into_response()

@@ -103,6 +103,8 @@ struct Counter {
 
 pub(crate) struct State {
     config: Mutex<Config>,
+    pub signer: crate::idtoken::Signer,
+    id_tokens: AtomicU64,
     pub keys: KeySource,
     pub http: reqwest::Client,
     tokens: Mutex<HashMap<String, TokenInfo>>,
@@ -122,6 +124,8 @@ impl State {
                 http.clone(),
             ),
             config: Mutex::new(config),
+            signer: crate::idtoken::Signer::generate().expect("an RSA key can be generated"),
+            id_tokens: AtomicU64::new(0),
             http,
             tokens: Mutex::default(),
             issued: Mutex::default(),
@@ -158,6 +162,17 @@ impl State {
     pub fn lookup(&self, token: &str) -> Option<TokenInfo> {
         let info = lock(&self.tokens).get(token).cloned()?;
         (info.expires_at > SystemTime::now()).then_some(info)
+    }
+
+    /// Counts an ID token issued and records it for the leak scan.
+    pub fn record_id_token(&self, token: &str) {
+        self.id_tokens.fetch_add(1, Ordering::Relaxed);
+        lock(&self.issued).push(token.to_owned());
+        record_issued(token);
+    }
+
+    pub fn id_tokens_issued(&self) -> u64 {
+        self.id_tokens.load(Ordering::Relaxed)
     }
 
     pub fn issued_tokens(&self) -> Vec<String> {
