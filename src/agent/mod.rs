@@ -177,8 +177,9 @@ pub async fn run(
         error,
     })?;
     let engine = Engine::new(Aws::from_env().await, google, None);
+    let iam_url = plan.key.iam_credentials_url.clone();
     let refresher = tokio::spawn(refresh_loop(engine, plan, state.clone(), metrics, ready));
-    let served = metadata::serve_on(listener, state::Served(state), shutdown).await;
+    let served = metadata::serve_on(listener, state::Served(state, iam_url), shutdown).await;
     refresher.abort();
     served?;
     Ok(())

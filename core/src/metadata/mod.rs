@@ -87,6 +87,7 @@
 //! the ping.
 
 pub mod client_env;
+pub mod identity;
 pub mod protocol;
 pub mod view;
 
