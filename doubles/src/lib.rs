@@ -54,4 +54,4 @@ pub use names::{
     attribute_member, pool_member, principal_member, role_member, service_account_member,
 };
 pub use server::GoogleDoubles;
-pub use state::{Principal, TokenInfo};
+pub use state::{ApiCall, Principal, TokenInfo};

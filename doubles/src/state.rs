@@ -68,6 +68,15 @@ impl TokenInfo {
     }
 }
 
+/// One call to the API double: who the bearer token stood for (`None`: unknown or expired)
+/// and whether it was let in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiCall {
+    pub path: String,
+    pub principal: Option<String>,
+    pub allowed: bool,
+}
+
 /// Appends `token` to the file named by `FEDCRED_ISSUED_TOKENS`, when set: a test run ends with
 /// a scan of everything it left behind for every value listed there (`hack/secrecy-scan.sh`).
 /// One `write` of one line to a file opened for appending, so concurrent doubles in other test
@@ -105,6 +114,7 @@ pub(crate) struct State {
     config: Mutex<Config>,
     pub signer: crate::idtoken::Signer,
     id_tokens: AtomicU64,
+    api_calls: Mutex<Vec<ApiCall>>,
     pub keys: KeySource,
     pub http: reqwest::Client,
     tokens: Mutex<HashMap<String, TokenInfo>>,
@@ -126,6 +136,7 @@ impl State {
             config: Mutex::new(config),
             signer: crate::idtoken::Signer::generate().expect("an RSA key can be generated"),
             id_tokens: AtomicU64::new(0),
+            api_calls: Mutex::default(),
             http,
             tokens: Mutex::default(),
             issued: Mutex::default(),
@@ -169,6 +180,14 @@ impl State {
         self.id_tokens.fetch_add(1, Ordering::Relaxed);
         lock(&self.issued).push(token.to_owned());
         record_issued(token);
+    }
+
+    pub fn record_api_call(&self, call: ApiCall) {
+        lock(&self.api_calls).push(call);
+    }
+
+    pub fn api_calls(&self) -> Vec<ApiCall> {
+        lock(&self.api_calls).clone()
     }
 
     pub fn id_tokens_issued(&self) -> u64 {
