@@ -15,7 +15,7 @@
 //!
 //! Clients: Python google-auth (`$FEDCRED_TEST_VENV`, `hack/install-tools.sh`), Go
 //! `golang.org/x/oauth2/google`, `cloud.google.com/go/compute/metadata` and
-//! `google.golang.org/api/idtoken` (`tests/go/clients`, built by `hack/build-go-clients.sh`
+//! `google.golang.org/api/idtoken` (`tests/go/clients`, built by `hack/build-clients.sh`
 //! into `$FEDCRED_GO_CLIENTS`).
 
 mod support;
@@ -95,6 +95,26 @@ async fn go_libraries_get_access_and_id_tokens_from_the_sidecar_and_the_agent() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_google_auth_library_gets_access_and_id_tokens_from_the_sidecar_and_the_agent() {
+    let program = node_clients().join("index.js");
+    let scene = Scene::start().await;
+    for (server, listen) in scene.servers() {
+        let audience = format!("{SERVICE}/node/{server}");
+        let found = run_client(
+            Command::new("node").arg(&program),
+            listen,
+            &[scene.cloud.google.api_url("acme-shop"), audience.clone()],
+        );
+        assert_eq!(found["class"], "Compute", "{server}");
+        assert_eq!(found["project"], "acme-shop", "{server}");
+        assert_eq!(found["email"], SA_EMAIL, "{server}");
+        scene.assert_api_call(&found, server);
+        scene.assert_id_token(found["id_token"].as_str().unwrap(), &audience, server);
+    }
+    scene.assert_no_token_in_logs();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn id_tokens_are_minted_once_per_audience_and_refused_with_the_reason() {
     let scene = Scene::start().await;
     for (server, listen) in scene.servers() {
@@ -104,12 +124,20 @@ async fn id_tokens_are_minted_once_per_audience_and_refused_with_the_reason() {
         assert_eq!(first.0, 200, "{server}: {first:?}");
         let again = get(&format!("{IDENTITY}?audience={SERVICE}/cached&format=full"));
         assert_eq!(again, first, "{server}: the cached token is served again");
-        assert_eq!(scene.cloud.google.id_tokens_issued(), before + 1, "{server}");
+        assert_eq!(
+            scene.cloud.google.id_tokens_issued(),
+            before + 1,
+            "{server}"
+        );
         // Another audience, or the same without the email, is another token.
         let standard = get(&format!("{IDENTITY}?audience={SERVICE}/cached"));
         assert_eq!(standard.0, 200, "{server}: {standard:?}");
         assert_ne!(standard.1, first.1);
-        assert_eq!(scene.cloud.google.id_tokens_issued(), before + 2, "{server}");
+        assert_eq!(
+            scene.cloud.google.id_tokens_issued(),
+            before + 2,
+            "{server}"
+        );
         let claims = scene.verify(&standard.1, &format!("{SERVICE}/cached"));
         assert!(claims.get("email").is_none(), "{server}: {claims}");
 
@@ -129,16 +157,16 @@ async fn id_tokens_are_minted_once_per_audience_and_refused_with_the_reason() {
     let sidecar = Server::metadata_server(&federated.dir, &scene.cloud);
     let refused = raw_get(sidecar.listen, &format!("{IDENTITY}?audience={SERVICE}"));
     assert_eq!(refused.0, 404, "{refused:?}");
-    assert!(refused.1.contains("spec.google.serviceAccount"), "{refused:?}");
+    assert!(
+        refused.1.contains("spec.google.serviceAccount"),
+        "{refused:?}"
+    );
 
     // Without the binding of the service account on itself, Google refuses: 403 naming the role.
-    scene
-        .cloud
-        .google
-        .set_bindings(vec![Binding::new(
-            SA_EMAIL,
-            &[role_member(AUDIENCE, ASSUMED_ROLE)],
-        )]);
+    scene.cloud.google.set_bindings(vec![Binding::new(
+        SA_EMAIL,
+        &[role_member(AUDIENCE, ASSUMED_ROLE)],
+    )]);
     for (server, listen) in scene.servers() {
         let denied = raw_get(listen, &format!("{IDENTITY}?audience={SERVICE}/denied"));
         assert_eq!(denied.0, 403, "{server}: {denied:?}");
@@ -232,11 +260,10 @@ impl Scene {
     /// request through for that account.
     fn assert_api_call(&self, found: &Value, server: &str) {
         let token = found["token"].as_str().unwrap();
-        let info = self
-            .cloud
-            .google
-            .lookup(token)
-            .unwrap_or_else(|| panic!("{server}: the client holds a token Google never issued"));
+        let info =
+            self.cloud.google.lookup(token).unwrap_or_else(|| {
+                panic!("{server}: the client holds a token Google never issued")
+            });
         assert_eq!(info.email(), Some(SA_EMAIL), "{server}");
         assert!(info.expires_at > SystemTime::now(), "{server}");
         assert_eq!(found["api_status"], 200, "{server}: {found}");
@@ -255,7 +282,10 @@ impl Scene {
         let left = claims["exp"].as_i64().unwrap() - Timestamp::now().as_second();
         assert!((300..=3600).contains(&left), "{server}: exp in {left} s");
         let refused = self.verify_output(token, &format!("{SERVICE}/someone-else"));
-        assert!(!refused.status.success(), "{server}: another audience accepted the token");
+        assert!(
+            !refused.status.success(),
+            "{server}: another audience accepted the token"
+        );
         assert!(
             String::from_utf8_lossy(&refused.stderr).contains("audience"),
             "{server}: {}",
@@ -318,7 +348,12 @@ impl Server {
         command
             .args(["agent", "-f"])
             .arg(file)
-            .args(["--listen", &format!("127.0.0.1:{listen}"), "--log-format", "text"])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{listen}"),
+                "--log-format",
+                "text",
+            ])
             .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds)
             .env("AWS_EC2_METADATA_DISABLED", "false");
         Server::spawn(command, listen, dir, "agent")
@@ -332,7 +367,12 @@ impl Server {
             .arg("metadata-server")
             .arg("--secret-dir")
             .arg(secret_dir)
-            .args(["--listen", &format!("127.0.0.1:{listen}"), "--log-format", "text"])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{listen}"),
+                "--log-format",
+                "text",
+            ])
             .env(
                 "FEDCRED_GOOGLE_IAM_CREDENTIALS_URL",
                 cloud.google.iam_credentials_url(),
@@ -340,7 +380,11 @@ impl Server {
         let server = Server::spawn(command, listen, dir, "metadata-server");
         let started = Instant::now();
         while raw_get(listen, "/").0 != 200 {
-            assert!(started.elapsed() < Duration::from_secs(10), "{}", server.logs());
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{}",
+                server.logs()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         server
@@ -398,7 +442,10 @@ fn fedcred(dir: &Path) -> Command {
     command
         .env("HOME", dir)
         .env("AWS_CONFIG_FILE", dir.join("no-aws-config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", dir.join("no-aws-credentials"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            dir.join("no-aws-credentials"),
+        )
         .env("RUST_LOG", "info");
     command
 }
@@ -432,25 +479,38 @@ fn run_client(command: &mut Command, listen: u16, args: &[String]) -> Value {
     })
 }
 
-/// The Go client program, built by `hack/build-go-clients.sh`.
+/// The Go client program, built by `hack/build-clients.sh`.
 fn go_clients() -> PathBuf {
     let path = std::env::var_os("FEDCRED_GO_CLIENTS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("FEDCRED_CACHE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/fedcred")
-                });
-            cache.join("bin/fedcred-go-clients")
-        });
+        .unwrap_or_else(|| cache_dir().join("bin/fedcred-go-clients"));
     assert!(
         path.is_file(),
-        "{} is missing: run hack/build-go-clients.sh (hack/test.sh does), or point \
+        "{} is missing: run hack/build-clients.sh (hack/test.sh does), or point \
          FEDCRED_GO_CLIENTS at the built tests/go/clients program",
         path.display()
     );
     path
+}
+
+/// The Node client program with its packages, installed by `hack/build-clients.sh`.
+fn node_clients() -> PathBuf {
+    let path = std::env::var_os("FEDCRED_NODE_CLIENTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("clients/node"));
+    assert!(
+        path.join("node_modules/google-auth-library").is_dir(),
+        "{} has no google-auth-library: run hack/build-clients.sh (hack/test.sh does), or point \
+         FEDCRED_NODE_CLIENTS at an npm-installed copy of tests/node/clients",
+        path.display()
+    );
+    path
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("FEDCRED_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/fedcred"))
 }
 
 /// A GET with `Metadata-Flavor: Google` over a plain socket: (status, body).

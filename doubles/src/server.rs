@@ -292,8 +292,10 @@ async fn list_buckets(
     if !allowed {
         return (
             StatusCode::UNAUTHORIZED,
-            Json(json!({"error": {"code": 401, "message": "Invalid Credentials",
-                                  "status": "UNAUTHENTICATED"}})),
+            Json(
+                json!({"error": {"code": 401, "message": "Invalid Credentials",
+                                  "status": "UNAUTHENTICATED"}}),
+            ),
         )
             .into_response();
     }
