@@ -5,7 +5,9 @@
 #   - tests/go/clients (x/oauth2/google ADC, cloud.google.com/go/compute/metadata,
 #     google.golang.org/api/idtoken) from the Go module proxy → $BIN_DIR/fedcred-go-clients;
 #   - tests/node/clients (google-auth-library) from the npm registry, `npm ci` of its lock file
-#     → $FEDCRED_CACHE/clients/node.
+#     → $FEDCRED_CACHE/clients/node;
+#   - tests/java/clients (google-auth-library-oauth2-http) from Maven Central, its jars
+#     → $FEDCRED_CACHE/clients/java/lib (the test runs Clients.java with java's source launcher).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/lib.sh"
@@ -47,4 +49,21 @@ else
     || die "npm ci of tests/node/clients failed"
   echo "$stamp" >"$dest/.version"
   log "Node client program ready: $dest"
+fi
+
+# Java.
+src="$tests/java/clients"
+dest="$FEDCRED_CACHE/clients/java"
+stamp=$(stamp_of "$src/pom.xml")
+if [[ -d "$dest/lib" && "$(cat "$dest/.version" 2>/dev/null)" == "$stamp" ]]; then
+  log "Java client libraries already fetched"
+else
+  command -v mvn >/dev/null || die "mvn is not on PATH: install Maven and a JDK 17 or later (Debian: maven default-jdk-headless)"
+  log "fetching the Java client libraries from Maven Central"
+  rm -rf "$dest" && mkdir -p "$dest"
+  mvn -B -q -f "$src/pom.xml" -Dmaven.repo.local="$FEDCRED_CACHE/m2" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$dest/lib" >"$dest/mvn.log" 2>&1 \
+    || { cat "$dest/mvn.log" >&2; die "fetching the dependencies of tests/java/clients failed"; }
+  echo "$stamp" >"$dest/.version"
+  log "Java client libraries ready: $dest/lib"
 fi

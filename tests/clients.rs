@@ -15,8 +15,9 @@
 //!
 //! Clients: Python google-auth (`$FEDCRED_TEST_VENV`, `hack/install-tools.sh`), Go
 //! `golang.org/x/oauth2/google`, `cloud.google.com/go/compute/metadata` and
-//! `google.golang.org/api/idtoken` (`tests/go/clients`, built by `hack/build-clients.sh`
-//! into `$FEDCRED_GO_CLIENTS`).
+//! `google.golang.org/api/idtoken` (`tests/go/clients`), Node `google-auth-library`
+//! (`tests/node/clients`), Java `google-auth-library-oauth2-http` (`tests/java/clients`), each
+//! built or installed from its registry by `hack/build-clients.sh` into the cache.
 
 mod support;
 
@@ -107,6 +108,32 @@ async fn node_google_auth_library_gets_access_and_id_tokens_from_the_sidecar_and
         );
         assert_eq!(found["class"], "Compute", "{server}");
         assert_eq!(found["project"], "acme-shop", "{server}");
+        assert_eq!(found["email"], SA_EMAIL, "{server}");
+        scene.assert_api_call(&found, server);
+        scene.assert_id_token(found["id_token"].as_str().unwrap(), &audience, server);
+    }
+    scene.assert_no_token_in_logs();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn java_google_auth_library_gets_access_and_id_tokens_from_the_sidecar_and_the_agent() {
+    let lib = java_clients();
+    let program = support::repo_root().join("tests/java/clients/Clients.java");
+    let scene = Scene::start().await;
+    for (server, listen) in scene.servers() {
+        let audience = format!("{SERVICE}/java/{server}");
+        let found = run_client(
+            Command::new("java")
+                .arg("-cp")
+                .arg(lib.join("*"))
+                .arg(&program),
+            listen,
+            &[scene.cloud.google.api_url("acme-shop"), audience.clone()],
+        );
+        assert_eq!(
+            found["class"], "com.google.auth.oauth2.ComputeEngineCredentials",
+            "{server}"
+        );
         assert_eq!(found["email"], SA_EMAIL, "{server}");
         scene.assert_api_call(&found, server);
         scene.assert_id_token(found["id_token"].as_str().unwrap(), &audience, server);
@@ -502,6 +529,22 @@ fn node_clients() -> PathBuf {
         path.join("node_modules/google-auth-library").is_dir(),
         "{} has no google-auth-library: run hack/build-clients.sh (hack/test.sh does), or point \
          FEDCRED_NODE_CLIENTS at an npm-installed copy of tests/node/clients",
+        path.display()
+    );
+    path
+}
+
+/// The jars of the Java client program, fetched by `hack/build-clients.sh`.
+fn java_clients() -> PathBuf {
+    let path = std::env::var_os("FEDCRED_JAVA_CLIENTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("clients/java"))
+        .join("lib");
+    assert!(
+        path.join("google-auth-library-oauth2-http-1.58.0.jar")
+            .is_file(),
+        "{} has no google-auth-library-oauth2-http: run hack/build-clients.sh (hack/test.sh \
+         does), or point FEDCRED_JAVA_CLIENTS at a directory whose lib/ holds its jars",
         path.display()
     );
     path
