@@ -1,8 +1,8 @@
 //! The client matrix: Google's own libraries, unchanged and used the way their documentation
 //! shows, against both servers of the metadata protocol — `fedcred metadata-server` on a Secret
 //! volume laid out as the kubelet lays it out, and `fedcred agent` holding the token in memory —
-//! with nothing but the environment the webhook injects ([`injected_env`], [`project_env`]) and
-//! an empty HOME.
+//! with nothing but the environment the webhook injected into an opted-in pod, read back from
+//! the real API server (its port pointed at the emulator under test), and an empty HOME.
 //!
 //! Each client must (1) find application-default credentials, (2) call a Google API double with
 //! them, which checks that the bearer token is live and the service account's, and (3) obtain
@@ -25,6 +25,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use fedcred_core::metadata::{injected_env, project_env};
@@ -32,9 +33,11 @@ use fedcred_doubles::aws_metadata::{Imds, Instance};
 use fedcred_doubles::{Binding, role_member, service_account_member};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
+use support::TestNamespace;
 use support::cloud::{ASSUMED_ROLE, AUDIENCE, Cloud, ROLE, SA_EMAIL};
 use support::free_port;
-use support::pod::{SecretVolume, unique, venv_python};
+use support::pod::{SecretVolume, StoredPod, unique, venv_python};
+use support::webhook::{Registration, Server as WebhookServer};
 
 const TOKEN: &str = "/computeMetadata/v1/instance/service-accounts/default/token";
 const IDENTITY: &str = "/computeMetadata/v1/instance/service-accounts/default/identity";
@@ -350,7 +353,8 @@ impl Scene {
 
 impl Drop for Scene {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        // FEDCRED_CLIENTS_LOG=info,fedcred=debug shows every request a library sent.
+        if std::thread::panicking() || std::env::var_os("FEDCRED_CLIENTS_LOG").is_some() {
             eprintln!(
                 "--- agent ---\n{}\n--- metadata-server ---\n{}",
                 self.agent.logs(),
@@ -473,20 +477,59 @@ fn fedcred(dir: &Path) -> Command {
             "AWS_SHARED_CREDENTIALS_FILE",
             dir.join("no-aws-credentials"),
         )
-        .env("RUST_LOG", "info");
+        .env(
+            "RUST_LOG",
+            std::env::var("FEDCRED_CLIENTS_LOG").unwrap_or_else(|_| "info".to_owned()),
+        );
     command
 }
 
-/// Runs a client with only the webhook's environment for `listen` and an empty HOME; returns
-/// its JSON output.
+/// The application container's environment as the webhook injected it and the API server
+/// stored it: an opted-in pod created in a test namespace whose webhook is registered, read
+/// back. Once per test binary.
+fn stored_env() -> &'static [(String, String)] {
+    static ENV: OnceLock<Vec<(String, String)>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        support::ensure_crd();
+        let ns = TestNamespace::new("clients");
+        let server = WebhookServer::start("ghcr.io/example/fedcred:clients-test");
+        let _registration = Registration::create(&ns, server.port, Some(&server.certs.ca_pem));
+        support::create_credential(&ns, "orders-db", true);
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "orders", "labels": {"fedcred.io/inject": "true"},
+                         "annotations": {"fedcred.io/credential": "orders-db"}},
+            "spec": {"containers": [{"name": "app", "image": "registry.example/orders:1"}]},
+        });
+        support::wait_until(Duration::from_secs(30), || {
+            ns.kubectl(&["create", "-f", "-"], Some(&pod.to_string()))
+                .ok
+        });
+        let env = StoredPod::get(&ns, "orders").env("app");
+        // What the webhook decides is the same as the core's functions say.
+        let mut expected = injected_env(fedcred_core::metadata::DEFAULT_LISTEN);
+        expected.extend(project_env(Some("acme-shop")));
+        for pair in &expected {
+            assert!(env.contains(pair), "{pair:?} not injected: {env:?}");
+        }
+        env
+    })
+}
+
+/// Runs a client with only the stored pod's environment, the emulator's port put in place of
+/// the sidecar's, and an empty HOME; returns its JSON output.
 fn run_client(command: &mut Command, listen: u16, args: &[String]) -> Value {
     let home = unique("client-home");
     std::fs::create_dir_all(&home).unwrap();
+    let sidecar = fedcred_core::metadata::DEFAULT_LISTEN;
+    let here = format!("127.0.0.1:{listen}");
+    let env = stored_env()
+        .iter()
+        .map(|(name, value)| (name.clone(), value.replace(sidecar, &here)));
     let output = command
         .args(args)
         .env_clear()
-        .envs(injected_env(&format!("127.0.0.1:{listen}")))
-        .envs(project_env(Some("acme-shop")))
+        .envs(env)
         .env("HOME", &home)
         .stdin(Stdio::null())
         .output()

@@ -322,6 +322,8 @@ async fn handle<S: TokenSource>(
     tracing::debug!(
         method = %parts.method,
         path = parts.uri.path(),
+        // Audiences and scopes; never a secret.
+        query = parts.uri.query().unwrap_or(""),
         status = reply.status.as_u16(),
         "answered"
     );

@@ -114,9 +114,10 @@ impl Served {
         }
     }
 
-    /// Directories answer as JSON objects with `recursive=true` or `alt=json`.
+    /// Directories answer as JSON objects with `recursive=true` (unless `alt=text`) or
+    /// `alt=json`.
     fn json_directory(&self) -> bool {
-        self.recursive || self.alt == Alt::Json
+        (self.recursive && self.alt != Alt::Text) || self.alt == Alt::Json
     }
 }
 
@@ -139,8 +140,6 @@ pub enum Refusal {
     BadIdentityQuery(BadIdentityQuery),
     /// `alt` other than `json` or `text`.
     BadAlt,
-    /// `alt=text` with `recursive=true`: GCE's flattened text form is not offered.
-    RecursiveText,
 }
 
 impl Refusal {
@@ -154,7 +153,6 @@ impl Refusal {
             Refusal::WaitForChange => "WaitForChange",
             Refusal::BadIdentityQuery(_) => "BadIdentityQuery",
             Refusal::BadAlt => "BadAlt",
-            Refusal::RecursiveText => "RecursiveText",
         }
     }
 }
@@ -236,9 +234,6 @@ pub fn route(method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<Served, 
             // `last_etag` only matter with `wait_for_change`.
             _ => {}
         }
-    }
-    if served.recursive && served.alt == Alt::Text {
-        return Err(Refusal::RecursiveText);
     }
     Ok(served)
 }
@@ -342,10 +337,6 @@ pub fn refuse(refusal: Refusal) -> Reply {
             StatusCode::BAD_REQUEST,
             "fedcred: alt must be \"json\" or \"text\"\n",
         ),
-        Refusal::RecursiveText => Reply::text(
-            StatusCode::BAD_REQUEST,
-            "fedcred: alt=text with recursive=true is not offered; ask for alt=json\n",
-        ),
     }
 }
 
@@ -384,6 +375,21 @@ pub fn answer(served: &Served, view: &SecretView, now: Timestamp) -> Reply {
 }
 
 fn render(served: &Served, view: &SecretView, now: Timestamp) -> Reply {
+    if served.recursive && served.alt == Alt::Text {
+        // GCE's flattened form: one `path value` line per leaf of the recursive answer.
+        let json = Served {
+            alt: Alt::Default,
+            ..served.clone()
+        };
+        let reply = render(&json, view, now);
+        if reply.content_type != JSON || reply.status != StatusCode::OK {
+            return reply;
+        }
+        let value: Value = serde_json::from_str(&reply.body).unwrap_or(Value::Null);
+        let mut lines = String::new();
+        flatten("", &value, &mut lines);
+        return Reply::ok(lines);
+    }
     let recursive = served.json_directory();
     match &served.resource {
         Resource::Root => Reply::ok("computeMetadata/\n"),
@@ -514,6 +520,26 @@ fn accounts_json(view: &SecretView) -> Value {
 
 fn instance_json(view: &SecretView) -> Value {
     json!({ "attributes": {}, "serviceAccounts": accounts_json(view) })
+}
+
+/// `path value` lines for every leaf of `value`, arrays indexed from 0.
+fn flatten(prefix: &str, value: &Value, out: &mut String) {
+    let join = |key: &str| {
+        if prefix.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{prefix}/{key}")
+        }
+    };
+    match value {
+        Value::Object(map) => map.iter().for_each(|(k, v)| flatten(&join(k), v, out)),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .for_each(|(i, v)| flatten(&join(&i.to_string()), v, out)),
+        Value::String(s) => out.push_str(&format!("{prefix} {s}\n")),
+        other => out.push_str(&format!("{prefix} {other}\n")),
+    }
 }
 
 /// Cloud-platform covers the Google Cloud APIs but not sign-in scopes: database logins and
@@ -712,9 +738,15 @@ mod tests {
         assert_eq!(json_body(&dir)["email"], SA);
         let text = get("/computeMetadata/v1/project/project-id?alt=text").answer(&impersonated());
         assert_eq!((text.content_type, text.body.as_str()), (TEXT, "acme-shop"));
+        let flat =
+            get("/computeMetadata/v1/instance/service-accounts/default/?recursive=true&alt=text")
+                .answer(&impersonated());
+        assert_eq!(flat.content_type, TEXT);
         assert_eq!(
-            get("/computeMetadata/v1/?recursive=true&alt=text").route(),
-            Err(Refusal::RecursiveText)
+            flat.body,
+            format!(
+                "aliases/0 default\nemail {SA}\nscopes/0 https://www.googleapis.com/auth/cloud-platform\n"
+            )
         );
         assert_eq!(
             get("/computeMetadata/v1/project/project-id?alt=xml").route(),
