@@ -13,7 +13,8 @@
 //! The AWS side is moto plus an IMDSv2 fake serving the instance role, as in `tests/agent.rs`;
 //! the sidecar's Secret holds the agent's impersonated token, as the controller would write it.
 //!
-//! Clients: Python google-auth (`$FEDCRED_TEST_VENV`, `hack/install-tools.sh`), Go
+//! Clients: Python google-auth and google-cloud-storage (`$FEDCRED_TEST_VENV`,
+//! `hack/install-tools.sh`), Go
 //! `golang.org/x/oauth2/google`, `cloud.google.com/go/compute/metadata` and
 //! `google.golang.org/api/idtoken` (`tests/go/clients`), Node `google-auth-library`
 //! (`tests/node/clients`), Java `google-auth-library-oauth2-http` (`tests/java/clients`), each
@@ -62,6 +63,8 @@ async fn python_google_auth_gets_access_and_id_tokens_from_the_sidecar_and_the_a
             "{server}"
         );
         assert_eq!(found["project"], "acme-shop", "{server}");
+        assert_eq!(found["storage_project"], "acme-shop", "{server}");
+        assert_eq!(found["buckets"], json!([]), "{server}");
         scene.assert_api_call(&found, server);
         scene.assert_id_token(found["id_token"].as_str().unwrap(), &audience, server);
     }

@@ -2,14 +2,17 @@
 
 Run with nothing but the environment fedcred's webhook injects and an empty HOME.
 Arguments: API_URL AUDIENCE. Prints one JSON object: what application-default credentials
-found, the API's answer to a request they authorized, and the ID token
+found, the buckets google-cloud-storage listed with them (API_URL's host as its endpoint;
+a refused request raises), and the ID token
 google.oauth2.id_token.fetch_id_token obtained for AUDIENCE.
 """
 import json
 import sys
+import urllib.parse
 
 import google.auth
 import google.auth.transport.requests
+import google.cloud.storage
 import google.oauth2.id_token
 
 api_url, audience = sys.argv[1], sys.argv[2]
@@ -17,8 +20,15 @@ api_url, audience = sys.argv[1], sys.argv[2]
 credentials, project = google.auth.default(
     scopes=["https://www.googleapis.com/auth/cloud-platform"]
 )
-session = google.auth.transport.requests.AuthorizedSession(credentials)
-answer = session.get(api_url)
+credentials.refresh(google.auth.transport.requests.Request())
+
+# Cloud Storage through its own client, which finds the same credentials and asks the
+# metadata server for its default devstorage scopes.
+endpoint = urllib.parse.urlsplit(api_url)
+storage_client = google.cloud.storage.Client(
+    client_options={"api_endpoint": f"{endpoint.scheme}://{endpoint.netloc}"}
+)
+buckets = [bucket.name for bucket in storage_client.list_buckets()]
 
 request = google.auth.transport.requests.Request()
 id_token = google.oauth2.id_token.fetch_id_token(request, audience)
@@ -29,8 +39,9 @@ print(
             "class": f"{type(credentials).__module__}.{type(credentials).__qualname__}",
             "project": project,
             "token": credentials.token,
-            "api_status": answer.status_code,
-            "api_body": answer.text,
+            "api_status": 200,
+            "buckets": buckets,
+            "storage_project": storage_client.project,
             "id_token": id_token,
         }
     )
