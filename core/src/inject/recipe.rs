@@ -23,6 +23,10 @@ pub struct Recipe<'a> {
     pub secret: String,
     /// The impersonated service account, behind `PGUSER` and `GOOGLE_CLOUD_PROJECT`.
     pub service_account: Option<&'a str>,
+    /// `spec.google.endpoints.iamCredentials`, where the metadata sidecar mints ID tokens.
+    /// Absent from the hash when unset, so resources without it keep their hash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iam_credentials: Option<&'a str>,
 }
 
 impl<'a> Recipe<'a> {
@@ -31,6 +35,13 @@ impl<'a> Recipe<'a> {
             alloydb: fc.spec.alloydb.as_ref(),
             secret: secret_name(fc),
             service_account: fc.spec.google.service_account.as_deref(),
+            iam_credentials: fc
+                .spec
+                .google
+                .endpoints
+                .as_ref()
+                .and_then(|e| e.iam_credentials.as_deref())
+                .filter(|url| !url.is_empty()),
         }
     }
 
