@@ -16,6 +16,18 @@ mkdir -p "$BIN_DIR"
 
 stamp_of() { cat "$@" | sha256sum | cut -d' ' -f1; }
 
+# Node.js with npm, and a JDK with Maven, from Debian when missing.
+need_debs=()
+command -v npm >/dev/null || need_debs+=(nodejs npm)
+command -v mvn >/dev/null || need_debs+=(maven)
+command -v javac >/dev/null || need_debs+=(default-jdk-headless)
+if ((${#need_debs[@]})); then
+  log "installing Debian packages: ${need_debs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_debs[@]}" >/dev/null
+fi
+
 # Go.
 src="$tests/go/clients"
 binary="$BIN_DIR/fedcred-go-clients"
