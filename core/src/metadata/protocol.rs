@@ -101,7 +101,8 @@ impl Served {
             | Resource::Attributes
             | Resource::Attribute
             | Resource::NotOnGce(_) => false,
-            Resource::Instance | Resource::V1 => self.json_directory(),
+            // Recursive answers hold the account, whatever their rendering.
+            Resource::Instance | Resource::V1 => self.recursive || self.alt == Alt::Json,
             _ => true,
         }
     }
@@ -940,6 +941,9 @@ mod tests {
         assert!(!needs("/"));
         assert!(!needs("/computeMetadata/v1/instance/"));
         assert!(needs("/computeMetadata/v1/instance/?recursive=true"));
+        assert!(needs("/computeMetadata/v1/instance/?recursive=true&alt=text"));
+        assert!(needs("/computeMetadata/v1/?alt=json"));
+        assert!(!needs("/computeMetadata/v1/instance/?alt=text"));
         assert!(needs(TOKEN_PATH));
         assert!(needs("/computeMetadata/v1/project/project-id"));
     }
