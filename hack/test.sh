@@ -12,6 +12,7 @@ cd "$here/.."
 "$here/build-controlplane.sh"
 "$here/build-alloydb-proxy.sh"
 "$here/build-node.sh"
+"$here/build-clients.sh"
 
 run_dir=$(mktemp -d "${TMPDIR:-/tmp}/fedcred-test.XXXXXX")
 cleanup() {
@@ -34,6 +35,8 @@ trap 'exit 130' INT TERM
 source "$run_dir/env"
 export FEDCRED_TEST_VENV="$FEDCRED_CACHE/venv"
 export FEDCRED_ALLOYDB_PROXY="$BIN_DIR/alloydb-auth-proxy"
+export FEDCRED_GO_CLIENTS="$BIN_DIR/fedcred-go-clients" FEDCRED_NODE_CLIENTS="$FEDCRED_CACHE/clients/node" \
+  FEDCRED_JAVA_CLIENTS="$FEDCRED_CACHE/clients/java"
 # Tests bring their own AWS peers; never let the SDK probe a real instance metadata service.
 export AWS_EC2_METADATA_DISABLED=true AWS_REGION=us-east-1
 # What the secrecy scan reads: every token the doubles issue, and the evidence tests leave

@@ -87,6 +87,9 @@ enum Command {
         /// Log format: `json` or `text`.
         #[arg(long, env = "FEDCRED_LOG_FORMAT", default_value = "json")]
         log_format: String,
+        /// IAM Credentials base URL, where ID tokens are minted (`…/identity?audience=`).
+        #[arg(long, env = "FEDCRED_GOOGLE_IAM_CREDENTIALS_URL", default_value = DEFAULT_IAM_CREDENTIALS_URL)]
+        iam_credentials_url: String,
     },
 }
 
@@ -287,6 +290,7 @@ impl Cli {
                 secret_dir,
                 listen,
                 log_format,
+                iam_credentials_url,
                 ..
             } => {
                 init_logging(&log_format)?;
@@ -294,6 +298,7 @@ impl Cli {
                     // clap requires it unless --check is given.
                     secret_dir: secret_dir.unwrap_or_default(),
                     listen,
+                    iam_credentials_url,
                 };
                 Ok(crate::metadata::serve(options, runtime::shutdown_signal()).await?)
             }

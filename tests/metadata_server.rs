@@ -306,8 +306,8 @@ fn refuses_odd_paths_and_methods() {
         "/computeMetadata/v1/instance/service-accounts/default/%2e%2e/default/token",
         "/computeMetadata/v1//instance/service-accounts/default/token",
         "/computeMetadata/v1/instance/service-accounts/default%2Ftoken",
-        "/computeMetadata/v1/instance/service-accounts/default/identity?audience=x",
-        "/computeMetadata/v1/instance/attributes/",
+        "/computeMetadata/v1/instance/attributes/ssh-keys",
+        "/computeMetadata/v1/instance/cpu-platform",
         "/../../etc/passwd",
     ] {
         let answer = emulator.get(path);

@@ -71,6 +71,9 @@ pub struct Config {
     /// Judge the times of JWT subject tokens as if the clock were this many seconds ahead: a
     /// real, freshly issued ServiceAccount token is then expired for the double.
     pub jwt_clock_offset_seconds: i64,
+    /// Lifetime of the ID tokens `generateIdToken` signs (Google: one hour).
+    #[serde(with = "seconds")]
+    pub id_token_lifetime: Duration,
 }
 
 impl Default for Config {
@@ -89,6 +92,7 @@ impl Default for Config {
             alloydb: None,
             impersonated_lifetime_cap_seconds: None,
             jwt_clock_offset_seconds: 0,
+            id_token_lifetime: DEFAULT_LIFETIME,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The IAM Credentials double:
-//! `POST /v1/projects/-/serviceAccounts/{EMAIL}:generateAccessToken`, authenticated by a live
+//! `POST /v1/projects/-/serviceAccounts/{EMAIL}:generateAccessToken` (and `:generateIdToken`,
+//! whose tokens [`crate::idtoken`] signs), authenticated by a live
 //! token the doubles issued, allowed by the configured bindings hop by hop through `delegates`.
 //! Errors are `google.rpc.Status`-shaped `{"error":{"code","message","status"}}`.
 //!
@@ -20,6 +21,7 @@ use serde_json::json;
 
 use crate::config::{Binding, DEFAULT_LIFETIME};
 use crate::faults::{Fault, Target};
+use crate::idtoken::GenerateIdTokenRequest;
 use crate::names::{attribute_member, pool_member, principal_member, service_account_member};
 use crate::state::{Principal, State, TokenInfo, now};
 
@@ -28,9 +30,6 @@ const IAM_API_SCOPES: [&str; 2] = [
     "https://www.googleapis.com/auth/cloud-platform",
     "https://www.googleapis.com/auth/iam",
 ];
-
-const PERMISSION_DENIED: &str = "Permission 'iam.serviceAccounts.getAccessToken' denied on \
-    resource (or it may not exist).";
 
 /// A `google.rpc.Status` error answer.
 #[derive(Debug)]
@@ -81,14 +80,21 @@ impl IamError {
     }
 
     fn permission_denied() -> Self {
+        Self::permission_denied_for("iam.serviceAccounts.getAccessToken")
+    }
+
+    fn permission_denied_for(permission: &str) -> Self {
         IamError {
             details: Some(json!([{
                 "@type": "type.googleapis.com/google.rpc.ErrorInfo",
                 "reason": "IAM_PERMISSION_DENIED",
                 "domain": "iam.googleapis.com",
-                "metadata": {"permission": "iam.serviceAccounts.getAccessToken"},
+                "metadata": {"permission": permission},
             }])),
-            ..Self::new(StatusCode::FORBIDDEN, PERMISSION_DENIED)
+            ..Self::new(
+                StatusCode::FORBIDDEN,
+                format!("Permission '{permission}' denied on resource (or it may not exist)."),
+            )
         }
     }
 
@@ -148,12 +154,15 @@ pub(crate) async fn service_account_call(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some((email, "generateAccessToken")) = call.rsplit_once(':') else {
-        return IamError::new(
-            StatusCode::NOT_FOUND,
-            format!("Method {call:?} is not served by this double."),
-        )
-        .into_response();
+    let (email, method) = match call.rsplit_once(':') {
+        Some((email, method @ ("generateAccessToken" | "generateIdToken"))) => (email, method),
+        _ => {
+            return IamError::new(
+                StatusCode::NOT_FOUND,
+                format!("Method {call:?} is not served by this double."),
+            )
+            .into_response();
+        }
     };
     let email = percent_decode_str(email).decode_utf8_lossy().into_owned();
     let mut reject = false;
@@ -171,7 +180,12 @@ pub(crate) async fn service_account_call(
         Some(Fault::Reject { .. }) => reject = true,
         None => {}
     }
-    match generate_access_token(&state, &email, &headers, &body, reject) {
+    let answered = if method == "generateIdToken" {
+        generate_id_token(&state, &email, &headers, &body, reject)
+    } else {
+        generate_access_token(&state, &email, &headers, &body, reject)
+    };
+    match answered {
         Ok(answer) => {
             state.succeeded(Target::Iam);
             Json(answer).into_response()
@@ -195,13 +209,8 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .then_some(token.trim())
 }
 
-fn generate_access_token(
-    state: &State,
-    email: &str,
-    headers: &HeaderMap,
-    body: &[u8],
-    reject: bool,
-) -> Result<serde_json::Value, IamError> {
+/// The live token's holder, refused unless its scopes let it call IAM Credentials.
+fn iam_caller(state: &State, headers: &HeaderMap) -> Result<TokenInfo, IamError> {
     let caller = bearer(headers)
         .and_then(|token| state.lookup(token))
         .ok_or_else(IamError::unauthenticated)?;
@@ -219,6 +228,17 @@ fn generate_access_token(
             ),
         ));
     }
+    Ok(caller)
+}
+
+fn generate_access_token(
+    state: &State,
+    email: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    reject: bool,
+) -> Result<serde_json::Value, IamError> {
+    let caller = iam_caller(state, headers)?;
     let request: GenerateAccessTokenRequest = serde_json::from_slice(body)
         .map_err(|e| IamError::invalid_argument(format!("Invalid JSON payload received. {e}")))?;
     let scope = request.scope.unwrap_or_default();
@@ -274,6 +294,64 @@ fn generate_access_token(
         "accessToken": token,
         "expireTime": rfc3339(expires_at),
     }))
+}
+
+/// `generateIdToken`: an RS256 ID token of `email` for the requested audience
+/// ([`crate::idtoken`]), under the same bearer and binding checks as `generateAccessToken`.
+fn generate_id_token(
+    state: &State,
+    email: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    reject: bool,
+) -> Result<serde_json::Value, IamError> {
+    let caller = iam_caller(state, headers)?;
+    let request: GenerateIdTokenRequest = serde_json::from_slice(body)
+        .map_err(|e| IamError::invalid_argument(format!("Invalid JSON payload received. {e}")))?;
+    let audience = request.audience.unwrap_or_default();
+    if audience.trim().is_empty() {
+        return Err(IamError::invalid_argument("audience must not be empty."));
+    }
+    let delegates = request
+        .delegates
+        .unwrap_or_default()
+        .iter()
+        .map(|d| delegate_email(d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(IamError::invalid_argument)?;
+    let config = state.config();
+    if let Err(denied) = check_chain(&config.bindings, &members_of(&caller), &delegates, email) {
+        eprintln!(
+            "[doubles] iam: {} may not get ID tokens of {denied} (chain {delegates:?} → {email})",
+            caller.subject()
+        );
+        return Err(IamError::permission_denied_for(
+            "iam.serviceAccounts.getOpenIdToken",
+        ));
+    }
+    if reject {
+        return Err(IamError::permission_denied_for(
+            "iam.serviceAccounts.getOpenIdToken",
+        ));
+    }
+    let include_email = request.include_email.unwrap_or(false);
+    let token = state
+        .signer
+        .id_token(
+            email,
+            &audience,
+            include_email,
+            now(),
+            config.id_token_lifetime,
+        )
+        .map_err(|e| IamError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    state.record_id_token(&token);
+    eprintln!(
+        "[doubles] iam: issued an ID token of {email} for audience {audience:?} to {}, \
+         include_email {include_email}",
+        caller.subject()
+    );
+    Ok(json!({ "token": token }))
 }
 
 /// RFC 3339, UTC, whole seconds: `2026-11-25T16:00:00Z`.

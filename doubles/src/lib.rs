@@ -37,6 +37,7 @@ pub mod aws_metadata;
 pub mod config;
 pub mod faults;
 pub mod iam;
+pub mod idtoken;
 mod keys;
 pub mod moto;
 pub mod names;
@@ -54,4 +55,4 @@ pub use names::{
     attribute_member, pool_member, principal_member, role_member, service_account_member,
 };
 pub use server::GoogleDoubles;
-pub use state::{Principal, TokenInfo};
+pub use state::{ApiCall, Principal, TokenInfo};

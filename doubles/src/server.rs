@@ -5,6 +5,9 @@
 //! |---|---|
 //! | `POST /v1/token` | Google STS token exchange ([`crate::sts`]) |
 //! | `POST /v1/projects/-/serviceAccounts/EMAIL:generateAccessToken` | IAM Credentials ([`crate::iam`]) |
+//! | `POST /v1/projects/-/serviceAccounts/EMAIL:generateIdToken` | ID tokens ([`crate::iam`], signed by [`crate::idtoken`]) |
+//! | `GET /oauth2/v3/certs`, `GET /oauth2/v1/certs` | the ID token key as a JWKS and as PEM certificates by key id |
+//! | `GET /storage/v1/b?project=P` | a Google API: Cloud Storage's bucket list (empty), for a live bearer token with a Cloud scope; every call is recorded ([`GoogleDoubles::api_calls`]) |
 //! | `GET /tokeninfo?access_token=T` | `{"email"?,"sub","scope","expires_in","exp"}`, or 400 `{"error":"invalid_token"}` |
 //! | `POST /__faults` | queue a fault: `{"target":"sts"\|"iam","kind":"status","code":503,"retry_after":2,"count":1}` (see [`Fault`]) |
 //! | `DELETE /__faults` | drop every queued fault |
@@ -30,7 +33,7 @@ use tokio::task::JoinHandle;
 use crate::config::{Binding, Condition, Config};
 use crate::faults::{Fault, Target};
 use crate::names::ProviderName;
-use crate::state::{State, TokenInfo};
+use crate::state::{ApiCall, State, TokenInfo};
 use crate::{iam, sts};
 
 /// Running Google STS and IAM Credentials doubles. Dropping the handle stops the server.
@@ -105,6 +108,31 @@ impl GoogleDoubles {
     /// `/v1/projects/-/serviceAccounts/EMAIL:generateAccessToken`.
     pub fn iam_credentials_url(&self) -> String {
         self.base_url()
+    }
+
+    /// The JWKS of the ID token signing key: `base/oauth2/v3/certs`.
+    pub fn jwks_url(&self) -> String {
+        format!("{}/oauth2/v3/certs", self.base_url())
+    }
+
+    /// The ID token signing key as PEM certificates by key id: `base/oauth2/v1/certs`.
+    pub fn pem_certs_url(&self) -> String {
+        format!("{}/oauth2/v1/certs", self.base_url())
+    }
+
+    /// `base/storage/v1/b?project=PROJECT`: a Google API a client can call with its token.
+    pub fn api_url(&self, project: &str) -> String {
+        format!("{}/storage/v1/b?project={project}", self.base_url())
+    }
+
+    /// Calls to the API double so far, in order.
+    pub fn api_calls(&self) -> Vec<ApiCall> {
+        self.state.api_calls()
+    }
+
+    /// ID tokens `generateIdToken` has signed so far.
+    pub fn id_tokens_issued(&self) -> u64 {
+        self.state.id_tokens_issued()
     }
 
     /// `base/tokeninfo`.
@@ -231,6 +259,9 @@ fn router(state: Arc<State>) -> Router {
             post(iam::service_account_call),
         )
         .route("/tokeninfo", get(tokeninfo))
+        .route("/storage/v1/b", get(list_buckets))
+        .route("/oauth2/v3/certs", get(jwks))
+        .route("/oauth2/v1/certs", get(pem_certs))
         .route("/__faults", post(add_fault).delete(clear_faults))
         .route("/__stats", get(stats))
         .route("/__condition", post(change_condition))
@@ -249,6 +280,52 @@ async fn not_found() -> Response {
 
 fn bad_request(message: String) -> Response {
     (StatusCode::BAD_REQUEST, Json(json!({"error": message}))).into_response()
+}
+
+/// `GET /storage/v1/b`: Cloud Storage's bucket list, empty, for a live bearer token carrying
+/// cloud-platform or a devstorage scope; 401 otherwise, as Google answers.
+async fn list_buckets(
+    Extract(state): Extract<Arc<State>>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let info = bearer.and_then(|token| state.lookup(token));
+    let allowed = info.as_ref().is_some_and(|i| {
+        i.scopes.iter().any(|s| {
+            s == "https://www.googleapis.com/auth/cloud-platform"
+                || s.starts_with("https://www.googleapis.com/auth/devstorage.")
+        })
+    });
+    state.record_api_call(ApiCall {
+        path: "/storage/v1/b".to_owned(),
+        principal: info.as_ref().map(|i| i.subject().to_owned()),
+        allowed,
+    });
+    if !allowed {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(
+                json!({"error": {"code": 401, "message": "Invalid Credentials",
+                                  "status": "UNAUTHENTICATED"}}),
+            ),
+        )
+            .into_response();
+    }
+    Json(json!({"kind": "storage#buckets", "items": []})).into_response()
+}
+
+/// `GET /oauth2/v3/certs`: the ID token signing key as a JWKS.
+async fn jwks(Extract(state): Extract<Arc<State>>) -> Response {
+    Json(state.signer.jwks().clone()).into_response()
+}
+
+/// `GET /oauth2/v1/certs`: the ID token signing key as `{kid: PEM certificate}`.
+async fn pem_certs(Extract(state): Extract<Arc<State>>) -> Response {
+    Json(state.signer.pem_certs().clone()).into_response()
 }
 
 /// `GET /tokeninfo?access_token=…`, like Google's OAuth2 token info.
@@ -328,6 +405,7 @@ async fn stats(Extract(state): Extract<Arc<State>>) -> Response {
         "sts": target(Target::Sts),
         "iam": target(Target::Iam),
         "issued_tokens": state.issued_tokens().len(),
+        "id_tokens": state.id_tokens_issued(),
         "seen_principals": state.seen_principals(),
     }))
     .into_response()

@@ -68,6 +68,15 @@ impl TokenInfo {
     }
 }
 
+/// One call to the API double: who the bearer token stood for (`None`: unknown or expired)
+/// and whether it was let in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiCall {
+    pub path: String,
+    pub principal: Option<String>,
+    pub allowed: bool,
+}
+
 /// Appends `token` to the file named by `FEDCRED_ISSUED_TOKENS`, when set: a test run ends with
 /// a scan of everything it left behind for every value listed there (`hack/secrecy-scan.sh`).
 /// One `write` of one line to a file opened for appending, so concurrent doubles in other test
@@ -103,6 +112,9 @@ struct Counter {
 
 pub(crate) struct State {
     config: Mutex<Config>,
+    pub signer: crate::idtoken::Signer,
+    id_tokens: AtomicU64,
+    api_calls: Mutex<Vec<ApiCall>>,
     pub keys: KeySource,
     pub http: reqwest::Client,
     tokens: Mutex<HashMap<String, TokenInfo>>,
@@ -122,6 +134,9 @@ impl State {
                 http.clone(),
             ),
             config: Mutex::new(config),
+            signer: crate::idtoken::Signer::generate().expect("an RSA key can be generated"),
+            id_tokens: AtomicU64::new(0),
+            api_calls: Mutex::default(),
             http,
             tokens: Mutex::default(),
             issued: Mutex::default(),
@@ -164,6 +179,25 @@ impl State {
     pub fn lookup(&self, token: &str) -> Option<TokenInfo> {
         let info = lock(&self.tokens).get(token).cloned()?;
         (info.expires_at > SystemTime::now()).then_some(info)
+    }
+
+    /// Counts an ID token issued and records it for the leak scan.
+    pub fn record_id_token(&self, token: &str) {
+        self.id_tokens.fetch_add(1, Ordering::Relaxed);
+        lock(&self.issued).push(token.to_owned());
+        record_issued(token);
+    }
+
+    pub fn record_api_call(&self, call: ApiCall) {
+        lock(&self.api_calls).push(call);
+    }
+
+    pub fn api_calls(&self) -> Vec<ApiCall> {
+        lock(&self.api_calls).clone()
+    }
+
+    pub fn id_tokens_issued(&self) -> u64 {
+        self.id_tokens.load(Ordering::Relaxed)
     }
 
     pub fn issued_tokens(&self) -> Vec<String> {

@@ -208,8 +208,9 @@ pub async fn run(
         min_token_lifetime: options.min_token_lifetime,
         ..Limits::default()
     });
+    let iam_url = plan.key.iam_credentials_url.clone();
     let refresher = tokio::spawn(refresh_loop(engine, plan, state.clone(), metrics, ready));
-    let served = metadata::serve_on(listener, state::Served(state), shutdown).await;
+    let served = metadata::serve_on(listener, state::Served(state, iam_url), shutdown).await;
     refresher.abort();
     served?;
     Ok(())

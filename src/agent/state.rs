@@ -125,12 +125,17 @@ fn unavailable(
     }
 }
 
-/// The state as the metadata server's token source.
-pub struct Served(pub Arc<AgentState>);
+/// The state as the metadata server's token source, and where its ID tokens are minted (the
+/// FederatedCredential's IAM Credentials endpoint).
+pub struct Served(pub Arc<AgentState>, pub String);
 
 impl TokenSource for Served {
     async fn view(&self) -> Result<SecretView, Reply> {
         self.0.view(Timestamp::now())
+    }
+
+    fn iam_credentials_url(&self) -> &str {
+        &self.1
     }
 }
 

@@ -12,6 +12,7 @@ use fedcred_core::google::{
     generate_access_token_body, generate_access_token_url, read_generated_token, read_sts_token,
     snippet, sts_form,
 };
+use fedcred_core::metadata::identity::{self, IdToken, IdentityRequest};
 use fedcred_core::sensitive::Sensitive;
 use jiff::Timestamp;
 
@@ -179,6 +180,33 @@ impl GoogleClient {
             return Err(classify_iam(status.as_u16(), &text, service_account));
         }
         read_generated_token(&text, Timestamp::now())
+    }
+}
+
+impl GoogleClient {
+    /// Mints an ID token of `service_account` for `request`'s audience through IAM Credentials
+    /// `generateIdToken`, authenticated with that account's own `access_token`.
+    pub async fn generate_id_token(
+        &self,
+        iam_base_url: &str,
+        access_token: &Sensitive,
+        service_account: &str,
+        request: &IdentityRequest,
+    ) -> Result<IdToken, ExchangeError> {
+        let url = identity::generate_id_token_url(iam_base_url, service_account);
+        let body = identity::generate_id_token_body(request);
+        let (status, text) = self
+            .send("IAM Credentials generateIdToken", || {
+                self.http
+                    .post(&url)
+                    .bearer_auth(access_token.expose())
+                    .json(&body)
+            })
+            .await?;
+        if !status.is_success() {
+            return Err(identity::classify(status.as_u16(), &text, service_account));
+        }
+        identity::read_id_token(&text, Timestamp::now())
     }
 }
 

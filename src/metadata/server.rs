@@ -2,6 +2,11 @@
 //! request, and turns [`protocol`] decisions into responses. Two sources exist: the Secret
 //! volume of `fedcred metadata-server` ([`VolumeSource`], read per request, so an update the
 //! kubelet made is served by the very next request) and the in-memory token of `fedcred agent`.
+//!
+//! ID tokens (`…/identity?audience=…`) are minted here, on demand, through IAM Credentials
+//! `generateIdToken` with the access token the source serves, and cached per audience
+//! ([`fedcred_core::metadata::identity`] decides what may be served and for how long). One
+//! mint runs at a time, so a burst of requests for a new audience costs one call to Google.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,6 +21,9 @@ use axum::response::Response;
 use jiff::Timestamp;
 
 use super::volume;
+use crate::exchange::google::GoogleClient;
+use fedcred_core::google::{DEFAULT_IAM_CREDENTIALS_URL, RetryPolicy};
+use fedcred_core::metadata::identity::{self, CacheKey, IdTokenCache, IdentityRequest};
 use fedcred_core::metadata::protocol::{self, FLAVOR, FLAVOR_HEADER, Reply};
 use fedcred_core::metadata::view::{Expiry, SecretView};
 
@@ -26,6 +34,8 @@ pub struct Options {
     pub secret_dir: PathBuf,
     /// Where to listen; loopback unless there is a reason.
     pub listen: SocketAddr,
+    /// IAM Credentials base URL, for ID tokens.
+    pub iam_credentials_url: String,
 }
 
 /// Why the emulator could not start or stopped; each says what to change.
@@ -60,11 +70,17 @@ pub trait TokenSource: Send + Sync + 'static {
     /// The current view, or the complete answer (a 503 naming why) when there is none to
     /// serve. Called once per request that needs the token or the account.
     fn view(&self) -> impl Future<Output = Result<SecretView, Reply>> + Send;
+
+    /// IAM Credentials base URL, where ID tokens are minted.
+    fn iam_credentials_url(&self) -> &str {
+        DEFAULT_IAM_CREDENTIALS_URL
+    }
 }
 
 /// The FederatedCredential's Secret as the kubelet mounts it.
 pub struct VolumeSource {
     pub secret_dir: PathBuf,
+    pub iam_credentials_url: String,
 }
 
 impl TokenSource for VolumeSource {
@@ -81,12 +97,116 @@ impl TokenSource for VolumeSource {
             })?;
         Ok(SecretView::from_files(&files))
     }
+
+    fn iam_credentials_url(&self) -> &str {
+        &self.iam_credentials_url
+    }
 }
 
 struct Shared<S> {
     source: S,
     /// The last token state logged, so that changes are logged once, not per request.
     last_state: Mutex<Option<String>>,
+    id_tokens: IdTokens,
+}
+
+/// Minted ID tokens and the client that mints them.
+struct IdTokens {
+    /// `None` when the HTTP client could not be built; ID tokens then answer 503 naming why.
+    google: Result<GoogleClient, String>,
+    cache: Mutex<IdTokenCache>,
+    /// Held while minting, so concurrent requests for one audience mint once.
+    minting: tokio::sync::Mutex<()>,
+}
+
+impl IdTokens {
+    fn new() -> IdTokens {
+        // A client waits on this answer: a short timeout and one retry.
+        let policy = RetryPolicy {
+            attempts: 2,
+            request_timeout: std::time::Duration::from_secs(5),
+            ..RetryPolicy::default()
+        };
+        IdTokens {
+            google: GoogleClient::new(policy).map_err(|e| e.message),
+            cache: Mutex::new(IdTokenCache::default()),
+            minting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn cached(&self, key: &CacheKey) -> Option<Reply> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.get(key, Timestamp::now()).map(identity::reply)
+    }
+
+    /// The ID token for `request`, from the cache or minted with `view`'s access token.
+    async fn answer(
+        &self,
+        iam_url: &str,
+        view: &SecretView,
+        account: &str,
+        request: &IdentityRequest,
+    ) -> Reply {
+        let minter = match identity::minter(view, account, Timestamp::now()) {
+            Ok(minter) => minter,
+            Err(reply) => return reply,
+        };
+        let key = CacheKey {
+            service_account: minter.service_account.clone(),
+            audience: request.audience.clone(),
+            include_email: request.include_email(),
+        };
+        if let Some(reply) = self.cached(&key) {
+            return reply;
+        }
+        let _one_at_a_time = self.minting.lock().await;
+        if let Some(reply) = self.cached(&key) {
+            return reply;
+        }
+        let google = match &self.google {
+            Ok(google) => google,
+            Err(why) => {
+                return Reply {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    content_type: protocol::TEXT,
+                    body: format!("fedcred: cannot mint ID tokens: {why}\n"),
+                };
+            }
+        };
+        match google
+            .generate_id_token(
+                iam_url,
+                &minter.access_token,
+                &minter.service_account,
+                request,
+            )
+            .await
+        {
+            Ok(token) => {
+                tracing::info!(
+                    service_account = %minter.service_account,
+                    audience = %request.audience,
+                    fingerprint = %token.token.fingerprint(),
+                    expires_at = %token.expires_at,
+                    "minted an ID token"
+                );
+                let reply = identity::reply(&token);
+                let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                cache.insert(key, token, Timestamp::now());
+                reply
+            }
+            Err(error) => {
+                tracing::warn!(
+                    service_account = %minter.service_account,
+                    audience = %request.audience,
+                    reason = error.reason.as_str(),
+                    "minting an ID token failed: {}",
+                    error.message
+                );
+                identity::failed(&error)
+            }
+        }
+    }
 }
 
 /// Checks that the Secret directory is there; the emulator refuses to start otherwise.
@@ -118,6 +238,7 @@ pub async fn serve(
     );
     let source = VolumeSource {
         secret_dir: options.secret_dir,
+        iam_credentials_url: options.iam_credentials_url,
     };
     serve_on(listener, source, shutdown).await
 }
@@ -147,6 +268,7 @@ pub async fn serve_on<S: TokenSource>(
     let shared = Arc::new(Shared {
         source,
         last_state: Mutex::new(None),
+        id_tokens: IdTokens::new(),
     });
     tracing::info!(%addr, "serving the GCE metadata protocol");
     // Log what the source holds at start, before any client asks.
@@ -183,7 +305,16 @@ async fn handle<S: TokenSource>(
             Ok(view) => {
                 let now = Timestamp::now();
                 observe(&shared.last_state, &view, now);
-                protocol::answer(&served, &view, now)
+                match served.identity() {
+                    Some((account, request)) => {
+                        let iam_url = shared.source.iam_credentials_url();
+                        shared
+                            .id_tokens
+                            .answer(iam_url, &view, account, request)
+                            .await
+                    }
+                    None => protocol::answer(&served, &view, now),
+                }
             }
             Err(reply) => reply,
         },
@@ -191,6 +322,8 @@ async fn handle<S: TokenSource>(
     tracing::debug!(
         method = %parts.method,
         path = parts.uri.path(),
+        // Audiences and scopes; never a secret.
+        query = parts.uri.query().unwrap_or(""),
         status = reply.status.as_u16(),
         "answered"
     );

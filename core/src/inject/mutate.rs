@@ -182,7 +182,18 @@ impl Injection {
                 credential,
                 &pod_aws(pod.spec.as_ref().ok_or(Refusal::NoSpec)?),
             ),
-            None => sidecars::metadata(&config.fedcred_image, metadata_port),
+            None => {
+                let mut metadata = sidecars::metadata(&config.fedcred_image, metadata_port);
+                if let Some(url) = recipe.iam_credentials {
+                    // Where the sidecar mints ID tokens, when the resource names another
+                    // endpoint (the agent reads it from the resource itself).
+                    metadata.env = Some(vec![sidecars::env_var(
+                        "FEDCRED_GOOGLE_IAM_CREDENTIALS_URL",
+                        url,
+                    )]);
+                }
+                metadata
+            }
         };
         let mut sidecars = vec![first];
         sidecars.extend(
@@ -503,6 +514,44 @@ mod tests {
         // A name that merely starts alike is the pod's own business.
         let p = pod(json!({"containers": [{"name": "app"}, {"name": "alloydb-proxy-old"}]}));
         patch(mutate(&p, Some(&one_instance(5432)), &config()));
+    }
+
+    #[test]
+    fn the_sidecar_mints_id_tokens_at_the_resources_iam_endpoint_when_it_names_one() {
+        let plain = one_instance(5432);
+        let (ops, _) = patch(mutate(&pod(app()), Some(&plain), &config()));
+        let text = serde_json::to_string(&ops).unwrap();
+        assert!(
+            !text.contains("FEDCRED_GOOGLE_IAM_CREDENTIALS_URL"),
+            "{text}"
+        );
+        let mut other = plain.clone();
+        other.spec.google.endpoints = Some(crate::api::GoogleEndpoints {
+            sts: None,
+            iam_credentials: Some("https://iamcredentials.example-universe.test".into()),
+        });
+        let (ops, _) = patch(mutate(&pod(app()), Some(&other), &config()));
+        let text = serde_json::to_string(&ops).unwrap();
+        assert!(
+            text.contains(
+                r#"{"name":"FEDCRED_GOOGLE_IAM_CREDENTIALS_URL","value":"https://iamcredentials.example-universe.test"}"#
+            ),
+            "{text}"
+        );
+        // It reaches pods, so it is part of the hash; resources without it keep theirs.
+        assert_ne!(
+            super::super::injection_hash(&plain),
+            super::super::injection_hash(&other)
+        );
+        let mut sts_only = plain.clone();
+        sts_only.spec.google.endpoints = Some(crate::api::GoogleEndpoints {
+            sts: Some("https://sts.example-universe.test/v1/token".into()),
+            iam_credentials: None,
+        });
+        assert_eq!(
+            super::super::injection_hash(&plain),
+            super::super::injection_hash(&sts_only)
+        );
     }
 
     #[test]

@@ -27,6 +27,10 @@ pub struct Recipe<'a> {
     /// of the spec reaches the pods. Absent otherwise, which keeps earlier hashes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_credential: Option<String>,
+    /// `spec.google.endpoints.iamCredentials`, where the metadata sidecar mints ID tokens.
+    /// Absent from the hash when unset, so resources without it keep their hash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iam_credentials: Option<&'a str>,
 }
 
 impl<'a> Recipe<'a> {
@@ -36,6 +40,13 @@ impl<'a> Recipe<'a> {
             secret: secret_name(fc),
             service_account: fc.spec.google.service_account.as_deref(),
             agent_credential: fc.spec.exchanges_in_pod().then(|| agent_credential(fc)),
+            iam_credentials: fc
+                .spec
+                .google
+                .endpoints
+                .as_ref()
+                .and_then(|e| e.iam_credentials.as_deref())
+                .filter(|url| !url.is_empty()),
         }
     }
 

@@ -11,18 +11,34 @@
 //! Every answer carries `Metadata-Flavor: Google`. Requests need `Metadata-Flavor: Google`
 //! (403 otherwise) except `GET /`, which GCE answers to anyone and which reveals nothing;
 //! requests carrying `X-Forwarded-For` or `Forwarded` get 403; only GET and HEAD exist (405);
-//! odd paths (`..`, `//`, encoded `/`) and unknown ones get 404; `wait_for_change` gets 400.
+//! odd paths (`..`, `//`, encoded `/`) and unknown ones get 404.
 //!
 //! | path under `/computeMetadata/v1/` | answer |
 //! |---|---|
-//! | `instance/service-accounts/default/token` | `{"access_token","expires_in","token_type"}`; 503 when missing or expired (or within [`view::EXPIRY_MARGIN`]); `scopes` ignored |
+//! | `instance/service-accounts/default/token` | `{"access_token","expires_in","token_type"}`; 503 when missing or expired (or within [`view::EXPIRY_MARGIN`]) |
+//! | `…/default/token?scopes=A,B` | the same token when it holds every scope asked for, 400 naming the missing ones and `spec.google.scopes` otherwise ([`protocol::scopes_missing`]: a `cloud-platform` token holds the Cloud API scopes libraries ask for by default, such as `devstorage.*` and `bigquery`, but not `alloydb.login`, `sqlservice.login` or the identity scopes); a new token with other scopes is never minted |
+//! | `…/default/identity?audience=A[&format=full][&licenses=TRUE]` | an ID token of the impersonated service account for `A`, minted by the emulator through IAM Credentials `generateIdToken`, with the email when `format=full`; cached per audience ([`identity`]: where it is minted, the cache, every refusal) |
 //! | `…/default/email` | `service_account`, or `default` for a federated token ([`view::FEDERATED_EMAIL`]) |
 //! | `…/default/scopes` | the Secret's optional `scopes` key, else `cloud-platform` ([`view::DEFAULT_SCOPE`]) |
 //! | `…/default/?recursive=true` | `{"aliases":["default"],"email","scopes"}` |
 //! | `instance/service-accounts/` | `default/` and the email; the account is also served under its email |
+//! | `instance/attributes/`, `project/attributes/` | empty listing (`{}` when recursive); any key below is 404 |
+//! | `instance/zone`, `instance/id`, `instance/hostname` | 404 on purpose, the body saying this is not a Compute Engine instance: inventing values would mislead what reads them (Go's `metadata.Zone()` returns `NotDefinedError`, which callers handle) |
 //! | `project/project-id` | `project_id`, 404 when unknown |
-//! | `project/numeric-project-id` | the optional `numeric_project_id` key, 404 when unknown |
+//! | `project/numeric-project-id` | the optional `numeric_project_id` key, 404 when unknown (the controller does not learn the number) |
 //! | `universe/universe-domain` | `googleapis.com` (or the optional `universe_domain` key) |
+//!
+//! Query parameters: `recursive=true` turns a directory into one JSON object; `alt=json`
+//! renders a leaf as a JSON value (numbers as numbers) and a directory as with `recursive`;
+//! `alt=text` is the default rendering, and with `recursive=true` GCE's flattened form (one
+//! `path value` line per leaf, paths spelled as the JSON keys); any other `alt` is 400. `wait_for_change=true`
+//! is refused with 400 and the reason: nothing here changes but the token, whose `expires_in`
+//! says when to ask again, and a long poll would hold a connection per waiting client.
+//!
+//! The client matrix (`tests/clients.rs`) runs Python google-auth, Go's x/oauth2/google,
+//! compute/metadata and api/idtoken, Node's google-auth-library and Java's
+//! google-auth-library-oauth2-http against both `fedcred metadata-server` and `fedcred agent`;
+//! `docs/metadata.md` lists per library what it reads.
 //!
 //! Why `default` as the email of a federated token: google-auth reads the email to label the
 //! credential and looks up regional access boundaries only for `…@….gserviceaccount.com`
@@ -87,6 +103,7 @@
 //! the ping.
 
 pub mod client_env;
+pub mod identity;
 pub mod protocol;
 pub mod view;
 

@@ -7,6 +7,7 @@ use jiff::Timestamp;
 use percent_encoding::percent_decode_str;
 use serde_json::{Map, Value, json};
 
+use super::identity::{self, BadIdentityQuery, IdentityRequest};
 use super::view::SecretView;
 
 /// The header every request must carry and every answer carries.
@@ -33,6 +34,16 @@ pub enum Resource {
     ServiceAccounts,
     /// `…/instance/service-accounts/{account}/…`
     Account(String, AccountItem),
+    /// `…/instance/service-accounts/{account}/identity?audience=…`: minted by the adapter
+    /// ([`identity`]).
+    Identity(String, IdentityRequest),
+    /// `instance/attributes/` and `project/attributes/`: empty here.
+    Attributes,
+    /// A key under `attributes/`: none exist.
+    Attribute,
+    /// What only a Compute Engine instance has (`instance/zone`, `instance/id`,
+    /// `instance/hostname`): not defined here, named in the 404.
+    NotOnGce(&'static str),
     Project,
     ProjectId,
     NumericProjectId,
@@ -49,22 +60,65 @@ pub enum AccountItem {
     Token,
 }
 
+/// `?alt=`: how a value is rendered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Alt {
+    /// No `alt`: leaves as text, directories as listings (JSON when recursive).
+    #[default]
+    Default,
+    /// `alt=json`: leaves as JSON values, directories as JSON objects.
+    Json,
+    /// `alt=text`: leaves and listings as text.
+    Text,
+}
+
 /// A request this emulator answers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Served {
     pub resource: Resource,
     /// `?recursive=true`: directories answer as JSON objects.
     pub recursive: bool,
+    pub alt: Alt,
+    /// `?scopes=a,b` on the token: served only if the token holds them ([`scopes_missing`]).
+    pub scopes: Option<Vec<String>>,
 }
 
 impl Served {
+    fn of(resource: Resource) -> Served {
+        Served {
+            resource,
+            recursive: false,
+            alt: Alt::Default,
+            scopes: None,
+        }
+    }
+
     /// Whether answering needs the Secret; listings of fixed names do not.
     pub fn needs_secret(&self) -> bool {
         match self.resource {
-            Resource::Root | Resource::ComputeMetadata => false,
-            Resource::Instance | Resource::V1 => self.recursive,
+            Resource::Root
+            | Resource::ComputeMetadata
+            | Resource::Attributes
+            | Resource::Attribute
+            | Resource::NotOnGce(_) => false,
+            // Recursive answers hold the account, whatever their rendering.
+            Resource::Instance | Resource::V1 => self.recursive || self.alt == Alt::Json,
             _ => true,
         }
+    }
+
+    /// The ID token request, when this asks for one: the adapter mints it.
+    pub fn identity(&self) -> Option<(&str, &IdentityRequest)> {
+        match &self.resource {
+            Resource::Identity(account, request) => Some((account, request)),
+            _ => None,
+        }
+    }
+
+    /// Directories answer as JSON objects with `recursive=true` (unless `alt=text`) or
+    /// `alt=json`.
+    fn json_directory(&self) -> bool {
+        (self.recursive && self.alt != Alt::Text) || self.alt == Alt::Json
     }
 }
 
@@ -83,6 +137,10 @@ pub enum Refusal {
     NotFound,
     /// `wait_for_change` asks for a long poll this emulator does not offer.
     WaitForChange,
+    /// An `identity` query without an audience or with odd values.
+    BadIdentityQuery(BadIdentityQuery),
+    /// `alt` other than `json` or `text`.
+    BadAlt,
 }
 
 impl Refusal {
@@ -94,6 +152,8 @@ impl Refusal {
             Refusal::MissingFlavor => "MissingFlavor",
             Refusal::NotFound => "NotFound",
             Refusal::WaitForChange => "WaitForChange",
+            Refusal::BadIdentityQuery(_) => "BadIdentityQuery",
+            Refusal::BadAlt => "BadAlt",
         }
     }
 }
@@ -107,7 +167,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn text(status: StatusCode, body: impl Into<String>) -> Reply {
+    pub(crate) fn text(status: StatusCode, body: impl Into<String>) -> Reply {
         Reply {
             status,
             content_type: TEXT,
@@ -144,30 +204,39 @@ pub fn route(method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<Served, 
     if segments.is_empty() {
         // The root answers without the header, as GCE's does: Go's detection probe
         // (compute/metadata `metadataRequestStrategy`) sends none and reveals nothing.
-        return Ok(Served {
-            resource: Resource::Root,
-            recursive: false,
-        });
+        return Ok(Served::of(Resource::Root));
     }
     if headers.get(FLAVOR_HEADER).map(|v| v.as_bytes()) != Some(FLAVOR.as_bytes()) {
         return Err(Refusal::MissingFlavor);
     }
-    let mut recursive = false;
-    for (key, value) in url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
+    let query = uri.query().unwrap_or("");
+    let mut served = Served::of(resource(&segments, query)?);
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
         match &*key {
-            "recursive" => recursive = value.eq_ignore_ascii_case("true"),
+            "recursive" => served.recursive = value.eq_ignore_ascii_case("true"),
+            "alt" => {
+                served.alt = match &*value {
+                    "json" => Alt::Json,
+                    "text" => Alt::Text,
+                    _ => return Err(Refusal::BadAlt),
+                }
+            }
             "wait_for_change" if value.eq_ignore_ascii_case("true") => {
                 return Err(Refusal::WaitForChange);
             }
-            // `scopes` (and anything else) is ignored: the token has the scopes it has.
+            "scopes" => {
+                let scopes = value
+                    .split([',', ' '])
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned);
+                served.scopes.get_or_insert_with(Vec::new).extend(scopes);
+            }
+            // `audience`, `format`, `licenses` belong to `identity`; `timeout_sec` and
+            // `last_etag` only matter with `wait_for_change`.
             _ => {}
         }
     }
-    let resource = resource(&segments).ok_or(Refusal::NotFound)?;
-    Ok(Served {
-        resource,
-        recursive,
-    })
+    Ok(served)
 }
 
 /// Path segments after the leading `/`, percent-decoded; a trailing `/` is dropped. `None`
@@ -192,14 +261,35 @@ fn segments(path: &str) -> Option<Vec<String>> {
         .collect()
 }
 
-fn resource(segments: &[String]) -> Option<Resource> {
+fn resource(segments: &[String], query: &str) -> Result<Resource, Refusal> {
     let s: Vec<&str> = segments.iter().map(String::as_str).collect();
-    Some(match s.as_slice() {
+    if let [
+        "computeMetadata",
+        "v1",
+        "instance",
+        "service-accounts",
+        account,
+        "identity",
+    ] = s.as_slice()
+    {
+        let request = identity::parse_query(query).map_err(Refusal::BadIdentityQuery)?;
+        return Ok(Resource::Identity((*account).to_owned(), request));
+    }
+    known(&s).ok_or(Refusal::NotFound)
+}
+
+fn known(s: &[&str]) -> Option<Resource> {
+    Some(match s {
         ["computeMetadata"] => Resource::ComputeMetadata,
         ["computeMetadata", "v1", rest @ ..] => match rest {
             [] => Resource::V1,
             ["instance"] => Resource::Instance,
             ["instance", "service-accounts"] => Resource::ServiceAccounts,
+            ["instance" | "project", "attributes"] => Resource::Attributes,
+            ["instance" | "project", "attributes", _] => Resource::Attribute,
+            ["instance", "zone"] => Resource::NotOnGce("zone"),
+            ["instance", "id"] => Resource::NotOnGce("id"),
+            ["instance", "hostname"] => Resource::NotOnGce("hostname"),
             ["instance", "service-accounts", account, item @ ..] => {
                 let item = match item {
                     [] => AccountItem::Directory,
@@ -240,7 +330,13 @@ pub fn refuse(refusal: Refusal) -> Reply {
         Refusal::NotFound => Reply::not_found("no such metadata path"),
         Refusal::WaitForChange => Reply::text(
             StatusCode::BAD_REQUEST,
-            "fedcred: wait_for_change is not supported by this metadata server\n",
+            "fedcred: wait_for_change is not offered: nothing here changes but the token, \
+             whose expires_in tells when to ask again\n",
+        ),
+        Refusal::BadIdentityQuery(why) => Reply::text(StatusCode::BAD_REQUEST, why.message()),
+        Refusal::BadAlt => Reply::text(
+            StatusCode::BAD_REQUEST,
+            "fedcred: alt must be \"json\" or \"text\"\n",
         ),
     }
 }
@@ -255,7 +351,47 @@ pub fn unreadable(error: &std::io::Error) -> Reply {
 
 /// Renders the answer to `served` from `view` at `now`.
 pub fn answer(served: &Served, view: &SecretView, now: Timestamp) -> Reply {
-    let recursive = served.recursive;
+    let reply = render(served, view, now);
+    let leaf = !matches!(
+        served.resource,
+        Resource::Account(_, AccountItem::Token) | Resource::Identity(..)
+    );
+    if served.alt == Alt::Json
+        && leaf
+        && reply.status == StatusCode::OK
+        && reply.content_type == TEXT
+    {
+        // A leaf as a JSON value: numbers stay numbers (GCE answers ids that way), the rest
+        // are strings; listings become arrays.
+        let value = if reply.body.ends_with('\n') || reply.body.is_empty() {
+            Value::from(reply.body.lines().map(str::to_owned).collect::<Vec<_>>())
+        } else if let Ok(number) = reply.body.parse::<u64>() {
+            Value::from(number)
+        } else {
+            Value::from(reply.body)
+        };
+        return Reply::json(&value);
+    }
+    reply
+}
+
+fn render(served: &Served, view: &SecretView, now: Timestamp) -> Reply {
+    if served.recursive && served.alt == Alt::Text {
+        // GCE's flattened form: one `path value` line per leaf of the recursive answer.
+        let json = Served {
+            alt: Alt::Default,
+            ..served.clone()
+        };
+        let reply = render(&json, view, now);
+        if reply.content_type != JSON || reply.status != StatusCode::OK {
+            return reply;
+        }
+        let value: Value = serde_json::from_str(&reply.body).unwrap_or(Value::Null);
+        let mut lines = String::new();
+        flatten("", &value, &mut lines);
+        return Reply::ok(lines);
+    }
+    let recursive = served.json_directory();
     match &served.resource {
         Resource::Root => Reply::ok("computeMetadata/\n"),
         Resource::ComputeMetadata => Reply::ok("v1/\n"),
@@ -266,7 +402,7 @@ pub fn answer(served: &Served, view: &SecretView, now: Timestamp) -> Reply {
         })),
         Resource::V1 => Reply::ok("instance/\nproject/\nuniverse/\n"),
         Resource::Instance if recursive => Reply::json(&instance_json(view)),
-        Resource::Instance => Reply::ok("service-accounts/\n"),
+        Resource::Instance => Reply::ok("attributes/\nservice-accounts/\n"),
         Resource::ServiceAccounts if recursive => Reply::json(&accounts_json(view)),
         Resource::ServiceAccounts => Reply::ok(
             account_names(view)
@@ -277,10 +413,39 @@ pub fn answer(served: &Served, view: &SecretView, now: Timestamp) -> Reply {
         Resource::Account(name, _) if !view.is_account(name) => {
             Reply::not_found("no such service account in this pod")
         }
+        Resource::Account(_, AccountItem::Token) => match &served.scopes {
+            Some(asked) => match scopes_missing(asked, &view.scopes()) {
+                missing if missing.is_empty() => account(AccountItem::Token, view, false, now),
+                missing => Reply::text(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "fedcred: the token does not carry the requested scopes {missing:?} \
+                         (it carries {:?}); add them to the FederatedCredential's \
+                         spec.google.scopes\n",
+                        view.scopes()
+                    ),
+                ),
+            },
+            None => account(AccountItem::Token, view, false, now),
+        },
         Resource::Account(_, item) => account(*item, view, recursive, now),
+        Resource::Identity(account, _) => match identity::minter(view, account, now) {
+            // Only the adapter mints; answering here means it did not intercept.
+            Ok(_) => Reply::text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "fedcred: ID tokens are minted by the server, not here\n",
+            ),
+            Err(reply) => reply,
+        },
+        Resource::Attributes if recursive => Reply::json(&json!({})),
+        Resource::Attributes => Reply::ok(""),
+        Resource::Attribute => Reply::not_found("no such attribute: none are set here"),
+        Resource::NotOnGce(what) => Reply::not_found(&format!(
+            "instance/{what} is not defined: this is not a Compute Engine instance"
+        )),
         Resource::Project if recursive => Reply::json(&project_json(view)),
         Resource::Project => {
-            let mut listing = String::new();
+            let mut listing = "attributes/\n".to_owned();
             if view.numeric_project_id.is_some() {
                 listing.push_str("numeric-project-id\n");
             }
@@ -309,7 +474,7 @@ pub fn answer(served: &Served, view: &SecretView, now: Timestamp) -> Reply {
 fn account(item: AccountItem, view: &SecretView, recursive: bool, now: Timestamp) -> Reply {
     match item {
         AccountItem::Directory if recursive => Reply::json(&account_json(view)),
-        AccountItem::Directory => Reply::ok("aliases\nemail\nscopes\ntoken\n"),
+        AccountItem::Directory => Reply::ok("aliases\nemail\nidentity\nscopes\ntoken\n"),
         AccountItem::Aliases => Reply::ok("default\n"),
         AccountItem::Email => Reply::ok(view.email().to_owned()),
         AccountItem::Scopes => Reply::ok(
@@ -355,7 +520,58 @@ fn accounts_json(view: &SecretView) -> Value {
 }
 
 fn instance_json(view: &SecretView) -> Value {
-    json!({ "serviceAccounts": accounts_json(view) })
+    json!({ "attributes": {}, "serviceAccounts": accounts_json(view) })
+}
+
+/// `path value` lines for every leaf of `value`, arrays indexed from 0.
+fn flatten(prefix: &str, value: &Value, out: &mut String) {
+    let join = |key: &str| {
+        if prefix.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{prefix}/{key}")
+        }
+    };
+    match value {
+        Value::Object(map) => map.iter().for_each(|(k, v)| flatten(&join(k), v, out)),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .for_each(|(i, v)| flatten(&join(&i.to_string()), v, out)),
+        Value::String(s) => out.push_str(&format!("{prefix} {s}\n")),
+        other => out.push_str(&format!("{prefix} {other}\n")),
+    }
+}
+
+/// Cloud-platform covers the Google Cloud APIs but not sign-in scopes: database logins and
+/// identity scopes must be granted by name.
+const NOT_COVERED_BY_CLOUD_PLATFORM: &[&str] = &[
+    "https://www.googleapis.com/auth/alloydb.login",
+    "https://www.googleapis.com/auth/sqlservice.login",
+    "https://www.googleapis.com/auth/userinfo.email",
+    "https://www.googleapis.com/auth/userinfo.profile",
+    "openid",
+    "email",
+    "profile",
+];
+
+/// The requested scopes the token does not carry. Held: listed in the token's scopes, or any
+/// `https://www.googleapis.com/auth/…` scope of a Google Cloud API when the token carries
+/// `cloud-platform` (which is how Google's client libraries' default scopes, such as
+/// `devstorage.full_control` or `bigquery`, are served by a cloud-platform token).
+pub fn scopes_missing(asked: &[String], held: &[String]) -> Vec<String> {
+    let cloud_platform = held.iter().any(|s| s == super::view::DEFAULT_SCOPE);
+    asked
+        .iter()
+        .filter(|scope| {
+            let listed = held.contains(scope);
+            let covered = cloud_platform
+                && scope.starts_with("https://www.googleapis.com/auth/")
+                && !NOT_COVERED_BY_CLOUD_PLATFORM.contains(&scope.as_str());
+            !listed && !covered
+        })
+        .cloned()
+        .collect()
 }
 
 fn project_json(view: &SecretView) -> Value {
@@ -479,11 +695,117 @@ mod tests {
     }
 
     #[test]
-    fn requested_scopes_are_ignored() {
-        let uri =
-            format!("{TOKEN_PATH}?scopes=https%3A%2F%2Fwww.googleapis.com%2Fauth%2Fbigquery,x");
+    fn requested_scopes_are_served_when_the_token_holds_them_and_refused_otherwise() {
+        // google-cloud-storage and BigQuery ask for their own scopes, which cloud-platform
+        // covers.
+        let uri = format!(
+            "{TOKEN_PATH}?scopes=https%3A%2F%2Fwww.googleapis.com%2Fauth%2Fbigquery,\
+             https://www.googleapis.com/auth/devstorage.full_control"
+        );
         let reply = get(&uri).answer(&federated());
         assert_eq!(json_body(&reply)["expires_in"], 1800);
+        // A sign-in scope must be granted by name; the 400 says where.
+        let login = format!(
+            "{TOKEN_PATH}?scopes=https://www.googleapis.com/auth/cloud-platform,\
+             https://www.googleapis.com/auth/alloydb.login"
+        );
+        let refused = get(&login).answer(&federated());
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+        assert!(refused.body.contains("alloydb.login"), "{}", refused.body);
+        assert!(refused.body.contains("spec.google.scopes"));
+        assert!(!refused.body.contains("ya29"));
+        let granted = view(&[
+            ("access_token", "ya29.login"),
+            ("expiry", "2026-11-25T16:04:05Z"),
+            (
+                "scopes",
+                "https://www.googleapis.com/auth/cloud-platform https://www.googleapis.com/auth/alloydb.login",
+            ),
+        ]);
+        assert_eq!(get(&login).answer(&granted).status, StatusCode::OK);
+        let unknown = get(&format!("{TOKEN_PATH}?scopes=x")).answer(&federated());
+        assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn alt_json_renders_leaves_as_json_values_and_directories_as_objects() {
+        let id = get("/computeMetadata/v1/project/project-id?alt=json").answer(&impersonated());
+        assert_eq!(json_body(&id), json!("acme-shop"));
+        let known = view(&[("numeric_project_id", "123456789012")]);
+        let number = get("/computeMetadata/v1/project/numeric-project-id?alt=json").answer(&known);
+        assert_eq!(json_body(&number), json!(123456789012_u64));
+        let dir = get("/computeMetadata/v1/instance/service-accounts/default/?alt=json")
+            .answer(&impersonated());
+        assert_eq!(json_body(&dir)["email"], SA);
+        let text = get("/computeMetadata/v1/project/project-id?alt=text").answer(&impersonated());
+        assert_eq!((text.content_type, text.body.as_str()), (TEXT, "acme-shop"));
+        let flat =
+            get("/computeMetadata/v1/instance/service-accounts/default/?recursive=true&alt=text")
+                .answer(&impersonated());
+        assert_eq!(flat.content_type, TEXT);
+        assert_eq!(
+            flat.body,
+            format!(
+                "aliases/0 default\nemail {SA}\nscopes/0 https://www.googleapis.com/auth/cloud-platform\n"
+            )
+        );
+        assert_eq!(
+            get("/computeMetadata/v1/project/project-id?alt=xml").route(),
+            Err(Refusal::BadAlt)
+        );
+        assert_eq!(refuse(Refusal::BadAlt).status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn attributes_are_empty_and_instance_facts_are_not_defined() {
+        for dir in [
+            "/computeMetadata/v1/instance/attributes/",
+            "/computeMetadata/v1/project/attributes/",
+        ] {
+            let listing = get(dir).answer(&SecretView::default());
+            assert_eq!(
+                (listing.status, listing.body.as_str()),
+                (StatusCode::OK, "")
+            );
+            let all = get(&format!("{dir}?recursive=true")).answer(&SecretView::default());
+            assert_eq!(json_body(&all), json!({}));
+            assert!(!get(dir).route().unwrap().needs_secret());
+        }
+        let key = get("/computeMetadata/v1/instance/attributes/ssh-keys").answer(&federated());
+        assert_eq!(key.status, StatusCode::NOT_FOUND);
+        for what in ["zone", "id", "hostname"] {
+            let reply = get(&format!("/computeMetadata/v1/instance/{what}")).answer(&federated());
+            assert_eq!(reply.status, StatusCode::NOT_FOUND, "{what}");
+            assert!(
+                reply.body.contains("not a Compute Engine instance"),
+                "{what}"
+            );
+        }
+        let all = json_body(&get("/computeMetadata/v1/?recursive=true").answer(&impersonated()));
+        assert_eq!(all["instance"]["attributes"], json!({}));
+    }
+
+    #[test]
+    fn identity_needs_an_audience_and_a_service_account() {
+        let path = "/computeMetadata/v1/instance/service-accounts/default/identity";
+        assert_eq!(
+            get(path).route(),
+            Err(Refusal::BadIdentityQuery(BadIdentityQuery::MissingAudience))
+        );
+        assert_eq!(
+            refuse(Refusal::BadIdentityQuery(BadIdentityQuery::MissingAudience)).status,
+            StatusCode::BAD_REQUEST
+        );
+        let served = get(&format!("{path}?audience=https://svc&format=full"))
+            .route()
+            .unwrap();
+        let (account, request) = served.identity().unwrap();
+        assert_eq!((account, request.include_email()), ("default", true));
+        assert!(served.needs_secret());
+        // A federated token is refused with the fix; the adapter mints for the rest.
+        let refused = answer(&served, &federated(), now());
+        assert_eq!(refused.status, StatusCode::NOT_FOUND);
+        assert!(refused.body.contains("spec.google.serviceAccount"));
     }
 
     #[test]
@@ -545,7 +867,7 @@ mod tests {
         );
         let listing =
             get("/computeMetadata/v1/instance/service-accounts/default/").answer(&impersonated());
-        assert_eq!(listing.body, "aliases\nemail\nscopes\ntoken\n");
+        assert_eq!(listing.body, "aliases\nemail\nidentity\nscopes\ntoken\n");
     }
 
     #[test]
@@ -610,7 +932,7 @@ mod tests {
         );
         // gcp-metadata (Node) pings `instance` and wants a non-empty body.
         let instance = get("/computeMetadata/v1/instance").answer(&federated());
-        assert_eq!(instance.body, "service-accounts/\n");
+        assert_eq!(instance.body, "attributes/\nservice-accounts/\n");
     }
 
     #[test]
@@ -619,6 +941,9 @@ mod tests {
         assert!(!needs("/"));
         assert!(!needs("/computeMetadata/v1/instance/"));
         assert!(needs("/computeMetadata/v1/instance/?recursive=true"));
+        assert!(needs("/computeMetadata/v1/instance/?recursive=true&alt=text"));
+        assert!(needs("/computeMetadata/v1/?alt=json"));
+        assert!(!needs("/computeMetadata/v1/instance/?alt=text"));
         assert!(needs(TOKEN_PATH));
         assert!(needs("/computeMetadata/v1/project/project-id"));
     }
@@ -675,10 +1000,9 @@ mod tests {
             "/computeMetadata/v1//instance/service-accounts/default/token",
             "/computeMetadata/v1/instance/service-accounts/default%2ftoken",
             "/computeMetadata/v1/instance/service-accounts/default/token/extra",
-            "/computeMetadata/v1/instance/service-accounts/default/identity",
             "/computeMetadata/v1/instance/service-accounts/de%00fault/token",
             "/computeMetadata/v1/instance/service-accounts/%ff/token",
-            "/computeMetadata/v1/instance/hostname",
+            "/computeMetadata/v1/instance/cpu-platform",
             "/computeMetadata/v2/",
             "/latest/meta-data/",
             "/etc/passwd",
