@@ -18,4 +18,5 @@ pub mod manifest;
 pub mod metadata;
 pub mod metrics;
 pub mod runtime;
+pub mod setup;
 pub mod webhook;

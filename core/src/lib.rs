@@ -40,6 +40,7 @@ pub mod names;
 pub mod refresh;
 pub mod rollout;
 pub mod sensitive;
+pub mod setup;
 pub mod sigv4;
 pub mod subject_token;
 pub mod validate;

@@ -160,6 +160,11 @@ pub struct Provider {
     /// The provider's attribute condition.
     #[serde(default)]
     pub condition: Condition,
+    /// The provider's attribute mapping as Google takes it: target attribute → CEL expression
+    /// over `assertion` (`arn`, `account`). Empty: the mapping of seed 003 (see
+    /// [`crate::attributes`]).
+    #[serde(default)]
+    pub attribute_mapping: std::collections::BTreeMap<String, String>,
     /// A disabled provider answers like a missing one.
     #[serde(default)]
     pub disabled: bool,
@@ -171,8 +176,19 @@ impl Provider {
         Provider {
             audience: audience.to_owned(),
             condition: Condition::None,
+            attribute_mapping: std::collections::BTreeMap::new(),
             disabled: false,
         }
+    }
+
+    /// The provider maps attributes with these CEL expressions, as `--attribute-mapping`
+    /// sets them.
+    pub fn with_mapping(mut self, mapping: &[(&str, &str)]) -> Provider {
+        self.attribute_mapping = mapping
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        self
     }
 
     pub fn with_condition(mut self, condition: Condition) -> Provider {
@@ -182,7 +198,7 @@ impl Provider {
 }
 
 /// An attribute condition, evaluated after the attribute mapping. JSON: `"none"`,
-/// `{"arn_contains": "…"}`, `{"aws_role_equals": "…"}`.
+/// `{"arn_contains": "…"}`, `{"aws_role_equals": "…"}`, `{"cel": "…"}`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Condition {
@@ -193,6 +209,9 @@ pub enum Condition {
     ArnContains(String),
     /// CEL `attribute.aws_role == VALUE` (seed 003's condition).
     AwsRoleEquals(String),
+    /// Any CEL expression over `assertion`, `google` and `attribute`, as
+    /// `--attribute-condition` takes it; it admits when it evaluates to `true`.
+    Cel(String),
 }
 
 /// An IAM policy binding of `roles/iam.workloadIdentityUser` (or Token Creator) on a service

@@ -498,9 +498,11 @@ pub async fn run(
     .applied_objects()
     .predicate_filter(predicates::generation, PredicateConfig::default());
     for reason in Error::METRIC_LABELS {
-        metrics
-            .reconcile_errors
-            .get_or_create(&crate::metrics::ReasonLabels { reason });
+        drop(
+            metrics
+                .reconcile_errors
+                .get_or_create(&crate::metrics::ReasonLabels { reason }),
+        );
     }
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), settings.reporter),

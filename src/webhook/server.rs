@@ -74,9 +74,11 @@ impl Webhook {
     pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
         // Every result is exported from the start, at 0.
         for result in ["allowed", "denied", "error"] {
-            metrics
-                .admissions
-                .get_or_create(&crate::metrics::AdmissionLabels { result });
+            drop(
+                metrics
+                    .admissions
+                    .get_or_create(&crate::metrics::AdmissionLabels { result }),
+            );
         }
         self.metrics = Some(metrics);
         self
