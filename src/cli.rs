@@ -73,6 +73,10 @@ enum Command {
     /// commands or Terraform: pool, provider and condition, bindings, roles, AlloyDB users,
     /// trust policies.
     Setup(Box<crate::setup::Args>),
+    /// Walk one FederatedCredential's chain (resource, ServiceAccount and role, principal,
+    /// provider condition, last exchange, Secret, pods) and say what holds and what to fix.
+    /// Exits 1 when a step fails.
+    Doctor(Box<crate::doctor::Args>),
     /// Serve the GCE metadata protocol on loopback from the FederatedCredential Secret mounted
     /// in the pod, so unchanged Google libraries find their token.
     MetadataServer {
@@ -236,6 +240,8 @@ pub enum Error {
     Agent(#[from] crate::agent::Error),
     #[error(transparent)]
     Setup(#[from] crate::setup::Error),
+    #[error(transparent)]
+    Doctor(#[from] crate::doctor::Error),
     #[error("the metadata emulator at {host} does not answer: {problem}")]
     MetadataCheck { host: String, problem: String },
 }
@@ -255,6 +261,7 @@ impl Cli {
                 sts_endpoint,
             } => subject_token(region, &audience, at.as_deref(), sts_endpoint.as_deref()),
             Command::Controller(args) => controller(*args).await,
+            Command::Doctor(args) => Ok(crate::doctor::run(*args).await?),
             Command::Setup(args) => {
                 print!("{}", crate::setup::run(*args).await?);
                 Ok(())

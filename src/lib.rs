@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod cli;
 pub mod controller;
+pub mod doctor;
 pub mod exchange;
 pub mod health;
 pub mod leader;

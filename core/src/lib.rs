@@ -30,6 +30,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod doctor;
 pub mod error;
 pub mod exchange;
 pub mod google;
