@@ -12,6 +12,13 @@ use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kube::api::ListParams;
 use kube::{Api, Resource, ResourceExt};
 
+use fedcred_core::error::ExchangeError;
+use fedcred_core::exchange::{ControllerIdentityPolicy, Defaults, EndpointPolicy, plan};
+use fedcred_core::google::RetryPolicy;
+
+use crate::exchange::Engine;
+use crate::exchange::aws::Aws;
+use crate::exchange::google::GoogleClient;
 use crate::manifest;
 
 /// How the report is printed.
@@ -43,6 +50,11 @@ pub struct Args {
     /// `fedcred setup` prints.
     #[arg(long)]
     pub mapping: Option<String>,
+    /// Also try one exchange now, as `fedcred exchange` does, with your own AWS credentials
+    /// (and kubeconfig, for the ServiceAccount's token): AWS's, Google STS's and IAM
+    /// Credentials' answers today, not at the controller's last refresh.
+    #[arg(long)]
+    pub exchange: bool,
     #[arg(short, long, value_enum, default_value = "text")]
     pub output: Format,
 }
@@ -117,9 +129,13 @@ pub async fn report(args: &Args) -> Result<Report, Error> {
         pods: Vec::new(),
         condition: args.condition.clone(),
         mapping: args.mapping.clone(),
+        tried: None,
         now: jiff::Timestamp::now(),
     };
     if let Some(fc) = &resource {
+        if args.exchange {
+            observed.tried = Some(try_exchange(&namespace, fc, client.clone()).await);
+        }
         if let Some(sa) = &fc.spec.aws.service_account {
             let found = Api::<ServiceAccount>::namespaced(client.clone(), &namespace)
                 .get_opt(&sa.name)
@@ -151,6 +167,33 @@ pub async fn report(args: &Args) -> Result<Report, Error> {
     }
     observed.resource = resource;
     Ok(doctor::diagnose(&observed))
+}
+
+/// One exchange for `fc` with the caller's credentials, as `fedcred exchange` runs it; the
+/// token is dropped, only what it says about the chain is kept.
+async fn try_exchange(
+    namespace: &str,
+    fc: &FederatedCredential,
+    client: kube::Client,
+) -> Result<doctor::Tried, ExchangeError> {
+    let aws = Aws::from_env().await;
+    let defaults = Defaults {
+        region: aws.default_region().map(str::to_owned),
+        // Run by hand: the caller's own credentials, as any AWS tool would use them.
+        controller_identity: ControllerIdentityPolicy::new(["*"]),
+        endpoints: EndpointPolicy::any(),
+        ..Defaults::default()
+    };
+    let key = plan(namespace, &fc.spec, &defaults)?;
+    let google = GoogleClient::new(RetryPolicy::default())?;
+    let issued = Engine::new(aws, google, Some(client))
+        .exchange(&key)
+        .await?;
+    Ok(doctor::Tried {
+        principal: issued.principal_arn.clone(),
+        service_account: issued.service_account.clone(),
+        expires_at: issued.expires_at.to_string(),
+    })
 }
 
 /// The Secret's keys and expiry; the token itself is never read into the report.

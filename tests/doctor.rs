@@ -184,6 +184,7 @@ fn each_broken_link_is_named_with_its_fix() {
             ("principal", "pass"),
             ("condition", "skip"),
             ("exchange", "warn"),
+            ("try", "skip"),
             ("secret", "fail"),
             ("pods", "fail"),
         ]
@@ -251,6 +252,15 @@ async fn the_reason_google_gave_is_explained_and_the_condition_evaluated() {
     assert!(line(&out, "condition").starts_with("  ok"), "{out}");
     let (_, out, _) = doctor(&[&target, "--condition", "assertion.arn in ["]);
     assert!(line(&out, "condition").contains("cannot evaluate"), "{out}");
+
+    // An exchange tried now gets Google's answer of today.
+    let (code, out, _) = doctor(&[&target, "--exchange"]);
+    assert_eq!(code, 1);
+    assert!(line(&out, "try").contains("FAIL"), "{out}");
+    assert!(
+        line(&out, "try").contains("AttributeConditionRejected"),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,15 +289,21 @@ async fn a_healthy_resource_with_an_injected_pod_passes() {
     assert_eq!(code, 0, "{out}");
     let report: Value = serde_json::from_str(&out).unwrap();
     for step in report["steps"].as_array().unwrap() {
-        let expected = if step["step"] == "condition" {
+        let expected = if ["condition", "try"].contains(&step["step"].as_str().unwrap()) {
             "skip"
         } else {
             "pass"
         };
         assert_eq!(step["outcome"], expected, "{step}");
     }
-    let (_, text, _) = doctor(&[&target]);
+    let (_, text, _) = doctor(&[&target, "--exchange"]);
     assert!(line(&text, "pods").contains("1 pod(s) injected"), "{text}");
+    assert!(
+        line(&text, "try").contains(
+            "AWS and Google answered now: a token of orders-api@acme-shop.iam.gserviceaccount.com"
+        ),
+        "{text}"
+    );
     assert!(
         line(&text, "secret").contains("holds a token valid for"),
         "{text}"

@@ -112,6 +112,16 @@ pub struct PodSeen {
     pub injected: bool,
 }
 
+/// What one exchange tried by the doctor itself (`--exchange`) gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tried {
+    /// The AWS principal Google was shown.
+    pub principal: Option<String>,
+    /// The service account impersonated, if any.
+    pub service_account: Option<String>,
+    pub expires_at: String,
+}
+
 /// What [`diagnose`] decides from.
 #[derive(Clone, Debug)]
 pub struct Observed {
@@ -129,6 +139,9 @@ pub struct Observed {
     /// The provider's attribute mapping (`google.subject=assertion.arn,…`); default: the one
     /// `fedcred setup` prints.
     pub mapping: Option<String>,
+    /// An exchange tried now, when asked for: AWS, Google STS and IAM Credentials answering
+    /// the caller's credentials as they answer the controller's.
+    pub tried: Option<Result<Tried, crate::error::ExchangeError>>,
     pub now: Timestamp,
 }
 
@@ -478,6 +491,37 @@ pub fn diagnose(observed: &Observed) -> Report {
             "exchange",
             Outcome::Pass,
             format!("{}: token expires at {}", r.reason, status.expires_at.as_ref().map(|t| t.0.to_string()).unwrap_or_default()),
+        ),
+    });
+
+    steps.push(match &observed.tried {
+        None => step(
+            "try",
+            Outcome::Skip,
+            "no exchange tried now (--exchange tries one with your credentials)",
+        ),
+        Some(Ok(tried)) => step(
+            "try",
+            Outcome::Pass,
+            format!(
+                "AWS and Google answered now: {} for {}, expires at {}",
+                tried
+                    .service_account
+                    .as_deref()
+                    .map_or("a federated token".to_owned(), |sa| format!(
+                        "a token of {sa}"
+                    )),
+                tried.principal.as_deref().unwrap_or("the principal"),
+                tried.expires_at
+            ),
+        ),
+        Some(Err(e)) => with_fix(
+            step("try", Outcome::Fail, format!("{}: {}", e.reason, e.message)),
+            reason_fix(
+                e.reason.as_str(),
+                ns,
+                e.principal.as_deref().or(principal.as_deref()),
+            ),
         ),
     });
 

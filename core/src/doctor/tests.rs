@@ -43,6 +43,11 @@ fn healthy() -> Observed {
         }],
         condition: Some(format!("assertion.arn in ['{PRINCIPAL}']")),
         mapping: None,
+        tried: Some(Ok(Tried {
+            principal: Some(PRINCIPAL.to_owned()),
+            service_account: Some("orders-api@acme-shop.iam.gserviceaccount.com".to_owned()),
+            expires_at: "2026-06-01T13:00:00Z".to_owned(),
+        })),
         now: at(NOW),
     }
 }
@@ -64,6 +69,7 @@ fn a_healthy_resource_passes_every_step() {
             "principal",
             "condition",
             "exchange",
+            "try",
             "secret",
             "pods"
         ]
@@ -183,6 +189,25 @@ fn a_failed_exchange_gives_the_reason_and_its_fix() {
 
 fn json_status_principal() -> serde_json::Value {
     serde_json::json!({"awsPrincipalArn": PRINCIPAL})
+}
+
+#[test]
+fn an_exchange_tried_now_reports_what_google_answered() {
+    let mut observed = healthy();
+    observed.tried = Some(Err(crate::error::ExchangeError {
+        reason: crate::error::Reason::AwsStsDenied,
+        message: "AssumeRoleWithWebIdentity: Not authorized".to_owned(),
+        principal: None,
+    }));
+    let (state, found, fix) = outcome(&diagnose(&observed), "try");
+    assert_eq!(state, Outcome::Fail);
+    assert_eq!(
+        found,
+        "AwsStsDenied: AssumeRoleWithWebIdentity: Not authorized"
+    );
+    assert!(fix.unwrap().contains("system:serviceaccount:shop:SA"));
+    observed.tried = None;
+    assert_eq!(outcome(&diagnose(&observed), "try").0, Outcome::Skip);
 }
 
 #[test]
