@@ -310,3 +310,135 @@ async fn a_healthy_resource_with_an_injected_pod_passes() {
     );
     assert!(text.ends_with("no problem found\n"), "{text}");
 }
+
+/// Another provider of the pool, whose condition admits nobody fedcred presents.
+const REFUSING: &str = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/eks-pool/providers/refusing";
+/// A provider Google does not know.
+const UNKNOWN: &str = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/eks-pool/providers/deleted";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_explains_each_status_reason_with_its_fix() {
+    support::ensure_crd();
+    let ns = TestNamespace::new("doctor-reasons");
+    let cloud = Cloud::start(|c| {
+        c.provider(Provider::new(REFUSING).with_condition(Condition::Cel("false".into())))
+    })
+    .await;
+    for (name, role) in [("orders-api", Some(ROLE)), ("no-role", None)] {
+        let mut sa =
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}});
+        if let Some(role) = role {
+            sa["metadata"]["annotations"] = json!({"eks.amazonaws.com/role-arn": role});
+        }
+        ns.kubectl(&["apply", "-f", "-"], Some(&sa.to_string()))
+            .success();
+    }
+    // Someone else's Secret, named like a resource.
+    ns.kubectl(
+        &[
+            "create",
+            "secret",
+            "generic",
+            "taken",
+            "--from-literal=note=theirs",
+        ],
+        None,
+    )
+    .success();
+    let irsa = |sa: &str| json!({"serviceAccount": {"name": sa}});
+    // (resource, spec.aws, spec.google changes, the reason doctor must report, step)
+    let cases = [
+        (
+            "ghost-sa",
+            irsa("ghost"),
+            json!({}),
+            "ServiceAccountNotFound",
+            "exchange",
+        ),
+        (
+            "no-role",
+            irsa("no-role"),
+            json!({}),
+            "RoleArnMissing",
+            "exchange",
+        ),
+        (
+            "lent",
+            json!({"controllerIdentity": {"roleArn": "arn:aws:iam::123456789012:role/access2bq"}}),
+            json!({}),
+            "ControllerIdentityNotAllowed",
+            "exchange",
+        ),
+        (
+            "refused",
+            irsa("orders-api"),
+            json!({"audience": REFUSING}),
+            "AttributeConditionRejected",
+            "exchange",
+        ),
+        (
+            "deleted-provider",
+            irsa("orders-api"),
+            json!({"audience": UNKNOWN}),
+            "ProviderNotFound",
+            "exchange",
+        ),
+        (
+            "unbound",
+            irsa("orders-api"),
+            json!({"serviceAccount": "reports@acme-shop.iam.gserviceaccount.com"}),
+            "ImpersonationDenied",
+            "exchange",
+        ),
+        (
+            "long-lived",
+            irsa("orders-api"),
+            json!({"tokenLifetimeSeconds": 7200}),
+            "InvalidTokenRequest",
+            "exchange",
+        ),
+        (
+            "elsewhere",
+            irsa("orders-api"),
+            json!({"endpoints": {"sts": "https://sts.example.com"}}),
+            "EndpointNotAllowed",
+            "exchange",
+        ),
+        (
+            "taken",
+            irsa("orders-api"),
+            json!({}),
+            "SecretConflict",
+            "exchange",
+        ),
+    ];
+    for (name, aws, google, _, _) in &cases {
+        let spec = serde_json::to_value(cloud.spec(aws.clone(), google.clone())).unwrap();
+        let fc = json!({"apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
+            "metadata": {"name": name}, "spec": spec});
+        ns.kubectl(&["apply", "-f", "-"], Some(&fc.to_string()))
+            .success();
+    }
+    let _controller = ControllerProcess::start(&ns.name, &cloud, "doctor", &[]);
+    let evidence = support::controller::log_dir();
+    for (name, _, _, reason, step) in cases {
+        let target = format!("{}/{name}", ns.name);
+        let out = eventually(&format!("{name} to fail"), Duration::from_secs(60), || {
+            let (code, out, _) = doctor(&[&target]);
+            (code == 1 && line(&out, "exchange").contains("FAIL")).then_some(out)
+        })
+        .await;
+        assert!(
+            line(&out, step).contains(&format!("FAIL {step}")) && line(&out, step).contains(reason),
+            "{name}: expected {reason} in\n{out}"
+        );
+        let fixed = fix(&out, step);
+        assert!(
+            !fixed.is_empty() && !fixed.contains("see docs/troubleshooting.md"),
+            "{name}: {fixed}"
+        );
+        // One screen: the whole report fits in 25 lines.
+        assert!(out.lines().count() <= 25, "{out}");
+        std::fs::write(evidence.join(format!("doctor-{reason}.txt")), &out).unwrap();
+    }
+}

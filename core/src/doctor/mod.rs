@@ -160,18 +160,25 @@ fn with_fix(mut s: Step, fix: impl Into<String>) -> Step {
 }
 
 /// The fix for a status reason (docs/troubleshooting.md has the long form).
-pub fn reason_fix(reason: &str, ns: &str, principal: Option<&str>) -> String {
+/// `service_account` is the resource's Kubernetes ServiceAccount, when it names one.
+pub fn reason_fix(
+    reason: &str,
+    ns: &str,
+    principal: Option<&str>,
+    service_account: Option<&str>,
+) -> String {
     let principal = principal.unwrap_or("the principal in status.awsPrincipalArn");
+    let sa = service_account.unwrap_or("NAME");
     match reason {
         "SecretConflict" => "a Secret of that name exists and is not this resource's: delete or rename it, or set spec.secret.name to a free name".to_owned(),
         "InvalidSpec" => "correct the field the message names (for a region: spec.aws.region, or the chart's awsRegion)".to_owned(),
         "ControllerIdentityNotAllowed" => format!("ask the cluster admin to add {ns} to the chart's controllerIdentity.allowedNamespaces, or use an IRSA ServiceAccount (spec.aws.serviceAccount)"),
-        "ServiceAccountNotFound" => format!("kubectl -n {ns} create serviceaccount NAME, annotated with eks.amazonaws.com/role-arn"),
-        "RoleArnMissing" => format!("kubectl -n {ns} annotate serviceaccount NAME eks.amazonaws.com/role-arn=arn:aws:iam::ACCOUNT:role/ROLE"),
+        "ServiceAccountNotFound" => format!("kubectl -n {ns} create serviceaccount {sa}, annotated with eks.amazonaws.com/role-arn (or fix spec.aws.serviceAccount.name)"),
+        "RoleArnMissing" => format!("kubectl -n {ns} annotate serviceaccount {sa} eks.amazonaws.com/role-arn=arn:aws:iam::ACCOUNT:role/ROLE"),
         "TokenRequestFailed" => "the controller needs create on serviceaccounts/token (the chart grants it); check the API server's health".to_owned(),
         "AwsCredentialsUnavailable" => "give the controller an AWS identity: IRSA through the chart's serviceAccount.annotations, EKS Pod Identity, or an instance profile with IMDSv2 (hop limit 2)".to_owned(),
         "AwsStsDenied" => format!("the role's trust policy must admit this: `fedcred setup -f FILE` prints it (IRSA: the cluster's OIDC provider, sub system:serviceaccount:{ns}:SA, aud sts.amazonaws.com)"),
-        "AttributeConditionRejected" => format!("the provider's condition must admit {principal}: `fedcred setup -f FILE` prints the condition; apply it with `gcloud iam workload-identity-pools providers update-aws`"),
+        "AttributeConditionRejected" => format!("the provider's condition must admit {principal}: `fedcred setup -f FILE` prints the condition; apply it with `gcloud iam workload-identity-pools providers update-aws`. --condition \"$(gcloud iam workload-identity-pools providers describe PROVIDER --location=global --workload-identity-pool=POOL --format='value(attributeCondition)')\" evaluates the current one here"),
         "InvalidAudience" => "spec.google.audience is //iam.googleapis.com/projects/NUMBER/locations/global/workloadIdentityPools/POOL/providers/PROVIDER (the project number, not its id)".to_owned(),
         "ProviderNotFound" => "gcloud iam workload-identity-pools providers describe PROVIDER --location=global --workload-identity-pool=POOL: create, undelete or enable it (`fedcred setup` prints the commands)".to_owned(),
         "InvalidSubjectToken" => "check the controller's clock (NTP), spec.aws.region, and that the provider's --account-id is the role's account".to_owned(),
@@ -451,9 +458,10 @@ pub fn diagnose(observed: &Observed) -> Report {
         .clone()
         .unwrap_or_else(setup::Provider::mapping_flag);
     steps.push(match (&observed.condition, &principal) {
-        (None, _) => with_fix(
-            step("condition", Outcome::Skip, "the provider's condition was not given"),
-            "pass --condition \"$(gcloud iam workload-identity-pools providers describe PROVIDER --location=global --workload-identity-pool=POOL --format='value(attributeCondition)')\"",
+        (None, _) => step(
+            "condition",
+            Outcome::Skip,
+            "the provider's condition was not given (--condition)",
         ),
         (Some(_), None) => step("condition", Outcome::Skip, "no principal to evaluate it for"),
         (Some(condition), Some(principal)) => match condition_admits(condition, &mapping, principal) {
@@ -469,6 +477,12 @@ pub fn diagnose(observed: &Observed) -> Report {
         },
     });
 
+    let k8s_sa = fc
+        .spec
+        .aws
+        .service_account
+        .as_ref()
+        .map(|sa| sa.name.as_str());
     let ready = status.conditions.iter().find(|c| c.type_ == READY);
     let failing = status
         .conditions
@@ -481,11 +495,11 @@ pub fn diagnose(observed: &Observed) -> Report {
         ),
         (Some(r), _) if r.status != "True" => with_fix(
             step("exchange", Outcome::Fail, format!("{}: {}", r.reason, r.message)),
-            reason_fix(&r.reason, ns, principal.as_deref()),
+            reason_fix(&r.reason, ns, principal.as_deref(), k8s_sa),
         ),
         (Some(_), Some(f)) => with_fix(
             step("exchange", Outcome::Warn, format!("the token is still valid, but refreshes fail: {}: {}", f.reason, f.message)),
-            reason_fix(&f.reason, ns, principal.as_deref()),
+            reason_fix(&f.reason, ns, principal.as_deref(), k8s_sa),
         ),
         (Some(r), None) => step(
             "exchange",
@@ -521,6 +535,7 @@ pub fn diagnose(observed: &Observed) -> Report {
                 e.reason.as_str(),
                 ns,
                 e.principal.as_deref().or(principal.as_deref()),
+                k8s_sa,
             ),
         ),
     });
@@ -533,7 +548,7 @@ pub fn diagnose(observed: &Observed) -> Report {
         ),
         Some(s) if !s.owned => with_fix(
             step("secret", Outcome::Fail, format!("Secret {ns}/{secret} is not owned by the resource; fedcred will not overwrite it")),
-            reason_fix("SecretConflict", ns, None),
+            reason_fix("SecretConflict", ns, None, None),
         ),
         Some(s) => {
             let missing: Vec<&str> = ["access_token", "expiry", "token_type"]
