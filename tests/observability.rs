@@ -248,6 +248,75 @@ fn the_charts_prometheus_rule_carries_the_same_rules() {
 }
 
 #[test]
+fn the_dashboard_is_laid_out_for_grafana() {
+    let dashboard = dashboard();
+    assert_eq!(dashboard["uid"], "fedcred-overview");
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    assert!(
+        variables.iter().any(|v| v["name"] == "datasource"
+            && v["type"] == "datasource"
+            && v["query"] == "prometheus"),
+        "the data source is a variable, so the dashboard imports into any Grafana"
+    );
+    let panels = dashboard["panels"].as_array().unwrap();
+    let mut ids = BTreeSet::new();
+    let mut boxes: Vec<(String, [i64; 4])> = Vec::new();
+    for panel in panels {
+        let title = panel["title"].as_str().unwrap().to_owned();
+        assert!(
+            ids.insert(panel["id"].as_i64().unwrap()),
+            "{title}: duplicate id"
+        );
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "{title}");
+        assert!(
+            panel["description"].as_str().is_some_and(|d| !d.is_empty()),
+            "{title}"
+        );
+        let refs: BTreeSet<&str> = panel["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["refId"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            refs.len(),
+            panel["targets"].as_array().unwrap().len(),
+            "{title}"
+        );
+        let g = &panel["gridPos"];
+        let rect = ["x", "y", "w", "h"].map(|k| g[k].as_i64().unwrap());
+        assert!(
+            rect[0] >= 0 && rect[2] > 0 && rect[0] + rect[2] <= 24,
+            "{title}: {g}"
+        );
+        for (other, o) in &boxes {
+            let apart = rect[0] + rect[2] <= o[0]
+                || o[0] + o[2] <= rect[0]
+                || rect[1] + rect[3] <= o[1]
+                || o[1] + o[3] <= rect[1];
+            assert!(apart, "{title} overlaps {other}");
+        }
+        boxes.push((title, rect));
+    }
+    // What the issue asks the dashboard to show.
+    let titles: Vec<&str> = panels
+        .iter()
+        .map(|p| p["title"].as_str().unwrap())
+        .collect();
+    for wanted in [
+        "Seconds to expiry by resource",
+        "Refresh rate by result",
+        "Refresh errors by reason",
+        "Exchange latency",
+        "Webhook admissions by result",
+        "Webhook latency",
+        "Leader",
+    ] {
+        assert!(titles.contains(&wanted), "no panel {wanted}: {titles:?}");
+    }
+}
+
+#[test]
 fn every_dashboard_query_is_valid_promql() {
     // promtool parses expressions only in rule files: each query becomes a recording rule.
     // Grafana's label_values() of the namespace variable is not PromQL; its metric is still
