@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager and etcd from the Go module proxy and caches
-# them in $FEDCRED_CACHE/bin. Idempotent: a binary already built at the pinned version is kept.
+# Builds kube-apiserver, kube-controller-manager and etcd, and the node's kubelet and
+# kube-scheduler, from the Go module proxy and caches them in $FEDCRED_CACHE/bin. Idempotent: a binary already built at the pinned version is kept.
 #
 # `go install k8s.io/kubernetes/cmd/...@vX` is refused because k8s.io/kubernetes replaces its
 # staging modules (k8s.io/api, ...) with local directories and lists them as v0.0.0. A small
@@ -37,16 +37,20 @@ run_with_progress() {
   return $rc
 }
 
-build_kubernetes() {
-  if stamp_ok kube-apiserver "$KUBE_VERSION" && stamp_ok kube-controller-manager "$KUBE_VERSION"; then
-    log "kube-apiserver and kube-controller-manager $KUBE_VERSION already built"
+# Builds the given k8s.io/kubernetes commands at $KUBE_VERSION into $BIN_DIR (the node's
+# kubelet and kube-scheduler come through here too, from hack/build-node.sh).
+build_kube_commands() { # cmd...
+  local missing=()
+  for cmd in "$@"; do stamp_ok "$cmd" "$KUBE_VERSION" || missing+=("$cmd"); done
+  if ((${#missing[@]} == 0)); then
+    log "$* $KUBE_VERSION already built"
     return
   fi
   local minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
   local staging="v0.${KUBE_VERSION#v1.}"
   local dir="$FEDCRED_CACHE/src/kubernetes-$KUBE_VERSION"
   mkdir -p "$dir"
-  log "building kube-apiserver and kube-controller-manager $KUBE_VERSION from the Go module proxy (cold: about 5 min on 2 cores)"
+  log "building ${missing[*]} $KUBE_VERSION from the Go module proxy (cold: about 3-5 min each on 2 cores)"
   go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" >"$dir/download.json"
   local gomod
   gomod=$(sed -n 's/.*"GoMod": "\(.*\)".*/\1/p' "$dir/download.json")
@@ -69,15 +73,17 @@ build_kubernetes() {
     cd "$dir"
     log "  resolving modules"
     go mod download k8s.io/kubernetes
-    for cmd in kube-apiserver kube-controller-manager; do
+    for cmd in "${missing[@]}"; do
       log "  compiling $cmd"
       run_with_progress "$cmd" go build -mod=mod -trimpath -ldflags "$ld" -o "$BIN_DIR/$cmd" "k8s.io/kubernetes/cmd/$cmd"
       echo "$KUBE_VERSION" >"$BIN_DIR/$cmd.version"
     done
   )
   built=1
-  log "built $("$BIN_DIR/kube-apiserver" --version)"
+  log "built ${missing[*]} $KUBE_VERSION"
 }
+
+build_kubernetes() { build_kube_commands kube-apiserver kube-controller-manager; }
 
 build_etcd() {
   if stamp_ok etcd "$ETCD_VERSION"; then
@@ -114,7 +120,9 @@ built=0
 case "${1:-all}" in
   etcd) build_etcd ;;
   kubernetes) build_kubernetes ;;
-  all) build_etcd; build_kubernetes ;;
-  *) die "usage: $0 [all|etcd|kubernetes]" ;;
+  node) build_kube_commands kubelet kube-scheduler ;;
+  # With the node's kubelet and kube-scheduler: one module download and one Go cache for all.
+  all) build_etcd; build_kube_commands kube-apiserver kube-controller-manager kubelet kube-scheduler ;;
+  *) die "usage: $0 [all|etcd|kubernetes|node]" ;;
 esac
 if ((built)); then drop_go_caches; fi

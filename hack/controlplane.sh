@@ -3,8 +3,11 @@
 # ServiceAccount token issuer, so TokenRequest works) and kube-controller-manager (garbage
 # collector, namespace deletion, default ServiceAccounts), all on 127.0.0.1.
 #
-#   hack/controlplane.sh up DIR     start, write DIR/kubeconfig and DIR/env, return when ready
-#   hack/controlplane.sh down DIR   stop everything started in DIR
+#   hack/controlplane.sh up DIR [--node]
+#                                   start, write DIR/kubeconfig and DIR/env, return when ready;
+#                                   with --node also a real node (hack/node.sh): kubelet,
+#                                   containerd, runc, CNI and kube-scheduler, so pods run
+#   hack/controlplane.sh down DIR   stop everything started in DIR (the node first)
 #   hack/controlplane.sh restart-apiserver DIR [DOWN_SECONDS]
 #                                   SIGKILL kube-apiserver, wait, start it again as before
 #
@@ -42,6 +45,12 @@ pki() {
     # The controller manager runs all its controllers under one identity here (no per-controller
     # ServiceAccounts), so it needs the permissions they would have together.
     leaf controller-manager "/O=system:masters/CN=system:kube-controller-manager"
+    # For the node (hack/node.sh): the kubelet's client and serving certificates (the node is
+    # named localhost), the API server's client certificate for the kubelet, the scheduler's.
+    leaf node "/O=system:nodes/CN=system:node:localhost"
+    leaf kubelet-serving "/CN=localhost" "DNS:localhost,IP:127.0.0.1"
+    leaf apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client"
+    leaf scheduler "/CN=system:kube-scheduler"
     # ServiceAccount tokens are signed with RSA, which every client of TokenRequest verifies.
     openssl genrsa -out sa.key 2048 2>/dev/null
     openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
@@ -82,12 +91,27 @@ wait_for() { # what seconds command...
 start_apiserver() { # dir etcd_port api_port: kube-apiserver in the background, its pid in DIR
   local dir=$1 etcd_port=$2 api_port=$3
   log "starting kube-apiserver $(cat "$BIN_DIR/kube-apiserver.version") on https://127.0.0.1:$api_port"
+  local node_flags=()
+  if [[ -f "$dir/with-node" ]]; then
+    # The kubelet is reached by its name, localhost (it refuses a loopback node IP), and the
+    # webhook of a controller running as a pod by its endpoint (there is no kube-proxy).
+    node_flags=(
+      --kubelet-client-certificate "$dir/pki/apiserver-kubelet-client.crt"
+      --kubelet-client-key "$dir/pki/apiserver-kubelet-client.key"
+      --kubelet-certificate-authority "$dir/pki/ca.crt"
+      --kubelet-preferred-address-types Hostname,InternalIP
+      --enable-aggregator-routing
+      --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction
+    )
+  else
+    node_flags=(--authorization-mode RBAC)
+  fi
   kube-apiserver \
     --etcd-servers "http://127.0.0.1:$etcd_port" \
     --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
     --tls-cert-file "$dir/pki/apiserver.crt" --tls-private-key-file "$dir/pki/apiserver.key" \
     --client-ca-file "$dir/pki/ca.crt" \
-    --authorization-mode RBAC \
+    "${node_flags[@]}" \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$dir/pki/sa.pub" \
     --service-account-signing-key-file "$dir/pki/sa.key" \
@@ -100,13 +124,16 @@ start_apiserver() { # dir etcd_port api_port: kube-apiserver in the background, 
 }
 
 up() {
-  local dir=$1
+  local dir=$1 with_node=${2:-}
+  [[ -z "$with_node" || "$with_node" == --node ]] || die "usage: $0 up DIR [--node]"
   for b in etcd kube-apiserver kube-controller-manager kubectl; do
     [[ -x "$BIN_DIR/$b" ]] || die "$b missing: run hack/build-controlplane.sh and hack/install-tools.sh first"
   done
   mkdir -p "$dir/logs"
   dir=$(cd "$dir" && pwd)
   pki "$dir/pki"
+  rm -f "$dir/with-node"
+  [[ -n "$with_node" ]] && touch "$dir/with-node"
   local etcd_port etcd_peer api_port
   etcd_port=$(free_port); etcd_peer=$(free_port); api_port=$(free_port)
   local server="https://127.0.0.1:$api_port"
@@ -129,11 +156,18 @@ up() {
   wait_for kube-apiserver 120 kubectl get --raw /readyz || die "kube-apiserver did not become ready; see $dir/logs/kube-apiserver.log"
 
   log "starting kube-controller-manager (garbage collector, namespaces, ServiceAccounts)"
+  local controllers=garbagecollector,namespace,serviceaccount node_cm_flags=()
+  if [[ -n "$with_node" ]]; then
+    # Pods that mount a ServiceAccount token need kube-root-ca.crt in their namespace; the
+    # workload controllers turn Deployments, Jobs and CronJobs into pods.
+    controllers+=,root-ca-cert-publisher,deployment,replicaset,job,cronjob,endpointslice,nodelifecycle
+    node_cm_flags=(--root-ca-file "$dir/pki/ca.crt")
+  fi
   kube-controller-manager \
     --kubeconfig "$dir/controller-manager.kubeconfig" \
     --authentication-kubeconfig "$dir/controller-manager.kubeconfig" \
     --authorization-kubeconfig "$dir/controller-manager.kubeconfig" \
-    --controllers garbagecollector,namespace,serviceaccount \
+    --controllers "$controllers" "${node_cm_flags[@]}" \
     --leader-elect=false --bind-address 127.0.0.1 --secure-port 0 \
     --v=1 >"$dir/logs/kube-controller-manager.log" 2>&1 &
   echo $! >"$dir/kube-controller-manager.pid"
@@ -146,11 +180,15 @@ export FEDCRED_TEST_KUBECONFIG="$dir/kubeconfig"
 export FEDCRED_TEST_RUN_DIR="$dir"
 export PATH="$BIN_DIR:\$PATH"
 ENV
+  if [[ -n "$with_node" ]]; then
+    "$here/node.sh" up "$dir" || die "the node did not start; see $dir/logs"
+  fi
   log "control plane up: $(kubectl version -o json | sed -n 's/.*"gitVersion": "\(.*\)".*/\1/p' | tail -1) at $server; kubeconfig $dir/kubeconfig"
 }
 
 down() {
   local dir=$1
+  "$here/node.sh" down "$dir"
   for c in kube-controller-manager kube-apiserver etcd; do
     local f="$dir/$c.pid"
     [[ -f "$f" ]] || continue
@@ -182,7 +220,7 @@ restart_apiserver() { # dir down_seconds
 }
 
 case "${1:-}" in
-  up) up "${2:?usage: $0 up DIR}" ;;
+  up) up "${2:?usage: $0 up DIR [--node]}" "${3:-}" ;;
   down) down "${2:?usage: $0 down DIR}" ;;
   restart-apiserver) restart_apiserver "${2:?usage: $0 restart-apiserver DIR [DOWN_SECONDS]}" "${3:-0}" ;;
   *) die "usage: $0 up|down|restart-apiserver DIR" ;;

@@ -5,7 +5,8 @@
 #     kubectl and helm binaries;
 #   - kubectl and helm unpacked into $FEDCRED_CACHE/bin;
 #   - Debian packages the tests need when missing (PostgreSQL server and psql, openssl, unzip,
-#     prometheus with promtool for the chart's alerts and dashboard).
+#     prometheus with promtool for the chart's alerts and dashboard), and the node's runtime
+#     (containerd, runc, the CNI plugins, gcc for its pause program).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/lib.sh"
@@ -20,6 +21,15 @@ command -v curl >/dev/null || need_debs+=(curl)
 command -v psql >/dev/null || need_debs+=(postgresql-client)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_debs+=(postgresql)
 { command -v promtool && command -v prometheus; } >/dev/null || need_debs+=(prometheus)
+# The node (hack/node.sh): the container runtime, its networking, and what the teardown uses.
+command -v containerd >/dev/null || need_debs+=(containerd)
+command -v runc >/dev/null || need_debs+=(runc)
+[[ -x /usr/lib/cni/bridge ]] || need_debs+=(containernetworking-plugins)
+command -v ip >/dev/null || need_debs+=(iproute2)
+command -v nft >/dev/null || need_debs+=(nftables)
+command -v iptables >/dev/null || need_debs+=(iptables)
+command -v gcc >/dev/null || need_debs+=(gcc libc6-dev)
+command -v readelf >/dev/null || need_debs+=(binutils)
 if ((${#need_debs[@]})); then
   log "installing Debian packages: ${need_debs[*]}"
   export DEBIAN_FRONTEND=noninteractive

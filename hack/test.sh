@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs the tools, builds (or reuses) the real
-# control plane, starts it, runs every test against it, and stops it.
+# control plane and node, starts them, runs every test against them, stops them and checks the
+# node left nothing behind on the machine.
 #   hack/test.sh [cargo test arguments...]
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -10,6 +11,7 @@ cd "$here/.."
 "$here/install-tools.sh"
 "$here/build-controlplane.sh"
 "$here/build-alloydb-proxy.sh"
+"$here/build-node.sh"
 
 run_dir=$(mktemp -d "${TMPDIR:-/tmp}/fedcred-test.XXXXXX")
 cleanup() {
@@ -19,13 +21,16 @@ cleanup() {
     tail -n 20 "$run_dir/logs/kube-apiserver.log" >&2 || true
   fi
   "$here/controlplane.sh" down "$run_dir" || true
+  if [[ -f "$run_dir/node/before" ]] && ! "$here/node.sh" leftovers "$run_dir"; then
+    rc=1
+  fi
   rm -rf "$run_dir"
   exit $rc
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-"$here/controlplane.sh" up "$run_dir"
+"$here/controlplane.sh" up "$run_dir" --node
 source "$run_dir/env"
 export FEDCRED_TEST_VENV="$FEDCRED_CACHE/venv"
 export FEDCRED_ALLOYDB_PROXY="$BIN_DIR/alloydb-auth-proxy"

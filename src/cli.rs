@@ -132,6 +132,10 @@ struct AgentArgs {
     /// Log format: `json` or `text`.
     #[arg(long, env = "FEDCRED_LOG_FORMAT", default_value = "json")]
     log_format: String,
+    /// Shortest token lifetime (seconds) accepted from Google; a shorter-lived token is
+    /// refused rather than refreshed in a loop.
+    #[arg(long, env = "FEDCRED_MIN_TOKEN_SECONDS", default_value_t = 60)]
+    min_token_seconds: u64,
 }
 
 #[derive(clap::Args)]
@@ -290,6 +294,7 @@ impl Cli {
                     listen: args.listen,
                     region: args.region,
                     metrics_address: args.metrics_address,
+                    min_token_lifetime: Duration::from_secs(args.min_token_seconds),
                 };
                 Ok(crate::agent::run(options, runtime::shutdown_signal()).await?)
             }

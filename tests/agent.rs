@@ -485,6 +485,8 @@ fn isolate(command: &mut Command, dir: &Scratch) {
             dir.path.join("no-aws-credentials"),
         )
         .env("AWS_EC2_METADATA_DISABLED", "true")
+        // The doubles issue 30-second tokens so that a refresh happens within a test.
+        .env("FEDCRED_MIN_TOKEN_SECONDS", "5")
         .env("RUST_LOG", "info");
 }
 

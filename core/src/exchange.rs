@@ -462,7 +462,8 @@ impl Limits {
     }
 
     /// Refuses a token Google issued at `issued_at` to expire at `expires_at` when it lives
-    /// shorter than [`Limits::min_token_lifetime`].
+    /// shorter than [`Limits::min_token_lifetime`]. The message rounds the lifetime up, so a
+    /// token whose whole-second expiry has begun to run out is not reported as living 0 s.
     pub fn check_lifetime(
         &self,
         issued_at: Timestamp,
@@ -474,8 +475,8 @@ impl Limits {
             return Err(ExchangeError::new(
                 Reason::Upstream,
                 format!(
-                    "Google issued a token that lives {} s, shorter than the {} s the controller accepts (--min-token-seconds); it is not written",
-                    lifetime.max(0.0).round(),
+                    "Google issued a token that lives {} s, shorter than the {} s fedcred accepts (--min-token-seconds); it is not written",
+                    lifetime.max(0.0).ceil(),
                     self.min_token_lifetime.as_secs()
                 ),
             ));
@@ -561,7 +562,12 @@ mod tests {
             .check_lifetime(at, at + Duration::from_secs(1))
             .unwrap_err();
         assert_eq!(one.reason, Reason::Upstream);
-        assert!(one.message.contains("1 s"), "{}", one.message);
+        assert!(one.message.contains("lives 1 s"), "{}", one.message);
+        // A whole-second expiry already running out still reads as the second Google gave.
+        let part = limits
+            .check_lifetime(at, at + Duration::from_millis(400))
+            .unwrap_err();
+        assert!(part.message.contains("lives 1 s"), "{}", part.message);
         assert!(
             limits
                 .check_lifetime(at, at + Duration::from_secs(60))

@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use fedcred_core::api::DEFAULT_RENEW_BEFORE_PERCENTAGE;
-use fedcred_core::exchange::{ControllerIdentityPolicy, Defaults, IdentityKey, plan};
+use fedcred_core::exchange::{
+    ControllerIdentityPolicy, Defaults, EndpointPolicy, IdentityKey, Limits, plan,
+};
 use fedcred_core::google::RetryPolicy;
 use fedcred_core::refresh::decide::{refresh_at, retry_at, unit_from};
 use jiff::Timestamp;
@@ -43,6 +45,8 @@ pub struct Options {
     pub region: Option<String>,
     /// Where to serve `/healthz`, `/readyz` and `/metrics`, if anywhere.
     pub metrics_address: Option<SocketAddr>,
+    /// Shortest token lifetime accepted from Google.
+    pub min_token_lifetime: Duration,
 }
 
 /// Where the manifest comes from.
@@ -117,6 +121,9 @@ pub fn load(options: &Options) -> Result<Plan, Error> {
             .or_else(|| env("AWS_DEFAULT_REGION")),
         // The agent's own AWS identity is the one the host gave it: nobody else's is lent.
         controller_identity: ControllerIdentityPolicy::new(["*"]),
+        // The file is the host owner's, not a tenant's: the endpoints it names are theirs to
+        // choose, as with any AWS or Google tool run on the host.
+        endpoints: EndpointPolicy::any(),
         ..Defaults::default()
     };
     let key = plan(&namespace, &fc.spec, &defaults).map_err(|error| Error::Plan {
@@ -176,7 +183,10 @@ pub async fn run(
         name: plan.label.clone(),
         error,
     })?;
-    let engine = Engine::new(Aws::from_env().await, google, None);
+    let engine = Engine::new(Aws::from_env().await, google, None).with_limits(Limits {
+        min_token_lifetime: options.min_token_lifetime,
+        ..Limits::default()
+    });
     let refresher = tokio::spawn(refresh_loop(engine, plan, state.clone(), metrics, ready));
     let served = metadata::serve_on(listener, state::Served(state), shutdown).await;
     refresher.abort();

@@ -173,7 +173,6 @@ impl Engine {
 
     /// One full exchange, no caching.
     pub async fn exchange(&self, key: &IdentityKey) -> Result<Issued, ExchangeError> {
-        let started = Timestamp::now();
         let identity = self.aws_identity(key).await?;
         let principal = identity.principal_arn.as_deref();
         let subject = subject_token::build(
@@ -220,8 +219,10 @@ impl Engine {
                 .await
                 .map_err(|e| e.presented_by(principal))?,
         };
+        // The lifetime Google gave, counted from the answer (not from the start of a slow
+        // exchange).
         self.limits
-            .check_lifetime(started, token.expires_at)
+            .check_lifetime(Timestamp::now(), token.expires_at)
             .map_err(|e| e.presented_by(principal))?;
         tracing::info!(
             namespace = %key.namespace,
