@@ -271,5 +271,15 @@ mod tests {
         let none: Provider =
             serde_json::from_str(r#"{"audience":"a","condition":"none"}"#).unwrap();
         assert_eq!(none.condition, Condition::None);
+        let cel: Provider = serde_json::from_str(
+            r#"{"audience":"a","condition":{"cel":"assertion.arn in ['x']"},
+                "attribute_mapping":{"google.subject":"assertion.arn"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            cel.condition,
+            Condition::Cel("assertion.arn in ['x']".into())
+        );
+        assert_eq!(cel.attribute_mapping["google.subject"], "assertion.arn");
     }
 }
