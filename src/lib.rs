@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod cli;
 pub mod controller;
+pub mod doctor;
 pub mod exchange;
 pub mod health;
 pub mod leader;
@@ -18,4 +19,5 @@ pub mod manifest;
 pub mod metadata;
 pub mod metrics;
 pub mod runtime;
+pub mod setup;
 pub mod webhook;

@@ -59,8 +59,53 @@ pub fn load(path: &Path, name: Option<&str>) -> Result<FederatedCredential, Erro
     parse(&shown, &text, name)
 }
 
-/// The FederatedCredential of the manifest `text` (named `path` in messages).
-pub fn parse(path: &str, text: &str, name: Option<&str>) -> Result<FederatedCredential, Error> {
+/// Every FederatedCredential of the manifest `text` (named `path` in messages), each checked
+/// as the API server would, and the file's other objects (ServiceAccounts, for example).
+pub fn parse_all(path: &str, text: &str) -> Result<(Vec<FederatedCredential>, Vec<Value>), Error> {
+    let (credentials, others): (Vec<Value>, Vec<Value>) = documents(path, text)?
+        .into_iter()
+        .partition(is_federated_credential);
+    if credentials.is_empty() {
+        return Err(none(path, &others));
+    }
+    let checked = credentials
+        .iter()
+        .map(|v| checked(path, v))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((checked, others))
+}
+
+fn label(v: &Value) -> String {
+    let meta = &v["metadata"];
+    match (meta["namespace"].as_str(), meta["name"].as_str()) {
+        (Some(ns), Some(n)) => format!("{ns}/{n}"),
+        (None, Some(n)) => n.to_owned(),
+        _ => "<unnamed>".to_owned(),
+    }
+}
+
+fn none(path: &str, others: &[Value]) -> Error {
+    let found: Vec<String> = others
+        .iter()
+        .map(|v| {
+            format!(
+                "{} {}",
+                v["kind"].as_str().unwrap_or("an object without kind"),
+                label(v)
+            )
+        })
+        .collect();
+    Error::None {
+        path: path.to_owned(),
+        found: if found.is_empty() {
+            "nothing".to_owned()
+        } else {
+            found.join(", ")
+        },
+    }
+}
+
+fn documents(path: &str, text: &str) -> Result<Vec<Value>, Error> {
     let mut documents = Vec::new();
     for document in serde_norway::Deserializer::from_str(text) {
         let value = Value::deserialize(document).map_err(|e| Error::Syntax {
@@ -76,38 +121,34 @@ pub fn parse(path: &str, text: &str, name: Option<&str>) -> Result<FederatedCred
             other => documents.push(other),
         }
     }
-    let (credentials, others): (Vec<Value>, Vec<Value>) =
-        documents.into_iter().partition(is_federated_credential);
-    let label = |v: &Value| {
-        let meta = &v["metadata"];
-        match (meta["namespace"].as_str(), meta["name"].as_str()) {
-            (Some(ns), Some(n)) => format!("{ns}/{n}"),
-            (None, Some(n)) => n.to_owned(),
-            _ => "<unnamed>".to_owned(),
-        }
-    };
+    Ok(documents)
+}
+
+fn checked(path: &str, chosen: &Value) -> Result<FederatedCredential, Error> {
+    validate::federated_credential(chosen).map_err(|invalid| Error::Invalid {
+        path: path.to_owned(),
+        name: label(chosen),
+        invalid,
+    })?;
+    // Validated against the schema the types derive: deserializing cannot fail on shape.
+    serde_json::from_value(chosen.clone()).map_err(|e| Error::Invalid {
+        path: path.to_owned(),
+        name: label(chosen),
+        invalid: validate::Invalid(vec![validate::FieldError {
+            field: "spec".to_owned(),
+            detail: e.to_string(),
+        }]),
+    })
+}
+
+/// The FederatedCredential of the manifest `text` (named `path` in messages).
+pub fn parse(path: &str, text: &str, name: Option<&str>) -> Result<FederatedCredential, Error> {
+    let (credentials, others): (Vec<Value>, Vec<Value>) = documents(path, text)?
+        .into_iter()
+        .partition(is_federated_credential);
     let names = || credentials.iter().map(label).collect::<Vec<_>>().join(", ");
     let chosen = match (name, credentials.len()) {
-        (_, 0) => {
-            let found: Vec<String> = others
-                .iter()
-                .map(|v| {
-                    format!(
-                        "{} {}",
-                        v["kind"].as_str().unwrap_or("an object without kind"),
-                        label(v)
-                    )
-                })
-                .collect();
-            return Err(Error::None {
-                path: path.to_owned(),
-                found: if found.is_empty() {
-                    "nothing".to_owned()
-                } else {
-                    found.join(", ")
-                },
-            });
-        }
+        (_, 0) => return Err(none(path, &others)),
         (None, 1) => &credentials[0],
         (None, count) => {
             return Err(Error::Several {
@@ -125,20 +166,7 @@ pub fn parse(path: &str, text: &str, name: Option<&str>) -> Result<FederatedCred
                 names: names(),
             })?,
     };
-    validate::federated_credential(chosen).map_err(|invalid| Error::Invalid {
-        path: path.to_owned(),
-        name: label(chosen),
-        invalid,
-    })?;
-    // Validated against the schema the types derive: deserializing cannot fail on shape.
-    serde_json::from_value(chosen.clone()).map_err(|e| Error::Invalid {
-        path: path.to_owned(),
-        name: label(chosen),
-        invalid: validate::Invalid(vec![validate::FieldError {
-            field: "spec".to_owned(),
-            detail: e.to_string(),
-        }]),
-    })
+    checked(path, chosen)
 }
 
 fn is_federated_credential(v: &Value) -> bool {

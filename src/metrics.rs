@@ -29,6 +29,19 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    /// `allowed`, `denied` (the review refused the pod) or `error` (no review could be read:
+    /// a 4xx answer).
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabels {
+    /// `serving` or `ca`.
+    pub certificate: &'static str,
+}
+
 /// The controller's metrics.
 pub struct Metrics {
     pub registry: Registry,
@@ -40,6 +53,18 @@ pub struct Metrics {
     pub seconds_to_expiry: Family<ResourceLabels, Gauge>,
     /// Reconciles that ended in an error, by reason.
     pub reconcile_errors: Family<ReasonLabels, Counter>,
+    /// When each resource's token expires (Unix seconds). Unlike `seconds_to_expiry`, which
+    /// is set when the resource is looked at, this stays true between reconciles, so alerts
+    /// compare it with `time()`.
+    pub expiry_timestamp: Family<ResourceLabels, Gauge>,
+    /// 1 while this replica holds the leader Lease (or runs without election), else 0.
+    pub leader: Gauge,
+    /// Admission reviews answered by the webhook, by result.
+    pub admissions: Family<AdmissionLabels, Counter>,
+    /// Time to answer an admission review, from the request's head to the answer.
+    pub admission_duration: Histogram,
+    /// When the webhook's serving certificate and its CA expire (Unix seconds).
+    pub certificate_expiry: Family<CertificateLabels, Gauge>,
     known_resources: std::sync::Mutex<std::collections::HashSet<ResourceLabels>>,
 }
 
@@ -70,12 +95,49 @@ impl Default for Metrics {
             "Reconciles that ended in an error",
             reconcile_errors.clone(),
         );
+        let expiry_timestamp = Family::<ResourceLabels, Gauge>::default();
+        registry.register(
+            "token_expiry_timestamp_seconds",
+            "When the token in each FederatedCredential's Secret expires, in Unix seconds",
+            expiry_timestamp.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica is the leader that refreshes tokens",
+            leader.clone(),
+        );
+        let admissions = Family::<AdmissionLabels, Counter>::default();
+        registry.register(
+            "webhook_admissions",
+            "Admission reviews answered, by result",
+            admissions.clone(),
+        );
+        // Reviews are answered from a cache in well under a millisecond; a lookup that goes to
+        // the API server takes up to the 2 s lookup timeout.
+        let admission_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        registry.register(
+            "webhook_admission_duration_seconds",
+            "Time to answer an admission review",
+            admission_duration.clone(),
+        );
+        let certificate_expiry = Family::<CertificateLabels, Gauge>::default();
+        registry.register(
+            "webhook_certificate_expiry_timestamp_seconds",
+            "When the webhook's serving certificate and CA expire, in Unix seconds",
+            certificate_expiry.clone(),
+        );
         Metrics {
             registry,
             exchanges,
             exchange_duration,
             seconds_to_expiry,
             reconcile_errors,
+            expiry_timestamp,
+            leader,
+            admissions,
+            admission_duration,
+            certificate_expiry,
             known_resources: std::sync::Mutex::new(std::collections::HashSet::new()),
         }
     }
@@ -107,13 +169,54 @@ impl Metrics {
             name: name.to_owned(),
         };
         self.seconds_to_expiry.get_or_create(&labels).set(seconds);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        self.expiry_timestamp
+            .get_or_create(&labels)
+            .set(now.saturating_add(seconds));
+        if let Ok(mut known) = self.known_resources.lock() {
+            known.insert(labels);
+        }
     }
 
     pub fn forget(&self, namespace: &str, name: &str) {
-        self.seconds_to_expiry.remove(&ResourceLabels {
+        let labels = ResourceLabels {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
-        });
+        };
+        self.seconds_to_expiry.remove(&labels);
+        self.expiry_timestamp.remove(&labels);
+        if let Ok(mut known) = self.known_resources.lock() {
+            known.remove(&labels);
+        }
+    }
+
+    /// Records whether this replica leads.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// Records one answered admission review: `allowed` is `None` when no review could be read.
+    pub fn observe_admission(&self, elapsed: Duration, allowed: Option<bool>) {
+        self.admission_duration.observe(elapsed.as_secs_f64());
+        let result = match allowed {
+            Some(true) => "allowed",
+            Some(false) => "denied",
+            None => "error",
+        };
+        self.admissions
+            .get_or_create(&AdmissionLabels { result })
+            .inc();
+    }
+
+    /// Records when the webhook's serving certificate and CA expire.
+    pub fn set_certificate_expiry(&self, serving: jiff::Timestamp, ca: jiff::Timestamp) {
+        for (certificate, at) in [("serving", serving), ("ca", ca)] {
+            self.certificate_expiry
+                .get_or_create(&CertificateLabels { certificate })
+                .set(at.as_second());
+        }
     }
 
     /// Keeps only the expiry series of resources for which `exists` holds.
@@ -137,5 +240,66 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deleted_resource_loses_its_series_at_housekeeping() {
+        let metrics = Metrics::default();
+        metrics.set_expiry("shop", "orders-db", 1800);
+        metrics.set_expiry("shop", "reports", 1800);
+        assert!(metrics.render().contains(r#"name="reports""#));
+        metrics.retain_resources(|_, name| name == "orders-db");
+        let text = metrics.render();
+        assert!(!text.contains(r#"name="reports""#), "{text}");
+        assert!(
+            text.contains(
+                r#"fedcred_token_expiry_timestamp_seconds{namespace="shop",name="orders-db"}"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_expiry_timestamp_is_now_plus_the_seconds_left() {
+        let metrics = Metrics::default();
+        let before = jiff::Timestamp::now().as_second();
+        metrics.set_expiry("shop", "orders-db", 600);
+        let at = metrics
+            .expiry_timestamp
+            .get_or_create(&ResourceLabels {
+                namespace: "shop".into(),
+                name: "orders-db".into(),
+            })
+            .get();
+        assert!(
+            (before + 600..=before + 602).contains(&at),
+            "{at} vs {before}"
+        );
+    }
+
+    #[test]
+    fn admissions_are_counted_by_result() {
+        let metrics = Metrics::default();
+        metrics.observe_admission(Duration::from_millis(1), Some(true));
+        metrics.observe_admission(Duration::from_millis(1), Some(false));
+        metrics.observe_admission(Duration::from_millis(1), None);
+        let text = metrics.render();
+        for result in ["allowed", "denied", "error"] {
+            assert!(
+                text.contains(&format!(
+                    r#"fedcred_webhook_admissions_total{{result="{result}"}} 1"#
+                )),
+                "{text}"
+            );
+        }
+        assert!(
+            text.contains("fedcred_webhook_admission_duration_seconds_count 3"),
+            "{text}"
+        );
     }
 }

@@ -129,7 +129,9 @@ pub async fn controller(options: Options, shutdown: impl Future<Output = ()>) ->
     let stop = Stop(stop_rx);
 
     let webhook = match &options.webhook {
-        Some(settings) => Some(start_webhook(&client, &options, settings, &stop).await?),
+        Some(settings) => {
+            Some(start_webhook(&client, &options, settings, &stop, metrics.clone()).await?)
+        }
         None => None,
     };
 
@@ -157,6 +159,9 @@ pub async fn controller(options: Options, shutdown: impl Future<Output = ()>) ->
             }
         }
     }
+    // Leading from here on: the Lease is held, or there is no election.
+    metrics.set_leader(true);
+    let leader_metrics = metrics.clone();
     let lost = async {
         match &elector {
             Some(elector) => elector.hold().await,
@@ -174,6 +179,7 @@ pub async fn controller(options: Options, shutdown: impl Future<Output = ()>) ->
         concurrency: options.concurrency,
     };
     let run = controller::run(client, engine, metrics, settings, stop.clone().wait());
+    let metrics = leader_metrics;
     tokio::pin!(run);
     let outcome = tokio::select! {
         () = &mut run => Ok(()),
@@ -192,6 +198,7 @@ pub async fn controller(options: Options, shutdown: impl Future<Output = ()>) ->
             Err(Error::LostLeadership)
         }
     };
+    metrics.set_leader(false);
     if outcome.is_ok()
         && let Some(elector) = &elector
     {
@@ -212,6 +219,7 @@ async fn start_webhook(
     options: &Options,
     settings: &WebhookOptions,
     stop: &Stop,
+    metrics: Arc<Metrics>,
 ) -> Result<tokio::task::JoinHandle<Result<(), webhook::Error>>, Error> {
     let version = client
         .apiserver_version()
@@ -229,7 +237,22 @@ async fn start_webhook(
     let bundle = webhook::ensure(client, &certs).await?;
     let cert = webhook::ReloadingCert::new(&bundle)?;
     let tls = webhook::reloading_server_config(cert.clone())?;
-    spawn_until(webhook::keep_current(client.clone(), certs, cert), stop);
+    spawn_until(
+        webhook::keep_current(client.clone(), certs, cert.clone()),
+        stop,
+    );
+    // The certificate's expiry for alerts, read from what is served now.
+    let expiry_metrics = metrics.clone();
+    spawn_until(
+        async move {
+            loop {
+                let (serving, ca) = cert.not_after();
+                expiry_metrics.set_certificate_expiry(serving, ca);
+                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            }
+        },
+        stop,
+    );
     let listener = tokio::net::TcpListener::bind(settings.address)
         .await
         .map_err(|source| Error::Listen {
@@ -238,7 +261,11 @@ async fn start_webhook(
         })?;
     let (cache, watch) = webhook::watch_credentials(client.clone(), options.namespace.as_deref());
     spawn_until(watch, stop);
-    let router = webhook::router(webhook::Webhook::new(client.clone(), inject).with_cache(cache));
+    let router = webhook::router(
+        webhook::Webhook::new(client.clone(), inject)
+            .with_cache(cache)
+            .with_metrics(metrics),
+    );
     Ok(tokio::spawn(webhook::serve(
         listener,
         tls,

@@ -30,6 +30,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod doctor;
 pub mod error;
 pub mod exchange;
 pub mod google;
@@ -40,6 +41,7 @@ pub mod names;
 pub mod refresh;
 pub mod rollout;
 pub mod sensitive;
+pub mod setup;
 pub mod sigv4;
 pub mod subject_token;
 pub mod validate;

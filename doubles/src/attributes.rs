@@ -31,6 +31,11 @@ pub struct Assertion {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MappingError {
     SubjectTooLong(usize),
+    /// A CEL expression of a configured mapping did not compile or evaluate to a string.
+    Invalid {
+        attribute: String,
+        problem: String,
+    },
 }
 
 impl std::fmt::Display for MappingError {
@@ -42,6 +47,9 @@ impl std::fmt::Display for MappingError {
                  limit ({len} bytes). Either modify your attribute mapping or the incoming \
                  assertion to produce a mapped attribute that is less than {MAX_SUBJECT_BYTES} bytes."
             ),
+            MappingError::Invalid { attribute, problem } => {
+                write!(f, "Invalid attribute mapping for {attribute}: {problem}")
+            }
         }
     }
 }
@@ -87,6 +95,83 @@ fn extract(s: &str, prefix: &str, suffix: &str) -> String {
     }
 }
 
+/// The CEL variable `assertion`: what AWS said about the caller.
+fn assertion_value(assertion: &Assertion) -> cel::Value {
+    let fields: std::collections::HashMap<String, String> = [
+        ("arn".to_owned(), assertion.arn.clone()),
+        ("account".to_owned(), assertion.account.clone()),
+    ]
+    .into_iter()
+    .collect();
+    fields.into()
+}
+
+/// Applies a mapping configured as Google takes it (target attribute → CEL expression over
+/// `assertion`); an empty one is the default [`map`].
+pub fn map_with(
+    mapping: &BTreeMap<String, String>,
+    assertion: &Assertion,
+) -> Result<BTreeMap<String, String>, MappingError> {
+    if mapping.is_empty() {
+        return map(assertion);
+    }
+    if !mapping.contains_key("google.subject") {
+        return Err(MappingError::Invalid {
+            attribute: "google.subject".to_owned(),
+            problem: "the mapping must set google.subject".to_owned(),
+        });
+    }
+    let mut context = cel::Context::default();
+    context.add_variable_from_value("assertion", assertion_value(assertion));
+    let mut attributes = BTreeMap::new();
+    for (attribute, expression) in mapping {
+        let invalid = |problem: String| MappingError::Invalid {
+            attribute: attribute.clone(),
+            problem,
+        };
+        let program = cel::Program::compile(expression).map_err(|e| invalid(e.to_string()))?;
+        match program.execute(&context) {
+            Ok(cel::Value::String(value)) => {
+                attributes.insert(attribute.clone(), value.to_string());
+            }
+            Ok(other) => return Err(invalid(format!("evaluates to {other:?}, not a string"))),
+            Err(e) => return Err(invalid(e.to_string())),
+        }
+    }
+    let subject_len = attributes.get("google.subject").map_or(0, String::len);
+    if subject_len > MAX_SUBJECT_BYTES {
+        return Err(MappingError::SubjectTooLong(subject_len));
+    }
+    Ok(attributes)
+}
+
+/// Evaluates a CEL condition with `assertion`, `google` (the mapped `google.*` attributes) and
+/// `attribute` (the mapped `attribute.*`). Anything but `true`, an evaluation error included,
+/// refuses, as Google does.
+/// Whether a CEL condition over `assertion`, `google` and `attribute` evaluates to `true`; an
+/// expression that does not compile admits nothing.
+pub(crate) fn cel_admits(
+    expression: &str,
+    assertion: cel::Value,
+    attributes: &BTreeMap<String, String>,
+) -> bool {
+    let Ok(program) = cel::Program::compile(expression) else {
+        return false;
+    };
+    let prefixed = |prefix: &str| -> cel::Value {
+        let values: std::collections::HashMap<String, String> = attributes
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.to_owned(), v.clone())))
+            .collect();
+        values.into()
+    };
+    let mut context = cel::Context::default();
+    context.add_variable_from_value("assertion", assertion);
+    context.add_variable_from_value("google", prefixed("google."));
+    context.add_variable_from_value("attribute", prefixed("attribute."));
+    matches!(program.execute(&context), Ok(cel::Value::Bool(true)))
+}
+
 /// Whether `condition` admits the mapped identity.
 pub fn admits(
     condition: &Condition,
@@ -101,6 +186,9 @@ pub fn admits(
         }
         // An AWS identity has no namespace.
         Condition::NamespaceEquals(_) => false,
+        Condition::Cel(expression) => {
+            cel_admits(expression, assertion_value(assertion), attributes)
+        }
     }
 }
 
@@ -155,6 +243,47 @@ mod tests {
             map(&assertion(&long)),
             Err(MappingError::SubjectTooLong(long.len()))
         );
+    }
+
+    #[test]
+    fn evaluates_cel_conditions_over_a_configured_mapping() {
+        let mapping: BTreeMap<String, String> = [
+            ("google.subject", "assertion.arn"),
+            ("attribute.aws_account", "assertion.account"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let mine = assertion("arn:aws:sts::123456789012:assumed-role/demo/fedcred.shop.app");
+        let neighbour = assertion("arn:aws:sts::123456789012:assumed-role/demo/fedcred.shop-b.app");
+        let attrs = map_with(&mapping, &mine).unwrap();
+        assert_eq!(attrs["google.subject"], mine.arn);
+        assert_eq!(attrs["attribute.aws_account"], "123456789012");
+        assert!(
+            !attrs.contains_key("attribute.aws_role"),
+            "only what is mapped"
+        );
+        let pinned = Condition::Cel(format!("assertion.arn in ['{}']", mine.arn));
+        assert!(admits(&pinned, &mine, &attrs));
+        let theirs = map_with(&mapping, &neighbour).unwrap();
+        assert!(!admits(&pinned, &neighbour, &theirs));
+        let by_attribute = Condition::Cel(
+            "attribute.aws_account == '123456789012' && google.subject.endsWith('.app')".into(),
+        );
+        assert!(admits(&by_attribute, &mine, &attrs));
+        // A condition that does not evaluate to true refuses, an error included.
+        assert!(!admits(
+            &Condition::Cel("assertion.nope == 1".into()),
+            &mine,
+            &attrs
+        ));
+        assert!(!admits(&Condition::Cel("not CEL (".into()), &mine, &attrs));
+        // A mapping without google.subject, or one that is not CEL, is refused.
+        let mut bad = mapping.clone();
+        bad.remove("google.subject");
+        assert!(map_with(&bad, &mine).is_err());
+        bad.insert("google.subject".into(), "assertion.arn +".into());
+        assert!(map_with(&bad, &mine).is_err());
     }
 
     #[test]

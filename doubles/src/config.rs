@@ -169,6 +169,11 @@ pub struct Provider {
     /// The provider's attribute condition.
     #[serde(default)]
     pub condition: Condition,
+    /// The provider's attribute mapping as Google takes it: target attribute → CEL expression
+    /// over `assertion` (`arn`, `account`). Empty: the mapping of seed 003 (see
+    /// [`crate::attributes`]).
+    #[serde(default)]
+    pub attribute_mapping: std::collections::BTreeMap<String, String>,
     /// A disabled provider answers like a missing one.
     #[serde(default)]
     pub disabled: bool,
@@ -203,6 +208,7 @@ impl Provider {
         Provider {
             audience: audience.to_owned(),
             condition: Condition::None,
+            attribute_mapping: std::collections::BTreeMap::new(),
             disabled: false,
             oidc: None,
         }
@@ -216,6 +222,16 @@ impl Provider {
         }
     }
 
+    /// The provider maps attributes with these CEL expressions, as `--attribute-mapping`
+    /// sets them.
+    pub fn with_mapping(mut self, mapping: &[(&str, &str)]) -> Provider {
+        self.attribute_mapping = mapping
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        self
+    }
+
     pub fn with_condition(mut self, condition: Condition) -> Provider {
         self.condition = condition;
         self
@@ -223,7 +239,7 @@ impl Provider {
 }
 
 /// An attribute condition, evaluated after the attribute mapping. JSON: `"none"`,
-/// `{"arn_contains": "…"}`, `{"aws_role_equals": "…"}`.
+/// `{"arn_contains": "…"}`, `{"aws_role_equals": "…"}`, `{"cel": "…"}`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Condition {
@@ -236,6 +252,9 @@ pub enum Condition {
     AwsRoleEquals(String),
     /// CEL `attribute.namespace == VALUE`, for OIDC providers of Kubernetes clusters.
     NamespaceEquals(String),
+    /// Any CEL expression over `assertion`, `google` and `attribute`, as
+    /// `--attribute-condition` takes it; it admits when it evaluates to `true`.
+    Cel(String),
 }
 
 /// An IAM policy binding of `roles/iam.workloadIdentityUser` (or Token Creator) on a service
@@ -295,5 +314,15 @@ mod tests {
         let none: Provider =
             serde_json::from_str(r#"{"audience":"a","condition":"none"}"#).unwrap();
         assert_eq!(none.condition, Condition::None);
+        let cel: Provider = serde_json::from_str(
+            r#"{"audience":"a","condition":{"cel":"assertion.arn in ['x']"},
+                "attribute_mapping":{"google.subject":"assertion.arn"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            cel.condition,
+            Condition::Cel("assertion.arn in ['x']".into())
+        );
+        assert_eq!(cel.attribute_mapping["google.subject"], "assertion.arn");
     }
 }

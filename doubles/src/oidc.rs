@@ -360,6 +360,17 @@ pub fn admits(condition: &Condition, attributes: &BTreeMap<String, String>) -> b
             attributes.get("attribute.namespace").map(String::as_str) == Some(ns.as_str())
         }
         Condition::ArnContains(_) | Condition::AwsRoleEquals(_) => false,
+        // The JWT's claims are behind the mapping: the condition reads the mapped attributes,
+        // and `assertion.sub` (the only claim every ServiceAccount token has as a string).
+        Condition::Cel(expression) => {
+            let sub = attributes
+                .get("google.subject")
+                .cloned()
+                .unwrap_or_default();
+            let assertion: std::collections::HashMap<String, String> =
+                [("sub".to_owned(), sub)].into_iter().collect();
+            crate::attributes::cel_admits(expression, assertion.into(), attributes)
+        }
     }
 }
 

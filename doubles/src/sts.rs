@@ -332,7 +332,7 @@ fn admit(
     assertion: &Assertion,
     injected_reject: bool,
 ) -> Result<BTreeMap<String, String>, StsError> {
-    let attributes = attributes::map(assertion)
+    let attributes = attributes::map_with(&provider.attribute_mapping, assertion)
         .map_err(|e: MappingError| StsError::invalid_request(e.to_string()))?;
     if injected_reject || !attributes::admits(&provider.condition, assertion, &attributes) {
         eprintln!(

@@ -62,6 +62,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// Every value of [`Error::metric_label`]: the metric starts at 0 for each, so that the
+    /// first error is an increase and dashboards see the series before anything fails.
+    pub const METRIC_LABELS: [&'static str; 4] =
+        ["SecretRead", "SecretWrite", "StatusWrite", "Deadline"];
+
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::SecretRead { .. } => "SecretRead",
@@ -495,6 +500,13 @@ pub async fn run(
     )
     .applied_objects()
     .predicate_filter(predicates::generation, PredicateConfig::default());
+    for reason in Error::METRIC_LABELS {
+        drop(
+            metrics
+                .reconcile_errors
+                .get_or_create(&crate::metrics::ReasonLabels { reason }),
+        );
+    }
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), settings.reporter),
         client,

@@ -159,6 +159,8 @@ fn to_serve(ca: &Issued, serving: &Issued) -> CertBundle {
         ca_pem: ca.cert_pem.clone(),
         cert_pem: serving.cert_pem.clone(),
         key_pem: serving.key_pem.clone(),
+        not_after: serving.not_after,
+        ca_not_after: ca.not_after,
     }
 }
 

@@ -56,6 +56,7 @@ pub struct Webhook {
     client: kube::Client,
     cache: Option<Store<FederatedCredential>>,
     config: Arc<InjectConfig>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Webhook {
@@ -65,7 +66,22 @@ impl Webhook {
             client,
             cache: None,
             config: Arc::new(config),
+            metrics: None,
         }
+    }
+
+    /// Counts and times every answered review in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        // Every result is exported from the start, at 0.
+        for result in ["allowed", "denied", "error"] {
+            drop(
+                metrics
+                    .admissions
+                    .get_or_create(&crate::metrics::AdmissionLabels { result }),
+            );
+        }
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Looks resources up in `cache` first (see [`watch_credentials`]), which keeps the API
@@ -143,15 +159,28 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 async fn mutate(State(webhook): State<Webhook>, headers: HeaderMap, body: Body) -> Response {
+    let started = std::time::Instant::now();
+    let (response, allowed) = review(&webhook, headers, body).await;
+    if let Some(metrics) = &webhook.metrics {
+        metrics.observe_admission(started.elapsed(), allowed);
+    }
+    response
+}
+
+/// Answers one review; also says whether the pod was allowed (`None`: no review was read).
+async fn review(webhook: &Webhook, headers: HeaderMap, body: Body) -> (Response, Option<bool>) {
     let json_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
     if !json_type {
-        return error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "expected Content-Type: application/json",
+        return (
+            error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "expected Content-Type: application/json",
+            ),
+            None,
         );
     }
     let too_large = || {
@@ -165,7 +194,7 @@ async fn mutate(State(webhook): State<Webhook>, headers: HeaderMap, body: Body) 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return too_large();
+        return (too_large(), None);
     }
     // The API server sends a review at once; a body still arriving after this is a client
     // holding the connection and its buffer, not a review.
@@ -173,31 +202,35 @@ async fn mutate(State(webhook): State<Webhook>, headers: HeaderMap, body: Body) 
         .await
     {
         Ok(Ok(bytes)) => bytes,
-        Ok(Err(_)) => return too_large(),
+        Ok(Err(_)) => return (too_large(), None),
         Err(_) => {
-            return error(
-                StatusCode::REQUEST_TIMEOUT,
-                format!("the body did not arrive within {BODY_TIMEOUT:?}"),
+            return (
+                error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("the body did not arrive within {BODY_TIMEOUT:?}"),
+                ),
+                None,
             );
         }
     };
     let parsed = match parse(&bytes) {
         Ok(parsed) => parsed,
-        Err(bad) => return error(StatusCode::BAD_REQUEST, bad.0),
+        Err(bad) => return (error(StatusCode::BAD_REQUEST, bad.0), None),
     };
     let lookup = match parsed.wanted() {
         Some((namespace, name)) => webhook.lookup(namespace, name).await,
         None => Lookup::NotNeeded,
     };
     let reply = answer(&parsed, lookup, &webhook.config);
+    let admitted = allowed(&reply);
     tracing::debug!(
         uid = %parsed.uid,
         namespace = parsed.pod.metadata.namespace.as_deref().unwrap_or_default(),
-        allowed = allowed(&reply),
+        allowed = admitted,
         dry_run = parsed.dry_run,
         "admission review answered"
     );
-    axum::Json(reply).into_response()
+    (axum::Json(reply).into_response(), Some(admitted))
 }
 
 /// Serves `router` over TLS on `listener` until `shutdown` completes. Connections in flight

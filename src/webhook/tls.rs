@@ -27,6 +27,10 @@ pub struct CertBundle {
     pub cert_pem: String,
     /// The serving certificate's private key (PKCS #8).
     pub key_pem: String,
+    /// When the serving certificate expires.
+    pub not_after: jiff::Timestamp,
+    /// When the CA certificate expires.
+    pub ca_not_after: jiff::Timestamp,
 }
 
 impl std::fmt::Debug for CertBundle {
@@ -51,6 +55,8 @@ pub fn generate(names: &[String]) -> Result<CertBundle, Error> {
         ca_pem: ca.cert_pem,
         cert_pem: serving.cert_pem,
         key_pem: serving.key_pem,
+        not_after: serving.not_after,
+        ca_not_after: ca.not_after,
     })
 }
 
@@ -258,6 +264,8 @@ pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>,
 pub struct ReloadingCert {
     current: RwLock<Arc<CertifiedKey>>,
     ca_pem: RwLock<String>,
+    /// When the served certificate and its CA expire.
+    not_after: RwLock<(jiff::Timestamp, jiff::Timestamp)>,
 }
 
 impl std::fmt::Debug for ReloadingCert {
@@ -272,6 +280,7 @@ impl ReloadingCert {
         Ok(Arc::new(ReloadingCert {
             current: RwLock::new(certified_key(&bundle.cert_pem, &bundle.key_pem)?),
             ca_pem: RwLock::new(bundle.ca_pem.clone()),
+            not_after: RwLock::new((bundle.not_after, bundle.ca_not_after)),
         }))
     }
 
@@ -283,7 +292,14 @@ impl ReloadingCert {
         bundle
             .ca_pem
             .clone_into(&mut self.ca_pem.write().unwrap_or_else(|e| e.into_inner()));
+        *self.not_after.write().unwrap_or_else(|e| e.into_inner()) =
+            (bundle.not_after, bundle.ca_not_after);
         Ok(())
+    }
+
+    /// When the certificate served now expires, and when its CA does.
+    pub fn not_after(&self) -> (jiff::Timestamp, jiff::Timestamp) {
+        *self.not_after.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The PEM of the CA that signed the certificate served now; `None` when unknown.

@@ -941,7 +941,9 @@ mod tests {
         assert!(!needs("/"));
         assert!(!needs("/computeMetadata/v1/instance/"));
         assert!(needs("/computeMetadata/v1/instance/?recursive=true"));
-        assert!(needs("/computeMetadata/v1/instance/?recursive=true&alt=text"));
+        assert!(needs(
+            "/computeMetadata/v1/instance/?recursive=true&alt=text"
+        ));
         assert!(needs("/computeMetadata/v1/?alt=json"));
         assert!(!needs("/computeMetadata/v1/instance/?alt=text"));
         assert!(needs(TOKEN_PATH));

@@ -341,8 +341,8 @@ pub fn in_pod_status(fc: &FederatedCredential, now: Timestamp) -> FederatedCrede
     let role = fc
         .spec
         .aws
-        .controller_identity
         .as_ref()
+        .and_then(|aws| aws.controller_identity.as_ref())
         .and_then(|c| c.role_arn.as_deref());
     set_condition(
         &mut conditions,
