@@ -16,7 +16,7 @@
 //! | path under `/computeMetadata/v1/` | answer |
 //! |---|---|
 //! | `instance/service-accounts/default/token` | `{"access_token","expires_in","token_type"}`; 503 when missing or expired (or within [`view::EXPIRY_MARGIN`]) |
-//! | `…/default/token?scopes=A,B` | the same token when it holds every scope asked for, 400 naming the missing ones and `spec.google.scopes` otherwise ([`protocol::scopes_missing`]: a `cloud-platform` token holds the Cloud API scopes libraries ask for by default, such as `devstorage.*` and `bigquery`, but not `alloydb.login`, `sqlservice.login` or the identity scopes); a new token with other scopes is never minted |
+//! | `…/default/token?scopes=A,B` | the same token for Google Cloud API scopes, as a GCE VM serves its own scopes whatever is asked (libraries ask for `cloud-platform` by default; the API's 403 names a scope the token lacks); 400 naming `spec.google.scopes` for a sign-in scope the token does not list (`alloydb.login`, `sqlservice.login`, the identity scopes) and for anything that is not a Google API scope ([`protocol::scopes_missing`]); a new token with other scopes is never minted |
 //! | `…/default/identity?audience=A[&format=full][&licenses=TRUE]` | an ID token of the impersonated service account for `A`, minted by the emulator through IAM Credentials `generateIdToken`, with the email when `format=full`; cached per audience ([`identity`]: where it is minted, the cache, every refusal) |
 //! | `…/default/email` | `service_account`, or `default` for a federated token ([`view::FEDERATED_EMAIL`]) |
 //! | `…/default/scopes` | the Secret's optional `scopes` key, else `cloud-platform` ([`view::DEFAULT_SCOPE`]) |

@@ -555,20 +555,21 @@ const NOT_COVERED_BY_CLOUD_PLATFORM: &[&str] = &[
     "profile",
 ];
 
-/// The requested scopes the token does not carry. Held: listed in the token's scopes, or any
-/// `https://www.googleapis.com/auth/…` scope of a Google Cloud API when the token carries
-/// `cloud-platform` (which is how Google's client libraries' default scopes, such as
-/// `devstorage.full_control` or `bigquery`, are served by a cloud-platform token).
+/// The requested scopes the token cannot serve: sign-in scopes it does not list, and anything
+/// that is not a Google API scope. A Google Cloud API scope (`cloud-platform`, `bigquery`,
+/// `devstorage.*`, …) is served with the token as it is, as a GCE VM serves its own scopes
+/// whatever a library asks for: libraries ask for `cloud-platform` by default, and a resource
+/// narrowed to `bigquery` and `devstorage.read_only` must still serve BigQuery's client. What
+/// the token lacks is then the API's 403 to report, naming the scope. Sign-in scopes are not
+/// served that way, because the database login that needs them fails far from its cause.
 pub fn scopes_missing(asked: &[String], held: &[String]) -> Vec<String> {
-    let cloud_platform = held.iter().any(|s| s == super::view::DEFAULT_SCOPE);
     asked
         .iter()
         .filter(|scope| {
             let listed = held.contains(scope);
-            let covered = cloud_platform
-                && scope.starts_with("https://www.googleapis.com/auth/")
+            let cloud_api = scope.starts_with("https://www.googleapis.com/auth/")
                 && !NOT_COVERED_BY_CLOUD_PLATFORM.contains(&scope.as_str());
-            !listed && !covered
+            !listed && !cloud_api
         })
         .cloned()
         .collect()
@@ -725,6 +726,27 @@ mod tests {
         assert_eq!(get(&login).answer(&granted).status, StatusCode::OK);
         let unknown = get(&format!("{TOKEN_PATH}?scopes=x")).answer(&federated());
         assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
+        // A resource narrowed to BigQuery and read-only storage still serves BigQuery's client,
+        // which asks for cloud-platform: the token goes as it is, as on a GCE VM.
+        let narrowed = view(&[
+            ("access_token", "ya29.narrow"),
+            ("expiry", "2026-11-25T16:04:05Z"),
+            (
+                "scopes",
+                "https://www.googleapis.com/auth/bigquery https://www.googleapis.com/auth/devstorage.read_only",
+            ),
+        ]);
+        let platform = get(&format!(
+            "{TOKEN_PATH}?scopes=https%3A%2F%2Fwww.googleapis.com%2Fauth%2Fcloud-platform"
+        ))
+        .answer(&narrowed);
+        assert_eq!(platform.status, StatusCode::OK, "{}", platform.body);
+        assert_eq!(json_body(&platform)["access_token"], "ya29.narrow");
+        let sign_in = get(&format!(
+            "{TOKEN_PATH}?scopes=https://www.googleapis.com/auth/sqlservice.login"
+        ))
+        .answer(&narrowed);
+        assert_eq!(sign_in.status, StatusCode::BAD_REQUEST);
     }
 
     #[test]
