@@ -460,7 +460,7 @@ fn kubernetes_subject(
                 (
                     "kubernetes.tokenPath",
                     format!(
-                        "the token at {path} is a ServiceAccount's that the resource does not name, and the condition must name it: pass --subject {ns}/{name}=system:serviceaccount:NAMESPACE:SERVICEACCOUNT, the ServiceAccount whose token is projected there (the token's sub claim)",
+                        "the resource does not say which ServiceAccount's token the agent reads at {path}, and the condition must name it: pass --subject {ns}/{name}=system:serviceaccount:NAMESPACE:SERVICEACCOUNT, the ServiceAccount whose token is projected there (the token's sub claim)",
                         ns = resource.namespace,
                         name = resource.name
                     ),
@@ -534,10 +534,10 @@ fn merge_trust(provider: &mut Provider, trusts: Trusts, provider_id: &str) -> Re
             Ok(())
         }
         (Trusts::Aws { .. }, Trusts::Kubernetes { .. }) => Err(format!(
-            "a ServiceAccount token (spec.kubernetes) for provider {provider_id}, which is an AWS provider for {others} (spec.aws); a provider is either AWS or OIDC: give the spec.kubernetes resources a provider of their own (another google.audience)"
+            "provider {provider_id} takes the AWS identities of {others} (spec.aws), so it is an AWS provider and cannot also take this resource's ServiceAccount token (spec.kubernetes); a provider is either AWS or OIDC: give the spec.kubernetes resources a provider of their own (another google.audience)"
         )),
         (Trusts::Kubernetes { .. }, Trusts::Aws { .. }) => Err(format!(
-            "an AWS identity (spec.aws) for provider {provider_id}, which is an OIDC provider for the ServiceAccount tokens of {others} (spec.kubernetes); a provider is either AWS or OIDC: give the spec.aws resources a provider of their own (another google.audience)"
+            "provider {provider_id} takes the ServiceAccount tokens of {others} (spec.kubernetes), so it is an OIDC provider and cannot also take this resource's AWS identity (spec.aws); a provider is either AWS or OIDC: give the spec.aws resources a provider of their own (another google.audience)"
         )),
     }
 }

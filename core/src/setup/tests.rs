@@ -499,6 +499,19 @@ fn a_token_file_needs_its_subject_named() {
         "{text}"
     );
 
+    // Google's limit on google.subject holds for ServiceAccount subjects too.
+    let mut long = reports_gcs("reports");
+    long.spec.kubernetes.as_mut().unwrap().service_account = Some(crate::api::ServiceAccountName {
+        name: "w".repeat(110),
+    });
+    let errors = plan(&[long], &with_issuer()).unwrap_err();
+    assert_eq!(errors[0].field, "kubernetes.serviceAccount.name");
+    assert!(
+        errors[0].message.contains("127-byte limit"),
+        "{}",
+        errors[0]
+    );
+
     let setup = plan(
         &[agent_token_file(
             Some("system:serviceaccount:exporters:vm-exporter"),
