@@ -1,6 +1,7 @@
 //! `fedcred setup`: reads FederatedCredentials from files (or the cluster), resolves each IRSA
-//! role from the ServiceAccount that names it, and prints what [`fedcred_core::setup`]
-//! decides both clouds need, as commands or Terraform.
+//! role from the ServiceAccount that names it (and each token file's ServiceAccount from
+//! `--subject`), and prints what [`fedcred_core::setup`] decides both clouds need, as commands
+//! or Terraform.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -46,8 +47,10 @@ pub struct Args {
     /// What to print.
     #[arg(short, long, value_enum, default_value = "commands")]
     pub output: Format,
-    /// The EKS cluster's OIDC issuer URL, for IRSA trust policies
-    /// (`aws eks describe-cluster --query cluster.identity.oidc.issuer`).
+    /// The cluster's ServiceAccount token issuer, exactly the tokens' `iss`: the "issuer" of
+    /// `kubectl get --raw /.well-known/openid-configuration` (on EKS, `aws eks describe-cluster
+    /// --query cluster.identity.oidc.issuer`). IRSA trust policies name it; the OIDC provider of
+    /// spec.kubernetes resources needs it.
     #[arg(long)]
     pub oidc_issuer: Option<String>,
     /// The controller's own IAM role, which roles of aws.controllerIdentity.roleArn trust.
@@ -57,6 +60,14 @@ pub struct Args {
     /// the files names: `NAMESPACE/SERVICEACCOUNT=ARN`; repeatable.
     #[arg(long = "role-arn", value_name = "NAMESPACE/SERVICEACCOUNT=ARN")]
     pub role_arns: Vec<String>,
+    /// The ServiceAccount whose token a kubernetes.tokenPath resource (fedcred agent) reads,
+    /// which the resource does not name: `NAMESPACE/NAME=system:serviceaccount:NS:SA`, keyed by
+    /// the FederatedCredential; repeatable.
+    #[arg(
+        long = "subject",
+        value_name = "NAMESPACE/NAME=system:serviceaccount:NS:SA"
+    )]
+    pub subjects: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +76,10 @@ pub enum Error {
     Manifest(#[from] manifest::Error),
     #[error("--role-arn {0:?}: expected NAMESPACE/SERVICEACCOUNT=arn:aws:iam::ACCOUNT:role/NAME")]
     RoleFlag(String),
+    #[error(
+        "--subject {0:?}: expected NAMESPACE/NAME=system:serviceaccount:NS:SA (the FederatedCredential, then its token's sub)"
+    )]
+    SubjectFlag(String),
     #[error("no Kubernetes cluster to read from: {0}")]
     Kubernetes(#[source] kube::Error),
     #[error("listing {what}: {source}")]
@@ -102,6 +117,25 @@ fn roles_from_flags(flags: &[String]) -> Result<Roles, Error> {
     Ok(roles)
 }
 
+/// `(namespace, FederatedCredential)` → the `sub` of the token file it reads.
+type Subjects = BTreeMap<(String, String), String>;
+
+fn subjects_from_flags(flags: &[String]) -> Result<Subjects, Error> {
+    let mut subjects = Subjects::new();
+    for flag in flags {
+        let parsed = flag.split_once('=').and_then(|(resource, subject)| {
+            let (namespace, name) = resource.split_once('/')?;
+            let valid = !namespace.is_empty()
+                && !name.is_empty()
+                && setup::parse_subject(subject).is_some();
+            valid.then(|| ((namespace.to_owned(), name.to_owned()), subject.to_owned()))
+        });
+        let (key, subject) = parsed.ok_or_else(|| Error::SubjectFlag(flag.clone()))?;
+        subjects.insert(key, subject);
+    }
+    Ok(subjects)
+}
+
 fn roles_from_documents(documents: &[Value], default_namespace: &str) -> Roles {
     documents
         .iter()
@@ -119,12 +153,13 @@ fn roles_from_documents(documents: &[Value], default_namespace: &str) -> Roles {
 }
 
 /// The resources with their roles resolved: the spec's, else the ServiceAccount's annotation,
-/// else the flag's.
+/// else the flag's; and the subjects of token files from the flags.
 fn resolve(
     credentials: Vec<FederatedCredential>,
     default_namespace: &str,
     annotations: &Roles,
     flags: &Roles,
+    subjects: &Subjects,
 ) -> Vec<Resource> {
     credentials
         .into_iter()
@@ -144,11 +179,19 @@ fn resolve(
                         .or_else(|| annotations.get(&key).cloned())
                         .or_else(|| flags.get(&key).cloned())
                 });
+            let name = fc.name_any();
+            let resolved_subject = fc
+                .spec
+                .kubernetes
+                .as_ref()
+                .filter(|k| k.token_path.is_some())
+                .and_then(|_| subjects.get(&(namespace.clone(), name.clone())).cloned());
             Resource {
-                name: fc.name_any(),
+                name,
                 namespace,
                 spec: fc.spec,
                 resolved_role_arn,
+                resolved_subject,
             }
         })
         .collect()
@@ -157,6 +200,7 @@ fn resolve(
 /// Reads the resources as `args` say and returns what to print.
 pub async fn run(args: Args) -> Result<String, Error> {
     let flags = roles_from_flags(&args.role_arns)?;
+    let subjects = subjects_from_flags(&args.subjects)?;
     let default_namespace = args
         .namespace
         .clone()
@@ -201,7 +245,13 @@ pub async fn run(args: Args) -> Result<String, Error> {
                 Some(((sa.namespace()?, sa.name_any()), role))
             })
             .collect();
-        resolve(credentials, &default_namespace, &annotations, &flags)
+        resolve(
+            credentials,
+            &default_namespace,
+            &annotations,
+            &flags,
+            &subjects,
+        )
     } else {
         let mut resources = Vec::new();
         for file in &args.files {
@@ -222,17 +272,74 @@ pub async fn run(args: Args) -> Result<String, Error> {
                 &default_namespace,
                 &annotations,
                 &flags,
+                &subjects,
             ));
         }
         resources
     };
-    let planned = setup::plan(&resources).map_err(Error::Plan)?;
     let options = Options {
         oidc_issuer: args.oidc_issuer,
         controller_role_arn: args.controller_role_arn,
     };
+    let planned = setup::plan(&resources, &options).map_err(Error::Plan)?;
     Ok(match args.output {
         Format::Commands => setup::render::commands(&planned, &options),
         Format::Terraform => setup::render::terraform(&planned, &options),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AUDIENCE: &str =
+        "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/k";
+
+    fn credential(kubernetes: Value) -> FederatedCredential {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
+            "metadata": {"name": "exporter", "namespace": "edge"},
+            "spec": {"kubernetes": kubernetes, "google": {"audience": AUDIENCE}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_subject_flag_names_the_token_file_of_one_resource() {
+        let subjects =
+            subjects_from_flags(&["edge/exporter=system:serviceaccount:exporters:vm".to_owned()])
+                .unwrap();
+        let file = credential(serde_json::json!({"tokenPath": "/var/run/secrets/tokens/google"}));
+        // A ServiceAccount resource's subject is its own; the flag does not override it.
+        let account = credential(serde_json::json!({"serviceAccount": {"name": "exporter"}}));
+        let resolved = resolve(
+            vec![file, account],
+            "default",
+            &Roles::new(),
+            &Roles::new(),
+            &subjects,
+        );
+        assert_eq!(
+            resolved[0].resolved_subject.as_deref(),
+            Some("system:serviceaccount:exporters:vm")
+        );
+        assert_eq!(resolved[1].resolved_subject, None);
+    }
+
+    #[test]
+    fn a_malformed_subject_flag_says_the_form() {
+        for bad in [
+            "edge/exporter",
+            "exporter=system:serviceaccount:exporters:vm",
+            "edge/exporter=exporters:vm",
+            "edge/exporter=system:serviceaccount:exporters",
+        ] {
+            let err = subjects_from_flags(&[bad.to_owned()]).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("expected NAMESPACE/NAME=system:serviceaccount:NS:SA"),
+                "{bad}: {err}"
+            );
+        }
+    }
 }

@@ -2,7 +2,8 @@
 //! with the IRSA role read from the ServiceAccount in the same file), on the cluster
 //! (`--from-cluster`), and checked against the Google doubles: the provider condition, the
 //! attribute mapping and the workloadIdentityUser binding it prints admit the principal fedcred
-//! presents for the resource and refuse a neighbour namespace's.
+//! presents for the resource and refuse a neighbour namespace's — an assumed-role ARN through
+//! the controller, and a ServiceAccount token's claims through the OIDC double's mapping.
 
 mod support;
 
@@ -10,6 +11,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use fedcred_doubles::oidc::{self, Jwt, TestKey};
 use fedcred_doubles::{Binding, Condition, Provider};
 use serde_json::{Value, json};
 use support::cloud::{AUDIENCE, Cloud, ROLE, SA_EMAIL};
@@ -93,6 +95,72 @@ fn the_examples_give_the_golden_commands_and_terraform() {
         script.contains(r#": "${CONTROLLER_ROLE_ARN:?set CONTROLLER_ROLE_ARN"#),
         "{script}"
     );
+
+    // The cluster's own ServiceAccount token: an OIDC provider for the issuer, nothing on AWS.
+    let kubernetes = ["-f", "examples/kubernetes-token-gcs.yaml"];
+    let issuer = ["--oidc-issuer", "https://k8s.acme-reports.example"];
+    let (ok, script, err) = setup(&[&kubernetes[..], &issuer[..]].concat(), None);
+    assert!(ok, "{err}");
+    assert_eq!(script, golden("kubernetes-token-gcs.sh"));
+    bash_parses(&script);
+    let (ok, terraform, err) = setup(
+        &[&kubernetes[..], &issuer[..], &["-o", "terraform"][..]].concat(),
+        None,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(terraform, golden("kubernetes-token-gcs.tf"));
+    // Without the issuer there is no provider to print: the error says where to read it.
+    let (ok, out, err) = setup(&kubernetes, None);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("reports/reports-gcs: kubernetes:")
+            && err.contains("--oidc-issuer")
+            && err.contains("kubectl get --raw /.well-known/openid-configuration"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_printed_oidc_condition_admits_the_token_fedcred_presents_and_refuses_a_neighbours() {
+    // What setup prints for examples/kubernetes-token-gcs.yaml (the test above checks that the
+    // binary prints exactly this).
+    let script = golden("kubernetes-token-gcs.sh");
+    let mapping = flag_values(&script, "attribute-mapping");
+    let condition = flag_values(&script, "attribute-condition");
+    let members = flag_values(&script, "member");
+    // The OIDC double applies this mapping to every token; the printed one must be it.
+    assert_eq!(
+        mapping,
+        [
+            "google.subject=assertion.sub,attribute.namespace=assertion['kubernetes.io']['namespace']"
+        ]
+    );
+    let key = TestKey::generate_p256("setup");
+    let judged = |namespace: &str, name: &str| {
+        let token = key.sign(&json!({
+            "iss": "https://k8s.acme-reports.example",
+            "aud": ["//iam.googleapis.com/projects/555555555555/locations/global/workloadIdentityPools/k8s-pool/providers/onprem"],
+            "sub": format!("system:serviceaccount:{namespace}:{name}"),
+            "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": name, "uid": "0b0c"}},
+            "iat": 1_700_000_000, "exp": 1_700_000_600,
+        }));
+        let attributes = oidc::map(&Jwt::parse(&token).unwrap()).unwrap();
+        let admitted = oidc::admits(&Condition::Cel(condition[0].clone()), &attributes);
+        (admitted, attributes["google.subject"].clone())
+    };
+    let (admitted, subject) = judged("reports", "report-writer");
+    assert!(admitted, "{} refuses {subject}", condition[0]);
+    // The binding is that principal's, and only its.
+    assert_eq!(
+        members,
+        [format!(
+            "principal://iam.googleapis.com/projects/555555555555/locations/global/workloadIdentityPools/k8s-pool/subject/{subject}"
+        )]
+    );
+    for (namespace, name) in [("reports-next", "report-writer"), ("reports", "default")] {
+        let (admitted, subject) = judged(namespace, name);
+        assert!(!admitted, "{} admits {subject}", condition[0]);
+    }
 }
 
 #[test]
@@ -298,6 +366,8 @@ fn the_terraform_parses_and_says_what_the_commands_say() {
         "irsa-alloydb",
         "controller-identity-bigquery",
         "two-namespaces",
+        "kubernetes-token-gcs",
+        "kubernetes-agent-audience",
     ] {
         let out = Command::new(&python)
             .arg(repo_root().join("tests/python/terraform_summary.py"))
@@ -323,6 +393,34 @@ fn the_terraform_parses_and_says_what_the_commands_say() {
         let mut sh_conditions = flag_values(&script, "attribute-condition");
         sh_conditions.sort_unstable();
         assert_eq!(tf_conditions, sh_conditions, "{case}");
+        // OIDC providers: the same issuer and allowed audiences.
+        let mut tf_issuers: Vec<&str> = tf["providers"]
+            .as_object()
+            .unwrap()
+            .values()
+            .filter_map(|p| p["issuer"].as_str())
+            .collect();
+        tf_issuers.sort_unstable();
+        let mut sh_issuers = flag_values(&script, "issuer-uri");
+        sh_issuers.sort_unstable();
+        assert_eq!(tf_issuers, sh_issuers, "{case}");
+        let mut tf_audiences: Vec<String> = tf["providers"]
+            .as_object()
+            .unwrap()
+            .values()
+            .filter_map(|p| p["allowed_audiences"].as_array())
+            .filter(|a| !a.is_empty())
+            .map(|a| {
+                a.iter()
+                    .map(|v| v.as_str().unwrap())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect();
+        tf_audiences.sort_unstable();
+        let mut sh_audiences = flag_values(&script, "allowed-audiences");
+        sh_audiences.sort_unstable();
+        assert_eq!(tf_audiences, sh_audiences, "{case}");
         for (_, provider) in tf["providers"].as_object().unwrap() {
             let mapping: Vec<String> = provider["mapping"]
                 .as_object()

@@ -1,6 +1,6 @@
 """Reads a Terraform file with python-hcl2 (an independent HCL2 parser) and prints, as JSON, what
 the tests compare with the commands `fedcred setup` prints: every resource's type and name, each
-provider's attribute mapping and condition, the workloadIdentityUser members, and each IAM role's
+provider's attribute mapping and condition (with its AWS account or OIDC issuer), the workloadIdentityUser members, and each IAM role's
 trust policy (the heredoc parsed as JSON). Exits non-zero when the file is not valid HCL2 or a
 policy is not JSON."""
 
@@ -36,11 +36,18 @@ for block in parsed.get("resource", []):
             name = unquote(name)
             summary["resources"].append(f"{rtype}.{name}")
             if rtype == "google_iam_workload_identity_pool_provider":
-                summary["providers"][unquote(body["workload_identity_pool_provider_id"])] = {
+                provider = {
                     "condition": unquote(body["attribute_condition"]),
                     "mapping": {unquote(k): unquote(v) for k, v in body["attribute_mapping"].items()},
-                    "account": unquote(body["aws"][0]["account_id"]),
                 }
+                # An AWS provider names its account; an OIDC provider its issuer (and audiences).
+                if "aws" in body:
+                    provider["account"] = unquote(body["aws"][0]["account_id"])
+                else:
+                    oidc = body["oidc"][0]
+                    provider["issuer"] = unquote(oidc["issuer_uri"])
+                    provider["allowed_audiences"] = [unquote(a) for a in oidc.get("allowed_audiences", [])]
+                summary["providers"][unquote(body["workload_identity_pool_provider_id"])] = provider
             elif rtype == "google_service_account_iam_member":
                 summary["members"].append(unquote(body["member"]))
             elif rtype == "aws_iam_role":

@@ -472,7 +472,7 @@ pub fn diagnose(observed: &Observed) -> Report {
     let mapping = observed
         .mapping
         .clone()
-        .unwrap_or_else(setup::Provider::mapping_flag);
+        .unwrap_or_else(|| setup::mapping_flag(&setup::ATTRIBUTE_MAPPING));
     steps.push(match (&observed.condition, &principal) {
         _ if fc.spec.aws.is_none() => step(
             "condition",

@@ -87,7 +87,7 @@ fn a_healthy_resource_passes_every_step() {
 
 #[test]
 fn the_condition_is_evaluated_with_cel_for_the_principal() {
-    let mapping = crate::setup::Provider::mapping_flag();
+    let mapping = crate::setup::mapping_flag(&crate::setup::ATTRIBUTE_MAPPING);
     let pinned = format!("assertion.arn in ['{PRINCIPAL}']");
     assert_eq!(condition_admits(&pinned, &mapping, PRINCIPAL), Ok(true));
     let neighbour = PRINCIPAL.replace("fedcred.shop.", "fedcred.shop-b.");

@@ -2,7 +2,9 @@
 //! (`fedcred setup`): the Workload Identity pool and provider with an attribute mapping and a
 //! condition that admits exactly the principals fedcred presents, the `workloadIdentityUser`
 //! binding of those principals, the service account's roles for what the resource uses, the
-//! AlloyDB IAM database users, and the AWS roles' trust policies.
+//! AlloyDB IAM database users, and the AWS roles' trust policies. A resource with
+//! `spec.kubernetes` presents the cluster's own ServiceAccount token: its provider is an OIDC
+//! provider for the cluster's issuer, its principal the token's `sub`, and AWS needs nothing.
 //!
 //! [`plan`] gathers the facts; [`render::commands`] and [`render::terraform`] print them as
 //! `gcloud`/`aws` commands or Terraform. Everything here is pure: the adapter reads the files
@@ -12,7 +14,7 @@ pub mod render;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::api::{Connectivity, FederatedCredentialSpec};
+use crate::api::{Connectivity, FederatedCredentialSpec, KubernetesIdentity};
 use crate::names::session_name;
 
 /// Google's limit on the mapped `google.subject`; an assumed-role ARN longer than this cannot
@@ -22,13 +24,51 @@ pub const MAX_SUBJECT_BYTES: usize = 127;
 /// Google's limit on an attribute condition's length.
 pub const MAX_CONDITION_BYTES: usize = 4096;
 
-/// The attribute mapping every generated provider uses: the subject is the caller's ARN, which
-/// for an assumed role carries fedcred's deterministic session name, so one principal is one
-/// namespace (and ServiceAccount).
+/// The attribute mapping every generated AWS provider uses: the subject is the caller's ARN,
+/// which for an assumed role carries fedcred's deterministic session name, so one principal is
+/// one namespace (and ServiceAccount).
 pub const ATTRIBUTE_MAPPING: [(&str, &str); 2] = [
     ("google.subject", "assertion.arn"),
     ("attribute.aws_account", "assertion.account"),
 ];
+
+/// The attribute mapping every generated OIDC provider uses: the subject is the token's `sub`,
+/// `system:serviceaccount:NAMESPACE:NAME`, so one principal is one ServiceAccount; the namespace
+/// is kept for the `principalSet://…/attribute.namespace/NS` bindings a user may add.
+pub const OIDC_ATTRIBUTE_MAPPING: [(&str, &str); 2] = [
+    ("google.subject", "assertion.sub"),
+    (
+        "attribute.namespace",
+        "assertion['kubernetes.io']['namespace']",
+    ),
+];
+
+/// An attribute mapping as `gcloud` takes it: `ATTRIBUTE=EXPRESSION,…`.
+pub fn mapping_flag(mapping: &[(&str, &str)]) -> String {
+    mapping
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The `sub` of a ServiceAccount token.
+pub fn service_account_subject(namespace: &str, name: &str) -> String {
+    format!("system:serviceaccount:{namespace}:{name}")
+}
+
+/// `(namespace, name)` of a ServiceAccount token's `sub`, `system:serviceaccount:NS:NAME`.
+pub fn parse_subject(subject: &str) -> Option<(&str, &str)> {
+    let (namespace, name) = subject
+        .strip_prefix("system:serviceaccount:")?
+        .split_once(':')?;
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    };
+    (valid(namespace) && valid(name)).then_some((namespace, name))
+}
 
 /// One FederatedCredential as setup sees it.
 #[derive(Clone, Debug)]
@@ -40,13 +80,19 @@ pub struct Resource {
     /// ServiceAccount's `eks.amazonaws.com/role-arn` annotation (read from the cluster), else
     /// what the user passed on the command line.
     pub resolved_role_arn: Option<String>,
+    /// The `sub` of the token a `kubernetes.tokenPath` resource reads
+    /// (`system:serviceaccount:NS:NAME`): the file's ServiceAccount is not in the resource, so
+    /// the user names it on the command line.
+    pub resolved_subject: Option<String>,
 }
 
 /// What the resources do not say.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
-    /// The EKS cluster's OIDC issuer URL (`https://oidc.eks.REGION.amazonaws.com/id/ID`), for
-    /// IRSA trust policies. Unknown: the output names a variable to fill in.
+    /// The cluster's ServiceAccount token issuer, the tokens' `iss`
+    /// (`https://oidc.eks.REGION.amazonaws.com/id/ID` on EKS). IRSA trust policies name it
+    /// (unknown: the output names a variable to fill in); the OIDC provider of `spec.kubernetes`
+    /// resources is created with it, so those cannot be planned without it.
     pub oidc_issuer: Option<String>,
     /// The controller's own IAM role, which chained roles (`aws.controllerIdentity.roleArn`)
     /// must trust. Unknown: the output names a variable to fill in.
@@ -87,31 +133,72 @@ pub struct Pool {
     pub providers: BTreeMap<String, Provider>,
 }
 
-/// An AWS provider of a pool.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// A provider of a pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Provider {
-    /// The AWS account the provider trusts (Google's provider takes one).
-    pub account_id: String,
-    /// The ARNs Google will see, one per namespace (and ServiceAccount).
+    pub trusts: Trusts,
+    /// What Google will see as `google.subject`: ARNs, one per namespace (and ServiceAccount),
+    /// or ServiceAccount subjects.
     pub principals: BTreeSet<String>,
     /// `NAMESPACE/NAME` of the resources behind them.
     pub resources: BTreeSet<String>,
+}
+
+/// Whom a provider trusts. Google's provider is one or the other, never both.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Trusts {
+    /// An AWS provider, for one AWS account.
+    Aws { account_id: String },
+    /// An OIDC provider for a cluster's ServiceAccount tokens (`spec.kubernetes`).
+    Kubernetes {
+        /// The tokens' `iss`, exactly.
+        issuer_uri: String,
+        /// The provider's own full resource name, which Google accepts as `aud` while the
+        /// provider lists no allowed audiences.
+        own_audience: String,
+        /// The `aud` of each resource's tokens: `kubernetes.audience`, else the provider's name.
+        audiences: BTreeSet<String>,
+    },
 }
 
 impl Provider {
     /// The attribute condition: exactly these principals, no wildcard.
     pub fn condition(&self) -> String {
         let quoted: Vec<String> = self.principals.iter().map(|p| format!("'{p}'")).collect();
-        format!("assertion.arn in [{}]", quoted.join(", "))
+        let claim = match self.trusts {
+            Trusts::Aws { .. } => "assertion.arn",
+            Trusts::Kubernetes { .. } => "assertion.sub",
+        };
+        format!("{claim} in [{}]", quoted.join(", "))
+    }
+
+    /// The attribute mapping.
+    pub fn mapping(&self) -> &'static [(&'static str, &'static str)] {
+        match self.trusts {
+            Trusts::Aws { .. } => &ATTRIBUTE_MAPPING,
+            Trusts::Kubernetes { .. } => &OIDC_ATTRIBUTE_MAPPING,
+        }
     }
 
     /// The attribute mapping as `gcloud` takes it.
-    pub fn mapping_flag() -> String {
-        ATTRIBUTE_MAPPING
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",")
+    pub fn mapping_flag(&self) -> String {
+        mapping_flag(self.mapping())
+    }
+
+    /// The OIDC provider's allowed audiences: none while every resource asks for the provider's
+    /// own name (Google's default), else all of them, the default included, since a listed
+    /// audience replaces the default for everyone.
+    pub fn allowed_audiences(&self) -> Vec<&str> {
+        match &self.trusts {
+            Trusts::Kubernetes {
+                own_audience,
+                audiences,
+                ..
+            } if audiences.iter().any(|a| a != own_audience) => {
+                audiences.iter().map(String::as_str).collect()
+            }
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -120,7 +207,8 @@ impl Provider {
 pub struct ServiceAccount {
     /// Its project, from the email; `None` for the rare email that carries none.
     pub project_id: Option<String>,
-    /// `principal://…/subject/ARN` members that get `roles/iam.workloadIdentityUser` on it.
+    /// `principal://…/subject/ARN` (or `…/subject/system:serviceaccount:NS:NAME`) members that
+    /// get `roles/iam.workloadIdentityUser` on it.
     pub members: BTreeSet<String>,
     /// Project roles it needs, with why.
     pub roles: BTreeMap<&'static str, &'static str>,
@@ -248,19 +336,34 @@ fn parse_instance(uri: &str) -> Option<(String, String, String)> {
     Some((project.to_owned(), region.to_owned(), cluster.to_owned()))
 }
 
-/// The principal `resource` presents: the role it assumes and the session name fedcred gives.
-/// Also what the AWS side must trust.
-fn principal_of(resource: &Resource) -> Result<(String, String, Trust), SetupError> {
+/// What a resource presents to Google.
+enum Presented {
+    /// An assumed-role ARN, and what the AWS side must trust for fedcred to become it.
+    Aws {
+        role_arn: String,
+        principal: String,
+        trust: Trust,
+    },
+    /// A ServiceAccount token: its `sub` and `aud`.
+    Kubernetes { subject: String, audience: String },
+}
+
+/// The principal `resource` presents: the role it assumes and the session name fedcred gives,
+/// with what the AWS side must trust; or the subject of its ServiceAccount token.
+fn principal_of(resource: &Resource) -> Result<Presented, SetupError> {
     let id = format!("{}/{}", resource.namespace, resource.name);
     let error = |field: &'static str, message: String| SetupError {
         resource: id.clone(),
         field,
         message,
     };
+    if let Some(kubernetes) = &resource.spec.kubernetes {
+        return kubernetes_subject(resource, kubernetes).map_err(|(f, m)| error(f, m));
+    }
     let Some(aws) = &resource.spec.aws else {
         return Err(error(
-            "kubernetes",
-            "the kubernetes source needs no AWS role: set up an OIDC provider for this cluster's issuer as docs/setup-oidc.md shows (fedcred setup plans AWS identities only)".to_owned(),
+            "aws",
+            "set one identity source: aws (an AWS identity) or kubernetes (the cluster's own ServiceAccount token)".to_owned(),
         ));
     };
     let (role_arn, session, trust, field) = match (&aws.service_account, &aws.controller_identity) {
@@ -274,7 +377,7 @@ fn principal_of(resource: &Resource) -> Result<(String, String, Trust), SetupErr
                     ),
                 )
             })?;
-            let subject = format!("system:serviceaccount:{}:{}", resource.namespace, sa.name);
+            let subject = service_account_subject(&resource.namespace, &sa.name);
             (
                 role,
                 session_name(&resource.namespace, Some(&sa.name)),
@@ -325,7 +428,118 @@ fn principal_of(resource: &Resource) -> Result<(String, String, Trust), SetupErr
             ),
         ));
     }
-    Ok((role_arn, principal, trust))
+    Ok(Presented::Aws {
+        role_arn,
+        principal,
+        trust,
+    })
+}
+
+/// The `sub` and `aud` of the token a `spec.kubernetes` resource presents, or the field and
+/// what to change.
+fn kubernetes_subject(
+    resource: &Resource,
+    kubernetes: &KubernetesIdentity,
+) -> Result<Presented, (&'static str, String)> {
+    if resource.spec.aws.is_some() {
+        return Err((
+            "kubernetes",
+            "set one identity source, aws or kubernetes, not both".to_owned(),
+        ));
+    }
+    let (subject, field) = match (&kubernetes.service_account, &kubernetes.token_path) {
+        (Some(sa), None) => (
+            service_account_subject(&resource.namespace, &sa.name),
+            "kubernetes.serviceAccount.name",
+        ),
+        // The agent reads whatever token the kubelet projected there: which ServiceAccount it
+        // belongs to is the pod's (or the VM's projection's) business, not the resource's. A
+        // guess would put a wrong subject into the condition, so the user names it.
+        (None, Some(path)) => (
+            resource.resolved_subject.clone().ok_or_else(|| {
+                (
+                    "kubernetes.tokenPath",
+                    format!(
+                        "the resource does not say which ServiceAccount's token the agent reads at {path}, and the condition must name it: pass --subject {ns}/{name}=system:serviceaccount:NAMESPACE:SERVICEACCOUNT, the ServiceAccount whose token is projected there (the token's sub claim)",
+                        ns = resource.namespace,
+                        name = resource.name
+                    ),
+                )
+            })?,
+            "kubernetes.tokenPath",
+        ),
+        _ => {
+            return Err((
+                "kubernetes",
+                "set exactly one of kubernetes.serviceAccount and kubernetes.tokenPath".to_owned(),
+            ));
+        }
+    };
+    if subject.len() > MAX_SUBJECT_BYTES {
+        return Err((
+            field,
+            format!(
+                "the subject {subject} is {} bytes, over Google's {MAX_SUBJECT_BYTES}-byte limit on google.subject; use a ServiceAccount with a shorter name",
+                subject.len()
+            ),
+        ));
+    }
+    let audience = kubernetes
+        .audience
+        .clone()
+        .unwrap_or_else(|| resource.spec.google.audience.clone());
+    Ok(Presented::Kubernetes { subject, audience })
+}
+
+/// The issuer an OIDC provider is created with: the flag's value, which must be the tokens'
+/// `iss` exactly (Google compares it byte for byte and takes https:// only).
+fn issuer_uri(options: &Options) -> Result<String, String> {
+    const READ: &str = "the \"issuer\" of `kubectl get --raw /.well-known/openid-configuration` (on EKS, `aws eks describe-cluster --name CLUSTER --query cluster.identity.oidc.issuer --output text`)";
+    match options.oidc_issuer.as_deref() {
+        None => Err(format!(
+            "the OIDC provider for the cluster's ServiceAccount tokens needs the cluster's issuer: pass --oidc-issuer ISSUER, {READ}"
+        )),
+        Some(issuer) if !issuer.starts_with("https://") => Err(format!(
+            "--oidc-issuer {issuer:?}: Google takes an https:// issuer URI, exactly the tokens' iss: {READ}"
+        )),
+        Some(issuer) => Ok(issuer.to_owned()),
+    }
+}
+
+/// Adds `trusts` to a provider that may trust something already, or says why it cannot.
+fn merge_trust(provider: &mut Provider, trusts: Trusts, provider_id: &str) -> Result<(), String> {
+    let others = provider
+        .resources
+        .iter()
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    match (&mut provider.trusts, trusts) {
+        (Trusts::Aws { account_id }, Trusts::Aws { account_id: theirs }) => {
+            if *account_id == theirs {
+                Ok(())
+            } else {
+                Err(format!(
+                    "provider {provider_id} already trusts AWS account {account_id} and an AWS provider trusts one account; give the resources of account {theirs} a provider of their own"
+                ))
+            }
+        }
+        (
+            Trusts::Kubernetes { audiences, .. },
+            Trusts::Kubernetes {
+                audiences: theirs, ..
+            },
+        ) => {
+            audiences.extend(theirs);
+            Ok(())
+        }
+        (Trusts::Aws { .. }, Trusts::Kubernetes { .. }) => Err(format!(
+            "provider {provider_id} takes the AWS identities of {others} (spec.aws), so it is an AWS provider and cannot also take this resource's ServiceAccount token (spec.kubernetes); a provider is either AWS or OIDC: give the spec.kubernetes resources a provider of their own (another google.audience)"
+        )),
+        (Trusts::Kubernetes { .. }, Trusts::Aws { .. }) => Err(format!(
+            "provider {provider_id} takes the ServiceAccount tokens of {others} (spec.kubernetes), so it is an OIDC provider and cannot also take this resource's AWS identity (spec.aws); a provider is either AWS or OIDC: give the spec.aws resources a provider of their own (another google.audience)"
+        )),
+    }
 }
 
 /// What the scopes ask for that fedcred cannot grant by itself.
@@ -346,12 +560,14 @@ fn left_to_user(spec: &FederatedCredentialSpec) -> BTreeSet<&'static str> {
 }
 
 /// Plans both clouds' side for `resources`.
-pub fn plan(resources: &[Resource]) -> Result<Setup, Vec<SetupError>> {
+pub fn plan(resources: &[Resource], options: &Options) -> Result<Setup, Vec<SetupError>> {
     let mut setup = Setup::default();
     let mut errors = Vec::new();
+    // A missing or unusable issuer is one mistake, reported once, not once per resource.
+    let mut issuer_refused = false;
     for resource in resources {
         let id = format!("{}/{}", resource.namespace, resource.name);
-        let (role_arn, principal, trust) = match principal_of(resource) {
+        let presented = match principal_of(resource) {
             Ok(found) => found,
             Err(e) => {
                 errors.push(e);
@@ -367,8 +583,41 @@ pub fn plan(resources: &[Resource]) -> Result<Setup, Vec<SetupError>> {
             });
             continue;
         };
-        let Some((account_id, role_name)) = parse_role_arn(&role_arn) else {
-            continue; // principal_of refused it already
+        let (trusts, principal) = match &presented {
+            Presented::Aws {
+                role_arn,
+                principal,
+                ..
+            } => {
+                let Some((account_id, _)) = parse_role_arn(role_arn) else {
+                    continue; // principal_of refused it already
+                };
+                (Trusts::Aws { account_id }, principal.clone())
+            }
+            Presented::Kubernetes { subject, audience } => {
+                let issuer_uri = match issuer_uri(options) {
+                    Ok(issuer) => issuer,
+                    Err(message) => {
+                        if !issuer_refused {
+                            errors.push(SetupError {
+                                resource: id,
+                                field: "kubernetes",
+                                message,
+                            });
+                            issuer_refused = true;
+                        }
+                        continue;
+                    }
+                };
+                (
+                    Trusts::Kubernetes {
+                        issuer_uri,
+                        own_audience: resource.spec.google.audience.clone(),
+                        audiences: BTreeSet::from([audience.clone()]),
+                    },
+                    subject.clone(),
+                )
+            }
         };
         let key = PoolKey {
             project_number: number,
@@ -381,17 +630,15 @@ pub fn plan(resources: &[Resource]) -> Result<Setup, Vec<SetupError>> {
             .providers
             .entry(provider_id.clone())
             .or_insert_with(|| Provider {
-                account_id: account_id.clone(),
-                ..Provider::default()
+                trusts: trusts.clone(),
+                principals: BTreeSet::new(),
+                resources: BTreeSet::new(),
             });
-        if provider.account_id != account_id {
+        if let Err(message) = merge_trust(provider, trusts, &provider_id) {
             errors.push(SetupError {
                 resource: id,
                 field: "google.audience",
-                message: format!(
-                    "provider {provider_id} already trusts AWS account {} and an AWS provider trusts one account; give the resources of account {account_id} a provider of their own",
-                    provider.account_id
-                ),
+                message,
             });
             continue;
         }
@@ -425,33 +672,13 @@ pub fn plan(resources: &[Resource]) -> Result<Setup, Vec<SetupError>> {
                 direct.resources.insert(id.clone());
             }
         }
-        let role = setup.roles.entry(role_arn.clone()).or_insert(AwsRole {
-            path: role_path(&role_arn),
-            name: role_name,
-            account_id,
-            trust: match &trust {
-                Trust::WebIdentity { .. } => Trust::WebIdentity {
-                    subjects: BTreeSet::new(),
-                },
-                Trust::Chained { .. } => Trust::Chained {
-                    sessions: BTreeSet::new(),
-                },
-            },
-        });
-        match (&mut role.trust, trust) {
-            (Trust::WebIdentity { subjects }, Trust::WebIdentity { subjects: more }) => {
-                subjects.extend(more);
-            }
-            (Trust::Chained { sessions }, Trust::Chained { sessions: more }) => {
-                sessions.extend(more);
-            }
-            _ => errors.push(SetupError {
-                resource: id.clone(),
-                field: "aws",
-                message: format!(
-                    "role {role_arn} is used both through IRSA and by the controller's identity; give each its own role"
-                ),
-            }),
+        // A ServiceAccount token goes to Google as it is: nothing to create on the AWS side.
+        if let Presented::Aws {
+            role_arn, trust, ..
+        } = presented
+            && let Err(e) = add_role(&mut setup.roles, &role_arn, trust, &id)
+        {
+            errors.push(e);
         }
         setup.resources.push(id);
     }
@@ -459,6 +686,48 @@ pub fn plan(resources: &[Resource]) -> Result<Setup, Vec<SetupError>> {
         Ok(setup)
     } else {
         Err(errors)
+    }
+}
+
+/// Adds what `role_arn` must trust for resource `id`.
+fn add_role(
+    roles: &mut BTreeMap<String, AwsRole>,
+    role_arn: &str,
+    trust: Trust,
+    id: &str,
+) -> Result<(), SetupError> {
+    let Some((account_id, role_name)) = parse_role_arn(role_arn) else {
+        return Ok(()); // principal_of refused it already
+    };
+    let role = roles.entry(role_arn.to_owned()).or_insert(AwsRole {
+        path: role_path(role_arn),
+        name: role_name,
+        account_id,
+        trust: match &trust {
+            Trust::WebIdentity { .. } => Trust::WebIdentity {
+                subjects: BTreeSet::new(),
+            },
+            Trust::Chained { .. } => Trust::Chained {
+                sessions: BTreeSet::new(),
+            },
+        },
+    });
+    match (&mut role.trust, trust) {
+        (Trust::WebIdentity { subjects }, Trust::WebIdentity { subjects: more }) => {
+            subjects.extend(more);
+            Ok(())
+        }
+        (Trust::Chained { sessions }, Trust::Chained { sessions: more }) => {
+            sessions.extend(more);
+            Ok(())
+        }
+        _ => Err(SetupError {
+            resource: id.to_owned(),
+            field: "aws",
+            message: format!(
+                "role {role_arn} is used both through IRSA and by the controller's identity; give each its own role"
+            ),
+        }),
     }
 }
 

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
-use super::{Options, PoolKey, Setup, Trust};
+use super::{Options, PoolKey, Provider, Setup, Trust, Trusts};
 
 /// The comment that opens both outputs.
 fn header(out: &mut String, setup: &Setup, comment: &str) {
@@ -20,7 +20,7 @@ fn header(out: &mut String, setup: &Setup, comment: &str) {
     );
     let _ = writeln!(
         out,
-        "{comment} exactly the AWS principals fedcred presents for them: no wildcard."
+        "{comment} exactly the principals fedcred presents for them: no wildcard."
     );
 }
 
@@ -83,6 +83,62 @@ fn pool_comment(key: &PoolKey) -> String {
 
 const MAPPING_WHY: &str = "The mapping makes the caller's ARN the subject. For an assumed role the ARN ends in the session name fedcred chooses (fedcred.NAMESPACE.SERVICEACCOUNT for IRSA, fedcred.NAMESPACE for the controller's identity), so each principal is one namespace.";
 
+const OIDC_MAPPING_WHY: &str = "The mapping makes the token's sub, system:serviceaccount:NAMESPACE:NAME, the subject, so each principal is one ServiceAccount; attribute.namespace allows principalSet bindings per namespace.";
+
+/// Why an OIDC provider is there and how Google finds the cluster's keys, for both outputs.
+fn oidc_comment(id: &str, issuer: &str, provider: &Provider, jwks: &str) -> String {
+    let resources: Vec<&str> = provider.resources.iter().map(String::as_str).collect();
+    format!(
+        "# Provider {id} trusts the ServiceAccount tokens of the cluster whose issuer (the tokens' iss) is\n#   {issuer}\n# (spec.kubernetes: the token goes to Google as it is; nothing is created on AWS). Google\n# fetches the cluster's signing keys through {issuer}/.well-known/openid-configuration,\n# which must be public over https. A private issuer: upload the keys instead\n# ({jwks}, from `kubectl get --raw /openid/v1/jwks > jwks.json`), and again\n# whenever the cluster's signing key changes.\n# {OIDC_MAPPING_WHY}\n# The condition admits exactly the ServiceAccounts of {res}; any other ServiceAccount\n# or namespace of the cluster is refused with \"The given credential is rejected by the attribute condition\".\n",
+        res = resources.join(", "),
+    )
+}
+
+/// `providers create-aws`, for the AWS account whose principals the provider admits.
+fn aws_provider_command(
+    out: &mut String,
+    key: &PoolKey,
+    id: &str,
+    provider: &Provider,
+    account: &str,
+) {
+    let resources: Vec<&str> = provider.resources.iter().map(String::as_str).collect();
+    let _ = write!(
+        out,
+        "\n# Provider {id} trusts AWS account {account}: Google verifies the signed GetCallerIdentity\n# request fedcred sends and learns the caller's ARN.\n# {MAPPING_WHY}\n# The condition admits exactly the principals of {res}; any other role or namespace of\n# the account is refused with \"The given credential is rejected by the attribute condition\".\n# (The provider exists already? Run `providers update-aws` with the same flags.)\ngcloud iam workload-identity-pools providers create-aws {id} \\\n  --project={number} --location=global --workload-identity-pool={pool} \\\n  --account-id={account} \\\n  --attribute-mapping=\"{mapping}\" \\\n  --attribute-condition=\"{condition}\"\n",
+        res = resources.join(", "),
+        number = key.project_number,
+        pool = key.pool,
+        mapping = provider.mapping_flag(),
+        condition = provider.condition(),
+    );
+}
+
+/// `providers create-oidc`, for the cluster whose ServiceAccount tokens the provider admits.
+fn oidc_provider_command(
+    out: &mut String,
+    key: &PoolKey,
+    id: &str,
+    provider: &Provider,
+    issuer_uri: &str,
+) {
+    let audiences = provider.allowed_audiences();
+    let allowed = if audiences.is_empty() {
+        String::new()
+    } else {
+        format!(" \\\n  --allowed-audiences=\"{}\"", audiences.join(","))
+    };
+    let _ = write!(
+        out,
+        "\n{comment}# (The provider exists already? Run `providers update-oidc` with the same flags.)\ngcloud iam workload-identity-pools providers create-oidc {id} \\\n  --project={number} --location=global --workload-identity-pool={pool} \\\n  --issuer-uri=\"{issuer_uri}\"{allowed} \\\n  --attribute-mapping=\"{mapping}\" \\\n  --attribute-condition=\"{condition}\"\n",
+        comment = oidc_comment(id, issuer_uri, provider, "--jwk-json-path=jwks.json"),
+        number = key.project_number,
+        pool = key.pool,
+        mapping = provider.mapping_flag(),
+        condition = provider.condition(),
+    );
+}
+
 /// `gcloud` and `aws iam` commands.
 pub fn commands(setup: &Setup, options: &Options) -> String {
     let mut out = String::from("#!/usr/bin/env bash\n");
@@ -99,17 +155,14 @@ pub fn commands(setup: &Setup, options: &Options) -> String {
             key.project_number
         );
         for (id, provider) in &pool.providers {
-            let resources: Vec<&str> = provider.resources.iter().map(String::as_str).collect();
-            let _ = write!(
-                out,
-                "\n# Provider {id} trusts AWS account {account}: Google verifies the signed GetCallerIdentity\n# request fedcred sends and learns the caller's ARN.\n# {MAPPING_WHY}\n# The condition admits exactly the principals of {res}; any other role or namespace of\n# the account is refused with \"The given credential is rejected by the attribute condition\".\n# (The provider exists already? Run `providers update-aws` with the same flags.)\ngcloud iam workload-identity-pools providers create-aws {id} \\\n  --project={number} --location=global --workload-identity-pool={pool} \\\n  --account-id={account} \\\n  --attribute-mapping=\"{mapping}\" \\\n  --attribute-condition=\"{condition}\"\n",
-                account = provider.account_id,
-                res = resources.join(", "),
-                number = key.project_number,
-                pool = key.pool,
-                mapping = super::Provider::mapping_flag(),
-                condition = provider.condition(),
-            );
+            match &provider.trusts {
+                Trusts::Aws { account_id } => {
+                    aws_provider_command(&mut out, key, id, provider, account_id);
+                }
+                Trusts::Kubernetes { issuer_uri, .. } => {
+                    oidc_provider_command(&mut out, key, id, provider, issuer_uri);
+                }
+            }
         }
     }
     for (email, sa) in &setup.service_accounts {
@@ -161,6 +214,11 @@ pub fn commands(setup: &Setup, options: &Options) -> String {
     }
 
     out.push_str("\n########## AWS ##########\n");
+    if setup.roles.is_empty() {
+        out.push_str(
+            "\n# Nothing: ServiceAccount tokens (spec.kubernetes) go to Google without AWS.\n",
+        );
+    }
     let irsa = setup
         .roles
         .values()
@@ -252,6 +310,64 @@ fn tf_name(parts: &[&str]) -> String {
     name
 }
 
+/// The `attribute_mapping` map of a provider resource.
+fn tf_mapping(provider: &Provider) -> String {
+    provider
+        .mapping()
+        .iter()
+        .map(|(k, v)| format!("    \"{k}\" = \"{v}\""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A `google_iam_workload_identity_pool_provider` with an `aws` block.
+fn aws_provider_terraform(
+    out: &mut String,
+    key: &PoolKey,
+    id: &str,
+    provider: &Provider,
+    account: &str,
+) {
+    let resources: Vec<&str> = provider.resources.iter().map(String::as_str).collect();
+    let _ = write!(
+        out,
+        "\n# Provider {id} trusts AWS account {account}.\n# {MAPPING_WHY}\n# The condition admits exactly the principals of {res}.\nresource \"google_iam_workload_identity_pool_provider\" \"{tf}\" {{\n  project                            = \"{number}\"\n  workload_identity_pool_id          = google_iam_workload_identity_pool.{pool_tf}.workload_identity_pool_id\n  workload_identity_pool_provider_id = \"{id}\"\n  attribute_mapping = {{\n{mapping}\n  }}\n  attribute_condition = \"{condition}\"\n  aws {{\n    account_id = \"{account}\"\n  }}\n}}\n",
+        res = resources.join(", "),
+        tf = tf_name(&[&key.pool, id]),
+        pool_tf = tf_name(&[&key.pool]),
+        number = key.project_number,
+        mapping = tf_mapping(provider),
+        condition = provider.condition(),
+    );
+}
+
+/// A `google_iam_workload_identity_pool_provider` with an `oidc` block.
+fn oidc_provider_terraform(
+    out: &mut String,
+    key: &PoolKey,
+    id: &str,
+    provider: &Provider,
+    issuer_uri: &str,
+) {
+    let audiences = provider.allowed_audiences();
+    let allowed = if audiences.is_empty() {
+        String::new()
+    } else {
+        let quoted: Vec<String> = audiences.iter().map(|a| format!("\"{a}\"")).collect();
+        format!("\n    allowed_audiences = [{}]", quoted.join(", "))
+    };
+    let _ = write!(
+        out,
+        "\n{comment}resource \"google_iam_workload_identity_pool_provider\" \"{tf}\" {{\n  project                            = \"{number}\"\n  workload_identity_pool_id          = google_iam_workload_identity_pool.{pool_tf}.workload_identity_pool_id\n  workload_identity_pool_provider_id = \"{id}\"\n  attribute_mapping = {{\n{mapping}\n  }}\n  attribute_condition = \"{condition}\"\n  oidc {{\n    issuer_uri = \"{issuer_uri}\"{allowed}\n    # jwks_json = file(\"jwks.json\")\n  }}\n}}\n",
+        comment = oidc_comment(id, issuer_uri, provider, "the jwks_json line below"),
+        tf = tf_name(&[&key.pool, id]),
+        pool_tf = tf_name(&[&key.pool]),
+        number = key.project_number,
+        mapping = tf_mapping(provider),
+        condition = provider.condition(),
+    );
+}
+
 /// Terraform for the `google` and `aws` providers.
 pub fn terraform(setup: &Setup, options: &Options) -> String {
     let mut out = String::new();
@@ -296,21 +412,14 @@ pub fn terraform(setup: &Setup, options: &Options) -> String {
             key.pool
         );
         for (id, provider) in &pool.providers {
-            let mapping: Vec<String> = super::ATTRIBUTE_MAPPING
-                .iter()
-                .map(|(k, v)| format!("    \"{k}\" = \"{v}\""))
-                .collect();
-            let resources: Vec<&str> = provider.resources.iter().map(String::as_str).collect();
-            let _ = write!(
-                out,
-                "\n# Provider {id} trusts AWS account {account}.\n# {MAPPING_WHY}\n# The condition admits exactly the principals of {res}.\nresource \"google_iam_workload_identity_pool_provider\" \"{tf}\" {{\n  project                            = \"{number}\"\n  workload_identity_pool_id          = google_iam_workload_identity_pool.{pool_tf}.workload_identity_pool_id\n  workload_identity_pool_provider_id = \"{id}\"\n  attribute_mapping = {{\n{mapping}\n  }}\n  attribute_condition = \"{condition}\"\n  aws {{\n    account_id = \"{account}\"\n  }}\n}}\n",
-                account = provider.account_id,
-                res = resources.join(", "),
-                tf = tf_name(&[&key.pool, id]),
-                number = key.project_number,
-                mapping = mapping.join("\n"),
-                condition = provider.condition(),
-            );
+            match &provider.trusts {
+                Trusts::Aws { account_id } => {
+                    aws_provider_terraform(&mut out, key, id, provider, account_id);
+                }
+                Trusts::Kubernetes { issuer_uri, .. } => {
+                    oidc_provider_terraform(&mut out, key, id, provider, issuer_uri);
+                }
+            }
         }
     }
     for (email, sa) in &setup.service_accounts {

@@ -1,6 +1,6 @@
 # Written by `fedcred setup` for analytics/bigquery-export.
 # Review it, then run it once. It grants exactly what these resources need and admits
-# exactly the AWS principals fedcred presents for them: no wildcard.
+# exactly the principals fedcred presents for them: no wildcard.
 
 variable "controller_role_arn" {
   description = "The fedcred controller's own IAM role, which chained roles trust."

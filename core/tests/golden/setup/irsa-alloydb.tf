@@ -1,6 +1,6 @@
 # Written by `fedcred setup` for shop/orders-db.
 # Review it, then run it once. It grants exactly what these resources need and admits
-# exactly the AWS principals fedcred presents for them: no wildcard.
+# exactly the principals fedcred presents for them: no wildcard.
 
 variable "oidc_provider" {
   description = "The EKS cluster's OIDC issuer without https:// (aws eks describe-cluster --query cluster.identity.oidc.issuer); IRSA roles trust it."

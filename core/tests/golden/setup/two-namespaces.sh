@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Written by `fedcred setup` for shop/orders-db, shop-staging/orders-db, reports/warehouse.
 # Review it, then run it once. It grants exactly what these resources need and admits
-# exactly the AWS principals fedcred presents for them: no wildcard.
+# exactly the principals fedcred presents for them: no wildcard.
 set -euo pipefail
 
 ########## Google Cloud ##########
