@@ -359,7 +359,7 @@ pub fn classify_jwt_sts(status: u16, body: &str) -> ExchangeError {
     let found = if lower.contains("attribute condition") {
         Some((
             Reason::AttributeConditionRejected,
-            "the provider's attribute condition does not admit this ServiceAccount (the subject above,              with its namespace in assertion['kubernetes.io']['namespace']); update the condition              (gcloud iam workload-identity-pools providers update-oidc … --attribute-condition=…) or use              a ServiceAccount it admits",
+            "the provider's attribute condition does not admit this ServiceAccount (the subject above, with its namespace in assertion['kubernetes.io']['namespace']); update the condition (gcloud iam workload-identity-pools providers update-oidc … --attribute-condition=…) or use a ServiceAccount it admits",
         ))
     } else if grant
         && lower.contains("issuer")
@@ -367,22 +367,22 @@ pub fn classify_jwt_sts(status: u16, body: &str) -> ExchangeError {
     {
         Some((
             Reason::IssuerUnreachable,
-            "Google cannot fetch the cluster issuer's discovery document or keys; a private issuer              cannot be reached from Google: upload the cluster's JWKS to the provider instead              (kubectl get --raw /openid/v1/jwks > jwks.json; gcloud iam workload-identity-pools providers              update-oidc … --jwk-json-path=jwks.json)",
+            "Google cannot fetch the cluster issuer's discovery document or keys; a private issuer cannot be reached from Google: upload the cluster's JWKS to the provider instead (kubectl get --raw /openid/v1/jwks > jwks.json; gcloud iam workload-identity-pools providers update-oidc … --jwk-json-path=jwks.json)",
         ))
     } else if grant && lower.contains("issuer") {
         Some((
             Reason::IssuerNotTrusted,
-            "the provider's issuer URI is not the token's issuer; set the provider's --issuer-uri to              the cluster's issuer (kubectl get --raw /.well-known/openid-configuration, field issuer)",
+            "the provider's issuer URI is not the token's issuer; set the provider's --issuer-uri to the cluster's issuer (kubectl get --raw /.well-known/openid-configuration, field issuer)",
         ))
     } else if grant && (lower.contains("signature") || lower.contains("kid")) {
         Some((
             Reason::SignatureNotVerified,
-            "the provider's keys do not verify the token's signature: the cluster's signing key              changed or the provider holds another cluster's keys; upload the current JWKS              (kubectl get --raw /openid/v1/jwks) to the provider",
+            "the provider's keys do not verify the token's signature: the cluster's signing key changed or the provider holds another cluster's keys; upload the current JWKS (kubectl get --raw /openid/v1/jwks) to the provider",
         ))
     } else if grant && lower.contains("audience") {
         Some((
             Reason::AudienceMismatch,
-            "the token's audience is not one the provider accepts; remove kubernetes.audience to use              the provider's full resource name, or add it to the provider's --allowed-audiences",
+            "the token's audience is not one the provider accepts; remove kubernetes.audience to use the provider's full resource name, or add it to the provider's --allowed-audiences",
         ))
     } else if grant
         && (lower.contains("expired")
@@ -392,7 +392,7 @@ pub fn classify_jwt_sts(status: u16, body: &str) -> ExchangeError {
     {
         Some((
             Reason::SubjectTokenExpired,
-            "Google judged the ServiceAccount token outside its validity window; check the clocks of              the API server and the controller (NTP)",
+            "Google judged the ServiceAccount token outside its validity window; check the clocks of the API server and the controller (NTP)",
         ))
     } else if grant {
         Some((
@@ -564,6 +564,8 @@ mod tests {
             let e = classify_jwt_sts(400, &body);
             assert_eq!(e.reason, reason, "{body}");
             assert!(e.message.contains(next), "{}", e.message);
+            // The message lands in a status condition as one line of prose.
+            assert!(!e.message.contains("  "), "{}", e.message);
         }
     }
 
