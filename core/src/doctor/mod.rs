@@ -160,32 +160,62 @@ fn with_fix(mut s: Step, fix: impl Into<String>) -> Step {
 }
 
 /// The fix for a status reason (docs/troubleshooting.md has the long form).
-/// `service_account` is the resource's Kubernetes ServiceAccount, when it names one.
+/// `service_account` is the resource's Kubernetes ServiceAccount, when it names one;
+/// `kubernetes`: the resource's token comes from the API server (`spec.kubernetes`), so its
+/// provider is an OIDC one and what Google sees is `system:serviceaccount:NS:NAME`.
 pub fn reason_fix(
     reason: &str,
     ns: &str,
     principal: Option<&str>,
     service_account: Option<&str>,
+    kubernetes: bool,
 ) -> String {
-    let principal = principal.unwrap_or("the principal in status.awsPrincipalArn");
+    let principal = principal.unwrap_or(if kubernetes {
+        "the subject in status.subject"
+    } else {
+        "the principal in status.awsPrincipalArn"
+    });
     let sa = service_account.unwrap_or("NAME");
+    // The OIDC provider is changed with one command; only its flag differs per fix.
+    let update_oidc = |flag: &str| {
+        format!(
+            "gcloud iam workload-identity-pools providers update-oidc PROVIDER --location=global --workload-identity-pool=POOL {flag}"
+        )
+    };
+    let upload_jwks = format!(
+        "kubectl get --raw /openid/v1/jwks > jwks.json && {}",
+        update_oidc("--jwk-json-path=jwks.json")
+    );
+    let peers = if kubernetes {
+        "the API server (TokenRequest), sts.googleapis.com and iamcredentials.googleapis.com"
+    } else {
+        "sts.REGION.amazonaws.com, sts.googleapis.com and iamcredentials.googleapis.com"
+    };
     match reason {
         "SecretConflict" => "a Secret of that name exists and is not this resource's: delete or rename it, or set spec.secret.name to a free name".to_owned(),
         "InvalidSpec" => "correct the field the message names (for a region: spec.aws.region, or the chart's awsRegion)".to_owned(),
         "ControllerIdentityNotAllowed" => format!("ask the cluster admin to add {ns} to the chart's controllerIdentity.allowedNamespaces, or use an IRSA ServiceAccount (spec.aws.serviceAccount)"),
+        "ServiceAccountNotFound" if kubernetes => format!("kubectl -n {ns} create serviceaccount {sa} (or fix spec.kubernetes.serviceAccount.name)"),
         "ServiceAccountNotFound" => format!("kubectl -n {ns} create serviceaccount {sa}, annotated with eks.amazonaws.com/role-arn (or fix spec.aws.serviceAccount.name)"),
         "RoleArnMissing" => format!("kubectl -n {ns} annotate serviceaccount {sa} eks.amazonaws.com/role-arn=arn:aws:iam::ACCOUNT:role/ROLE"),
         "TokenRequestFailed" => "the controller needs create on serviceaccounts/token (the chart grants it); check the API server's health".to_owned(),
-        "AwsCredentialsUnavailable" => "give the controller an AWS identity: IRSA through the chart's serviceAccount.annotations, EKS Pod Identity, or an instance profile with IMDSv2 (hop limit 2)".to_owned(),
-        "AwsStsDenied" => format!("the role's trust policy must admit this: `fedcred setup -f FILE` prints it (IRSA: the cluster's OIDC provider, sub system:serviceaccount:{ns}:SA, aud sts.amazonaws.com)"),
+        "AwsCredentialsUnavailable" => "give the controller an AWS identity: IRSA through the chart's serviceAccount.annotations, EKS Pod Identity, or an instance profile with IMDSv2 (hop limit 2); or use spec.aws.serviceAccount, which needs none".to_owned(),
+        "AwsStsDenied" => format!("the role's trust policy must admit this: `fedcred setup -f FILE` prints it (IRSA: the cluster's OIDC provider, sub system:serviceaccount:{ns}:{sa}, aud sts.amazonaws.com; a chained role: the controller's role as principal)"),
+        "AttributeConditionRejected" if kubernetes => format!("the provider's condition must admit {principal} (attribute.namespace {ns}): `fedcred setup -f FILE` prints it; apply it with `{}`", update_oidc("--attribute-condition=CONDITION")),
         "AttributeConditionRejected" => format!("the provider's condition must admit {principal}: `fedcred setup -f FILE` prints the condition; apply it with `gcloud iam workload-identity-pools providers update-aws` (`update-oidc` for a kubernetes source). --condition \"$(gcloud iam workload-identity-pools providers describe PROVIDER --location=global --workload-identity-pool=POOL --format='value(attributeCondition)')\" evaluates the current one here"),
-        "InvalidAudience" => "spec.google.audience is //iam.googleapis.com/projects/NUMBER/locations/global/workloadIdentityPools/POOL/providers/PROVIDER (the project number, not its id)".to_owned(),
+        "InvalidAudience" => "Google does not take spec.google.audience as a provider name: copy it from `gcloud iam workload-identity-pools providers describe PROVIDER --location=global --workload-identity-pool=POOL --format='value(name)'`, prefixed with //iam.googleapis.com/ (the project number; pool and provider IDs of 4-32 lowercase letters, digits and inner hyphens)".to_owned(),
         "ProviderNotFound" => "gcloud iam workload-identity-pools providers describe PROVIDER --location=global --workload-identity-pool=POOL: create, undelete or enable it (`fedcred setup` prints the commands)".to_owned(),
         "InvalidSubjectToken" => "check the controller's clock (NTP), spec.aws.region, and that the provider's --account-id is the role's account".to_owned(),
+        "IssuerNotTrusted" => format!("the provider's issuer must be the token's iss, `kubectl get --raw /.well-known/openid-configuration` → issuer: `{}`", update_oidc("--issuer-uri=ISSUER")),
+        "SignatureNotVerified" => format!("the provider's keys are not the cluster's (stale or another cluster's); upload the current ones: `{upload_jwks}`"),
+        "AudienceMismatch" => format!("the token's aud is spec.kubernetes.audience (default: spec.google.audience): remove spec.kubernetes.audience, or allow it: `{}`", update_oidc("--allowed-audiences=AUDIENCE")),
+        "SubjectTokenExpired" => "Google judged the ServiceAccount token expired or not yet valid: sync the clocks (NTP) of the API server's hosts and of the controller; spec.kubernetes.expirationSeconds is its lifetime (600 s by default)".to_owned(),
+        "IssuerUnreachable" => format!("Google cannot fetch the issuer's discovery document or keys (a private issuer or CA): upload the keys to the provider instead: `{upload_jwks}`"),
+        "TokenFileUnreadable" => "mount a projected ServiceAccount token at spec.kubernetes.tokenPath (audience: spec.google.audience); fedcred agent reads it for every exchange".to_owned(),
         "ImpersonationDenied" => format!("grant roles/iam.workloadIdentityUser on the service account to principal://iam.googleapis.com/projects/NUMBER/locations/global/workloadIdentityPools/POOL/subject/{principal} (`fedcred setup` prints the command), and check spec.google.serviceAccount"),
         "InvalidTokenRequest" => "tokenLifetimeSeconds above 3600 needs the org policy constraints/iam.allowServiceAccountCredentialLifetimeExtension; check spec.google.scopes".to_owned(),
-        "Timeout" => "egress from the controller to sts.REGION.amazonaws.com, sts.googleapis.com and iamcredentials.googleapis.com (proxies, NetworkPolicies)".to_owned(),
-        "Upstream" => "usually transient and retried; if it persists, the message has the HTTP status and body".to_owned(),
+        "Timeout" => format!("a peer did not answer (the message names it): egress from the controller to {peers}, or to spec.aws.stsEndpoint and spec.google.endpoints when set (proxies, NetworkPolicies, VPC endpoints)"),
+        "Upstream" => format!("a peer failed or was unreachable (the message has the error, HTTP status and body); retried, so usually transient; if it persists, check egress to {peers}, spec.aws.stsEndpoint and spec.google.endpoints; \"expired already\": the controller's clock (NTP)"),
         "EndpointNotAllowed" => "use AWS's and Google's own endpoints, or ask the admin to add the endpoint to the chart's endpoints.allowed".to_owned(),
         _ => "see docs/troubleshooting.md".to_owned(),
     }
@@ -452,14 +482,22 @@ pub fn diagnose(observed: &Observed) -> Report {
     steps.push(identity_step);
 
     let status = fc.status.clone().unwrap_or_default();
-    let expected = match (&role, &session) {
-        (Some(role), Some(session)) => setup::assumed_role_arn(role, session),
+    let kubernetes = fc.spec.aws.is_none();
+    let expected = match (&role, &session, &fc.spec.kubernetes) {
+        (Some(role), Some(session), _) => setup::assumed_role_arn(role, session),
+        // The API server writes this subject into every token of the ServiceAccount.
+        (None, None, Some(k8s)) if kubernetes => k8s
+            .service_account
+            .as_ref()
+            .map(|sa| format!("system:serviceaccount:{ns}:{}", sa.name)),
         _ => None,
     };
-    let principal = expected
+    let seen = status
+        .aws_principal_arn
         .clone()
-        .or_else(|| status.aws_principal_arn.clone());
-    steps.push(match (&expected, &status.aws_principal_arn) {
+        .or_else(|| status.subject.clone());
+    let principal = expected.clone().or_else(|| seen.clone());
+    steps.push(match (&expected, &seen) {
         (Some(expected), Some(seen)) if expected != seen => with_fix(
             step("principal", Outcome::Warn, format!("Google last saw {seen}, but the resource now presents {expected}")),
             "the role changed since the last exchange; bind Google IAM and the condition to the new principal (`fedcred setup`)",
@@ -515,11 +553,11 @@ pub fn diagnose(observed: &Observed) -> Report {
         ),
         (Some(r), _) if r.status != "True" => with_fix(
             step("exchange", Outcome::Fail, format!("{}: {}", r.reason, r.message)),
-            reason_fix(&r.reason, ns, principal.as_deref(), k8s_sa),
+            reason_fix(&r.reason, ns, principal.as_deref(), k8s_sa, kubernetes),
         ),
         (Some(_), Some(f)) => with_fix(
             step("exchange", Outcome::Warn, format!("the token is still valid, but refreshes fail: {}: {}", f.reason, f.message)),
-            reason_fix(&f.reason, ns, principal.as_deref(), k8s_sa),
+            reason_fix(&f.reason, ns, principal.as_deref(), k8s_sa, kubernetes),
         ),
         (Some(r), None) => step(
             "exchange",
@@ -556,6 +594,7 @@ pub fn diagnose(observed: &Observed) -> Report {
                 ns,
                 e.principal.as_deref().or(principal.as_deref()),
                 k8s_sa,
+                kubernetes,
             ),
         ),
     });
@@ -568,7 +607,7 @@ pub fn diagnose(observed: &Observed) -> Report {
         ),
         Some(s) if !s.owned => with_fix(
             step("secret", Outcome::Fail, format!("Secret {ns}/{secret} is not owned by the resource; fedcred will not overwrite it")),
-            reason_fix("SecretConflict", ns, None, None),
+            reason_fix("SecretConflict", ns, None, None, kubernetes),
         ),
         Some(s) => {
             let missing: Vec<&str> = ["access_token", "expiry", "token_type"]

@@ -205,7 +205,10 @@ fn an_exchange_tried_now_reports_what_google_answered() {
         found,
         "AwsStsDenied: AssumeRoleWithWebIdentity: Not authorized"
     );
-    assert!(fix.unwrap().contains("system:serviceaccount:shop:SA"));
+    assert!(
+        fix.unwrap()
+            .contains("system:serviceaccount:shop:orders-api")
+    );
     observed.tried = None;
     assert_eq!(outcome(&diagnose(&observed), "try").0, Outcome::Skip);
 }
@@ -271,4 +274,83 @@ fn the_json_form_names_each_step_and_outcome() {
     assert_eq!(value["steps"][0]["step"], "resource");
     assert_eq!(value["steps"][0]["outcome"], "pass");
     assert!(value["steps"][0].get("fix").is_none());
+}
+
+/// Every reason the controller or the agent writes has a fix of its own.
+#[test]
+fn every_reason_has_a_specific_fix() {
+    use crate::error::Reason;
+    for reason in [
+        Reason::InvalidSpec,
+        Reason::ControllerIdentityNotAllowed,
+        Reason::ServiceAccountNotFound,
+        Reason::RoleArnMissing,
+        Reason::TokenRequestFailed,
+        Reason::AwsCredentialsUnavailable,
+        Reason::AwsStsDenied,
+        Reason::AttributeConditionRejected,
+        Reason::InvalidAudience,
+        Reason::ProviderNotFound,
+        Reason::InvalidSubjectToken,
+        Reason::ImpersonationDenied,
+        Reason::InvalidTokenRequest,
+        Reason::Timeout,
+        Reason::Upstream,
+        Reason::EndpointNotAllowed,
+        Reason::IssuerNotTrusted,
+        Reason::SignatureNotVerified,
+        Reason::AudienceMismatch,
+        Reason::SubjectTokenExpired,
+        Reason::IssuerUnreachable,
+        Reason::TokenFileUnreadable,
+    ] {
+        for kubernetes in [false, true] {
+            let fix = reason_fix(reason.as_str(), NAMESPACE, None, None, kubernetes);
+            assert!(!fix.contains("docs/troubleshooting.md"), "{reason}: {fix}");
+        }
+    }
+}
+
+#[test]
+fn a_kubernetes_source_is_fixed_on_its_oidc_provider() {
+    let mut observed = healthy();
+    observed.service_account = None;
+    let refused = |reason: &str, message: &str| {
+        credential("orders-db")
+            .kubernetes("orders-api")
+            .not_ready(reason, message)
+            .build()
+    };
+    let subject = "system:serviceaccount:shop:orders-api";
+    for (reason, says) in [
+        ("IssuerNotTrusted", "--issuer-uri="),
+        ("IssuerNotTrusted", "/.well-known/openid-configuration"),
+        ("SignatureNotVerified", "--jwk-json-path=jwks.json"),
+        ("SignatureNotVerified", "kubectl get --raw /openid/v1/jwks"),
+        ("IssuerUnreachable", "--jwk-json-path=jwks.json"),
+        ("AudienceMismatch", "--allowed-audiences="),
+        ("AudienceMismatch", "spec.kubernetes.audience"),
+        ("SubjectTokenExpired", "NTP"),
+        ("AttributeConditionRejected", subject),
+        ("AttributeConditionRejected", "update-oidc"),
+    ] {
+        observed.resource = Some(refused(reason, "Google STS refused it"));
+        let report = diagnose(&observed);
+        let (state, found, fix) = outcome(&report, "exchange");
+        assert_eq!(state, Outcome::Fail, "{reason}");
+        assert!(found.starts_with(reason), "{found}");
+        let fix = fix.unwrap();
+        assert!(fix.contains(says), "{reason}: {says} missing from {fix}");
+        if reason != "AttributeConditionRejected" {
+            assert!(
+                fix.contains("update-oidc") || fix.contains("NTP"),
+                "{reason}: {fix}"
+            );
+        }
+        // What Google is shown is the ServiceAccount's subject, known without a status.
+        assert_eq!(
+            outcome(&report, "principal").1,
+            format!("fedcred presents {subject} to Google")
+        );
+    }
 }
