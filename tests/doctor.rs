@@ -5,13 +5,17 @@
 
 mod support;
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use fedcred_doubles::{Condition, Provider};
+use fedcred_doubles::oidc::TestKey;
+use fedcred_doubles::{Condition, Oidc, Provider};
 use serde_json::{Value, json};
-use support::cloud::{AUDIENCE, Cloud, ROLE};
-use support::controller::ControllerProcess;
+use support::cloud::{AUDIENCE, Cloud, ROLE, SA_EMAIL};
+use support::controller::{ControllerProcess, Launch};
+use support::gate::Gate;
 use support::webhook::{Registration, Server};
 use support::{TestNamespace, eventually, kubeconfig};
 
@@ -315,6 +319,67 @@ async fn a_healthy_resource_with_an_injected_pod_passes() {
 const REFUSING: &str = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/eks-pool/providers/refusing";
 /// A provider Google does not know.
 const UNKNOWN: &str = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/eks-pool/providers/deleted";
+/// A provider name the CRD's pattern lets through and Google does not take: an ID ends with a
+/// hyphen.
+const MALFORMED: &str = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/eks-pool/providers/aws-shop-";
+
+/// An AWS STS endpoint that refuses every AssumeRoleWithWebIdentity as AWS does when the role's
+/// trust policy does not admit the caller: 403, `AccessDenied`, in STS's XML error shape.
+fn refusing_aws_sts() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            if read_request(&mut stream).is_none() {
+                continue;
+            }
+            let body = "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>Not authorized to perform sts:AssumeRoleWithWebIdentity</Message></Error><RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c7</RequestId></ErrorResponse>";
+            let _ = write!(
+                stream,
+                "HTTP/1.1 403 Forbidden\r\ncontent-type: text/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
+/// Reads one HTTP request (headers, then a body of its content-length).
+fn read_request(stream: &mut TcpStream) -> Option<()> {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).ok().filter(|n| *n > 0)?;
+        seen.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&seen);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if seen.len() >= end + 4 + length {
+                return Some(());
+            }
+        }
+    }
+}
+
+/// An endpoint that accepts connections and never answers, as one behind a dropping firewall.
+fn silent_endpoint() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    url
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_explains_each_status_reason_with_its_fix() {
@@ -346,6 +411,11 @@ async fn doctor_explains_each_status_reason_with_its_fix() {
     )
     .success();
     let irsa = |sa: &str| json!({"serviceAccount": {"name": sa}});
+    // AWS STS as the resource's endpoint: refusing the role, down, and answering nothing.
+    let refusing = refusing_aws_sts();
+    let down = Gate::start(cloud.moto.port());
+    down.set_down(true);
+    let silent = silent_endpoint();
     // (resource, spec.aws, spec.google changes, the reason doctor must report, step)
     let cases = [
         (
@@ -411,34 +481,225 @@ async fn doctor_explains_each_status_reason_with_its_fix() {
             "SecretConflict",
             "exchange",
         ),
+        (
+            "malformed",
+            irsa("orders-api"),
+            json!({"audience": MALFORMED}),
+            "InvalidAudience",
+            "exchange",
+        ),
+        (
+            "untrusted-role",
+            json!({"serviceAccount": {"name": "orders-api"}, "stsEndpoint": refusing}),
+            json!({}),
+            "AwsStsDenied",
+            "exchange",
+        ),
+        (
+            "aws-down",
+            json!({"serviceAccount": {"name": "orders-api"}, "stsEndpoint": down.url()}),
+            json!({}),
+            "Upstream",
+            "exchange",
+        ),
+        (
+            "aws-silent",
+            json!({"serviceAccount": {"name": "orders-api"}, "stsEndpoint": silent}),
+            json!({}),
+            "Timeout",
+            "exchange",
+        ),
     ];
     for (name, aws, google, _, _) in &cases {
-        let spec = serde_json::to_value(cloud.spec(aws.clone(), google.clone())).unwrap();
+        let mut spec = serde_json::to_value(cloud.spec(aws.clone(), google.clone())).unwrap();
+        if let Some(endpoint) = aws.get("stsEndpoint") {
+            spec["aws"]["stsEndpoint"] = endpoint.clone();
+        }
         let fc = json!({"apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
             "metadata": {"name": name}, "spec": spec});
         ns.kubectl(&["apply", "-f", "-"], Some(&fc.to_string()))
             .success();
     }
     let _controller = ControllerProcess::start(&ns.name, &cloud, "doctor", &[]);
-    let evidence = support::controller::log_dir();
     for (name, _, _, reason, step) in cases {
-        let target = format!("{}/{name}", ns.name);
-        let out = eventually(&format!("{name} to fail"), Duration::from_secs(60), || {
-            let (code, out, _) = doctor(&[&target]);
-            (code == 1 && line(&out, "exchange").contains("FAIL")).then_some(out)
-        })
-        .await;
-        assert!(
-            line(&out, step).contains(&format!("FAIL {step}")) && line(&out, step).contains(reason),
-            "{name}: expected {reason} in\n{out}"
-        );
-        let fixed = fix(&out, step);
-        assert!(
-            !fixed.is_empty() && !fixed.contains("see docs/troubleshooting.md"),
-            "{name}: {fixed}"
-        );
-        // One screen: the whole report fits in 25 lines.
-        assert!(out.lines().count() <= 25, "{out}");
-        std::fs::write(evidence.join(format!("doctor-{reason}.txt")), &out).unwrap();
+        explained(&ns, name, reason, step).await;
     }
+}
+
+/// Waits until `fedcred doctor` fails `name` at `step` for `reason`, checks that its fix is
+/// specific and that the report fits one screen, keeps it as evidence and returns it.
+async fn explained(ns: &TestNamespace, name: &str, reason: &str, step: &str) -> String {
+    let target = format!("{}/{name}", ns.name);
+    let out = eventually(&format!("{name} to fail"), Duration::from_secs(60), || {
+        let (code, out, _) = doctor(&[&target]);
+        (code == 1 && line(&out, "exchange").contains("FAIL")).then_some(out)
+    })
+    .await;
+    assert!(
+        line(&out, step).contains(&format!("FAIL {step}")) && line(&out, step).contains(reason),
+        "{name}: expected {reason} in\n{out}"
+    );
+    let fixed = fix(&out, step);
+    assert!(
+        !fixed.is_empty() && !fixed.contains("see docs/troubleshooting.md"),
+        "{name}: {fixed}"
+    );
+    // One screen: the whole report fits in 25 lines.
+    assert!(out.lines().count() <= 25, "{out}");
+    let evidence = support::controller::log_dir();
+    std::fs::write(evidence.join(format!("doctor-{reason}.txt")), &out).unwrap();
+    out
+}
+
+/// The OIDC provider of the cluster, holding the cluster's keys.
+const OIDC: &str = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/k8s-pool/providers/onprem";
+/// A provider configured with an issuer the cluster does not write into its tokens.
+const OTHER_ISSUER: &str = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/k8s-pool/providers/other-issuer";
+/// A provider that must discover the keys but cannot reach the cluster's private issuer.
+const PRIVATE: &str = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/k8s-pool/providers/private";
+/// A provider holding another cluster's keys.
+const STRANGER: &str = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/k8s-pool/providers/stranger";
+
+/// The issuer the API server writes into ServiceAccount tokens, and its JWKS, read as a user
+/// would (`kubectl get --raw`).
+async fn cluster_issuer() -> (String, String) {
+    let client = support::kube_client().await;
+    let get = |path: &str| http::Request::builder().uri(path).body(Vec::new()).unwrap();
+    let discovery: Value = serde_json::from_str(
+        &client
+            .request_text(get("/.well-known/openid-configuration"))
+            .await
+            .expect("the API server serves its discovery document"),
+    )
+    .unwrap();
+    let jwks = client
+        .request_text(get("/openid/v1/jwks"))
+        .await
+        .expect("the API server serves its JWKS");
+    (discovery["issuer"].as_str().unwrap().to_owned(), jwks)
+}
+
+/// The failures of a `kubernetes` source, each refused by the STS double for what is wrong on
+/// the provider's side, and a resource lending the controller's identity to a controller that
+/// has none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_explains_the_oidc_reasons_and_a_controller_without_aws_credentials() {
+    support::ensure_crd();
+    let (issuer, jwks) = cluster_issuer().await;
+    let ns = TestNamespace::new("doctor-oidc");
+    let uploaded = Oidc {
+        issuer_uri: issuer.clone(),
+        allowed_audiences: Vec::new(),
+        jwks_json: Some(jwks),
+        discovery_ca_pem: None,
+    };
+    let cloud = Cloud::start(|c| {
+        c.provider(Provider::oidc(OIDC, uploaded.clone()))
+            .provider(Provider::oidc(
+                OTHER_ISSUER,
+                Oidc {
+                    issuer_uri: "https://kubernetes.default.svc.cluster.local".to_owned(),
+                    ..uploaded.clone()
+                },
+            ))
+            // Discovery over HTTPS from a CA Google does not trust.
+            .provider(Provider::oidc(
+                PRIVATE,
+                Oidc {
+                    jwks_json: None,
+                    ..uploaded.clone()
+                },
+            ))
+            .provider(Provider::oidc(
+                STRANGER,
+                Oidc {
+                    jwks_json: Some(TestKey::generate("another-cluster").jwks().to_string()),
+                    ..uploaded.clone()
+                },
+            ))
+    })
+    .await;
+    for sa in ["orders-api", "late-api"] {
+        let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa}});
+        ns.kubectl(&["apply", "-f", "-"], Some(&sa.to_string()))
+            .success();
+    }
+    let apply = |name: &str, spec: Value| {
+        let fc = json!({"apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
+            "metadata": {"name": name}, "spec": spec});
+        ns.kubectl(&["apply", "-f", "-"], Some(&fc.to_string()))
+            .success();
+    };
+    let kubernetes = |audience: &str, source: Value| {
+        json!({"kubernetes": source, "google": {
+            "audience": audience,
+            "serviceAccount": SA_EMAIL,
+            "endpoints": {"sts": cloud.google.sts_url(), "iamCredentials": cloud.google.iam_credentials_url()}
+        }})
+    };
+    let orders = json!({"serviceAccount": {"name": "orders-api"}});
+    // (resource, spec, the reason doctor must report)
+    let cases = [
+        (
+            "other-audience",
+            kubernetes(
+                OIDC,
+                json!({"serviceAccount": {"name": "orders-api"}, "audience": "https://kubernetes.default.svc"}),
+            ),
+            "AudienceMismatch",
+        ),
+        (
+            "other-issuer",
+            kubernetes(OTHER_ISSUER, orders.clone()),
+            "IssuerNotTrusted",
+        ),
+        (
+            "private-issuer",
+            kubernetes(PRIVATE, orders.clone()),
+            "IssuerUnreachable",
+        ),
+        (
+            "stranger-keys",
+            kubernetes(STRANGER, orders.clone()),
+            "SignatureNotVerified",
+        ),
+        (
+            "lent",
+            serde_json::to_value(
+                cloud.spec(json!({"controllerIdentity": {"roleArn": ROLE}}), json!({})),
+            )
+            .unwrap(),
+            "AwsCredentialsUnavailable",
+        ),
+    ];
+    for (name, spec, _) in &cases {
+        apply(name, spec.clone());
+    }
+    let home = std::env::temp_dir().join(format!("fedcred-doctor-home-{}", ns.name));
+    std::fs::create_dir_all(&home).unwrap();
+    let _controller = Launch::new(&cloud)
+        .watching(&ns.name, "doctor")
+        .args(&["--allow-controller-identity", &ns.name])
+        .without_aws_credentials(&home)
+        .start();
+    for (name, _, reason) in &cases {
+        let out = explained(&ns, name, reason, "exchange").await;
+        if *name != "lent" {
+            assert!(fix(&out, "exchange").contains("update-oidc"), "{out}");
+            let subject = format!("system:serviceaccount:{}:orders-api", ns.name);
+            assert!(line(&out, "principal").contains(&subject), "{out}");
+        }
+    }
+
+    // Google's clock ten minutes and a bit ahead: the API server's fresh token, valid for ten
+    // minutes, has expired for it.
+    cloud.google.set_jwt_clock_offset(700);
+    apply(
+        "late",
+        kubernetes(OIDC, json!({"serviceAccount": {"name": "late-api"}})),
+    );
+    let out = explained(&ns, "late", "SubjectTokenExpired", "exchange").await;
+    cloud.google.set_jwt_clock_offset(0);
+    assert!(fix(&out, "exchange").contains("NTP"), "{out}");
+    let _ = std::fs::remove_dir_all(&home);
 }

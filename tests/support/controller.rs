@@ -29,6 +29,8 @@ pub struct Launch<'a> {
     extra: Vec<String>,
     /// Set before KUBECONFIG, AWS_REGION, AWS_EC2_METADATA_DISABLED and RUST_LOG, which win.
     env: Vec<(String, String)>,
+    /// Unset in the controller's environment.
+    env_removed: Vec<String>,
     kubeconfig: PathBuf,
     rust_log: String,
     identity: String,
@@ -47,6 +49,7 @@ impl<'a> Launch<'a> {
             command: Vec::new(),
             extra: Vec::new(),
             env: Vec::new(),
+            env_removed: Vec::new(),
             kubeconfig: super::kubeconfig(),
             rust_log: "info,fedcred=debug".to_owned(),
             identity: String::new(),
@@ -96,6 +99,28 @@ impl<'a> Launch<'a> {
         self
     }
 
+    /// A controller with no AWS credentials of its own, as on a node without an instance
+    /// role: none of the variables of the SDK's sources, and a home without `~/.aws` (IMDS is
+    /// disabled for every controller).
+    pub fn without_aws_credentials(mut self, empty_home: &std::path::Path) -> Self {
+        self.env_removed.extend(
+            [
+                "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY",
+                "AWS_SESSION_TOKEN",
+                "AWS_PROFILE",
+                "AWS_SHARED_CREDENTIALS_FILE",
+                "AWS_CONFIG_FILE",
+                "AWS_WEB_IDENTITY_TOKEN_FILE",
+                "AWS_ROLE_ARN",
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            ]
+            .map(str::to_owned),
+        );
+        self.env("HOME", &empty_home.to_string_lossy())
+    }
+
     /// Another control plane than the one `hack/test.sh` started.
     pub fn kubeconfig(mut self, path: impl Into<PathBuf>) -> Self {
         self.kubeconfig = path.into();
@@ -128,7 +153,11 @@ impl<'a> Launch<'a> {
             STARTS.fetch_add(1, Ordering::Relaxed)
         ));
         let file = std::fs::File::create(&log).expect("controller log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_fedcred"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fedcred"));
+        for name in &self.env_removed {
+            command.env_remove(name);
+        }
+        let child = command
             .args(&self.command)
             .args(["--google-sts-url", &self.cloud.google.sts_url()])
             .args([
