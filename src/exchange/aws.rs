@@ -210,14 +210,7 @@ impl Aws {
         let issued = accounts
             .create_token_request(service_account, &PostParams::default(), &request)
             .await
-            .map_err(|e| {
-                ExchangeError::new(
-                    Reason::TokenRequestFailed,
-                    format!(
-                        "TokenRequest for ServiceAccount {namespace}/{service_account} failed: {e}; the controller needs `create` on serviceaccounts/token"
-                    ),
-                )
-            })?;
+            .map_err(|e| super::kubernetes::token_request_failed(namespace, service_account, &e))?;
         let web_identity_token = issued.status.map(|s| s.token).unwrap_or_default();
 
         let session = session_name(namespace, Some(service_account));

@@ -50,14 +50,7 @@ pub async fn service_account_token(
                 ),
             ));
         }
-        Err(e) => {
-            return Err(ExchangeError::new(
-                Reason::TokenRequestFailed,
-                format!(
-                    "TokenRequest for ServiceAccount {namespace}/{name} failed: {e}; the controller needs `create` on serviceaccounts/token"
-                ),
-            ));
-        }
+        Err(e) => return Err(token_request_failed(namespace, name, &e)),
     };
     let token = issued.status.map(|s| s.token).unwrap_or_default();
     if token.is_empty() {
@@ -67,6 +60,22 @@ pub async fn service_account_token(
         ));
     }
     Ok(Sensitive::new(token))
+}
+
+/// A TokenRequest for `namespace/name` that failed with `e`: the API server's own words when
+/// it answered, without the client's debug dump of its Status.
+pub(crate) fn token_request_failed(namespace: &str, name: &str, e: &kube::Error) -> ExchangeError {
+    let what = match e {
+        kube::Error::Api(status) => format!(
+            "the API server refused the TokenRequest for ServiceAccount {namespace}/{name}: HTTP {} {}: {}",
+            status.code, status.reason, status.message
+        ),
+        other => format!("TokenRequest for ServiceAccount {namespace}/{name} failed: {other}"),
+    };
+    ExchangeError::new(
+        Reason::TokenRequestFailed,
+        format!("{what}; the controller needs `create` on serviceaccounts/token"),
+    )
 }
 
 /// The token in the projected token file at `path`, read now.
