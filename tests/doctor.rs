@@ -411,11 +411,14 @@ async fn doctor_explains_each_status_reason_with_its_fix() {
     )
     .success();
     let irsa = |sa: &str| json!({"serviceAccount": {"name": sa}});
-    // AWS STS as the resource's endpoint: refusing the role, down, and answering nothing.
+    // AWS STS as the resource's endpoint: refusing the role, down, answering nothing.
     let refusing = refusing_aws_sts();
     let down = Gate::start(cloud.moto.port());
     down.set_down(true);
     let silent = silent_endpoint();
+    // AWS STS reached through a host Google does not call: the signed GetCallerIdentity that
+    // fedcred presents names it, and Google refuses to verify it there.
+    let detour = Gate::start(cloud.moto.port());
     // (resource, spec.aws, spec.google changes, the reason doctor must report, step)
     let cases = [
         (
@@ -503,6 +506,13 @@ async fn doctor_explains_each_status_reason_with_its_fix() {
             "exchange",
         ),
         (
+            "detour",
+            json!({"serviceAccount": {"name": "orders-api"}, "stsEndpoint": detour.url()}),
+            json!({}),
+            "InvalidSubjectToken",
+            "exchange",
+        ),
+        (
             "aws-silent",
             json!({"serviceAccount": {"name": "orders-api"}, "stsEndpoint": silent}),
             json!({}),
@@ -529,6 +539,17 @@ async fn doctor_explains_each_status_reason_with_its_fix() {
 /// Waits until `fedcred doctor` fails `name` at `step` for `reason`, checks that its fix is
 /// specific and that the report fits one screen, keeps it as evidence and returns it.
 async fn explained(ns: &TestNamespace, name: &str, reason: &str, step: &str) -> String {
+    explained_as(ns, name, reason, step, &format!("doctor-{reason}.txt")).await
+}
+
+/// [`explained`], kept as evidence under `file`.
+async fn explained_as(
+    ns: &TestNamespace,
+    name: &str,
+    reason: &str,
+    step: &str,
+    file: &str,
+) -> String {
     let target = format!("{}/{name}", ns.name);
     let out = eventually(&format!("{name} to fail"), Duration::from_secs(60), || {
         let (code, out, _) = doctor(&[&target]);
@@ -547,7 +568,7 @@ async fn explained(ns: &TestNamespace, name: &str, reason: &str, step: &str) -> 
     // One screen: the whole report fits in 25 lines.
     assert!(out.lines().count() <= 25, "{out}");
     let evidence = support::controller::log_dir();
-    std::fs::write(evidence.join(format!("doctor-{reason}.txt")), &out).unwrap();
+    std::fs::write(evidence.join(file), &out).unwrap();
     out
 }
 
@@ -557,6 +578,8 @@ const OIDC: &str = "//iam.googleapis.com/projects/123456789012/locations/global/
 const OTHER_ISSUER: &str = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/k8s-pool/providers/other-issuer";
 /// A provider that must discover the keys but cannot reach the cluster's private issuer.
 const PRIVATE: &str = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/k8s-pool/providers/private";
+/// A provider whose condition admits only the namespace `payments`.
+const STRICT: &str = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/k8s-pool/providers/strict";
 /// A provider holding another cluster's keys.
 const STRANGER: &str = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/k8s-pool/providers/stranger";
 
@@ -610,6 +633,10 @@ async fn doctor_explains_the_oidc_reasons_and_a_controller_without_aws_credentia
                     ..uploaded.clone()
                 },
             ))
+            .provider(
+                Provider::oidc(STRICT, uploaded.clone())
+                    .with_condition(Condition::NamespaceEquals("payments".into())),
+            )
             .provider(Provider::oidc(
                 STRANGER,
                 Oidc {
@@ -664,6 +691,14 @@ async fn doctor_explains_the_oidc_reasons_and_a_controller_without_aws_credentia
             "SignatureNotVerified",
         ),
         (
+            "host-file",
+            kubernetes(
+                OIDC,
+                json!({"tokenPath": "/var/run/secrets/kubernetes.io/serviceaccount/token"}),
+            ),
+            "InvalidSpec",
+        ),
+        (
             "lent",
             serde_json::to_value(
                 cloud.spec(json!({"controllerIdentity": {"roleArn": ROLE}}), json!({})),
@@ -682,14 +717,37 @@ async fn doctor_explains_the_oidc_reasons_and_a_controller_without_aws_credentia
         .args(&["--allow-controller-identity", &ns.name])
         .without_aws_credentials(&home)
         .start();
+    let subject = format!("system:serviceaccount:{}:orders-api", ns.name);
     for (name, _, reason) in &cases {
         let out = explained(&ns, name, reason, "exchange").await;
-        if *name != "lent" {
-            assert!(fix(&out, "exchange").contains("update-oidc"), "{out}");
-            let subject = format!("system:serviceaccount:{}:orders-api", ns.name);
-            assert!(line(&out, "principal").contains(&subject), "{out}");
+        match *name {
+            "lent" => {}
+            "host-file" => assert!(
+                fix(&out, "exchange").contains("spec.kubernetes.serviceAccount"),
+                "{out}"
+            ),
+            _ => {
+                assert!(fix(&out, "exchange").contains("update-oidc"), "{out}");
+                assert!(line(&out, "principal").contains(&subject), "{out}");
+            }
         }
     }
+
+    // The condition of an OIDC provider refuses the ServiceAccount's namespace.
+    apply("payments-only", kubernetes(STRICT, orders.clone()));
+    let out = explained_as(
+        &ns,
+        "payments-only",
+        "AttributeConditionRejected",
+        "exchange",
+        "doctor-AttributeConditionRejected-kubernetes.txt",
+    )
+    .await;
+    let fixed = fix(&out, "exchange");
+    assert!(
+        fixed.contains(&subject) && fixed.contains("update-oidc"),
+        "{out}"
+    );
 
     // Google's clock ten minutes and a bit ahead: the API server's fresh token, valid for ten
     // minutes, has expired for it.
@@ -702,4 +760,95 @@ async fn doctor_explains_the_oidc_reasons_and_a_controller_without_aws_credentia
     cloud.google.set_jwt_clock_offset(0);
     assert!(fix(&out, "exchange").contains("NTP"), "{out}");
     let _ = std::fs::remove_dir_all(&home);
+}
+
+/// A kubeconfig of the test cluster that authenticates as ServiceAccount `ns/name`, written to
+/// `path`.
+fn service_account_kubeconfig(ns: &TestNamespace, name: &str, path: &std::path::Path) {
+    let admin: Value = serde_json::from_str(
+        &support::kubectl(&["config", "view", "--raw", "--minify", "-o", "json"], None).success(),
+    )
+    .unwrap();
+    let cluster = &admin["clusters"][0]["cluster"];
+    let ca = match cluster["certificate-authority-data"].as_str() {
+        Some(data) => data.to_owned(),
+        None => {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .encode(std::fs::read(cluster["certificate-authority"].as_str().unwrap()).unwrap())
+        }
+    };
+    let token = ns
+        .kubectl(&["create", "token", name, "--duration=1h"], None)
+        .success();
+    let config = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "test", "cluster": {"server": cluster["server"], "certificate-authority-data": ca}}],
+        "users": [{"name": name, "user": {"token": token.trim()}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "test", "user": name}}],
+        "current-context": "sa",
+    });
+    std::fs::write(path, config.to_string()).unwrap();
+}
+
+/// A controller whose RBAC lacks `create` on serviceaccounts/token (the chart's rules for one
+/// namespace, that one left out): the API server refuses its TokenRequest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_explains_a_token_request_the_api_server_refuses() {
+    support::ensure_crd();
+    let ns = TestNamespace::new("doctor-rbac");
+    let cloud = Cloud::start(|c| c).await;
+    let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+    "metadata": {"name": "fedcred-without-tokens"},
+    "rules": [
+        {"apiGroups": ["fedcred.io"], "resources": ["federatedcredentials"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["fedcred.io"], "resources": ["federatedcredentials/status"], "verbs": ["patch"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch", "create", "patch"]},
+        {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get"]},
+        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+        {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets", "daemonsets"], "verbs": ["list", "patch"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create", "get", "update"]}
+    ]});
+    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "fedcred-without-tokens"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "fedcred-without-tokens"},
+        "subjects": [{"kind": "ServiceAccount", "name": "fedcred", "namespace": ns.name}]});
+    let accounts = [("fedcred", None), ("orders-api", Some(ROLE))];
+    for (name, role_arn) in accounts {
+        let mut sa =
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}});
+        if let Some(role_arn) = role_arn {
+            sa["metadata"]["annotations"] = json!({"eks.amazonaws.com/role-arn": role_arn});
+        }
+        ns.kubectl(&["apply", "-f", "-"], Some(&sa.to_string()))
+            .success();
+    }
+    for object in [role, binding] {
+        ns.kubectl(&["apply", "-f", "-"], Some(&object.to_string()))
+            .success();
+    }
+    let spec = serde_json::to_value(
+        cloud.spec(json!({"serviceAccount": {"name": "orders-api"}}), json!({})),
+    )
+    .unwrap();
+    let fc = json!({"apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
+        "metadata": {"name": "no-token"}, "spec": spec});
+    ns.kubectl(&["apply", "-f", "-"], Some(&fc.to_string()))
+        .success();
+    let kubeconfig = std::env::temp_dir().join(format!("fedcred-doctor-{}.kubeconfig", ns.name));
+    service_account_kubeconfig(&ns, "fedcred", &kubeconfig);
+    let _controller = Launch::new(&cloud)
+        .watching(&ns.name, "doctor")
+        .kubeconfig(&kubeconfig)
+        .start();
+    let out = explained(&ns, "no-token", "TokenRequestFailed", "exchange").await;
+    let _ = std::fs::remove_file(&kubeconfig);
+    assert!(
+        line(&out, "exchange").contains("HTTP 403 Forbidden"),
+        "{out}"
+    );
+    assert!(
+        fix(&out, "exchange").contains("serviceaccounts/token"),
+        "{out}"
+    );
 }
