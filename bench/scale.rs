@@ -119,6 +119,20 @@ async fn all_ready(
         if is_ready {
             ready.insert(fc.name_any());
         }
+        // A refusal will not go away by waiting: stop with its message.
+        if let Some(failing) = fc.status.as_ref().and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == "RefreshFailing" && c.status == "True")
+        }) {
+            return Err(format!(
+                "{}/{} failed: {} ({})",
+                ns,
+                fc.name_any(),
+                failing.reason,
+                failing.message
+            ));
+        }
     }
     Ok(start.elapsed())
 }
@@ -237,6 +251,8 @@ async fn controller_run(
             "127.0.0.1:0",
         ])
         .args(["--concurrency", &concurrency.to_string()])
+        // moto is the resources' aws.stsEndpoint: the admin allows it, as for tests.
+        .args(["--allow-endpoint", "http://127.0.0.1:*"])
         .args([
             "--google-sts-url",
             &google.sts_url(),

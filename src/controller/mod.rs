@@ -265,8 +265,13 @@ pub async fn reconcile(fc: Arc<FederatedCredential>, ctx: Arc<Context>) -> Resul
     })
 }
 
-/// How soon a resource whose exchange was not tried ([`Reason::Busy`]) is looked at again.
-const BUSY_RETRY: Duration = Duration::from_secs(2);
+/// How soon a resource whose exchange was not tried ([`Reason::Busy`]) is looked at again: soon,
+/// since most such resources wait for a token another resource of the same identity is being
+/// issued, and are then answered from the cache; spread over a range so that a crowd turned
+/// away together does not come back together.
+fn busy_retry() -> Duration {
+    Duration::from_millis(rand::random_range(200..600))
+}
 
 /// Longest one reconcile may take: the exchange's own deadline and a few API writes.
 pub const RECONCILE_DEADLINE: Duration = Duration::from_secs(60);
@@ -409,7 +414,7 @@ async fn refresh(
                 // running; nothing to report, look again soon.
                 Err(err) if err.reason == Reason::Busy => {
                     tracing::debug!(namespace = %fc.namespace().unwrap_or_default(), name = %fc.name_any(), "{err}");
-                    return Ok(Action::requeue(BUSY_RETRY));
+                    return Ok(Action::requeue(busy_retry()));
                 }
                 // The moment of the failure, not of the reconcile's start.
                 Err(err) => refresh::failed(

@@ -113,8 +113,6 @@ impl Engine {
         failed_at: Option<Timestamp>,
     ) -> Result<Issued, ExchangeError> {
         let called = Timestamp::now();
-        // A namespace whose peers hang holds at most its share of the callers.
-        let _place = self.enter(&key.namespace)?;
         let slot = {
             let mut slots = self
                 .slots
@@ -122,6 +120,16 @@ impl Engine {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             slots.entry(key.clone()).or_default().clone()
         };
+        // A token already held is answered without a place in the namespace's share: the share
+        // bounds callers that wait on peers, and a cache hit waits on none.
+        if let Ok(guard) = slot.try_lock()
+            && let Some((_, Ok(issued))) = guard.as_ref()
+            && reuse.accepts(issued, Timestamp::now())
+        {
+            return Ok(issued.clone());
+        }
+        // A namespace whose peers hang holds at most its share of the callers.
+        let _place = self.enter(&key.namespace)?;
         // Another caller exchanging for this identity: wait briefly for its answer, then come
         // back later rather than hold a worker for as long as that exchange may take.
         let Ok(mut guard) = tokio::time::timeout(self.limits.identity_wait, slot.lock()).await
