@@ -253,6 +253,14 @@ async fn controller_run(
         .args(["--concurrency", &concurrency.to_string()])
         // moto is the resources' aws.stsEndpoint: the admin allows it, as for tests.
         .args(["--allow-endpoint", "http://127.0.0.1:*"])
+        // All N resources are in one namespace, the case the namespace share limits most;
+        // FEDCRED_SCALE_NAMESPACE_SHARE measures another share (--namespace-share).
+        .args(
+            std::env::var("FEDCRED_SCALE_NAMESPACE_SHARE")
+                .ok()
+                .map(|share| vec!["--namespace-share".to_owned(), share])
+                .unwrap_or_default(),
+        )
         .args([
             "--google-sts-url",
             &google.sts_url(),

@@ -214,6 +214,11 @@ struct ControllerArgs {
     /// for exchanges, so a namespace whose peers hang cannot hold up the others.
     #[arg(long, env = "FEDCRED_CONCURRENCY", default_value_t = 32)]
     concurrency: u16,
+    /// Most exchanges one namespace may have in flight at once (default: a quarter of
+    /// --concurrency). A cluster with one tenant, or few namespaces with many resources each,
+    /// may raise it up to --concurrency; a lower share isolates tenants better.
+    #[arg(long, env = "FEDCRED_NAMESPACE_SHARE", value_parser = clap::value_parser!(u16).range(1..))]
+    namespace_share: Option<u16>,
     /// Shortest token lifetime (seconds) accepted from Google; a shorter-lived token is
     /// refused rather than refreshed in a loop.
     #[arg(long, env = "FEDCRED_MIN_TOKEN_SECONDS", default_value_t = 60)]
@@ -527,6 +532,7 @@ async fn controller(args: ControllerArgs) -> Result<(), Error> {
         google_sts_url: args.google_sts_url,
         google_iam_credentials_url: args.google_iam_credentials_url,
         concurrency: args.concurrency,
+        namespace_share: args.namespace_share,
         min_token_lifetime: Duration::from_secs(args.min_token_seconds),
         webhook,
     };

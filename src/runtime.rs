@@ -45,6 +45,8 @@ pub struct Options {
     pub google_sts_url: String,
     pub google_iam_credentials_url: String,
     pub concurrency: u16,
+    /// Most exchanges one namespace may have in flight; `None`: a quarter of `concurrency`.
+    pub namespace_share: Option<u16>,
     /// Shortest token lifetime accepted from Google.
     pub min_token_lifetime: std::time::Duration,
     /// The webhook, when it is served.
@@ -113,9 +115,13 @@ pub async fn controller(options: Options, shutdown: impl Future<Output = ()>) ->
         token_files: false,
     };
     let google = GoogleClient::new(RetryPolicy::default()).map_err(Error::Google)?;
+    let base = fedcred_core::exchange::Limits::for_concurrency(options.concurrency);
     let limits = fedcred_core::exchange::Limits {
         min_token_lifetime: options.min_token_lifetime,
-        ..fedcred_core::exchange::Limits::for_concurrency(options.concurrency)
+        namespace_share: options
+            .namespace_share
+            .map_or(base.namespace_share, usize::from),
+        ..base
     };
     let engine = Arc::new(Engine::new(aws, google, Some(client.clone())).with_limits(limits));
     let metrics = Metrics::shared();
