@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# `fedcred agent` benchmarks (BENCHMARKS.md, "`fedcred agent`"), in one command:
+#   1. builds fedcred, fedcred-doubles, the exchange bench (for its `setup`) and the load
+#      generator (bench/agent_load.rs) in release mode;
+#   2. starts moto (AWS STS) and a fedcred-doubles process (Google STS + IAM Credentials) that
+#      caps impersonated tokens at 2 s, so an agent refreshes about once a second;
+#   3. runs bench/agent_side_by_side.py: interleaved rounds of the agent and of the Python
+#      google-auth baseline with a custom AWS credential supplier
+#      (bench/google_auth_supplier.py), load on the agent's token endpoint, and one agent kept
+#      running for BENCH_LONG refreshes (about that many seconds);
+#   4. prints the tables (also saved under target/bench/) and stops everything it started.
+#
+#   bench/agent.sh            full run (about 20 minutes: the 1,000-refresh agent sets the pace)
+#   bench/agent.sh --quick    smoke run: 1 round, few refreshes, a 20-refresh long run
+#   BENCH_ROUNDS=5 BENCH_REFRESHES=60 BENCH_PYTHON_REFRESHES=200 BENCH_LONG=1000 bench/agent.sh
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$here/../hack/lib.sh"
+cd "$here/.."
+
+rounds="${BENCH_ROUNDS:-5}" refreshes="${BENCH_REFRESHES:-60}"
+python_refreshes="${BENCH_PYTHON_REFRESHES:-200}" long="${BENCH_LONG:-1000}"
+if [[ "${1:-}" == "--quick" ]]; then
+  rounds=1 refreshes=5 python_refreshes=20 long=20
+elif [[ $# -gt 0 ]]; then
+  die "usage: bench/agent.sh [--quick]"
+fi
+
+"$here/../hack/install-tools.sh"
+VENV="$FEDCRED_CACHE/venv"
+PY="$VENV/bin/python"
+
+log "building fedcred, fedcred-doubles and the benches (release; the first build takes a while)"
+cargo build --release --locked -p fedcred --bin fedcred -p fedcred-doubles --bin fedcred-doubles
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+bench_bin() {
+  cargo bench --locked --bench "$1" --no-run --message-format=json-render-diagnostics |
+    "$PY" -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == sys.argv[1] and m.get("executable"):
+        print(m["executable"])
+' "$1"
+}
+exchange_bin=$(bench_bin exchange)
+load_bin=$(bench_bin agent_load)
+[[ -x "$exchange_bin" && -x "$load_bin" ]] || die "could not find the bench binaries"
+
+run_dir=$(mktemp -d "${TMPDIR:-/tmp}/fedcred-bench-agent.XXXXXX")
+moto_pid="" doubles_pid=""
+cleanup() {
+  local rc=$?
+  for pid in $doubles_pid $moto_pid; do
+    kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+  done
+  if ((rc != 0)); then
+    log "failed; logs kept in $run_dir"
+    tail -n 5 "$run_dir"/*.log >&2 2>/dev/null || true
+  else
+    rm -rf "$run_dir"
+  fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+answers() { "$PY" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' "$1" 2>/dev/null; }
+
+log "starting moto"
+moto_url="http://127.0.0.1:$(free_port)"
+"$VENV/bin/moto_server" -H 127.0.0.1 -p "${moto_url##*:}" >"$run_dir/moto.log" 2>&1 &
+moto_pid=$!
+for _ in $(seq 600); do answers "$moto_url/moto-api/" && break; sleep 0.1; done
+answers "$moto_url/moto-api/" || die "moto did not start (see $run_dir/moto.log)"
+
+log "starting fedcred-doubles (impersonated tokens capped at 2 s)"
+"$exchange_bin" setup --moto "$moto_url" --out "$run_dir"
+"$PY" - "$run_dir/doubles.json" <<'PY'
+import json, sys
+config = json.load(open(sys.argv[1]))
+config["impersonated_lifetime_cap_seconds"] = 2
+json.dump(config, open(sys.argv[1], "w"))
+PY
+"$target/release/fedcred-doubles" --listen 127.0.0.1:0 --config "$run_dir/doubles.json" \
+  >"$run_dir/doubles.url" 2>"$run_dir/doubles.log" &
+doubles_pid=$!
+for _ in $(seq 100); do [[ -s "$run_dir/doubles.url" ]] && break; sleep 0.1; done
+doubles_url=$(head -n 1 "$run_dir/doubles.url")
+[[ -n "$doubles_url" ]] || die "fedcred-doubles did not start (see $run_dir/doubles.log)"
+
+mkdir -p target/bench
+results="target/bench/agent-$(date -u +%Y%m%dT%H%M%SZ).md"
+{
+  echo "## fedcred agent benchmark, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo
+  echo "- machine: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), Linux $(uname -r)"
+  echo "- $(rustc --version), Python $("$PY" -c 'import platform; print(platform.python_version())'), google-auth $("$PY" -c 'import google.auth; print(google.auth.__version__)'), requests $("$PY" -c 'import requests; print(requests.__version__)')"
+  echo "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo
+} | tee "$results"
+
+"$PY" "$here/agent_side_by_side.py" --fedcred "$target/release/fedcred" --load "$load_bin" \
+  --python "$PY" --baseline "$here/google_auth_supplier.py" --setup "$run_dir/setup.json" \
+  --doubles "$doubles_url" --moto "$moto_url" --rounds "$rounds" --refreshes "$refreshes" \
+  --python-refreshes "$python_refreshes" --long "$long" --out "${results%.md}.json" | tee -a "$results"
+
+log "done; results in $results (raw measurements in ${results%.md}.json)"
