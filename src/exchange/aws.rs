@@ -352,6 +352,11 @@ where
                 ),
             )
         }
+        // A connect or read timeout of the HTTP client is a timeout too, not another failure.
+        SdkError::DispatchFailure(failure) if failure.is_timeout() => ExchangeError::new(
+            Reason::Timeout,
+            format!("AWS STS {operation} for {target} timed out"),
+        ),
         SdkError::TimeoutError(_) => ExchangeError::new(
             Reason::Timeout,
             format!("AWS STS {operation} for {target} timed out"),
