@@ -86,21 +86,13 @@ impl Drop for Running {
 
 /// `psql "host=127.0.0.1 port=PORT user=USER dbname=postgres" -c 'select current_user'`.
 fn select_current_user(port: u16, user: &str) -> Result<String, String> {
-    let out = Command::new("psql")
-        .args(["-X", "-A", "-t", "-c", "select current_user"])
-        .arg(format!(
-            "host=127.0.0.1 port={port} user={user} dbname=postgres"
-        ))
-        .env_clear()
-        .env("PGCONNECT_TIMEOUT", "20")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("psql runs: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    let pg = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+    support::alloydb::select_current_user(&[
+        pg("PGHOST", "127.0.0.1"),
+        pg("PGPORT", &port.to_string()),
+        pg("PGUSER", user),
+        pg("PGDATABASE", "postgres"),
+    ])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,7 @@ use fedcred_core::inject::{DEFAULT_PROXY_IMAGE, PROXY_CONTAINER_PREFIX};
 use fedcred_doubles::Config;
 use fedcred_doubles::alloydb::{AlloyDbConfig, AlloyDbDoubles, AuthType, InstanceConfig, Outcome};
 use serde_json::{Value, json};
-use support::alloydb::{Postgres, proxy_binary, wait_for_http_probe};
+use support::alloydb::{Postgres, proxy_binary, select_current_user, wait_for_http_probe};
 use support::cloud::{Cloud, ROLE, SA_EMAIL};
 use support::pod::{Process, SecretVolume, StoredPod, map_paths, secret_data, wait_for_exec_probe};
 use support::webhook::controller_with_webhook;
@@ -64,23 +64,6 @@ async fn eventually_synced<T>(
         check()
     })
     .await
-}
-
-/// `psql -c 'select current_user'` with the app container's environment.
-fn select_current_user(app_env: &[(String, String)]) -> Result<String, String> {
-    let out = std::process::Command::new("psql")
-        .args(["-X", "-A", "-t", "-c", "select current_user"])
-        .env_clear()
-        .envs(app_env.iter().map(|(k, v)| (k, v)))
-        .env("PGCONNECT_TIMEOUT", "20")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| format!("psql runs: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -219,3 +219,21 @@ pub async fn wait_for_http_probe(probe: &Value, process: &mut Process, limit: Du
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// `psql -c 'select current_user'` with only `env` (libpq's `PG*` variables say where and as
+/// whom): the user the server logged in, or psql's error.
+pub fn select_current_user(env: &[(String, String)]) -> Result<String, String> {
+    let out = Command::new("psql")
+        .args(["-X", "-A", "-t", "-c", "select current_user"])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("PGCONNECT_TIMEOUT", "20")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("psql runs: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
