@@ -53,7 +53,9 @@ for target in "${targets[@]}"; do
   out="$(mktemp)"
   if ! cargo +nightly fuzz run -O --sanitizer "$sanitizer" --target-dir "$target_dir" "$target" "$corpus" "${seeds[@]}" -- \
     -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 >"$out" 2>&1; then
-    tail -n 60 "$out" >&2
+    # The assertion that failed comes first; the tail holds libFuzzer's report and the input.
+    grep -m1 -A4 "panicked at" "$out" >&2 || true
+    tail -n 40 "$out" >&2
     rm -f "$out"
     die "fuzz target $target crashed; the input is in fuzz/artifacts/$target/"
   fi
