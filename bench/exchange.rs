@@ -183,7 +183,7 @@ fn engine_key(moto: &str, doubles: &str, impersonate: bool) -> Result<IdentityKe
     }))
     .map_err(|e| format!("bench spec: {e}"))?;
     let defaults = Defaults {
-        controller_identity: ControllerIdentityPolicy::new([NAMESPACE]),
+        controller_identity: ControllerIdentityPolicy::parse([NAMESPACE]).unwrap(),
         endpoints: fedcred_core::exchange::EndpointPolicy::new(["http://127.0.0.1:*"]).unwrap(),
         ..Defaults::default()
     };

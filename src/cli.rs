@@ -177,8 +177,9 @@ struct ControllerArgs {
     /// Watch only this namespace (default: all).
     #[arg(long, env = "FEDCRED_NAMESPACE")]
     namespace: Option<String>,
-    /// Namespaces allowed to use the controller's own AWS identity (comma-separated, `*` for
-    /// all). Default: none.
+    /// Namespaces allowed to use the controller's own AWS identity (comma-separated):
+    /// `NAMESPACE` (as is, or chained into any role), `NAMESPACE=ROLE_ARN` (only chained into
+    /// that role; repeat for more), `*` (every namespace). Default: none.
     #[arg(long, env = "FEDCRED_ALLOW_CONTROLLER_IDENTITY", value_delimiter = ',')]
     allow_controller_identity: Vec<String>,
     /// Endpoints resources may name in aws.stsEndpoint and google.endpoints.* besides AWS's
@@ -387,7 +388,7 @@ async fn exchange(
         region: aws.default_region().map(str::to_owned),
         // Run by hand, the command lends nobody else's identity: the caller's own AWS
         // credentials are used as they would be by any AWS tool.
-        controller_identity: ControllerIdentityPolicy::new(["*"]),
+        controller_identity: ControllerIdentityPolicy::everyone(),
         endpoints: EndpointPolicy::any(),
         // Run by hand on the caller's host: a token file there is the caller's own.
         token_files: true,

@@ -185,7 +185,7 @@ async fn try_exchange(
     let defaults = Defaults {
         region: aws.default_region().map(str::to_owned),
         // Run by hand: the caller's own credentials, as any AWS tool would use them.
-        controller_identity: ControllerIdentityPolicy::new(["*"]),
+        controller_identity: ControllerIdentityPolicy::everyone(),
         endpoints: EndpointPolicy::any(),
         ..Defaults::default()
     };

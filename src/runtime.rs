@@ -71,6 +71,8 @@ pub enum Error {
     Kubeconfig(kube::Error),
     #[error("{0}")]
     Endpoints(String),
+    #[error("{0}")]
+    ControllerIdentity(String),
     #[error("reading the API server version: {0}")]
     ApiServerVersion(kube::Error),
     #[error(transparent)]
@@ -106,9 +108,8 @@ pub async fn controller(options: Options, shutdown: impl Future<Output = ()>) ->
         region: aws.default_region().map(str::to_owned),
         sts_url: options.google_sts_url.clone(),
         iam_credentials_url: options.google_iam_credentials_url.clone(),
-        controller_identity: ControllerIdentityPolicy::new(
-            options.allow_controller_identity.clone(),
-        ),
+        controller_identity: ControllerIdentityPolicy::parse(&options.allow_controller_identity)
+            .map_err(Error::ControllerIdentity)?,
         endpoints: fedcred_core::exchange::EndpointPolicy::new(&options.allow_endpoints)
             .map_err(Error::Endpoints)?,
         // The controller never reads a file a resource names.

@@ -150,6 +150,8 @@ fn the_chart_lints_and_renders_objects_the_api_server_accepts() {
         "--set",
         "controllerIdentity.allowedNamespaces={analytics,batch}",
         "--set",
+        "controllerIdentity.roles.reports={arn:aws:iam::123456789012:role/a,arn:aws:iam::123456789012:role/b}",
+        "--set",
         "metrics.serviceMonitor.enabled=true",
         "--set",
         "webhook.failurePolicy=Ignore",
@@ -159,6 +161,12 @@ fn the_chart_lints_and_renders_objects_the_api_server_accepts() {
     .success();
     assert!(!custom.contains("kind: PodDisruptionBudget"), "{custom}");
     assert!(custom.contains("- --allow-controller-identity=analytics,batch"));
+    for role in ["a", "b"] {
+        let flag = format!(
+            "- --allow-controller-identity=reports=arn:aws:iam::123456789012:role/{role}\n"
+        );
+        assert!(custom.contains(&flag), "{flag} in {custom}");
+    }
     assert!(custom.contains("kind: ServiceMonitor"));
     assert!(custom.contains("failurePolicy: Ignore"));
     assert!(custom.contains("value: \"registry.example/alloydb-auth-proxy:9\""));
@@ -171,6 +179,14 @@ fn the_chart_lints_and_renders_objects_the_api_server_accepts() {
         (
             "controllerIdentity.allowedNamespaces={Not_A_Namespace}",
             "allowedNamespaces",
+        ),
+        (
+            "controllerIdentity.roles.reports={arn:aws:iam::123456789012:user/a}",
+            "/controllerIdentity/roles/reports",
+        ),
+        (
+            "controllerIdentity.roles.Not_A_Namespace={arn:aws:iam::123456789012:role/a}",
+            "invalid propertyName 'Not_A_Namespace'",
         ),
         ("replicas=2", "additional properties 'replicas'"),
     ] {

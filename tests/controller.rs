@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use fedcred_doubles::{Condition, Fault, Target};
 use serde_json::{Value, json};
 use support::cloud::{ASSUMED_ROLE, AUDIENCE, Cloud, ROLE, SA_EMAIL, federated};
-use support::controller::ControllerProcess;
+use support::controller::{ControllerProcess, Launch};
 use support::pod::secret_data;
 use support::{TestNamespace, eventually};
 
@@ -535,6 +535,84 @@ async fn the_controller_identity_is_refused_where_the_admin_did_not_allow_it() {
             .contains("controllerIdentity.allowedNamespaces")
     );
     assert_eq!(cloud.google.calls(Target::Sts), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_granted_a_role_chains_only_into_that_role() {
+    let ns = TestNamespace::new("lend-role");
+    let cloud = Cloud::start(|c| c).await;
+    let other = "arn:aws:iam::123456789012:role/another-namespaces-role";
+    let grant = format!("{}={ROLE}", ns.name);
+    // The controller's own identity: credentials from moto, in its environment.
+    let own = cloud
+        .moto
+        .assume_role_with_web_identity(
+            "arn:aws:iam::123456789012:role/fedcred-controller",
+            "controller",
+        )
+        .await
+        .unwrap();
+    support::ensure_crd();
+    let _controller = Launch::new(&cloud)
+        .watching(&ns.name, "r1")
+        .args(&["--allow-controller-identity", &grant])
+        .env("AWS_ACCESS_KEY_ID", &own.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &own.secret_access_key)
+        .env("AWS_SESSION_TOKEN", &own.session_token)
+        .start();
+    apply(
+        &ns,
+        &cloud,
+        "granted",
+        json!({"controllerIdentity": {"roleArn": ROLE}}),
+        json!({}),
+        json!({}),
+    );
+    apply(
+        &ns,
+        &cloud,
+        "other-role",
+        json!({"controllerIdentity": {"roleArn": other}}),
+        json!({}),
+        json!({}),
+    );
+    apply(
+        &ns,
+        &cloud,
+        "as-is",
+        json!({"controllerIdentity": {}}),
+        json!({}),
+        json!({}),
+    );
+
+    eventually("granted Ready", LIMIT, || {
+        condition(&status(&ns, "granted"), "Ready").filter(|c| c["status"] == "True")
+    })
+    .await;
+    for (name, complaint) in [
+        (
+            "other-role",
+            format!("only chained into {ROLE}, not into {other}"),
+        ),
+        ("as-is", format!("only chained into {ROLE}, not as is")),
+    ] {
+        let ready = eventually("Ready=False", LIMIT, || {
+            condition(&status(&ns, name), "Ready").filter(|c| c["status"] == "False")
+        })
+        .await;
+        assert_eq!(
+            ready["reason"], "ControllerIdentityNotAllowed",
+            "{name}: {ready}"
+        );
+        let message = ready["message"].as_str().unwrap();
+        assert!(message.contains(&complaint), "{name}: {message}");
+        assert!(
+            message.contains(&format!("controllerIdentity.roles.{}", ns.name)),
+            "{name}: {message}"
+        );
+    }
+    // Only the granted resource reached Google.
+    assert_eq!(cloud.google.calls(Target::Sts), 1);
 }
 
 /// A workload whose pods use FederatedCredential `credential`, in `ns`.

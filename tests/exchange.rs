@@ -17,7 +17,7 @@ use support::cloud::{ASSUMED_ROLE, AUDIENCE, Cloud, ROLE, SA_EMAIL};
 
 fn defaults() -> Defaults {
     Defaults {
-        controller_identity: ControllerIdentityPolicy::new(["*"]),
+        controller_identity: ControllerIdentityPolicy::everyone(),
         // Moto and the Google doubles listen on loopback.
         endpoints: fedcred_core::exchange::EndpointPolicy::new(["http://127.0.0.1:*"]).unwrap(),
         ..Defaults::default()

@@ -8,7 +8,7 @@
 //! ([`shares_failure`]) answers later callers, so Google sees one exchange per identity per
 //! refresh rather than one per resource.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -110,30 +110,96 @@ impl IdentityKey {
     }
 }
 
-/// Which namespaces may use the controller's own AWS identity.
+/// Which namespaces may use the controller's own AWS identity, and into which roles each may
+/// chain it. The admin grants either a namespace (`analytics`: the controller's identity as is,
+/// or chained into any role it can assume) or a namespace and one role
+/// (`analytics=arn:aws:iam::123456789012:role/bq`: only chained into the roles listed for it,
+/// each under the session name `fedcred.NAMESPACE`, so the role's trust policy can pin the
+/// namespace with a condition on `sts:RoleSessionName`). `*` grants every namespace.
 #[derive(Clone, Debug, Default)]
 pub struct ControllerIdentityPolicy {
-    allowed: BTreeSet<String>,
+    /// Namespaces granted the identity as is and every role.
+    any_role: BTreeSet<String>,
+    /// Namespaces granted only the roles listed.
+    roles: BTreeMap<String, BTreeSet<String>>,
     all: bool,
 }
 
+/// What a [`ControllerIdentityPolicy`] answers for one namespace and role.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ControllerIdentityGrant {
+    Allowed,
+    /// The namespace has no grant at all.
+    NotAllowed,
+    /// The namespace may chain only into these roles.
+    OnlyRoles(Vec<String>),
+}
+
 impl ControllerIdentityPolicy {
-    /// `*` allows every namespace; otherwise the listed ones. Empty: none (the default).
-    pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(namespaces: I) -> Self {
+    /// From the admin's entries: `NAMESPACE`, `NAMESPACE=ROLE_ARN` or `*`. Empty: none (the
+    /// default).
+    pub fn parse<I: IntoIterator<Item = S>, S: AsRef<str>>(entries: I) -> Result<Self, String> {
         let mut policy = ControllerIdentityPolicy::default();
-        for ns in namespaces {
-            let ns = ns.into();
-            if ns == "*" {
+        for entry in entries {
+            let entry = entry.as_ref().trim();
+            if entry.is_empty() {
+                continue;
+            }
+            if entry == "*" {
                 policy.all = true;
-            } else if !ns.is_empty() {
-                policy.allowed.insert(ns);
+                continue;
+            }
+            let (namespace, role) = match entry.split_once('=') {
+                Some((ns, role)) => (ns.trim(), Some(role.trim())),
+                None => (entry, None),
+            };
+            if !crate::names::is_dns_label(namespace) {
+                return Err(format!(
+                    "--allow-controller-identity {entry:?}: {namespace:?} is not a namespace name; write NAMESPACE, NAMESPACE=ROLE_ARN or *"
+                ));
+            }
+            match role {
+                None => {
+                    policy.any_role.insert(namespace.to_owned());
+                }
+                Some(role) if crate::names::is_role_arn(role) => {
+                    policy
+                        .roles
+                        .entry(namespace.to_owned())
+                        .or_default()
+                        .insert(role.to_owned());
+                }
+                Some(role) => {
+                    return Err(format!(
+                        "--allow-controller-identity {entry:?}: {role:?} is not an IAM role ARN such as arn:aws:iam::123456789012:role/NAME"
+                    ));
+                }
             }
         }
-        policy
+        Ok(policy)
     }
 
-    pub fn allows(&self, namespace: &str) -> bool {
-        self.all || self.allowed.contains(namespace)
+    /// Every namespace and every role: for a process that runs with its own identity (`fedcred
+    /// agent`, `fedcred exchange`), where nothing is lent.
+    pub fn everyone() -> Self {
+        ControllerIdentityPolicy {
+            all: true,
+            ..ControllerIdentityPolicy::default()
+        }
+    }
+
+    /// Whether `namespace` may use the identity, chained into `role` if given.
+    pub fn grant(&self, namespace: &str, role: Option<&str>) -> ControllerIdentityGrant {
+        if self.all || self.any_role.contains(namespace) {
+            return ControllerIdentityGrant::Allowed;
+        }
+        match self.roles.get(namespace) {
+            None => ControllerIdentityGrant::NotAllowed,
+            Some(roles) if role.is_some_and(|r| roles.contains(r)) => {
+                ControllerIdentityGrant::Allowed
+            }
+            Some(roles) => ControllerIdentityGrant::OnlyRoles(roles.iter().cloned().collect()),
+        }
     }
 }
 
@@ -309,13 +375,32 @@ pub fn plan(
             role_arn: sa.role_arn.clone(),
         },
         (None, Some(ci)) => {
-            if !defaults.controller_identity.allows(namespace) {
-                return Err(ExchangeError::new(
-                    Reason::ControllerIdentityNotAllowed,
-                    format!(
-                        "namespace {namespace} may not use the controller's own AWS identity; use aws.serviceAccount (IRSA), or ask the cluster admin to add {namespace} to controllerIdentity.allowedNamespaces"
-                    ),
-                ));
+            match defaults
+                .controller_identity
+                .grant(namespace, ci.role_arn.as_deref())
+            {
+                ControllerIdentityGrant::Allowed => {}
+                ControllerIdentityGrant::NotAllowed => {
+                    return Err(ExchangeError::new(
+                        Reason::ControllerIdentityNotAllowed,
+                        format!(
+                            "namespace {namespace} may not use the controller's own AWS identity; use aws.serviceAccount (IRSA), or ask the cluster admin to grant it (chart values controllerIdentity.roles or controllerIdentity.allowedNamespaces)"
+                        ),
+                    ));
+                }
+                ControllerIdentityGrant::OnlyRoles(roles) => {
+                    let asked = match &ci.role_arn {
+                        Some(role) => format!("not into {role}"),
+                        None => "not as is".to_owned(),
+                    };
+                    return Err(ExchangeError::new(
+                        Reason::ControllerIdentityNotAllowed,
+                        format!(
+                            "namespace {namespace} may use the controller's own AWS identity only chained into {}, {asked}: set aws.controllerIdentity.roleArn to one of them, or ask the cluster admin to add the role to controllerIdentity.roles.{namespace}",
+                            roles.join(", ")
+                        ),
+                    ));
+                }
             }
             IdentitySource::Controller {
                 role_arn: ci.role_arn.clone(),
@@ -776,16 +861,99 @@ mod tests {
                 .contains("namespace analytics may not use the controller's own AWS identity")
         );
         let allowed = Defaults {
-            controller_identity: ControllerIdentityPolicy::new(["analytics"]),
+            controller_identity: ControllerIdentityPolicy::parse(["analytics"]).unwrap(),
             ..defaults()
         };
         let key = plan("analytics", &s, &allowed).unwrap();
         assert_eq!(key.describe(), "controller as role/x");
         let everyone = Defaults {
-            controller_identity: ControllerIdentityPolicy::new(["*"]),
+            controller_identity: ControllerIdentityPolicy::everyone(),
             ..defaults()
         };
         assert!(plan("anything", &s, &everyone).is_ok());
+        assert!(
+            plan(
+                "anything",
+                &s,
+                &Defaults {
+                    controller_identity: ControllerIdentityPolicy::parse(["*"]).unwrap(),
+                    ..defaults()
+                }
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_namespace_granted_roles_chains_only_into_those() {
+        let bq = "arn:aws:iam::123456789012:role/bq";
+        let gcs = "arn:aws:iam::123456789012:role/gcs";
+        let admin = Defaults {
+            controller_identity: ControllerIdentityPolicy::parse([
+                format!("analytics={bq}"),
+                format!("analytics={gcs}"),
+                format!("batch={gcs}"),
+            ])
+            .unwrap(),
+            ..defaults()
+        };
+        let with = |role: Option<&str>| spec(credential("a").controller_identity(role));
+        assert!(plan("analytics", &with(Some(bq)), &admin).is_ok());
+        assert!(plan("analytics", &with(Some(gcs)), &admin).is_ok());
+        assert!(plan("batch", &with(Some(gcs)), &admin).is_ok());
+
+        // Another namespace's role, and the controller's identity as is (the same principal
+        // for every granted namespace), are refused with what is allowed.
+        let err = plan("batch", &with(Some(bq)), &admin).unwrap_err();
+        assert_eq!(err.reason, Reason::ControllerIdentityNotAllowed);
+        assert!(
+            err.message
+                .contains(&format!("only chained into {gcs}, not into {bq}")),
+            "{}",
+            err.message
+        );
+        assert!(
+            err.message.contains("controllerIdentity.roles.batch"),
+            "{}",
+            err.message
+        );
+        let err = plan("analytics", &with(None), &admin).unwrap_err();
+        assert_eq!(err.reason, Reason::ControllerIdentityNotAllowed);
+        assert!(
+            err.message.contains(&format!("{bq}, {gcs}, not as is")),
+            "{}",
+            err.message
+        );
+        let err = plan("shop", &with(Some(bq)), &admin).unwrap_err();
+        assert!(
+            err.message
+                .contains("may not use the controller's own AWS identity")
+        );
+    }
+
+    #[test]
+    fn controller_identity_grants_that_are_not_namespaces_or_roles_are_refused() {
+        for (entry, complaint) in [
+            ("Analytics", "is not a namespace name"),
+            ("a.b", "is not a namespace name"),
+            (
+                "analytics=arn:aws:iam::123456789012:user/x",
+                "is not an IAM role ARN",
+            ),
+            ("analytics=", "is not an IAM role ARN"),
+            (
+                "=arn:aws:iam::123456789012:role/x",
+                "is not a namespace name",
+            ),
+        ] {
+            let err = ControllerIdentityPolicy::parse([entry]).unwrap_err();
+            assert!(err.contains(complaint), "{entry}: {err}");
+            assert!(
+                err.contains("--allow-controller-identity"),
+                "{entry}: {err}"
+            );
+        }
+        assert!(ControllerIdentityPolicy::parse(["", " analytics "]).is_ok());
     }
 
     #[test]

@@ -77,6 +77,11 @@ pub fn is_object_name(name: &str) -> bool {
         })
 }
 
+/// Whether `name` can name a namespace: a DNS label (RFC 1123) of at most 63 characters.
+pub fn is_dns_label(name: &str) -> bool {
+    name.len() <= 63 && !name.contains('.') && is_object_name(name)
+}
+
 /// The AlloyDB and Cloud SQL PostgreSQL IAM database user of a service account: its email
 /// without `.gserviceaccount.com` (`app@my-project.iam`).
 pub fn db_user(service_account: &str) -> Option<String> {

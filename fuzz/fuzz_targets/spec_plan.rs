@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
     for namespace in ["shop", "other"] {
         let defaults = Defaults {
             region: Some("us-east-1".to_owned()),
-            controller_identity: ControllerIdentityPolicy::new(["shop"]),
+            controller_identity: ControllerIdentityPolicy::parse(["shop"]).unwrap(),
             // Endpoint refusals are checked in fedcred-core's tests; here every admitted
             // endpoint is planned.
             endpoints: fedcred_core::exchange::EndpointPolicy::any(),

@@ -139,7 +139,7 @@ pub fn load(options: &Options) -> Result<Plan, Error> {
             .or_else(|| env("AWS_REGION"))
             .or_else(|| env("AWS_DEFAULT_REGION")),
         // The agent's own AWS identity is the one the host gave it: nobody else's is lent.
-        controller_identity: ControllerIdentityPolicy::new(["*"]),
+        controller_identity: ControllerIdentityPolicy::everyone(),
         // The file is the host owner's, not a tenant's: the endpoints it names are theirs to
         // choose, as with any AWS or Google tool run on the host.
         endpoints: EndpointPolicy::any(),

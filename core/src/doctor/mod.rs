@@ -195,7 +195,7 @@ pub fn reason_fix(
         "SecretConflict" => "a Secret of that name exists and is not this resource's: delete or rename it, or set spec.secret.name to a free name".to_owned(),
         "InvalidSpec" if kubernetes => "correct the field the message names: spec.kubernetes.tokenPath is read by fedcred agent only; the controller needs spec.kubernetes.serviceAccount".to_owned(),
         "InvalidSpec" => "correct the field the message names (for a region: spec.aws.region, or the chart's awsRegion)".to_owned(),
-        "ControllerIdentityNotAllowed" => format!("ask the cluster admin to add {ns} to the chart's controllerIdentity.allowedNamespaces, or use an IRSA ServiceAccount (spec.aws.serviceAccount)"),
+        "ControllerIdentityNotAllowed" => format!("ask the cluster admin to grant {ns} the role (the chart's controllerIdentity.roles.{ns}), or use an IRSA ServiceAccount (spec.aws.serviceAccount)"),
         "ServiceAccountNotFound" if kubernetes => format!("kubectl -n {ns} create serviceaccount {sa} (or fix spec.kubernetes.serviceAccount.name)"),
         "ServiceAccountNotFound" => format!("kubectl -n {ns} create serviceaccount {sa}, annotated with eks.amazonaws.com/role-arn (or fix spec.aws.serviceAccount.name)"),
         "RoleArnMissing" => format!("kubectl -n {ns} annotate serviceaccount {sa} eks.amazonaws.com/role-arn=arn:aws:iam::ACCOUNT:role/ROLE"),
@@ -344,7 +344,7 @@ fn aws_identity(
                     STEP,
                     Outcome::Pass,
                     format!(
-                        "the controller's identity chained into {role}; the namespace must be in controllerIdentity.allowedNamespaces"
+                        "the controller's identity chained into {role}; the cluster admin must grant the namespace this role (controllerIdentity.roles)"
                     ),
                 ),
             ),
