@@ -404,6 +404,54 @@ async fn controller_identity_is_chained_into_a_per_namespace_session() {
     );
 }
 
+/// The secrecy scan looks for what the doubles list: here the AWS secret key, the session token
+/// and the signed request (the subject token) an exchange presented.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_doubles_list_every_aws_credential_they_receive_for_the_secrecy_scan() {
+    let cloud = Cloud::start(|c| c).await;
+    let own = cloud
+        .moto
+        .assume_role_with_web_identity(ROLE, "listed")
+        .await
+        .unwrap();
+    let spec = cloud.spec(json!({"controllerIdentity": {}}), json!({}));
+    let manifest = json!({
+        "apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
+        "metadata": {"name": "bq", "namespace": "analytics"}, "spec": spec
+    });
+    let dir = tempdir();
+    let file = dir.join("fc.yaml");
+    std::fs::write(&file, manifest.to_string()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fedcred"))
+        .args(["exchange", "-f", file.to_str().unwrap()])
+        .env("AWS_ACCESS_KEY_ID", &own.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &own.secret_access_key)
+        .env("AWS_SESSION_TOKEN", &own.session_token)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    assert!(
+        cloud.google.calls(Target::Sts) >= 1,
+        "the exchange reached STS: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let received = cloud.google.received_credentials();
+    assert!(
+        received.contains(&own.secret_access_key),
+        "the secret key is listed"
+    );
+    assert!(
+        received.contains(&own.session_token),
+        "the session token is listed"
+    );
+    assert!(
+        received
+            .iter()
+            .any(|c| c.contains("GetCallerIdentity") && c.contains(&own.access_key_id)),
+        "the signed request is listed"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_controller_credentials_lists_every_source_tried() {
     let dir = tempdir();

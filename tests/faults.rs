@@ -1605,6 +1605,9 @@ fn secret_files_swapped_under_the_metadata_server() {
 
 #[test]
 fn the_secrecy_scan_fails_on_a_planted_token_and_names_the_file() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+
     let dir = std::env::temp_dir().join(format!(
         "fedcred-faults-scan-{}-{}",
         std::process::id(),
@@ -1612,46 +1615,75 @@ fn the_secrecy_scan_fails_on_a_planted_token_and_names_the_file() {
     ));
     let evidence = dir.join("evidence");
     std::fs::create_dir_all(evidence.join("nested")).unwrap();
-    let token = format!("ya29.fake-planted{}", Timestamp::now().as_nanosecond());
+    let n = Timestamp::now().as_nanosecond();
+    // One of each kind the doubles list, shaped like the real thing.
+    let kinds = [
+        ("Google access token", format!("ya29.fake-planted{n}")),
+        ("AWS secret key", format!("wJalrXUtnFEMI/K7MDENG+bPxRfi{n}")),
+        (
+            "AWS session token",
+            format!("FwoGZXIvYXdzEBYaD{n}+Lm9/ukhtAb0XqCJ3yMIGc"),
+        ),
+        (
+            "ServiceAccount token",
+            format!("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW0{n}.c2lnbmF0dXJl"),
+        ),
+        (
+            "AWS subject token",
+            format!(
+                "%7B%22url%22%3A%22https%3A%2F%2Fsts.amazonaws.com%2F%3FAction%3DGetCallerIdentity{n}%22%7D"
+            ),
+        ),
+    ];
     let tokens = dir.join("issued-tokens");
-    std::fs::write(&tokens, format!("ya29.fake-other\n{token}\n")).unwrap();
+    let listed: String = kinds.iter().map(|(_, v)| format!("{v}\n")).collect();
+    std::fs::write(&tokens, format!("ya29.fake-other\n{listed}")).unwrap();
     std::fs::write(evidence.join("controller.log"), "a clean line\n").unwrap();
+    let planted = evidence.join("nested/events.json");
     let scan = || {
-        Command::new(support::repo_root().join("hack/secrecy-scan.sh"))
+        let out = Command::new(support::repo_root().join("hack/secrecy-scan.sh"))
             .arg(&tokens)
             .arg(&evidence)
             .stdin(Stdio::null())
             .output()
-            .expect("hack/secrecy-scan.sh runs")
+            .expect("hack/secrecy-scan.sh runs");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), said)
     };
 
-    let clean = scan();
-    assert!(
-        clean.status.success(),
-        "a clean directory passes: {}",
-        String::from_utf8_lossy(&clean.stderr)
-    );
+    let (code, said) = scan();
+    assert_eq!(code, Some(0), "a clean directory passes: {said}");
 
-    std::fs::write(
-        evidence.join("nested/events.json"),
-        format!("{{\"message\":\"token {token} written\"}}"),
-    )
-    .unwrap();
-    let dirty = scan();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&dirty.stdout),
-        String::from_utf8_lossy(&dirty.stderr)
-    );
+    for (kind, value) in &kinds {
+        // Plainly, and base64-encoded inside a longer encoded text at each alignment (a Secret's
+        // data, a dumped object), in both alphabets.
+        let mut forms = vec![(
+            "plain",
+            format!("{{\"message\":\"token {value} written\"}}"),
+        )];
+        for shift in 0..3 {
+            let wrapped = format!("{}{{\"token\":\"{value}\"}}", "x".repeat(shift));
+            forms.push(("base64", format!("data: {}\n", STANDARD.encode(&wrapped))));
+            forms.push((
+                "base64",
+                format!("jwt.{}.sig\n", URL_SAFE_NO_PAD.encode(&wrapped)),
+            ));
+        }
+        for (how, content) in forms {
+            std::fs::write(&planted, &content).unwrap();
+            let (code, said) = scan();
+            assert_eq!(code, Some(1), "a planted {kind} ({how}) fails: {said}");
+            assert!(
+                said.contains("nested/events.json"),
+                "names the file: {said}"
+            );
+            assert!(said.contains(&format!("({how})")), "says how: {said}");
+            assert!(!said.contains(value.as_str()), "never prints the {kind}");
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(
-        dirty.status.code(),
-        Some(1),
-        "a planted token fails: {said}"
-    );
-    assert!(
-        said.contains("nested/events.json"),
-        "names the file: {said}"
-    );
-    assert!(!said.contains(&token), "never prints the token");
 }

@@ -207,6 +207,12 @@ impl GoogleDoubles {
         self.state.issued_tokens()
     }
 
+    /// Every credential the doubles received and listed for the secrecy scan: ServiceAccount
+    /// and AWS subject tokens, and the session tokens and secret keys that signed the latter.
+    pub fn received_credentials(&self) -> Vec<String> {
+        self.state.received_credentials()
+    }
+
     /// Every caller ARN AWS confirmed, in order of first appearance.
     pub fn seen_principals(&self) -> Vec<String> {
         self.state.seen_principals()

@@ -119,6 +119,8 @@ pub(crate) struct State {
     pub http: reqwest::Client,
     tokens: Mutex<HashMap<String, TokenInfo>>,
     issued: Mutex<Vec<String>>,
+    /// Credentials received (see [`State::record_received_credential`]).
+    received: Mutex<Vec<String>>,
     principals: Mutex<Vec<String>>,
     faults: Mutex<Faults>,
     sts: Counter,
@@ -140,6 +142,7 @@ impl State {
             http,
             tokens: Mutex::default(),
             issued: Mutex::default(),
+            received: Mutex::default(),
             principals: Mutex::default(),
             faults: Mutex::default(),
             sts: Counter::default(),
@@ -169,10 +172,21 @@ impl State {
         token
     }
 
-    /// Lists a credential the doubles received (a ServiceAccount token presented to STS) for
-    /// the secrecy scan, as issued tokens are: it must not appear anywhere a run leaves behind.
+    /// Lists a credential the doubles received (a ServiceAccount token or an AWS subject token
+    /// presented to STS, the session token and secret key of its signature) for the secrecy
+    /// scan, as issued tokens are: it must not appear anywhere a run leaves behind. Values
+    /// shorter than 16 characters (fixed test keys such as `very-secret`) are no real secret and
+    /// would match ordinary words, so they are left out.
     pub fn record_received_credential(&self, value: &str) {
-        record_issued(value);
+        if value.len() >= 16 && !value.contains('\n') {
+            lock(&self.received).push(value.to_owned());
+            record_issued(value);
+        }
+    }
+
+    /// Every credential listed by [`State::record_received_credential`], in order.
+    pub fn received_credentials(&self) -> Vec<String> {
+        lock(&self.received).clone()
     }
 
     /// What a live token stands for; `None` for unknown or expired tokens.

@@ -271,8 +271,18 @@ fn find_provider<'a>(config: &'a Config, audience: &str) -> Result<&'a Provider,
 /// errors Google would relay.
 async fn verify_signature(state: &State, checked: &CheckedRequest) -> Result<(), StsError> {
     let key_id = &checked.authorization.access_key_id;
+    // The AWS session token the request carries is a credential: the secrecy scan looks for it.
+    for (name, value) in &checked.headers {
+        if name.eq_ignore_ascii_case("x-amz-security-token") {
+            state.record_received_credential(value);
+        }
+    }
     let secret = match state.keys.secret(key_id).await {
-        Ok(secret) => secret,
+        Ok(secret) => {
+            // So is the secret key that signed it.
+            state.record_received_credential(&secret);
+            secret
+        }
         Err(KeyError::Unknown) => {
             eprintln!("[doubles] sts: access key id {key_id} is unknown");
             return Err(StsError::invalid_grant(
@@ -368,6 +378,8 @@ async fn exchange(
             request.audience
         )));
     }
+    // The signed request is a bearer credential for its 15 minutes.
+    state.record_received_credential(&request.subject_token);
     let checked = subject::check(
         &request.subject_token,
         &Expectations {
