@@ -553,8 +553,10 @@ async fn a_namespace_granted_a_role_chains_only_into_that_role() {
         .await
         .unwrap();
     support::ensure_crd();
-    let _controller = Launch::new(&cloud)
+    // At the most verbose level, which must still keep every credential out of the log.
+    let controller = Launch::new(&cloud)
         .watching(&ns.name, "r1")
+        .rust_log("trace")
         .args(&["--allow-controller-identity", &grant])
         .env("AWS_ACCESS_KEY_ID", &own.access_key_id)
         .env("AWS_SECRET_ACCESS_KEY", &own.secret_access_key)
@@ -613,6 +615,41 @@ async fn a_namespace_granted_a_role_chains_only_into_that_role() {
     }
     // Only the granted resource reached Google.
     assert_eq!(cloud.google.calls(Target::Sts), 1);
+
+    // The HTTP, signing and SDK libraries log bodies and signed headers at trace; they stay
+    // capped, so neither the controller's keys, the chained session, the signed request nor the
+    // Google token is in the log.
+    let log = controller.logs();
+    assert!(log.lines().count() > 50, "a trace log was written");
+    let received = cloud.google.received_credentials();
+    assert!(
+        received.len() >= 3,
+        "the doubles listed the exchange's credentials"
+    );
+    let own_keys = [own.secret_access_key.clone(), own.session_token.clone()];
+    for value in received
+        .iter()
+        .chain(&cloud.google.issued_tokens())
+        .chain(&own_keys)
+    {
+        let encoded = value
+            .replace('/', "%2F")
+            .replace('+', "%2B")
+            .replace('=', "%3D");
+        assert!(
+            !log.contains(value.as_str()) && !log.contains(&encoded),
+            "a credential (sha256 prefix {}) is in the trace log",
+            &sha256_hex(value)[..12]
+        );
+    }
+}
+
+fn sha256_hex(value: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(value.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A workload whose pods use FederatedCredential `credential`, in `ns`.

@@ -3,15 +3,24 @@
 //! [`Sensitive`] wraps a credential (a Google access token, an AWS subject token or secret key,
 //! a Kubernetes ServiceAccount token). Its `Debug` and `Display` print a redaction marker; the
 //! value leaves only through `expose`, which makes every use greppable. (Named apart from the
-//! Kubernetes `Secret` object, which is where some of these values end up.)
+//! Kubernetes `Secret` object, which is where some of these values end up.) Its memory is
+//! overwritten with zeros when it is dropped, so a credential does not linger in freed heap
+//! memory (where a core dump would carry it); copies handed to a client library (the AWS SDK,
+//! an HTTP body) are that library's and are not covered.
 
 use std::fmt;
 
 use sha2::{Digest, Sha256};
 
-/// A credential value that prints as `<redacted>`.
+/// A credential value that prints as `<redacted>` and is zeroed when dropped.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Sensitive(String);
+
+impl Drop for Sensitive {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
 
 impl Sensitive {
     pub fn new(value: impl Into<String>) -> Self {

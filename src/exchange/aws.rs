@@ -24,10 +24,8 @@ use fedcred_core::error::{ExchangeError, Reason};
 use fedcred_core::names::{ROLE_ARN_ANNOTATION, STS_AUDIENCE, is_role_arn, session_name};
 use fedcred_core::sensitive::Sensitive;
 use fedcred_core::sigv4::AwsCredentials;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::Api;
-use kube::api::PostParams;
 use tokio::sync::Mutex;
 
 /// Lifetime asked for in TokenRequest; the API server's minimum. The token is used once.
@@ -199,19 +197,14 @@ impl Aws {
             }
         };
 
-        let request = TokenRequest {
-            spec: TokenRequestSpec {
-                audiences: vec![STS_AUDIENCE.to_owned()],
-                expiration_seconds: Some(SERVICE_ACCOUNT_TOKEN_SECONDS),
-                bound_object_ref: None,
-            },
-            ..Default::default()
-        };
-        let issued = accounts
-            .create_token_request(service_account, &PostParams::default(), &request)
-            .await
-            .map_err(|e| super::kubernetes::token_request_failed(namespace, service_account, &e))?;
-        let web_identity_token = issued.status.map(|s| s.token).unwrap_or_default();
+        let web_identity_token = super::kubernetes::service_account_token(
+            kube,
+            namespace,
+            service_account,
+            STS_AUDIENCE,
+            SERVICE_ACCOUNT_TOKEN_SECONDS,
+        )
+        .await?;
 
         let session = session_name(namespace, Some(service_account));
         let out = self
@@ -219,7 +212,7 @@ impl Aws {
             .assume_role_with_web_identity()
             .role_arn(role_arn)
             .role_session_name(&session)
-            .web_identity_token(web_identity_token)
+            .web_identity_token(web_identity_token.expose())
             .duration_seconds(ASSUMED_ROLE_SECONDS)
             .send()
             .await
