@@ -928,6 +928,144 @@ async fn leader_failover_between_two_replicas() {
     world.conclude(&figures, &samples, &[standby]).await;
 }
 
+/// Fencing: the leader's API server hangs (every request through its connection stalls, the
+/// renewal included). It must give up and stop, in-flight reconciles dropped, before the standby
+/// may take the Lease over: the standby waits a whole lease duration (15 s) from the last renewal
+/// it saw, the leader gives up at its renew deadline (10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_api_server_hangs_stops_before_the_standby_starts() {
+    let world = World::shared("f-fence", federated(60)).await;
+    // Replica A reaches the API server through a gate that can stall; B directly.
+    let config = std::fs::read_to_string(&world.kubeconfig).unwrap();
+    let server = config
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .expect("a server in the kubeconfig")
+        .to_owned();
+    let port: u16 = server
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let gate = Gate::start(port);
+    let gated = std::env::temp_dir().join(format!("fedcred-fence-{}.kubeconfig", world.namespace));
+    std::fs::write(
+        &gated,
+        config.replace(
+            &server,
+            &format!(
+                "https://127.0.0.1:{}",
+                gate.url().rsplit(':').next().unwrap()
+            ),
+        ),
+    )
+    .unwrap();
+    let mut a = Launch::new(&world.cloud)
+        .watching(&world.namespace, "replica-a")
+        .kubeconfig(&gated)
+        .rust_log("info,kube_client=debug")
+        .log_stem(format!("faults-{}-replica-a", world.namespace))
+        .start();
+    let start = Instant::now();
+    while !a.logs().contains("became leader") {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "replica-a did not lead"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut b = world.controller("replica-b", &[]);
+    let sampler = world
+        .ready_and_sampled("orders-db", world.spec(no_impersonation(), eager()))
+        .await;
+
+    let before = world.calls();
+    gate.set_stalled(true);
+    let stalled_at = Instant::now();
+    let (mut a_gone, mut b_leads) = (None, None);
+    while a_gone.is_none() || b_leads.is_none() {
+        assert!(
+            stalled_at.elapsed() < Duration::from_secs(60),
+            "no takeover within 60 s"
+        );
+        if a_gone.is_none() && !a.alive() {
+            a_gone = Some(stalled_at.elapsed());
+        }
+        if b_leads.is_none() && b.logs().contains("became leader") {
+            b_leads = Some(stalled_at.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (a_gone, b_leads) = (a_gone.unwrap(), b_leads.unwrap());
+    let a_log = a.logs();
+    assert!(
+        a_log.contains("giving up leadership"),
+        "replica-a gave up at its renew deadline: {a_log}"
+    );
+    // The last request replica-a started (kube_client logs each at debug) came before it
+    // gave up; its process was gone before replica-b started leading.
+    let last_request = a_log
+        .lines()
+        .filter(|l| l.contains("\"requesting\""))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["timestamp"].as_str().map(str::to_owned))
+        .max();
+    let gave_up = a_log
+        .lines()
+        .find(|l| l.contains("giving up leadership"))
+        .and_then(|l| serde_json::from_str::<Value>(l).ok())
+        .and_then(|v| v["timestamp"].as_str().map(str::to_owned))
+        .expect("the give-up line has a timestamp");
+    let b_became = b
+        .logs()
+        .lines()
+        .find(|l| l.contains("became leader"))
+        .and_then(|l| serde_json::from_str::<Value>(l).ok())
+        .and_then(|v| v["timestamp"].as_str().map(str::to_owned))
+        .expect("the takeover line has a timestamp");
+    let ts = |t: &str| t.parse::<Timestamp>().unwrap();
+    assert!(
+        last_request
+            .as_deref()
+            .is_some_and(|r| ts(r) <= ts(&gave_up)),
+        "no request started after giving up: last {last_request:?}, gave up {gave_up}"
+    );
+    assert!(
+        a_gone < b_leads,
+        "replica-a stopped ({} s after the stall) before replica-b led ({} s)",
+        secs(a_gone),
+        secs(b_leads)
+    );
+    let margin = ts(&b_became).duration_since(ts(&gave_up));
+    assert!(
+        margin.as_secs_f64() >= 2.0,
+        "at least 2 s between giving up and the takeover, was {margin:?}"
+    );
+    gate.set_stalled(false);
+
+    let stale = world.token("orders-db").await;
+    let recovered_at = world
+        .recovered("orders-db", stale.as_deref(), Duration::from_secs(120))
+        .await;
+    let calls = world.calls_since(before);
+    let samples = world.settle(sampler).await;
+    let figures = Figures {
+        recovery: Some(recovered_at - stalled_at),
+        calls,
+        notes: format!(
+            "leader's API server stalled: it gave up and exited {} later, the standby led {} later ({:.1} s apart by their logs); 60 s tokens",
+            secs(a_gone),
+            secs(b_leads),
+            margin.as_secs_f64()
+        ),
+        ..samples.figures("leader's API server hangs; it stops, the standby takes over")
+    };
+    let _ = std::fs::remove_file(&gated);
+    world.conclude(&figures, &samples, &[&a, &b]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_deleted_or_edited_by_hand() {
     let world = World::shared("f-hand", |c| c).await;

@@ -1,4 +1,5 @@
-//! A TCP relay that can be switched off, to make a peer (moto as AWS STS) unreachable.
+//! A TCP relay that can be switched off, to make a peer (moto as AWS STS) unreachable, or
+//! stalled, to make it hang (the kube-apiserver, for a leader whose renewals never answer).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -12,6 +13,8 @@ use fedcred_doubles::Config;
 pub struct Gate {
     port: u16,
     down: Arc<AtomicBool>,
+    /// While set, nothing is relayed either way; connections stay open and hang.
+    stalled: Arc<AtomicBool>,
     /// Connections closed at once because the gate was down.
     pub refused: Arc<AtomicU64>,
     open: Arc<Mutex<Vec<TcpStream>>>,
@@ -23,9 +26,10 @@ impl Gate {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let down = Arc::new(AtomicBool::new(false));
+        let stalled = Arc::new(AtomicBool::new(false));
         let refused = Arc::new(AtomicU64::new(0));
         let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let (d, r, o) = (down.clone(), refused.clone(), open.clone());
+        let (d, st, r, o) = (down.clone(), stalled.clone(), refused.clone(), open.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 if d.load(Ordering::Relaxed) {
@@ -42,13 +46,18 @@ impl Gate {
                     open.push(client.try_clone().unwrap());
                     open.push(server.try_clone().unwrap());
                 }
-                relay(client.try_clone().unwrap(), server.try_clone().unwrap());
-                relay(server, client);
+                relay(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    st.clone(),
+                );
+                relay(server, client, st.clone());
             }
         });
         Gate {
             port,
             down,
+            stalled,
             refused,
             open,
         }
@@ -69,6 +78,12 @@ impl Gate {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Stalls the gate (every connection, open or new, hangs: nothing is relayed either way)
+    /// or lets it relay again.
+    pub fn set_stalled(&self, stalled: bool) {
+        self.stalled.store(stalled, Ordering::Relaxed);
+    }
+
     /// Switches the gate down (cutting every open connection) or up again.
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::Relaxed);
@@ -80,14 +95,21 @@ impl Gate {
     }
 }
 
-/// Copies `from` to `to` on a thread of its own until `from` ends, then ends `to`.
-fn relay(mut from: TcpStream, mut to: TcpStream) {
+/// Copies `from` to `to` on a thread of its own until `from` ends, then ends `to`; while
+/// `stalled`, holds what it read instead of passing it on.
+fn relay(mut from: TcpStream, mut to: TcpStream, stalled: Arc<AtomicBool>) {
     std::thread::spawn(move || {
         let mut buf = [0u8; 16 * 1024];
         loop {
+            while stalled.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    while stalled.load(Ordering::Relaxed) {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
                     if to.write_all(&buf[..n]).is_err() {
                         break;
                     }
