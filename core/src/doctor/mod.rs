@@ -374,17 +374,48 @@ fn aws_identity(
     }
 }
 
-/// The mapped attributes of `arn` under `mapping` (`k=expr,…`), evaluated with CEL.
-fn map_attributes(mapping: &str, arn: &str) -> Result<BTreeMap<String, String>, String> {
+/// What Google's STS sees of an AWS caller: `assertion.arn` and `assertion.account`.
+fn aws_assertion(arn: &str) -> cel::Value {
     let account = arn.split(':').nth(4).unwrap_or_default().to_owned();
-    let assertion: HashMap<String, String> = [
+    HashMap::from([
         ("arn".to_owned(), arn.to_owned()),
         ("account".to_owned(), account),
-    ]
-    .into_iter()
-    .collect();
+    ])
+    .into()
+}
+
+/// What Google's STS sees of a Kubernetes ServiceAccount token, as far as the subject tells:
+/// `assertion.sub` and the `kubernetes.io` claim's namespace and ServiceAccount name. `None`
+/// when `subject` is not `system:serviceaccount:NAMESPACE:NAME`.
+fn kubernetes_assertion(subject: &str) -> Option<cel::Value> {
+    let rest = subject.strip_prefix("system:serviceaccount:")?;
+    let (namespace, name) = rest.split_once(':')?;
+    let service_account: cel::Value =
+        HashMap::from([("name".to_owned(), cel::Value::from(name.to_owned()))]).into();
+    let claim: cel::Value = HashMap::from([
+        (
+            "namespace".to_owned(),
+            cel::Value::from(namespace.to_owned()),
+        ),
+        ("serviceaccount".to_owned(), service_account),
+    ])
+    .into();
+    Some(
+        HashMap::from([
+            ("sub".to_owned(), cel::Value::from(subject.to_owned())),
+            ("kubernetes.io".to_owned(), claim),
+        ])
+        .into(),
+    )
+}
+
+/// The mapped attributes of `assertion` under `mapping` (`k=expr,…`), evaluated with CEL.
+fn map_attributes(
+    mapping: &str,
+    assertion: &cel::Value,
+) -> Result<BTreeMap<String, String>, String> {
     let mut context = cel::Context::default();
-    context.add_variable_from_value("assertion", assertion);
+    context.add_variable_from_value("assertion", assertion.clone());
     let mut attributes = BTreeMap::new();
     for pair in mapping.split(',').filter(|p| !p.trim().is_empty()) {
         let (key, expression) = pair
@@ -406,23 +437,39 @@ fn map_attributes(mapping: &str, arn: &str) -> Result<BTreeMap<String, String>, 
 /// Whether the provider's `condition` admits `arn` after `mapping`: `Ok(bool)`, or why it
 /// cannot be evaluated.
 pub fn condition_admits(condition: &str, mapping: &str, arn: &str) -> Result<bool, String> {
-    let attributes = map_attributes(mapping, arn)?;
+    evaluate_condition(condition, mapping, &aws_assertion(arn))
+}
+
+/// Whether an OIDC provider's `condition` admits the ServiceAccount token of `subject`
+/// (`system:serviceaccount:NAMESPACE:NAME`) after `mapping`.
+pub fn oidc_condition_admits(
+    condition: &str,
+    mapping: &str,
+    subject: &str,
+) -> Result<bool, String> {
+    let assertion = kubernetes_assertion(subject).ok_or_else(|| {
+        format!(
+            "{subject:?} is not a ServiceAccount subject (system:serviceaccount:NAMESPACE:NAME)"
+        )
+    })?;
+    evaluate_condition(condition, mapping, &assertion)
+}
+
+fn evaluate_condition(
+    condition: &str,
+    mapping: &str,
+    assertion: &cel::Value,
+) -> Result<bool, String> {
+    let attributes = map_attributes(mapping, assertion)?;
     let prefixed = |prefix: &str| -> HashMap<String, String> {
         attributes
             .iter()
             .filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.to_owned(), v.clone())))
             .collect()
     };
-    let account = arn.split(':').nth(4).unwrap_or_default().to_owned();
-    let assertion: HashMap<String, String> = [
-        ("arn".to_owned(), arn.to_owned()),
-        ("account".to_owned(), account),
-    ]
-    .into_iter()
-    .collect();
     let program = cel::Program::compile(condition).map_err(|e| format!("the condition: {e}"))?;
     let mut context = cel::Context::default();
-    context.add_variable_from_value("assertion", assertion);
+    context.add_variable_from_value("assertion", assertion.clone());
     context.add_variable_from_value("google", prefixed("google."));
     context.add_variable_from_value("attribute", prefixed("attribute."));
     match program.execute(&context) {
@@ -508,27 +555,39 @@ pub fn diagnose(observed: &Observed) -> Report {
         (None, None) => step("principal", Outcome::Skip, "not known until the AWS identity is fixed"),
     });
 
-    let mapping = observed
-        .mapping
-        .clone()
-        .unwrap_or_else(|| setup::mapping_flag(&setup::ATTRIBUTE_MAPPING));
+    let mapping = observed.mapping.clone().unwrap_or_else(|| {
+        setup::mapping_flag(if kubernetes {
+            &setup::OIDC_ATTRIBUTE_MAPPING
+        } else {
+            &setup::ATTRIBUTE_MAPPING
+        })
+    });
+    let admits = |condition: &str, principal: &str| {
+        if kubernetes {
+            oidc_condition_admits(condition, &mapping, principal)
+        } else {
+            condition_admits(condition, &mapping, principal)
+        }
+    };
+    let example = |principal: &str| {
+        if kubernetes {
+            format!("--attribute-condition=\"assertion.sub in ['{principal}']\"")
+        } else {
+            format!("--attribute-condition=\"assertion.arn in ['{principal}']\"")
+        }
+    };
     steps.push(match (&observed.condition, &principal) {
-        _ if fc.spec.aws.is_none() => step(
-            "condition",
-            Outcome::Skip,
-            "an OIDC provider's condition is not evaluated here (its attributes come from the token's claims; see docs/setup-oidc.md)",
-        ),
         (None, _) => step(
             "condition",
             Outcome::Skip,
             "the provider's condition was not given (--condition)",
         ),
         (Some(_), None) => step("condition", Outcome::Skip, "no principal to evaluate it for"),
-        (Some(condition), Some(principal)) => match condition_admits(condition, &mapping, principal) {
+        (Some(condition), Some(principal)) => match admits(condition, principal) {
             Ok(true) => step("condition", Outcome::Pass, format!("the provider's condition admits {principal}")),
             Ok(false) => with_fix(
                 step("condition", Outcome::Fail, format!("the provider's condition refuses {principal}")),
-                format!("add it to the condition, for example --attribute-condition=\"assertion.arn in ['{principal}']\" (`fedcred setup` prints the whole command)"),
+                format!("add it to the condition, for example {} (`fedcred setup` prints the whole command)", example(principal)),
             ),
             Err(problem) => with_fix(
                 step("condition", Outcome::Fail, format!("cannot evaluate the condition: {problem}")),

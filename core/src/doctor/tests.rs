@@ -354,3 +354,49 @@ fn a_kubernetes_source_is_fixed_on_its_oidc_provider() {
         );
     }
 }
+
+#[test]
+fn an_oidc_providers_condition_is_evaluated_for_the_serviceaccount_subject() {
+    let mapping = crate::setup::mapping_flag(&crate::setup::OIDC_ATTRIBUTE_MAPPING);
+    let subject = "system:serviceaccount:shop:orders-api";
+    let pinned = format!("assertion.sub in ['{subject}']");
+    assert_eq!(oidc_condition_admits(&pinned, &mapping, subject), Ok(true));
+    assert_eq!(
+        oidc_condition_admits(&pinned, &mapping, "system:serviceaccount:shop-b:orders-api"),
+        Ok(false)
+    );
+    // The mapped namespace attribute comes from the kubernetes.io claim.
+    assert_eq!(
+        oidc_condition_admits("attribute.namespace == 'shop'", &mapping, subject),
+        Ok(true)
+    );
+    assert_eq!(
+        oidc_condition_admits("google.subject.endsWith(':default')", &mapping, subject),
+        Ok(false)
+    );
+    assert!(oidc_condition_admits(&pinned, &mapping, "orders-api").is_err());
+
+    // In the report: the subject the resource presents, pass or fail with the fix.
+    let mut observed = healthy();
+    observed.service_account = None;
+    observed.tried = None;
+    observed.resource = Some(
+        credential("orders-db")
+            .kubernetes("orders-api")
+            .ready_until("2026-06-01T12:45:00Z")
+            .build(),
+    );
+    observed.condition = Some(pinned);
+    let (state, found, _) = outcome(&diagnose(&observed), "condition");
+    assert_eq!(state, Outcome::Pass, "{found}");
+    assert!(found.contains(subject), "{found}");
+    observed.condition = Some("attribute.namespace == 'billing'".to_owned());
+    let (state, found, fix) = outcome(&diagnose(&observed), "condition");
+    assert_eq!(state, Outcome::Fail, "{found}");
+    assert!(found.contains("refuses"), "{found}");
+    assert!(
+        fix.unwrap()
+            .contains(&format!("assertion.sub in ['{subject}']")),
+        "the fix pins the subject"
+    );
+}
