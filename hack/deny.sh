@@ -8,7 +8,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/lib.sh"
 cd "$here/.."
 
-CARGO_DENY_VERSION="${CARGO_DENY_VERSION:-0.19.0}"
+CARGO_DENY_VERSION="${CARGO_DENY_VERSION:-0.20.2}"
 deny_root="$FEDCRED_CACHE/cargo-deny"
 cargo_deny="$deny_root/bin/cargo-deny"
 if [[ ! -x "$cargo_deny" ]] || ! "$cargo_deny" --version | grep -qF "$CARGO_DENY_VERSION"; then

@@ -976,7 +976,7 @@ async fn a_leader_whose_api_server_hangs_stops_before_the_standby_starts() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut b = world.controller("replica-b", &[]);
+    let b = world.controller("replica-b", &[]);
     let sampler = world
         .ready_and_sampled("orders-db", world.spec(no_impersonation(), eager()))
         .await;

@@ -16,6 +16,7 @@ use fedcred_doubles::{Binding, Condition, Provider};
 use serde_json::{Value, json};
 use support::cloud::{AUDIENCE, Cloud, ROLE, SA_EMAIL};
 use support::controller::ControllerProcess;
+use support::oidc::cluster_issuer;
 use support::{TestNamespace, eventually, kubeconfig, repo_root};
 
 /// Runs `fedcred setup ARGS` with `stdin`: (success, stdout, stderr).
@@ -335,6 +336,108 @@ async fn the_printed_condition_and_binding_admit_the_resource_and_refuse_its_nei
             neighbour.name
         )
         .as_str()
+    );
+}
+
+/// The same for the Kubernetes-OIDC source: a new user runs `fedcred setup --from-cluster
+/// --oidc-issuer ISSUER` and configures Google with what it printed; the OIDC double (with the
+/// cluster's real keys) applies that mapping and condition and that binding, the resource goes
+/// Ready, and a neighbour namespace's ServiceAccount of the same name is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_printed_oidc_provider_and_binding_take_a_kubernetes_source_to_ready() {
+    const PROVIDER: &str = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/k8s-pool/providers/onprem";
+    support::ensure_crd();
+    let issuer = cluster_issuer().await;
+    let mine = TestNamespace::new("setup-oidc");
+    let neighbour = TestNamespace::new("setup-oidc-next");
+    let apply_k8s = |ns: &TestNamespace, cloud: &Cloud| {
+        let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "orders-api"}});
+        ns.kubectl(&["apply", "-f", "-"], Some(&sa.to_string()))
+            .success();
+        let fc = json!({"apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
+        "metadata": {"name": "orders-db"},
+        "spec": {
+            "kubernetes": {"serviceAccount": {"name": "orders-api"}},
+            "google": {"audience": PROVIDER, "serviceAccount": SA_EMAIL,
+                "endpoints": {"sts": cloud.google.sts_url(), "iamCredentials": cloud.google.iam_credentials_url()}}
+        }});
+        ns.kubectl(&["apply", "-f", "-"], Some(&fc.to_string()))
+            .success();
+    };
+    let placeholder = Cloud::start(|c| c).await;
+    apply_k8s(&mine, &placeholder);
+    let (ok, script, err) = setup(
+        &[
+            "--from-cluster",
+            "-n",
+            &mine.name,
+            "--oidc-issuer",
+            &issuer.issuer,
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    bash_parses(&script);
+    assert!(script.contains("create-oidc"), "{script}");
+    let mapping = flag_values(&script, "attribute-mapping");
+    let condition = flag_values(&script, "attribute-condition");
+    let subject = format!("system:serviceaccount:{}:orders-api", mine.name);
+    assert_eq!((mapping.len(), condition.len()), (1, 1), "{script}");
+    assert!(condition[0].contains(&subject), "{}", condition[0]);
+    assert!(!condition[0].contains(&neighbour.name));
+    let wif_members: Vec<String> = flag_values(&script, "member")
+        .into_iter()
+        .filter(|m| m.starts_with("principal"))
+        .collect();
+    assert_eq!(wif_members.len(), 1, "{script}");
+    assert!(wif_members[0].ends_with(&subject), "{wif_members:?}");
+    drop(placeholder);
+
+    let pairs: Vec<(String, String)> = mapping[0]
+        .split(',')
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            (k.to_owned(), v.to_owned())
+        })
+        .collect();
+    let pairs_ref: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let cloud = Cloud::start(|mut c| {
+        c.providers.clear();
+        c.bindings.clear();
+        c.provider(
+            Provider::oidc(PROVIDER, issuer.uploaded())
+                .with_mapping(&pairs_ref)
+                .with_condition(Condition::Cel(condition[0].clone())),
+        )
+        .binding(Binding::new(SA_EMAIL, &wif_members))
+    })
+    .await;
+    apply_k8s(&mine, &cloud);
+    apply_k8s(&neighbour, &cloud);
+    let _mine_controller = ControllerProcess::start(&mine.name, &cloud, "setup-oidc-a", &[]);
+    let _neighbour_controller =
+        ControllerProcess::start(&neighbour.name, &cloud, "setup-oidc-b", &[]);
+
+    let limit = Duration::from_secs(60);
+    let ready = eventually("the resource Ready", limit, || {
+        let s = status(&mine);
+        (ready_reason(&s)?.0 == "True").then_some(s)
+    })
+    .await;
+    assert_eq!(ready["subject"], subject.as_str());
+    let refused = eventually("the neighbour refused", limit, || {
+        let s = status(&neighbour);
+        let (state, reason) = ready_reason(&s)?;
+        (state == "True" || s["lastFailureReason"].is_string()).then_some((reason, s))
+    })
+    .await;
+    assert_eq!(refused.0, "AttributeConditionRejected", "{}", refused.1);
+    assert_eq!(
+        refused.1["subject"],
+        format!("system:serviceaccount:{}:orders-api", neighbour.name).as_str()
     );
 }
 

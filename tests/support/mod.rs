@@ -6,6 +6,7 @@ pub mod alloydb;
 pub mod cloud;
 pub mod controller;
 pub mod gate;
+pub mod oidc;
 pub mod pod;
 pub mod tokens;
 pub mod webhook;
