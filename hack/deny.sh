@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # cargo-deny over the workspace's dependency tree: licenses, banned crates and sources (deny.toml).
 #   hack/deny.sh
-# Installs cargo-deny into the cache when missing. These checks need no network; `cargo deny
-# check advisories` needs the RustSec advisory database from GitHub and is not run here.
+# Installs cargo-deny into the cache when missing. These checks need only the package registry;
+# `cargo deny check advisories` needs the RustSec advisory database from GitHub and is not run
+# here.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/lib.sh"
@@ -16,6 +17,6 @@ if [[ ! -x "$cargo_deny" ]] || ! "$cargo_deny" --version | grep -qF "$CARGO_DENY
   cargo install --locked --root "$deny_root" --version "$CARGO_DENY_VERSION" cargo-deny
 fi
 log "cargo deny: licenses, bans, sources"
-"$cargo_deny" --offline --log-level warn check --config deny.toml licenses bans sources ||
+"$cargo_deny" --log-level warn check licenses bans sources ||
   die "cargo deny refused the dependency tree (above: the crate, the rule in deny.toml, and how it got in)"
 log "cargo deny: licenses, bans and sources pass"
