@@ -732,7 +732,7 @@ async fn a_namespaced_install_grants_the_listed_namespaces_only_and_works_there(
     let billing = TestNamespace::new("chart-billing");
     let unlisted = TestNamespace::new("chart-unlisted");
 
-    // Given the chart installed for two namespaces,
+    // Given the chart installed for two namespaces, with the policy on its token requests,
     let release = Release {
         name: system.name.clone(),
         namespace: system.name.clone(),
@@ -747,6 +747,8 @@ async fn a_namespaced_install_grants_the_listed_namespaces_only_and_works_there(
         "--skip-crds",
         "--set-json",
         &format!("watchNamespaces={listed}"),
+        "--set",
+        "tokenRequestPolicy.enabled=true",
     ]);
     assert!(
         install.ok,
@@ -781,6 +783,60 @@ async fn a_namespaced_install_grants_the_listed_namespaces_only_and_works_there(
     }
     assert!(!unlisted.kubectl(&["get", "role", &fullname], None).ok);
 
+    // The policy refuses the controller's token requests for another audience or a longer
+    // life, which RBAC cannot (the ServiceAccount may create tokens in the listed namespaces).
+    let user = format!("system:serviceaccount:{}:{fullname}", system.name);
+    for ns in [&orders, &billing] {
+        let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": "app", "annotations": {"eks.amazonaws.com/role-arn": ROLE}}});
+        ns.kubectl(&["apply", "-f", "-"], Some(&sa.to_string()))
+            .success();
+    }
+    let token_request = |audience: &str, duration: &str| {
+        orders.kubectl(
+            &[
+                "create",
+                "token",
+                "app",
+                "--audience",
+                audience,
+                "--duration",
+                duration,
+                "--as",
+                &user,
+            ],
+            None,
+        )
+    };
+    let refused = eventually("the token request policy to refuse", LIMIT, || {
+        let out = token_request("https://elsewhere.example", "10m");
+        (!out.ok && out.stderr.contains("fedcred may request")).then_some(out.stderr)
+    })
+    .await;
+    assert!(refused.contains("tokenRequestPolicy"), "{refused}");
+    let long = token_request("sts.amazonaws.com", "2h");
+    assert!(
+        !long.ok && long.stderr.contains("an hour at most"),
+        "{}",
+        long.stderr
+    );
+    assert!(token_request("sts.amazonaws.com", "10m").ok);
+    // Nobody else's requests are looked at.
+    assert!(
+        orders
+            .kubectl(
+                &[
+                    "create",
+                    "token",
+                    "app",
+                    "--audience",
+                    "https://elsewhere.example"
+                ],
+                None
+            )
+            .ok
+    );
+
     // When the controller runs as the chart's ServiceAccount with the chart's arguments,
     let webhook_port = free_port();
     patch_webhook(
@@ -795,12 +851,9 @@ async fn a_namespaced_install_grants_the_listed_namespaces_only_and_works_there(
     let kubeconfig = service_account_kubeconfig(&system.name, &fullname);
     let mut controller = start_controller(&deployment, kubeconfig.path(), &cloud, webhook_port);
 
-    // then a FederatedCredential in each listed namespace becomes Ready with its Secret,
+    // then a FederatedCredential in each listed namespace becomes Ready with its Secret
+    // (its token requests pass the policy),
     for ns in [&orders, &billing] {
-        let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount",
-            "metadata": {"name": "app", "annotations": {"eks.amazonaws.com/role-arn": ROLE}}});
-        ns.kubectl(&["apply", "-f", "-"], Some(&sa.to_string()))
-            .success();
         let spec = cloud.spec(json!({"serviceAccount": {"name": "app"}}), json!({}));
         let fc = json!({"apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
             "metadata": {"name": "app-google"}, "spec": spec});
@@ -834,7 +887,6 @@ async fn a_namespaced_install_grants_the_listed_namespaces_only_and_works_there(
     assert!(controller.terminate(), "{}", controller.logs());
 
     // The ServiceAccount can do the controller's work in the listed namespaces,
-    let user = format!("system:serviceaccount:{}:{fullname}", system.name);
     let sys = system.name.as_str();
     let own_lease = format!("leases.coordination.k8s.io/{fullname}-controller");
     let own_secret = format!("secrets/{fullname}-webhook-tls");
@@ -935,6 +987,15 @@ async fn a_namespaced_install_grants_the_listed_namespaces_only_and_works_there(
     }
 
     // Rollouts, asked for, are granted in the listed namespaces only.
+    patch_webhook(
+        &fullname,
+        json!([
+            {"op": "remove", "path": "/webhooks/0/clientConfig/url"},
+            {"op": "add", "path": "/webhooks/0/clientConfig/service",
+             "value": {"name": format!("{fullname}-webhook"), "namespace": system.name,
+                       "path": "/mutate", "port": 443}},
+        ]),
+    );
     let upgrade = helm(&[
         "upgrade",
         &release.name,
