@@ -528,7 +528,12 @@ async fn controller(args: ControllerArgs) -> Result<(), Error> {
         _ => None,
     };
     let options = runtime::Options {
-        namespaces: args.namespace,
+        // `--namespace=` means all namespaces, never one named "".
+        namespaces: args
+            .namespace
+            .into_iter()
+            .filter(|ns| !ns.is_empty())
+            .collect(),
         rollouts: args.rollouts,
         allow_controller_identity: args.allow_controller_identity,
         allow_endpoints: args.allow_endpoint,

@@ -22,6 +22,10 @@ use support::{
 
 const LIMIT: Duration = Duration::from_secs(60);
 
+/// The tests that run the chart's controller take turns: one watching every namespace would
+/// otherwise act on the other's resources and blur what each proves.
+static CONTROLLER_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn chart() -> PathBuf {
     repo_root().join("charts/fedcred")
 }
@@ -348,6 +352,7 @@ fn named<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_installed_charts_rbac_is_enough_for_the_controller_and_webhook_and_no_more() {
+    let _turn = CONTROLLER_TURN.lock().await;
     // The CRD is cluster-wide and other tests share it, so the release does not own it; the
     // chart's copy is checked against the code by the_charts_crd_and_deploy_manifest_match_the_code.
     ensure_crd();
@@ -726,6 +731,7 @@ async fn the_installed_charts_rbac_is_enough_for_the_controller_and_webhook_and_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_namespaced_install_grants_the_listed_namespaces_only_and_works_there() {
+    let _turn = CONTROLLER_TURN.lock().await;
     ensure_crd();
     let system = TestNamespace::new("chart-ns");
     let orders = TestNamespace::new("chart-orders");
@@ -860,6 +866,12 @@ async fn a_namespaced_install_grants_the_listed_namespaces_only_and_works_there(
         ns.kubectl(&["apply", "-f", "-"], Some(&fc.to_string()))
             .success();
     }
+    let elsewhere = json!({"apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
+        "metadata": {"name": "app-google"},
+        "spec": cloud.spec(json!({"serviceAccount": {"name": "app"}}), json!({}))});
+    unlisted
+        .kubectl(&["apply", "-f", "-"], Some(&elsewhere.to_string()))
+        .success();
     for ns in [&orders, &billing] {
         eventually("the FederatedCredential to be Ready", LIMIT, || {
             get_json(&["fedcred", "app-google", "-n", &ns.name]).filter(condition_ready)
@@ -868,6 +880,19 @@ async fn a_namespaced_install_grants_the_listed_namespaces_only_and_works_there(
         let data = secret_data_in(&ns.name, "app-google").expect("the token Secret");
         assert!(cloud.google.lookup(&data["access_token"]).is_some());
     }
+    // written by this controller, while one in a namespace it does not serve is not looked at.
+    let untouched = get_json(&["fedcred", "app-google", "-n", &unlisted.name]).unwrap();
+    assert!(untouched.get("status").is_none(), "{untouched}");
+    assert!(secret_data_in(&unlisted.name, "app-google").is_none());
+    let logs = controller.logs();
+    for ns in [&orders, &billing] {
+        assert!(
+            logs.lines()
+                .any(|l| l.contains("token written") && l.contains(&ns.name)),
+            "{logs}"
+        );
+    }
+    assert!(!logs.contains(&unlisted.name), "{logs}");
 
     // and an opted-in pod of a listed namespace is stored with its sidecar.
     let pod = json!({"apiVersion": "v1", "kind": "Pod",
