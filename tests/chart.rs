@@ -1,8 +1,10 @@
 //! The Helm chart on the real API server with the real helm and kubectl: it lints, renders to
 //! objects the API server accepts, and installs, upgrades and uninstalls as Helm users expect.
-//! Its RBAC is exactly enough: the controller binary, run outside the cluster with the chart's
-//! arguments and authenticated as the chart's ServiceAccount, passes the controller and webhook
-//! stories, and `kubectl auth can-i` shows that the ServiceAccount can do nothing more.
+//! Its RBAC is exactly enough, cluster-wide and with `watchNamespaces`: the controller binary,
+//! run outside the cluster with the chart's arguments and authenticated as the chart's
+//! ServiceAccount, passes the controller and webhook stories, and `kubectl auth can-i` shows
+//! that the ServiceAccount can do nothing more (nothing outside the listed namespaces, no
+//! rollouts unless asked for).
 //! `deploy/fedcred.yaml` and the chart's `crds/` are checked for drift here too.
 
 mod support;
