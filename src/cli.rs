@@ -174,9 +174,15 @@ struct ControllerArgs {
     /// `spec.alloydb.proxy.image`.
     #[arg(long, env = "FEDCRED_PROXY_IMAGE", default_value = DEFAULT_PROXY_IMAGE)]
     proxy_image: String,
-    /// Watch only this namespace (default: all).
-    #[arg(long, env = "FEDCRED_NAMESPACE")]
-    namespace: Option<String>,
+    /// Watch only these namespaces (comma-separated or repeated; default: all). Its
+    /// permissions then need to cover only them (the chart's `watchNamespaces`).
+    #[arg(long, env = "FEDCRED_NAMESPACE", value_delimiter = ',')]
+    namespace: Vec<String>,
+    /// Roll the Deployments, StatefulSets and DaemonSets that use a resource when what is
+    /// injected changes (needs list and patch on them). Off, the change is recorded and an
+    /// event (`RolloutsOff`) asks for a restart.
+    #[arg(long, env = "FEDCRED_ROLLOUTS", default_value_t = true, action = clap::ArgAction::Set)]
+    rollouts: bool,
     /// Namespaces allowed to use the controller's own AWS identity (comma-separated):
     /// `NAMESPACE` (as is, or chained into any role), `NAMESPACE=ROLE_ARN` (only chained into
     /// that role; repeat for more), `*` (every namespace). Default: none.
@@ -211,8 +217,9 @@ struct ControllerArgs {
     /// Log format: `json` or `text`.
     #[arg(long, env = "FEDCRED_LOG_FORMAT", default_value = "json")]
     log_format: String,
-    /// Most FederatedCredentials reconciled at once. One namespace may use a quarter of them
-    /// for exchanges, so a namespace whose peers hang cannot hold up the others.
+    /// Most FederatedCredentials reconciled at once (with several --namespace, shared evenly
+    /// by them). One namespace may use a quarter of them for exchanges, so a namespace whose
+    /// peers hang cannot hold up the others.
     #[arg(long, env = "FEDCRED_CONCURRENCY", default_value_t = 32)]
     concurrency: u16,
     /// Most exchanges one namespace may have in flight at once (default: a quarter of
@@ -522,7 +529,13 @@ async fn controller(args: ControllerArgs) -> Result<(), Error> {
         _ => None,
     };
     let options = runtime::Options {
-        namespace: args.namespace,
+        // `--namespace=` means all namespaces, never one named "".
+        namespaces: args
+            .namespace
+            .into_iter()
+            .filter(|ns| !ns.is_empty())
+            .collect(),
+        rollouts: args.rollouts,
         allow_controller_identity: args.allow_controller_identity,
         allow_endpoints: args.allow_endpoint,
         metrics_address: args.metrics_address,

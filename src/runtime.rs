@@ -29,8 +29,10 @@ use crate::webhook;
 /// Everything `fedcred controller` is configured with.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Watch only this namespace (all when `None`).
-    pub namespace: Option<String>,
+    /// Watch only these namespaces (all when empty).
+    pub namespaces: Vec<String>,
+    /// Roll the workloads that use a resource when what is injected changes.
+    pub rollouts: bool,
     pub allow_controller_identity: Vec<String>,
     /// Endpoints besides AWS's and Google's that resources may name.
     pub allow_endpoints: Vec<String>,
@@ -180,7 +182,8 @@ pub async fn controller(options: Options, shutdown: impl Future<Output = ()>) ->
         instance: Some(options.identity.clone()),
     };
     let settings = controller::Settings {
-        namespace: options.namespace.clone(),
+        namespaces: options.namespaces.clone(),
+        rollouts: options.rollouts,
         defaults,
         reporter,
         concurrency: options.concurrency,
@@ -266,13 +269,13 @@ async fn start_webhook(
             address: settings.address,
             source,
         })?;
-    let (cache, watch) = webhook::watch_credentials(client.clone(), options.namespace.as_deref());
-    spawn_until(watch, stop);
-    let router = webhook::router(
-        webhook::Webhook::new(client.clone(), inject)
-            .with_cache(cache)
-            .with_metrics(metrics),
-    );
+    let mut handler = webhook::Webhook::new(client.clone(), inject).with_metrics(metrics);
+    for namespace in controller::scopes(&options.namespaces) {
+        let (cache, watch) = webhook::watch_credentials(client.clone(), namespace);
+        spawn_until(watch, stop);
+        handler = handler.with_cache(cache);
+    }
+    let router = webhook::router(handler);
     Ok(tokio::spawn(webhook::serve(
         listener,
         tls,

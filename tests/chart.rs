@@ -1,8 +1,10 @@
 //! The Helm chart on the real API server with the real helm and kubectl: it lints, renders to
 //! objects the API server accepts, and installs, upgrades and uninstalls as Helm users expect.
-//! Its RBAC is exactly enough: the controller binary, run outside the cluster with the chart's
-//! arguments and authenticated as the chart's ServiceAccount, passes the controller and webhook
-//! stories, and `kubectl auth can-i` shows that the ServiceAccount can do nothing more.
+//! Its RBAC is exactly enough, cluster-wide and with `watchNamespaces`: the controller binary,
+//! run outside the cluster with the chart's arguments and authenticated as the chart's
+//! ServiceAccount, passes the controller and webhook stories, and `kubectl auth can-i` shows
+//! that the ServiceAccount can do nothing more (nothing outside the listed namespaces, no
+//! rollouts unless asked for).
 //! `deploy/fedcred.yaml` and the chart's `crds/` are checked for drift here too.
 
 mod support;
@@ -21,6 +23,10 @@ use support::{
 };
 
 const LIMIT: Duration = Duration::from_secs(60);
+
+/// The tests that run the chart's controller take turns: one watching every namespace would
+/// otherwise act on the other's resources and blur what each proves.
+static CONTROLLER_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn chart() -> PathBuf {
     repo_root().join("charts/fedcred")
@@ -189,6 +195,7 @@ fn the_chart_lints_and_renders_objects_the_api_server_accepts() {
             "invalid propertyName 'Not_A_Namespace'",
         ),
         ("replicas=2", "additional properties 'replicas'"),
+        ("watchNamespaces={Not_A_Namespace}", "watchNamespaces"),
     ] {
         let out = helm(&["template", "dry", &chart_arg(), "--set", set]);
         assert!(!out.ok, "{set} was accepted");
@@ -363,6 +370,7 @@ fn named<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_installed_charts_rbac_is_enough_for_the_controller_and_webhook_and_no_more() {
+    let _turn = CONTROLLER_TURN.lock().await;
     // The CRD is cluster-wide and other tests share it, so the release does not own it; the
     // chart's copy is checked against the code by the_charts_crd_and_deploy_manifest_match_the_code.
     ensure_crd();
@@ -415,6 +423,13 @@ async fn the_installed_charts_rbac_is_enough_for_the_controller_and_webhook_and_
             .as_array()
             .unwrap()
             .contains(&json!(format!("--fedcred-image={image}")))
+    );
+    assert!(
+        container["args"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("--rollouts=false")),
+        "rollouts are off by default"
     );
     let proxy_image = named(&container["env"], "FEDCRED_PROXY_IMAGE").unwrap()["value"]
         .as_str()
@@ -550,10 +565,6 @@ async fn the_installed_charts_rbac_is_enough_for_the_controller_and_webhook_and_
         &["get", "serviceaccounts", "-n", ns],
         &["create", "serviceaccounts", "--subresource=token", "-n", ns],
         &["create", "events.events.k8s.io", "-n", ns],
-        &["list", "deployments.apps", "-n", ns],
-        &["patch", "deployments.apps", "-n", ns],
-        &["patch", "statefulsets.apps", "-n", ns],
-        &["patch", "daemonsets.apps", "-n", ns],
         &["create", "leases.coordination.k8s.io", "-n", sys],
         &["get", &own_lease, "-n", sys],
         &["update", &own_lease, "-n", sys],
@@ -568,6 +579,11 @@ async fn the_installed_charts_rbac_is_enough_for_the_controller_and_webhook_and_
         assert!(can(&user, args), "{user} should be allowed to {args:?}");
     }
     let denied: &[&[&str]] = &[
+        // Rollouts are off unless asked for (the upgrade below turns them on).
+        &["list", "deployments.apps", "-n", ns],
+        &["patch", "deployments.apps", "-n", ns],
+        &["patch", "statefulsets.apps", "-n", ns],
+        &["patch", "daemonsets.apps", "-n", ns],
         &["create", "pods", "-n", ns],
         &["create", "pods", "-n", sys],
         &["create", "deployments.apps", "-n", ns],
@@ -644,6 +660,8 @@ async fn the_installed_charts_rbac_is_enough_for_the_controller_and_webhook_and_
         "replicaCount=3",
         "--set",
         &format!("controllerIdentity.allowedNamespaces={{{}}}", app.name),
+        "--set",
+        "rollouts.enabled=true",
     ]);
     assert!(
         upgrade.ok,
@@ -659,6 +677,20 @@ async fn the_installed_charts_rbac_is_enough_for_the_controller_and_webhook_and_
             .contains(&json!(format!("--allow-controller-identity={}", app.name))),
         "{args}"
     );
+    assert!(
+        args.as_array().unwrap().contains(&json!("--rollouts=true")),
+        "{args}"
+    );
+    // Rollouts on: the workloads of every namespace may be listed and their templates patched.
+    for args in [
+        &["list", "deployments.apps", "-n", ns][..],
+        &["patch", "deployments.apps", "-n", ns],
+        &["patch", "statefulsets.apps", "-n", ns],
+        &["patch", "daemonsets.apps", "-n", ns],
+    ] {
+        assert!(can(&user, args), "{user} should be allowed to {args:?}");
+    }
+    assert!(!can(&user, &["update", "deployments.apps", "-n", ns]));
     assert_eq!(ca_bundle(&fullname), Some(wanted_ca));
     let history = helm(&["history", &release.name, "-n", &release.namespace]).success();
     assert_eq!(history.lines().count(), 3, "{history}");
@@ -713,4 +745,334 @@ async fn the_installed_charts_rbac_is_enough_for_the_controller_and_webhook_and_
     );
     // The FederatedCredential and its Secret are the user's and stay too.
     assert!(app.kubectl(&["get", "secret", "orders-db"], None).ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespaced_install_grants_the_listed_namespaces_only_and_works_there() {
+    let _turn = CONTROLLER_TURN.lock().await;
+    ensure_crd();
+    let system = TestNamespace::new("chart-ns");
+    let orders = TestNamespace::new("chart-orders");
+    let billing = TestNamespace::new("chart-billing");
+    let unlisted = TestNamespace::new("chart-unlisted");
+
+    // Given the chart installed for two namespaces, with the policy on its token requests,
+    let release = Release {
+        name: system.name.clone(),
+        namespace: system.name.clone(),
+    };
+    let listed = json!([orders.name, billing.name]);
+    let install = helm(&[
+        "install",
+        &release.name,
+        &chart_arg(),
+        "-n",
+        &release.namespace,
+        "--skip-crds",
+        "--set-json",
+        &format!("watchNamespaces={listed}"),
+        "--set",
+        "tokenRequestPolicy.enabled=true",
+    ]);
+    assert!(
+        install.ok,
+        "helm install: {}{}",
+        install.stdout, install.stderr
+    );
+    let fullname = release.fullname();
+
+    // the controller is told to watch them, rollouts off,
+    let deployment = get_json(&["deployment", &fullname, "-n", &system.name]).unwrap();
+    let args = &deployment["spec"]["template"]["spec"]["containers"][0]["args"];
+    for wanted in [
+        format!("--namespace={},{}", orders.name, billing.name),
+        "--rollouts=false".to_owned(),
+    ] {
+        assert!(args.as_array().unwrap().contains(&json!(wanted)), "{args}");
+    }
+    // the webhook is sent pods of those namespaces only,
+    let configuration = get_json(&["mutatingwebhookconfiguration", &fullname]).unwrap();
+    let selector = &configuration["webhooks"][0]["namespaceSelector"];
+    assert!(
+        selector["matchExpressions"].as_array().unwrap().contains(
+            &json!({"key": "kubernetes.io/metadata.name", "operator": "In",
+                "values": listed})
+        ),
+        "{selector}"
+    );
+    // and each listed namespace has its Role and RoleBinding.
+    for ns in [&orders, &billing] {
+        assert!(ns.kubectl(&["get", "role", &fullname], None).ok);
+        assert!(ns.kubectl(&["get", "rolebinding", &fullname], None).ok);
+    }
+    assert!(!unlisted.kubectl(&["get", "role", &fullname], None).ok);
+
+    // The policy refuses the controller's token requests for another audience or a longer
+    // life, which RBAC cannot (the ServiceAccount may create tokens in the listed namespaces).
+    let user = format!("system:serviceaccount:{}:{fullname}", system.name);
+    for ns in [&orders, &billing] {
+        let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": "app", "annotations": {"eks.amazonaws.com/role-arn": ROLE}}});
+        ns.kubectl(&["apply", "-f", "-"], Some(&sa.to_string()))
+            .success();
+    }
+    let token_request = |audience: &str, duration: &str| {
+        orders.kubectl(
+            &[
+                "create",
+                "token",
+                "app",
+                "--audience",
+                audience,
+                "--duration",
+                duration,
+                "--as",
+                &user,
+            ],
+            None,
+        )
+    };
+    let refused = eventually("the token request policy to refuse", LIMIT, || {
+        let out = token_request("https://elsewhere.example", "10m");
+        (!out.ok && out.stderr.contains("fedcred may request")).then_some(out.stderr)
+    })
+    .await;
+    assert!(refused.contains("tokenRequestPolicy"), "{refused}");
+    let long = token_request("sts.amazonaws.com", "2h");
+    assert!(
+        !long.ok && long.stderr.contains("an hour at most"),
+        "{}",
+        long.stderr
+    );
+    assert!(token_request("sts.amazonaws.com", "10m").ok);
+    // Nobody else's requests are looked at.
+    assert!(
+        orders
+            .kubectl(
+                &[
+                    "create",
+                    "token",
+                    "app",
+                    "--audience",
+                    "https://elsewhere.example"
+                ],
+                None
+            )
+            .ok
+    );
+
+    // When the controller runs as the chart's ServiceAccount with the chart's arguments,
+    let webhook_port = free_port();
+    patch_webhook(
+        &fullname,
+        json!([
+            {"op": "remove", "path": "/webhooks/0/clientConfig/service"},
+            {"op": "add", "path": "/webhooks/0/clientConfig/url",
+             "value": format!("https://127.0.0.1:{webhook_port}/mutate")},
+        ]),
+    );
+    let cloud = Cloud::start(|c| c).await;
+    let kubeconfig = service_account_kubeconfig(&system.name, &fullname);
+    let mut controller = start_controller(&deployment, kubeconfig.path(), &cloud, webhook_port);
+
+    // then a FederatedCredential in each listed namespace becomes Ready with its Secret
+    // (its token requests pass the policy),
+    for ns in [&orders, &billing] {
+        let spec = cloud.spec(json!({"serviceAccount": {"name": "app"}}), json!({}));
+        let fc = json!({"apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
+            "metadata": {"name": "app-google"}, "spec": spec});
+        ns.kubectl(&["apply", "-f", "-"], Some(&fc.to_string()))
+            .success();
+    }
+    let elsewhere = json!({"apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
+        "metadata": {"name": "app-google"},
+        "spec": cloud.spec(json!({"serviceAccount": {"name": "app"}}), json!({}))});
+    unlisted
+        .kubectl(&["apply", "-f", "-"], Some(&elsewhere.to_string()))
+        .success();
+    for ns in [&orders, &billing] {
+        eventually("the FederatedCredential to be Ready", LIMIT, || {
+            get_json(&["fedcred", "app-google", "-n", &ns.name]).filter(condition_ready)
+        })
+        .await;
+        let data = secret_data_in(&ns.name, "app-google").expect("the token Secret");
+        assert!(cloud.google.lookup(&data["access_token"]).is_some());
+    }
+    // written by this controller, while one in a namespace it does not serve is not looked at.
+    let untouched = get_json(&["fedcred", "app-google", "-n", &unlisted.name]).unwrap();
+    assert!(untouched.get("status").is_none(), "{untouched}");
+    assert!(secret_data_in(&unlisted.name, "app-google").is_none());
+    let logs = controller.logs();
+    for ns in [&orders, &billing] {
+        assert!(
+            logs.lines()
+                .any(|l| l.contains("token written") && l.contains(&ns.name)),
+            "{logs}"
+        );
+    }
+    assert!(!logs.contains(&unlisted.name), "{logs}");
+
+    // and an opted-in pod of a listed namespace is stored with its sidecar.
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "app", "labels": {"fedcred.io/inject": "true"},
+            "annotations": {"fedcred.io/credential": "app-google"}},
+        "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]}})
+    .to_string();
+    eventually("the webhook to inject", LIMIT, || {
+        let out = billing.kubectl(
+            &["create", "--dry-run=server", "-o", "json", "-f", "-"],
+            Some(&pod),
+        );
+        let stored: Value = serde_json::from_str(&out.stdout).ok()?;
+        named(&stored["spec"]["initContainers"], "fedcred-metadata").map(|_| ())
+    })
+    .await;
+    assert!(controller.terminate(), "{}", controller.logs());
+
+    // The ServiceAccount can do the controller's work in the listed namespaces,
+    let sys = system.name.as_str();
+    let own_lease = format!("leases.coordination.k8s.io/{fullname}-controller");
+    let own_secret = format!("secrets/{fullname}-webhook-tls");
+    let own_webhook =
+        format!("mutatingwebhookconfigurations.admissionregistration.k8s.io/{fullname}");
+    let work = |ns: &str| -> Vec<Vec<String>> {
+        [
+            &["watch", "federatedcredentials.fedcred.io"][..],
+            &["get", "federatedcredentials.fedcred.io"],
+            &[
+                "patch",
+                "federatedcredentials.fedcred.io",
+                "--subresource=status",
+            ],
+            &["list", "secrets"],
+            &["watch", "secrets"],
+            &["create", "secrets"],
+            &["patch", "secrets"],
+            &["get", "serviceaccounts"],
+            &["create", "serviceaccounts", "--subresource=token"],
+            &["create", "events.events.k8s.io"],
+            &["patch", "events.events.k8s.io"],
+        ]
+        .iter()
+        .map(|args| {
+            let mut all: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+            all.extend(["-n".to_owned(), ns.to_owned()]);
+            all
+        })
+        .collect()
+    };
+    let allowed =
+        |args: &[String]| can(&user, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    for ns in [&orders.name, &billing.name] {
+        for args in work(ns) {
+            assert!(allowed(&args), "{user} should be allowed to {args:?}");
+        }
+    }
+    for args in [
+        &["create", "leases.coordination.k8s.io", "-n", sys][..],
+        &["get", &own_lease, "-n", sys],
+        &["update", &own_lease, "-n", sys],
+        &["create", "secrets", "-n", sys],
+        &["get", &own_secret, "-n", sys],
+        &["update", &own_secret, "-n", sys],
+        &["get", &own_webhook],
+        &["watch", &own_webhook],
+        &["update", &own_webhook],
+    ] {
+        assert!(can(&user, args), "{user} should be allowed to {args:?}");
+    }
+
+    // and none of it anywhere else: not in kube-system, not in a namespace it was not given,
+    // not cluster-wide.
+    for ns in ["kube-system", unlisted.name.as_str()] {
+        for args in work(ns) {
+            assert!(!allowed(&args), "{user} should not be allowed to {args:?}");
+        }
+    }
+    let (o, b) = (orders.name.as_str(), billing.name.as_str());
+    for args in [
+        &["list", "secrets", "-A"][..],
+        &["watch", "secrets", "-A"],
+        &["get", "secrets", "-n", o],
+        &["delete", "secrets", "-n", o],
+        &["list", "secrets", "-n", sys],
+        &["get", "secrets/other", "-n", sys],
+        &[
+            "create",
+            "serviceaccounts",
+            "--subresource=token",
+            "-n",
+            sys,
+        ],
+        &["list", "federatedcredentials.fedcred.io", "-A"],
+        &["create", "events.events.k8s.io", "-n", sys],
+        // Rollouts are off unless asked for.
+        &["list", "deployments.apps", "-n", o],
+        &["patch", "deployments.apps", "-n", o],
+        &["patch", "statefulsets.apps", "-n", b],
+        &["patch", "daemonsets.apps", "-n", b],
+        &[
+            "update",
+            "mutatingwebhookconfigurations.admissionregistration.k8s.io/other",
+        ],
+        &["delete", &own_webhook],
+        &[
+            "list",
+            "mutatingwebhookconfigurations.admissionregistration.k8s.io",
+        ],
+        &["create", "customresourcedefinitions.apiextensions.k8s.io"],
+        &["*", "*", "-A"],
+    ] {
+        assert!(
+            !can(&user, args),
+            "{user} should not be allowed to {args:?}"
+        );
+    }
+
+    // Rollouts, asked for, are granted in the listed namespaces only.
+    patch_webhook(
+        &fullname,
+        json!([
+            {"op": "remove", "path": "/webhooks/0/clientConfig/url"},
+            {"op": "add", "path": "/webhooks/0/clientConfig/service",
+             "value": {"name": format!("{fullname}-webhook"), "namespace": system.name,
+                       "path": "/mutate", "port": 443}},
+        ]),
+    );
+    let upgrade = helm(&[
+        "upgrade",
+        &release.name,
+        &chart_arg(),
+        "-n",
+        &release.namespace,
+        "--reuse-values",
+        "--set",
+        "rollouts.enabled=true",
+    ]);
+    assert!(
+        upgrade.ok,
+        "helm upgrade: {}{}",
+        upgrade.stdout, upgrade.stderr
+    );
+    let upgraded = get_json(&["deployment", &fullname, "-n", &system.name]).unwrap();
+    let args = &upgraded["spec"]["template"]["spec"]["containers"][0]["args"];
+    assert!(
+        args.as_array().unwrap().contains(&json!("--rollouts=true")),
+        "{args}"
+    );
+    for ns in [o, b] {
+        for verb in ["list", "patch"] {
+            for kind in ["deployments.apps", "statefulsets.apps", "daemonsets.apps"] {
+                assert!(can(&user, &[verb, kind, "-n", ns]), "{verb} {kind} in {ns}");
+            }
+        }
+        assert!(!can(&user, &["update", "deployments.apps", "-n", ns]));
+    }
+    for ns in ["kube-system", unlisted.name.as_str(), sys] {
+        assert!(
+            !can(&user, &["patch", "deployments.apps", "-n", ns]),
+            "{ns}"
+        );
+    }
+    assert!(!can(&user, &["patch", "deployments.apps", "-A"]));
 }

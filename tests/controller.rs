@@ -790,3 +790,64 @@ async fn workloads_roll_when_injected_settings_change_and_never_on_refresh() {
     .await;
     assert_eq!(generation("deployment", "api"), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_rollouts_off_no_workload_is_touched_and_an_event_asks_for_a_restart() {
+    support::ensure_crd();
+    let ns = TestNamespace::new("rollouts-off");
+    let cloud = Cloud::start(|c| c).await;
+    service_account(&ns, "orders-api");
+    let instance = json!({"uri": support::INSTANCE, "autoIamAuthn": false});
+    apply(
+        &ns,
+        &cloud,
+        "orders",
+        irsa(),
+        json!({"serviceAccount": null}),
+        json!({"alloydb": {"instances": [instance]}}),
+    );
+    workload(&ns, "Deployment", "api", "orders", json!({}));
+    let _controller = ControllerProcess::start(&ns.name, &cloud, "r1", &["--rollouts=false"]);
+    let first = eventually("the injection hash recorded", LIMIT, || {
+        is_ready(&ns, "orders")?["injectionHash"]
+            .as_str()
+            .map(str::to_owned)
+    })
+    .await;
+
+    // What is injected changes: the change is recorded, the Deployment is left alone, and an
+    // event says what to do.
+    let moved = json!({"uri": support::INSTANCE, "autoIamAuthn": false, "port": 6543});
+    apply(
+        &ns,
+        &cloud,
+        "orders",
+        irsa(),
+        json!({"serviceAccount": null}),
+        json!({"alloydb": {"instances": [moved]}}),
+    );
+    eventually("a new injection hash", LIMIT, || {
+        let hash = status(&ns, "orders")["injectionHash"].as_str()?.to_owned();
+        (hash != first).then_some(())
+    })
+    .await;
+    let asked = eventually("a RolloutsOff event", LIMIT, || {
+        events(&ns, "orders")
+            .into_iter()
+            .find(|e| e["reason"] == "RolloutsOff")
+    })
+    .await;
+    assert!(
+        asked["message"]
+            .as_str()
+            .unwrap()
+            .contains("kubectl rollout restart"),
+        "{asked}"
+    );
+    assert_eq!(template_hash(&ns, "deployment", "api"), None);
+    assert!(
+        events(&ns, "orders")
+            .iter()
+            .all(|e| e["reason"] != "RolledOut")
+    );
+}

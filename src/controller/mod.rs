@@ -84,6 +84,8 @@ pub struct Context {
     pub defaults: Defaults,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
+    /// Roll the workloads that use a resource when what is injected changes.
+    pub rollouts: bool,
     secrets: Store<Secret>,
     budgets: Mutex<Budgets<ObjectRef<FederatedCredential>>>,
 }
@@ -302,6 +304,18 @@ async fn rollouts(
     let hash = match fedcred_core::rollout::plan(&fc) {
         Plan::Nothing => return Ok(fc),
         Plan::Record(hash) => hash,
+        Plan::Roll(hash) if !ctx.rollouts => {
+            // Rollouts are off, so the controller may not touch workloads: say what to do.
+            let note = refresh::Note {
+                warning: false,
+                reason: "RolloutsOff".to_owned(),
+                message: "injected settings changed; rollouts are off, so restart the workloads that use this resource (kubectl rollout restart) for their pods to get them".to_owned(),
+                action: "Rollout",
+                budget: refresh::events::Budget::Unlimited,
+            };
+            ctx.publish(&fc, note).await;
+            hash
+        }
         Plan::Roll(hash) => {
             let note = match rollout::roll(&ctx.client, &fc, &hash).await {
                 Ok(rolled) if rolled.patched.is_empty() && rolled.skipped.is_empty() => None,
@@ -459,15 +473,36 @@ fn slim<K: Resource>(obj: &mut K) {
 
 /// How the controller runs.
 pub struct Settings {
-    /// Watch only this namespace (all when `None`).
-    pub namespace: Option<String>,
+    /// Watch only these namespaces (all when empty).
+    pub namespaces: Vec<String>,
+    /// Roll the workloads that use a resource when what is injected changes.
+    pub rollouts: bool,
     pub defaults: Defaults,
     pub reporter: Reporter,
-    /// Most reconciles at once.
+    /// Most reconciles at once, over all namespaces.
     pub concurrency: u16,
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// What each watch covers: every namespace (`None`) when `namespaces` is empty, otherwise
+/// each of them. A watch covers one namespace or all, so that a controller given a few
+/// namespaces needs permissions in those only.
+pub fn scopes(namespaces: &[String]) -> Vec<Option<&str>> {
+    if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.iter().map(|ns| Some(ns.as_str())).collect()
+    }
+}
+
+/// Each scope's share of `concurrency`, at least one: the scopes together reconcile about as
+/// many resources at once as one controller of all namespaces would.
+fn concurrency_per_scope(concurrency: u16, scopes: usize) -> u16 {
+    let scopes = u16::try_from(scopes.max(1)).unwrap_or(u16::MAX);
+    concurrency.div_ceil(scopes).max(1)
+}
+
+/// Runs the controller until `shutdown` resolves: one kube-runtime controller per scope (see
+/// [`scopes`]), each with its own caches, sharing the engine and the metrics.
 pub async fn run(
     client: Client,
     engine: Arc<Engine>,
@@ -475,7 +510,65 @@ pub async fn run(
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (fcs, secrets_api): (Api<FederatedCredential>, Api<Secret>) = match &settings.namespace {
+    use futures::FutureExt as _;
+    for reason in Error::METRIC_LABELS {
+        drop(
+            metrics
+                .reconcile_errors
+                .get_or_create(&crate::metrics::ReasonLabels { reason }),
+        );
+    }
+    let shutdown = shutdown.shared();
+    let scopes = scopes(&settings.namespaces);
+    let concurrency = concurrency_per_scope(settings.concurrency, scopes.len());
+    let mut stores = Vec::new();
+    let mut controllers = Vec::new();
+    for namespace in scopes {
+        let (store, controller) = run_scope(
+            namespace,
+            &settings,
+            client.clone(),
+            engine.clone(),
+            metrics.clone(),
+            concurrency,
+            shutdown.clone(),
+        );
+        stores.push(store);
+        controllers.push(controller);
+    }
+    let housekeeping = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            engine.prune();
+            // Resources deleted since: drop their expiry series.
+            metrics.retain_resources(|namespace, name| {
+                let key = ObjectRef::new(name).within(namespace);
+                stores.iter().any(|store| store.get(&key).is_some())
+            });
+        }
+    });
+    futures::future::join_all(controllers).await;
+    housekeeping.abort();
+}
+
+/// The controller of one scope (a namespace, or all when `None`): the cache of its
+/// FederatedCredentials, and the future that reconciles them until `shutdown`.
+fn run_scope<S>(
+    namespace: Option<&str>,
+    settings: &Settings,
+    client: Client,
+    engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
+    concurrency: u16,
+    shutdown: S,
+) -> (
+    Store<FederatedCredential>,
+    impl std::future::Future<Output = ()> + use<S>,
+)
+where
+    S: std::future::Future<Output = ()> + Send + Sync + 'static,
+{
+    let (fcs, secrets_api): (Api<FederatedCredential>, Api<Secret>) = match namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
             Api::namespaced(client.clone(), ns),
@@ -505,47 +598,45 @@ pub async fn run(
     )
     .applied_objects()
     .predicate_filter(predicates::generation, PredicateConfig::default());
-    for reason in Error::METRIC_LABELS {
-        drop(
-            metrics
-                .reconcile_errors
-                .get_or_create(&crate::metrics::ReasonLabels { reason }),
-        );
-    }
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), settings.reporter),
+        recorder: Recorder::new(client.clone(), settings.reporter.clone()),
         client,
-        engine: engine.clone(),
-        defaults: settings.defaults,
-        metrics: metrics.clone(),
+        engine,
+        defaults: settings.defaults.clone(),
+        metrics,
+        rollouts: settings.rollouts,
         secrets: secret_store,
         budgets: Mutex::new(Budgets::new(Instant::now())),
     });
-    let housekeeping = {
-        let fc_store = fc_store.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(600)).await;
-                engine.prune();
-                // Resources deleted since: drop their expiry series.
-                metrics.retain_resources(|namespace, name| {
-                    fc_store
-                        .get(&ObjectRef::new(name).within(namespace))
-                        .is_some()
-                });
-            }
-        })
-    };
-    Controller::for_stream(fc_events, fc_store)
+    let run = Controller::for_stream(fc_events, fc_store.clone())
         .owns_stream(secret_events)
         .with_config(
             ControllerConfig::default()
-                .concurrency(settings.concurrency)
+                .concurrency(concurrency)
                 .debounce(DEBOUNCE),
         )
         .graceful_shutdown_on(shutdown)
         .run(reconcile_within_deadline, error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
-        .await;
-    housekeeping.abort();
+        .for_each(|_| futures::future::ready(()));
+    (fc_store, run)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_namespaces_is_one_watch_of_all_and_each_listed_namespace_is_its_own() {
+        assert_eq!(scopes(&[]), vec![None]);
+        let listed = ["shop".to_owned(), "billing".to_owned()];
+        assert_eq!(scopes(&listed), vec![Some("shop"), Some("billing")]);
+    }
+
+    #[test]
+    fn the_scopes_share_the_concurrency_and_each_gets_at_least_one() {
+        assert_eq!(concurrency_per_scope(32, 1), 32);
+        assert_eq!(concurrency_per_scope(32, 3), 11);
+        assert_eq!(concurrency_per_scope(2, 5), 1);
+        assert_eq!(concurrency_per_scope(32, 0), 32);
+    }
 }

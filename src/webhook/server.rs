@@ -49,12 +49,12 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest the whole request body may take to arrive once the head has.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What the handler needs: the API client for lookups, an optional watched cache of
-/// FederatedCredentials, and the injection settings.
+/// What the handler needs: the API client for lookups, watched caches of
+/// FederatedCredentials (one per watched namespace, or one of all), and the injection settings.
 #[derive(Clone)]
 pub struct Webhook {
     client: kube::Client,
-    cache: Option<Store<FederatedCredential>>,
+    caches: Vec<Store<FederatedCredential>>,
     config: Arc<InjectConfig>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
 }
@@ -64,7 +64,7 @@ impl Webhook {
     pub fn new(client: kube::Client, config: InjectConfig) -> Self {
         Webhook {
             client,
-            cache: None,
+            caches: Vec::new(),
             config: Arc::new(config),
             metrics: None,
         }
@@ -87,17 +87,18 @@ impl Webhook {
     /// Looks resources up in `cache` first (see [`watch_credentials`]), which keeps the API
     /// server out of the admission path. A resource the cache has not seen yet, such as one
     /// created a moment before the pod, is still read from the API server, so a miss is never
-    /// answered with a refusal.
+    /// answered with a refusal. Called once per watched namespace when the controller watches
+    /// several.
     pub fn with_cache(mut self, cache: Store<FederatedCredential>) -> Self {
-        self.cache = Some(cache);
+        self.caches.push(cache);
         self
     }
 
     async fn lookup(&self, namespace: &str, name: &str) -> Lookup {
         if let Some(fc) = self
-            .cache
-            .as_ref()
-            .and_then(|cache| cache.get(&ObjectRef::new(name).within(namespace)))
+            .caches
+            .iter()
+            .find_map(|cache| cache.get(&ObjectRef::new(name).within(namespace)))
         {
             return Lookup::Found(Box::new(FederatedCredential::clone(&fc)));
         }

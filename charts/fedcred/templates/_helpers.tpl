@@ -96,3 +96,53 @@ for it.
 {{- define "fedcred.webhookDNSName" -}}
 {{- printf "%s.%s.svc" (include "fedcred.webhookServiceName" .) .Release.Namespace }}
 {{- end }}
+
+{{/*
+The rules of the controller's work in a namespace it serves: every namespace through the
+ClusterRole, or each of watchNamespaces through a Role there. Each rule names the code path
+that needs it.
+*/}}
+{{- define "fedcred.servedRules" -}}
+# Watches FederatedCredentials; the webhook reads the one a pod names.
+- apiGroups: ["fedcred.io"]
+  resources: ["federatedcredentials"]
+  verbs: ["get", "list", "watch"]
+# Writes their status (server-side apply); never their spec.
+- apiGroups: ["fedcred.io"]
+  resources: ["federatedcredentials/status"]
+  verbs: ["patch"]
+# Token Secrets: watched by label, written by server-side apply (a patch, which needs create
+# as well when the Secret does not exist yet). No get, update or delete: the controller reads
+# them from its watch, and ownerReferences let the garbage collector remove them.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["list", "watch", "create", "patch"]
+# IRSA: reads the ServiceAccount a FederatedCredential names (its role ARN annotation)
+# and asks for a short-lived token of it through TokenRequest. RBAC cannot narrow this to
+# some ServiceAccounts or audiences (SECURITY.md, What RBAC cannot narrow).
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["get"]
+- apiGroups: [""]
+  resources: ["serviceaccounts/token"]
+  verbs: ["create"]
+# Events on FederatedCredentials (kube-runtime's recorder writes events.k8s.io/v1).
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- if eq (include "fedcred.rollouts" .) "true" }}
+# Rollouts (rollouts.enabled): lists the workloads of a FederatedCredential's namespace and
+# annotates the pod template of those whose pods use it when its injected settings change.
+- apiGroups: ["apps"]
+  resources: ["deployments", "statefulsets", "daemonsets"]
+  verbs: ["list", "patch"]
+{{- end }}
+{{- end }}
+
+{{/*
+Whether rollouts are on. `helm upgrade --reuse-values` from a chart without the value keeps
+the old values, which have no `rollouts` at all: that reads as off.
+*/}}
+{{- define "fedcred.rollouts" -}}
+{{- if and .Values.rollouts .Values.rollouts.enabled }}true{{ else }}false{{ end }}
+{{- end }}
