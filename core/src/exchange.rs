@@ -657,22 +657,19 @@ impl Limits {
         )
     }
 
-    /// Refuses a token Google issued at `issued_at` to expire at `expires_at` when it lives
-    /// shorter than [`Limits::min_token_lifetime`]. The message rounds the lifetime up, so a
-    /// token whose whole-second expiry has begun to run out is not reported as living 0 s.
-    pub fn check_lifetime(
-        &self,
-        issued_at: Timestamp,
-        expires_at: Timestamp,
-    ) -> Result<(), ExchangeError> {
-        let lifetime = expires_at.duration_since(issued_at).as_secs_f64();
+    /// Refuses a token whose `lifetime`, as Google stated it, is shorter than
+    /// [`Limits::min_token_lifetime`]. The stated lifetime, not the time left when the check
+    /// runs: a slow exchange on a loaded machine must not turn a 1-second token into one
+    /// reported as living 0 s. The message rounds up to whole seconds.
+    pub fn check_lifetime(&self, lifetime: Duration) -> Result<(), ExchangeError> {
+        let lifetime = lifetime.as_secs_f64();
         // A second of slack: expiry times are kept in whole seconds.
         if lifetime + 1.0 < self.min_token_lifetime.as_secs_f64() {
             return Err(ExchangeError::new(
                 Reason::Upstream,
                 format!(
                     "Google issued a token that lives {} s, shorter than the {} s fedcred accepts (--min-token-seconds); it is not written",
-                    lifetime.max(0.0).ceil(),
+                    lifetime.ceil(),
                     self.min_token_lifetime.as_secs()
                 ),
             ));
@@ -753,22 +750,15 @@ mod tests {
         assert!(!limits.admits(8));
         assert_eq!(Limits::for_concurrency(2).namespace_share, 1);
         assert_eq!(limits.busy("hostile").reason, Reason::Busy);
-        let at: Timestamp = "2026-11-29T10:00:00Z".parse().unwrap();
-        let one = limits
-            .check_lifetime(at, at + Duration::from_secs(1))
-            .unwrap_err();
+        let one = limits.check_lifetime(Duration::from_secs(1)).unwrap_err();
         assert_eq!(one.reason, Reason::Upstream);
         assert!(one.message.contains("lives 1 s"), "{}", one.message);
-        // A whole-second expiry already running out still reads as the second Google gave.
+        // Part of a second still reads as the second it began.
         let part = limits
-            .check_lifetime(at, at + Duration::from_millis(400))
+            .check_lifetime(Duration::from_millis(400))
             .unwrap_err();
         assert!(part.message.contains("lives 1 s"), "{}", part.message);
-        assert!(
-            limits
-                .check_lifetime(at, at + Duration::from_secs(60))
-                .is_ok()
-        );
+        assert!(limits.check_lifetime(Duration::from_secs(60)).is_ok());
         assert!(limits.exchange_deadline < Duration::from_secs(60));
     }
 

@@ -75,6 +75,10 @@ impl RetryPolicy {
 pub struct AccessToken {
     pub token: Sensitive,
     pub expires_at: Timestamp,
+    /// How long Google said the token lives: STS's `expires_in`, or IAM Credentials'
+    /// `expireTime` less the moment the answer arrived. Unlike `expires_at` (whole seconds,
+    /// counted from the request), a slow exchange does not shorten it.
+    pub lifetime: Duration,
 }
 
 #[derive(Deserialize)]
@@ -194,6 +198,7 @@ pub fn read_sts_token(body: &str, now: Timestamp) -> Result<AccessToken, Exchang
     Ok(AccessToken {
         token: checked_token(parsed.access_token).map_err(|e| upstream(e.into()))?,
         expires_at: truncate(now + lifetime),
+        lifetime,
     })
 }
 
@@ -226,6 +231,7 @@ pub fn read_generated_token(body: &str, now: Timestamp) -> Result<AccessToken, E
     Ok(AccessToken {
         token: checked_token(parsed.access_token).map_err(|e| upstream(e.into()))?,
         expires_at: truncate(expires_at),
+        lifetime: expires_at.duration_since(now).unsigned_abs(),
     })
 }
 
@@ -600,6 +606,13 @@ mod tests {
         let token = read_sts_token(body, now).unwrap();
         assert_eq!(token.token.expose(), "ya29.abc");
         assert_eq!(token.expires_at, at("2026-01-01T00:59:59Z"));
+        // The stated lifetime is kept whole: the expiry is truncated, the lifetime is not.
+        assert_eq!(token.lifetime, Duration::from_secs(3599));
+        let short = body.replace("3599", "1");
+        assert_eq!(
+            read_sts_token(&short, now).unwrap().lifetime,
+            Duration::from_secs(1)
+        );
     }
 
     #[test]
@@ -671,6 +684,7 @@ mod tests {
             |expire: &str| format!(r#"{{"accessToken":"ya29.SECRET","expireTime":"{expire}"}}"#);
         let token = read_generated_token(&body("2026-01-01T01:00:00.5Z"), now).unwrap();
         assert_eq!(token.expires_at, at("2026-01-01T01:00:00Z"));
+        assert_eq!(token.lifetime, Duration::from_millis(3_600_500));
         assert!(read_generated_token(&body("2026-01-01T12:01:00Z"), now).is_ok());
         for (expire, says) in [
             ("2025-12-31T23:59:59Z", "expired already"),

@@ -261,10 +261,9 @@ impl Engine {
                 .await
                 .map_err(|e| e.presented_by(principal))?,
         };
-        // The lifetime Google gave, counted from the answer (not from the start of a slow
-        // exchange).
+        // The lifetime Google stated, however long the exchange took.
         self.limits
-            .check_lifetime(Timestamp::now(), token.expires_at)
+            .check_lifetime(token.lifetime)
             .map_err(|e| e.presented_by(principal))?;
         tracing::info!(
             namespace = %key.namespace,
