@@ -42,42 +42,14 @@ for line in sys.stdin:
 [[ -x "$bench_bin" ]] || die "could not find the exchange bench binary"
 doubles_bin="$PWD/target/release/fedcred-doubles"
 
-run_dir=$(mktemp -d "${TMPDIR:-/tmp}/fedcred-bench-exchange.XXXXXX")
-moto_pid="" doubles_pid=""
-cleanup() {
-  local rc=$?
-  for pid in $doubles_pid $moto_pid; do
-    kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
-  done
-  if ((rc != 0)); then
-    log "failed; logs kept in $run_dir"
-    tail -n 5 "$run_dir"/*.log >&2 2>/dev/null || true
-  else
-    rm -rf "$run_dir"
-  fi
-  exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+source "$here/peers.sh"
+peers_run_dir exchange
 
-free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-answers() { "$PY" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' "$1" 2>/dev/null; }
-
-log "starting moto"
-moto_url="http://127.0.0.1:$(free_port)"
-"$VENV/bin/moto_server" -H 127.0.0.1 -p "${moto_url##*:}" >"$run_dir/moto.log" 2>&1 &
-moto_pid=$!
-for _ in $(seq 600); do answers "$moto_url/moto-api/" && break; sleep 0.1; done
-answers "$moto_url/moto-api/" || die "moto did not start (see $run_dir/moto.log)"
+start_moto
 
 log "starting fedcred-doubles"
 "$bench_bin" setup --moto "$moto_url" --out "$run_dir"
-"$doubles_bin" --listen 127.0.0.1:0 --config "$run_dir/doubles.json" \
-  >"$run_dir/doubles.url" 2>"$run_dir/doubles.log" &
-doubles_pid=$!
-for _ in $(seq 100); do [[ -s "$run_dir/doubles.url" ]] && break; sleep 0.1; done
-doubles_url=$(head -n 1 "$run_dir/doubles.url")
-[[ -n "$doubles_url" ]] || die "fedcred-doubles did not start (see $run_dir/doubles.log)"
+start_doubles "$doubles_bin"
 
 mkdir -p target/bench
 results="target/bench/exchange-$(date -u +%Y%m%dT%H%M%SZ).md"
