@@ -71,6 +71,20 @@ fn patch_webhook(fullname: &str, ops: Value) {
     .success();
 }
 
+/// Points the webhook configuration back at the chart's Service (a test pointed it at a local
+/// controller's URL), as the chart rendered it, so that an upgrade finds it unchanged.
+fn webhook_back_to_its_service(fullname: &str, namespace: &str) {
+    patch_webhook(
+        fullname,
+        json!([
+            {"op": "remove", "path": "/webhooks/0/clientConfig/url"},
+            {"op": "add", "path": "/webhooks/0/clientConfig/service",
+             "value": {"name": format!("{fullname}-webhook"), "namespace": namespace,
+                       "path": "/mutate", "port": 443}},
+        ]),
+    );
+}
+
 /// A file in the temporary directory, removed when dropped.
 struct TempFile(PathBuf);
 
@@ -640,15 +654,7 @@ async fn the_installed_charts_rbac_is_enough_for_the_controller_and_webhook_and_
     assert!(controller.terminate(), "{}", controller.logs());
 
     // helm upgrade: a changed value takes effect and the controller's caBundle survives.
-    patch_webhook(
-        &fullname,
-        json!([
-            {"op": "remove", "path": "/webhooks/0/clientConfig/url"},
-            {"op": "add", "path": "/webhooks/0/clientConfig/service",
-             "value": {"name": format!("{fullname}-webhook"), "namespace": system.name,
-                       "path": "/mutate", "port": 443}},
-        ]),
-    );
+    webhook_back_to_its_service(&fullname, &system.name);
     let upgrade = helm(&[
         "upgrade",
         &release.name,
@@ -1030,15 +1036,7 @@ async fn a_namespaced_install_grants_the_listed_namespaces_only_and_works_there(
     }
 
     // Rollouts, asked for, are granted in the listed namespaces only.
-    patch_webhook(
-        &fullname,
-        json!([
-            {"op": "remove", "path": "/webhooks/0/clientConfig/url"},
-            {"op": "add", "path": "/webhooks/0/clientConfig/service",
-             "value": {"name": format!("{fullname}-webhook"), "namespace": system.name,
-                       "path": "/mutate", "port": 443}},
-        ]),
-    );
+    webhook_back_to_its_service(&fullname, &system.name);
     let upgrade = helm(&[
         "upgrade",
         &release.name,

@@ -544,14 +544,7 @@ async fn a_namespace_granted_a_role_chains_only_into_that_role() {
     let other = "arn:aws:iam::123456789012:role/another-namespaces-role";
     let grant = format!("{}={ROLE}", ns.name);
     // The controller's own identity: credentials from moto, in its environment.
-    let own = cloud
-        .moto
-        .assume_role_with_web_identity(
-            "arn:aws:iam::123456789012:role/fedcred-controller",
-            "controller",
-        )
-        .await
-        .unwrap();
+    let own = cloud.controller_credentials().await;
     support::ensure_crd();
     // At the most verbose level, which must still keep every credential out of the log.
     let controller = Launch::new(&cloud)

@@ -583,39 +583,15 @@ const STRICT: &str = "//iam.googleapis.com/projects/123456789012/locations/globa
 /// A provider holding another cluster's keys.
 const STRANGER: &str = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/k8s-pool/providers/stranger";
 
-/// The issuer the API server writes into ServiceAccount tokens, and its JWKS, read as a user
-/// would (`kubectl get --raw`).
-async fn cluster_issuer() -> (String, String) {
-    let client = support::kube_client().await;
-    let get = |path: &str| http::Request::builder().uri(path).body(Vec::new()).unwrap();
-    let discovery: Value = serde_json::from_str(
-        &client
-            .request_text(get("/.well-known/openid-configuration"))
-            .await
-            .expect("the API server serves its discovery document"),
-    )
-    .unwrap();
-    let jwks = client
-        .request_text(get("/openid/v1/jwks"))
-        .await
-        .expect("the API server serves its JWKS");
-    (discovery["issuer"].as_str().unwrap().to_owned(), jwks)
-}
-
 /// The failures of a `kubernetes` source, each refused by the STS double for what is wrong on
 /// the provider's side, and a resource lending the controller's identity to a controller that
 /// has none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_explains_the_oidc_reasons_and_a_controller_without_aws_credentials() {
     support::ensure_crd();
-    let (issuer, jwks) = cluster_issuer().await;
+    let issuer = support::oidc::cluster_issuer().await;
     let ns = TestNamespace::new("doctor-oidc");
-    let uploaded = Oidc {
-        issuer_uri: issuer.clone(),
-        allowed_audiences: Vec::new(),
-        jwks_json: Some(jwks),
-        discovery_ca_pem: None,
-    };
+    let uploaded = issuer.uploaded();
     let cloud = Cloud::start(|c| {
         c.provider(Provider::oidc(OIDC, uploaded.clone()))
             .provider(Provider::oidc(

@@ -339,14 +339,7 @@ async fn controller_identity_is_chained_into_a_per_namespace_session() {
     let ns = TestNamespace::new("controller-id");
     // Credentials from moto for "the controller", verified by the double through moto's state.
     let cloud = Cloud::start(|c| c).await;
-    let own = cloud
-        .moto
-        .assume_role_with_web_identity(
-            "arn:aws:iam::123456789012:role/fedcred-controller",
-            "controller",
-        )
-        .await
-        .unwrap();
+    let own = cloud.controller_credentials().await;
     // The default chain reads the environment; run the CLI as a child with those variables.
     let spec = cloud.spec(json!({"controllerIdentity": {"roleArn": ROLE}}), json!({}));
     let manifest = json!({

@@ -1006,30 +1006,23 @@ async fn a_leader_whose_api_server_hangs_stops_before_the_standby_starts() {
     );
     // The last request replica-a started (kube_client logs each at debug) came before it
     // gave up; its process was gone before replica-b started leading.
-    let last_request = a_log
-        .lines()
-        .filter(|l| l.contains("\"requesting\""))
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|v| v["timestamp"].as_str().map(str::to_owned))
-        .max();
-    let gave_up = a_log
-        .lines()
-        .find(|l| l.contains("giving up leadership"))
-        .and_then(|l| serde_json::from_str::<Value>(l).ok())
-        .and_then(|v| v["timestamp"].as_str().map(str::to_owned))
+    // The timestamp of each JSON log line containing `needle`.
+    let times = |log: &str, needle: &str| -> Vec<Timestamp> {
+        log.lines()
+            .filter(|l| l.contains(needle))
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| v["timestamp"].as_str()?.parse().ok())
+            .collect()
+    };
+    let last_request = times(&a_log, "\"requesting\"").into_iter().max();
+    let gave_up = *times(&a_log, "giving up leadership")
+        .first()
         .expect("the give-up line has a timestamp");
-    let b_became = b
-        .logs()
-        .lines()
-        .find(|l| l.contains("became leader"))
-        .and_then(|l| serde_json::from_str::<Value>(l).ok())
-        .and_then(|v| v["timestamp"].as_str().map(str::to_owned))
+    let b_became = *times(&b.logs(), "became leader")
+        .first()
         .expect("the takeover line has a timestamp");
-    let ts = |t: &str| t.parse::<Timestamp>().unwrap();
     assert!(
-        last_request
-            .as_deref()
-            .is_some_and(|r| ts(r) <= ts(&gave_up)),
+        last_request.is_some_and(|r| r <= gave_up),
         "no request started after giving up: last {last_request:?}, gave up {gave_up}"
     );
     assert!(
@@ -1038,7 +1031,7 @@ async fn a_leader_whose_api_server_hangs_stops_before_the_standby_starts() {
         secs(a_gone),
         secs(b_leads)
     );
-    let margin = ts(&b_became).duration_since(ts(&gave_up));
+    let margin = b_became.duration_since(gave_up);
     assert!(
         margin.as_secs_f64() >= 2.0,
         "at least 2 s between giving up and the takeover, was {margin:?}"

@@ -217,6 +217,31 @@ fn flag_values(script: &str, flag: &str) -> Vec<String> {
         .collect()
 }
 
+/// The doubles configured with exactly what setup printed: `provider` with its mapping
+/// (`ATTRIBUTE=EXPRESSION,…`) and condition (CEL, evaluated by the double), and a binding to
+/// `members` as the only one on the service account.
+async fn configured_as_printed(
+    provider: Provider,
+    mapping: &str,
+    condition: &str,
+    members: &[String],
+) -> Cloud {
+    let pairs: Vec<(&str, &str)> = mapping
+        .split(',')
+        .map(|kv| kv.split_once('=').expect("ATTRIBUTE=EXPRESSION"))
+        .collect();
+    let provider = provider
+        .with_mapping(&pairs)
+        .with_condition(Condition::Cel(condition.to_owned()));
+    Cloud::start(|mut c| {
+        c.providers.clear();
+        c.bindings.clear();
+        c.provider(provider)
+            .binding(Binding::new(SA_EMAIL, members))
+    })
+    .await
+}
+
 fn service_account(ns: &TestNamespace) {
     let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount",
         "metadata": {"name": "orders-api", "annotations": {"eks.amazonaws.com/role-arn": ROLE}}});
@@ -287,27 +312,12 @@ async fn the_printed_condition_and_binding_admit_the_resource_and_refuse_its_nei
 
     // The doubles configured with exactly what setup printed: its mapping and condition (CEL,
     // evaluated by the double), and its binding as the only one on the service account.
-    let pairs: Vec<(String, String)> = mapping[0]
-        .split(',')
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap();
-            (k.to_owned(), v.to_owned())
-        })
-        .collect();
-    let pairs_ref: Vec<(&str, &str)> = pairs
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let cloud = Cloud::start(|mut c| {
-        c.providers.clear();
-        c.bindings.clear();
-        c.provider(
-            Provider::new(AUDIENCE)
-                .with_mapping(&pairs_ref)
-                .with_condition(Condition::Cel(condition[0].clone())),
-        )
-        .binding(Binding::new(SA_EMAIL, &wif_members))
-    })
+    let cloud = configured_as_printed(
+        Provider::new(AUDIENCE),
+        &mapping[0],
+        &condition[0],
+        &wif_members,
+    )
     .await;
     apply(&mine, &cloud);
     apply(&neighbour, &cloud);
@@ -393,27 +403,12 @@ async fn the_printed_oidc_provider_and_binding_take_a_kubernetes_source_to_ready
     assert!(wif_members[0].ends_with(&subject), "{wif_members:?}");
     drop(placeholder);
 
-    let pairs: Vec<(String, String)> = mapping[0]
-        .split(',')
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap();
-            (k.to_owned(), v.to_owned())
-        })
-        .collect();
-    let pairs_ref: Vec<(&str, &str)> = pairs
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let cloud = Cloud::start(|mut c| {
-        c.providers.clear();
-        c.bindings.clear();
-        c.provider(
-            Provider::oidc(PROVIDER, issuer.uploaded())
-                .with_mapping(&pairs_ref)
-                .with_condition(Condition::Cel(condition[0].clone())),
-        )
-        .binding(Binding::new(SA_EMAIL, &wif_members))
-    })
+    let cloud = configured_as_printed(
+        Provider::oidc(PROVIDER, issuer.uploaded()),
+        &mapping[0],
+        &condition[0],
+        &wif_members,
+    )
     .await;
     apply_k8s(&mine, &cloud);
     apply_k8s(&neighbour, &cloud);

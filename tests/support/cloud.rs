@@ -38,6 +38,18 @@ impl Cloud {
         Cloud { moto, google }
     }
 
+    /// Credentials from moto standing for the controller's own AWS identity (role
+    /// `fedcred-controller`), which the doubles verify through moto's state.
+    pub async fn controller_credentials(&self) -> fedcred_doubles::moto::TemporaryCredentials {
+        self.moto
+            .assume_role_with_web_identity(
+                "arn:aws:iam::123456789012:role/fedcred-controller",
+                "controller",
+            )
+            .await
+            .expect("moto issues the controller's credentials")
+    }
+
     /// A spec for `aws` pointed at these peers.
     pub fn spec(
         &self,
