@@ -174,6 +174,71 @@ async fn a_new_resource_becomes_ready_with_a_token_the_iam_double_accepts() {
     }
 }
 
+/// A new resource costs the API server one status write: the injection hash is recorded with
+/// the status the refresh writes, not in a write of its own before it (at thousands of
+/// resources that extra write was a third of the controller's requests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_resource_gets_its_status_in_one_write() {
+    use fedcred_core::api::FederatedCredential;
+    use futures::StreamExt;
+    use kube::runtime::watcher;
+
+    let ns = TestNamespace::new("onewrite");
+    support::ensure_crd();
+    let cloud = Cloud::start(|c| c).await;
+    service_account(&ns, "orders-api");
+    let api: kube::Api<FederatedCredential> =
+        kube::Api::namespaced(support::kube_client().await, &ns.name);
+    // Every version of the resource the API server announces, from before it exists.
+    let mut stream = watcher(
+        api,
+        watcher::Config::default().fields("metadata.name=orders-db"),
+    )
+    .boxed();
+    let started = tokio::time::timeout(LIMIT, async {
+        loop {
+            match stream.next().await.expect("the watch goes on") {
+                Ok(watcher::Event::InitDone) => break,
+                Ok(_) => {}
+                Err(e) => panic!("watching FederatedCredentials in {} failed: {e}", ns.name),
+            }
+        }
+    });
+    started.await.expect("the watch started within the limit");
+    let _controller = ControllerProcess::start(&ns.name, &cloud, "r1", &[]);
+    apply(&ns, &cloud, "orders-db", irsa(), json!({}), json!({}));
+
+    let mut statuses = Vec::new();
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let event = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("the resource became Ready within the limit")
+            .expect("the watch goes on")
+            .expect("the watch reads the resource");
+        let watcher::Event::Apply(fc) = event else {
+            continue;
+        };
+        let Some(status) = fc.status else { continue };
+        let status = serde_json::to_value(status).unwrap();
+        let ready = condition(&status, "Ready").is_some_and(|c| c["status"] == "True");
+        statuses.push(status);
+        if ready {
+            break;
+        }
+    }
+    assert_eq!(
+        statuses.len(),
+        1,
+        "the status took more than one write to become Ready: {statuses:#?}"
+    );
+    assert!(
+        statuses[0]["injectionHash"].is_string(),
+        "the first status lacks the injection hash: {:#}",
+        statuses[0]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_lived_tokens_are_refreshed_before_they_expire() {
     let ns = TestNamespace::new("short");

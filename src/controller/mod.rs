@@ -255,11 +255,12 @@ pub async fn reconcile(fc: Arc<FederatedCredential>, ctx: Arc<Context>) -> Resul
     let api: Api<FederatedCredential> =
         Api::namespaced(ctx.client.clone(), &fc.namespace().unwrap_or_default());
     // Rollouts never hold up a token: a failure is reported and retried soon.
-    let (fc, rollout_failed) = match rollouts(&api, fc, &ctx).await {
-        Ok(fc) => (fc, false),
-        Err(fc) => (fc, true),
+    let (fc, unrecorded, rollout_failed) = match rollouts(&api, fc, &ctx).await {
+        Ok(Rollouts::Recorded(fc)) => (fc, None, false),
+        Ok(Rollouts::Unrecorded(fc, hash)) => (fc, Some(hash), false),
+        Err(fc) => (fc, None, true),
     };
-    let action = refresh(&api, &fc, &ctx).await?;
+    let action = refresh(&api, &fc, unrecorded, &ctx).await?;
     Ok(if rollout_failed {
         Action::requeue(ROLLOUT_RETRY)
     } else {
@@ -292,18 +293,31 @@ async fn reconcile_within_deadline(
 /// How soon a failed rollout is tried again.
 const ROLLOUT_RETRY: Duration = Duration::from_secs(30);
 
+/// What [`rollouts`] leaves for the rest of the reconcile.
+enum Rollouts {
+    /// The resource as the rest of the reconcile must see it: its hash is recorded (now or
+    /// before).
+    Recorded(Arc<FederatedCredential>),
+    /// Nothing was rolled and the hash is still to be recorded: the refresh writes it with the
+    /// status it writes anyway, so a new resource costs one status write, not two.
+    Unrecorded(Arc<FederatedCredential>, String),
+}
+
 /// Rolls the workloads that use `fc` when its injected settings changed and records the hash.
 /// Returns the resource as the rest of the reconcile must see it (with the hash just
-/// recorded), or unchanged in `Err` when the rollout failed.
+/// recorded, or the hash to record when nothing was rolled), or unchanged in `Err` when the
+/// rollout failed.
 async fn rollouts(
     api: &Api<FederatedCredential>,
     fc: Arc<FederatedCredential>,
     ctx: &Context,
-) -> Result<Arc<FederatedCredential>, Arc<FederatedCredential>> {
+) -> Result<Rollouts, Arc<FederatedCredential>> {
     use fedcred_core::rollout::Plan;
     let hash = match fedcred_core::rollout::plan(&fc) {
-        Plan::Nothing => return Ok(fc),
-        Plan::Record(hash) => hash,
+        Plan::Nothing => return Ok(Rollouts::Recorded(fc)),
+        // Nothing to roll: if the refresh fails before writing, the next reconcile plans the
+        // same again, which costs nothing.
+        Plan::Record(hash) => return Ok(Rollouts::Unrecorded(fc, hash)),
         Plan::Roll(hash) if !ctx.rollouts => {
             // Rollouts are off, so the controller may not touch workloads: say what to do.
             let note = refresh::Note {
@@ -367,7 +381,7 @@ async fn rollouts(
     // Keep the spec and metadata this reconcile started from, with the status just written.
     let mut next = FederatedCredential::clone(&fc);
     next.status = Some(status);
-    Ok(Arc::new(next))
+    Ok(Rollouts::Recorded(Arc::new(next)))
 }
 
 fn list_or_none(items: &[String]) -> String {
@@ -378,10 +392,12 @@ fn list_or_none(items: &[String]) -> String {
     }
 }
 
-/// Observes the resource and its Secret, lets [`refresh::next`] decide, and carries it out.
+/// Observes the resource and its Secret, lets [`refresh::next`] decide, and carries it out,
+/// recording `unrecorded` (an injection hash) in the status it writes.
 async fn refresh(
     api: &Api<FederatedCredential>,
     fc: &FederatedCredential,
+    unrecorded: Option<String>,
     ctx: &Context,
 ) -> Result<Action, Error> {
     // Until the Secrets have been listed once, a missing Secret means "not seen yet", not
@@ -395,7 +411,7 @@ async fn refresh(
         secret,
         now: now(),
     };
-    let effects = match refresh::next(&observed, &ctx.defaults) {
+    let mut effects = match refresh::next(&observed, &ctx.defaults) {
         Next::Wait {
             at,
             seconds_to_expiry,
@@ -406,6 +422,11 @@ async fn refresh(
                     &fc.name_any(),
                     seconds,
                 );
+            }
+            if let Some(hash) = unrecorded {
+                let mut status = fc.status.clone().unwrap_or_default();
+                status.injection_hash = Some(hash);
+                write_status(api, fc, status).await?;
             }
             return Ok(Action::requeue(until(at, observed.now)));
         }
@@ -442,6 +463,9 @@ async fn refresh(
             }
         }
     };
+    if let Some(hash) = unrecorded {
+        effects.status.injection_hash = Some(hash);
+    }
     ctx.apply(api, fc, effects).await
 }
 
