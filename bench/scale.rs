@@ -8,7 +8,10 @@
 //!   the clock stops when the last one is Ready.
 //!
 //! Reported: both times and their ratio, the controller's peak RSS (VmHWM), and the exchanges
-//! Google STS saw. Run through `bench/scale.sh`, which starts the control plane.
+//! Google STS saw; with `FEDCRED_SCALE_ROUNDS` > 1, the median and range of the ratio. With
+//! `FEDCRED_SCALE_BASELINE` (the path of another fedcred binary), that binary runs in every
+//! round too, in alternating order with the current one, against the same floor. Run through
+//! `bench/scale.sh`, which starts the control plane.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -323,49 +326,133 @@ async fn main() {
     .await
     .expect("doubles start");
 
+    let rounds: usize = std::env::var("FEDCRED_SCALE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    // A baseline binary (an earlier fedcred) runs beside the current one in every round, in
+    // alternating order, against the same floor: ratios from one machine at one time.
+    let baseline = std::env::var("FEDCRED_SCALE_BASELINE")
+        .ok()
+        .filter(|b| !b.is_empty());
+    let mut binaries = vec![("current", bin.as_str())];
+    if let Some(baseline) = &baseline {
+        binaries.push(("baseline", baseline.as_str()));
+    }
+
     println!(
-        "| resources | identities | write floor (s) | exchanges alone (s) | controller (s) | controller / write floor | peak RSS (MiB) | STS exchanges | IAM calls |"
+        "| round | binary | resources | identities | write floor (s) | exchanges alone (s) | controller (s) | controller / write floor | peak RSS (MiB) | STS exchanges | IAM calls |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut ratios: Vec<(usize, &str, f64)> = Vec::new();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
     for n in counts {
-        let (ctl_ns, floor_ns) = (format!("scale-{n}-controller"), format!("scale-{n}-floor"));
-        log(format!(
-            "{n}: creating {n} resources in each of {ctl_ns} and {floor_ns}"
-        ));
-        create_namespace(&client, &ctl_ns).await;
-        create_namespace(&client, &floor_ns).await;
-        populate(&client, &ctl_ns, n, identities, &moto.url()).await;
-        populate(&client, &floor_ns, n, identities, &moto.url()).await;
-        log(format!("{n}: floor loop"));
-        let floor_time = floor(&client, &floor_ns, n, concurrency).await;
-        log(format!(
-            "{n}: floor {:.2} s; starting the controller",
-            floor_time.as_secs_f64()
-        ));
-        let exchanges_time =
-            exchange_floor(&client, &floor_ns, identities, &moto.url(), &google).await;
-        log(format!(
-            "{n}: {identities} exchanges alone {:.2} s",
-            exchanges_time.as_secs_f64()
-        ));
-        let (sts0, iam0) = (google.exchanges(Target::Sts), google.calls(Target::Iam));
-        let (ctl_time, rss) = controller_run(&client, &ctl_ns, n, &google, &bin, concurrency).await;
-        let (sts, iam) = (
-            google.exchanges(Target::Sts) - sts0,
-            google.calls(Target::Iam) - iam0,
-        );
-        log(format!("{n}: controller {:.2} s", ctl_time.as_secs_f64()));
-        println!(
-            "| {n} | {identities} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {sts} | {iam} |",
-            floor_time.as_secs_f64(),
-            exchanges_time.as_secs_f64(),
-            ctl_time.as_secs_f64(),
-            ctl_time.as_secs_f64() / floor_time.as_secs_f64(),
-            rss as f64 / 1024.0,
-        );
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        for ns in [&ctl_ns, &floor_ns] {
-            let _ = namespaces.delete(ns, &DeleteParams::default()).await;
+        for round in 0..rounds {
+            // Every round has namespaces of its own, and the previous round's are gone before
+            // it starts, so it runs on a quiet server.
+            let floor_ns = format!("scale-{n}-{round}-floor");
+            let mut order: Vec<(&str, &str, String)> = binaries
+                .iter()
+                .map(|(label, path)| (*label, *path, format!("scale-{n}-{round}-{label}")))
+                .collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            log(format!(
+                "{n}, round {round}: creating {n} resources in each of {} namespaces",
+                order.len() + 1
+            ));
+            create_namespace(&client, &floor_ns).await;
+            populate(&client, &floor_ns, n, identities, &moto.url()).await;
+            for (_, _, ns) in &order {
+                create_namespace(&client, ns).await;
+                populate(&client, ns, n, identities, &moto.url()).await;
+            }
+            log(format!("{n}, round {round}: floor loop"));
+            let floor_time = floor(&client, &floor_ns, n, concurrency).await;
+            log(format!(
+                "{n}, round {round}: floor {:.2} s",
+                floor_time.as_secs_f64()
+            ));
+            let exchanges_time =
+                exchange_floor(&client, &floor_ns, identities, &moto.url(), &google).await;
+            log(format!(
+                "{n}, round {round}: {identities} exchanges alone {:.2} s",
+                exchanges_time.as_secs_f64()
+            ));
+            for (label, path, ns) in &order {
+                let (sts0, iam0) = (google.exchanges(Target::Sts), google.calls(Target::Iam));
+                let (ctl_time, rss) =
+                    controller_run(&client, ns, n, &google, path, concurrency).await;
+                let (sts, iam) = (
+                    google.exchanges(Target::Sts) - sts0,
+                    google.calls(Target::Iam) - iam0,
+                );
+                let ratio = ctl_time.as_secs_f64() / floor_time.as_secs_f64();
+                log(format!(
+                    "{n}, round {round}: {label} controller {:.2} s",
+                    ctl_time.as_secs_f64()
+                ));
+                println!(
+                    "| {round} | {label} | {n} | {identities} | {:.2} | {:.2} | {:.2} | {ratio:.2} | {:.1} | {sts} | {iam} |",
+                    floor_time.as_secs_f64(),
+                    exchanges_time.as_secs_f64(),
+                    ctl_time.as_secs_f64(),
+                    rss as f64 / 1024.0,
+                );
+                ratios.push((n, label, ratio));
+            }
+            let mut all = vec![floor_ns];
+            all.extend(order.into_iter().map(|(_, _, ns)| ns));
+            for ns in &all {
+                let _ = namespaces.delete(ns, &DeleteParams::default()).await;
+            }
+            log(format!(
+                "{n}, round {round}: waiting for the namespaces to be deleted"
+            ));
+            for ns in &all {
+                let deadline = Instant::now() + Duration::from_secs(600);
+                while namespaces
+                    .get_opt(ns)
+                    .await
+                    .expect("namespace read")
+                    .is_some()
+                {
+                    assert!(
+                        Instant::now() < deadline,
+                        "namespace {ns} still exists 10 minutes after its deletion"
+                    );
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    println!();
+    println!("| resources | binary | rounds | controller / write floor, median | min | max |");
+    println!("|---:|---|---:|---:|---:|---:|");
+    let mut sizes: Vec<usize> = ratios.iter().map(|(n, _, _)| *n).collect();
+    sizes.dedup();
+    for n in sizes {
+        for (label, _) in &binaries {
+            let mut of: Vec<f64> = ratios
+                .iter()
+                .filter(|(m, l, _)| *m == n && l == label)
+                .map(|(_, _, r)| *r)
+                .collect();
+            of.sort_by(f64::total_cmp);
+            let median = if of.len() % 2 == 1 {
+                of[of.len() / 2]
+            } else {
+                (of[of.len() / 2 - 1] + of[of.len() / 2]) / 2.0
+            };
+            println!(
+                "| {n} | {label} | {} | {median:.2} | {:.2} | {:.2} |",
+                of.len(),
+                of[0],
+                of[of.len() - 1]
+            );
         }
     }
 }

@@ -3,6 +3,9 @@
 # control plane, against a floor loop doing the same writes in the same run.
 #   bench/scale.sh            (N = 1000 and 5000)
 #   FEDCRED_SCALE_COUNTS=200 bench/scale.sh
+#   FEDCRED_SCALE_ROUNDS=3 FEDCRED_SCALE_BASELINE=/path/to/older/fedcred bench/scale.sh
+#     (each size in 3 rounds, the baseline binary beside this one in alternating order;
+#      the median and range of each ratio at the end)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/../hack/lib.sh"
