@@ -215,7 +215,11 @@ impl Context {
 
     /// What the controller knows of the resource's Secret. The cache holds only Secrets with
     /// fedcred's label: when it has none of that name, ask whether the name is taken by one
-    /// without it (listing by name reads metadata only, and needs no `get`).
+    /// without it (listing by name reads metadata only, and needs no `get`). The list is
+    /// served from the API server's watch cache (`resourceVersion=0`), without the round trip
+    /// to etcd and the wait for the cache to catch up that a consistent list costs. A namesake
+    /// created in the last moments may be missed, as one created between any check and the
+    /// write after it would be.
     async fn observe_secret(&self, fc: &FederatedCredential) -> Result<SecretState, Error> {
         let namespace = fc.namespace().unwrap_or_default();
         let name = secret_name(fc);
@@ -225,7 +229,11 @@ impl Context {
             return Ok(state);
         }
         let listed = Api::<Secret>::namespaced(self.client.clone(), &namespace)
-            .list_metadata(&ListParams::default().fields(&format!("metadata.name={name}")))
+            .list_metadata(
+                &ListParams::default()
+                    .fields(&format!("metadata.name={name}"))
+                    .match_any(),
+            )
             .await
             .map_err(|source| Error::SecretRead {
                 namespace,
