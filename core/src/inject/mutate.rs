@@ -19,7 +19,7 @@ use super::{
     Outcome, PROMETHEUS_ANNOTATIONS, PROXY_CONTAINER_PREFIX, PortProblem, Refusal, SOCKET_DIR,
     SOCKET_VOLUME, TOKEN_VOLUME,
 };
-use crate::api::{AlloyDbInstance, FederatedCredential, READY};
+use crate::api::{AlloyDbInstance, AlloyDbProxy, FederatedCredential, READY};
 use crate::metadata::{injected_env, project_env};
 use crate::names::requested_credential;
 
@@ -115,6 +115,60 @@ struct Injection {
     app_mounts: Vec<VolumeMount>,
     /// Pod annotations besides [`INJECTED_ANNOTATION`], each added unless the pod sets it.
     annotations: Vec<(String, String)>,
+    /// Admission warnings about the pod and the resource together.
+    warnings: Vec<String>,
+}
+
+/// The kubelet's default `terminationGracePeriodSeconds`.
+const DEFAULT_GRACE_SECONDS: i64 = 30;
+
+/// Warnings for SIGTERM delays the pod's grace period cuts short: the kubelet kills the proxy
+/// when the period ends, so connections the delay was meant to let finish are cut anyway.
+fn grace_period_warnings(pod: &Pod, proxy: Option<&AlloyDbProxy>) -> Vec<String> {
+    let Some(proxy) = proxy else {
+        return Vec::new();
+    };
+    let grace = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(DEFAULT_GRACE_SECONDS);
+    [
+        ("maxSigtermDelay", &proxy.max_sigterm_delay),
+        ("minSigtermDelay", &proxy.min_sigterm_delay),
+    ]
+    .into_iter()
+    .filter_map(|(field, delay)| {
+        let delay = delay.as_deref()?;
+        let millis = duration_millis(delay)?;
+        (millis >= grace.saturating_mul(1000)).then(|| {
+            format!(
+                "spec.alloydb.proxy.{field} ({delay}) is not shorter than the pod's \
+                 terminationGracePeriodSeconds ({grace}): the kubelet kills the AlloyDB proxy \
+                 before the delay ends; raise terminationGracePeriodSeconds or shorten the delay"
+            )
+        })
+    })
+    .collect()
+}
+
+/// Milliseconds of a duration as the CRD allows it: `0`, or a number and one of `ms`, `s`,
+/// `m`, `h`.
+fn duration_millis(text: &str) -> Option<i64> {
+    if text == "0" {
+        return Some(0);
+    }
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: i64 = number.parse().ok()?;
+    let scale = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return None,
+    };
+    number.checked_mul(scale)
 }
 
 /// Claims a port the user chose (an instance's, or an admin port) in `chosen`, or says why it
@@ -355,6 +409,7 @@ impl Injection {
                 Vec::new()
             },
             annotations,
+            warnings: grace_period_warnings(pod, proxy),
         })
     }
 
@@ -362,6 +417,7 @@ impl Injection {
     /// (at their original indices, before anything is inserted), then the sidecars.
     fn into_outcome(self, pod: &Pod, spec: &PodSpec, fc: &FederatedCredential) -> Outcome {
         let mut warnings: Vec<String> = readiness_warning(fc, pod).into_iter().collect();
+        warnings.extend(self.warnings.iter().cloned());
         let mut ops = Vec::new();
 
         let volumes: Vec<Value> = self.volumes.iter().map(to_value).collect();
@@ -982,6 +1038,45 @@ mod tests {
                 ("PGPORT".to_owned(), "5432".to_owned()),
             ]
         );
+    }
+
+    #[test]
+    fn sigterm_delays_the_grace_period_cuts_short_are_warned_about() {
+        let fc = proxy_with(json!({"maxSigtermDelay": "30s", "minSigtermDelay": "5s"}));
+        let (_, warnings) = patch(mutate(&pod(app()), Some(&fc), &config()));
+        let about = |warnings: &[String], field: &str| {
+            warnings
+                .iter()
+                .filter(|w| w.contains(&format!("spec.alloydb.proxy.{field} ")))
+                .count()
+        };
+        assert_eq!(about(&warnings, "maxSigtermDelay"), 1, "{warnings:?}");
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("(30s)") && w.contains("(30)"))
+        );
+        assert_eq!(about(&warnings, "minSigtermDelay"), 0, "{warnings:?}");
+        // A pod that gives itself time is not warned.
+        let mut longer = pod(app());
+        longer
+            .spec
+            .as_mut()
+            .unwrap()
+            .termination_grace_period_seconds = Some(60);
+        let (_, warnings) = patch(mutate(&longer, Some(&fc), &config()));
+        assert_eq!(about(&warnings, "maxSigtermDelay"), 0, "{warnings:?}");
+    }
+
+    #[test]
+    fn durations_in_the_crds_units() {
+        assert_eq!(duration_millis("0"), Some(0));
+        assert_eq!(duration_millis("500ms"), Some(500));
+        assert_eq!(duration_millis("30s"), Some(30_000));
+        assert_eq!(duration_millis("2m"), Some(120_000));
+        assert_eq!(duration_millis("1h"), Some(3_600_000));
+        assert_eq!(duration_millis("1m30s"), None);
+        assert_eq!(duration_millis("30"), None);
     }
 
     #[test]
