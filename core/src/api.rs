@@ -440,7 +440,9 @@ pub struct AlloyDb {
     #[schemars(length(min = 1, max = 8))]
     pub instances: Vec<AlloyDbInstance>,
 
-    /// The proxy container. Defaults come from the controller's configuration.
+    /// The proxy sidecars: image, resources and flags, the same for every instance's proxy.
+    /// Left out, the image is the controller's `--proxy-image` and the proxy runs with its
+    /// own defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<AlloyDbProxy>,
 }
