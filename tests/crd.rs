@@ -207,6 +207,11 @@ fn kubectl_explain_shows_the_doc_comments() {
         lifetime.contains("600 (10 min) to 43200 (12 h)"),
         "{lifetime}"
     );
+    let sockets = kubectl(&["explain", "fedcred.spec.alloydb.proxy.unixSocket"], None).success();
+    assert!(
+        sockets.contains("/var/run/fedcred-alloydb/PROJECT.REGION.CLUSTER.INSTANCE/.s.PGSQL.5432"),
+        "{sockets}"
+    );
 }
 
 #[test]
