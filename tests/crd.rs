@@ -63,7 +63,11 @@ fn crd_installs_and_is_established() {
 #[test]
 fn examples_are_accepted() {
     ensure_crd();
-    for example in ["irsa-alloydb.yaml", "controller-identity-bigquery.yaml"] {
+    for example in [
+        "irsa-alloydb.yaml",
+        "controller-identity-bigquery.yaml",
+        "alloydb-proxy-settings.yaml",
+    ] {
         let ns = TestNamespace::new("example");
         let text = std::fs::read_to_string(repo_root().join("examples").join(example)).unwrap();
         // Each example brings its own namespace; create its objects in the test's instead.
@@ -202,6 +206,11 @@ fn kubectl_explain_shows_the_doc_comments() {
     assert!(
         lifetime.contains("600 (10 min) to 43200 (12 h)"),
         "{lifetime}"
+    );
+    let sockets = kubectl(&["explain", "fedcred.spec.alloydb.proxy.unixSocket"], None).success();
+    assert!(
+        sockets.contains("/var/run/fedcred-alloydb/PROJECT.REGION.CLUSTER.INSTANCE/.s.PGSQL.5432"),
+        "{sockets}"
     );
 }
 

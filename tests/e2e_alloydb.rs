@@ -6,21 +6,24 @@
 //! mounted Secret, the real `alloydb-auth-proxy`), the only addition being the proxy's Admin
 //! API endpoint. `psql` with the app container's injected environment then logs in to a real
 //! PostgreSQL through the AlloyDB instance double as the service account's IAM database user,
-//! before and after the first token has expired.
+//! before and after the first token has expired; and, with `alloydb.proxy` asking for Unix
+//! sockets, lazy refresh and a connection limit, through the socket the proxy creates in the
+//! shared directory where the injected `PGHOST` points.
 
 mod support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fedcred_core::inject::{DEFAULT_PROXY_IMAGE, PROXY_CONTAINER_PREFIX};
+use fedcred_core::inject::{DEFAULT_PROXY_IMAGE, PROXY_CONTAINER_PREFIX, SOCKET_VOLUME};
 use fedcred_doubles::Config;
 use fedcred_doubles::alloydb::{AlloyDbConfig, AlloyDbDoubles, AuthType, InstanceConfig, Outcome};
 use serde_json::{Value, json};
 use support::alloydb::{Postgres, proxy_binary, select_current_user, wait_for_http_probe};
 use support::cloud::{Cloud, ROLE, SA_EMAIL};
+use support::controller::ControllerProcess;
 use support::pod::{Process, SecretVolume, StoredPod, map_paths, secret_data, wait_for_exec_probe};
-use support::webhook::controller_with_webhook;
+use support::webhook::{Registration, controller_with_webhook};
 use support::{INSTANCE, TestNamespace, eventually, free_port};
 
 const FEDCRED_IMAGE: &str = "ghcr.io/example/fedcred";
@@ -66,10 +69,38 @@ async fn eventually_synced<T>(
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pod_reaches_alloydb_as_its_iam_user_before_and_after_the_first_token_expires() {
+/// The tests of this file one at a time: the AlloyDB instance double listens on port 5433,
+/// and the injected proxies' health ports are the webhook's, from 9801 up.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The story up to the point where the application would start: the peers, the controller
+/// with its webhook, a FederatedCredential with `alloydb` (given the instance's local port),
+/// its Secret, the pod created through the webhook and read back, and its sidecars running as
+/// the kubelet would run them.
+struct Scene {
+    running: Vec<Process>,
+    app_env: Vec<(String, String)>,
+    first: std::collections::BTreeMap<String, String>,
+    volume: SecretVolume,
+    sockets: PathBuf,
+    controller: ControllerProcess,
+    _registration: Registration,
+    alloydb: AlloyDbDoubles,
+    cloud: Cloud,
+    _postgres: Postgres,
+    ns: TestNamespace,
+}
+
+impl Drop for Scene {
+    fn drop(&mut self) {
+        self.running.clear();
+        let _ = std::fs::remove_dir_all(&self.sockets);
+    }
+}
+
+async fn scene(name: &str, alloydb_spec: impl FnOnce(u16) -> Value) -> Scene {
     let proxy = proxy_binary();
-    let ns = TestNamespace::new("e2e-alloydb");
+    let ns = TestNamespace::new(name);
     let postgres = Postgres::start(DB_USER);
     let cloud = Cloud::start(|c| Config {
         impersonated_lifetime_cap_seconds: Some(GRANTED_SECONDS),
@@ -92,7 +123,7 @@ async fn a_pod_reaches_alloydb_as_its_iam_user_before_and_after_the_first_token_
         "metadata": {"name": "orders-api", "annotations": {"eks.amazonaws.com/role-arn": ROLE}}});
     ns.kubectl(&["apply", "-f", "-"], Some(&sa.to_string()))
         .success();
-    let (_registration, controller) =
+    let (registration, controller) =
         controller_with_webhook(&ns, &cloud, "e2e", &format!("{FEDCRED_IMAGE}:e2e"));
     // The API server calls the webhook once the controller has set the caBundle: a dry-run
     // pod naming a missing credential is then refused by the webhook with its name.
@@ -106,15 +137,12 @@ async fn a_pod_reaches_alloydb_as_its_iam_user_before_and_after_the_first_token_
     })
     .await;
 
-    let local_port = free_port();
     let mut spec = serde_json::to_value(cloud.spec(
         json!({"serviceAccount": {"name": "orders-api"}}),
         json!({"tokenLifetimeSeconds": LIFETIME_SECONDS}),
     ))
     .unwrap();
-    spec["alloydb"] = json!({"instances": [{
-        "uri": INSTANCE, "connectivity": "PSC", "autoIamAuthn": true, "port": local_port,
-    }]});
+    spec["alloydb"] = alloydb_spec(free_port());
     spec["secret"] = json!({"renewBeforePercentage": 50});
     let fc = json!({"apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
         "metadata": {"name": "orders-db"}, "spec": spec});
@@ -124,7 +152,6 @@ async fn a_pod_reaches_alloydb_as_its_iam_user_before_and_after_the_first_token_
         secret_data(&ns, "orders-db")
     })
     .await;
-    let first_token = first["access_token"].clone();
     assert_eq!(first["db_user"], DB_USER);
 
     // The pod, created for real and read back as the API server stored it.
@@ -142,18 +169,11 @@ async fn a_pod_reaches_alloydb_as_its_iam_user_before_and_after_the_first_token_
             format!("{PROXY_CONTAINER_PREFIX}0")
         ]
     );
-    let app_env = pod.env("app");
-    let app_var = |name: &str| {
-        app_env
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    };
-    assert_eq!(app_var("PGUSER").as_deref(), Some(DB_USER));
-    assert_eq!(app_var("PGPORT"), Some(local_port.to_string()));
 
-    // The kubelet's part: the Secret volume, then each native sidecar in order, the next one
-    // once the startup probe of the last has passed. Images map to local programs.
+    // The kubelet's part: the Secret volume and the socket directory (an emptyDir, as short a
+    // path as the pod's: a socket's path has at most 107 bytes), then each native sidecar in
+    // order, the next one once the startup probe of the last has passed. Images map to local
+    // programs.
     let fedcred = PathBuf::from(env!("CARGO_BIN_EXE_fedcred"));
     let proxy_repository = DEFAULT_PROXY_IMAGE
         .rsplit_once(':')
@@ -165,16 +185,35 @@ async fn a_pod_reaches_alloydb_as_its_iam_user_before_and_after_the_first_token_
     ];
     let mut volume = SecretVolume::kubelet();
     assert!(volume.sync(&ns, "orders-db"));
+    let sockets = PathBuf::from(format!(
+        "/tmp/fce-{}-{}",
+        std::process::id(),
+        jiff::Timestamp::now().subsec_nanosecond()
+    ));
+    std::fs::create_dir_all(&sockets).unwrap();
+    let local = |pod: &StoredPod, container: &str| -> Vec<(String, PathBuf)> {
+        // Only the token Secret and the sockets matter; the API server also mounts the
+        // ServiceAccount's API token into every container, which nothing of fedcred reads.
+        let mut mounts: Vec<(String, PathBuf)> = pod
+            .mounts(container)
+            .into_iter()
+            .filter_map(|(path, name)| {
+                if name == SOCKET_VOLUME {
+                    Some((path, sockets.clone()))
+                } else if pod.volume_secret(&name).as_deref() == Some("orders-db") {
+                    Some((path, volume.dir.clone()))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        // Longest first: one mount path may be a prefix of another.
+        mounts.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
+        mounts
+    };
     let mut running = Vec::new();
     for name in &sidecars {
-        // Only the token Secret matters; the API server also mounts the ServiceAccount's API
-        // token into every container, which nothing of fedcred reads.
-        let mounts: Vec<(String, PathBuf)> = pod
-            .mounts(name)
-            .into_iter()
-            .filter(|(_, volume)| pod.volume_secret(volume).as_deref() == Some("orders-db"))
-            .map(|(path, _)| (path, volume.dir.clone()))
-            .collect();
+        let mounts = local(&pod, name);
         let mut argv: Vec<String> = pod
             .argv(name, entrypoints)
             .iter()
@@ -203,9 +242,60 @@ async fn a_pod_reaches_alloydb_as_its_iam_user_before_and_after_the_first_token_
         }
         running.push(process);
     }
+    let app_mounts = local(&pod, "app");
+    let app_env = pod
+        .env("app")
+        .into_iter()
+        .map(|(k, v)| (k, map_paths(&v, &app_mounts)))
+        .collect();
+    Scene {
+        running,
+        app_env,
+        first,
+        volume,
+        sockets,
+        controller,
+        _registration: registration,
+        alloydb,
+        cloud,
+        _postgres: postgres,
+        ns,
+    }
+}
 
-    let user = tokio::task::block_in_place(|| select_current_user(&app_env));
-    assert_eq!(user.as_deref(), Ok(DB_USER), "{}", logs(&running));
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_reaches_alloydb_as_its_iam_user_before_and_after_the_first_token_expires() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut local_port = 0;
+    let Scene {
+        running,
+        app_env,
+        first,
+        volume,
+        controller,
+        alloydb,
+        cloud,
+        ns,
+        ..
+    } = &mut scene("e2e-alloydb", |port| {
+        local_port = port;
+        json!({"instances": [{
+            "uri": INSTANCE, "connectivity": "PSC", "autoIamAuthn": true, "port": port,
+        }]})
+    })
+    .await;
+    let first_token = first["access_token"].clone();
+    let app_var = |name: &str| {
+        app_env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(app_var("PGUSER").as_deref(), Some(DB_USER));
+    assert_eq!(app_var("PGPORT"), Some(local_port.to_string()));
+
+    let user = tokio::task::block_in_place(|| select_current_user(app_env));
+    assert_eq!(user.as_deref(), Ok(DB_USER), "{}", logs(running));
     let seen = alloydb.connections();
     let accepted = seen
         .iter()
@@ -227,9 +317,9 @@ async fn a_pod_reaches_alloydb_as_its_iam_user_before_and_after_the_first_token_
     let refreshed = eventually_synced(
         "a refreshed token",
         Duration::from_secs(180),
-        &ns,
-        &mut volume,
-        || secret_data(&ns, "orders-db").filter(|d| d["access_token"] != first_token),
+        ns,
+        volume,
+        || secret_data(ns, "orders-db").filter(|d| d["access_token"] != first_token),
     )
     .await;
     assert!(cloud.google.lookup(&refreshed["access_token"]).is_some());
@@ -241,13 +331,13 @@ async fn a_pod_reaches_alloydb_as_its_iam_user_before_and_after_the_first_token_
     eventually_synced(
         "the first token to expire",
         Duration::from_secs(wait + 30),
-        &ns,
-        &mut volume,
+        ns,
+        volume,
         || cloud.google.lookup(&first_token).is_none().then_some(()),
     )
     .await;
-    volume.sync(&ns, "orders-db");
-    for process in &mut running {
+    volume.sync(ns, "orders-db");
+    for process in running.iter_mut() {
         assert!(
             process.running(),
             "{} exited:\n{}",
@@ -256,8 +346,8 @@ async fn a_pod_reaches_alloydb_as_its_iam_user_before_and_after_the_first_token_
         );
     }
 
-    let user = tokio::task::block_in_place(|| select_current_user(&app_env));
-    assert_eq!(user.as_deref(), Ok(DB_USER), "{}", logs(&running));
+    let user = tokio::task::block_in_place(|| select_current_user(app_env));
+    assert_eq!(user.as_deref(), Ok(DB_USER), "{}", logs(running));
     let last = alloydb
         .connections()
         .into_iter()
@@ -278,8 +368,51 @@ async fn a_pod_reaches_alloydb_as_its_iam_user_before_and_after_the_first_token_
     assert!(cloud.google.lookup(&used).is_some());
 
     // No token in any log.
-    let everything = format!("{}{}", controller.logs(), logs(&running));
+    let everything = format!("{}{}", controller.logs(), logs(running));
     for token in cloud.google.issued_tokens() {
+        assert!(!everything.contains(&token), "a token leaked into a log");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_reaches_alloydb_through_the_unix_socket_pghost_names() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let scene = scene("e2e-alloydb-socket", |_| {
+        json!({
+            "instances": [{"uri": INSTANCE, "connectivity": "PSC", "autoIamAuthn": true}],
+            "proxy": {"unixSocket": true, "lazyRefresh": true, "maxConnections": 5}
+        })
+    })
+    .await;
+    let app_var = |name: &str| {
+        scene
+            .app_env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let host = app_var("PGHOST").unwrap();
+    assert!(
+        host.starts_with(&*scene.sockets.to_string_lossy()),
+        "PGHOST {host} is not in the shared directory"
+    );
+    assert_eq!(app_var("PGPORT").as_deref(), Some("5432"));
+    assert_eq!(app_var("PGUSER").as_deref(), Some(DB_USER));
+
+    let user = tokio::task::block_in_place(|| select_current_user(&scene.app_env));
+    assert_eq!(user.as_deref(), Ok(DB_USER), "{}", logs(&scene.running));
+    let accepted = scene
+        .alloydb
+        .connections()
+        .into_iter()
+        .rfind(|c| c.outcome == Outcome::Accepted)
+        .expect("the instance accepted a connection");
+    assert_eq!(accepted.auth_type, Some(AuthType::AutoIam));
+    assert_eq!(accepted.db_user.as_deref(), Some(DB_USER));
+    assert!(accepted.used_token(&scene.first["access_token"]));
+
+    let everything = format!("{}{}", scene.controller.logs(), logs(&scene.running));
+    for token in scene.cloud.google.issued_tokens() {
         assert!(!everything.contains(&token), "a token leaked into a log");
     }
 }

@@ -420,7 +420,14 @@ fn default_renew_before_percentage() -> i32 {
 }
 
 /// AlloyDB instances reached through the AlloyDB Auth Proxy sidecar.
+// A socket's path has at most 107 bytes: /var/run/fedcred-alloydb/ (25), the instance's
+// PROJECT.REGION.CLUSTER.INSTANCE (its URI less 38 bytes) and /.s.PGSQL.5432 (14).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new(
+    "!(has(self.proxy) && has(self.proxy.unixSocket) && self.proxy.unixSocket) || self.instances.all(i, size(i.uri) <= 106)"
+).message(
+    "with alloydb.proxy.unixSocket every alloydb.instances[].uri must be at most 106 characters long, or the socket's path exceeds what Linux allows (107 bytes): use TCP ports (unixSocket: false) for this instance"
+))]
 #[serde(rename_all = "camelCase")]
 pub struct AlloyDb {
     /// Instances to connect; each gets its own proxy sidecar on its own local port.
@@ -429,10 +436,13 @@ pub struct AlloyDb {
     ).message(
         "each AlloyDB instance needs its own local port: set alloydb.instances[].port so that no two are equal (the default is 5432)"
     ))]
+    #[x_kube(validation = env_names_unique_rule())]
     #[schemars(length(min = 1, max = 8))]
     pub instances: Vec<AlloyDbInstance>,
 
-    /// The proxy container. Defaults come from the controller's configuration.
+    /// The proxy sidecars: image, resources and flags, the same for every instance's proxy.
+    /// Left out, the image is the controller's `--proxy-image` and the proxy runs with its
+    /// own defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<AlloyDbProxy>,
 }
@@ -460,10 +470,76 @@ pub struct AlloyDbInstance {
     #[serde(default = "default_true")]
     pub auto_iam_authn: bool,
 
-    /// Local port the proxy listens on inside the pod (127.0.0.1).
+    /// Local port the proxy listens on inside the pod (127.0.0.1). With
+    /// `alloydb.proxy.unixSocket` the proxy listens on a Unix socket instead and this port is
+    /// not opened.
     #[serde(default = "default_alloydb_port")]
     #[schemars(range(min = 1024, max = 65535))]
     pub port: i32,
+
+    /// Name of the variable that tells the application containers where this instance is
+    /// (`127.0.0.1`, or the socket directory with `alloydb.proxy.unixSocket`). Defaults to
+    /// `PGHOST` for the first instance; other instances get the variable only when it is named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = env_name_rule("alloydb.instances[].hostEnvName"))]
+    #[schemars(length(min = 1, max = 128))]
+    pub host_env_name: Option<String>,
+
+    /// Name of the variable holding this instance's local port (`5432` with
+    /// `alloydb.proxy.unixSocket`, the number in the socket's name). Defaults to `PGPORT` for
+    /// the first instance; other instances get the variable only when it is named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = env_name_rule("alloydb.instances[].portEnvName"))]
+    #[schemars(length(min = 1, max = 128))]
+    pub port_env_name: Option<String>,
+
+    /// Name of the variable holding the IAM database user (`SA@PROJECT.iam`), set only with
+    /// `autoIamAuthn`. Defaults to `PGUSER` for the first instance; other instances get the
+    /// variable only when it is named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = env_name_rule("alloydb.instances[].userEnvName"))]
+    #[schemars(length(min = 1, max = 128))]
+    pub user_env_name: Option<String>,
+}
+
+/// The names Kubernetes accepts for a container's variables that every shell and libpq can
+/// read too: a C identifier.
+fn env_name_rule(field: &str) -> kube::core::Rule {
+    kube::core::Rule::new("self.matches('^[A-Za-z_][A-Za-z0-9_]*$')").message(
+        kube::core::Message::Message(format!(
+            "{field} must be an environment variable name: letters, digits and '_', not starting with a digit, such as ORDERS_DB_HOST"
+        )),
+    )
+}
+
+/// No variable named twice across the instances, the first instance's defaults (`PGHOST`,
+/// `PGPORT`, `PGUSER`) included: two values for one name would leave the application talking
+/// to whichever came last.
+fn env_names_unique_rule() -> kube::core::Rule {
+    let name = |i: &str, field: &str, default: &str| {
+        format!("(has({i}.{field}) ? {i}.{field} : ({i} == self[0] ? '{default}' : ''))")
+    };
+    let fields = [
+        ("hostEnvName", "PGHOST"),
+        ("portEnvName", "PGPORT"),
+        ("userEnvName", "PGUSER"),
+    ];
+    // Every (instance, field) name, compared with every other (instance, field) name.
+    let mut clauses = Vec::new();
+    for (fa, da) in fields {
+        for (fb, db) in fields {
+            let (a, b) = (name("a", fa, da), name("b", fb, db));
+            let same_slot = if fa == fb { "a == b || " } else { "" };
+            clauses.push(format!("({same_slot}{a} == '' || {a} != {b})"));
+        }
+    }
+    kube::core::Rule::new(format!(
+        "self.all(a, self.all(b, {}))",
+        clauses.join(" && ")
+    ))
+    .message(kube::core::Message::Message(
+        "each AlloyDB variable needs its own name: alloydb.instances[].hostEnvName, portEnvName and userEnvName must differ from each other across all instances and from the first instance's defaults PGHOST, PGPORT and PGUSER".to_owned(),
+    ))
 }
 
 fn default_true() -> bool {
@@ -512,18 +588,89 @@ pub enum Connectivity {
     PrivateIp,
 }
 
-/// The AlloyDB Auth Proxy sidecar.
+/// The AlloyDB Auth Proxy sidecars: these settings apply to the proxy of every instance.
+/// Every setting left out keeps the proxy's own default; changing one rolls the workloads
+/// whose pods use this resource.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct AlloyDbProxy {
-    /// Proxy image, for example `gcr.io/alloydb-connectors/alloydb-auth-proxy:1.17.1`.
+    /// Proxy image, for example `gcr.io/alloydb-connectors/alloydb-auth-proxy:1.17.1`, or
+    /// pinned by digest: `gcr.io/alloydb-connectors/alloydb-auth-proxy@sha256:<64 hex digits>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(
+        "self.contains('@') ? self.matches('^[!-?A-~]+@sha256:[0-9a-f]{64}$') : self.matches('^[!-?A-~]+$')"
+    ).message(
+        "alloydb.proxy.image must be an image reference such as gcr.io/alloydb-connectors/alloydb-auth-proxy:1.17.1, or one pinned by digest: REPOSITORY@sha256: followed by 64 lowercase hex digits"
+    ))]
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
 
     /// Compute resources of the proxy container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+
+    /// Fetch connection info and certificates only when a connection needs them
+    /// (`--lazy-refresh`) instead of refreshing them in the background: for pods whose CPU is
+    /// throttled, where a background refresh may not run in time.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub lazy_refresh: bool,
+
+    /// Serve Prometheus metrics at `/metrics` on the proxy's health-check port
+    /// (`--prometheus`), and annotate the pod `prometheus.io/scrape`, `prometheus.io/port`
+    /// (the first proxy's port) and `prometheus.io/path` unless the pod sets them itself.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub prometheus: bool,
+
+    /// Refuse connections beyond this many open ones per proxy (`--max-connections`); the
+    /// proxy's `/readiness` then fails while it is full. Unlimited when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_connections: Option<i64>,
+
+    /// After SIGTERM, how long to wait at most for open connections to close
+    /// (`--max-sigterm-delay`), as a duration such as `30s` or `2m`. Keep it below the pod's
+    /// `terminationGracePeriodSeconds` (30 s by default), or the kubelet kills the proxy first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = duration_rule("alloydb.proxy.maxSigtermDelay"))]
+    #[schemars(length(min = 1, max = 9))]
+    pub max_sigterm_delay: Option<String>,
+
+    /// After SIGTERM, how long to keep accepting new connections (`--min-sigterm-delay`), as
+    /// a duration such as `10s`: for applications that still open connections while they
+    /// stop. Keep it below the pod's `terminationGracePeriodSeconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = duration_rule("alloydb.proxy.minSigtermDelay"))]
+    #[schemars(length(min = 1, max = 9))]
+    pub min_sigterm_delay: Option<String>,
+
+    /// Enable the proxy's admin server on localhost with its `/quitquitquit` endpoint
+    /// (`--quitquitquit --admin-port`): the first instance's proxy listens on this port, the
+    /// next on the port after it, and so on. A Job's application POSTs to
+    /// `http://localhost:PORT/quitquitquit` when it is done so the proxy exits with 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1024, max = 65535))]
+    pub admin_port: Option<i32>,
+
+    /// Listen on a Unix socket instead of a TCP port (`--unix-socket`). The sockets live in
+    /// a shared `emptyDir` volume mounted at `/var/run/fedcred-alloydb` in the proxies and in
+    /// the application's containers; each instance's socket is
+    /// `/var/run/fedcred-alloydb/PROJECT.REGION.CLUSTER.INSTANCE/.s.PGSQL.5432`, and the host
+    /// variable (`PGHOST`) names that directory, the port variable (`PGPORT`) `5432`, as libpq
+    /// expects.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub unix_socket: bool,
+}
+
+/// A Go duration as the proxy parses it, in one unit, bounded so that no typo asks for days.
+fn duration_rule(field: &str) -> kube::core::Rule {
+    kube::core::Rule::new("self.matches('^(0|[0-9]{1,7}ms|[0-9]{1,5}s|[0-9]{1,3}m|[0-9]{1,2}h)$')")
+        .message(kube::core::Message::Message(format!(
+            "{field} must be a duration in one unit such as 500ms, 30s, 5m or 1h (at most 7 digits of ms, 5 of s, 3 of m, 2 of h)"
+        )))
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Observed state. Everything the controller needs to schedule the next refresh is here, so

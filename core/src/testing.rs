@@ -42,6 +42,15 @@ pub fn merge(doc: &mut Value, patch: Value) {
     json_patch::merge(doc, &patch);
 }
 
+/// `doc` with the RFC 6902 operations `ops` applied, as the API server applies a webhook's
+/// patch; panics when they do not apply.
+pub fn apply_patch(mut doc: Value, ops: &[Value]) -> Value {
+    let patch: json_patch::Patch =
+        serde_json::from_value(Value::Array(ops.to_vec())).expect("RFC 6902 operations");
+    json_patch::patch(&mut doc, &patch).expect("the patch applies");
+    doc
+}
+
 /// A FederatedCredential fixture.
 #[derive(Clone, Debug)]
 pub struct Credential {

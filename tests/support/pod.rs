@@ -304,6 +304,15 @@ impl Process {
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
+
+    /// The exit code once the process has exited; `None` while it runs or when a signal
+    /// ended it.
+    pub fn exit_code(&mut self) -> Option<i32> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+            .and_then(|status| status.code())
+    }
 }
 
 impl Drop for Process {

@@ -333,6 +333,93 @@ fn in_pod_exchange_before_eks() {
     );
 }
 
+/// The proxy's image pinned by digest.
+const PROXY_BY_DIGEST: &str = "gcr.io/alloydb-connectors/alloydb-auth-proxy@sha256:\
+    4e1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
+
+#[test]
+fn every_proxy_option() {
+    let fc = credential(
+        Some(json!({
+            "instances": [
+                {"uri": PRIMARY, "connectivity": "PSC", "port": 5432},
+                {"uri": REPLICA, "connectivity": "PSC", "port": 5433,
+                 "hostEnvName": "REPLICA_HOST", "portEnvName": "REPLICA_PORT", "userEnvName": "REPLICA_USER"}
+            ],
+            "proxy": {
+                "image": PROXY_BY_DIGEST,
+                "lazyRefresh": true,
+                "prometheus": true,
+                "maxConnections": 50,
+                "maxSigtermDelay": "20s",
+                "minSigtermDelay": "5s",
+                "adminPort": 9091
+            }
+        })),
+        Some(ORDERS_SA),
+    );
+    check(
+        "every_proxy_option",
+        "Every setting of alloydb.proxy on two instances: the image by digest; each proxy gets \
+         --lazy-refresh, --prometheus, --max-connections and both SIGTERM delays, and \
+         --quitquitquit on its own admin port (9091, 9092); the pod is annotated for Prometheus \
+         at the first proxy's health port; the second instance's variables go by the names it \
+         gives.",
+        orders_pod(),
+        Some(fc),
+        config(),
+    );
+}
+
+#[test]
+fn unix_sockets_in_a_shared_volume() {
+    let mut pod = orders_pod();
+    pod["spec"]["containers"][0]["volumeMounts"] =
+        json!([{"name": "config", "mountPath": "/etc/orders"}]);
+    pod["spec"]["volumes"] = json!([{"name": "config", "configMap": {"name": "orders-api"}}]);
+    pod["spec"]["initContainers"] = json!([{
+        "name": "migrate",
+        "image": "registry.example/orders-migrate:1.4.2"
+    }]);
+    let fc = credential(
+        Some(json!({
+            "instances": [{"uri": PRIMARY, "connectivity": "PSC"}],
+            "proxy": {"unixSocket": true}
+        })),
+        Some(ORDERS_SA),
+    );
+    check(
+        "unix_socket",
+        "alloydb.proxy.unixSocket: an emptyDir shared by the proxy and the pod's containers at \
+         /var/run/fedcred-alloydb; the proxy listens there (--unix-socket) instead of on a port, \
+         and PGHOST names the instance's socket directory, PGPORT 5432 as in the socket's name.",
+        pod,
+        Some(fc),
+        config(),
+    );
+}
+
+#[test]
+fn custom_variable_names() {
+    let fc = credential(
+        Some(json!({"instances": [
+            {"uri": PRIMARY, "hostEnvName": "ORDERS_DB_HOST", "portEnvName": "ORDERS_DB_PORT",
+             "userEnvName": "ORDERS_DB_USER"},
+            {"uri": REPLICA, "port": 6432, "hostEnvName": "PGHOST", "portEnvName": "PGPORT"}
+        ]})),
+        Some(ORDERS_SA),
+    );
+    check(
+        "custom_env_names",
+        "Instances that name their variables: the first one's host, port and user go by the \
+         names it gives, and the second claims PGHOST and PGPORT (its user is not named, so \
+         nothing sets PGUSER).",
+        orders_pod(),
+        Some(fc),
+        config(),
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Harness.
 
@@ -413,6 +500,7 @@ fn check_invariants(case: &str, patched: &Value) {
             );
             ports.extend(flag("--port="));
             ports.extend(flag("--http-port="));
+            ports.extend(flag("--admin-port="));
         }
         if c.name == super::METADATA_CONTAINER || c.name.starts_with(super::PROXY_CONTAINER_PREFIX)
         {

@@ -20,9 +20,17 @@
 //!   them yet.
 //! - In every application container (and, with native sidecars, every own init container):
 //!   `GCE_METADATA_HOST`, `GCE_METADATA_IP`, `GCE_METADATA_ROOT`, `GOOGLE_CLOUD_PROJECT` when
-//!   the service account names a project, and for the first AlloyDB instance `PGHOST`, `PGPORT`
-//!   and, with automatic IAM login, `PGUSER`.
-//! - The annotation [`INJECTED_ANNOTATION`], a digest of what was injected.
+//!   the service account names a project, and for each AlloyDB instance its host, port and, with
+//!   automatic IAM login, IAM database user, under the names the instance gives them
+//!   (`hostEnvName`, `portEnvName`, `userEnvName`; the first instance defaults to `PGHOST`,
+//!   `PGPORT` and `PGUSER`).
+//! - With `spec.alloydb.proxy.unixSocket`: the `emptyDir` volume [`SOCKET_VOLUME`], mounted at
+//!   [`SOCKET_DIR`] in the proxies and in the pod's own containers, the proxies listening there
+//!   (`--unix-socket`) instead of on a port, and the host variables naming each instance's
+//!   socket directory.
+//! - The annotation [`INJECTED_ANNOTATION`], a digest of what was injected, and with
+//!   `spec.alloydb.proxy.prometheus` the [`PROMETHEUS_ANNOTATIONS`] pointing at the first
+//!   proxy's metrics (a value the pod sets itself is kept, with a warning).
 //!
 //! # `exchange: Pod`
 //! A FederatedCredential with `spec.exchange: Pod` gets no Secret volume: the sidecar
@@ -46,7 +54,8 @@
 //! # Ports
 //! The emulator takes the first free port from [`InjectConfig::metadata_port`] up, each proxy's
 //! health server the first free one from [`DEFAULT_HEALTH_PORT`] up, skipping every
-//! `containerPort` of the pod, the instances' ports and each other. Instance ports are the
+//! `containerPort` of the pod, the instances' ports, the admin ports and each other. Instance
+//! ports and admin ports (`spec.alloydb.proxy.adminPort` plus the instance's index) are the
 //! user's choice (the application may rely on them), so a clash with the pod is refused, not
 //! moved.
 //!
@@ -91,6 +100,20 @@ pub const TOKEN_VOLUME: &str = "fedcred-token";
 
 /// Where the metadata sidecar mounts the Secret.
 pub const TOKEN_MOUNT_PATH: &str = "/var/run/fedcred";
+
+/// The `emptyDir` volume of the proxies' Unix sockets (`spec.alloydb.proxy.unixSocket`).
+pub const SOCKET_VOLUME: &str = "fedcred-alloydb-sockets";
+
+/// Where the proxies and the application's containers mount [`SOCKET_VOLUME`].
+pub const SOCKET_DIR: &str = "/var/run/fedcred-alloydb";
+
+/// Pod annotations that tell Prometheus where the proxy's metrics are
+/// (`spec.alloydb.proxy.prometheus`); a value the pod sets itself is kept.
+pub const PROMETHEUS_ANNOTATIONS: [&str; 3] = [
+    "prometheus.io/scrape",
+    "prometheus.io/port",
+    "prometheus.io/path",
+];
 
 /// The metadata emulator sidecar.
 pub const METADATA_CONTAINER: &str = "fedcred-metadata";
@@ -203,6 +226,19 @@ pub enum Refusal {
         port: i32,
         problem: PortProblem,
     },
+    /// A proxy's admin port (`spec.alloydb.proxy.adminPort` plus the instance's index) cannot
+    /// be used in this pod.
+    AdminPort {
+        /// `namespace/name` of the FederatedCredential.
+        credential: String,
+        index: usize,
+        port: i32,
+        problem: PortProblem,
+    },
+    /// With Unix sockets: a container of the pod already mounts something at [`SOCKET_DIR`].
+    SocketDirTaken {
+        container: String,
+    },
     NoFreePort,
 }
 
@@ -276,6 +312,39 @@ impl fmt::Display for Refusal {
                     PortProblem::UsedTwice => f.write_str(", which another instance uses too"),
                 }
             }
+            Refusal::AdminPort {
+                credential,
+                index,
+                port,
+                problem,
+            } => {
+                write!(
+                    f,
+                    "the admin port of the AlloyDB proxy of instance {index} of FederatedCredential \
+                     {credential} is {port} (spec.alloydb.proxy.adminPort + {index})"
+                )?;
+                match problem {
+                    PortProblem::NotAPort => f.write_str(
+                        ", not a port: lower spec.alloydb.proxy.adminPort so that every instance's \
+                         proxy gets one",
+                    ),
+                    PortProblem::DeclaredBy(owner) => write!(
+                        f,
+                        ", which container {owner} of this pod also declares: choose another \
+                         spec.alloydb.proxy.adminPort"
+                    ),
+                    PortProblem::UsedTwice => f.write_str(
+                        ", which an instance's port uses too: choose another \
+                         spec.alloydb.proxy.adminPort or instance port",
+                    ),
+                }
+            }
+            Refusal::SocketDirTaken { container } => write!(
+                f,
+                "container {container} of the pod already mounts a volume at {SOCKET_DIR}, where \
+                 spec.alloydb.proxy.unixSocket shares the AlloyDB proxies' sockets: move that \
+                 mount, or set unixSocket: false"
+            ),
             Refusal::NoFreePort => {
                 f.write_str("no free port left in the pod for fedcred's sidecars")
             }

@@ -1,8 +1,10 @@
 //! [`mutate`]: one pod and its FederatedCredential in, an [`Outcome`] out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, SecretVolumeSource, Volume};
+use k8s_openapi::api::core::v1::{
+    Container, EmptyDirVolumeSource, Pod, PodSpec, SecretVolumeSource, Volume, VolumeMount,
+};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -11,12 +13,13 @@ use super::patch::{add, escape, replace};
 use super::pod_aws::pod_aws;
 use super::ports::{self, Taken};
 use super::recipe::Recipe;
-use super::sidecars::{self, ProxySettings};
+use super::sidecars::{self, ProxyPorts, ProxySettings};
 use super::{
     DEFAULT_HEALTH_PORT, INJECTED_ANNOTATION, InjectConfig, MAX_WARNING_CHARS, METADATA_CONTAINER,
-    Outcome, PROXY_CONTAINER_PREFIX, Refusal, TOKEN_VOLUME,
+    Outcome, PROMETHEUS_ANNOTATIONS, PROXY_CONTAINER_PREFIX, PortProblem, Refusal, SOCKET_DIR,
+    SOCKET_VOLUME, TOKEN_VOLUME,
 };
-use crate::api::{FederatedCredential, READY};
+use crate::api::{AlloyDbInstance, AlloyDbProxy, FederatedCredential, READY};
 use crate::metadata::{injected_env, project_env};
 use crate::names::requested_credential;
 
@@ -88,13 +91,13 @@ fn existing_injection(spec: &PodSpec) -> Existing {
     if let Some(c) = containers().find(|c| is_proxy_name(&c.name)) {
         return Existing::NameTaken(format!("a container named {}", c.name));
     }
-    if spec
+    if let Some(v) = spec
         .volumes
         .iter()
         .flatten()
-        .any(|v| v.name == TOKEN_VOLUME)
+        .find(|v| v.name == TOKEN_VOLUME || v.name == SOCKET_VOLUME)
     {
-        return Existing::NameTaken(format!("a volume named {TOKEN_VOLUME}"));
+        return Existing::NameTaken(format!("a volume named {}", v.name));
     }
     Existing::None
 }
@@ -102,12 +105,164 @@ fn existing_injection(spec: &PodSpec) -> Existing {
 /// Everything decided for one pod, before it becomes patch operations.
 struct Injection {
     native: bool,
-    /// The Secret volume; none when the pod exchanges for itself.
-    volume: Option<Volume>,
+    /// The Secret volume (none when the pod exchanges for itself), then the socket volume.
+    volumes: Vec<Volume>,
     /// Metadata sidecar first, then the proxies in instance order.
     sidecars: Vec<Container>,
     /// Environment for the pod's own containers and init containers.
     app_env: Vec<(String, String)>,
+    /// Volume mounts for the same containers: the socket directory, with Unix sockets.
+    app_mounts: Vec<VolumeMount>,
+    /// Pod annotations besides [`INJECTED_ANNOTATION`], each added unless the pod sets it.
+    annotations: Vec<(String, String)>,
+    /// Admission warnings about the pod and the resource together.
+    warnings: Vec<String>,
+}
+
+/// The kubelet's default `terminationGracePeriodSeconds`.
+const DEFAULT_GRACE_SECONDS: i64 = 30;
+
+/// Warnings for SIGTERM delays the pod's grace period cuts short: the kubelet kills the proxy
+/// when the period ends, so connections the delay was meant to let finish are cut anyway.
+fn grace_period_warnings(pod: &Pod, proxy: Option<&AlloyDbProxy>) -> Vec<String> {
+    let Some(proxy) = proxy else {
+        return Vec::new();
+    };
+    let grace = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(DEFAULT_GRACE_SECONDS);
+    [
+        ("maxSigtermDelay", &proxy.max_sigterm_delay),
+        ("minSigtermDelay", &proxy.min_sigterm_delay),
+    ]
+    .into_iter()
+    .filter_map(|(field, delay)| {
+        let delay = delay.as_deref()?;
+        let millis = duration_millis(delay)?;
+        (millis >= grace.saturating_mul(1000)).then(|| {
+            format!(
+                "spec.alloydb.proxy.{field} ({delay}) is not shorter than the pod's \
+                 terminationGracePeriodSeconds ({grace}): the kubelet kills the AlloyDB proxy \
+                 before the delay ends; raise terminationGracePeriodSeconds or shorten the delay"
+            )
+        })
+    })
+    .collect()
+}
+
+/// Milliseconds of a duration as the CRD allows it: `0`, or a number and one of `ms`, `s`,
+/// `m`, `h`.
+fn duration_millis(text: &str) -> Option<i64> {
+    if text == "0" {
+        return Some(0);
+    }
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: i64 = number.parse().ok()?;
+    let scale = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return None,
+    };
+    number.checked_mul(scale)
+}
+
+/// Claims a port the user chose (an instance's, or an admin port) in `chosen`, or says why it
+/// cannot be used in this pod.
+fn claim_chosen(
+    port: i32,
+    declared: &BTreeMap<u16, String>,
+    chosen: &mut BTreeSet<u16>,
+) -> Result<u16, PortProblem> {
+    let port = u16::try_from(port)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or(PortProblem::NotAPort)?;
+    if let Some(owner) = declared.get(&port) {
+        return Err(PortProblem::DeclaredBy(owner.clone()));
+    }
+    if !chosen.insert(port) {
+        return Err(PortProblem::UsedTwice);
+    }
+    Ok(port)
+}
+
+/// Refuses a pod whose own container already mounts something at [`SOCKET_DIR`]: the API
+/// server refuses two mounts at one path, and the application would not see the sockets.
+fn socket_mount_free(pod: &Pod) -> Result<(), Refusal> {
+    let spec = pod.spec.as_ref().ok_or(Refusal::NoSpec)?;
+    let containers = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers);
+    for c in containers {
+        if c.volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.mount_path.trim_end_matches('/') == SOCKET_DIR)
+        {
+            return Err(Refusal::SocketDirTaken {
+                container: c.name.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Where each instance is, for the application: host, port and (with automatic IAM login) the
+/// IAM database user, under the names the instance gives them. The first instance's defaults
+/// `PGHOST`, `PGPORT` and `PGUSER` give way to a name another instance sets explicitly.
+fn database_env(
+    instances: &[AlloyDbInstance],
+    unix_socket: bool,
+    db_user: Option<String>,
+) -> Vec<(String, String)> {
+    let explicit: Vec<&str> = instances
+        .iter()
+        .flat_map(|i| [&i.host_env_name, &i.port_env_name, &i.user_env_name])
+        .filter_map(|n| n.as_deref())
+        .collect();
+    let mut env = Vec::new();
+    for (index, instance) in instances.iter().enumerate() {
+        let name = |set: &Option<String>, default: &str| match set.as_deref() {
+            Some(name) => Some(name.to_owned()),
+            None if index == 0 && !explicit.contains(&default) => Some(default.to_owned()),
+            None => None,
+        };
+        let (host, port) = match (unix_socket, sidecars::socket_dir(&instance.uri)) {
+            (true, Some(dir)) => (dir, sidecars::SOCKET_PORT.to_string()),
+            _ => ("127.0.0.1".to_owned(), instance.port.to_string()),
+        };
+        if let Some(n) = name(&instance.host_env_name, "PGHOST") {
+            env.push((n, host));
+        }
+        if let Some(n) = name(&instance.port_env_name, "PGPORT") {
+            env.push((n, port));
+        }
+        // With a password login the user is the application's business.
+        if instance.auto_iam_authn
+            && let Some(user) = &db_user
+            && let Some(n) = name(&instance.user_env_name, "PGUSER")
+        {
+            env.push((n, user.clone()));
+        }
+    }
+    env
+}
+
+/// What tells Prometheus to scrape the proxy's `/metrics` on `port`.
+fn prometheus_annotations(port: u16) -> Vec<(String, String)> {
+    let [scrape, at, path] = PROMETHEUS_ANNOTATIONS;
+    vec![
+        (scrape.to_owned(), "true".to_owned()),
+        (at.to_owned(), port.to_string()),
+        (path.to_owned(), "/metrics".to_owned()),
+    ]
 }
 
 impl Injection {
@@ -120,52 +275,61 @@ impl Injection {
         config: &InjectConfig,
     ) -> Result<Injection, Refusal> {
         let instances = recipe.instances();
+        let proxy = recipe.proxy();
+        let unix_socket = proxy.is_some_and(|p| p.unix_socket);
         let declared = ports::declared(pod);
-        let mut instance_ports = BTreeMap::new();
+        // Ports the user chose, which the application may rely on: refuse rather than move
+        // them, or the proxy would crash-loop on a port the application holds.
+        let mut chosen = BTreeSet::new();
         for (i, instance) in instances.iter().enumerate() {
+            // On Unix sockets the instance's port is not opened.
+            if unix_socket {
+                continue;
+            }
             let refusal = |problem| Refusal::InstancePort {
                 credential: credential.to_owned(),
                 index: i,
                 port: instance.port,
                 problem,
             };
-            let port = u16::try_from(instance.port)
-                .ok()
-                .filter(|p| *p > 0)
-                .ok_or_else(|| refusal(super::PortProblem::NotAPort))?;
-            // The user chose this port and the application may rely on it: refuse rather than
-            // move it, or the proxy would crash-loop on a port the application holds.
-            if let Some(owner) = declared.get(&port) {
-                return Err(refusal(super::PortProblem::DeclaredBy(owner.clone())));
-            }
-            if instance_ports.insert(port, i).is_some() {
-                return Err(refusal(super::PortProblem::UsedTwice));
-            }
+            claim_chosen(instance.port, &declared, &mut chosen).map_err(refusal)?;
         }
-        let mut taken = Taken::new(declared.keys().chain(instance_ports.keys()).copied());
+        let admin_ports: Vec<Option<u16>> = match proxy.and_then(|p| p.admin_port) {
+            None => vec![None; instances.len()],
+            Some(first) => (0..instances.len())
+                .map(|i| {
+                    let port = i32::try_from(i).map_or(i32::MAX, |i| first.saturating_add(i));
+                    claim_chosen(port, &declared, &mut chosen)
+                        .map(Some)
+                        .map_err(|problem| Refusal::AdminPort {
+                            credential: credential.to_owned(),
+                            index: i,
+                            port,
+                            problem,
+                        })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let mut taken = Taken::new(declared.keys().chain(&chosen).copied());
         let no_port = || Refusal::NoFreePort;
         let metadata_port = taken.claim_from(config.metadata_port).ok_or_else(no_port)?;
-        let health_ports: Vec<u16> = instances
-            .iter()
-            .map(|_| taken.claim_from(DEFAULT_HEALTH_PORT))
+        let proxy_ports: Vec<ProxyPorts> = admin_ports
+            .into_iter()
+            .map(|admin| {
+                let health = taken.claim_from(DEFAULT_HEALTH_PORT)?;
+                Some(ProxyPorts { health, admin })
+            })
             .collect::<Option<_>>()
             .ok_or_else(no_port)?;
+        if unix_socket {
+            socket_mount_free(pod)?;
+        }
 
         let metadata_env = injected_env(&sidecars::listen(metadata_port));
         let mut app_env = metadata_env.clone();
         app_env.extend(project_env(recipe.project_id().as_deref()));
-        if let Some(first) = instances.first() {
-            app_env.push(("PGHOST".to_owned(), "127.0.0.1".to_owned()));
-            app_env.push(("PGPORT".to_owned(), first.port.to_string()));
-            // With a password login the user is the application's business.
-            if first.auto_iam_authn
-                && let Some(user) = recipe.db_user()
-            {
-                app_env.push(("PGUSER".to_owned(), user));
-            }
-        }
+        app_env.extend(database_env(instances, unix_socket, recipe.db_user()));
 
-        let proxy = recipe.proxy();
         let settings = ProxySettings {
             image: proxy
                 .and_then(|p| p.image.as_deref())
@@ -174,6 +338,12 @@ impl Injection {
             resources: proxy.and_then(|p| p.resources.as_ref()),
             metadata_env: &metadata_env,
             admin_endpoint: config.alloydb_admin_endpoint.as_deref(),
+            options: proxy,
+        };
+        // Prometheus finds one port per pod: the first proxy's.
+        let annotations = match (proxy.is_some_and(|p| p.prometheus), proxy_ports.first()) {
+            (true, Some(first)) => prometheus_annotations(first.health),
+            _ => Vec::new(),
         };
         let first = match &recipe.agent_credential {
             Some(credential) => sidecars::agent(
@@ -199,27 +369,47 @@ impl Injection {
         sidecars.extend(
             instances
                 .iter()
-                .zip(&health_ports)
+                .zip(&proxy_ports)
                 .enumerate()
-                .map(|(i, (instance, health))| sidecars::proxy(i, instance, *health, &settings)),
+                .map(|(i, (instance, ports))| sidecars::proxy(i, instance, ports, &settings)),
         );
         if config.native_sidecars {
             for sidecar in &mut sidecars {
                 sidecar.restart_policy = Some("Always".to_owned());
             }
         }
-        Ok(Injection {
-            native: config.native_sidecars,
-            volume: recipe.agent_credential.is_none().then(|| Volume {
+        let mut volumes: Vec<Volume> = recipe
+            .agent_credential
+            .is_none()
+            .then(|| Volume {
                 name: TOKEN_VOLUME.to_owned(),
                 secret: Some(SecretVolumeSource {
                     secret_name: Some(recipe.secret.clone()),
                     ..SecretVolumeSource::default()
                 }),
                 ..Volume::default()
-            }),
+            })
+            .into_iter()
+            .collect();
+        if unix_socket {
+            volumes.push(Volume {
+                name: SOCKET_VOLUME.to_owned(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            });
+        }
+        Ok(Injection {
+            native: config.native_sidecars,
+            volumes,
             sidecars,
             app_env,
+            app_mounts: if unix_socket {
+                vec![sidecars::socket_mount()]
+            } else {
+                Vec::new()
+            },
+            annotations,
+            warnings: grace_period_warnings(pod, proxy),
         })
     }
 
@@ -227,14 +417,18 @@ impl Injection {
     /// (at their original indices, before anything is inserted), then the sidecars.
     fn into_outcome(self, pod: &Pod, spec: &PodSpec, fc: &FederatedCredential) -> Outcome {
         let mut warnings: Vec<String> = readiness_warning(fc, pod).into_iter().collect();
+        warnings.extend(self.warnings.iter().cloned());
         let mut ops = Vec::new();
 
-        if let Some(volume) = &self.volume {
-            let volume = to_value(volume);
-            ops.push(match spec.volumes {
-                None => add("/spec/volumes".to_owned(), Value::Array(vec![volume])),
-                Some(_) => add("/spec/volumes/-".to_owned(), volume),
-            });
+        let volumes: Vec<Value> = self.volumes.iter().map(to_value).collect();
+        match spec.volumes {
+            _ if volumes.is_empty() => {}
+            None => ops.push(add("/spec/volumes".to_owned(), Value::Array(volumes))),
+            Some(_) => ops.extend(
+                volumes
+                    .into_iter()
+                    .map(|v| add("/spec/volumes/-".to_owned(), v)),
+            ),
         }
 
         let mut own: Vec<(String, &Container, String)> = spec
@@ -263,6 +457,7 @@ impl Injection {
         for (path, container, what) in own {
             let edits = env::edits(container, &self.app_env, &what, &mut warnings);
             ops.extend(env_ops(&path, container, edits));
+            ops.extend(mount_ops(&path, container, &self.app_mounts));
         }
 
         let sidecars: Vec<Value> = self.sidecars.iter().map(to_value).collect();
@@ -288,23 +483,72 @@ impl Injection {
             );
         }
 
-        let digest = digest(&ops);
-        let annotation = match pod.metadata.annotations {
-            None => add(
-                "/metadata/annotations".to_owned(),
-                serde_json::json!({ INJECTED_ANNOTATION: digest }),
-            ),
+        // Annotations the pod sets itself are its own (its application's metrics, say).
+        let existing = pod.metadata.annotations.as_ref();
+        let mut extra = Vec::new();
+        for (key, value) in &self.annotations {
+            match existing.and_then(|a| a.get(key)) {
+                None => extra.push((key, value)),
+                Some(own) if own == value => {}
+                Some(own) => warnings.push(format!(
+                    "the pod's annotation {key}: {own} is kept, so Prometheus does not find the \
+                     AlloyDB proxy's metrics at port {} (set alloydb.proxy.prometheus: false, or \
+                     remove the pod's annotation)",
+                    self.annotations
+                        .iter()
+                        .find(|(k, _)| k == PROMETHEUS_ANNOTATIONS[1])
+                        .map_or("", |(_, v)| v.as_str())
+                )),
+            }
+        }
+        // The digest covers the extra annotations too, in the order they are added.
+        let mut annotation_ops: Vec<Value> = extra
+            .iter()
+            .map(|(key, value)| {
+                add(
+                    format!("/metadata/annotations/{}", escape(key)),
+                    Value::String((*value).clone()),
+                )
+            })
+            .collect();
+        let digest = digest(&[annotation_ops.as_slice(), ops.as_slice()].concat());
+        match existing {
+            None => {
+                let mut all = serde_json::Map::new();
+                all.insert(INJECTED_ANNOTATION.to_owned(), Value::String(digest));
+                for (key, value) in extra {
+                    all.insert(key.clone(), Value::String(value.clone()));
+                }
+                annotation_ops = vec![add("/metadata/annotations".to_owned(), Value::Object(all))];
+            }
             // `add` replaces a value copied from another pod.
-            Some(_) => add(
-                format!("/metadata/annotations/{}", escape(INJECTED_ANNOTATION)),
-                Value::String(digest),
+            Some(_) => annotation_ops.insert(
+                0,
+                add(
+                    format!("/metadata/annotations/{}", escape(INJECTED_ANNOTATION)),
+                    Value::String(digest),
+                ),
             ),
-        };
-        ops.insert(0, annotation);
+        }
+        annotation_ops.append(&mut ops);
+        let ops = annotation_ops;
         warnings
             .iter_mut()
             .for_each(|w| *w = fit(w, MAX_WARNING_CHARS));
         Outcome::Patch { ops, warnings }
+    }
+}
+
+/// Adds `mounts` to the container at `path`.
+fn mount_ops(path: &str, container: &Container, mounts: &[VolumeMount]) -> Vec<Value> {
+    let values: Vec<Value> = mounts.iter().map(to_value).collect();
+    match container.volume_mounts {
+        _ if values.is_empty() => Vec::new(),
+        None => vec![add(format!("{path}/volumeMounts"), Value::Array(values))],
+        Some(_) => values
+            .into_iter()
+            .map(|v| add(format!("{path}/volumeMounts/-"), v))
+            .collect(),
     }
 }
 
@@ -618,6 +862,221 @@ mod tests {
             "mirror.example/alloydb-auth-proxy:1.17.1"
         );
         assert_eq!(sidecars[1]["resources"], json!({"requests": {"cpu": "1"}}));
+    }
+
+    fn proxy_with(options: Value) -> FederatedCredential {
+        credential(json!({
+            "instances": [
+                {"uri": "projects/acme-shop/locations/us-east4/clusters/orders/instances/primary"},
+                {"uri": "projects/acme-shop/locations/us-east4/clusters/orders/instances/replica",
+                 "port": 5433}
+            ],
+            "proxy": options
+        }))
+    }
+
+    fn proxy_args(ops: &[Value], index: usize) -> Vec<String> {
+        let sidecars = &ops.last().unwrap()["value"];
+        serde_json::from_value(sidecars[index + 1]["args"].clone()).unwrap()
+    }
+
+    #[test]
+    fn each_proxy_gets_its_own_admin_port_counted_from_the_setting() {
+        let fc = proxy_with(json!({"adminPort": 9091}));
+        let (ops, _) = patch(mutate(&pod(app()), Some(&fc), &config()));
+        for (i, port) in [(0, 9091), (1, 9092)] {
+            let args = proxy_args(&ops, i);
+            assert!(args.contains(&"--quitquitquit".to_owned()), "{args:?}");
+            assert!(args.contains(&format!("--admin-port={port}")), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn an_admin_port_the_pod_declares_or_an_instance_uses_is_refused() {
+        let p = pod(json!({"containers": [
+            {"name": "app", "ports": [{"containerPort": 9092}]}
+        ]}));
+        let message = refusal(mutate(
+            &p,
+            Some(&proxy_with(json!({"adminPort": 9091}))),
+            &config(),
+        ));
+        assert!(message.contains("instance 1"), "{message}");
+        assert!(message.contains("9092"), "{message}");
+        assert!(message.contains("container app"), "{message}");
+        let message = refusal(mutate(
+            &pod(app()),
+            Some(&proxy_with(json!({"adminPort": 5433}))),
+            &config(),
+        ));
+        assert!(message.contains("an instance's port"), "{message}");
+        let message = refusal(mutate(
+            &pod(app()),
+            Some(&proxy_with(json!({"adminPort": 65535}))),
+            &config(),
+        ));
+        assert!(message.contains("not a port"), "{message}");
+    }
+
+    #[test]
+    fn proxy_options_become_flags_only_when_set() {
+        let (ops, _) = patch(mutate(&pod(app()), Some(&proxy_with(json!({}))), &config()));
+        let plain = proxy_args(&ops, 0);
+        let fc = proxy_with(json!({
+            "lazyRefresh": true, "prometheus": true, "maxConnections": 7,
+            "maxSigtermDelay": "1m", "minSigtermDelay": "500ms"
+        }));
+        let (ops, _) = patch(mutate(&pod(app()), Some(&fc), &config()));
+        let args = proxy_args(&ops, 1);
+        for flag in [
+            "--lazy-refresh",
+            "--prometheus",
+            "--max-connections=7",
+            "--max-sigterm-delay=1m",
+            "--min-sigterm-delay=500ms",
+        ] {
+            assert!(args.iter().any(|a| a == flag), "{flag} missing: {args:?}");
+            assert!(
+                !plain.iter().any(|a| a == flag),
+                "{flag} without its setting"
+            );
+        }
+        assert!(!plain.iter().any(|a| a.starts_with("--admin-port")));
+    }
+
+    #[test]
+    fn prometheus_annotations_point_at_the_first_proxy_unless_the_pod_has_its_own() {
+        let fc = proxy_with(json!({"prometheus": true}));
+        let about_prometheus = |warnings: Vec<String>| -> Vec<String> {
+            warnings
+                .into_iter()
+                .filter(|w| w.contains("prometheus"))
+                .collect()
+        };
+        let (ops, warnings) = patch(mutate(&pod(app()), Some(&fc), &config()));
+        assert_eq!(about_prometheus(warnings), Vec::<String>::new());
+        let health = proxy_args(&ops, 0)
+            .iter()
+            .find_map(|a| a.strip_prefix("--http-port=").map(str::to_owned))
+            .unwrap();
+        let added: Vec<(String, Value)> = ops
+            .iter()
+            .filter_map(|op| {
+                let path = op["path"].as_str()?;
+                let key = path.strip_prefix("/metadata/annotations/")?;
+                Some((key.replace("~1", "/"), op["value"].clone()))
+            })
+            .collect();
+        assert!(added.contains(&("prometheus.io/scrape".into(), json!("true"))));
+        assert!(added.contains(&("prometheus.io/port".into(), json!(health))));
+        assert!(added.contains(&("prometheus.io/path".into(), json!("/metrics"))));
+
+        let mut own = pod(app());
+        own.annotations_mut()
+            .insert("prometheus.io/port".to_owned(), "8080".to_owned());
+        let (ops, warnings) = patch(mutate(&own, Some(&fc), &config()));
+        let warnings = about_prometheus(warnings);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("prometheus.io/port: 8080 is kept"));
+        assert!(
+            !ops.iter()
+                .any(|op| op["path"] == "/metadata/annotations/prometheus.io~1port")
+        );
+    }
+
+    #[test]
+    fn unix_sockets_need_the_mount_path_free() {
+        let p = pod(json!({"containers": [{"name": "app", "volumeMounts": [
+            {"name": "run", "mountPath": "/var/run/fedcred-alloydb/"}
+        ]}]}));
+        let fc = proxy_with(json!({"unixSocket": true}));
+        let message = refusal(mutate(&p, Some(&fc), &config()));
+        assert!(message.contains("/var/run/fedcred-alloydb"), "{message}");
+        // Without sockets the same pod is fine.
+        patch(mutate(&p, Some(&proxy_with(json!({}))), &config()));
+    }
+
+    #[test]
+    fn unix_sockets_ignore_instance_ports_the_pod_declares() {
+        let p = pod(json!({"containers": [
+            {"name": "app", "ports": [{"containerPort": 5432}]}
+        ]}));
+        let fc = proxy_with(json!({"unixSocket": true}));
+        let (ops, _) = patch(mutate(&p, Some(&fc), &config()));
+        let args = proxy_args(&ops, 0);
+        assert!(args.contains(&"--unix-socket=/var/run/fedcred-alloydb".to_owned()));
+        assert!(!args.iter().any(|a| a.starts_with("--port")), "{args:?}");
+    }
+
+    #[test]
+    fn database_variables_follow_the_names_instances_give() {
+        let instances: Vec<AlloyDbInstance> = serde_json::from_value(json!([
+            {"uri": "projects/acme-shop/locations/us-east4/clusters/orders/instances/primary"},
+            {"uri": "projects/acme-shop/locations/us-east4/clusters/orders/instances/replica",
+             "port": 5433, "userEnvName": "PGUSER", "hostEnvName": "REPLICA_HOST"}
+        ]))
+        .unwrap();
+        let env = database_env(&instances, false, Some("orders@acme-shop.iam".to_owned()));
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            pairs,
+            [
+                ("PGHOST", "127.0.0.1"),
+                ("PGPORT", "5432"),
+                ("REPLICA_HOST", "127.0.0.1"),
+                ("PGUSER", "orders@acme-shop.iam"),
+            ]
+        );
+        let env = database_env(&instances[..1], true, None);
+        assert_eq!(
+            env,
+            [
+                (
+                    "PGHOST".to_owned(),
+                    "/var/run/fedcred-alloydb/acme-shop.us-east4.orders.primary".to_owned()
+                ),
+                ("PGPORT".to_owned(), "5432".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn sigterm_delays_the_grace_period_cuts_short_are_warned_about() {
+        let fc = proxy_with(json!({"maxSigtermDelay": "30s", "minSigtermDelay": "5s"}));
+        let (_, warnings) = patch(mutate(&pod(app()), Some(&fc), &config()));
+        let about = |warnings: &[String], field: &str| {
+            warnings
+                .iter()
+                .filter(|w| w.contains(&format!("spec.alloydb.proxy.{field} ")))
+                .count()
+        };
+        assert_eq!(about(&warnings, "maxSigtermDelay"), 1, "{warnings:?}");
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("(30s)") && w.contains("(30)"))
+        );
+        assert_eq!(about(&warnings, "minSigtermDelay"), 0, "{warnings:?}");
+        // A pod that gives itself time is not warned.
+        let mut longer = pod(app());
+        longer
+            .spec
+            .as_mut()
+            .unwrap()
+            .termination_grace_period_seconds = Some(60);
+        let (_, warnings) = patch(mutate(&longer, Some(&fc), &config()));
+        assert_eq!(about(&warnings, "maxSigtermDelay"), 0, "{warnings:?}");
+    }
+
+    #[test]
+    fn durations_in_the_crds_units() {
+        assert_eq!(duration_millis("0"), Some(0));
+        assert_eq!(duration_millis("500ms"), Some(500));
+        assert_eq!(duration_millis("30s"), Some(30_000));
+        assert_eq!(duration_millis("2m"), Some(120_000));
+        assert_eq!(duration_millis("1h"), Some(3_600_000));
+        assert_eq!(duration_millis("1m30s"), None);
+        assert_eq!(duration_millis("30"), None);
     }
 
     #[test]

@@ -188,4 +188,66 @@ mod tests {
             assert_ne!(injection_hash(&fc), base);
         }
     }
+
+    #[test]
+    fn every_proxy_setting_and_variable_name_changes_the_hash() {
+        let instance = json!({"uri": crate::testing::INSTANCE});
+        let with = |proxy: serde_json::Value, instance: serde_json::Value| {
+            let mut fc = credential("orders-db").alloydb(json!([instance])).build();
+            fc.spec.alloydb.as_mut().unwrap().proxy = serde_json::from_value(proxy).unwrap();
+            injection_hash(&fc)
+        };
+        let base = with(json!(null), instance.clone());
+        // Settings left at their defaults are not serialized: existing resources keep their
+        // hash, and their workloads do not roll when the controller is upgraded.
+        assert_eq!(
+            with(
+                json!({"lazyRefresh": false, "prometheus": false, "unixSocket": false}),
+                instance.clone()
+            ),
+            with(json!({}), instance.clone())
+        );
+        let mut seen = vec![base, with(json!({}), instance.clone())];
+        for proxy in [
+            json!({"lazyRefresh": true}),
+            json!({"prometheus": true}),
+            json!({"maxConnections": 10}),
+            json!({"maxSigtermDelay": "30s"}),
+            json!({"minSigtermDelay": "5s"}),
+            json!({"adminPort": 9091}),
+            json!({"unixSocket": true}),
+            json!({"image": "mirror.example/alloydb-auth-proxy@sha256:0000000000000000000000000000000000000000000000000000000000000000"}),
+        ] {
+            seen.push(with(proxy, instance.clone()));
+        }
+        for names in [
+            json!({"hostEnvName": "DB_HOST"}),
+            json!({"portEnvName": "DB_PORT"}),
+            json!({"userEnvName": "DB_USER"}),
+        ] {
+            let mut named = instance.clone();
+            crate::testing::merge(&mut named, names);
+            seen.push(with(json!(null), named));
+        }
+        let count = seen.len();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), count, "two settings hash alike");
+    }
+
+    #[test]
+    fn unset_new_settings_leave_the_serialized_spec_as_it_was() {
+        let proxy = serde_json::to_value(AlloyDbProxy::default()).unwrap();
+        assert_eq!(proxy, json!({}));
+        let instance: AlloyDbInstance =
+            serde_json::from_value(json!({"uri": crate::testing::INSTANCE})).unwrap();
+        let keys: Vec<String> = serde_json::to_value(instance)
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(keys, ["autoIamAuthn", "connectivity", "port", "uri"]);
+    }
 }

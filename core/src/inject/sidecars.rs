@@ -12,9 +12,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::pod_aws::PodAws;
 use super::{
     AGENT_CREDENTIAL_ENV, FEDCRED_BINARY, METADATA_CONTAINER, PROXY_CONTAINER_PREFIX, RUN_AS_USER,
-    TOKEN_MOUNT_PATH, TOKEN_VOLUME,
+    SOCKET_DIR, SOCKET_VOLUME, TOKEN_MOUNT_PATH, TOKEN_VOLUME,
 };
-use crate::api::{AlloyDbInstance, Connectivity};
+use crate::api::{AlloyDbInstance, AlloyDbProxy, Connectivity};
 
 /// The startup probe of the metadata sidecar: `fedcred metadata-server --check` asks the
 /// emulator's root the way Google's libraries ping it.
@@ -96,23 +96,74 @@ pub(super) struct ProxySettings<'a> {
     /// The emulator's `host:port`, for the proxy's own Application Default Credentials.
     pub metadata_env: &'a [(String, String)],
     pub admin_endpoint: Option<&'a str>,
+    /// `spec.alloydb.proxy`, when set: the flags every proxy of the resource gets.
+    pub options: Option<&'a AlloyDbProxy>,
 }
 
-/// The AlloyDB Auth Proxy for instance `index`, listening on `127.0.0.1:instance.port` and
-/// answering health checks on `health_port` (on every address, since kubelet probes come to
-/// the pod IP). It finds its token through the emulator: never `--token`, which is never
+impl ProxySettings<'_> {
+    /// Whether the proxies listen on Unix sockets in [`SOCKET_DIR`].
+    pub(super) fn unix_socket(&self) -> bool {
+        self.options.is_some_and(|o| o.unix_socket)
+    }
+}
+
+/// The ports one proxy listens on besides the instance's.
+pub(super) struct ProxyPorts {
+    /// Health checks (and metrics with `prometheus`), on every address.
+    pub health: u16,
+    /// The localhost admin server with `/quitquitquit`, when asked for.
+    pub admin: Option<u16>,
+}
+
+/// The directory of the instance's socket inside [`SOCKET_DIR`], as the proxy names it:
+/// `PROJECT.REGION.CLUSTER.INSTANCE`, lower case. libpq takes the directory as its host and
+/// finds `.s.PGSQL.5432` in it. `None` for a URI that is not an instance URI (the CRD refuses
+/// those).
+pub(super) fn socket_dir(uri: &str) -> Option<String> {
+    let parts: Vec<&str> = uri.split('/').collect();
+    match parts.as_slice() {
+        [
+            "projects",
+            project,
+            "locations",
+            region,
+            "clusters",
+            cluster,
+            "instances",
+            instance,
+        ] => Some(format!(
+            "{SOCKET_DIR}/{}",
+            [*project, *region, *cluster, *instance]
+                .join(".")
+                .to_ascii_lowercase()
+        )),
+        _ => None,
+    }
+}
+
+/// The port libpq puts in a socket's name (`.s.PGSQL.5432`), which the proxy always uses.
+pub(super) const SOCKET_PORT: u16 = 5432;
+
+/// The AlloyDB Auth Proxy for instance `index`, listening on `127.0.0.1:instance.port` (or on
+/// a socket in [`SOCKET_DIR`]) and answering health checks, and metrics when asked, on
+/// `ports.health` (on every address, since kubelet probes and Prometheus come to the pod IP). It finds its token through the emulator: never `--token`, which is never
 /// refreshed.
 pub(super) fn proxy(
     index: usize,
     instance: &AlloyDbInstance,
-    health_port: u16,
+    ports: &ProxyPorts,
     settings: &ProxySettings<'_>,
 ) -> Container {
-    let mut args = vec![
-        instance.uri.clone(),
-        "--address=127.0.0.1".to_owned(),
-        format!("--port={}", instance.port),
-    ];
+    let health_port = ports.health;
+    let mut args = vec![instance.uri.clone()];
+    if settings.unix_socket() {
+        args.push(format!("--unix-socket={SOCKET_DIR}"));
+    } else {
+        args.extend([
+            "--address=127.0.0.1".to_owned(),
+            format!("--port={}", instance.port),
+        ]);
+    }
     match instance.connectivity {
         Connectivity::Psc => args.push("--psc".to_owned()),
         Connectivity::PublicIp => args.push("--public-ip".to_owned()),
@@ -131,9 +182,16 @@ pub(super) fn proxy(
         "--exit-zero-sigterm",
         "--structured-logs",
     ]));
+    if let Some(options) = settings.options {
+        args.extend(option_flags(options));
+    }
+    if let Some(admin) = ports.admin {
+        args.extend(["--quitquitquit".to_owned(), format!("--admin-port={admin}")]);
+    }
     if let Some(endpoint) = settings.admin_endpoint {
         args.push(format!("--alloydbadmin-api-endpoint={endpoint}"));
     }
+    let volume_mounts = settings.unix_socket().then(|| vec![socket_mount()]);
     Container {
         name: format!("{PROXY_CONTAINER_PREFIX}{index}"),
         image: Some(settings.image.to_owned()),
@@ -151,6 +209,7 @@ pub(super) fn proxy(
                 .cloned()
                 .unwrap_or_else(|| resources("50m", "64Mi", "256Mi")),
         ),
+        volume_mounts,
         security_context: Some(security_context()),
         // Native sidecars: the kubelet starts the next container only once this succeeds, so
         // the application finds the port open.
@@ -171,6 +230,38 @@ pub(super) fn proxy(
         // No readiness probe: the proxy's /readiness follows the database, and tying the pod's
         // readiness to it would take every replica out of its Services at once.
         ..Container::default()
+    }
+}
+
+/// The flags of `spec.alloydb.proxy`'s settings, each only when set, so that a proxy without
+/// them runs exactly as before.
+fn option_flags(options: &AlloyDbProxy) -> Vec<String> {
+    let mut flags = Vec::new();
+    if options.lazy_refresh {
+        flags.push("--lazy-refresh".to_owned());
+    }
+    if options.prometheus {
+        // Served by the health-check server, on its address and port.
+        flags.push("--prometheus".to_owned());
+    }
+    if let Some(max) = options.max_connections {
+        flags.push(format!("--max-connections={max}"));
+    }
+    if let Some(delay) = options.max_sigterm_delay.as_deref() {
+        flags.push(format!("--max-sigterm-delay={delay}"));
+    }
+    if let Some(delay) = options.min_sigterm_delay.as_deref() {
+        flags.push(format!("--min-sigterm-delay={delay}"));
+    }
+    flags
+}
+
+/// The shared socket directory, in a proxy or an application container.
+pub(super) fn socket_mount() -> VolumeMount {
+    VolumeMount {
+        name: SOCKET_VOLUME.to_owned(),
+        mount_path: SOCKET_DIR.to_owned(),
+        ..VolumeMount::default()
     }
 }
 
