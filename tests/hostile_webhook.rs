@@ -860,6 +860,9 @@ async fn a_flood_of_stalled_uploads_is_turned_away_while_a_valid_review_is_answe
         );
         clients.push(tokio::spawn(async move {
             let (mut rd, mut wr) = tokio::io::split(tls);
+            // Settled: its body sent, or an answer read first (a client turned away).
+            let settled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let (settled_by_writer, sent_by_writer) = (settled.clone(), sent.clone());
             let writer = tokio::spawn(async move {
                 let mut ok =
                     wr.write_all(head.as_bytes()).await.is_ok() && wr.flush().await.is_ok();
@@ -871,7 +874,9 @@ async fn a_flood_of_stalled_uploads_is_turned_away_while_a_valid_review_is_answe
                     left -= n;
                 }
                 let _ = wr.flush().await;
-                let _ = sent.send(()).await;
+                if !settled_by_writer.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    let _ = sent_by_writer.send(()).await;
+                }
                 tokio::time::sleep(Duration::from_secs(60)).await;
                 drop(wr);
             });
@@ -880,11 +885,15 @@ async fn a_flood_of_stalled_uploads_is_turned_away_while_a_valid_review_is_answe
                 .ok()
                 .flatten();
             answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if !settled.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                let _ = sent.send(()).await;
+            }
             writer.abort();
             answer
         }));
     }
     drop(sent_tx);
+    // Every client has sent its body or been answered.
     let all_sent = tokio::time::timeout(Duration::from_secs(30), async {
         for _ in 0..FLOOD_CLIENTS {
             sent_rx.recv().await;
@@ -907,6 +916,9 @@ async fn a_flood_of_stalled_uploads_is_turned_away_while_a_valid_review_is_answe
     .expect("a valid review was not answered within 3 s during the flood");
     let review_took = asked.elapsed();
     let still_stalled = FLOOD_CLIENTS - answered.load(std::sync::atomic::Ordering::SeqCst);
+    eprintln!(
+        "webhook flood: {FLOOD_CLIENTS} clients sent in {flood_sent:?}; a valid review answered in {review_took:?} with {still_stalled} still stalled"
+    );
     assert!(
         still_stalled > 0,
         "every flood client was answered before the valid review: it was not asked during the flood"
@@ -941,7 +953,7 @@ async fn a_flood_of_stalled_uploads_is_turned_away_while_a_valid_review_is_answe
     }
     let peak = peak_rss_kib();
     eprintln!(
-        "webhook flood: {FLOOD_CLIENTS} clients sent in {flood_sent:?}; answers {statuses:?}; valid review answered in {review_took:?} with {still_stalled} still stalled; VmRSS {rss_before} KiB before, VmHWM {peak} KiB during ({:+} KiB)",
+        "webhook flood: answers {statuses:?}; VmRSS {rss_before} KiB before, VmHWM {peak} KiB during ({:+} KiB)",
         peak as i64 - rss_before as i64
     );
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
