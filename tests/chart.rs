@@ -157,6 +157,48 @@ fn the_chart_lints_and_renders_objects_the_api_server_accepts() {
         );
     }
     assert!(!rendered.contains("kind: ServiceMonitor"));
+    // The webhook's limits reach the controller; the NetworkPolicy is opt-in.
+    assert!(
+        rendered.contains("- --webhook-max-connections=256\n"),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("- --webhook-body-budget-mib=32\n"),
+        "{rendered}"
+    );
+    assert!(!rendered.contains("kind: NetworkPolicy"), "{rendered}");
+
+    // Enabled, the NetworkPolicy admits the given peers to the webhook port only, keeps the
+    // metrics port open, and is accepted by the API server.
+    let policed = helm(&[
+        "template",
+        "dry",
+        &chart_arg(),
+        "-n",
+        &ns.name,
+        "--set",
+        "webhook.networkPolicy.enabled=true",
+        "--set-json",
+        r#"webhook.networkPolicy.from=[{"ipBlock":{"cidr":"10.0.0.0/8"}}]"#,
+    ])
+    .success();
+    let out = ns
+        .kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&policed))
+        .success();
+    assert!(
+        out.lines().any(
+            |l| l.starts_with("networkpolicy.networking.k8s.io/dry-fedcred-webhook ")
+                && l.ends_with("(server dry run)")
+        ),
+        "the NetworkPolicy missing from:\n{out}"
+    );
+    let policy = policed
+        .split("\n---")
+        .find(|doc| doc.contains("kind: NetworkPolicy"))
+        .expect("a NetworkPolicy when enabled");
+    for wanted in ["cidr: 10.0.0.0/8", "port: 9443", "port: 8080", "- Ingress"] {
+        assert!(policy.contains(wanted), "{wanted} in {policy}");
+    }
 
     // Values change what is rendered.
     let custom = helm(&[
@@ -177,8 +219,20 @@ fn the_chart_lints_and_renders_objects_the_api_server_accepts() {
         "webhook.failurePolicy=Ignore",
         "--set",
         "alloydbProxy.image=registry.example/alloydb-auth-proxy:9",
+        "--set",
+        "webhook.maxConnections=64",
+        "--set",
+        "webhook.bodyBudgetMiB=16",
     ])
     .success();
+    assert!(
+        custom.contains("- --webhook-max-connections=64\n"),
+        "{custom}"
+    );
+    assert!(
+        custom.contains("- --webhook-body-budget-mib=16\n"),
+        "{custom}"
+    );
     assert!(!custom.contains("kind: PodDisruptionBudget"), "{custom}");
     assert!(custom.contains("- --allow-controller-identity=analytics,batch"));
     for role in ["a", "b"] {
@@ -196,6 +250,12 @@ fn the_chart_lints_and_renders_objects_the_api_server_accepts() {
         ("webhook.failurePolicy=Maybe", "/webhook/failurePolicy"),
         ("replicaCount=0", "/replicaCount"),
         ("webhook.timeoutSeconds=60", "/webhook/timeoutSeconds"),
+        ("webhook.maxConnections=0", "/webhook/maxConnections"),
+        ("webhook.bodyBudgetMiB=2", "/webhook/bodyBudgetMiB"),
+        (
+            "webhook.networkPolicy.enabled=yes",
+            "/webhook/networkPolicy/enabled",
+        ),
         (
             "controllerIdentity.allowedNamespaces={Not_A_Namespace}",
             "allowedNamespaces",
