@@ -168,8 +168,8 @@ fn the_chart_lints_and_renders_objects_the_api_server_accepts() {
     );
     assert!(!rendered.contains("kind: NetworkPolicy"), "{rendered}");
 
-    // Enabled, the NetworkPolicy admits the given peers to the webhook port only, keeps the
-    // metrics port open, and is accepted by the API server.
+    // Enabled, the NetworkPolicy admits the given peers to the webhook port and the metrics
+    // port, and is accepted by the API server.
     let policed = helm(&[
         "template",
         "dry",
@@ -177,9 +177,11 @@ fn the_chart_lints_and_renders_objects_the_api_server_accepts() {
         "-n",
         &ns.name,
         "--set",
-        "webhook.networkPolicy.enabled=true",
+        "networkPolicy.enabled=true",
         "--set-json",
-        r#"webhook.networkPolicy.from=[{"ipBlock":{"cidr":"10.0.0.0/8"}}]"#,
+        r#"networkPolicy.webhookFrom=[{"ipBlock":{"cidr":"10.0.0.0/8"}}]"#,
+        "--set-json",
+        r#"networkPolicy.metricsFrom=[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}}]"#,
     ])
     .success();
     let out = ns
@@ -187,7 +189,7 @@ fn the_chart_lints_and_renders_objects_the_api_server_accepts() {
         .success();
     assert!(
         out.lines().any(
-            |l| l.starts_with("networkpolicy.networking.k8s.io/dry-fedcred-webhook ")
+            |l| l.starts_with("networkpolicy.networking.k8s.io/dry-fedcred ")
                 && l.ends_with("(server dry run)")
         ),
         "the NetworkPolicy missing from:\n{out}"
@@ -196,9 +198,28 @@ fn the_chart_lints_and_renders_objects_the_api_server_accepts() {
         .split("\n---")
         .find(|doc| doc.contains("kind: NetworkPolicy"))
         .expect("a NetworkPolicy when enabled");
-    for wanted in ["cidr: 10.0.0.0/8", "port: 9443", "port: 8080", "- Ingress"] {
+    for wanted in [
+        "cidr: 10.0.0.0/8",
+        "port: 9443",
+        "port: 8080",
+        "kubernetes.io/metadata.name: monitoring",
+        "- Ingress",
+    ] {
         assert!(policy.contains(wanted), "{wanted} in {policy}");
     }
+    // Each list of peers guards its own port.
+    let (before_metrics, metrics_rule) = policy.split_once("port: 8080").expect("the metrics port");
+    let (_, webhook_rule) = before_metrics
+        .split_once("port: 9443")
+        .expect("the webhook port before it");
+    assert!(
+        webhook_rule.contains("10.0.0.0/8") && !webhook_rule.contains("monitoring"),
+        "{policy}"
+    );
+    assert!(
+        metrics_rule.contains("monitoring") && !metrics_rule.contains("10.0.0.0/8"),
+        "{policy}"
+    );
 
     // Values change what is rendered.
     let custom = helm(&[
@@ -252,10 +273,7 @@ fn the_chart_lints_and_renders_objects_the_api_server_accepts() {
         ("webhook.timeoutSeconds=60", "/webhook/timeoutSeconds"),
         ("webhook.maxConnections=0", "/webhook/maxConnections"),
         ("webhook.bodyBudgetMiB=2", "/webhook/bodyBudgetMiB"),
-        (
-            "webhook.networkPolicy.enabled=yes",
-            "/webhook/networkPolicy/enabled",
-        ),
+        ("networkPolicy.enabled=yes", "/networkPolicy/enabled"),
         (
             "controllerIdentity.allowedNamespaces={Not_A_Namespace}",
             "allowedNamespaces",
