@@ -164,6 +164,24 @@ struct ControllerArgs {
         default_value = "fedcred-webhook-tls"
     )]
     webhook_secret: String,
+    /// Most webhook connections served at once; with all taken, further clients wait in the
+    /// listening socket's backlog until one ends.
+    #[arg(
+        long,
+        env = "FEDCRED_WEBHOOK_MAX_CONNECTIONS",
+        default_value_t = 256,
+        value_parser = clap::value_parser!(u32).range(1..=65536)
+    )]
+    webhook_max_connections: u32,
+    /// MiB of webhook request bodies read at once (at least 4, one body at the limit); a
+    /// request past it is answered 503 with Retry-After.
+    #[arg(
+        long,
+        env = "FEDCRED_WEBHOOK_BODY_BUDGET_MIB",
+        default_value_t = 32,
+        value_parser = clap::value_parser!(u32).range(4..=65536)
+    )]
+    webhook_body_budget_mib: u32,
     /// MutatingWebhookConfiguration whose `caBundle` the controller keeps current.
     #[arg(long, env = "FEDCRED_WEBHOOK_CONFIGURATION", default_value = "fedcred")]
     webhook_configuration: String,
@@ -525,6 +543,8 @@ async fn controller(args: ControllerArgs) -> Result<(), Error> {
             configuration: args.webhook_configuration,
             fedcred_image,
             proxy_image: args.proxy_image,
+            max_connections: args.webhook_max_connections as usize,
+            body_budget_bytes: args.webhook_body_budget_mib as usize * 1024 * 1024,
         }),
         _ => None,
     };

@@ -36,6 +36,17 @@ pub struct AdmissionLabels {
     pub result: &'static str,
 }
 
+/// Reason of `fedcred_webhook_turned_away_total`: a request answered 503 because the bytes of
+/// bodies being read were at the budget.
+pub const BODY_BUDGET: &str = "body_budget";
+
+/// Reason of `fedcred_webhook_turned_away_total`: the server stopped accepting because every
+/// connection it may serve at once was taken (counted once per pause, not per waiting client).
+pub const MAX_CONNECTIONS: &str = "max_connections";
+
+/// Every reason of `fedcred_webhook_turned_away_total`.
+pub const TURNED_AWAY_REASONS: [&str; 2] = [BODY_BUDGET, MAX_CONNECTIONS];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CertificateLabels {
     /// `serving` or `ca`.
@@ -65,6 +76,9 @@ pub struct Metrics {
     pub admission_duration: Histogram,
     /// When the webhook's serving certificate and its CA expire (Unix seconds).
     pub certificate_expiry: Family<CertificateLabels, Gauge>,
+    /// Webhook clients refused or kept waiting to protect the process, by reason
+    /// ([`TURNED_AWAY_REASONS`]).
+    pub turned_away: Family<ReasonLabels, Counter>,
     known_resources: std::sync::Mutex<std::collections::HashSet<ResourceLabels>>,
 }
 
@@ -127,6 +141,13 @@ impl Default for Metrics {
             "When the webhook's serving certificate and CA expire, in Unix seconds",
             certificate_expiry.clone(),
         );
+        let turned_away = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "webhook_turned_away",
+            "Webhook requests answered 503 because the body budget was spent (reason body_budget), \
+             and pauses in accepting because every connection was taken (reason max_connections)",
+            turned_away.clone(),
+        );
         Metrics {
             registry,
             exchanges,
@@ -138,6 +159,7 @@ impl Default for Metrics {
             admissions,
             admission_duration,
             certificate_expiry,
+            turned_away,
             known_resources: std::sync::Mutex::new(std::collections::HashSet::new()),
         }
     }
@@ -210,6 +232,13 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts one webhook client turned away for `reason` (one of [`TURNED_AWAY_REASONS`]).
+    pub fn turn_away(&self, reason: &'static str) {
+        self.turned_away
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
     /// Records when the webhook's serving certificate and CA expire.
     pub fn set_certificate_expiry(&self, serving: jiff::Timestamp, ca: jiff::Timestamp) {
         for (certificate, at) in [("serving", serving), ("ca", ca)] {
@@ -279,6 +308,23 @@ mod tests {
         assert!(
             (before + 600..=before + 602).contains(&at),
             "{at} vs {before}"
+        );
+    }
+
+    #[test]
+    fn webhook_clients_turned_away_are_counted_by_reason() {
+        let metrics = Metrics::default();
+        metrics.turn_away(BODY_BUDGET);
+        metrics.turn_away(BODY_BUDGET);
+        metrics.turn_away(MAX_CONNECTIONS);
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"fedcred_webhook_turned_away_total{reason="body_budget"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"fedcred_webhook_turned_away_total{reason="max_connections"} 1"#),
+            "{text}"
         );
     }
 

@@ -64,6 +64,10 @@ pub struct WebhookOptions {
     pub configuration: String,
     pub fedcred_image: String,
     pub proxy_image: String,
+    /// Connections served at once; more wait in the listening socket's backlog.
+    pub max_connections: usize,
+    /// Bytes of request bodies read at once; requests past it are answered 503.
+    pub body_budget_bytes: usize,
 }
 
 /// Why the controller process stopped with an error.
@@ -269,7 +273,9 @@ async fn start_webhook(
             address: settings.address,
             source,
         })?;
-    let mut handler = webhook::Webhook::new(client.clone(), inject).with_metrics(metrics);
+    let mut handler = webhook::Webhook::new(client.clone(), inject)
+        .with_metrics(metrics.clone())
+        .with_body_budget(webhook::BodyBudget::new(settings.body_budget_bytes));
     for namespace in controller::scopes(&options.namespaces) {
         let (cache, watch) = webhook::watch_credentials(client.clone(), namespace);
         spawn_until(watch, stop);
@@ -280,6 +286,10 @@ async fn start_webhook(
         listener,
         tls,
         router,
+        webhook::ServeOptions {
+            max_connections: settings.max_connections,
+            metrics: Some(metrics),
+        },
         stop.clone().wait(),
     )))
 }

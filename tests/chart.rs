@@ -157,6 +157,69 @@ fn the_chart_lints_and_renders_objects_the_api_server_accepts() {
         );
     }
     assert!(!rendered.contains("kind: ServiceMonitor"));
+    // The webhook's limits reach the controller; the NetworkPolicy is opt-in.
+    assert!(
+        rendered.contains("- --webhook-max-connections=256\n"),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("- --webhook-body-budget-mib=32\n"),
+        "{rendered}"
+    );
+    assert!(!rendered.contains("kind: NetworkPolicy"), "{rendered}");
+
+    // Enabled, the NetworkPolicy admits the given peers to the webhook port and the metrics
+    // port, and is accepted by the API server.
+    let policed = helm(&[
+        "template",
+        "dry",
+        &chart_arg(),
+        "-n",
+        &ns.name,
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set-json",
+        r#"networkPolicy.webhookFrom=[{"ipBlock":{"cidr":"10.0.0.0/8"}}]"#,
+        "--set-json",
+        r#"networkPolicy.metricsFrom=[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}}]"#,
+    ])
+    .success();
+    let out = ns
+        .kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&policed))
+        .success();
+    assert!(
+        out.lines().any(
+            |l| l.starts_with("networkpolicy.networking.k8s.io/dry-fedcred ")
+                && l.ends_with("(server dry run)")
+        ),
+        "the NetworkPolicy missing from:\n{out}"
+    );
+    let policy = policed
+        .split("\n---")
+        .find(|doc| doc.contains("kind: NetworkPolicy"))
+        .expect("a NetworkPolicy when enabled");
+    for wanted in [
+        "cidr: 10.0.0.0/8",
+        "port: 9443",
+        "port: 8080",
+        "kubernetes.io/metadata.name: monitoring",
+        "- Ingress",
+    ] {
+        assert!(policy.contains(wanted), "{wanted} in {policy}");
+    }
+    // Each list of peers guards its own port.
+    let (before_metrics, metrics_rule) = policy.split_once("port: 8080").expect("the metrics port");
+    let (_, webhook_rule) = before_metrics
+        .split_once("port: 9443")
+        .expect("the webhook port before it");
+    assert!(
+        webhook_rule.contains("10.0.0.0/8") && !webhook_rule.contains("monitoring"),
+        "{policy}"
+    );
+    assert!(
+        metrics_rule.contains("monitoring") && !metrics_rule.contains("10.0.0.0/8"),
+        "{policy}"
+    );
 
     // Values change what is rendered.
     let custom = helm(&[
@@ -177,8 +240,20 @@ fn the_chart_lints_and_renders_objects_the_api_server_accepts() {
         "webhook.failurePolicy=Ignore",
         "--set",
         "alloydbProxy.image=registry.example/alloydb-auth-proxy:9",
+        "--set",
+        "webhook.maxConnections=64",
+        "--set",
+        "webhook.bodyBudgetMiB=16",
     ])
     .success();
+    assert!(
+        custom.contains("- --webhook-max-connections=64\n"),
+        "{custom}"
+    );
+    assert!(
+        custom.contains("- --webhook-body-budget-mib=16\n"),
+        "{custom}"
+    );
     assert!(!custom.contains("kind: PodDisruptionBudget"), "{custom}");
     assert!(custom.contains("- --allow-controller-identity=analytics,batch"));
     for role in ["a", "b"] {
@@ -196,6 +271,9 @@ fn the_chart_lints_and_renders_objects_the_api_server_accepts() {
         ("webhook.failurePolicy=Maybe", "/webhook/failurePolicy"),
         ("replicaCount=0", "/replicaCount"),
         ("webhook.timeoutSeconds=60", "/webhook/timeoutSeconds"),
+        ("webhook.maxConnections=0", "/webhook/maxConnections"),
+        ("webhook.bodyBudgetMiB=2", "/webhook/bodyBudgetMiB"),
+        ("networkPolicy.enabled=yes", "/networkPolicy/enabled"),
         (
             "controllerIdentity.allowedNamespaces={Not_A_Namespace}",
             "allowedNamespaces",

@@ -16,14 +16,30 @@ use support::{TestNamespace, ensure_crd};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Resident memory of this process (server and test alike), in KiB.
-fn rss_kib() -> u64 {
+/// A field of this process's /proc status (the server and the test alike), in KiB.
+fn status_kib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/self/status")
+        .unwrap_or_else(|| panic!("{field} in /proc/self/status"))
+}
+
+/// Resident memory of this process, in KiB.
+fn rss_kib() -> u64 {
+    status_kib("VmRSS")
+}
+
+/// The most resident memory this process has had since [`reset_peak_rss`], in KiB.
+fn peak_rss_kib() -> u64 {
+    status_kib("VmHWM")
+}
+
+/// Starts the peak of [`peak_rss_kib`] again from the present resident memory (Linux 4.0 and
+/// later: writing 5 to clear_refs resets VmHWM).
+fn reset_peak_rss() {
+    std::fs::write("/proc/self/clear_refs", "5").expect("resetting VmHWM through clear_refs");
 }
 
 fn pod(namespace: Option<&str>, credential: &str) -> Value {
@@ -453,22 +469,15 @@ async fn answers_a_valid_review(client: &reqwest::Client, server: &Server, ns: &
     assert_eq!(answer["response"]["patchType"], "JSONPatch", "{answer}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_admission_reviews_are_refused_and_the_server_stays_up_with_bounded_memory() {
-    ensure_crd();
-    let ns = TestNamespace::new("hostile-wh");
-    let other = TestNamespace::new("hostile-wh-other");
-    support::create_credential(&ns, "orders-db", true);
-    let server = Server::start("ghcr.io/example/fedcred:t");
-    let client = tls_client(&server);
-
-    // Warm up (TLS, the credential cache, allocator arenas) before the first measurement.
+/// Waits until a valid review of `ns` is allowed (the credential is in the cache), then warms
+/// TLS and allocator arenas with 20 more, before the first measurement of memory.
+async fn warm_up(client: &reqwest::Client, server: &Server, ns: &str) {
     let start = Instant::now();
     loop {
         let r = client
             .post(server.url("/mutate"))
             .header("content-type", "application/json")
-            .json(&review(&ns.name, pod(None, "orders-db")))
+            .json(&review(ns, pod(None, "orders-db")))
             .send()
             .await
             .unwrap();
@@ -483,8 +492,23 @@ async fn hostile_admission_reviews_are_refused_and_the_server_stays_up_with_boun
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     for _ in 0..20 {
-        answers_a_valid_review(&client, &server, &ns.name).await;
+        answers_a_valid_review(client, server, ns).await;
     }
+}
+
+/// The tests of this file measure the memory of the whole process, so they run one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_admission_reviews_are_refused_and_the_server_stays_up_with_bounded_memory() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    ensure_crd();
+    let ns = TestNamespace::new("hostile-wh");
+    let other = TestNamespace::new("hostile-wh-other");
+    support::create_credential(&ns, "orders-db", true);
+    let server = Server::start("ghcr.io/example/fedcred:t");
+    let client = tls_client(&server);
+    warm_up(&client, &server, &ns.name).await;
     let rss_before = rss_kib();
 
     let cases = cases(&ns.name, &other.name);
@@ -762,4 +786,198 @@ async fn hostile_admission_reviews_are_refused_and_the_server_stays_up_with_boun
         rss_after < rss_before + 256 * 1024,
         "resident memory grew from {rss_before} KiB to {rss_after} KiB"
     );
+}
+
+/// One answer read from a raw connection: its status, head and body; `None` when the
+/// connection ended before a whole answer arrived.
+async fn read_answer(
+    rd: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> Option<(u16, String, Vec<u8>)> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).into_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if got.len() >= end + 4 + length {
+                let status = head.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()?;
+                return Some((status, head, got[end + 4..end + 4 + length].to_vec()));
+            }
+        }
+        match rd.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Clients of the flood, each on its own connection.
+const FLOOD_CLIENTS: usize = 200;
+/// The Content-Length each flood client declares: under the 4 MiB limit, so only a budget of
+/// the bytes held at once can refuse it.
+const FLOOD_DECLARED: usize = 4_000_000;
+/// Most the process's resident memory may rise during the flood, in KiB. Without a budget the
+/// server holds every client's body at once (200 × 4 MB).
+const FLOOD_PEAK_GROWTH_KIB: u64 = 128 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_stalled_uploads_is_turned_away_while_a_valid_review_is_answered_in_bounded_memory()
+ {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    ensure_crd();
+    let ns = TestNamespace::new("flood-wh");
+    support::create_credential(&ns, "orders-db", true);
+    let server = Server::start("ghcr.io/example/fedcred:t");
+    let client = tls_client(&server);
+    warm_up(&client, &server, &ns.name).await;
+    reset_peak_rss();
+    let rss_before = rss_kib();
+
+    // Each client sends its head, waits a moment (a client turned away reads the answer there),
+    // then sends all of the body but its last 1000 bytes and stalls.
+    let head = format!(
+        "POST /mutate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {FLOOD_DECLARED}\r\n\r\n"
+    );
+    let chunk: std::sync::Arc<[u8]> = vec![b' '; 64 * 1024].into();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (sent_tx, mut sent_rx) = tokio::sync::mpsc::channel::<()>(FLOOD_CLIENTS);
+    let flood_started = Instant::now();
+    let mut clients = Vec::new();
+    for _ in 0..FLOOD_CLIENTS {
+        let tls = server.raw_tls().await;
+        let (head, chunk, answered, sent) = (
+            head.clone(),
+            chunk.clone(),
+            answered.clone(),
+            sent_tx.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let (mut rd, mut wr) = tokio::io::split(tls);
+            // Settled: its body sent, or an answer read first (a client turned away).
+            let settled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let (settled_by_writer, sent_by_writer) = (settled.clone(), sent.clone());
+            let writer = tokio::spawn(async move {
+                let mut ok =
+                    wr.write_all(head.as_bytes()).await.is_ok() && wr.flush().await.is_ok();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let mut left = FLOOD_DECLARED - 1000;
+                while ok && left > 0 {
+                    let n = left.min(chunk.len());
+                    ok = wr.write_all(&chunk[..n]).await.is_ok();
+                    left -= n;
+                }
+                let _ = wr.flush().await;
+                if !settled_by_writer.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    let _ = sent_by_writer.send(()).await;
+                }
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                drop(wr);
+            });
+            let answer = tokio::time::timeout(Duration::from_secs(40), read_answer(&mut rd))
+                .await
+                .ok()
+                .flatten();
+            answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if !settled.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                let _ = sent.send(()).await;
+            }
+            writer.abort();
+            answer
+        }));
+    }
+    drop(sent_tx);
+    // Every client has sent its body or been answered.
+    let all_sent = tokio::time::timeout(Duration::from_secs(30), async {
+        for _ in 0..FLOOD_CLIENTS {
+            sent_rx.recv().await;
+        }
+    })
+    .await;
+    assert!(
+        all_sent.is_ok(),
+        "the flood's clients could not send within 30 s"
+    );
+    let flood_sent = flood_started.elapsed();
+
+    // (a) While the flood stalls, a valid review is answered within a few seconds.
+    let asked = Instant::now();
+    tokio::time::timeout(
+        Duration::from_secs(3),
+        answers_a_valid_review(&client, &server, &ns.name),
+    )
+    .await
+    .expect("a valid review was not answered within 3 s during the flood");
+    let review_took = asked.elapsed();
+    let still_stalled = FLOOD_CLIENTS - answered.load(std::sync::atomic::Ordering::SeqCst);
+    eprintln!(
+        "webhook flood: {FLOOD_CLIENTS} clients sent in {flood_sent:?}; a valid review answered in {review_took:?} with {still_stalled} still stalled"
+    );
+    assert!(
+        still_stalled > 0,
+        "every flood client was answered before the valid review: it was not asked during the flood"
+    );
+
+    // (c) Clients past the budget are told at once to come back, not held.
+    let mut statuses = std::collections::BTreeMap::<Option<u16>, usize>::new();
+    let mut turned_away = 0;
+    let mut wrong = Vec::new();
+    for client in clients {
+        let answer = client.await.unwrap();
+        *statuses.entry(answer.as_ref().map(|a| a.0)).or_default() += 1;
+        match answer {
+            Some((503, head, body)) => {
+                let retry = head
+                    .lines()
+                    .any(|l| l.to_ascii_lowercase().replace(' ', "") == "retry-after:1");
+                let error = serde_json::from_slice::<Value>(&body)
+                    .is_ok_and(|error| error["error"].is_string());
+                if retry && error {
+                    turned_away += 1;
+                } else {
+                    wrong.push(format!(
+                        "503 without Retry-After: 1 or a JSON error: {head}"
+                    ));
+                }
+            }
+            // The body never completes: the clients inside the budget wait out BODY_TIMEOUT.
+            Some((408, _, _)) => {}
+            other => wrong.push(format!("{:?}", other.map(|a| (a.0, a.1)))),
+        }
+    }
+    let peak = peak_rss_kib();
+    eprintln!(
+        "webhook flood: answers {statuses:?}; VmRSS {rss_before} KiB before, VmHWM {peak} KiB during ({:+} KiB)",
+        peak as i64 - rss_before as i64
+    );
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert!(
+        turned_away > 0,
+        "no flood client was turned away with 503: {statuses:?}"
+    );
+
+    // (b) The bodies held at once are bounded by the budget, not by the number of clients.
+    assert!(
+        peak < rss_before + FLOOD_PEAK_GROWTH_KIB,
+        "resident memory peaked at {peak} KiB during the flood, from {rss_before} KiB"
+    );
+
+    // The budget is whole again: a body at the limit is read (and refused as no review).
+    let mut under = b"[\"".to_vec();
+    under.resize(MAX_BODY_BYTES - 16, b'b');
+    let response = client
+        .post(server.url("/mutate"))
+        .header("content-type", "application/json")
+        .body(under)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    answers_a_valid_review(&client, &server, &ns.name).await;
 }

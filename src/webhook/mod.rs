@@ -14,8 +14,8 @@ pub mod tls;
 
 pub use certs::{CertSettings, ensure, keep_current};
 pub use server::{
-    HEALTH_PATH, LOOKUP_TIMEOUT, MAX_BODY_BYTES, MUTATE_PATH, Webhook, router, serve,
-    watch_credentials,
+    BodyBudget, DEFAULT_BODY_BUDGET_BYTES, DEFAULT_MAX_CONNECTIONS, HEALTH_PATH, LOOKUP_TIMEOUT,
+    MAX_BODY_BYTES, MUTATE_PATH, ServeOptions, Webhook, router, serve, watch_credentials,
 };
 pub use tls::{CertBundle, ReloadingCert, generate, reloading_server_config, server_config};
 

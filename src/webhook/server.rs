@@ -21,6 +21,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use rustls::ServerConfig;
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use fedcred_core::admission::{Lookup, allowed, answer, parse};
@@ -49,6 +50,52 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest the whole request body may take to arrive once the head has.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Connections served at once unless configured (`--webhook-max-connections`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
+/// Bytes of request bodies held at once unless configured (`--webhook-body-budget-mib`).
+pub const DEFAULT_BODY_BUDGET_BYTES: usize = 32 * 1024 * 1024;
+
+/// The bytes of request bodies the server may hold at once, shared by every connection. A
+/// body is read only once its size is reserved here, so many clients sending large bodies
+/// slowly cannot make the server hold them all: those past the budget are told to retry.
+#[derive(Clone, Debug)]
+pub struct BodyBudget {
+    bytes: Arc<Semaphore>,
+}
+
+impl BodyBudget {
+    /// A budget of `bytes`, raised to one body at [`MAX_BODY_BYTES`] if smaller, so that any
+    /// body within the limit can be read when nothing else is.
+    pub fn new(bytes: usize) -> Self {
+        BodyBudget {
+            bytes: Arc::new(Semaphore::new(
+                bytes.clamp(MAX_BODY_BYTES, Semaphore::MAX_PERMITS),
+            )),
+        }
+    }
+
+    /// Reserves room for a body of the `declared` Content-Length, or of [`MAX_BODY_BYTES`]
+    /// when none is declared (a chunked body); `None` when that much is not free now. The
+    /// room is given back when the reservation is dropped.
+    pub fn try_reserve(&self, declared: Option<u64>) -> Option<OwnedSemaphorePermit> {
+        let limit = MAX_BODY_BYTES as u64;
+        let wanted = u32::try_from(declared.map_or(limit, |n| n.min(limit))).ok()?;
+        self.bytes.clone().try_acquire_many_owned(wanted).ok()
+    }
+
+    /// Bytes not reserved now.
+    pub fn available(&self) -> usize {
+        self.bytes.available_permits()
+    }
+}
+
+impl Default for BodyBudget {
+    fn default() -> Self {
+        BodyBudget::new(DEFAULT_BODY_BUDGET_BYTES)
+    }
+}
+
 /// What the handler needs: the API client for lookups, watched caches of
 /// FederatedCredentials (one per watched namespace, or one of all), and the injection settings.
 #[derive(Clone)]
@@ -57,6 +104,7 @@ pub struct Webhook {
     caches: Vec<Store<FederatedCredential>>,
     config: Arc<InjectConfig>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    budget: BodyBudget,
 }
 
 impl Webhook {
@@ -67,7 +115,14 @@ impl Webhook {
             caches: Vec::new(),
             config: Arc::new(config),
             metrics: None,
+            budget: BodyBudget::default(),
         }
+    }
+
+    /// Reads bodies only within `budget` (by default [`DEFAULT_BODY_BUDGET_BYTES`]).
+    pub fn with_body_budget(mut self, budget: BodyBudget) -> Self {
+        self.budget = budget;
+        self
     }
 
     /// Counts and times every answered review in `metrics`.
@@ -78,6 +133,13 @@ impl Webhook {
                 metrics
                     .admissions
                     .get_or_create(&crate::metrics::AdmissionLabels { result }),
+            );
+        }
+        for reason in crate::metrics::TURNED_AWAY_REASONS {
+            drop(
+                metrics
+                    .turned_away
+                    .get_or_create(&crate::metrics::ReasonLabels { reason }),
             );
         }
         self.metrics = Some(metrics);
@@ -197,6 +259,21 @@ async fn review(webhook: &Webhook, headers: HeaderMap, body: Body) -> (Response,
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return (too_large(), None);
     }
+    // Held until the review is answered; the bytes read are dropped with it.
+    let Some(_reserved) = webhook.budget.try_reserve(declared) else {
+        if let Some(metrics) = &webhook.metrics {
+            metrics.turn_away(crate::metrics::BODY_BUDGET);
+        }
+        let mut busy = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the webhook is reading as many request bodies as its budget allows \
+             (--webhook-body-budget-mib); retry in a second, and raise the budget if this \
+             persists with legitimate traffic",
+        );
+        busy.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return (busy, None);
+    };
     // The API server sends a review at once; a body still arriving after this is a client
     // holding the connection and its buffer, not a review.
     let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES))
@@ -234,17 +311,61 @@ async fn review(webhook: &Webhook, headers: HeaderMap, body: Body) -> (Response,
     (axum::Json(reply).into_response(), Some(admitted))
 }
 
+/// How [`serve`] shares the process among connections.
+#[derive(Clone)]
+pub struct ServeOptions {
+    /// Connections served at once. With all taken, the server stops accepting until one
+    /// ends, and further clients wait in the listening socket's backlog.
+    pub max_connections: usize,
+    /// Where pauses in accepting are counted.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            metrics: None,
+        }
+    }
+}
+
 /// Serves `router` over TLS on `listener` until `shutdown` completes. Connections in flight
 /// at shutdown are dropped; the API server retries or applies the failure policy.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     router: Router,
+    options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let acceptor = TlsAcceptor::from(tls);
+    let connections = Arc::new(Semaphore::new(
+        options.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+    ));
     tokio::pin!(shutdown);
     loop {
+        // A permit per connection, from before its accept to the end of its task.
+        let permit = match connections.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if let Some(metrics) = &options.metrics {
+                    metrics.turn_away(crate::metrics::MAX_CONNECTIONS);
+                }
+                tracing::debug!(
+                    max = options.max_connections,
+                    "every webhook connection is taken; accepting again when one ends"
+                );
+                tokio::select! {
+                    () = &mut shutdown => return Ok(()),
+                    permit = connections.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        // Never closed.
+                        Err(_) => return Ok(()),
+                    },
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => return Ok(()),
             accepted = listener.accept() => match accepted {
@@ -260,6 +381,7 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let service = TowerToHyperService::new(router.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -280,5 +402,48 @@ pub async fn serve(
                 tracing::debug!(%peer, error = %e, "webhook connection ended with an error");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: usize = 1024 * 1024;
+
+    #[test]
+    fn a_body_reserves_its_declared_length_and_an_undeclared_one_the_limit() {
+        let budget = BodyBudget::new(32 * MIB);
+        let small = budget.try_reserve(Some(1500)).unwrap();
+        assert_eq!(budget.available(), 32 * MIB - 1500);
+        let chunked = budget.try_reserve(None).unwrap();
+        assert_eq!(budget.available(), 32 * MIB - 1500 - MAX_BODY_BYTES);
+        drop((small, chunked));
+        assert_eq!(budget.available(), 32 * MIB);
+    }
+
+    #[test]
+    fn a_spent_budget_refuses_until_a_reservation_is_dropped() {
+        let budget = BodyBudget::new(32 * MIB);
+        let held: Vec<_> = (0..8)
+            .map(|_| budget.try_reserve(Some(4_000_000)).unwrap())
+            .collect();
+        assert!(budget.try_reserve(Some(4_000_000)).is_none());
+        assert!(budget.try_reserve(None).is_none());
+        // What is left still takes a review of ordinary size.
+        assert!(budget.try_reserve(Some(64 * 1024)).is_some());
+        drop(held);
+        assert!(budget.try_reserve(Some(4_000_000)).is_some());
+    }
+
+    #[test]
+    fn a_budget_below_one_body_at_the_limit_is_raised_to_it() {
+        let budget = BodyBudget::new(MIB);
+        assert_eq!(budget.available(), MAX_BODY_BYTES);
+        let whole = budget.try_reserve(None).unwrap();
+        assert!(budget.try_reserve(Some(1)).is_none());
+        drop(whole);
+        // A length over the limit is refused with 413 before reserving; it never asks more.
+        assert!(budget.try_reserve(Some(u64::MAX)).is_some());
     }
 }

@@ -44,9 +44,15 @@ impl Server {
                     webhook::Webhook::new(client, InjectConfig::new(fedcred_image))
                         .with_cache(cache),
                 );
-                webhook::serve(listener, tls, router, async {
-                    let _ = stopped.await;
-                })
+                webhook::serve(
+                    listener,
+                    tls,
+                    router,
+                    webhook::ServeOptions::default(),
+                    async {
+                        let _ = stopped.await;
+                    },
+                )
                 .await
                 .unwrap();
             });
