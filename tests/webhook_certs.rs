@@ -334,9 +334,15 @@ async fn the_server_serves_renewed_certificates_without_a_restart() {
         fedcred_core::inject::InjectConfig::new("ghcr.io/example/fedcred:test"),
     ));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(webhook::serve(listener, tls, router, async {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(webhook::serve(
+        listener,
+        tls,
+        router,
+        webhook::ServeOptions::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
 
     let status = |ca: String, url: String| async move {
         trusting(&ca).get(url).send().await.map(|r| r.status())
