@@ -981,3 +981,71 @@ async fn a_flood_of_stalled_uploads_is_turned_away_while_a_valid_review_is_answe
     assert_eq!(response.status(), 400);
     answers_a_valid_review(&client, &server, &ns.name).await;
 }
+
+/// Connections a server is held to in [`connections_past_the_cap_wait_until_one_ends`].
+const CAP: usize = 4;
+
+/// Whether a TLS handshake with `server` completes within `within`.
+async fn handshake_within(
+    server: &Server,
+    within: Duration,
+) -> Option<tokio_rustls::client::TlsStream<TcpStream>> {
+    tokio::time::timeout(within, server.raw_tls()).await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_wait_until_one_ends() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    ensure_crd();
+    let metrics = fedcred::metrics::Metrics::shared();
+    let server = Server::start_with(
+        "ghcr.io/example/fedcred:t",
+        fedcred::webhook::ServeOptions {
+            max_connections: CAP,
+            metrics: Some(metrics.clone()),
+        },
+    );
+    // CAP clients hold their connections open, idle, after the handshake.
+    let mut held = Vec::new();
+    for i in 0..CAP {
+        held.push(
+            handshake_within(&server, Duration::from_secs(5))
+                .await
+                .unwrap_or_else(|| panic!("connection {i} of {CAP} was not served")),
+        );
+    }
+    // One more: its TCP connection waits in the backlog, and no handshake is answered.
+    let server = std::sync::Arc::new(server);
+    let waiting = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let served = handshake_within(&server, Duration::from_secs(10)).await;
+            (served.is_some(), started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a connection past the cap of {CAP} was served while {CAP} were held"
+    );
+    // One ends: the waiting client is served.
+    drop(held.pop());
+    let (served, after) = waiting.await.unwrap();
+    assert!(
+        served,
+        "the waiting connection was not served after one ended"
+    );
+    assert!(
+        after >= Duration::from_millis(1500),
+        "served after {after:?}"
+    );
+    let turned_away = metrics
+        .turned_away
+        .get_or_create(&fedcred::metrics::ReasonLabels {
+            reason: fedcred::metrics::MAX_CONNECTIONS,
+        })
+        .get();
+    assert!(turned_away >= 1, "no pause at the cap counted");
+    drop(held);
+}

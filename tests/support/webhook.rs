@@ -22,6 +22,11 @@ pub struct Server {
 impl Server {
     /// Starts it with a fresh CA, injecting `fedcred_image` as the metadata sidecar.
     pub fn start(fedcred_image: &str) -> Self {
+        Self::start_with(fedcred_image, webhook::ServeOptions::default())
+    }
+
+    /// [`Server::start`] with its connection settings.
+    pub fn start_with(fedcred_image: &str, options: webhook::ServeOptions) -> Self {
         let fedcred_image = fedcred_image.to_owned();
         let certs = webhook::generate(&["127.0.0.1".to_owned()]).unwrap();
         let tls = webhook::server_config(&certs.cert_pem, &certs.key_pem).unwrap();
@@ -44,15 +49,9 @@ impl Server {
                     webhook::Webhook::new(client, InjectConfig::new(fedcred_image))
                         .with_cache(cache),
                 );
-                webhook::serve(
-                    listener,
-                    tls,
-                    router,
-                    webhook::ServeOptions::default(),
-                    async {
-                        let _ = stopped.await;
-                    },
-                )
+                webhook::serve(listener, tls, router, options, async {
+                    let _ = stopped.await;
+                })
                 .await
                 .unwrap();
             });
