@@ -8,6 +8,9 @@ ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 # The newest alloydb-auth-proxy that builds with Go 1.26 (v1.17.2 needs Go 1.27; the module
 # proxy has no v1.13.x).
 ALLOYDB_PROXY_VERSION="${ALLOYDB_PROXY_VERSION:-v1.17.1}"
+# The newest Cloud SQL Auth Proxy the Go module proxy serves whole (v2.28.0 needs a package it
+# does not serve).
+CLOUDSQL_PROXY_VERSION="${CLOUDSQL_PROXY_VERSION:-v2.27.0}"
 BIN_DIR="$FEDCRED_CACHE/bin"
 export PATH="$BIN_DIR:$PATH"
 
