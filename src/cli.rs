@@ -10,7 +10,7 @@ use fedcred_core::exchange::{
     ControllerIdentityPolicy, Defaults, EndpointPolicy, IdentitySource, plan,
 };
 use fedcred_core::google::{DEFAULT_IAM_CREDENTIALS_URL, DEFAULT_STS_URL, RetryPolicy};
-use fedcred_core::inject::DEFAULT_PROXY_IMAGE;
+use fedcred_core::inject::{DEFAULT_CLOUDSQL_PROXY_IMAGE, DEFAULT_PROXY_IMAGE};
 use fedcred_core::metadata::{DEFAULT_LISTEN, injected_env};
 use fedcred_core::sensitive::Sensitive;
 use fedcred_core::sigv4::AwsCredentials;
@@ -192,6 +192,10 @@ struct ControllerArgs {
     /// `spec.alloydb.proxy.image`.
     #[arg(long, env = "FEDCRED_PROXY_IMAGE", default_value = DEFAULT_PROXY_IMAGE)]
     proxy_image: String,
+    /// Cloud SQL Auth Proxy image injected for resources that name none in
+    /// `spec.cloudsql.proxy.image`.
+    #[arg(long, env = "FEDCRED_CLOUDSQL_PROXY_IMAGE", default_value = DEFAULT_CLOUDSQL_PROXY_IMAGE)]
+    cloudsql_proxy_image: String,
     /// Watch only these namespaces (comma-separated or repeated; default: all). Its
     /// permissions then need to cover only them (the chart's `watchNamespaces`).
     #[arg(long, env = "FEDCRED_NAMESPACE", value_delimiter = ',')]
@@ -543,6 +547,7 @@ async fn controller(args: ControllerArgs) -> Result<(), Error> {
             configuration: args.webhook_configuration,
             fedcred_image,
             proxy_image: args.proxy_image,
+            cloudsql_proxy_image: args.cloudsql_proxy_image,
             max_connections: args.webhook_max_connections as usize,
             body_budget_bytes: args.webhook_body_budget_mib as usize * 1024 * 1024,
         }),

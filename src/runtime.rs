@@ -64,6 +64,7 @@ pub struct WebhookOptions {
     pub configuration: String,
     pub fedcred_image: String,
     pub proxy_image: String,
+    pub cloudsql_proxy_image: String,
     /// Connections served at once; more wait in the listening socket's backlog.
     pub max_connections: usize,
     /// Bytes of request bodies read at once; requests past it are answered 503.
@@ -241,6 +242,7 @@ async fn start_webhook(
         .map_err(Error::ApiServerVersion)?;
     let mut inject = InjectConfig::new(settings.fedcred_image.clone());
     inject.proxy_image = settings.proxy_image.clone();
+    inject.cloudsql_proxy_image = settings.cloudsql_proxy_image.clone();
     inject.native_sidecars = native_sidecars_supported(&version.major, &version.minor);
     let certs = webhook::CertSettings {
         namespace: options.lease_namespace.clone(),

@@ -97,6 +97,16 @@ pub const DEFAULT_ALLOYDB_PORT: i32 = 5432;
     "AlloyDB automatic IAM login needs google.serviceAccount: federated identities cannot log in to AlloyDB; set google.serviceAccount to the service account that has the AlloyDB IAM user, or set autoIamAuthn: false on every instance"
 ))]
 #[x_kube(validation = Rule::new(
+    "!has(self.cloudsql) || !self.cloudsql.instances.exists(i, i.autoIamAuthn) || has(self.google.serviceAccount)"
+).message(
+    "Cloud SQL automatic IAM login needs google.serviceAccount: the IAM database user is the service account's; set google.serviceAccount to the service account that has the Cloud SQL IAM user, or set autoIamAuthn: false on every Cloud SQL instance"
+))]
+#[x_kube(validation = Rule::new(
+    "!has(self.alloydb) || !has(self.cloudsql) || self.cloudsql.instances.all(c, self.alloydb.instances.all(a, a.port != c.port))"
+).message(
+    "each database instance needs its own local port: cloudsql.instances[].port must differ from every alloydb.instances[].port (AlloyDB's default is 5432)"
+))]
+#[x_kube(validation = Rule::new(
     "!has(self.exchange) || self.exchange != 'Pod' || (has(self.aws) && has(self.aws.controllerIdentity))"
 ).message(
     "exchange: Pod uses the AWS credentials of each pod (EKS Pod Identity or IRSA), not a ServiceAccount token requested by the controller: set aws.controllerIdentity: {} (with roleArn to chain into a role under a stable session name) instead of aws.serviceAccount"
@@ -135,6 +145,12 @@ pub struct FederatedCredentialSpec {
     /// port each.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alloydb: Option<AlloyDb>,
+
+    /// Cloud SQL instances (PostgreSQL or MySQL) that injected pods reach through the Cloud
+    /// SQL Auth Proxy v2, one local port each. The proxy finds its token at the same metadata
+    /// emulator as the application.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloudsql: Option<CloudSql>,
 }
 
 /// Where the AWS identity comes from. Set exactly one of `serviceAccount` (IRSA, the usual
@@ -540,6 +556,128 @@ fn env_names_unique_rule() -> kube::core::Rule {
     .message(kube::core::Message::Message(
         "each AlloyDB variable needs its own name: alloydb.instances[].hostEnvName, portEnvName and userEnvName must differ from each other across all instances and from the first instance's defaults PGHOST, PGPORT and PGUSER".to_owned(),
     ))
+}
+
+/// Cloud SQL instances reached through the Cloud SQL Auth Proxy v2 sidecar.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CloudSql {
+    /// Instances to connect; each gets its own proxy sidecar on its own local port. The
+    /// first PostgreSQL instance gets `PGHOST`, `PGPORT` and `PGUSER` when the resource has no
+    /// AlloyDB instance; the first MySQL instance gets `MYSQL_HOST`, `MYSQL_TCP_PORT` and
+    /// `MYSQL_USER`; any other instance gets the variables it names.
+    #[x_kube(validation = Rule::new(
+        "self.all(a, self.exists_one(b, b.port == a.port))"
+    ).message(
+        "each Cloud SQL instance needs its own local port: set cloudsql.instances[].port so that no two are equal"
+    ))]
+    #[schemars(length(min = 1, max = 8))]
+    pub instances: Vec<CloudSqlInstance>,
+
+    /// The proxy sidecars: image and resources, the same for every instance's proxy. Left
+    /// out, the image is the controller's `--cloudsql-proxy-image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<CloudSqlProxy>,
+}
+
+/// One Cloud SQL instance.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CloudSqlInstance {
+    /// Instance connection name: `PROJECT:REGION:INSTANCE` (copy it from `gcloud sql
+    /// instances describe INSTANCE --format='value(connectionName)'`).
+    #[x_kube(validation = Rule::new(
+        "self.matches('^([a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]:[a-z]+-[a-z]+[0-9]+:[a-z]([a-z0-9-]{0,96}[a-z0-9])?$')"
+    ).message(
+        "cloudsql.instances[].connectionName must look like PROJECT_ID:REGION:INSTANCE (copy it from `gcloud sql instances describe INSTANCE --format='value(connectionName)'`)"
+    ))]
+    #[schemars(length(max = 256))]
+    pub connection_name: String,
+
+    /// The database engine, which names the IAM database user: `PostgreSQL` (`SA@PROJECT.iam`)
+    /// or `MySQL` (the service account's name before the `@`).
+    #[serde(default)]
+    pub engine: DatabaseEngine,
+
+    /// How the proxy reaches the instance: `PublicIP` (the proxy's default), `PrivateIP`
+    /// (`--private-ip`) or `PSC` (`--psc`).
+    #[serde(default)]
+    pub connectivity: CloudSqlConnectivity,
+
+    /// Log in with the impersonated service account's IAM database user instead of a
+    /// password (`--auto-iam-authn`).
+    #[serde(default = "default_true")]
+    pub auto_iam_authn: bool,
+
+    /// Local port the proxy listens on inside the pod (127.0.0.1).
+    #[schemars(range(min = 1024, max = 65535))]
+    pub port: i32,
+
+    /// Name of the variable that holds this instance's host (`127.0.0.1`); defaults as
+    /// `cloudsql.instances` says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = env_name_rule("cloudsql.instances[].hostEnvName"))]
+    #[schemars(length(min = 1, max = 128))]
+    pub host_env_name: Option<String>,
+
+    /// Name of the variable that holds this instance's local port; defaults as
+    /// `cloudsql.instances` says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = env_name_rule("cloudsql.instances[].portEnvName"))]
+    #[schemars(length(min = 1, max = 128))]
+    pub port_env_name: Option<String>,
+
+    /// Name of the variable that holds the IAM database user, set only with `autoIamAuthn`;
+    /// defaults as `cloudsql.instances` says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = env_name_rule("cloudsql.instances[].userEnvName"))]
+    #[schemars(length(min = 1, max = 128))]
+    pub user_env_name: Option<String>,
+}
+
+/// A Cloud SQL instance's engine.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DatabaseEngine {
+    /// PostgreSQL: the IAM user is `SA@PROJECT.iam`.
+    #[default]
+    PostgreSQL,
+    /// MySQL: the IAM user is the service account's name before the `@`.
+    MySQL,
+}
+
+/// How the Cloud SQL Auth Proxy reaches an instance.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CloudSqlConnectivity {
+    /// The instance's public IP (the proxy's default).
+    #[default]
+    #[serde(rename = "PublicIP")]
+    PublicIp,
+    /// The instance's private IP (`--private-ip`).
+    #[serde(rename = "PrivateIP")]
+    PrivateIp,
+    /// Private Service Connect (`--psc`).
+    #[serde(rename = "PSC")]
+    Psc,
+}
+
+/// The Cloud SQL Auth Proxy sidecars.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CloudSqlProxy {
+    /// Proxy image, for example `gcr.io/cloud-sql-connectors/cloud-sql-proxy:2.27.0`, or
+    /// pinned by digest: `REPOSITORY@sha256:<64 hex digits>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(
+        "self.contains('@') ? self.matches('^[!-?A-~]+@sha256:[0-9a-f]{64}$') : self.matches('^[!-?A-~]+$')"
+    ).message(
+        "cloudsql.proxy.image must be an image reference such as gcr.io/cloud-sql-connectors/cloud-sql-proxy:2.27.0, or one pinned by digest: REPOSITORY@sha256: followed by 64 lowercase hex digits"
+    ))]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+
+    /// Compute resources of the proxy container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
 }
 
 fn default_true() -> bool {

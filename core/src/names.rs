@@ -90,6 +90,14 @@ pub fn db_user(service_account: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The Cloud SQL for MySQL IAM database user of a service account: its name before the `@`.
+pub fn mysql_db_user(service_account: &str) -> Option<String> {
+    service_account
+        .split_once('@')
+        .map(|(name, _)| name.to_owned())
+        .filter(|name| !name.is_empty())
+}
+
 /// The project ID in a service-account email, when the email carries one.
 pub fn project_id(service_account: &str) -> Option<String> {
     let domain = service_account.split_once('@')?.1;
@@ -321,6 +329,11 @@ mod tests {
             project_id("orders-api@acme-shop.iam.gserviceaccount.com").as_deref(),
             Some("acme-shop")
         );
+        assert_eq!(
+            mysql_db_user("orders-api@acme-shop.iam.gserviceaccount.com").as_deref(),
+            Some("orders-api")
+        );
+        assert_eq!(mysql_db_user("no-at-sign"), None);
         assert_eq!(
             project_id("acme-shop@appspot.gserviceaccount.com").as_deref(),
             Some("acme-shop")

@@ -420,6 +420,91 @@ fn custom_variable_names() {
     );
 }
 
+/// `fc` with `spec.cloudsql` set to `cloudsql`.
+fn with_cloudsql(mut fc: Value, cloudsql: Value) -> Value {
+    fc["spec"]["cloudsql"] = cloudsql;
+    fc
+}
+
+#[test]
+fn cloudsql_postgres_and_mysql() {
+    let fc = with_cloudsql(
+        credential(None, Some(ORDERS_SA)),
+        json!({
+            "instances": [
+                {"connectionName": "acme-shop:europe-west1:orders-pg", "port": 5432},
+                {"connectionName": "acme-shop:europe-west1:legacy-mysql", "engine": "MySQL",
+                 "connectivity": "PrivateIP", "port": 3306},
+                {"connectionName": "acme-shop:europe-west1:reports-pg", "connectivity": "PSC",
+                 "port": 5433, "hostEnvName": "REPORTS_HOST", "portEnvName": "REPORTS_PORT",
+                 "userEnvName": "REPORTS_USER"}
+            ]
+        }),
+    );
+    check(
+        "cloudsql_postgres_and_mysql",
+        "Three Cloud SQL instances, each with its own Cloud SQL Auth Proxy v2 sidecar finding its \
+         token at the emulator: the first PostgreSQL instance over public IP gets PGHOST, PGPORT \
+         and PGUSER (SA@PROJECT.iam); the MySQL instance over private IP gets MYSQL_HOST, \
+         MYSQL_TCP_PORT and MYSQL_USER (the service account's name); the PSC instance's \
+         variables go by the names it gives.",
+        orders_pod(),
+        Some(fc),
+        config(),
+    );
+}
+
+#[test]
+fn cloudsql_beside_alloydb() {
+    let fc = with_cloudsql(
+        credential(
+            Some(json!({"instances": [{"uri": PRIMARY, "connectivity": "PSC"}]})),
+            Some(ORDERS_SA),
+        ),
+        json!({
+            "instances": [
+                {"connectionName": "acme-shop:europe-west1:orders-pg", "port": 6432,
+                 "hostEnvName": "CLOUDSQL_HOST", "portEnvName": "CLOUDSQL_PORT",
+                 "userEnvName": "CLOUDSQL_USER"}
+            ],
+            "proxy": {"image": "registry.example/cloud-sql-proxy:2.27.0"}
+        }),
+    );
+    check(
+        "cloudsql_beside_alloydb",
+        "One pod using an AlloyDB and a Cloud SQL instance: the AlloyDB instance keeps PGHOST, \
+         PGPORT and PGUSER; the Cloud SQL proxy (the image the resource names) gets the next \
+         health port and the variables its instance names.",
+        orders_pod(),
+        Some(fc),
+        config(),
+    );
+}
+
+#[test]
+fn cloudsql_variable_named_twice() {
+    let fc = with_cloudsql(
+        credential(
+            Some(json!({"instances": [{"uri": PRIMARY, "connectivity": "PSC"}]})),
+            Some(ORDERS_SA),
+        ),
+        json!({
+            "instances": [
+                {"connectionName": "acme-shop:europe-west1:orders-pg", "port": 6432,
+                 "hostEnvName": "PGHOST"}
+            ]
+        }),
+    );
+    check(
+        "cloudsql_variable_named_twice",
+        "A Cloud SQL instance naming PGHOST beside an AlloyDB instance that has it: refused, \
+         naming the variable and the fields that rename it.",
+        orders_pod(),
+        Some(fc),
+        config(),
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Harness.
 
@@ -446,6 +531,15 @@ fn check(case: &str, story: &str, pod: Value, fc: Option<Value>, config: InjectC
             "pod": pod,
         },
     });
+    // Cases with Cloud SQL say which proxy image they were given; the others stay as they
+    // were written before Cloud SQL.
+    if fc
+        .as_ref()
+        .is_some_and(|fc| fc["spec"].get("cloudsql").is_some())
+    {
+        doc["given"]["config"]["cloudsqlProxyImage"] = json!(config.cloudsql_proxy_image);
+        doc["given"]["config"]["cloudsqlAdminEndpoint"] = json!(config.cloudsql_admin_endpoint);
+    }
     match outcome {
         Outcome::Patch { ops, warnings } => {
             let patched = apply(pod, &ops);

@@ -132,6 +132,13 @@ pub const PROXY_CONTAINER_PREFIX: &str = "alloydb-proxy-";
 /// The AlloyDB Auth Proxy image used when the FederatedCredential names none.
 pub const DEFAULT_PROXY_IMAGE: &str = "gcr.io/alloydb-connectors/alloydb-auth-proxy:1.17.1";
 
+/// Names of the injected Cloud SQL proxy containers: this prefix and the instance's index.
+pub const CLOUDSQL_PROXY_CONTAINER_PREFIX: &str = "cloudsql-proxy-";
+
+/// The Cloud SQL Auth Proxy image unless `spec.cloudsql.proxy.image` or the controller's
+/// `--cloudsql-proxy-image` names another.
+pub const DEFAULT_CLOUDSQL_PROXY_IMAGE: &str = "gcr.io/cloud-sql-connectors/cloud-sql-proxy:2.27.0";
+
 /// First port tried for the metadata emulator; the port of [`crate::metadata::DEFAULT_LISTEN`].
 pub const DEFAULT_METADATA_PORT: u16 = 8988;
 
@@ -160,6 +167,11 @@ pub struct InjectConfig {
     pub native_sidecars: bool,
     /// Passed to every proxy as `--alloydbadmin-api-endpoint`; for tests and other universes.
     pub alloydb_admin_endpoint: Option<String>,
+    /// Cloud SQL Auth Proxy image unless `spec.cloudsql.proxy.image` names one.
+    pub cloudsql_proxy_image: String,
+    /// Passed to every Cloud SQL proxy as `--sqladmin-api-endpoint`; for tests and other
+    /// universes.
+    pub cloudsql_admin_endpoint: Option<String>,
 }
 
 impl InjectConfig {
@@ -172,6 +184,8 @@ impl InjectConfig {
             metadata_port: DEFAULT_METADATA_PORT,
             native_sidecars: true,
             alloydb_admin_endpoint: None,
+            cloudsql_proxy_image: DEFAULT_CLOUDSQL_PROXY_IMAGE.to_owned(),
+            cloudsql_admin_endpoint: None,
         }
     }
 }
@@ -218,10 +232,12 @@ pub enum Refusal {
     /// `hostNetwork` pods share the node's loopback, where the emulator would serve every
     /// process on the node.
     HostNetwork,
-    /// An AlloyDB instance's local port cannot be used in this pod.
+    /// An AlloyDB or Cloud SQL instance's local port cannot be used in this pod.
     InstancePort {
         /// `namespace/name` of the FederatedCredential.
         credential: String,
+        /// `alloydb` or `cloudsql`: the list the instance is in.
+        list: &'static str,
         index: usize,
         port: i32,
         problem: PortProblem,
@@ -234,6 +250,12 @@ pub enum Refusal {
         index: usize,
         port: i32,
         problem: PortProblem,
+    },
+    /// Two instances would set one environment variable.
+    EnvNameTwice {
+        /// `namespace/name` of the FederatedCredential.
+        credential: String,
+        name: String,
     },
     /// With Unix sockets: a container of the pod already mounts something at [`SOCKET_DIR`].
     SocketDirTaken {
@@ -294,13 +316,14 @@ impl fmt::Display for Refusal {
             ),
             Refusal::InstancePort {
                 credential,
+                list,
                 index,
                 port,
                 problem,
             } => {
                 write!(
                     f,
-                    "spec.alloydb.instances[{index}].port of FederatedCredential {credential} is {port}"
+                    "spec.{list}.instances[{index}].port of FederatedCredential {credential} is {port}"
                 )?;
                 match problem {
                     PortProblem::NotAPort => f.write_str(", not a port"),
@@ -312,6 +335,11 @@ impl fmt::Display for Refusal {
                     PortProblem::UsedTwice => f.write_str(", which another instance uses too"),
                 }
             }
+            Refusal::EnvNameTwice { credential, name } => write!(
+                f,
+                "two database instances of FederatedCredential {credential} would set the \
+                 variable {name}: give one of them another hostEnvName, portEnvName or userEnvName"
+            ),
             Refusal::AdminPort {
                 credential,
                 index,

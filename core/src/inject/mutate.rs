@@ -15,11 +15,13 @@ use super::ports::{self, Taken};
 use super::recipe::Recipe;
 use super::sidecars::{self, ProxyPorts, ProxySettings};
 use super::{
-    DEFAULT_HEALTH_PORT, INJECTED_ANNOTATION, InjectConfig, MAX_WARNING_CHARS, METADATA_CONTAINER,
-    Outcome, PROMETHEUS_ANNOTATIONS, PROXY_CONTAINER_PREFIX, PortProblem, Refusal, SOCKET_DIR,
-    SOCKET_VOLUME, TOKEN_VOLUME,
+    CLOUDSQL_PROXY_CONTAINER_PREFIX, DEFAULT_HEALTH_PORT, INJECTED_ANNOTATION, InjectConfig,
+    MAX_WARNING_CHARS, METADATA_CONTAINER, Outcome, PROMETHEUS_ANNOTATIONS, PROXY_CONTAINER_PREFIX,
+    PortProblem, Refusal, SOCKET_DIR, SOCKET_VOLUME, TOKEN_VOLUME,
 };
-use crate::api::{AlloyDbInstance, AlloyDbProxy, FederatedCredential, READY};
+use crate::api::{
+    AlloyDbInstance, AlloyDbProxy, CloudSqlInstance, DatabaseEngine, FederatedCredential, READY,
+};
 use crate::metadata::{injected_env, project_env};
 use crate::names::requested_credential;
 
@@ -85,8 +87,10 @@ fn existing_injection(spec: &PodSpec) -> Existing {
         return Existing::Injected;
     }
     let is_proxy_name = |name: &str| {
-        name.strip_prefix(PROXY_CONTAINER_PREFIX)
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        [PROXY_CONTAINER_PREFIX, CLOUDSQL_PROXY_CONTAINER_PREFIX]
+            .iter()
+            .filter_map(|prefix| name.strip_prefix(prefix))
+            .any(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
     };
     if let Some(c) = containers().find(|c| is_proxy_name(&c.name)) {
         return Existing::NameTaken(format!("a container named {}", c.name));
@@ -255,6 +259,55 @@ fn database_env(
     env
 }
 
+/// Where each Cloud SQL instance is, for the application. Defaults: the first PostgreSQL
+/// instance gets `PGHOST`, `PGPORT` and `PGUSER` unless the resource has AlloyDB instances
+/// (whose first instance has those); the first MySQL instance gets `MYSQL_HOST`,
+/// `MYSQL_TCP_PORT` (both read by the MySQL client libraries) and `MYSQL_USER`.
+fn cloudsql_env(
+    instances: &[CloudSqlInstance],
+    with_alloydb: bool,
+    postgres_user: Option<String>,
+    mysql_user: Option<String>,
+) -> Vec<(String, String)> {
+    let first_of = |engine: DatabaseEngine| instances.iter().position(|i| i.engine == engine);
+    let (first_postgres, first_mysql) = (
+        first_of(DatabaseEngine::PostgreSQL).filter(|_| !with_alloydb),
+        first_of(DatabaseEngine::MySQL),
+    );
+    let mut env = Vec::new();
+    for (index, instance) in instances.iter().enumerate() {
+        let defaults = match instance.engine {
+            DatabaseEngine::PostgreSQL if first_postgres == Some(index) => {
+                Some(["PGHOST", "PGPORT", "PGUSER"])
+            }
+            DatabaseEngine::MySQL if first_mysql == Some(index) => {
+                Some(["MYSQL_HOST", "MYSQL_TCP_PORT", "MYSQL_USER"])
+            }
+            _ => None,
+        };
+        let name = |set: &Option<String>, slot: usize| {
+            set.clone().or_else(|| defaults.map(|d| d[slot].to_owned()))
+        };
+        if let Some(n) = name(&instance.host_env_name, 0) {
+            env.push((n, "127.0.0.1".to_owned()));
+        }
+        if let Some(n) = name(&instance.port_env_name, 1) {
+            env.push((n, instance.port.to_string()));
+        }
+        let user = match instance.engine {
+            DatabaseEngine::PostgreSQL => &postgres_user,
+            DatabaseEngine::MySQL => &mysql_user,
+        };
+        if instance.auto_iam_authn
+            && let Some(user) = user
+            && let Some(n) = name(&instance.user_env_name, 2)
+        {
+            env.push((n, user.clone()));
+        }
+    }
+    env
+}
+
 /// What tells Prometheus to scrape the proxy's `/metrics` on `port`.
 fn prometheus_annotations(port: u16) -> Vec<(String, String)> {
     let [scrape, at, path] = PROMETHEUS_ANNOTATIONS;
@@ -288,11 +341,24 @@ impl Injection {
             }
             let refusal = |problem| Refusal::InstancePort {
                 credential: credential.to_owned(),
+                list: "alloydb",
                 index: i,
                 port: instance.port,
                 problem,
             };
             claim_chosen(instance.port, &declared, &mut chosen).map_err(refusal)?;
+        }
+        let cloudsql = recipe.cloudsql_instances();
+        for (i, instance) in cloudsql.iter().enumerate() {
+            claim_chosen(instance.port, &declared, &mut chosen).map_err(|problem| {
+                Refusal::InstancePort {
+                    credential: credential.to_owned(),
+                    list: "cloudsql",
+                    index: i,
+                    port: instance.port,
+                    problem,
+                }
+            })?;
         }
         let admin_ports: Vec<Option<u16>> = match proxy.and_then(|p| p.admin_port) {
             None => vec![None; instances.len()],
@@ -321,6 +387,11 @@ impl Injection {
             })
             .collect::<Option<_>>()
             .ok_or_else(no_port)?;
+        let cloudsql_health: Vec<u16> = cloudsql
+            .iter()
+            .map(|_| taken.claim_from(DEFAULT_HEALTH_PORT))
+            .collect::<Option<_>>()
+            .ok_or_else(no_port)?;
         if unix_socket {
             socket_mount_free(pod)?;
         }
@@ -329,6 +400,22 @@ impl Injection {
         let mut app_env = metadata_env.clone();
         app_env.extend(project_env(recipe.project_id().as_deref()));
         app_env.extend(database_env(instances, unix_socket, recipe.db_user()));
+        app_env.extend(cloudsql_env(
+            cloudsql,
+            !instances.is_empty(),
+            recipe.db_user(),
+            recipe.mysql_db_user(),
+        ));
+        let mut named = BTreeSet::new();
+        if let Some((name, _)) = app_env
+            .iter()
+            .find(|(name, _)| !named.insert(name.as_str()))
+        {
+            return Err(Refusal::EnvNameTwice {
+                credential: credential.to_owned(),
+                name: name.clone(),
+            });
+        }
 
         let settings = ProxySettings {
             image: proxy
@@ -373,6 +460,25 @@ impl Injection {
                 .enumerate()
                 .map(|(i, (instance, ports))| sidecars::proxy(i, instance, ports, &settings)),
         );
+        let cloudsql_settings = sidecars::CloudSqlSettings {
+            image: recipe
+                .cloudsql
+                .and_then(|c| c.proxy.as_ref())
+                .and_then(|p| p.image.as_deref())
+                .filter(|i| !i.is_empty())
+                .unwrap_or(&config.cloudsql_proxy_image),
+            resources: recipe
+                .cloudsql
+                .and_then(|c| c.proxy.as_ref())
+                .and_then(|p| p.resources.as_ref()),
+            metadata_env: &metadata_env,
+            admin_endpoint: config.cloudsql_admin_endpoint.as_deref(),
+        };
+        sidecars.extend(cloudsql.iter().zip(&cloudsql_health).enumerate().map(
+            |(i, (instance, health))| {
+                sidecars::cloudsql_proxy(i, instance, *health, &cloudsql_settings)
+            },
+        ));
         if config.native_sidecars {
             for sidecar in &mut sidecars {
                 sidecar.restart_policy = Some("Always".to_owned());

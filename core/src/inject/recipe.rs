@@ -8,8 +8,10 @@
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::api::{AlloyDb, AlloyDbInstance, AlloyDbProxy, FederatedCredential};
-use crate::names::{db_user, project_id, secret_name};
+use crate::api::{
+    AlloyDb, AlloyDbInstance, AlloyDbProxy, CloudSql, CloudSqlInstance, FederatedCredential,
+};
+use crate::names::{db_user, mysql_db_user, project_id, secret_name};
 
 /// The resource's part of an injection. Its serialized form is what [`injection_hash`]
 /// digests: keep the field names and their serialization as they are, or every workload
@@ -31,6 +33,10 @@ pub struct Recipe<'a> {
     /// Absent from the hash when unset, so resources without it keep their hash.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub iam_credentials: Option<&'a str>,
+    /// Cloud SQL instances and proxy settings; absent from the hash when unset, so resources
+    /// without them keep their hash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloudsql: Option<&'a CloudSql>,
 }
 
 impl<'a> Recipe<'a> {
@@ -47,7 +53,14 @@ impl<'a> Recipe<'a> {
                 .as_ref()
                 .and_then(|e| e.iam_credentials.as_deref())
                 .filter(|url| !url.is_empty()),
+            cloudsql: fc.spec.cloudsql.as_ref(),
         }
+    }
+
+    pub fn cloudsql_instances(&self) -> &'a [CloudSqlInstance] {
+        self.cloudsql
+            .map(|c| c.instances.as_slice())
+            .unwrap_or_default()
     }
 
     pub fn instances(&self) -> &'a [AlloyDbInstance] {
@@ -67,6 +80,11 @@ impl<'a> Recipe<'a> {
     /// The IAM database user of the service account.
     pub fn db_user(&self) -> Option<String> {
         self.account().and_then(db_user)
+    }
+
+    /// The Cloud SQL for MySQL IAM database user of the service account.
+    pub fn mysql_db_user(&self) -> Option<String> {
+        self.account().and_then(mysql_db_user)
     }
 
     /// The project of the service account.

@@ -1,4 +1,5 @@
-//! The injected containers: the metadata emulator and one AlloyDB Auth Proxy per instance.
+//! The injected containers: the metadata emulator, one AlloyDB Auth Proxy per AlloyDB instance
+//! and one Cloud SQL Auth Proxy per Cloud SQL instance.
 
 use std::collections::BTreeMap;
 
@@ -11,10 +12,12 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::pod_aws::PodAws;
 use super::{
-    AGENT_CREDENTIAL_ENV, FEDCRED_BINARY, METADATA_CONTAINER, PROXY_CONTAINER_PREFIX, RUN_AS_USER,
-    SOCKET_DIR, SOCKET_VOLUME, TOKEN_MOUNT_PATH, TOKEN_VOLUME,
+    AGENT_CREDENTIAL_ENV, CLOUDSQL_PROXY_CONTAINER_PREFIX, FEDCRED_BINARY, METADATA_CONTAINER,
+    PROXY_CONTAINER_PREFIX, RUN_AS_USER, SOCKET_DIR, SOCKET_VOLUME, TOKEN_MOUNT_PATH, TOKEN_VOLUME,
 };
-use crate::api::{AlloyDbInstance, AlloyDbProxy, Connectivity};
+use crate::api::{
+    AlloyDbInstance, AlloyDbProxy, CloudSqlConnectivity, CloudSqlInstance, Connectivity,
+};
 
 /// The startup probe of the metadata sidecar: `fedcred metadata-server --check` asks the
 /// emulator's root the way Google's libraries ping it.
@@ -229,6 +232,87 @@ pub(super) fn proxy(
         }),
         // No readiness probe: the proxy's /readiness follows the database, and tying the pod's
         // readiness to it would take every replica out of its Services at once.
+        ..Container::default()
+    }
+}
+
+/// What every Cloud SQL proxy of a resource shares.
+pub(super) struct CloudSqlSettings<'a> {
+    pub image: &'a str,
+    pub resources: Option<&'a ResourceRequirements>,
+    /// The emulator's `host:port`, for the proxy's own Application Default Credentials.
+    pub metadata_env: &'a [(String, String)],
+    /// `--sqladmin-api-endpoint`; for tests and other universes.
+    pub admin_endpoint: Option<&'a str>,
+}
+
+/// The Cloud SQL Auth Proxy v2 for Cloud SQL instance `index`, listening on
+/// `127.0.0.1:instance.port` and answering health checks on `health_port` (every address). Like
+/// the AlloyDB proxy, it finds its token through the emulator.
+pub(super) fn cloudsql_proxy(
+    index: usize,
+    instance: &CloudSqlInstance,
+    health_port: u16,
+    settings: &CloudSqlSettings<'_>,
+) -> Container {
+    let mut args = vec![
+        instance.connection_name.clone(),
+        "--address=127.0.0.1".to_owned(),
+        format!("--port={}", instance.port),
+    ];
+    match instance.connectivity {
+        // Public IP is the proxy's default: no flag.
+        CloudSqlConnectivity::PublicIp => {}
+        CloudSqlConnectivity::PrivateIp => args.push("--private-ip".to_owned()),
+        CloudSqlConnectivity::Psc => args.push("--psc".to_owned()),
+    }
+    if instance.auto_iam_authn {
+        args.push("--auto-iam-authn".to_owned());
+    }
+    args.extend(strings([
+        "--health-check",
+        "--http-address=0.0.0.0",
+        &format!("--http-port={health_port}"),
+        // Stopping is not a failure (a Job's pod must not look failed).
+        "--exit-zero-on-sigterm",
+        "--structured-logs",
+    ]));
+    if let Some(endpoint) = settings.admin_endpoint {
+        args.push(format!("--sqladmin-api-endpoint={endpoint}"));
+    }
+    Container {
+        name: format!("{CLOUDSQL_PROXY_CONTAINER_PREFIX}{index}"),
+        image: Some(settings.image.to_owned()),
+        args: Some(args),
+        env: Some(
+            settings
+                .metadata_env
+                .iter()
+                .map(|(name, value)| env_var(name, value))
+                .collect(),
+        ),
+        resources: Some(
+            settings
+                .resources
+                .cloned()
+                .unwrap_or_else(|| resources("50m", "64Mi", "256Mi")),
+        ),
+        security_context: Some(security_context()),
+        startup_probe: Some(Probe {
+            http_get: Some(http_get("/startup", health_port)),
+            period_seconds: Some(1),
+            timeout_seconds: Some(1),
+            failure_threshold: Some(60),
+            ..Probe::default()
+        }),
+        liveness_probe: Some(Probe {
+            http_get: Some(http_get("/liveness", health_port)),
+            period_seconds: Some(10),
+            timeout_seconds: Some(5),
+            failure_threshold: Some(3),
+            ..Probe::default()
+        }),
+        // No readiness probe, for the AlloyDB proxy's reason.
         ..Container::default()
     }
 }
