@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds the real Cloud SQL Auth Proxy (github.com/GoogleCloudPlatform/cloud-sql-proxy/v2) from
 # the Go module proxy and caches it in $FEDCRED_CACHE/bin. Idempotent: a binary already built
-# at the pinned version is kept. The Cloud SQL tests run it as the injected sidecar.
+# at the pinned version is kept. tests/proxy_settings.rs runs it as the injected sidecar.
 #
-#   CLOUDSQL_PROXY_VERSION=v2.27.0 hack/build-alloydb-proxy.sh
+#   CLOUDSQL_PROXY_VERSION=v2.27.0 hack/build-cloudsql-proxy.sh
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/lib.sh"
@@ -29,7 +29,7 @@ if [[ -n "$wanted" && "$(printf '%s\n%s\n' "$wanted" "$have" | sort -V | tail -n
   die "cloud-sql-proxy $CLOUDSQL_PROXY_VERSION needs Go $wanted, this is Go $have: pin an older CLOUDSQL_PROXY_VERSION (go list -m -versions $module)"
 fi
 
-log "building cloud-sql-proxy $CLOUDSQL_PROXY_VERSION from the Go module proxy (cold: about 1 min on 2 cores)"
+log "building cloud-sql-proxy $CLOUDSQL_PROXY_VERSION from the Go module proxy (cold: about 2 min on 2 cores)"
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/fedcred-cloudsql-proxy.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 start=$SECONDS

@@ -11,6 +11,7 @@ cd "$here/.."
 "$here/install-tools.sh"
 "$here/build-controlplane.sh"
 "$here/build-alloydb-proxy.sh"
+"$here/build-cloudsql-proxy.sh"
 "$here/build-node.sh"
 "$here/build-clients.sh"
 
@@ -34,7 +35,7 @@ trap 'exit 130' INT TERM
 "$here/controlplane.sh" up "$run_dir" --node
 source "$run_dir/env"
 export FEDCRED_TEST_VENV="$FEDCRED_CACHE/venv"
-export FEDCRED_ALLOYDB_PROXY="$BIN_DIR/alloydb-auth-proxy"
+export FEDCRED_ALLOYDB_PROXY="$BIN_DIR/alloydb-auth-proxy" FEDCRED_CLOUDSQL_PROXY="$BIN_DIR/cloud-sql-proxy"
 export FEDCRED_GO_CLIENTS="$BIN_DIR/fedcred-go-clients" FEDCRED_NODE_CLIENTS="$FEDCRED_CACHE/clients/node" \
   FEDCRED_JAVA_CLIENTS="$FEDCRED_CACHE/clients/java"
 # Tests bring their own AWS peers; never let the SDK probe a real instance metadata service.

@@ -20,13 +20,13 @@ use std::time::{Duration, Instant};
 
 use fedcred_core::api::FederatedCredential;
 use fedcred_core::inject::{
-    InjectConfig, METADATA_CONTAINER, Outcome, PROXY_CONTAINER_PREFIX, SOCKET_DIR,
-    TOKEN_MOUNT_PATH, mutate,
+    CLOUDSQL_PROXY_CONTAINER_PREFIX, InjectConfig, METADATA_CONTAINER, Outcome,
+    PROXY_CONTAINER_PREFIX, SOCKET_DIR, TOKEN_MOUNT_PATH, mutate,
 };
 use fedcred_core::testing::apply_patch;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
-use support::alloydb::proxy_binary;
+use support::alloydb::{cloudsql_proxy_binary, proxy_binary};
 use support::pod::{Process, SecretVolume, map_paths, wait_for_exec_probe};
 use support::{INSTANCE, TestNamespace, free_port};
 
@@ -79,6 +79,7 @@ fn injected(fc: &FederatedCredential) -> Value {
     config.metadata_port = free_port();
     // A closed port: nothing here reaches an instance, and nothing may reach Google.
     config.alloydb_admin_endpoint = Some("http://127.0.0.1:9".to_owned());
+    config.cloudsql_admin_endpoint = Some("http://127.0.0.1:9".to_owned());
     match mutate(&pod, Some(fc), &config) {
         Outcome::Patch { ops, warnings } => {
             assert!(warnings.is_empty(), "{warnings:?}");
@@ -156,6 +157,7 @@ impl Running {
     fn start(pod: Value) -> Running {
         let fedcred = PathBuf::from(env!("CARGO_BIN_EXE_fedcred"));
         let proxy = proxy_binary();
+        let cloudsql_proxy = cloudsql_proxy_binary();
         let expiry = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1);
         let secret = SecretVolume::plain(&[
             ("access_token", "ya29.not-a-real-token"),
@@ -196,6 +198,8 @@ impl Running {
             // Images are the entrypoints; the proxy's may be pinned by digest.
             let program = if name.starts_with(PROXY_CONTAINER_PREFIX) {
                 &proxy
+            } else if name.starts_with(CLOUDSQL_PROXY_CONTAINER_PREFIX) {
+                &cloudsql_proxy
             } else {
                 &fedcred
             };
@@ -516,4 +520,71 @@ fn the_shipped_example_is_valid_and_its_proxies_run() {
         let code = exit_code(running.proxy(index), Duration::from_secs(30));
         assert_eq!(code, Some(0), "{}", running.proxy(index).logs());
     }
+}
+
+#[test]
+fn cloudsql_proxies_run_beside_an_alloydb_proxy_from_the_injected_pod() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut fc = credential(one_instance(json!({})));
+    fc.spec.cloudsql = Some(
+        serde_json::from_value(json!({
+            "instances": [
+                {"connectionName": "acme-shop:asia-northeast1:orders-pg", "port": free_port(),
+                 "hostEnvName": "ORDERS_HOST", "portEnvName": "ORDERS_PORT",
+                 "userEnvName": "ORDERS_USER"},
+                {"connectionName": "acme-shop:asia-northeast1:legacy", "engine": "MySQL",
+                 "connectivity": "PrivateIP", "port": free_port()},
+                {"connectionName": "acme-shop:asia-northeast1:reports", "connectivity": "PSC",
+                 "autoIamAuthn": false, "port": free_port(), "hostEnvName": "REPORTS_HOST",
+                 "portEnvName": "REPORTS_PORT"}
+            ]
+        }))
+        .unwrap(),
+    );
+    let pod = injected(&fc);
+    the_api_server_accepts(&pod);
+    let mut running = Running::start(pod);
+    let env = running.app_env();
+    reachable(&env, "PGHOST", "PGPORT");
+    reachable(&env, "ORDERS_HOST", "ORDERS_PORT");
+    reachable(&env, "MYSQL_HOST", "MYSQL_TCP_PORT");
+    reachable(&env, "REPORTS_HOST", "REPORTS_PORT");
+    assert_eq!(
+        var(&env, "ORDERS_USER").as_deref(),
+        Some("orders-api@acme-shop.iam")
+    );
+    assert_eq!(var(&env, "MYSQL_USER").as_deref(), Some("orders-api"));
+    assert_eq!(
+        var(&env, "PGUSER").as_deref(),
+        Some("orders-api@acme-shop.iam")
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    running.assert_all_running();
+    // The Cloud SQL proxies after the AlloyDB one, each as injected.
+    let mysql = strings(&container(&running.pod, "cloudsql-proxy-1")["args"]);
+    assert!(mysql.contains(&"--private-ip".to_owned()), "{mysql:?}");
+    let reports = strings(&container(&running.pod, "cloudsql-proxy-2")["args"]);
+    assert!(
+        reports.contains(&"--psc".to_owned()) && !reports.contains(&"--auto-iam-authn".to_owned()),
+        "{reports:?}"
+    );
+}
+
+#[test]
+fn an_unknown_flag_makes_the_cloudsql_proxy_exit_so_the_check_can_fail() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut fc = credential(one_instance(json!({})));
+    fc.spec.cloudsql = Some(
+        serde_json::from_value(json!({"instances": [
+            {"connectionName": "acme-shop:asia-northeast1:orders-pg", "port": free_port()}
+        ]}))
+        .unwrap(),
+    );
+    let pod = injected(&fc);
+    let mut argv = vec![cloudsql_proxy_binary().display().to_string()];
+    argv.extend(strings(&container(&pod, "cloudsql-proxy-0")["args"]));
+    argv.push("--no-such-setting".to_owned());
+    let mut process = Process::start("cloudsql-proxy-0", &argv, &[]);
+    let code = exit_code(&mut process, Duration::from_secs(20));
+    assert_ne!(code, Some(0), "{}", process.logs());
 }

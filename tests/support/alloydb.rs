@@ -15,21 +15,38 @@ use super::pod::{Process, unique};
 /// The real `alloydb-auth-proxy`: `$FEDCRED_ALLOYDB_PROXY` (exported by `hack/test.sh`), else
 /// the one `hack/build-alloydb-proxy.sh` caches.
 pub fn proxy_binary() -> PathBuf {
-    let candidate = std::env::var_os("FEDCRED_ALLOYDB_PROXY")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let cache = std::env::var_os("FEDCRED_CACHE")
-                .map(PathBuf::from)
-                .or_else(|| {
-                    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/fedcred"))
-                })?;
-            Some(cache.join("bin/alloydb-auth-proxy"))
-        });
+    cached_binary(
+        "FEDCRED_ALLOYDB_PROXY",
+        "alloydb-auth-proxy",
+        "build-alloydb-proxy.sh",
+    )
+}
+
+/// The real Cloud SQL Auth Proxy v2: `$FEDCRED_CLOUDSQL_PROXY` (exported by `hack/test.sh`),
+/// else the one `hack/build-cloudsql-proxy.sh` caches.
+pub fn cloudsql_proxy_binary() -> PathBuf {
+    cached_binary(
+        "FEDCRED_CLOUDSQL_PROXY",
+        "cloud-sql-proxy",
+        "build-cloudsql-proxy.sh",
+    )
+}
+
+/// `$variable`, else `name` in the cache's `bin/`; panics naming the script that builds it.
+fn cached_binary(variable: &str, name: &str, script: &str) -> PathBuf {
+    let candidate = std::env::var_os(variable).map(PathBuf::from).or_else(|| {
+        let cache = std::env::var_os("FEDCRED_CACHE")
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/fedcred"))
+            })?;
+        Some(cache.join("bin").join(name))
+    });
     match candidate {
         Some(path) if path.is_file() => path,
         other => panic!(
-            "the alloydb-auth-proxy binary is missing ({other:?}): build it with \
-             hack/build-alloydb-proxy.sh (hack/test.sh does) or point FEDCRED_ALLOYDB_PROXY at it"
+            "the {name} binary is missing ({other:?}): build it with hack/{script} \
+             (hack/test.sh does) or point {variable} at it"
         ),
     }
 }
