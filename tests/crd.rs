@@ -67,6 +67,7 @@ fn examples_are_accepted() {
         "irsa-alloydb.yaml",
         "controller-identity-bigquery.yaml",
         "alloydb-proxy-settings.yaml",
+        "irsa-cloudsql.yaml",
     ] {
         let ns = TestNamespace::new("example");
         let text = std::fs::read_to_string(repo_root().join("examples").join(example)).unwrap();

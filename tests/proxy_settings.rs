@@ -6,7 +6,8 @@
 //! proxy must accept every flag and pass its startup probe; the application's variables must
 //! lead to a listener (a TCP port, or the socket file in the shared directory); `/metrics`
 //! must answer where the pod's Prometheus annotations say; `/quitquitquit` on the admin port
-//! must make the proxy exit with 0. Nothing contacts an instance: the flags are the subject.
+//! must make the proxy exit with 0. Cloud SQL instances run the same way with the real
+//! `cloud-sql-proxy` v2. Nothing contacts an instance: the flags are the subject.
 
 mod support;
 

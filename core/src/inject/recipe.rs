@@ -268,4 +268,42 @@ mod tests {
             .collect();
         assert_eq!(keys, ["autoIamAuthn", "connectivity", "port", "uri"]);
     }
+
+    #[test]
+    fn cloud_sql_instances_change_the_hash_and_their_absence_does_not() {
+        let alloydb_only = credential("orders-db").alloydb_instance(5432).build();
+        let with = |cloudsql: serde_json::Value| {
+            let mut fc = alloydb_only.clone();
+            fc.spec.cloudsql = Some(serde_json::from_value(cloudsql).unwrap());
+            injection_hash(&fc)
+        };
+        // Absent, the recipe serializes as before Cloud SQL existed.
+        assert!(
+            !serde_json::to_string(&Recipe::of(&alloydb_only))
+                .unwrap()
+                .contains("cloudsql")
+        );
+        let instance = json!({"connectionName": "acme-shop:us-east4:orders-pg", "port": 6432});
+        let mut seen = vec![injection_hash(&alloydb_only)];
+        for changed in [
+            json!({}),
+            json!({"engine": "MySQL"}),
+            json!({"connectivity": "PSC"}),
+            json!({"autoIamAuthn": false}),
+            json!({"port": 6433}),
+            json!({"hostEnvName": "ORDERS_HOST"}),
+        ] {
+            let mut one = instance.clone();
+            crate::testing::merge(&mut one, changed);
+            seen.push(with(json!({"instances": [one]})));
+        }
+        seen.push(with(json!({
+            "instances": [instance],
+            "proxy": {"image": "mirror.example/cloud-sql-proxy:2.27.0"}
+        })));
+        let count = seen.len();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), count, "two settings hash alike");
+    }
 }
