@@ -362,6 +362,22 @@ impl World {
         (Instant::now(), self.calls().0 - before.0, failures)
     }
 
+    /// Waits up to two minutes until `orders-db` holds a token other than `stale`, counts the
+    /// calls since `before` and settles `sampler`: when it recovered, the calls and the samples.
+    async fn recovery(
+        &self,
+        sampler: Sampler,
+        stale: Option<&str>,
+        before: (u64, u64),
+    ) -> (Instant, String, Samples) {
+        let recovered_at = self
+            .recovered("orders-db", stale, Duration::from_secs(120))
+            .await;
+        let calls = self.calls_since(before);
+        let samples = self.settle(sampler).await;
+        (recovered_at, calls, samples)
+    }
+
     /// A last second of sampling (the new token must be served too), then what the sampler
     /// saw and whether the story's Secret survived.
     async fn settle(&self, sampler: Sampler) -> Samples {
@@ -488,11 +504,7 @@ async fn google_fault(
     let start = Instant::now();
     inject(&world);
     let healthy_at = drained(&world, target, Duration::from_secs(120)).await;
-    let recovered_at = world
-        .recovered("orders-db", stale.as_deref(), Duration::from_secs(120))
-        .await;
-    let calls = world.calls_since(before);
-    let samples = world.settle(sampler).await;
+    let (recovered_at, calls, samples) = world.recovery(sampler, stale.as_deref(), before).await;
     let figures = Figures {
         recovery: Some(recovered_at.saturating_duration_since(healthy_at)),
         calls,
@@ -631,11 +643,7 @@ async fn iam_credentials_denies_then_allows() {
     };
     assert_eq!(denied, "ImpersonationDenied", "the denial is explained");
     let healthy_at = drained(&world, Target::Iam, Duration::from_secs(120)).await;
-    let recovered_at = world
-        .recovered("orders-db", stale.as_deref(), Duration::from_secs(120))
-        .await;
-    let calls = world.calls_since(before);
-    let samples = world.settle(sampler).await;
+    let (recovered_at, calls, samples) = world.recovery(sampler, stale.as_deref(), before).await;
     let token = world.token("orders-db").await.unwrap();
     let info = world.cloud.google.lookup(&token).unwrap();
     assert_eq!(info.scopes, ["https://www.googleapis.com/auth/bigquery"]);
@@ -795,11 +803,7 @@ async fn aws_sts_down_then_back() {
     let failing = world.status("orders-db").await;
     gate.set_down(false);
     let healthy_at = Instant::now();
-    let recovered_at = world
-        .recovered("orders-db", stale.as_deref(), Duration::from_secs(120))
-        .await;
-    let calls = world.calls_since(before);
-    let samples = world.settle(sampler).await;
+    let (recovered_at, calls, samples) = world.recovery(sampler, stale.as_deref(), before).await;
     let figures = Figures {
         recovery: Some(recovered_at - healthy_at),
         calls: format!(
@@ -858,11 +862,7 @@ async fn the_controller_killed_in_the_middle_of_a_refresh() {
     );
     let restarted_at = Instant::now();
     let restarted = world.controller("r1", &[]);
-    let recovered_at = world
-        .recovered("orders-db", stale.as_deref(), Duration::from_secs(120))
-        .await;
-    let calls = world.calls_since(before);
-    let samples = world.settle(sampler).await;
+    let (recovered_at, calls, samples) = world.recovery(sampler, stale.as_deref(), before).await;
     let figures = Figures {
         recovery: Some(recovered_at - restarted_at),
         calls,
@@ -910,11 +910,7 @@ async fn leader_failover_between_two_replicas() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let takeover = killed_at.elapsed();
-    let recovered_at = world
-        .recovered("orders-db", stale.as_deref(), Duration::from_secs(120))
-        .await;
-    let calls = world.calls_since(before);
-    let samples = world.settle(sampler).await;
+    let (recovered_at, calls, samples) = world.recovery(sampler, stale.as_deref(), before).await;
     let figures = Figures {
         recovery: Some(recovered_at - killed_at),
         calls,
@@ -1039,11 +1035,7 @@ async fn a_leader_whose_api_server_hangs_stops_before_the_standby_starts() {
     gate.set_stalled(false);
 
     let stale = world.token("orders-db").await;
-    let recovered_at = world
-        .recovered("orders-db", stale.as_deref(), Duration::from_secs(120))
-        .await;
-    let calls = world.calls_since(before);
-    let samples = world.settle(sampler).await;
+    let (recovered_at, calls, samples) = world.recovery(sampler, stale.as_deref(), before).await;
     let figures = Figures {
         recovery: Some(recovered_at - stalled_at),
         calls,
@@ -1253,11 +1245,7 @@ async fn kube_apiserver_killed_and_restarted() {
         // What the kubelet would do: start the container again.
         restarted = Some(world.controller("r1-restarted", &[]));
     }
-    let recovered_at = world
-        .recovered("orders-db", stale.as_deref(), Duration::from_secs(120))
-        .await;
-    let calls = world.calls_since(before);
-    let samples = world.settle(sampler).await;
+    let (recovered_at, calls, samples) = world.recovery(sampler, stale.as_deref(), before).await;
     let figures = Figures {
         recovery: Some(recovered_at - ready_at),
         calls,
