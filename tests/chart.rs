@@ -71,6 +71,21 @@ fn patch_webhook(fullname: &str, ops: Value) {
     .success();
 }
 
+/// Points the chart's webhook configuration `fullname` at a controller on a free loopback port
+/// instead of its Service; returns the port.
+fn webhook_to_loopback(fullname: &str) -> u16 {
+    let port = free_port();
+    patch_webhook(
+        fullname,
+        json!([
+            {"op": "remove", "path": "/webhooks/0/clientConfig/service"},
+            {"op": "add", "path": "/webhooks/0/clientConfig/url",
+             "value": format!("https://127.0.0.1:{port}/mutate")},
+        ]),
+    );
+    port
+}
+
 /// Points the webhook configuration back at the chart's Service (a test pointed it at a local
 /// controller's URL), as the chart rendered it, so that an upgrade finds it unchanged.
 fn webhook_back_to_its_service(fullname: &str, namespace: &str) {
@@ -449,6 +464,14 @@ fn condition_ready(fc: &Value) -> bool {
     })
 }
 
+/// Waits until the FederatedCredential `name` in `namespace` is Ready.
+async fn ready(namespace: &str, name: &str) {
+    eventually("the FederatedCredential to be Ready", LIMIT, || {
+        get_json(&["fedcred", name, "-n", namespace]).filter(condition_ready)
+    })
+    .await;
+}
+
 fn ca_bundle(configuration: &str) -> Option<String> {
     get_json(&["mutatingwebhookconfiguration", configuration])?["webhooks"][0]["clientConfig"]
         ["caBundle"]
@@ -530,15 +553,7 @@ async fn the_installed_charts_rbac_is_enough_for_the_controller_and_webhook_and_
     assert!(get_json(&["pdb", &fullname, "-n", &system.name]).is_some());
 
     // The webhook is reached by URL on loopback instead of through its Service.
-    let webhook_port = free_port();
-    patch_webhook(
-        &fullname,
-        json!([
-            {"op": "remove", "path": "/webhooks/0/clientConfig/service"},
-            {"op": "add", "path": "/webhooks/0/clientConfig/url",
-             "value": format!("https://127.0.0.1:{webhook_port}/mutate")},
-        ]),
-    );
+    let webhook_port = webhook_to_loopback(&fullname);
 
     // When the controller runs as the chart's ServiceAccount with the chart's arguments,
     let cloud = Cloud::start(|c| c).await;
@@ -559,10 +574,7 @@ async fn the_installed_charts_rbac_is_enough_for_the_controller_and_webhook_and_
         "metadata": {"name": "orders-db"}, "spec": spec});
     app.kubectl(&["apply", "-f", "-"], Some(&fc.to_string()))
         .success();
-    eventually("the FederatedCredential to be Ready", LIMIT, || {
-        get_json(&["fedcred", "orders-db", "-n", &app.name]).filter(condition_ready)
-    })
-    .await;
+    ready(&app.name, "orders-db").await;
     let data = secret_data_in(&app.name, "orders-db").expect("the token Secret");
     assert!(
         cloud.google.lookup(&data["access_token"]).is_some(),
@@ -946,15 +958,7 @@ async fn a_namespaced_install_grants_the_listed_namespaces_only_and_works_there(
     );
 
     // When the controller runs as the chart's ServiceAccount with the chart's arguments,
-    let webhook_port = free_port();
-    patch_webhook(
-        &fullname,
-        json!([
-            {"op": "remove", "path": "/webhooks/0/clientConfig/service"},
-            {"op": "add", "path": "/webhooks/0/clientConfig/url",
-             "value": format!("https://127.0.0.1:{webhook_port}/mutate")},
-        ]),
-    );
+    let webhook_port = webhook_to_loopback(&fullname);
     let cloud = Cloud::start(|c| c).await;
     let kubeconfig = service_account_kubeconfig(&system.name, &fullname);
     let mut controller = start_controller(&deployment, kubeconfig.path(), &cloud, webhook_port);
@@ -975,10 +979,7 @@ async fn a_namespaced_install_grants_the_listed_namespaces_only_and_works_there(
         .kubectl(&["apply", "-f", "-"], Some(&elsewhere.to_string()))
         .success();
     for ns in [&orders, &billing] {
-        eventually("the FederatedCredential to be Ready", LIMIT, || {
-            get_json(&["fedcred", "app-google", "-n", &ns.name]).filter(condition_ready)
-        })
-        .await;
+        ready(&ns.name, "app-google").await;
         let data = secret_data_in(&ns.name, "app-google").expect("the token Secret");
         assert!(cloud.google.lookup(&data["access_token"]).is_some());
     }
