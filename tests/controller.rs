@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use fedcred_doubles::{Condition, Fault, Target};
 use serde_json::{Value, json};
-use support::cloud::{ASSUMED_ROLE, AUDIENCE, Cloud, ROLE, SA_EMAIL, federated};
+use support::cloud::{ASSUMED_ROLE, AUDIENCE, Cloud, ROLE, SA_EMAIL, federated, service_account};
 use support::controller::{ControllerProcess, Launch};
 use support::pod::secret_data;
 use support::{TestNamespace, eventually};
@@ -50,13 +50,6 @@ fn events(ns: &TestNamespace, name: &str) -> Vec<Value> {
     )
     .unwrap();
     v["items"].as_array().cloned().unwrap_or_default()
-}
-
-fn service_account(ns: &TestNamespace, name: &str) {
-    let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount",
-        "metadata": {"name": name, "annotations": {"eks.amazonaws.com/role-arn": ROLE}}});
-    ns.kubectl(&["apply", "-f", "-"], Some(&sa.to_string()))
-        .success();
 }
 
 /// Applies a FederatedCredential named `name` whose spec is `cloud.spec(aws, google)` plus
@@ -737,6 +730,52 @@ fn template_hash(ns: &TestNamespace, kind: &str, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Applies `orders` with federated tokens (so without IAM database login) for one AlloyDB
+/// instance, its proxy on `port` if given.
+fn apply_orders_alloydb(ns: &TestNamespace, cloud: &Cloud, port: Option<u16>) {
+    let mut instance = json!({"uri": support::INSTANCE, "autoIamAuthn": false});
+    if let Some(port) = port {
+        instance["port"] = port.into();
+    }
+    apply(
+        ns,
+        cloud,
+        "orders",
+        irsa(),
+        json!({"serviceAccount": null}),
+        json!({"alloydb": {"instances": [instance]}}),
+    );
+}
+
+/// The injection hash `orders` records once Ready.
+async fn recorded_injection_hash(ns: &TestNamespace) -> String {
+    eventually("the injection hash recorded", LIMIT, || {
+        is_ready(ns, "orders")?["injectionHash"]
+            .as_str()
+            .map(str::to_owned)
+    })
+    .await
+}
+
+/// Waits until `orders` records an injection hash other than `first`; returns it.
+async fn new_injection_hash(ns: &TestNamespace, first: &str) -> String {
+    eventually("a new injection hash", LIMIT, || {
+        let hash = status(ns, "orders")["injectionHash"].as_str()?.to_owned();
+        (hash != first).then_some(hash)
+    })
+    .await
+}
+
+/// Waits until the Secret of `orders` holds another token than now.
+async fn orders_refreshed(ns: &TestNamespace, what: &str) {
+    let token = secret_data(ns, "orders").unwrap()["access_token"].clone();
+    eventually(what, LIMIT, || {
+        let now = secret_data(ns, "orders")?["access_token"].clone();
+        (now != token).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workloads_roll_when_injected_settings_change_and_never_on_refresh() {
     support::ensure_crd();
@@ -745,15 +784,7 @@ async fn workloads_roll_when_injected_settings_change_and_never_on_refresh() {
     let cloud = Cloud::start(federated(8)).await;
     service_account(&ns, "orders-api");
     // Federated tokens, so without IAM database login.
-    let instance = json!({"uri": support::INSTANCE, "autoIamAuthn": false});
-    apply(
-        &ns,
-        &cloud,
-        "orders",
-        irsa(),
-        json!({"serviceAccount": null}),
-        json!({"alloydb": {"instances": [instance]}}),
-    );
+    apply_orders_alloydb(&ns, &cloud, None);
     workload(&ns, "Deployment", "api", "orders", json!({}));
     workload(&ns, "StatefulSet", "worker", "orders", json!({}));
     workload(&ns, "DaemonSet", "agent", "orders", json!({}));
@@ -766,20 +797,10 @@ async fn workloads_roll_when_injected_settings_change_and_never_on_refresh() {
     );
     workload(&ns, "Deployment", "other", "payments", json!({}));
     let _controller = ControllerProcess::start(&ns.name, &cloud, "r1", &[]);
-    let first = eventually("the injection hash recorded", LIMIT, || {
-        is_ready(&ns, "orders")?["injectionHash"]
-            .as_str()
-            .map(str::to_owned)
-    })
-    .await;
+    let first = recorded_injection_hash(&ns).await;
 
     // Several refreshes later, nothing has been rolled.
-    let token = secret_data(&ns, "orders").unwrap()["access_token"].clone();
-    eventually("two refreshes", LIMIT, || {
-        let now = secret_data(&ns, "orders")?["access_token"].clone();
-        (now != token).then_some(())
-    })
-    .await;
+    orders_refreshed(&ns, "two refreshes").await;
     for (kind, name) in [
         ("deployment", "api"),
         ("statefulset", "worker"),
@@ -794,20 +815,8 @@ async fn workloads_roll_when_injected_settings_change_and_never_on_refresh() {
 
     // The proxy's local port changes: every workload using the resource rolls, except the
     // one that opted out and the one using another resource.
-    let moved = json!({"uri": support::INSTANCE, "autoIamAuthn": false, "port": 6543});
-    apply(
-        &ns,
-        &cloud,
-        "orders",
-        irsa(),
-        json!({"serviceAccount": null}),
-        json!({"alloydb": {"instances": [moved]}}),
-    );
-    let second = eventually("a new injection hash", LIMIT, || {
-        let hash = status(&ns, "orders")["injectionHash"].as_str()?.to_owned();
-        (hash != first).then_some(hash)
-    })
-    .await;
+    apply_orders_alloydb(&ns, &cloud, Some(6543));
+    let second = new_injection_hash(&ns, &first).await;
     for (kind, name) in [
         ("deployment", "api"),
         ("statefulset", "worker"),
@@ -840,12 +849,7 @@ async fn workloads_roll_when_injected_settings_change_and_never_on_refresh() {
         get_json(&ns, &[kind, name]).unwrap()["metadata"]["generation"].clone()
     };
     let before = generation("deployment", "api");
-    let token = secret_data(&ns, "orders").unwrap()["access_token"].clone();
-    eventually("another refresh", LIMIT, || {
-        let now = secret_data(&ns, "orders")?["access_token"].clone();
-        (now != token).then_some(())
-    })
-    .await;
+    orders_refreshed(&ns, "another refresh").await;
     assert_eq!(generation("deployment", "api"), before);
 }
 
@@ -855,40 +859,15 @@ async fn with_rollouts_off_no_workload_is_touched_and_an_event_asks_for_a_restar
     let ns = TestNamespace::new("rollouts-off");
     let cloud = Cloud::start(|c| c).await;
     service_account(&ns, "orders-api");
-    let instance = json!({"uri": support::INSTANCE, "autoIamAuthn": false});
-    apply(
-        &ns,
-        &cloud,
-        "orders",
-        irsa(),
-        json!({"serviceAccount": null}),
-        json!({"alloydb": {"instances": [instance]}}),
-    );
+    apply_orders_alloydb(&ns, &cloud, None);
     workload(&ns, "Deployment", "api", "orders", json!({}));
     let _controller = ControllerProcess::start(&ns.name, &cloud, "r1", &["--rollouts=false"]);
-    let first = eventually("the injection hash recorded", LIMIT, || {
-        is_ready(&ns, "orders")?["injectionHash"]
-            .as_str()
-            .map(str::to_owned)
-    })
-    .await;
+    let first = recorded_injection_hash(&ns).await;
 
     // What is injected changes: the change is recorded, the Deployment is left alone, and an
     // event says what to do.
-    let moved = json!({"uri": support::INSTANCE, "autoIamAuthn": false, "port": 6543});
-    apply(
-        &ns,
-        &cloud,
-        "orders",
-        irsa(),
-        json!({"serviceAccount": null}),
-        json!({"alloydb": {"instances": [moved]}}),
-    );
-    eventually("a new injection hash", LIMIT, || {
-        let hash = status(&ns, "orders")["injectionHash"].as_str()?.to_owned();
-        (hash != first).then_some(())
-    })
-    .await;
+    apply_orders_alloydb(&ns, &cloud, Some(6543));
+    new_injection_hash(&ns, &first).await;
     let asked = eventually("a RolloutsOff event", LIMIT, || {
         events(&ns, "orders")
             .into_iter()

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use fedcred_doubles::{Condition, Provider};
 use serde_json::{Value, json};
-use support::cloud::{AUDIENCE, Cloud, ROLE};
+use support::cloud::{AUDIENCE, Cloud, service_account};
 use support::controller::ControllerProcess;
 use support::{TestNamespace, eventually, free_port, repo_root};
 
@@ -352,13 +352,6 @@ fn every_dashboard_query_is_valid_promql() {
     .unwrap();
     let (ok, _) = tool("promtool", &["check", "rules", "broken.yaml"], &dir);
     assert!(!ok, "promtool accepted a broken expression");
-}
-
-fn service_account(ns: &TestNamespace, name: &str) {
-    let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount",
-        "metadata": {"name": name, "annotations": {"eks.amazonaws.com/role-arn": ROLE}}});
-    ns.kubectl(&["apply", "-f", "-"], Some(&sa.to_string()))
-        .success();
 }
 
 fn apply(ns: &TestNamespace, cloud: &Cloud, name: &str, audience: &str) {

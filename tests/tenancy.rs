@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::cloud::{Cloud, ROLE, federated};
+use support::cloud::{Cloud, ROLE, federated, service_account};
 use support::controller::{ControllerProcess, Launch};
 use support::{TestNamespace, eventually};
 
@@ -44,13 +44,6 @@ fn token(ns: &TestNamespace, name: &str) -> Option<(String, jiff::Timestamp)> {
         String::from_utf8(bytes).ok()
     };
     Some((field("access_token")?, field("expiry")?.parse().ok()?))
-}
-
-fn service_account(ns: &TestNamespace, name: &str) {
-    let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount",
-        "metadata": {"name": name, "annotations": {"eks.amazonaws.com/role-arn": ROLE}}});
-    ns.kubectl(&["apply", "-f", "-"], Some(&sa.to_string()))
-        .success();
 }
 
 /// Applies FederatedCredentials `(name, spec)` in one kubectl call.

@@ -6,12 +6,15 @@ use fedcred::exchange::aws::Aws;
 use fedcred::exchange::google::GoogleClient;
 use fedcred_core::api::FederatedCredentialSpec;
 use fedcred_core::google::RetryPolicy;
+use fedcred_doubles::aws_metadata::{Imds, Instance};
 use fedcred_doubles::moto::Moto;
 use fedcred_doubles::{Binding, Config, GoogleDoubles, Provider, role_member};
 use serde_json::json;
 
 pub const AUDIENCE: &str = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/eks-pool/providers/aws-shop";
 pub const SA_EMAIL: &str = "orders-api@acme-shop.iam.gserviceaccount.com";
+/// The role of the EC2 instance in [`Cloud::ec2_host`].
+pub const HOST_ROLE: &str = "arn:aws:iam::123456789012:role/host";
 pub const ROLE: &str = "arn:aws:iam::123456789012:role/shop-orders";
 pub const ASSUMED_ROLE: &str = "arn:aws:sts::123456789012:assumed-role/shop-orders";
 
@@ -50,6 +53,19 @@ impl Cloud {
             .expect("moto issues the controller's credentials")
     }
 
+    /// The IMDS fake of an EC2 instance whose instance profile is [`HOST_ROLE`], its session
+    /// named after the instance id, as EC2 does.
+    pub async fn ec2_host(&self) -> Imds {
+        let own = self
+            .moto
+            .assume_role_with_web_identity(HOST_ROLE, "i-0123456789abcdef0")
+            .await
+            .expect("moto issues the instance role's credentials");
+        Imds::start(Instance::new("host", own))
+            .await
+            .expect("the IMDS fake starts")
+    }
+
     /// A spec for `aws` pointed at these peers.
     pub fn spec(
         &self,
@@ -79,6 +95,14 @@ impl Cloud {
             Some(super::kube_client().await),
         )
     }
+}
+
+/// Applies the ServiceAccount `name` in `ns`, annotated with [`ROLE`] as for IRSA.
+pub fn service_account(ns: &super::TestNamespace, name: &str) {
+    let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": name, "annotations": {"eks.amazonaws.com/role-arn": ROLE}}});
+    ns.kubectl(&["apply", "-f", "-"], Some(&sa.to_string()))
+        .success();
 }
 
 /// A [`Cloud::start`] configuration whose Google issues federated tokens that live `seconds`.
