@@ -362,19 +362,7 @@ async fn controller_identity_is_chained_into_a_per_namespace_session() {
             .unwrap()
     };
     let out = exchange(&[]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains(&format!(
-            "principal:       {ASSUMED_ROLE}/fedcred.{}",
-            ns.name
-        )),
-        "{stdout}"
-    );
+    let stdout = support::exchanged(&out, &format!("{ASSUMED_ROLE}/fedcred.{}", ns.name));
     assert!(
         stdout.contains("db user:         orders-api@acme-shop.iam"),
         "{stdout}"

@@ -98,6 +98,38 @@ async fn refused(ns: &TestNamespace, name: &str, reason: Reason) -> Value {
     .await
 }
 
+/// [`refused`], its Ready condition's message containing `text`.
+async fn refused_saying(ns: &TestNamespace, name: &str, reason: Reason, text: &str) -> Value {
+    let s = refused(ns, name, reason).await;
+    assert!(
+        ready_condition(&s).unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains(text),
+        "{s}"
+    );
+    s
+}
+
+/// The cloud doubles with one provider for `OIDC_AUDIENCE` trusting `oidc`, bound to `ns`,
+/// and the ServiceAccount `orders-api` in `ns`.
+async fn trusting(ns: &TestNamespace, oidc: Oidc) -> Cloud {
+    let cloud = Cloud::start(|c| {
+        c.provider(Provider::oidc(OIDC_AUDIENCE, oidc))
+            .binding(bound_to_namespace(&ns.name))
+    })
+    .await;
+    service_account(ns, "orders-api");
+    cloud
+}
+
+/// A new directory for the files of the test in `ns`.
+fn scratch_dir(ns: &TestNamespace) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("fedcred-oidc-{}", ns.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// A token of `ns/name` for `audience`, from the API server.
 async fn request_token(ns: &str, name: &str, audience: &str) -> String {
     let accounts: Api<ServiceAccount> = Api::namespaced(kube_client().await, ns);
@@ -133,12 +165,7 @@ async fn a_service_account_token_becomes_a_google_token_verified_with_the_keys_t
     allow_anonymous_discovery();
     let issuer = cluster_issuer().await;
     let ns = TestNamespace::new("oidc-ready");
-    let cloud = Cloud::start(|c| {
-        c.provider(Provider::oidc(OIDC_AUDIENCE, issuer.discovered()))
-            .binding(bound_to_namespace(&ns.name))
-    })
-    .await;
-    service_account(&ns, "orders-api");
+    let cloud = trusting(&ns, issuer.discovered()).await;
     let _controller = ControllerProcess::start(&ns.name, &cloud, "o1", &[]);
     apply(
         &ns,
@@ -219,14 +246,13 @@ async fn refusals_each_carry_their_reason_and_name_the_subject_google_saw() {
     );
 
     let subject = format!("system:serviceaccount:{}:orders-api", ns.name);
-    let s = refused(&ns, "audience", Reason::AudienceMismatch).await;
-    assert!(
-        ready_condition(&s).unwrap()["message"]
-            .as_str()
-            .unwrap()
-            .contains("--allowed-audiences"),
-        "{s}"
-    );
+    refused_saying(
+        &ns,
+        "audience",
+        Reason::AudienceMismatch,
+        "--allowed-audiences",
+    )
+    .await;
     let s = refused(&ns, "condition", Reason::AttributeConditionRejected).await;
     let message = ready_condition(&s).unwrap()["message"].to_string();
     assert!(
@@ -234,28 +260,10 @@ async fn refusals_each_carry_their_reason_and_name_the_subject_google_saw() {
         "{message}"
     );
     assert_eq!(s["subject"], subject.as_str());
-    let s = refused(&ns, "issuer", Reason::IssuerNotTrusted).await;
-    assert!(
-        ready_condition(&s).unwrap()["message"]
-            .to_string()
-            .contains("--issuer-uri"),
-        "{s}"
-    );
-    let s = refused(&ns, "private", Reason::IssuerUnreachable).await;
-    assert!(
-        ready_condition(&s).unwrap()["message"]
-            .to_string()
-            .contains("--jwk-json-path"),
-        "{s}"
-    );
+    refused_saying(&ns, "issuer", Reason::IssuerNotTrusted, "--issuer-uri").await;
+    refused_saying(&ns, "private", Reason::IssuerUnreachable, "--jwk-json-path").await;
 
-    let s = refused(&ns, "file", Reason::InvalidSpec).await;
-    assert!(
-        ready_condition(&s).unwrap()["message"]
-            .to_string()
-            .contains("only fedcred agent reads"),
-        "{s}"
-    );
+    refused_saying(&ns, "file", Reason::InvalidSpec, "only fedcred agent reads").await;
 
     // Google's clock ten minutes and a bit ahead: a real token of the API server, valid for
     // ten minutes, has expired.
@@ -286,13 +294,13 @@ async fn refusals_each_carry_their_reason_and_name_the_subject_google_saw() {
         OIDC_AUDIENCE,
         json!({"serviceAccount": {"name": "rotated-api"}}),
     );
-    let s = refused(&ns, "rotated", Reason::SignatureNotVerified).await;
-    assert!(
-        ready_condition(&s).unwrap()["message"]
-            .to_string()
-            .contains("/openid/v1/jwks"),
-        "{s}"
-    );
+    refused_saying(
+        &ns,
+        "rotated",
+        Reason::SignatureNotVerified,
+        "/openid/v1/jwks",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -364,14 +372,8 @@ async fn a_token_signed_by_another_key_is_refused_and_the_real_one_is_not() {
 async fn google_auth_with_a_file_sourced_token_gets_a_token_from_the_same_double() {
     let issuer = cluster_issuer().await;
     let ns = TestNamespace::new("oidc-google-auth");
-    let cloud = Cloud::start(|c| {
-        c.provider(Provider::oidc(OIDC_AUDIENCE, issuer.uploaded()))
-            .binding(bound_to_namespace(&ns.name))
-    })
-    .await;
-    service_account(&ns, "orders-api");
-    let dir = std::env::temp_dir().join(format!("fedcred-oidc-{}", ns.name));
-    std::fs::create_dir_all(&dir).unwrap();
+    let cloud = trusting(&ns, issuer.uploaded()).await;
+    let dir = scratch_dir(&ns);
     let token_file = dir.join("token");
     std::fs::write(
         &token_file,
@@ -553,8 +555,7 @@ async fn the_agent_reads_the_projected_token_file_again_for_every_exchange() {
     .await;
     service_account(&ns, "orders-api");
     service_account(&ns, "batch-api");
-    let dir = std::env::temp_dir().join(format!("fedcred-oidc-{}", ns.name));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir(&ns);
     let token_file = dir.join("token");
     replace_file(
         &token_file,
@@ -751,14 +752,8 @@ async fn a_kubernetes_resource_refreshes_with_a_fresh_token_through_sts_faults()
 async fn fedcred_exchange_runs_the_kubernetes_source_by_hand() {
     let issuer = cluster_issuer().await;
     let ns = TestNamespace::new("oidc-cli");
-    let cloud = Cloud::start(|c| {
-        c.provider(Provider::oidc(OIDC_AUDIENCE, issuer.uploaded()))
-            .binding(bound_to_namespace(&ns.name))
-    })
-    .await;
-    service_account(&ns, "orders-api");
-    let dir = std::env::temp_dir().join(format!("fedcred-oidc-{}", ns.name));
-    std::fs::create_dir_all(&dir).unwrap();
+    let cloud = trusting(&ns, issuer.uploaded()).await;
+    let dir = scratch_dir(&ns);
     let file = dir.join("credential.json");
     let fc = json!({
         "apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
@@ -780,18 +775,9 @@ async fn fedcred_exchange_runs_the_kubernetes_source_by_hand() {
         .await
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains(&format!(
-            "principal:       system:serviceaccount:{}:orders-api",
-            ns.name
-        )),
-        "{stdout}"
+    let stdout = support::exchanged(
+        &out,
+        &format!("system:serviceaccount:{}:orders-api", ns.name),
     );
     assert!(
         stdout.contains(&format!("service account: {SA_EMAIL}")),

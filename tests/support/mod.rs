@@ -6,6 +6,7 @@ pub mod alloydb;
 pub mod cloud;
 pub mod controller;
 pub mod gate;
+pub mod metadata;
 pub mod oidc;
 pub mod pod;
 pub mod tokens;
@@ -32,6 +33,22 @@ pub fn kubeconfig() -> PathBuf {
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The stdout of a `fedcred exchange` run, which must have succeeded (its output is shown if
+/// not) and name `principal` as the principal STS saw.
+pub fn exchanged(out: &Output, principal: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("principal:       {principal}")),
+        "{stdout}"
+    );
+    stdout
 }
 
 /// What a kubectl invocation returned.
