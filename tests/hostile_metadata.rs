@@ -6,12 +6,14 @@
 //! serves a valid token afterwards.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use jiff::{SignedDuration, Timestamp};
+use support::metadata::{Answer, Emulator};
+
+mod support;
 
 const TOKEN_VALUE: &str = "ya29.hostile-metadata-token-3c9e";
 const SA: &str = "orders-api@acme-shop.iam.gserviceaccount.com";
@@ -48,55 +50,7 @@ impl Drop for SecretDir {
     }
 }
 
-/// `fedcred metadata-server` on a free loopback port; killed when dropped.
-struct Emulator {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-}
-
 impl Emulator {
-    fn start(dir: &Path) -> Emulator {
-        for attempt in 0..3 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-            let log = dir.with_extension(format!("log{attempt}"));
-            let file = std::fs::File::create(&log).unwrap();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_fedcred"))
-                .arg("metadata-server")
-                .arg("--secret-dir")
-                .arg(dir)
-                .args(["--listen", &addr.to_string(), "--log-format", "text"])
-                .env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(file.try_clone().unwrap())
-                .stderr(file)
-                .spawn()
-                .expect("the fedcred binary runs");
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(20) {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                if TcpStream::connect(addr).is_ok() {
-                    return Emulator { child, addr, log };
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("the metadata server did not start");
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
     /// Sends `bytes` as they are and reads until the server closes (or 15 s pass).
     fn send(&self, bytes: &[u8]) -> Vec<u8> {
         let mut stream = TcpStream::connect(self.addr).unwrap();
@@ -120,36 +74,6 @@ impl Emulator {
         assert_eq!(answers[0].status, 200, "{:?}", answers[0]);
         let body: serde_json::Value = serde_json::from_str(&answers[0].body).unwrap();
         body["access_token"].as_str().unwrap().to_owned()
-    }
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- metadata-server log ---\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
-
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
     }
 }
 
