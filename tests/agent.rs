@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use fedcred_doubles::aws_metadata::{ContainerCredentials, Imds, Instance};
+use fedcred_doubles::aws_metadata::ContainerCredentials;
 use fedcred_doubles::{Binding, Provider, Target, role_member};
 use serde_json::{Value, json};
-use support::cloud::{ASSUMED_ROLE, AUDIENCE, Cloud, ROLE, SA_EMAIL};
+use support::cloud::{ASSUMED_ROLE, AUDIENCE, Cloud, HOST_ROLE, ROLE, SA_EMAIL};
 use support::free_port;
 use support::pod::{google_auth_adc, unique};
 
@@ -25,7 +25,6 @@ const TOKEN: &str = "/computeMetadata/v1/instance/service-accounts/default/token
 /// What EKS Pod Identity mounts at AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE.
 const CONTAINER_TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJlY3MtdGFzayJ9.c2lnbmF0dXJl";
 /// The role the host's own credentials belong to (instance profile, task role).
-const HOST_ROLE: &str = "arn:aws:iam::123456789012:role/host";
 /// Impersonated tokens live this long in these tests.
 const LIFETIME_CAP: u64 = 30;
 
@@ -33,15 +32,7 @@ const LIFETIME_CAP: u64 = 30;
 async fn ec2_agent_from_the_shipped_unit_serves_google_auth_and_refreshes_before_expiry() {
     let cloud = cloud(AUDIENCE, SA_EMAIL, ASSUMED_ROLE).await;
     let dir = Scratch::new();
-    // The instance's own session is named after the instance id, as EC2 does.
-    let own = cloud
-        .moto
-        .assume_role_with_web_identity(HOST_ROLE, "i-0123456789abcdef0")
-        .await
-        .expect("moto issues the instance role's credentials");
-    let imds = Imds::start(Instance::new("host", own))
-        .await
-        .expect("the IMDS fake starts");
+    let imds = cloud.ec2_host().await;
     let manifest = manifest("reports", &cloud, json!({"roleArn": ROLE}), json!({}));
     std::fs::write(dir.path.join("credential.yaml"), manifest.to_string()).unwrap();
 

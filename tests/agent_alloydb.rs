@@ -10,16 +10,16 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-use fedcred_doubles::alloydb::{AlloyDbConfig, AlloyDbDoubles, AuthType, InstanceConfig, Outcome};
+use fedcred_doubles::alloydb::{AlloyDbConfig, AlloyDbDoubles, InstanceConfig};
 use fedcred_doubles::aws_metadata::{Imds, Instance};
 use fedcred_doubles::{Binding, Config, Provider, role_member};
 use serde_json::{Value, json};
-use support::alloydb::{Postgres, proxy_binary};
+use support::alloydb::{Postgres, last_iam_login, proxy_binary};
 use support::cloud::Cloud;
-use support::pod::unique;
+use support::pod::{Process, unique};
 use support::{INSTANCE, free_port};
 
 /// Impersonated tokens live this long here, so the first expires within the test.
@@ -38,50 +38,6 @@ fn unit_values(path: &str, key: &str) -> Vec<String> {
 
 fn words(line: &str) -> Vec<String> {
     line.split_whitespace().map(str::to_owned).collect()
-}
-
-/// A process killed when dropped; its output in a file.
-struct Running {
-    name: &'static str,
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Running {
-    fn start(name: &'static str, argv: &[String], env: &[(String, String)]) -> Running {
-        let log = unique(&format!("{name}-log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(&argv[0])
-            .args(&argv[1..])
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .envs(env.iter().cloned())
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("{name}: cannot run {}: {e}", argv[0]));
-        Running { name, child, log }
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- {} ---\n{}", self.name, self.logs());
-        }
-        let _ = std::fs::remove_file(&self.log);
-    }
 }
 
 /// `psql "host=127.0.0.1 port=PORT user=USER dbname=postgres" -c 'select current_user'`.
@@ -181,7 +137,7 @@ async fn seed_000_on_ec2_the_shipped_units_log_psql_in_as_the_iam_user_across_a_
     };
     let exec_start = unit_values("deploy/agent/fedcred-agent.service", "ExecStart");
     assert_eq!(exec_start.len(), 1);
-    let agent = Running::start(
+    let agent = Process::start(
         "fedcred-agent",
         &binary(words(&exec_start[0])),
         &[
@@ -236,7 +192,7 @@ async fn seed_000_on_ec2_the_shipped_units_log_psql_in_as_the_iam_user_across_a_
         "--alloydbadmin-api-endpoint={}",
         alloydb.admin_url()
     ));
-    let mut proxy = Running::start("alloydb-auth-proxy", &argv, &env);
+    let mut proxy = Process::start("alloydb-auth-proxy", &argv, &env);
 
     // The docs' last step, retried while the proxy comes up.
     let login = |what: &str| {
@@ -254,13 +210,7 @@ async fn seed_000_on_ec2_the_shipped_units_log_psql_in_as_the_iam_user_across_a_
     };
     let user = tokio::task::block_in_place(|| login("first login"));
     assert_eq!(user, db_user);
-    let first = alloydb
-        .connections()
-        .into_iter()
-        .rfind(|c| c.outcome == Outcome::Accepted)
-        .expect("the instance accepted a connection");
-    assert_eq!(first.auth_type, Some(AuthType::AutoIam));
-    assert_eq!(first.db_user.as_deref(), Some(db_user.as_str()));
+    let first = last_iam_login(&alloydb, &db_user);
     let issued = cloud.google.issued_tokens();
     let first_token = issued
         .iter()
@@ -280,15 +230,10 @@ async fn seed_000_on_ec2_the_shipped_units_log_psql_in_as_the_iam_user_across_a_
         .as_secs();
     tokio::time::sleep(Duration::from_secs(wait + 2)).await;
     assert!(cloud.google.lookup(&first_token).is_none());
-    assert!(proxy.alive(), "the proxy exited:\n{}", proxy.logs());
+    assert!(proxy.running(), "the proxy exited:\n{}", proxy.logs());
     let user = tokio::task::block_in_place(|| login("login after the first token expired"));
     assert_eq!(user, db_user);
-    let last = alloydb
-        .connections()
-        .into_iter()
-        .rfind(|c| c.outcome == Outcome::Accepted)
-        .unwrap();
-    assert_eq!(last.auth_type, Some(AuthType::AutoIam));
+    let last = last_iam_login(&alloydb, &db_user);
     assert!(
         !last.used_token(&first_token),
         "the second login used the expired token"

@@ -30,20 +30,19 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use fedcred_core::metadata::{injected_env, project_env};
-use fedcred_doubles::aws_metadata::{Imds, Instance};
+use fedcred_doubles::aws_metadata::Imds;
 use fedcred_doubles::{Binding, role_member, service_account_member};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 use support::TestNamespace;
 use support::cloud::{ASSUMED_ROLE, AUDIENCE, Cloud, ROLE, SA_EMAIL};
 use support::free_port;
-use support::pod::{SecretVolume, StoredPod, unique, venv_python};
+use support::pod::{SecretVolume, StoredPod, run_with_only, unique, venv_python};
 use support::webhook::{Registration, Server as WebhookServer};
 
 const TOKEN: &str = "/computeMetadata/v1/instance/service-accounts/default/token";
 const IDENTITY: &str = "/computeMetadata/v1/instance/service-accounts/default/identity";
 /// The role of the instance the agent runs on.
-const HOST_ROLE: &str = "arn:aws:iam::123456789012:role/host";
 /// Where the services the ID tokens are for live.
 const SERVICE: &str = "https://orders-api-abc123-an.a.run.app";
 
@@ -247,14 +246,7 @@ impl Scene {
             Binding::new(SA_EMAIL, &[role_member(AUDIENCE, ASSUMED_ROLE)]),
             Binding::new(SA_EMAIL, &[service_account_member(SA_EMAIL)]),
         ]);
-        let own = cloud
-            .moto
-            .assume_role_with_web_identity(HOST_ROLE, "i-0123456789abcdef0")
-            .await
-            .expect("moto issues the instance role's credentials");
-        let imds = Imds::start(Instance::new("host", own))
-            .await
-            .expect("the IMDS fake starts");
+        let imds = cloud.ec2_host().await;
         let dir = unique("clients");
         std::fs::create_dir_all(&dir).unwrap();
         let spec = cloud.spec(json!({"controllerIdentity": {"roleArn": ROLE}}), json!({}));
@@ -533,34 +525,14 @@ fn stored_env() -> &'static [(String, String)] {
 /// Runs a client with only the stored pod's environment, the emulator's port put in place of
 /// the sidecar's, and an empty HOME; returns its JSON output.
 fn run_client(command: &mut Command, listen: u16, args: &[String]) -> Value {
-    let home = unique("client-home");
-    std::fs::create_dir_all(&home).unwrap();
     let sidecar = fedcred_core::metadata::DEFAULT_LISTEN;
     let here = format!("127.0.0.1:{listen}");
     let env = stored_env()
         .iter()
         .map(|(name, value)| (name.clone(), value.replace(sidecar, &here)));
-    let output = command
-        .args(args)
-        .env_clear()
-        .envs(env)
-        .env("HOME", &home)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_dir_all(&home);
-    assert!(
-        output.status.success(),
-        "the client failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    })
+    let stdout = run_with_only(command.args(args), env, "the client");
+    serde_json::from_slice(&stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&stdout)))
 }
 
 /// The Go client program, built by `hack/build-clients.sh`.

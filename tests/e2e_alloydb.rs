@@ -17,9 +17,11 @@ use std::time::Duration;
 
 use fedcred_core::inject::{DEFAULT_PROXY_IMAGE, PROXY_CONTAINER_PREFIX, SOCKET_VOLUME};
 use fedcred_doubles::Config;
-use fedcred_doubles::alloydb::{AlloyDbConfig, AlloyDbDoubles, AuthType, InstanceConfig, Outcome};
+use fedcred_doubles::alloydb::{AlloyDbConfig, AlloyDbDoubles, InstanceConfig};
 use serde_json::{Value, json};
-use support::alloydb::{Postgres, proxy_binary, select_current_user, wait_for_http_probe};
+use support::alloydb::{
+    Postgres, last_iam_login, proxy_binary, select_current_user, wait_for_http_probe,
+};
 use support::cloud::{Cloud, ROLE, SA_EMAIL};
 use support::controller::ControllerProcess;
 use support::pod::{Process, SecretVolume, StoredPod, map_paths, secret_data, wait_for_exec_probe};
@@ -296,14 +298,8 @@ async fn a_pod_reaches_alloydb_as_its_iam_user_before_and_after_the_first_token_
 
     let user = tokio::task::block_in_place(|| select_current_user(app_env));
     assert_eq!(user.as_deref(), Ok(DB_USER), "{}", logs(running));
-    let seen = alloydb.connections();
-    let accepted = seen
-        .iter()
-        .rfind(|c| c.outcome == Outcome::Accepted)
-        .expect("the instance accepted a connection");
-    assert_eq!(accepted.auth_type, Some(AuthType::AutoIam));
+    let accepted = last_iam_login(&alloydb, DB_USER);
     assert_eq!(accepted.service_account.as_deref(), Some(SA_EMAIL));
-    assert_eq!(accepted.db_user.as_deref(), Some(DB_USER));
     assert!(accepted.used_token(&first_token));
     assert!(
         alloydb
@@ -338,23 +334,12 @@ async fn a_pod_reaches_alloydb_as_its_iam_user_before_and_after_the_first_token_
     .await;
     volume.sync(ns, "orders-db");
     for process in running.iter_mut() {
-        assert!(
-            process.running(),
-            "{} exited:\n{}",
-            process.name,
-            process.logs()
-        );
+        process.assert_running();
     }
 
     let user = tokio::task::block_in_place(|| select_current_user(app_env));
     assert_eq!(user.as_deref(), Ok(DB_USER), "{}", logs(running));
-    let last = alloydb
-        .connections()
-        .into_iter()
-        .rfind(|c| c.outcome == Outcome::Accepted)
-        .unwrap();
-    assert_eq!(last.auth_type, Some(AuthType::AutoIam));
-    assert_eq!(last.db_user.as_deref(), Some(DB_USER));
+    let last = last_iam_login(&alloydb, DB_USER);
     let used = cloud
         .google
         .issued_tokens()
@@ -401,14 +386,7 @@ async fn a_pod_reaches_alloydb_through_the_unix_socket_pghost_names() {
 
     let user = tokio::task::block_in_place(|| select_current_user(&scene.app_env));
     assert_eq!(user.as_deref(), Ok(DB_USER), "{}", logs(&scene.running));
-    let accepted = scene
-        .alloydb
-        .connections()
-        .into_iter()
-        .rfind(|c| c.outcome == Outcome::Accepted)
-        .expect("the instance accepted a connection");
-    assert_eq!(accepted.auth_type, Some(AuthType::AutoIam));
-    assert_eq!(accepted.db_user.as_deref(), Some(DB_USER));
+    let accepted = last_iam_login(&scene.alloydb, DB_USER);
     assert!(accepted.used_token(&scene.first["access_token"]));
 
     let everything = format!("{}{}", scene.controller.logs(), logs(&scene.running));

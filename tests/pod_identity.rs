@@ -18,7 +18,9 @@ use fedcred_doubles::aws_metadata::ContainerCredentials;
 use fedcred_doubles::{Binding, role_member};
 use serde_json::{Value, json};
 use support::cloud::{ASSUMED_ROLE, AUDIENCE, Cloud, ROLE, SA_EMAIL};
-use support::pod::{Process, StoredPod, map_paths, unique, venv_python, wait_for_exec_probe};
+use support::pod::{
+    Process, StoredPod, google_auth_adc_with, map_paths, unique, wait_for_exec_probe,
+};
 use support::webhook::controller_with_webhook;
 use support::{TestNamespace, free_port, kubectl, wait_until};
 
@@ -272,7 +274,7 @@ async fn a_pod_identity_pod_exchanges_in_its_agent_sidecar_and_google_auth_gets_
         .into_iter()
         .map(|(k, v)| (k, local(&v)))
         .collect();
-    let found = google_auth(&app_env);
+    let found = google_auth_adc_with(app_env.iter().cloned());
     assert_eq!(
         found["class"],
         "google.auth.compute_engine.credentials.Credentials"
@@ -307,27 +309,4 @@ async fn a_pod_identity_pod_exchanges_in_its_agent_sidecar_and_google_auth_gets_
     );
     assert_eq!(pod_identity.refused(), 0, "{:#?}", pod_identity.requests());
     let _ = std::fs::remove_dir_all(&token_dir);
-}
-
-/// google-auth's application-default credentials with exactly `env` and an empty HOME.
-fn google_auth(env: &[(String, String)]) -> Value {
-    let home = unique("podid-python-home");
-    std::fs::create_dir_all(&home).unwrap();
-    let script = support::repo_root().join("tests/python/metadata_adc.py");
-    let output = std::process::Command::new(venv_python())
-        .arg(script)
-        .env_clear()
-        .envs(env.iter().cloned())
-        .env("HOME", &home)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_dir_all(&home);
-    assert!(
-        output.status.success(),
-        "google-auth failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
 }

@@ -286,12 +286,7 @@ fn http(method: &str, port: u16, path: &str) -> std::io::Result<(u16, String)> {
 fn wait_for_status(process: &mut Process, port: u16, path: &str, limit: Duration) {
     let start = Instant::now();
     loop {
-        assert!(
-            process.running(),
-            "{} exited:\n{}",
-            process.name,
-            process.logs()
-        );
+        process.assert_running();
         if matches!(http("GET", port, path), Ok((200, _))) {
             return;
         }

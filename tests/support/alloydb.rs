@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use fedcred_doubles::alloydb::{AlloyDbDoubles, AuthType, Connection, Outcome};
 use serde_json::Value;
 
 use super::free_port;
@@ -204,6 +205,19 @@ impl Drop for Postgres {
     }
 }
 
+/// The last connection `alloydb` accepted, checked to have logged in as `db_user` by automatic
+/// IAM database authentication.
+pub fn last_iam_login(alloydb: &AlloyDbDoubles, db_user: &str) -> Connection {
+    let accepted = alloydb
+        .connections()
+        .into_iter()
+        .rfind(|c| c.outcome == Outcome::Accepted)
+        .expect("the instance accepted a connection");
+    assert_eq!(accepted.auth_type, Some(AuthType::AutoIam));
+    assert_eq!(accepted.db_user.as_deref(), Some(db_user));
+    accepted
+}
+
 /// Runs an `httpGet` startup probe against 127.0.0.1 until it answers 2xx, as the kubelet does
 /// before it starts the next container; panics when the process exits or after `limit`.
 pub async fn wait_for_http_probe(probe: &Value, process: &mut Process, limit: Duration) {
@@ -213,12 +227,7 @@ pub async fn wait_for_http_probe(probe: &Value, process: &mut Process, limit: Du
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let start = Instant::now();
     loop {
-        assert!(
-            process.running(),
-            "{} exited:\n{}",
-            process.name,
-            process.logs()
-        );
+        process.assert_running();
         let ok = client
             .get(&url)
             .send()

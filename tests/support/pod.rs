@@ -298,6 +298,11 @@ impl Process {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Panics with the logs unless the process still runs.
+    pub fn assert_running(&mut self) {
+        assert!(self.running(), "{} exited:\n{}", self.name, self.logs());
+    }
+
     /// Whether the process is still running.
     pub fn running(&mut self) -> bool {
         self.child
@@ -369,12 +374,7 @@ pub fn wait_for_exec_probe(
             );
             return;
         }
-        assert!(
-            process.running(),
-            "{} exited:\n{}",
-            process.name,
-            process.logs()
-        );
+        process.assert_running();
         assert!(
             start.elapsed() < limit,
             "the startup probe of {} did not pass within {limit:?}:\n{}",
@@ -405,14 +405,32 @@ pub fn venv_python() -> PathBuf {
 /// ONLY the environment the webhook injects for the metadata server at `addr`, plus `extra`
 /// and an empty HOME, as in a fresh container; returns what it found.
 pub fn google_auth_adc(addr: &str, extra: &[(String, String)]) -> serde_json::Value {
-    let home = unique("python-home");
-    std::fs::create_dir_all(&home).unwrap();
+    let env = fedcred_core::metadata::injected_env(addr)
+        .into_iter()
+        .chain(extra.iter().cloned());
+    google_auth_adc_with(env)
+}
+
+/// google-auth's application-default credentials (`tests/python/metadata_adc.py`) with exactly
+/// `env` and an empty HOME; returns what it found.
+pub fn google_auth_adc_with(env: impl IntoIterator<Item = (String, String)>) -> serde_json::Value {
     let script = super::repo_root().join("tests/python/metadata_adc.py");
-    let output = Command::new(venv_python())
-        .arg(script)
+    let stdout = run_with_only(Command::new(venv_python()).arg(script), env, "google-auth");
+    serde_json::from_slice(&stdout).unwrap()
+}
+
+/// Runs `command` with exactly `env` and an empty HOME, as in a fresh container; returns its
+/// stdout once it succeeded (`what` failed, with its output, if not).
+pub fn run_with_only(
+    command: &mut Command,
+    env: impl IntoIterator<Item = (String, String)>,
+    what: &str,
+) -> Vec<u8> {
+    let home = unique("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let output = command
         .env_clear()
-        .envs(fedcred_core::metadata::injected_env(addr))
-        .envs(extra.iter().cloned())
+        .envs(env)
         .env("HOME", &home)
         .stdin(Stdio::null())
         .output()
@@ -420,9 +438,9 @@ pub fn google_auth_adc(addr: &str, extra: &[(String, String)]) -> serde_json::Va
     let _ = std::fs::remove_dir_all(&home);
     assert!(
         output.status.success(),
-        "google-auth failed:\nstdout: {}\nstderr: {}",
+        "{what} failed:\nstdout: {}\nstderr: {}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    serde_json::from_slice(&output.stdout).unwrap()
+    output.stdout
 }
