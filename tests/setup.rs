@@ -324,23 +324,11 @@ async fn the_printed_condition_and_binding_admit_the_resource_and_refuse_its_nei
     let _mine_controller = ControllerProcess::start(&mine.name, &cloud, "setup-a", &[]);
     let _neighbour_controller = ControllerProcess::start(&neighbour.name, &cloud, "setup-b", &[]);
 
-    let limit = Duration::from_secs(60);
-    let ready = eventually("the resource Ready", limit, || {
-        let s = status(&mine);
-        (ready_reason(&s)?.0 == "True").then_some(s)
-    })
-    .await;
+    let ready = ready(&mine).await;
     assert_eq!(ready["awsPrincipalArn"], principal.as_str());
-    let refused = eventually("the neighbour refused", limit, || {
-        let s = status(&neighbour);
-        let (state, reason) = ready_reason(&s)?;
-        // Refused, or (wrongly) admitted: either settles the question.
-        (state == "True" || s["lastFailureReason"].is_string()).then_some((reason, s))
-    })
-    .await;
-    assert_eq!(refused.0, "AttributeConditionRejected", "{}", refused.1);
+    let refused = refused_by_the_condition(&neighbour).await;
     assert_eq!(
-        refused.1["awsPrincipalArn"],
+        refused["awsPrincipalArn"],
         format!(
             "arn:aws:sts::123456789012:assumed-role/shop-orders/fedcred.{}.orders-api",
             neighbour.name
@@ -416,25 +404,40 @@ async fn the_printed_oidc_provider_and_binding_take_a_kubernetes_source_to_ready
     let _neighbour_controller =
         ControllerProcess::start(&neighbour.name, &cloud, "setup-oidc-b", &[]);
 
-    let limit = Duration::from_secs(60);
-    let ready = eventually("the resource Ready", limit, || {
-        let s = status(&mine);
+    let ready = ready(&mine).await;
+    assert_eq!(ready["subject"], subject.as_str());
+    let refused = refused_by_the_condition(&neighbour).await;
+    assert_eq!(
+        refused["subject"],
+        format!("system:serviceaccount:{}:orders-api", neighbour.name).as_str()
+    );
+}
+
+/// Waits until the resource in `ns` is Ready; returns its status.
+async fn ready(ns: &TestNamespace) -> Value {
+    eventually("the resource Ready", LIMIT, || {
+        let s = status(ns);
         (ready_reason(&s)?.0 == "True").then_some(s)
     })
-    .await;
-    assert_eq!(ready["subject"], subject.as_str());
-    let refused = eventually("the neighbour refused", limit, || {
-        let s = status(&neighbour);
+    .await
+}
+
+/// Waits until the resource in `ns` is refused, which must be for the attribute condition;
+/// returns its status.
+async fn refused_by_the_condition(ns: &TestNamespace) -> Value {
+    let refused = eventually("the neighbour refused", LIMIT, || {
+        let s = status(ns);
         let (state, reason) = ready_reason(&s)?;
+        // Refused, or (wrongly) admitted: either settles the question.
         (state == "True" || s["lastFailureReason"].is_string()).then_some((reason, s))
     })
     .await;
     assert_eq!(refused.0, "AttributeConditionRejected", "{}", refused.1);
-    assert_eq!(
-        refused.1["subject"],
-        format!("system:serviceaccount:{}:orders-api", neighbour.name).as_str()
-    );
+    refused.1
 }
+
+/// How long a resource may take to be Ready or refused.
+const LIMIT: Duration = Duration::from_secs(60);
 
 /// The policy documents of `aws iam create-role` in a script, by role name.
 fn script_policies(script: &str) -> std::collections::BTreeMap<String, Value> {
