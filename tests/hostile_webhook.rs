@@ -454,15 +454,24 @@ fn chunked(body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Posts the valid review and checks that it is answered with a patch.
-async fn answers_a_valid_review(client: &reqwest::Client, server: &Server, ns: &str) {
-    let response = client
+/// Posts a valid review of a pod in `ns` naming `orders-db`.
+async fn post_valid_review(
+    client: &reqwest::Client,
+    server: &Server,
+    ns: &str,
+) -> reqwest::Response {
+    client
         .post(server.url("/mutate"))
         .header("content-type", "application/json")
         .json(&review(ns, pod(None, "orders-db")))
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Posts the valid review and checks that it is answered with a patch.
+async fn answers_a_valid_review(client: &reqwest::Client, server: &Server, ns: &str) {
+    let response = post_valid_review(client, server, ns).await;
     assert_eq!(response.status(), 200);
     let answer: Value = response.json().await.unwrap();
     assert_eq!(answer["response"]["allowed"], true, "{answer}");
@@ -474,13 +483,7 @@ async fn answers_a_valid_review(client: &reqwest::Client, server: &Server, ns: &
 async fn warm_up(client: &reqwest::Client, server: &Server, ns: &str) {
     let start = Instant::now();
     loop {
-        let r = client
-            .post(server.url("/mutate"))
-            .header("content-type", "application/json")
-            .json(&review(ns, pod(None, "orders-db")))
-            .send()
-            .await
-            .unwrap();
+        let r = post_valid_review(client, server, ns).await;
         let v: Value = r.json().await.unwrap();
         if v["response"]["allowed"] == true {
             break;
@@ -723,39 +726,13 @@ async fn hostile_admission_reviews_are_refused_and_the_server_stays_up_with_boun
                 .await
                 .unwrap();
             tls.flush().await.unwrap();
-            slow.push(tokio::spawn(async move {
-                let started = Instant::now();
-                let mut buf = [0u8; 256];
-                let closed = tokio::time::timeout(Duration::from_secs(25), async {
-                    loop {
-                        match tls.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(_) => {}
-                        }
-                    }
-                })
-                .await;
-                (closed.is_ok(), started.elapsed())
-            }));
+            slow.push(tokio::spawn(closed_within_25_s(tls)));
         } else {
             let mut tcp = TcpStream::connect(("127.0.0.1", server.port))
                 .await
                 .unwrap();
             tcp.write_all(b"\x16\x03\x01").await.unwrap();
-            slow.push(tokio::spawn(async move {
-                let started = Instant::now();
-                let mut buf = [0u8; 256];
-                let closed = tokio::time::timeout(Duration::from_secs(25), async {
-                    loop {
-                        match tcp.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(_) => {}
-                        }
-                    }
-                })
-                .await;
-                (closed.is_ok(), started.elapsed())
-            }));
+            slow.push(tokio::spawn(closed_within_25_s(tcp)));
         }
     }
     answers_a_valid_review(&client, &server, &ns.name).await;
@@ -786,6 +763,23 @@ async fn hostile_admission_reviews_are_refused_and_the_server_stays_up_with_boun
         rss_after < rss_before + 256 * 1024,
         "resident memory grew from {rss_before} KiB to {rss_after} KiB"
     );
+}
+
+/// Reads `stream` until the server closes it, for at most 25 s: whether it closed, and after
+/// how long.
+async fn closed_within_25_s(mut stream: impl tokio::io::AsyncRead + Unpin) -> (bool, Duration) {
+    let started = Instant::now();
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(Duration::from_secs(25), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    (closed.is_ok(), started.elapsed())
 }
 
 /// One answer read from a raw connection: its status, head and body; `None` when the
