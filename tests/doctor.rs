@@ -56,6 +56,29 @@ fn fix<'a>(report: &'a str, step: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no fix under {step} in\n{report}"))
 }
 
+/// Asserts that the line of `step` in `report` contains `text`.
+fn says(report: &str, step: &str, text: &str) {
+    assert!(line(report, step).contains(text), "{report}");
+}
+
+/// Asserts that the fix under `step` in `report` contains `text`.
+fn fix_says(report: &str, step: &str, text: &str) {
+    assert!(fix(report, step).contains(text), "{report}");
+}
+
+/// Applies the ServiceAccounts `(name, role)` in `ns`, each annotated with its role if any.
+fn service_accounts(ns: &TestNamespace, accounts: &[(&str, Option<&str>)]) {
+    for (name, role) in accounts {
+        let mut sa =
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}});
+        if let Some(role) = role {
+            sa["metadata"]["annotations"] = json!({"eks.amazonaws.com/role-arn": role});
+        }
+        ns.kubectl(&["apply", "-f", "-"], Some(&sa.to_string()))
+            .success();
+    }
+}
+
 fn credential(ns: &TestNamespace, cloud: Option<&Cloud>) {
     let spec = match cloud {
         Some(cloud) => serde_json::to_value(
@@ -87,8 +110,8 @@ fn each_broken_link_is_named_with_its_fix() {
     // No resource at all.
     let (code, out, err) = doctor(&[&target]);
     assert_eq!(code, 1, "{out}{err}");
-    assert!(line(&out, "resource").contains("FAIL"), "{out}");
-    assert!(fix(&out, "resource").contains("fedcred setup"), "{out}");
+    says(&out, "resource", "FAIL");
+    fix_says(&out, "resource", "fedcred setup");
     assert!(err.contains("1 of the resource's checks failed"), "{err}");
 
     // The resource names a ServiceAccount that does not exist.
@@ -96,12 +119,10 @@ fn each_broken_link_is_named_with_its_fix() {
     let (code, out, _) = doctor(&[&target]);
     assert_eq!(code, 1);
     assert!(line(&out, "resource").starts_with("  ok"), "{out}");
-    assert!(
-        line(&out, "aws-identity").contains(&format!(
-            "ServiceAccount {}/orders-api does not exist",
-            ns.name
-        )),
-        "{out}"
+    says(
+        &out,
+        "aws-identity",
+        &format!("ServiceAccount {}/orders-api does not exist", ns.name),
     );
     assert!(fix(&out, "aws-identity").starts_with(&format!(
         "kubectl -n {} create serviceaccount orders-api",
@@ -112,9 +133,10 @@ fn each_broken_link_is_named_with_its_fix() {
     ns.kubectl(&["create", "serviceaccount", "orders-api"], None)
         .success();
     let (_, out, _) = doctor(&[&target]);
-    assert!(
-        line(&out, "aws-identity").contains("has no eks.amazonaws.com/role-arn annotation"),
-        "{out}"
+    says(
+        &out,
+        "aws-identity",
+        "has no eks.amazonaws.com/role-arn annotation",
     );
     assert_eq!(
         fix(&out, "aws-identity"),
@@ -123,7 +145,7 @@ fn each_broken_link_is_named_with_its_fix() {
             ns.name
         )
     );
-    assert!(line(&out, "principal").contains("skip"), "{out}");
+    says(&out, "principal", "skip");
 
     // The fix it printed, run as printed (with a real role), clears that step.
     ns.kubectl(
@@ -158,17 +180,11 @@ fn each_broken_link_is_named_with_its_fix() {
         "arn:aws:sts::123456789012:assumed-role/shop-orders/fedcred.{}.orders-api",
         ns.name
     );
-    assert!(line(&out, "principal").contains(&principal), "{out}");
-    assert!(line(&out, "exchange").contains("no status yet"), "{out}");
-    assert!(
-        line(&out, "secret").contains("is not owned by the resource"),
-        "{out}"
-    );
-    assert!(
-        line(&out, "pods").contains("not injected: orders-api-early"),
-        "{out}"
-    );
-    assert!(fix(&out, "pods").contains("rollout restart"), "{out}");
+    says(&out, "principal", &principal);
+    says(&out, "exchange", "no status yet");
+    says(&out, "secret", "is not owned by the resource");
+    says(&out, "pods", "not injected: orders-api-early");
+    fix_says(&out, "pods", "rollout restart");
 
     // The same as JSON, for scripts; the Secret's data never appears.
     let (code, json_out, _) = doctor(&[&target, "-o", "json"]);
@@ -228,43 +244,35 @@ async fn the_reason_google_gave_is_explained_and_the_condition_evaluated() {
         line(&out, "exchange").contains("FAIL").then_some(out)
     })
     .await;
-    assert!(
-        line(&out, "exchange").contains("AttributeConditionRejected"),
-        "{out}"
-    );
+    says(&out, "exchange", "AttributeConditionRejected");
     let principal = format!(
         "arn:aws:sts::123456789012:assumed-role/shop-orders/fedcred.{}.orders-api",
         ns.name
     );
-    assert!(fix(&out, "exchange").contains(&principal), "{out}");
-    assert!(line(&out, "secret").contains("does not exist"), "{out}");
+    fix_says(&out, "exchange", &principal);
+    says(&out, "secret", "does not exist");
 
     // The provider's condition, evaluated here for the principal, says the same as Google.
     let refusing = "assertion.arn.endsWith('/fedcred.prod.orders-api')";
     let (code, out, _) = doctor(&[&target, "--condition", refusing]);
     assert_eq!(code, 1);
-    assert!(
-        line(&out, "condition").contains(&format!("refuses {principal}")),
-        "{out}"
-    );
-    assert!(
-        fix(&out, "condition").contains(&format!("assertion.arn in ['{principal}']")),
-        "{out}"
+    says(&out, "condition", &format!("refuses {principal}"));
+    fix_says(
+        &out,
+        "condition",
+        &format!("assertion.arn in ['{principal}']"),
     );
     let admitting = format!("assertion.arn in ['{principal}']");
     let (_, out, _) = doctor(&[&target, "--condition", &admitting]);
     assert!(line(&out, "condition").starts_with("  ok"), "{out}");
     let (_, out, _) = doctor(&[&target, "--condition", "assertion.arn in ["]);
-    assert!(line(&out, "condition").contains("cannot evaluate"), "{out}");
+    says(&out, "condition", "cannot evaluate");
 
     // An exchange tried now gets Google's answer of today.
     let (code, out, _) = doctor(&[&target, "--exchange"]);
     assert_eq!(code, 1);
-    assert!(line(&out, "try").contains("FAIL"), "{out}");
-    assert!(
-        line(&out, "try").contains("AttributeConditionRejected"),
-        "{out}"
-    );
+    says(&out, "try", "FAIL");
+    says(&out, "try", "AttributeConditionRejected");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -301,17 +309,13 @@ async fn a_healthy_resource_with_an_injected_pod_passes() {
         assert_eq!(step["outcome"], expected, "{step}");
     }
     let (_, text, _) = doctor(&[&target, "--exchange"]);
-    assert!(line(&text, "pods").contains("1 pod(s) injected"), "{text}");
-    assert!(
-        line(&text, "try").contains(
-            "AWS and Google answered now: a token of orders-api@acme-shop.iam.gserviceaccount.com"
-        ),
-        "{text}"
+    says(&text, "pods", "1 pod(s) injected");
+    says(
+        &text,
+        "try",
+        "AWS and Google answered now: a token of orders-api@acme-shop.iam.gserviceaccount.com",
     );
-    assert!(
-        line(&text, "secret").contains("holds a token valid for"),
-        "{text}"
-    );
+    says(&text, "secret", "holds a token valid for");
     assert!(text.ends_with("no problem found\n"), "{text}");
 }
 
@@ -389,15 +393,7 @@ async fn doctor_explains_each_status_reason_with_its_fix() {
         c.provider(Provider::new(REFUSING).with_condition(Condition::Cel("false".into())))
     })
     .await;
-    for (name, role) in [("orders-api", Some(ROLE)), ("no-role", None)] {
-        let mut sa =
-            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}});
-        if let Some(role) = role {
-            sa["metadata"]["annotations"] = json!({"eks.amazonaws.com/role-arn": role});
-        }
-        ns.kubectl(&["apply", "-f", "-"], Some(&sa.to_string()))
-            .success();
-    }
+    service_accounts(&ns, &[("orders-api", Some(ROLE)), ("no-role", None)]);
     // Someone else's Secret, named like a resource.
     ns.kubectl(
         &[
@@ -703,8 +699,8 @@ async fn doctor_explains_the_oidc_reasons_and_a_controller_without_aws_credentia
                 "{out}"
             ),
             _ => {
-                assert!(fix(&out, "exchange").contains("update-oidc"), "{out}");
-                assert!(line(&out, "principal").contains(&subject), "{out}");
+                fix_says(&out, "exchange", "update-oidc");
+                says(&out, "principal", &subject);
             }
         }
     }
@@ -734,7 +730,7 @@ async fn doctor_explains_the_oidc_reasons_and_a_controller_without_aws_credentia
     );
     let out = explained(&ns, "late", "SubjectTokenExpired", "exchange").await;
     cloud.google.set_jwt_clock_offset(0);
-    assert!(fix(&out, "exchange").contains("NTP"), "{out}");
+    fix_says(&out, "exchange", "NTP");
     let _ = std::fs::remove_dir_all(&home);
 }
 
@@ -789,16 +785,7 @@ async fn doctor_explains_a_token_request_the_api_server_refuses() {
         "metadata": {"name": "fedcred-without-tokens"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "fedcred-without-tokens"},
         "subjects": [{"kind": "ServiceAccount", "name": "fedcred", "namespace": ns.name}]});
-    let accounts = [("fedcred", None), ("orders-api", Some(ROLE))];
-    for (name, role_arn) in accounts {
-        let mut sa =
-            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}});
-        if let Some(role_arn) = role_arn {
-            sa["metadata"]["annotations"] = json!({"eks.amazonaws.com/role-arn": role_arn});
-        }
-        ns.kubectl(&["apply", "-f", "-"], Some(&sa.to_string()))
-            .success();
-    }
+    service_accounts(&ns, &[("fedcred", None), ("orders-api", Some(ROLE))]);
     for object in [role, binding] {
         ns.kubectl(&["apply", "-f", "-"], Some(&object.to_string()))
             .success();
@@ -819,12 +806,6 @@ async fn doctor_explains_a_token_request_the_api_server_refuses() {
         .start();
     let out = explained(&ns, "no-token", "TokenRequestFailed", "exchange").await;
     let _ = std::fs::remove_file(&kubeconfig);
-    assert!(
-        line(&out, "exchange").contains("HTTP 403 Forbidden"),
-        "{out}"
-    );
-    assert!(
-        fix(&out, "exchange").contains("serviceaccounts/token"),
-        "{out}"
-    );
+    says(&out, "exchange", "HTTP 403 Forbidden");
+    fix_says(&out, "exchange", "serviceaccounts/token");
 }
