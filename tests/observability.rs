@@ -451,19 +451,24 @@ async fn admissions(ns: &TestNamespace, port: u16) -> Option<Vec<u16>> {
     Some(statuses)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_and_rules_query_only_metrics_the_controller_exports() {
-    let (ns, _cloud, controller, webhook_port) =
-        controller_with_one_good_and_one_failing_resource("obs-names").await;
-    let reviews = eventually("the webhook to answer", LIMIT, || {
+/// Waits until the webhook answers [`admissions`]; their statuses.
+async fn webhook_answers(ns: &TestNamespace, webhook_port: u16) -> Vec<u16> {
+    eventually("the webhook to answer", LIMIT, || {
         futures_block(tokio::time::timeout(
             Duration::from_secs(30),
-            admissions(&ns, webhook_port),
+            admissions(ns, webhook_port),
         ))
         .ok()
         .flatten()
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_and_rules_query_only_metrics_the_controller_exports() {
+    let (ns, _cloud, controller, webhook_port) =
+        controller_with_one_good_and_one_failing_resource("obs-names").await;
+    let reviews = webhook_answers(&ns, webhook_port).await;
     assert_eq!(reviews, [200, 200, 400]);
     let exposition = eventually("a token and a failure in /metrics", LIMIT, || {
         let text = futures_block(controller.metrics());
@@ -615,15 +620,7 @@ async fn a_real_prometheus_scrapes_the_controller_and_evaluates_the_rules() {
     let (ns, _cloud, controller, webhook_port) =
         controller_with_one_good_and_one_failing_resource("obs-prom").await;
     let prometheus = Prometheus::start(controller.metrics_port);
-    eventually("the webhook to answer", LIMIT, || {
-        futures_block(tokio::time::timeout(
-            Duration::from_secs(30),
-            admissions(&ns, webhook_port),
-        ))
-        .ok()
-        .flatten()
-    })
-    .await;
+    webhook_answers(&ns, webhook_port).await;
 
     // The good resource's token, as Prometheus computes its time left.
     let left = eventually("orders-db's time to expiry in Prometheus", LIMIT, || {
