@@ -17,7 +17,7 @@ use fedcred_doubles::alloydb::{AlloyDbConfig, AlloyDbDoubles, InstanceConfig};
 use fedcred_doubles::aws_metadata::{Imds, Instance};
 use fedcred_doubles::{Binding, Config, Provider, role_member};
 use serde_json::{Value, json};
-use support::alloydb::{Postgres, last_iam_login, proxy_binary};
+use support::alloydb::{Postgres, issued_token_used, last_iam_login, proxy_binary};
 use support::cloud::Cloud;
 use support::pod::{Process, unique};
 use support::{INSTANCE, free_port};
@@ -211,12 +211,8 @@ async fn seed_000_on_ec2_the_shipped_units_log_psql_in_as_the_iam_user_across_a_
     let user = tokio::task::block_in_place(|| login("first login"));
     assert_eq!(user, db_user);
     let first = last_iam_login(&alloydb, &db_user);
-    let issued = cloud.google.issued_tokens();
-    let first_token = issued
-        .iter()
-        .find(|t| first.used_token(t))
-        .expect("the first login used a token the doubles issued")
-        .clone();
+    let first_token = issued_token_used(&cloud.google, &first)
+        .expect("the first login used a token the doubles issued");
 
     // Until the first token is dead, then again: the proxy takes the refreshed one.
     let expiry = cloud
@@ -238,11 +234,7 @@ async fn seed_000_on_ec2_the_shipped_units_log_psql_in_as_the_iam_user_across_a_
         !last.used_token(&first_token),
         "the second login used the expired token"
     );
-    let used = cloud
-        .google
-        .issued_tokens()
-        .into_iter()
-        .find(|t| last.used_token(t))
+    let used = issued_token_used(&cloud.google, &last)
         .expect("the second login used a token the doubles issued");
     assert!(cloud.google.lookup(&used).is_some());
 

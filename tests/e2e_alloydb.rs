@@ -20,7 +20,8 @@ use fedcred_doubles::Config;
 use fedcred_doubles::alloydb::{AlloyDbConfig, AlloyDbDoubles, InstanceConfig};
 use serde_json::{Value, json};
 use support::alloydb::{
-    Postgres, last_iam_login, proxy_binary, select_current_user, wait_for_http_probe,
+    Postgres, issued_token_used, last_iam_login, proxy_binary, select_current_user,
+    wait_for_http_probe,
 };
 use support::cloud::{Cloud, ROLE, SA_EMAIL};
 use support::controller::ControllerProcess;
@@ -340,11 +341,7 @@ async fn a_pod_reaches_alloydb_as_its_iam_user_before_and_after_the_first_token_
     let user = tokio::task::block_in_place(|| select_current_user(app_env));
     assert_eq!(user.as_deref(), Ok(DB_USER), "{}", logs(running));
     let last = last_iam_login(&alloydb, DB_USER);
-    let used = cloud
-        .google
-        .issued_tokens()
-        .into_iter()
-        .find(|t| last.used_token(t))
+    let used = issued_token_used(&cloud.google, &last)
         .expect("the second login used a token the doubles issued");
     assert!(
         used != first_token,

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use fedcred_doubles::GoogleDoubles;
 use fedcred_doubles::alloydb::{AlloyDbDoubles, AuthType, Connection, Outcome};
 use serde_json::Value;
 
@@ -216,6 +217,14 @@ pub fn last_iam_login(alloydb: &AlloyDbDoubles, db_user: &str) -> Connection {
     assert_eq!(accepted.auth_type, Some(AuthType::AutoIam));
     assert_eq!(accepted.db_user.as_deref(), Some(db_user));
     accepted
+}
+
+/// The token the doubles issued that `login` logged in with, if any.
+pub fn issued_token_used(google: &GoogleDoubles, login: &Connection) -> Option<String> {
+    google
+        .issued_tokens()
+        .into_iter()
+        .find(|t| login.used_token(t))
 }
 
 /// Runs an `httpGet` startup probe against 127.0.0.1 until it answers 2xx, as the kubelet does
