@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use support::cloud::{Cloud, ROLE};
+use support::cloud::Cloud;
 use support::controller::{ControllerProcess, Launch};
 use support::pod::secret_data_in;
 use support::{
@@ -557,10 +557,7 @@ async fn the_installed_charts_rbac_is_enough_for_the_controller_and_webhook_and_
 
     // When the controller runs as the chart's ServiceAccount with the chart's arguments,
     let cloud = Cloud::start(|c| c).await;
-    let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount",
-        "metadata": {"name": "orders-api", "annotations": {"eks.amazonaws.com/role-arn": ROLE}}});
-    app.kubectl(&["apply", "-f", "-"], Some(&sa.to_string()))
-        .success();
+    support::cloud::service_account(&app, "orders-api");
     let kubeconfig = service_account_kubeconfig(&system.name, &fullname);
     let mut controller = start_controller(&deployment, kubeconfig.path(), &cloud, webhook_port);
 
@@ -907,10 +904,7 @@ async fn a_namespaced_install_grants_the_listed_namespaces_only_and_works_there(
     // life, which RBAC cannot (the ServiceAccount may create tokens in the listed namespaces).
     let user = format!("system:serviceaccount:{}:{fullname}", system.name);
     for ns in [&orders, &billing] {
-        let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount",
-            "metadata": {"name": "app", "annotations": {"eks.amazonaws.com/role-arn": ROLE}}});
-        ns.kubectl(&["apply", "-f", "-"], Some(&sa.to_string()))
-            .success();
+        support::cloud::service_account(ns, "app");
     }
     let token_request = |audience: &str, duration: &str| {
         orders.kubectl(

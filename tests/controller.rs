@@ -87,12 +87,7 @@ async fn a_new_resource_becomes_ready_with_a_token_the_iam_double_accepts() {
     );
 
     let status = eventually("Ready", LIMIT, || is_ready(&ns, "orders-db")).await;
-    let data = secret_data(&ns, "orders-db").expect("the Secret exists");
-    let info = cloud
-        .google
-        .lookup(&data["access_token"])
-        .expect("the IAM double issued the token");
-    assert_eq!(info.email(), Some(SA_EMAIL));
+    let data = cloud.secret_with_token(&ns, "orders-db");
     assert_eq!(data["token_type"], "Bearer");
     assert_eq!(data["service_account"], SA_EMAIL);
     assert_eq!(data["db_user"], "orders-api@acme-shop.iam");

@@ -231,10 +231,7 @@ async fn the_reason_google_gave_is_explained_and_the_condition_evaluated() {
         )))
     })
     .await;
-    let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount",
-        "metadata": {"name": "orders-api", "annotations": {"eks.amazonaws.com/role-arn": ROLE}}});
-    ns.kubectl(&["apply", "-f", "-"], Some(&sa.to_string()))
-        .success();
+    support::cloud::service_account(&ns, "orders-api");
     credential(&ns, Some(&cloud));
     let _controller = ControllerProcess::start(&ns.name, &cloud, "doctor", &[]);
     let target = format!("{}/orders-db", ns.name);
@@ -280,10 +277,7 @@ async fn a_healthy_resource_with_an_injected_pod_passes() {
     support::ensure_crd();
     let ns = TestNamespace::new("doctor-healthy");
     let cloud = Cloud::start(|c| c).await;
-    let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount",
-        "metadata": {"name": "orders-api", "annotations": {"eks.amazonaws.com/role-arn": ROLE}}});
-    ns.kubectl(&["apply", "-f", "-"], Some(&sa.to_string()))
-        .success();
+    support::cloud::service_account(&ns, "orders-api");
     credential(&ns, Some(&cloud));
     let _controller = ControllerProcess::start(&ns.name, &cloud, "doctor", &[]);
     let server = Server::start("ghcr.io/example/fedcred:doctor-test");

@@ -23,7 +23,7 @@ use support::alloydb::{
     Postgres, issued_token_used, last_iam_login, proxy_binary, select_current_user,
     wait_for_http_probe,
 };
-use support::cloud::{Cloud, ROLE, SA_EMAIL};
+use support::cloud::{Cloud, SA_EMAIL};
 use support::controller::ControllerProcess;
 use support::pod::{Process, SecretVolume, StoredPod, map_paths, secret_data, wait_for_exec_probe};
 use support::webhook::{Registration, controller_with_webhook};
@@ -122,10 +122,7 @@ async fn scene(name: &str, alloydb_spec: impl FnOnce(u16) -> Value) -> Scene {
     .await
     .expect("the AlloyDB doubles start (is port 5433 free?)");
 
-    let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount",
-        "metadata": {"name": "orders-api", "annotations": {"eks.amazonaws.com/role-arn": ROLE}}});
-    ns.kubectl(&["apply", "-f", "-"], Some(&sa.to_string()))
-        .success();
+    support::cloud::service_account(&ns, "orders-api");
     let (registration, controller) =
         controller_with_webhook(&ns, &cloud, "e2e", &format!("{FEDCRED_IMAGE}:e2e"));
     // The API server calls the webhook once the controller has set the caBundle: a dry-run

@@ -20,7 +20,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
-use support::cloud::{AUDIENCE, Cloud, ROLE, SA_EMAIL};
+use support::cloud::{AUDIENCE, Cloud, SA_EMAIL};
 use support::pod::{
     Process, SecretVolume, StoredPod, map_paths, secret_data, unique, venv_python,
     wait_for_exec_probe,
@@ -274,10 +274,7 @@ async fn an_unchanged_bigquery_job_reads_with_the_token_fedcred_keeps() {
         .unwrap();
     assert_eq!(forged.status(), 401);
 
-    let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount",
-        "metadata": {"name": "orders-api", "annotations": {"eks.amazonaws.com/role-arn": ROLE}}});
-    ns.kubectl(&["apply", "-f", "-"], Some(&sa.to_string()))
-        .success();
+    support::cloud::service_account(&ns, "orders-api");
 
     // The controller, serving its webhook on loopback; it keeps the caBundle current.
     let (registration, _controller) =

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use support::cloud::{AUDIENCE, Cloud, ROLE, SA_EMAIL};
+use support::cloud::{AUDIENCE, Cloud, SA_EMAIL};
 use support::webhook::controller_with_webhook;
 use support::{TestNamespace, wait_until};
 
@@ -211,10 +211,7 @@ async fn an_injected_pod_reads_the_token_from_the_kubelet_mounted_secret_and_fol
         ..c
     })
     .await;
-    let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount",
-        "metadata": {"name": "orders-api", "annotations": {"eks.amazonaws.com/role-arn": ROLE}}});
-    ns.kubectl(&["apply", "-f", "-"], Some(&sa.to_string()))
-        .success();
+    support::cloud::service_account(&ns, "orders-api");
     let (registration, _controller) = controller_with_webhook(&ns, &cloud, "r1", &image("fedcred"));
     registration.wait_for_ca_bundle();
     let fc = json!({"apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",

@@ -180,12 +180,7 @@ async fn a_service_account_token_becomes_a_google_token_verified_with_the_keys_t
     assert_eq!(status["subject"], subject.as_str());
     assert_eq!(status["identity"], "ServiceAccount/orders-api token");
     assert!(status.get("awsPrincipalArn").is_none(), "{status}");
-    let data = secret_data(&ns, "orders-db").expect("the Secret exists");
-    let info = cloud
-        .google
-        .lookup(&data["access_token"])
-        .expect("the IAM double issued the token");
-    assert_eq!(info.email(), Some(SA_EMAIL));
+    cloud.secret_with_token(&ns, "orders-db");
     // The STS double saw the subject the API server wrote into the token, and the IAM double
     // admitted it through the namespace attribute mapped from assertion['kubernetes.io'].
     assert_eq!(cloud.google.seen_principals(), [subject]);

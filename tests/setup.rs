@@ -14,7 +14,7 @@ use std::time::Duration;
 use fedcred_doubles::oidc::{self, Jwt, TestKey};
 use fedcred_doubles::{Binding, Condition, Provider};
 use serde_json::{Value, json};
-use support::cloud::{AUDIENCE, Cloud, ROLE, SA_EMAIL};
+use support::cloud::{AUDIENCE, Cloud, SA_EMAIL};
 use support::controller::ControllerProcess;
 use support::oidc::cluster_issuer;
 use support::{TestNamespace, eventually, kubeconfig, repo_root};
@@ -243,10 +243,7 @@ async fn configured_as_printed(
 }
 
 fn service_account(ns: &TestNamespace) {
-    let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount",
-        "metadata": {"name": "orders-api", "annotations": {"eks.amazonaws.com/role-arn": ROLE}}});
-    ns.kubectl(&["apply", "-f", "-"], Some(&sa.to_string()))
-        .success();
+    support::cloud::service_account(ns, "orders-api");
 }
 
 fn apply(ns: &TestNamespace, cloud: &Cloud) {

@@ -66,6 +66,22 @@ impl Cloud {
             .expect("the IMDS fake starts")
     }
 
+    /// The data of the Secret `name` in `ns`, whose access token the IAM double issued for
+    /// [`SA_EMAIL`].
+    pub fn secret_with_token(
+        &self,
+        ns: &super::TestNamespace,
+        name: &str,
+    ) -> std::collections::BTreeMap<String, String> {
+        let data = super::pod::secret_data(ns, name).expect("the Secret exists");
+        let info = self
+            .google
+            .lookup(&data["access_token"])
+            .expect("the IAM double issued the token");
+        assert_eq!(info.email(), Some(SA_EMAIL));
+        data
+    }
+
     /// A spec for `aws` pointed at these peers.
     pub fn spec(
         &self,
