@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use fedcred_doubles::{Condition, Fault, Target};
+use fedcred_doubles::{Condition, Target};
 use serde_json::{Value, json};
 use support::cloud::{ASSUMED_ROLE, AUDIENCE, Cloud, ROLE, SA_EMAIL, federated, service_account};
 use support::controller::{ControllerProcess, Launch};
@@ -392,14 +392,7 @@ async fn an_sts_outage_keeps_the_old_token_backs_off_and_recovers_without_a_stor
     let first = secret_data(&ns, "orders-db").unwrap();
     let calls_before = cloud.google.calls(Target::Sts);
     // Two refreshes' worth of failures (each refresh tries four times).
-    cloud.google.inject(
-        Target::Sts,
-        Fault::Status {
-            code: 503,
-            retry_after: None,
-            count: 8,
-        },
-    );
+    cloud.sts_unavailable(8);
 
     let failing = eventually("the failure in status", LIMIT, || {
         let s = status(&ns, "orders-db");

@@ -169,14 +169,7 @@ async fn a_failure_is_shared_with_other_callers_but_not_with_its_own_retry() {
     let key = irsa_key(&cloud, &ns);
     let engine = cloud.engine(fast_retries()).await;
     let reuse = Reuse::refresh_within(0.5);
-    cloud.google.inject(
-        Target::Sts,
-        Fault::Status {
-            code: 503,
-            retry_after: None,
-            count: 100_000,
-        },
-    );
+    cloud.sts_unavailable(100_000);
 
     // The first caller's exchange fails after its attempts at Google STS.
     let err = engine.token(&key, reuse, None).await.unwrap_err();
@@ -282,14 +275,7 @@ async fn transient_failures_are_retried_with_backoff_and_retry_after() {
     let key = irsa_key(&cloud, &ns);
     let engine = cloud.engine(fast_retries()).await;
 
-    cloud.google.inject(
-        Target::Sts,
-        Fault::Status {
-            code: 503,
-            retry_after: None,
-            count: 2,
-        },
-    );
+    cloud.sts_unavailable(2);
     engine.exchange(&key).await.unwrap();
     assert_eq!(cloud.google.calls(Target::Sts), 3);
 

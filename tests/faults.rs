@@ -340,14 +340,7 @@ impl World {
             stale: self.token("orders-db").await,
             before: self.calls(),
         };
-        self.cloud.google.inject(
-            Target::Sts,
-            Fault::Status {
-                code: 503,
-                retry_after: None,
-                count: 100_000,
-            },
-        );
+        self.cloud.sts_unavailable(100_000);
         outage
     }
 
@@ -524,16 +517,7 @@ async fn google_sts_5xx_burst() {
         "Google STS 5xx burst (8 × 503)",
         "f-5xx",
         false,
-        |w| {
-            w.cloud.google.inject(
-                Target::Sts,
-                Fault::Status {
-                    code: 503,
-                    retry_after: None,
-                    count: 8,
-                },
-            )
-        },
+        |w| w.cloud.sts_unavailable(8),
         Target::Sts,
         |s, episode| {
             format!(

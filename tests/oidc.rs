@@ -675,7 +675,7 @@ fn the_example_is_accepted_by_the_api_server_and_by_fedcreds_own_validator() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kubernetes_resource_refreshes_with_a_fresh_token_through_sts_faults() {
-    use fedcred_doubles::{Fault, Target};
+    use fedcred_doubles::Target;
     support::ensure_crd();
     let issuer = cluster_issuer().await;
     let ns = TestNamespace::new("oidc-refresh");
@@ -709,14 +709,7 @@ async fn a_kubernetes_resource_refreshes_with_a_fresh_token_through_sts_faults()
     let sts_before = cloud.google.calls(Target::Sts);
 
     // Google STS fails twice before the refresh gets through.
-    cloud.google.inject(
-        Target::Sts,
-        Fault::Status {
-            code: 503,
-            retry_after: None,
-            count: 2,
-        },
-    );
+    cloud.sts_unavailable(2);
     let second = eventually("a refreshed token", LIMIT, || {
         let token = secret_data(&ns, "orders-db")?["access_token"].clone();
         (token != first).then_some(token)

@@ -8,7 +8,7 @@ use fedcred_core::api::FederatedCredentialSpec;
 use fedcred_core::google::RetryPolicy;
 use fedcred_doubles::aws_metadata::{Imds, Instance};
 use fedcred_doubles::moto::Moto;
-use fedcred_doubles::{Binding, Config, GoogleDoubles, Provider, role_member};
+use fedcred_doubles::{Binding, Config, Fault, GoogleDoubles, Provider, Target, role_member};
 use serde_json::json;
 
 pub const AUDIENCE: &str = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/eks-pool/providers/aws-shop";
@@ -80,6 +80,18 @@ impl Cloud {
             .expect("the IAM double issued the token");
         assert_eq!(info.email(), Some(SA_EMAIL));
         data
+    }
+
+    /// Makes Google STS answer the next `count` requests with 503 Service Unavailable.
+    pub fn sts_unavailable(&self, count: u32) {
+        self.google.inject(
+            Target::Sts,
+            Fault::Status {
+                code: 503,
+                retry_after: None,
+                count,
+            },
+        );
     }
 
     /// A spec for `aws` pointed at these peers.
