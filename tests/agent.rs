@@ -11,7 +11,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime};
 
 use fedcred_doubles::aws_metadata::ContainerCredentials;
@@ -478,13 +478,7 @@ impl Agent {
             .find(|w| w[0] == "--listen")
             .map(|w| w[1].clone())
             .expect("--listen is given");
-        let child = command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let child = support::spawn_logging(command.args(args), &log);
         Agent {
             child,
             log,

@@ -473,16 +473,14 @@ impl Agent {
         std::fs::write(&file, manifest.to_string()).unwrap();
         let port = support::free_port();
         let log = dir.join("agent.log");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_fedcred"))
-            .args(["agent", "-f", file.to_str().unwrap()])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("RUST_LOG", "info")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let child = support::spawn_logging(
+            std::process::Command::new(env!("CARGO_BIN_EXE_fedcred"))
+                .args(["agent", "-f", file.to_str().unwrap()])
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .env("RUST_LOG", "info")
+                .env("AWS_EC2_METADATA_DISABLED", "true"),
+            &log,
+        );
         Agent {
             child,
             log,

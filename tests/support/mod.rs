@@ -51,6 +51,17 @@ pub fn exchanged(out: &Output, principal: &str) -> String {
     stdout
 }
 
+/// Spawns `command` without stdin, its stdout dropped and its stderr written to a new file
+/// `log`.
+pub fn spawn_logging(command: &mut Command, log: &std::path::Path) -> std::process::Child {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
 /// What a kubectl invocation returned.
 pub struct Kubectl {
     pub ok: bool,
