@@ -296,7 +296,7 @@ async fn a_pod_reaches_alloydb_as_its_iam_user_before_and_after_the_first_token_
 
     let user = tokio::task::block_in_place(|| select_current_user(app_env));
     assert_eq!(user.as_deref(), Ok(DB_USER), "{}", logs(running));
-    let accepted = last_iam_login(&alloydb, DB_USER);
+    let accepted = last_iam_login(alloydb, DB_USER);
     assert_eq!(accepted.service_account.as_deref(), Some(SA_EMAIL));
     assert!(accepted.used_token(&first_token));
     assert!(
@@ -337,7 +337,7 @@ async fn a_pod_reaches_alloydb_as_its_iam_user_before_and_after_the_first_token_
 
     let user = tokio::task::block_in_place(|| select_current_user(app_env));
     assert_eq!(user.as_deref(), Ok(DB_USER), "{}", logs(running));
-    let last = last_iam_login(&alloydb, DB_USER);
+    let last = last_iam_login(alloydb, DB_USER);
     let used = issued_token_used(&cloud.google, &last)
         .expect("the second login used a token the doubles issued");
     assert!(
