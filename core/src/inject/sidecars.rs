@@ -176,15 +176,10 @@ pub(super) fn proxy(
     if instance.auto_iam_authn {
         args.push("--auto-iam-authn".to_owned());
     }
-    args.extend(strings([
-        "--health-check",
-        "--http-address=0.0.0.0",
-        &format!("--http-port={health_port}"),
-        // Stopping is not a failure: a Job's pod must not look failed because its proxy got
-        // SIGTERM.
-        "--exit-zero-sigterm",
-        "--structured-logs",
-    ]));
+    args.extend(health_flags(health_port));
+    // Stopping is not a failure: a Job's pod must not look failed because its proxy got
+    // SIGTERM.
+    args.extend(strings(["--exit-zero-sigterm", "--structured-logs"]));
     if let Some(options) = settings.options {
         args.extend(option_flags(options));
     }
@@ -194,25 +189,54 @@ pub(super) fn proxy(
     if let Some(endpoint) = settings.admin_endpoint {
         args.push(format!("--alloydbadmin-api-endpoint={endpoint}"));
     }
-    let volume_mounts = settings.unix_socket().then(|| vec![socket_mount()]);
+    let mut container = proxy_container(
+        format!("{PROXY_CONTAINER_PREFIX}{index}"),
+        settings.image,
+        args,
+        settings.metadata_env,
+        settings.resources,
+        health_port,
+    );
+    container.volume_mounts = settings.unix_socket().then(|| vec![socket_mount()]);
+    container
+}
+
+/// The proxy's health-check server on every address (kubelet probes and Prometheus come to
+/// the pod IP); the AlloyDB and Cloud SQL proxies take the same flags.
+fn health_flags(port: u16) -> Vec<String> {
+    strings([
+        "--health-check",
+        "--http-address=0.0.0.0",
+        &format!("--http-port={port}"),
+    ])
+}
+
+/// What an AlloyDB or Cloud SQL proxy container is besides its arguments: the image, the
+/// emulator's environment for its Application Default Credentials, resources (defaults when the
+/// resource names none), the hardened security context, and probes on its health port.
+fn proxy_container(
+    name: String,
+    image: &str,
+    args: Vec<String>,
+    metadata_env: &[(String, String)],
+    resources_set: Option<&ResourceRequirements>,
+    health_port: u16,
+) -> Container {
     Container {
-        name: format!("{PROXY_CONTAINER_PREFIX}{index}"),
-        image: Some(settings.image.to_owned()),
+        name,
+        image: Some(image.to_owned()),
         args: Some(args),
         env: Some(
-            settings
-                .metadata_env
+            metadata_env
                 .iter()
                 .map(|(name, value)| env_var(name, value))
                 .collect(),
         ),
         resources: Some(
-            settings
-                .resources
+            resources_set
                 .cloned()
                 .unwrap_or_else(|| resources("50m", "64Mi", "256Mi")),
         ),
-        volume_mounts,
         security_context: Some(security_context()),
         // Native sidecars: the kubelet starts the next container only once this succeeds, so
         // the application finds the port open.
@@ -269,52 +293,20 @@ pub(super) fn cloudsql_proxy(
     if instance.auto_iam_authn {
         args.push("--auto-iam-authn".to_owned());
     }
-    args.extend(strings([
-        "--health-check",
-        "--http-address=0.0.0.0",
-        &format!("--http-port={health_port}"),
-        // Stopping is not a failure (a Job's pod must not look failed).
-        "--exit-zero-on-sigterm",
-        "--structured-logs",
-    ]));
+    args.extend(health_flags(health_port));
+    // Stopping is not a failure (a Job's pod must not look failed).
+    args.extend(strings(["--exit-zero-on-sigterm", "--structured-logs"]));
     if let Some(endpoint) = settings.admin_endpoint {
         args.push(format!("--sqladmin-api-endpoint={endpoint}"));
     }
-    Container {
-        name: format!("{CLOUDSQL_PROXY_CONTAINER_PREFIX}{index}"),
-        image: Some(settings.image.to_owned()),
-        args: Some(args),
-        env: Some(
-            settings
-                .metadata_env
-                .iter()
-                .map(|(name, value)| env_var(name, value))
-                .collect(),
-        ),
-        resources: Some(
-            settings
-                .resources
-                .cloned()
-                .unwrap_or_else(|| resources("50m", "64Mi", "256Mi")),
-        ),
-        security_context: Some(security_context()),
-        startup_probe: Some(Probe {
-            http_get: Some(http_get("/startup", health_port)),
-            period_seconds: Some(1),
-            timeout_seconds: Some(1),
-            failure_threshold: Some(60),
-            ..Probe::default()
-        }),
-        liveness_probe: Some(Probe {
-            http_get: Some(http_get("/liveness", health_port)),
-            period_seconds: Some(10),
-            timeout_seconds: Some(5),
-            failure_threshold: Some(3),
-            ..Probe::default()
-        }),
-        // No readiness probe, for the AlloyDB proxy's reason.
-        ..Container::default()
-    }
+    proxy_container(
+        format!("{CLOUDSQL_PROXY_CONTAINER_PREFIX}{index}"),
+        settings.image,
+        args,
+        settings.metadata_env,
+        settings.resources,
+        health_port,
+    )
 }
 
 /// The flags of `spec.alloydb.proxy`'s settings, each only when set, so that a proxy without
