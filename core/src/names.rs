@@ -98,6 +98,41 @@ pub fn mysql_db_user(service_account: &str) -> Option<String> {
         .filter(|name| !name.is_empty())
 }
 
+/// The parts of an AlloyDB instance URI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InstanceUri<'a> {
+    pub project: &'a str,
+    pub region: &'a str,
+    pub cluster: &'a str,
+    pub instance: &'a str,
+}
+
+/// Splits `projects/P/locations/R/clusters/C/instances/I` (query options ignored); `None` for
+/// anything else.
+pub fn instance_uri(uri: &str) -> Option<InstanceUri<'_>> {
+    let path = uri.split('?').next()?;
+    let parts: Vec<&str> = path.split('/').collect();
+    let [
+        "projects",
+        project,
+        "locations",
+        region,
+        "clusters",
+        cluster,
+        "instances",
+        instance,
+    ] = parts[..]
+    else {
+        return None;
+    };
+    Some(InstanceUri {
+        project,
+        region,
+        cluster,
+        instance,
+    })
+}
+
 /// The project ID in a service-account email, when the email carries one.
 pub fn project_id(service_account: &str) -> Option<String> {
     let domain = service_account.split_once('@')?.1;
@@ -334,6 +369,22 @@ mod tests {
             Some("orders-api")
         );
         assert_eq!(mysql_db_user("no-at-sign"), None);
+    }
+
+    #[test]
+    fn an_instance_uri_splits_into_its_parts_and_nothing_else_does() {
+        let parts =
+            instance_uri("projects/acme/locations/us-east4/clusters/orders/instances/primary?x=1")
+                .unwrap();
+        assert_eq!(
+            (parts.project, parts.region, parts.cluster, parts.instance),
+            ("acme", "us-east4", "orders", "primary")
+        );
+        assert_eq!(
+            instance_uri("projects/acme/locations/us-east4/clusters/orders"),
+            None
+        );
+        assert_eq!(instance_uri("acme:us-east4:orders"), None);
         assert_eq!(
             project_id("acme-shop@appspot.gserviceaccount.com").as_deref(),
             Some("acme-shop")

@@ -123,25 +123,13 @@ pub(super) struct ProxyPorts {
 /// finds `.s.PGSQL.5432` in it. `None` for a URI that is not an instance URI (the CRD refuses
 /// those).
 pub(super) fn socket_dir(uri: &str) -> Option<String> {
-    let parts: Vec<&str> = uri.split('/').collect();
-    match parts.as_slice() {
-        [
-            "projects",
-            project,
-            "locations",
-            region,
-            "clusters",
-            cluster,
-            "instances",
-            instance,
-        ] => Some(format!(
-            "{SOCKET_DIR}/{}",
-            [*project, *region, *cluster, *instance]
-                .join(".")
-                .to_ascii_lowercase()
-        )),
-        _ => None,
-    }
+    let parts = crate::names::instance_uri(uri)?;
+    Some(format!(
+        "{SOCKET_DIR}/{}",
+        [parts.project, parts.region, parts.cluster, parts.instance]
+            .join(".")
+            .to_ascii_lowercase()
+    ))
 }
 
 /// The port libpq puts in a socket's name (`.s.PGSQL.5432`), which the proxy always uses.

@@ -318,22 +318,12 @@ pub fn principal_member(key: &PoolKey, subject: &str) -> String {
 /// `(project, region, cluster)` of an instance URI
 /// `projects/P/locations/R/clusters/C/instances/I` (query options ignored).
 fn parse_instance(uri: &str) -> Option<(String, String, String)> {
-    let path = uri.split('?').next()?;
-    let parts: Vec<&str> = path.split('/').collect();
-    let [
-        "projects",
-        project,
-        "locations",
-        region,
-        "clusters",
-        cluster,
-        "instances",
-        _,
-    ] = parts[..]
-    else {
-        return None;
-    };
-    Some((project.to_owned(), region.to_owned(), cluster.to_owned()))
+    let parts = crate::names::instance_uri(uri)?;
+    Some((
+        parts.project.to_owned(),
+        parts.region.to_owned(),
+        parts.cluster.to_owned(),
+    ))
 }
 
 /// What a resource presents to Google.
