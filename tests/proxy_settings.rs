@@ -27,7 +27,7 @@ use fedcred_core::inject::{
 use fedcred_core::testing::apply_patch;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
-use support::alloydb::{cloudsql_proxy_binary, proxy_binary};
+use support::alloydb::{cloudsql_proxy_binary, proxy_binary, wait_for_http_probe};
 use support::pod::{Process, SecretVolume, map_paths, wait_for_exec_probe};
 use support::{INSTANCE, TestNamespace, free_port};
 
@@ -216,9 +216,15 @@ impl Running {
                 let entrypoints: &[(&str, &Path)] = &[("/usr/local/bin/fedcred", &fedcred)];
                 wait_for_exec_probe(probe, entrypoints, &mut process, Duration::from_secs(30));
             } else {
-                let port = probe["httpGet"]["port"].as_u64().unwrap() as u16;
-                let path = probe["httpGet"]["path"].as_str().unwrap();
-                wait_for_status(&mut process, port, path, Duration::from_secs(30));
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(wait_for_http_probe(
+                        probe,
+                        &mut process,
+                        Duration::from_secs(30),
+                    ));
             }
             running.processes.push(process);
         }
@@ -279,25 +285,6 @@ fn http(method: &str, port: u16, path: &str) -> std::io::Result<(u16, String)> {
         .map_or("", |(_, b)| b)
         .to_owned();
     Ok((status, body))
-}
-
-/// Asks `path` until it answers 200, as the kubelet runs a startup probe; panics when the
-/// process exits first or after `limit`.
-fn wait_for_status(process: &mut Process, port: u16, path: &str, limit: Duration) {
-    let start = Instant::now();
-    loop {
-        process.assert_running();
-        if matches!(http("GET", port, path), Ok((200, _))) {
-            return;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "{path} of {} did not answer 200 within {limit:?}:\n{}",
-            process.name,
-            process.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// Waits for `process` to exit; its exit code.
