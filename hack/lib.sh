@@ -32,3 +32,44 @@ drop_go_caches() {
   rm -rf "$GOCACHE" "$GOMODCACHE" 2>/dev/null || true
   log "dropped the Go build and module caches (${size:-0}); FEDCRED_KEEP_GO_CACHES=1 keeps them"
 }
+
+# go_install_cached NAME MODULE VERSION VERSION_VARIABLE: builds the program NAME of Go module
+# MODULE at VERSION from the Go module proxy into $BIN_DIR/NAME, with progress, unless that
+# version is built already; refuses a version whose go.mod needs a newer Go than this one (the
+# go command would fetch a whole toolchain) and says to pin another with VERSION_VARIABLE.
+go_install_cached() {
+  local name=$1 module=$2 version=$3 variable=$4
+  local binary="$BIN_DIR/$name"
+  mkdir -p "$BIN_DIR"
+  if [[ -x "$binary" && "$(cat "$binary.version" 2>/dev/null)" == "$version" ]]; then
+    log "$name $version already built"
+    return 0
+  fi
+  command -v go >/dev/null || die "go is not on PATH: install Go (1.25 or later) to build $name"
+  log "$name $version: reading its go.mod from the Go module proxy"
+  local gomod wanted have
+  gomod=$(go mod download -json "$module@$version" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  [[ -n "$gomod" && -f "$gomod" ]] || die "the Go module proxy has no $module@$version (see: go list -m -versions $module)"
+  wanted=$(sed -n 's/^go \([0-9.]*\)$/\1/p' "$gomod")
+  have=$(go env GOVERSION); have=${have#go}
+  if [[ -n "$wanted" && "$(printf '%s\n%s\n' "$wanted" "$have" | sort -V | tail -n1)" != "$have" ]]; then
+    die "$name $version needs Go $wanted, this is Go $have: pin an older $variable (go list -m -versions $module)"
+  fi
+  log "building $name $version from the Go module proxy (cold: a minute or two on 2 cores)"
+  local tmp start pid
+  tmp=$(mktemp -d "${TMPDIR:-/tmp}/fedcred-$name.XXXXXX")
+  start=$SECONDS
+  GOTOOLCHAIN=local GOBIN="$tmp" go install "$module@$version" &
+  pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 15
+    kill -0 "$pid" 2>/dev/null && log "  still building $name ($((SECONDS - start)) s)"
+  done
+  wait "$pid" || { rm -rf "$tmp"; die "building $name $version failed"; }
+  "$tmp/$name" --version >/dev/null || { rm -rf "$tmp"; die "the built $name does not run"; }
+  mv "$tmp/$name" "$binary"
+  rm -rf "$tmp"
+  echo "$version" >"$binary.version"
+  log "$name $version built in $((SECONDS - start)) s: $binary"
+  drop_go_caches
+}
