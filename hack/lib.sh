@@ -17,7 +17,7 @@ export PATH="$BIN_DIR:$PATH"
 log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-# The Go builds here (the control plane, the AlloyDB Auth Proxy, benchmark baselines) keep
+# The Go builds here (the control plane, the AlloyDB and Cloud SQL proxies, baselines) keep
 # their module and build caches in the cache, apart from the user's own. Together they take
 # about 5 GB after a cold build, and nothing needs them once the binaries are built.
 export GOMODCACHE="${FEDCRED_GOMODCACHE:-$FEDCRED_CACHE/go/mod}"
