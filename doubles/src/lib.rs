@@ -22,7 +22,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The AlloyDB Admin API and instance doubles live in [`alloydb`].
+//! The AlloyDB Admin API and instance doubles live in [`alloydb`], the Cloud SQL ones in
+//! [`cloudsql`].
 //!
 //! Module map: [`config`] (what it decides with), [`server`] (HTTP wiring and the
 //! [`GoogleDoubles`] handle), [`sts`] and [`iam`] (the two endpoints), [`state`] (tokens,
@@ -34,6 +35,7 @@ pub mod alloydb;
 pub mod attributes;
 mod aws;
 pub mod aws_metadata;
+pub mod cloudsql;
 pub mod config;
 pub mod faults;
 pub mod iam;

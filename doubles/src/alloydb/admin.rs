@@ -45,27 +45,35 @@ pub struct ApiError {
     pub message: String,
     reason: Option<&'static str>,
     retry_after: Option<u64>,
+    /// The API named in the error details.
+    service: &'static str,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             message: message.into(),
             reason: None,
             retry_after: None,
+            service: "alloydb.googleapis.com",
         }
     }
 
-    fn invalid_argument(message: impl Into<String>) -> Self {
+    /// The same error as another API's.
+    pub(crate) fn from_service(self, service: &'static str) -> Self {
+        ApiError { service, ..self }
+    }
+
+    pub(crate) fn invalid_argument(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
 
-    fn not_found(message: impl Into<String>) -> Self {
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, message)
     }
 
-    fn unauthenticated(missing: bool) -> Self {
+    pub(crate) fn unauthenticated(missing: bool) -> Self {
         let message = if missing {
             "Request is missing required authentication credential. Expected OAuth 2 access \
              token, login cookie or other valid authentication credential."
@@ -76,7 +84,7 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, message)
     }
 
-    fn insufficient_scopes() -> Self {
+    pub(crate) fn insufficient_scopes() -> Self {
         ApiError {
             reason: Some("ACCESS_TOKEN_SCOPE_INSUFFICIENT"),
             ..Self::new(
@@ -86,7 +94,7 @@ impl ApiError {
         }
     }
 
-    fn permission_denied(permission: &str, resource: &str) -> Self {
+    pub(crate) fn permission_denied(permission: &str, resource: &str) -> Self {
         ApiError {
             reason: Some("IAM_PERMISSION_DENIED"),
             ..Self::new(
@@ -124,7 +132,7 @@ impl IntoResponse for ApiError {
                 "@type": "type.googleapis.com/google.rpc.ErrorInfo",
                 "reason": reason,
                 "domain": "googleapis.com",
-                "metadata": {"service": "alloydb.googleapis.com"},
+                "metadata": {"service": self.service},
             }]);
         }
         let mut response = (self.status, Json(json!({ "error": error }))).into_response();
@@ -187,7 +195,7 @@ pub struct CertificateOrder {
 }
 
 /// Parses a protobuf `Duration` in JSON (`"3600s"`, `"1.5s"`).
-fn parse_duration(raw: &str) -> Option<Duration> {
+pub(crate) fn parse_duration(raw: &str) -> Option<Duration> {
     let number = raw.strip_suffix('s')?;
     let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
     if whole.is_empty()
@@ -246,7 +254,7 @@ pub fn check_certificate_request(cluster: &str, body: &[u8]) -> Result<Certifica
 }
 
 /// The bearer token of `Authorization: Bearer T`.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())

@@ -135,16 +135,26 @@ async fn setup(
     seen.service_account = Some(service_account);
     answer(&mut tls, mdx::Response::ok()).await?;
 
-    // The PostgreSQL startup: encryption requests are declined (the TLS above already
-    // protects the connection), the startup message must name the IAM user.
-    let mut packet;
+    let packet = postgres_startup(&mut tls, &db_user, &mut seen.db_user).await?;
+    let upstream = connect_postgres(&mut tls, shared.postgres(), &packet).await?;
+    Ok((tls, upstream))
+}
+
+/// The PostgreSQL startup on a connection already protected by TLS: encryption requests are
+/// declined, the startup message must name `db_user` (what it named goes to `seen_user`). The
+/// packet to relay, or why the connection was refused (the client was told).
+pub(crate) async fn postgres_startup<S: AsyncRead + AsyncWrite + Unpin>(
+    tls: &mut S,
+    db_user: &str,
+    seen_user: &mut Option<String>,
+) -> Result<Vec<u8>, String> {
     loop {
         let mut header = [0u8; 4];
         tls.read_exact(&mut header)
             .await
             .map_err(|e| format!("reading the PostgreSQL startup: {e}"))?;
         let len = pg::startup_length(header)?;
-        packet = header.to_vec();
+        let mut packet = header.to_vec();
         packet.resize(len, 0);
         tls.read_exact(&mut packet[4..])
             .await
@@ -155,10 +165,10 @@ async fn setup(
                     .await
                     .map_err(|e| format!("answering an encryption request: {e}"))?;
             }
-            Startup::Cancel => break,
+            Startup::Cancel => return Ok(packet),
             Startup::Startup { user, .. } => {
-                seen.db_user = user.clone();
-                if user.as_deref() != Some(db_user.as_str()) {
+                *seen_user = user.clone();
+                if user.as_deref() != Some(db_user) {
                     let message = format!(
                         "user {:?} does not match the IAM database user {db_user:?} of the \
                          authenticated principal",
@@ -170,12 +180,20 @@ async fn setup(
                     let _ = tls.shutdown().await;
                     return Err(message);
                 }
-                break;
+                return Ok(packet);
             }
         }
     }
+}
 
-    let Some(postgres) = shared.postgres() else {
+/// A connection to the PostgreSQL server at `postgres` with `packet` sent, or why not (the
+/// client was told when there is no server).
+pub(crate) async fn connect_postgres<S: AsyncWrite + Unpin>(
+    tls: &mut S,
+    postgres: Option<std::net::SocketAddr>,
+    packet: &[u8],
+) -> Result<TcpStream, String> {
+    let Some(postgres) = postgres else {
         let message = "the instance has no database server to relay to";
         let _ = tls.write_all(&pg::error_response("57P03", message)).await;
         return Err(message.to_owned());
@@ -184,10 +202,10 @@ async fn setup(
         .await
         .map_err(|e| format!("connecting to PostgreSQL at {postgres}: {e}"))?;
     upstream
-        .write_all(&packet)
+        .write_all(packet)
         .await
         .map_err(|e| format!("relaying the startup to PostgreSQL: {e}"))?;
-    Ok((tls, upstream))
+    Ok(upstream)
 }
 
 /// The service account the request's token stands for, once everything checks out.

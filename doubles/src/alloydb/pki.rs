@@ -120,30 +120,41 @@ fn strip_zeros(n: &[u8]) -> &[u8] {
 }
 
 /// The RSA 2048 key of a PEM `RSA PUBLIC KEY` (PKCS#1) or `PUBLIC KEY` (SubjectPublicKeyInfo).
+/// An `RSA PUBLIC KEY` block holding a SubjectPublicKeyInfo is read too: the Cloud SQL
+/// connectors send their key that way, and the Cloud SQL Admin API accepts it.
 pub fn parse_public_key(pem: &str) -> Result<RsaPublicKey, String> {
     let (label, der_bytes) = pem_block(pem)?;
     match label.as_str() {
+        "RSA PUBLIC KEY" if holds_spki(&der_bytes) => rsa_from_spki(&der_bytes),
         "RSA PUBLIC KEY" => rsa_from_pkcs1(&der_bytes),
-        "PUBLIC KEY" => {
-            let mut spki = only(&der_bytes, 0x30)?;
-            let (tag, algorithm) = der(&mut spki)?;
-            let (bit_tag, bits) = der(&mut spki)?;
-            let mut algorithm = algorithm;
-            let (oid_tag, oid) = der(&mut algorithm)?;
-            if tag != 0x30 || bit_tag != 0x03 || !spki.is_empty() {
-                return Err("the public key is not a SubjectPublicKeyInfo".to_owned());
-            }
-            if oid_tag != 0x06 || oid != RSA_ENCRYPTION {
-                return Err("the public key is not an RSA public key".to_owned());
-            }
-            match bits.split_first() {
-                Some((0, pkcs1)) => rsa_from_pkcs1(pkcs1),
-                _ => Err("the public key is not an RSA public key".to_owned()),
-            }
-        }
+        "PUBLIC KEY" => rsa_from_spki(&der_bytes),
         other => Err(format!(
             "expected a PEM RSA PUBLIC KEY or PUBLIC KEY block, got {other:?}"
         )),
+    }
+}
+
+/// Whether `der_bytes` is a SEQUENCE whose first element is a SEQUENCE (a SubjectPublicKeyInfo's
+/// algorithm) rather than an INTEGER (a PKCS#1 key's modulus).
+fn holds_spki(der_bytes: &[u8]) -> bool {
+    only(der_bytes, 0x30).is_ok_and(|mut inner| der(&mut inner).is_ok_and(|(tag, _)| tag == 0x30))
+}
+
+fn rsa_from_spki(der_bytes: &[u8]) -> Result<RsaPublicKey, String> {
+    let mut spki = only(der_bytes, 0x30)?;
+    let (tag, algorithm) = der(&mut spki)?;
+    let (bit_tag, bits) = der(&mut spki)?;
+    let mut algorithm = algorithm;
+    let (oid_tag, oid) = der(&mut algorithm)?;
+    if tag != 0x30 || bit_tag != 0x03 || !spki.is_empty() {
+        return Err("the public key is not a SubjectPublicKeyInfo".to_owned());
+    }
+    if oid_tag != 0x06 || oid != RSA_ENCRYPTION {
+        return Err("the public key is not an RSA public key".to_owned());
+    }
+    match bits.split_first() {
+        Some((0, pkcs1)) => rsa_from_pkcs1(pkcs1),
+        _ => Err("the public key is not an RSA public key".to_owned()),
     }
 }
 
@@ -314,6 +325,11 @@ mod tests {
         assert_eq!(key.bits(), 2048);
         let key = parse_public_key(&pem("PUBLIC KEY", &spki(&pkcs1(2048)))).unwrap();
         assert_eq!(key.der_bytes(), pkcs1(2048));
+        // As the Cloud SQL connectors label theirs.
+        let key = parse_public_key(&pem("RSA PUBLIC KEY", &spki(&pkcs1(2048)))).unwrap();
+        assert_eq!(key.der_bytes(), pkcs1(2048));
+        let small = parse_public_key(&pem("RSA PUBLIC KEY", &spki(&pkcs1(1024)))).unwrap_err();
+        assert!(small.contains("1024 bits"), "{small}");
     }
 
     #[test]
