@@ -9,19 +9,28 @@
 //! before and after the first token has expired; and, with `alloydb.proxy` asking for Unix
 //! sockets, lazy refresh and a connection limit, through the socket the proxy creates in the
 //! shared directory where the injected `PGHOST` points.
+//!
+//! The same pod also reaches a Cloud SQL for PostgreSQL instance: the real `cloud-sql-proxy`
+//! sidecar gets its ephemeral certificate from the Cloud SQL Admin API double with the token
+//! the metadata emulator serves, and `psql` logs in through it as the same IAM database user,
+//! before and after the first token has expired.
 
 mod support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fedcred_core::inject::{DEFAULT_PROXY_IMAGE, PROXY_CONTAINER_PREFIX, SOCKET_VOLUME};
+use fedcred_core::inject::{
+    CLOUDSQL_PROXY_CONTAINER_PREFIX, DEFAULT_CLOUDSQL_PROXY_IMAGE, DEFAULT_PROXY_IMAGE,
+    PROXY_CONTAINER_PREFIX, SOCKET_VOLUME,
+};
 use fedcred_doubles::Config;
-use fedcred_doubles::alloydb::{AlloyDbConfig, AlloyDbDoubles, InstanceConfig};
+use fedcred_doubles::alloydb::{AlloyDbConfig, AlloyDbDoubles, InstanceConfig, Outcome};
+use fedcred_doubles::cloudsql::{CloudSqlConfig, CloudSqlDoubles, CloudSqlInstance};
 use serde_json::{Value, json};
 use support::alloydb::{
-    Postgres, issued_token_used, last_iam_login, proxy_binary, select_current_user,
-    wait_for_http_probe,
+    Postgres, cloudsql_proxy_binary, issued_token_used, last_iam_login, proxy_binary,
+    select_current_user, select_current_user_within, wait_for_http_probe,
 };
 use support::cloud::{Cloud, SA_EMAIL};
 use support::controller::ControllerProcess;
@@ -31,6 +40,8 @@ use support::{INSTANCE, TestNamespace, eventually, free_port};
 
 const FEDCRED_IMAGE: &str = "ghcr.io/example/fedcred";
 const DB_USER: &str = "orders-api@acme-shop.iam";
+/// The Cloud SQL for PostgreSQL instance beside the AlloyDB one.
+const CLOUDSQL_INSTANCE: &str = "acme-shop:europe-west1:orders-pg";
 /// The shortest lifetime the CRD allows, asked for by the controller.
 const LIFETIME_SECONDS: u64 = 600;
 /// What the IAM double grants instead, to compress time: refreshed when half of it is left, so
@@ -73,11 +84,13 @@ async fn eventually_synced<T>(
 }
 
 /// The tests of this file one at a time: the AlloyDB instance double listens on port 5433,
-/// and the injected proxies' health ports are the webhook's, from 9801 up.
+/// the Cloud SQL one on 3307, and the injected proxies' health ports are the webhook's, from
+/// 9801 up.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The story up to the point where the application would start: the peers, the controller
-/// with its webhook, a FederatedCredential with `alloydb` (given the instance's local port),
+/// with its webhook, a FederatedCredential with `alloydb` and maybe `cloudsql` (the fields
+/// given two free local ports), the Cloud SQL doubles when it has `cloudsql`,
 /// its Secret, the pod created through the webhook and read back, and its sidecars running as
 /// the kubelet would run them.
 struct Scene {
@@ -89,6 +102,7 @@ struct Scene {
     controller: ControllerProcess,
     _registration: Registration,
     alloydb: AlloyDbDoubles,
+    cloudsql: Option<CloudSqlDoubles>,
     cloud: Cloud,
     _postgres: Postgres,
     ns: TestNamespace,
@@ -101,7 +115,7 @@ impl Drop for Scene {
     }
 }
 
-async fn scene(name: &str, alloydb_spec: impl FnOnce(u16) -> Value) -> Scene {
+async fn scene(name: &str, databases: impl FnOnce(u16, u16) -> Value) -> Scene {
     let proxy = proxy_binary();
     let ns = TestNamespace::new(name);
     let postgres = Postgres::start(DB_USER);
@@ -142,7 +156,33 @@ async fn scene(name: &str, alloydb_spec: impl FnOnce(u16) -> Value) -> Scene {
         json!({"tokenLifetimeSeconds": LIFETIME_SECONDS}),
     ))
     .unwrap();
-    spec["alloydb"] = alloydb_spec(free_port());
+    let databases = databases(free_port(), free_port());
+    for field in ["alloydb", "cloudsql"] {
+        if let Some(value) = databases.get(field) {
+            spec[field] = value.clone();
+        }
+    }
+    // Every address a client may pick leads to the instance double's listener.
+    let cloudsql = match databases.get("cloudsql") {
+        None => None,
+        Some(_) => Some(
+            CloudSqlDoubles::start(
+                CloudSqlConfig {
+                    postgres: Some(postgres.addr),
+                    ..CloudSqlConfig::default()
+                }
+                .instance(CloudSqlInstance {
+                    private_ip_address: Some("127.0.0.1".to_owned()),
+                    psc_dns_name: Some("localhost".to_owned()),
+                    ..CloudSqlInstance::public(CLOUDSQL_INSTANCE, "127.0.0.1")
+                })
+                .service_account(SA_EMAIL),
+                &cloud.google.tokeninfo_url(),
+            )
+            .await
+            .expect("the Cloud SQL doubles start (is port 3307 free?)"),
+        ),
+    };
     spec["secret"] = json!({"renewBeforePercentage": 50});
     let fc = json!({"apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
         "metadata": {"name": "orders-db"}, "spec": spec});
@@ -162,26 +202,31 @@ async fn scene(name: &str, alloydb_spec: impl FnOnce(u16) -> Value) -> Scene {
     assert!(out.ok, "{}", out.stderr);
     let pod = StoredPod::get(&ns, "orders");
     let sidecars = pod.sidecars();
-    assert_eq!(
-        sidecars,
-        [
-            "fedcred-metadata".to_owned(),
-            format!("{PROXY_CONTAINER_PREFIX}0")
-        ]
-    );
+    let mut expected = vec![
+        "fedcred-metadata".to_owned(),
+        format!("{PROXY_CONTAINER_PREFIX}0"),
+    ];
+    if cloudsql.is_some() {
+        expected.push(format!("{CLOUDSQL_PROXY_CONTAINER_PREFIX}0"));
+    }
+    assert_eq!(sidecars, expected);
 
     // The kubelet's part: the Secret volume and the socket directory (an emptyDir, as short a
     // path as the pod's: a socket's path has at most 107 bytes), then each native sidecar in
     // order, the next one once the startup probe of the last has passed. Images map to local
     // programs.
     let fedcred = PathBuf::from(env!("CARGO_BIN_EXE_fedcred"));
-    let proxy_repository = DEFAULT_PROXY_IMAGE
-        .rsplit_once(':')
-        .map_or(DEFAULT_PROXY_IMAGE, |(r, _)| r);
+    let repository = |image: &'static str| image.rsplit_once(':').map_or(image, |(r, _)| r);
+    let cloudsql_proxy = if cloudsql.is_some() {
+        cloudsql_proxy_binary()
+    } else {
+        PathBuf::new()
+    };
     let entrypoints: &[(&str, &Path)] = &[
         (FEDCRED_IMAGE, &fedcred),
         ("/usr/local/bin/fedcred", &fedcred),
-        (proxy_repository, &proxy),
+        (repository(DEFAULT_PROXY_IMAGE), &proxy),
+        (repository(DEFAULT_CLOUDSQL_PROXY_IMAGE), &cloudsql_proxy),
     ];
     let mut volume = SecretVolume::kubelet();
     assert!(volume.sync(&ns, "orders-db"));
@@ -224,12 +269,19 @@ async fn scene(name: &str, alloydb_spec: impl FnOnce(u16) -> Value) -> Scene {
             .into_iter()
             .map(|(k, v)| (k, map_paths(&v, &mounts)))
             .collect();
+        // The one addition: the Admin API doubles instead of alloydb.googleapis.com and
+        // sqladmin.googleapis.com.
         if name.starts_with(PROXY_CONTAINER_PREFIX) {
-            // The one addition: the Admin API double instead of alloydb.googleapis.com.
             argv.push(format!(
                 "--alloydbadmin-api-endpoint={}",
                 alloydb.admin_url()
             ));
+        }
+        if let Some(cloudsql) = cloudsql
+            .as_ref()
+            .filter(|_| name.starts_with(CLOUDSQL_PROXY_CONTAINER_PREFIX))
+        {
+            argv.push(format!("--sqladmin-api-endpoint={}", cloudsql.admin_url()));
         }
         let mut process = Process::start(name, &argv, &env);
         let startup = pod.container(name)["startupProbe"].clone();
@@ -257,6 +309,7 @@ async fn scene(name: &str, alloydb_spec: impl FnOnce(u16) -> Value) -> Scene {
         controller,
         _registration: registration,
         alloydb,
+        cloudsql,
         cloud,
         _postgres: postgres,
         ns,
@@ -264,7 +317,8 @@ async fn scene(name: &str, alloydb_spec: impl FnOnce(u16) -> Value) -> Scene {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pod_reaches_alloydb_as_its_iam_user_before_and_after_the_first_token_expires() {
+async fn a_pod_reaches_alloydb_and_cloudsql_as_its_iam_user_before_and_after_the_first_token_expires()
+ {
     let _one = ONE_AT_A_TIME.lock().await;
     let mut local_port = 0;
     let Scene {
@@ -274,16 +328,25 @@ async fn a_pod_reaches_alloydb_as_its_iam_user_before_and_after_the_first_token_
         volume,
         controller,
         alloydb,
+        cloudsql,
         cloud,
         ns,
         ..
-    } = &mut scene("e2e-alloydb", |port| {
+    } = &mut scene("e2e-alloydb", |port, cloudsql_port| {
         local_port = port;
-        json!({"instances": [{
-            "uri": INSTANCE, "connectivity": "PSC", "autoIamAuthn": true, "port": port,
-        }]})
+        json!({
+            "alloydb": {"instances": [{
+                "uri": INSTANCE, "connectivity": "PSC", "autoIamAuthn": true, "port": port,
+            }]},
+            "cloudsql": {"instances": [{
+                "connectionName": CLOUDSQL_INSTANCE, "connectivity": "PSC", "port": cloudsql_port,
+                "hostEnvName": "CLOUDSQL_HOST", "portEnvName": "CLOUDSQL_PORT",
+                "userEnvName": "CLOUDSQL_USER",
+            }]},
+        })
     })
     .await;
+    let cloudsql = cloudsql.as_ref().unwrap();
     let first_token = first["access_token"].clone();
     let app_var = |name: &str| {
         app_env
@@ -305,6 +368,33 @@ async fn a_pod_reaches_alloydb_as_its_iam_user_before_and_after_the_first_token_
             .iter()
             .any(|c| c.method == "generateClientCertificate" && c.status == 200)
     );
+
+    // Cloud SQL, through the variables the resource named.
+    assert_eq!(app_var("CLOUDSQL_USER").as_deref(), Some(DB_USER));
+    let user = tokio::task::block_in_place(|| select_current_user(&cloudsql_env(app_env, None)));
+    assert_eq!(user.as_deref(), Ok(DB_USER), "{}", logs(running));
+    let accepted = last_cloudsql_login(cloudsql);
+    assert_eq!(accepted.service_account.as_deref(), Some(SA_EMAIL));
+    assert!(accepted.used_token(&first_token));
+    for method in ["connectSettings", "generateEphemeralCert"] {
+        assert!(
+            cloudsql
+                .admin_calls()
+                .iter()
+                .any(|c| c.method == method && c.status == 200),
+            "{method}: {:?}",
+            cloudsql.admin_calls()
+        );
+    }
+    // The instance accepts nobody but the certificate's IAM user.
+    let refused = tokio::task::block_in_place(|| {
+        select_current_user(&cloudsql_env(app_env, Some("postgres")))
+    });
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(matches!(
+        cloudsql.connections().last().map(|c| &c.outcome),
+        Some(Outcome::Refused(reason)) if reason.contains("IAM database user")
+    ));
 
     // The controller refreshes long before expiry; wait, keeping the volume in step as the
     // kubelet does, until the first token is dead.
@@ -346,6 +436,26 @@ async fn a_pod_reaches_alloydb_as_its_iam_user_before_and_after_the_first_token_
     );
     assert!(cloud.google.lookup(&used).is_some());
 
+    // The Cloud SQL proxy's certificate ends with the token it was issued for, and the proxy
+    // refreshes at most once per 30 s: with these 40 s tokens, the dial may wait for the next
+    // refresh allowed (with one-hour tokens it refreshes 4 minutes before the end).
+    let user = tokio::task::block_in_place(|| {
+        select_current_user_within(&cloudsql_env(app_env, None), 60)
+    });
+    assert_eq!(user.as_deref(), Ok(DB_USER), "{}", logs(running));
+    let last = last_cloudsql_login(cloudsql);
+    let used = cloud
+        .google
+        .issued_tokens()
+        .into_iter()
+        .find(|t| last.used_token(t))
+        .expect("the Cloud SQL certificate was issued for a token the doubles issued");
+    assert!(
+        used != first_token,
+        "the certificate stands for a refreshed token"
+    );
+    assert!(cloud.google.lookup(&used).is_some());
+
     // No token in any log.
     let everything = format!("{}{}", controller.logs(), logs(running));
     for token in cloud.google.issued_tokens() {
@@ -356,11 +466,11 @@ async fn a_pod_reaches_alloydb_as_its_iam_user_before_and_after_the_first_token_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_reaches_alloydb_through_the_unix_socket_pghost_names() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let scene = scene("e2e-alloydb-socket", |_| {
-        json!({
+    let scene = scene("e2e-alloydb-socket", |_, _| {
+        json!({"alloydb": {
             "instances": [{"uri": INSTANCE, "connectivity": "PSC", "autoIamAuthn": true}],
             "proxy": {"unixSocket": true, "lazyRefresh": true, "maxConnections": 5}
-        })
+        }})
     })
     .await;
     let app_var = |name: &str| {
@@ -387,6 +497,44 @@ async fn a_pod_reaches_alloydb_through_the_unix_socket_pghost_names() {
     for token in scene.cloud.google.issued_tokens() {
         assert!(!everything.contains(&token), "a token leaked into a log");
     }
+}
+
+/// The app's environment with the Cloud SQL instance's variables as libpq's, and `user`
+/// instead of the injected one when given.
+fn cloudsql_env(app_env: &[(String, String)], user: Option<&str>) -> Vec<(String, String)> {
+    let value = |name: &str| {
+        app_env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("the app has no {name}"))
+    };
+    let mut env: Vec<(String, String)> = app_env
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "PGHOST" | "PGPORT" | "PGUSER"))
+        .cloned()
+        .collect();
+    env.push(("PGHOST".to_owned(), value("CLOUDSQL_HOST")));
+    env.push(("PGPORT".to_owned(), value("CLOUDSQL_PORT")));
+    env.push((
+        "PGUSER".to_owned(),
+        user.map_or_else(|| value("CLOUDSQL_USER"), str::to_owned),
+    ));
+    env
+}
+
+/// The last connection the Cloud SQL instance accepted, which must be an IAM login as
+/// [`DB_USER`].
+fn last_cloudsql_login(cloudsql: &CloudSqlDoubles) -> fedcred_doubles::cloudsql::Connection {
+    let connections = cloudsql.connections();
+    let last = connections
+        .iter()
+        .rev()
+        .find(|c| c.outcome == Outcome::Accepted)
+        .unwrap_or_else(|| panic!("no accepted Cloud SQL connection: {connections:?}"));
+    assert_eq!(last.db_user.as_deref(), Some(DB_USER));
+    assert_eq!(last.instance, CLOUDSQL_INSTANCE);
+    last.clone()
 }
 
 fn logs(processes: &[Process]) -> String {

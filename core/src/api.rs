@@ -26,6 +26,10 @@ pub const CLOUD_PLATFORM_SCOPE: &str = "https://www.googleapis.com/auth/cloud-pl
 /// Scope the AlloyDB Auth Proxy needs on top of cloud-platform for automatic IAM login.
 pub const ALLOYDB_LOGIN_SCOPE: &str = "https://www.googleapis.com/auth/alloydb.login";
 
+/// The scope Cloud SQL's automatic IAM database login needs, added to the token's scopes when
+/// a Cloud SQL instance asks for it.
+pub const SQLSERVICE_LOGIN_SCOPE: &str = "https://www.googleapis.com/auth/sqlservice.login";
+
 /// Default token lifetime: one hour, what Google issues when nothing else is asked for.
 pub const DEFAULT_TOKEN_LIFETIME_SECONDS: i64 = 3600;
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use crate::api::{ALLOYDB_LOGIN_SCOPE, FederatedCredentialSpec};
+use crate::api::{ALLOYDB_LOGIN_SCOPE, FederatedCredentialSpec, SQLSERVICE_LOGIN_SCOPE};
 use crate::error::{ExchangeError, Reason};
 use crate::google::{DEFAULT_IAM_CREDENTIALS_URL, DEFAULT_STS_URL};
 use crate::names::is_region;
@@ -489,6 +489,15 @@ fn google_side(
         // The AlloyDB Auth Proxy logs in with the token; IAM login needs this scope.
         scopes.insert(ALLOYDB_LOGIN_SCOPE.to_owned());
     }
+    let cloudsql_login = spec
+        .cloudsql
+        .as_ref()
+        .is_some_and(|c| c.instances.iter().any(|i| i.auto_iam_authn));
+    if cloudsql_login {
+        // The Cloud SQL Auth Proxy asks the metadata server for a token with this scope and
+        // sends it with its certificate request; Cloud SQL logs the IAM user in with it.
+        scopes.insert(SQLSERVICE_LOGIN_SCOPE.to_owned());
+    }
     let endpoints = spec.google.endpoints.clone().unwrap_or_default();
     let named = [
         ("aws.stsEndpoint", aws_sts_endpoint.as_deref()),
@@ -826,6 +835,29 @@ mod tests {
         assert_eq!(key.sts_url, "https://sts.googleapis.com/v1/token");
         assert_eq!(key.describe(), "ServiceAccount/orders-api");
         assert_eq!(key.lifetime_seconds, 3600);
+    }
+
+    #[test]
+    fn cloudsql_iam_login_adds_the_sqlservice_login_scope() {
+        let instance = |auto: bool| {
+            credential("orders-db").with(serde_json::json!({"spec": {"cloudsql": {"instances": [{
+                "connectionName": "acme-shop:europe-west1:orders-pg", "port": 6432,
+                "autoIamAuthn": auto,
+            }]}}}))
+        };
+        let key = plan("shop", &spec(instance(true)), &defaults()).unwrap();
+        assert_eq!(
+            key.scopes,
+            [
+                "https://www.googleapis.com/auth/cloud-platform",
+                "https://www.googleapis.com/auth/sqlservice.login",
+            ]
+        );
+        let key = plan("shop", &spec(instance(false)), &defaults()).unwrap();
+        assert_eq!(
+            key.scopes,
+            ["https://www.googleapis.com/auth/cloud-platform"]
+        );
     }
 
     #[test]

@@ -258,11 +258,19 @@ pub async fn wait_for_http_probe(probe: &Value, process: &mut Process, limit: Du
 /// `psql -c 'select current_user'` with only `env` (libpq's `PG*` variables say where and as
 /// whom): the user the server logged in, or psql's error.
 pub fn select_current_user(env: &[(String, String)]) -> Result<String, String> {
+    select_current_user_within(env, 20)
+}
+
+/// [`select_current_user`], with `seconds` for the connection to be set up.
+pub fn select_current_user_within(
+    env: &[(String, String)],
+    seconds: u32,
+) -> Result<String, String> {
     let out = Command::new("psql")
         .args(["-X", "-A", "-t", "-c", "select current_user"])
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .env("PGCONNECT_TIMEOUT", "20")
+        .env("PGCONNECT_TIMEOUT", seconds.to_string())
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("psql runs: {e}"))?;
