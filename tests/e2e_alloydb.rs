@@ -8,7 +8,8 @@
 //! PostgreSQL through the AlloyDB instance double as the service account's IAM database user,
 //! before and after the first token has expired; and, with `alloydb.proxy` asking for Unix
 //! sockets, lazy refresh and a connection limit, through the socket the proxy creates in the
-//! shared directory where the injected `PGHOST` points.
+//! shared directory where the injected `PGHOST` points (and likewise for Cloud SQL with
+//! `cloudsql.proxy.unixSocket`).
 //!
 //! The same pod also reaches a Cloud SQL for PostgreSQL instance: the real `cloud-sql-proxy`
 //! sidecar gets its ephemeral certificate from the Cloud SQL Admin API double with the token
@@ -21,8 +22,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fedcred_core::inject::{
-    CLOUDSQL_PROXY_CONTAINER_PREFIX, DEFAULT_CLOUDSQL_PROXY_IMAGE, DEFAULT_PROXY_IMAGE,
-    PROXY_CONTAINER_PREFIX, SOCKET_VOLUME,
+    CLOUDSQL_PROXY_CONTAINER_PREFIX, CLOUDSQL_SOCKET_VOLUME, DEFAULT_CLOUDSQL_PROXY_IMAGE,
+    DEFAULT_PROXY_IMAGE, PROXY_CONTAINER_PREFIX, SOCKET_VOLUME,
 };
 use fedcred_doubles::Config;
 use fedcred_doubles::alloydb::{AlloyDbConfig, AlloyDbDoubles, InstanceConfig, Outcome};
@@ -81,6 +82,24 @@ async fn eventually_synced<T>(
         check()
     })
     .await
+}
+
+/// Runs `work` (blocking) while doing the kubelet's part for the Secret volume, as
+/// [`eventually_synced`] does.
+async fn synced_while<T: Send + 'static>(
+    ns: &TestNamespace,
+    volume: &mut SecretVolume,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let mut done = tokio::task::spawn_blocking(work);
+    loop {
+        tokio::select! {
+            out = &mut done => return out.expect("the blocking work ran to its end"),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                volume.sync(ns, "orders-db");
+            }
+        }
+    }
 }
 
 /// The tests of this file one at a time: the AlloyDB instance double listens on port 5433,
@@ -243,7 +262,8 @@ async fn scene(name: &str, databases: impl FnOnce(u16, u16) -> Value) -> Scene {
             .mounts(container)
             .into_iter()
             .filter_map(|(path, name)| {
-                if name == SOCKET_VOLUME {
+                // Both socket volumes in one directory: their sockets' names differ.
+                if name == SOCKET_VOLUME || name == CLOUDSQL_SOCKET_VOLUME {
                     Some((path, sockets.clone()))
                 } else if pod.volume_secret(&name).as_deref() == Some("orders-db") {
                     Some((path, volume.dir.clone()))
@@ -439,9 +459,9 @@ async fn a_pod_reaches_alloydb_and_cloudsql_as_its_iam_user_before_and_after_the
     // The Cloud SQL proxy's certificate ends with the token it was issued for, and the proxy
     // refreshes at most once per 30 s: with these 40 s tokens, the dial may wait for the next
     // refresh allowed (with one-hour tokens it refreshes 4 minutes before the end).
-    let user = tokio::task::block_in_place(|| {
-        select_current_user_within(&cloudsql_env(app_env, None), 60)
-    });
+    // The kubelet keeps the volume in step meanwhile.
+    let env = cloudsql_env(app_env, None);
+    let user = synced_while(ns, volume, move || select_current_user_within(&env, 60)).await;
     assert_eq!(user.as_deref(), Ok(DB_USER), "{}", logs(running));
     let last = last_cloudsql_login(cloudsql);
     let used = cloud
@@ -464,13 +484,23 @@ async fn a_pod_reaches_alloydb_and_cloudsql_as_its_iam_user_before_and_after_the
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pod_reaches_alloydb_through_the_unix_socket_pghost_names() {
+async fn a_pod_reaches_alloydb_and_cloudsql_through_the_unix_sockets_its_variables_name() {
     let _one = ONE_AT_A_TIME.lock().await;
     let scene = scene("e2e-alloydb-socket", |_, _| {
-        json!({"alloydb": {
-            "instances": [{"uri": INSTANCE, "connectivity": "PSC", "autoIamAuthn": true}],
-            "proxy": {"unixSocket": true, "lazyRefresh": true, "maxConnections": 5}
-        }})
+        json!({
+            "alloydb": {
+                "instances": [{"uri": INSTANCE, "connectivity": "PSC", "autoIamAuthn": true}],
+                "proxy": {"unixSocket": true, "lazyRefresh": true, "maxConnections": 5}
+            },
+            "cloudsql": {
+                "instances": [{
+                    "connectionName": CLOUDSQL_INSTANCE, "connectivity": "PrivateIP",
+                    "hostEnvName": "CLOUDSQL_HOST", "portEnvName": "CLOUDSQL_PORT",
+                    "userEnvName": "CLOUDSQL_USER",
+                }],
+                "proxy": {"unixSocket": true}
+            }
+        })
     })
     .await;
     let app_var = |name: &str| {
@@ -492,6 +522,21 @@ async fn a_pod_reaches_alloydb_through_the_unix_socket_pghost_names() {
     assert_eq!(user.as_deref(), Ok(DB_USER), "{}", logs(&scene.running));
     let accepted = last_iam_login(&scene.alloydb, DB_USER);
     assert!(accepted.used_token(&scene.first["access_token"]));
+
+    // The Cloud SQL proxy's socket: a directory named after the connection name, beside the
+    // AlloyDB one in the shared volume.
+    let host = app_var("CLOUDSQL_HOST").unwrap();
+    assert_eq!(
+        host,
+        format!("{}/{CLOUDSQL_INSTANCE}", scene.sockets.display()),
+        "CLOUDSQL_HOST"
+    );
+    assert_eq!(app_var("CLOUDSQL_PORT").as_deref(), Some("5432"));
+    let user =
+        tokio::task::block_in_place(|| select_current_user(&cloudsql_env(&scene.app_env, None)));
+    assert_eq!(user.as_deref(), Ok(DB_USER), "{}", logs(&scene.running));
+    let cloudsql = scene.cloudsql.as_ref().unwrap();
+    assert!(last_cloudsql_login(cloudsql).used_token(&scene.first["access_token"]));
 
     let everything = format!("{}{}", scene.controller.logs(), logs(&scene.running));
     for token in scene.cloud.google.issued_tokens() {

@@ -106,7 +106,7 @@ pub const DEFAULT_ALLOYDB_PORT: i32 = 5432;
     "Cloud SQL automatic IAM login needs google.serviceAccount: the IAM database user is the service account's; set google.serviceAccount to the service account that has the Cloud SQL IAM user, or set autoIamAuthn: false on every Cloud SQL instance"
 ))]
 #[x_kube(validation = Rule::new(
-    "!has(self.alloydb) || !has(self.cloudsql) || self.cloudsql.instances.all(c, self.alloydb.instances.all(a, a.port != c.port))"
+    "!has(self.alloydb) || !has(self.cloudsql) || self.cloudsql.instances.all(c, !has(c.port) || self.alloydb.instances.all(a, a.port != c.port))"
 ).message(
     "each database instance needs its own local port: cloudsql.instances[].port must differ from every alloydb.instances[].port (AlloyDB's default is 5432)"
 ))]
@@ -565,13 +565,19 @@ fn env_names_unique_rule() -> kube::core::Rule {
 /// Cloud SQL instances reached through the Cloud SQL Auth Proxy v2 sidecar.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "(has(self.proxy) && has(self.proxy.unixSocket) && self.proxy.unixSocket) || self.instances.all(i, has(i.port))"
+).message(
+    "cloudsql.instances[].port is required unless cloudsql.proxy.unixSocket is true: set the local port each instance's proxy listens on"
+))]
 pub struct CloudSql {
-    /// Instances to connect; each gets its own proxy sidecar on its own local port. The
-    /// first PostgreSQL instance gets `PGHOST`, `PGPORT` and `PGUSER` when the resource has no
-    /// AlloyDB instance; the first MySQL instance gets `MYSQL_HOST`, `MYSQL_TCP_PORT` and
-    /// `MYSQL_USER`; any other instance gets the variables it names.
+    /// Instances to connect; each gets its own proxy sidecar on its own local port (or Unix
+    /// socket, with `proxy.unixSocket`). The first PostgreSQL instance gets `PGHOST`, `PGPORT`
+    /// and `PGUSER` when the resource has no AlloyDB instance; the first MySQL instance gets
+    /// `MYSQL_HOST`, `MYSQL_TCP_PORT` and `MYSQL_USER` (on a Unix socket `MYSQL_UNIX_PORT`
+    /// and `MYSQL_USER`); any other instance gets the variables it names.
     #[x_kube(validation = Rule::new(
-        "self.all(a, self.exists_one(b, b.port == a.port))"
+        "self.all(a, !has(a.port) || self.exists_one(b, has(b.port) && b.port == a.port))"
     ).message(
         "each Cloud SQL instance needs its own local port: set cloudsql.instances[].port so that no two are equal"
     ))]
@@ -613,9 +619,11 @@ pub struct CloudSqlInstance {
     #[serde(default = "default_true")]
     pub auto_iam_authn: bool,
 
-    /// Local port the proxy listens on inside the pod (127.0.0.1).
+    /// Local port the proxy listens on inside the pod (127.0.0.1); required unless
+    /// `cloudsql.proxy.unixSocket` is true, when it is not opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1024, max = 65535))]
-    pub port: i32,
+    pub port: Option<i32>,
 
     /// Name of the variable that holds this instance's host (`127.0.0.1`); defaults as
     /// `cloudsql.instances` says.
@@ -682,6 +690,17 @@ pub struct CloudSqlProxy {
     /// Compute resources of the proxy container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+
+    /// Listen on Unix sockets instead of TCP ports (`--unix-socket`). The sockets live in a
+    /// shared `emptyDir` volume mounted at `/var/run/fedcred-cloudsql` in the proxies and in
+    /// the application's containers. A PostgreSQL instance's socket is
+    /// `/var/run/fedcred-cloudsql/PROJECT:REGION:INSTANCE/.s.PGSQL.5432`: its host variable
+    /// names that directory and its port variable `5432`, as libpq expects. A MySQL instance's
+    /// socket is the file `/var/run/fedcred-cloudsql/PROJECT:REGION:INSTANCE`, which its host
+    /// variable names (by default `MYSQL_UNIX_PORT`, read by the MySQL clients); it has no
+    /// port variable.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub unix_socket: bool,
 }
 
 fn default_true() -> bool {

@@ -482,6 +482,34 @@ fn cloudsql_beside_alloydb() {
 }
 
 #[test]
+fn cloudsql_unix_sockets() {
+    let fc = with_cloudsql(
+        credential(None, Some(ORDERS_SA)),
+        json!({
+            "instances": [
+                {"connectionName": "acme-shop:europe-west1:orders-pg", "connectivity": "PSC"},
+                {"connectionName": "acme-shop:europe-west1:legacy-mysql", "engine": "MySQL",
+                 "port": 3306},
+                {"connectionName": "acme-shop:europe-west1:reports-pg",
+                 "hostEnvName": "REPORTS_HOST", "portEnvName": "REPORTS_PORT"}
+            ],
+            "proxy": {"unixSocket": true}
+        }),
+    );
+    check(
+        "cloudsql_unix_sockets",
+        "cloudsql.proxy.unixSocket: an emptyDir shared by the Cloud SQL proxies and the pod's \
+         containers at /var/run/fedcred-cloudsql; each proxy listens there (--unix-socket) \
+         instead of on a port (a port given is not opened). PGHOST names the PostgreSQL \
+         instance's socket directory PROJECT:REGION:INSTANCE with PGPORT 5432; MYSQL_UNIX_PORT \
+         names the MySQL instance's socket file, with no port variable.",
+        orders_pod(),
+        Some(fc),
+        config(),
+    );
+}
+
+#[test]
 fn cloudsql_variable_named_twice() {
     let fc = with_cloudsql(
         credential(

@@ -28,6 +28,8 @@
 //!   [`SOCKET_DIR`] in the proxies and in the pod's own containers, the proxies listening there
 //!   (`--unix-socket`) instead of on a port, and the host variables naming each instance's
 //!   socket directory.
+//! - With `spec.cloudsql.proxy.unixSocket`: likewise the `emptyDir` volume
+//!   [`CLOUDSQL_SOCKET_VOLUME`] at [`CLOUDSQL_SOCKET_DIR`] for the Cloud SQL proxies.
 //! - The annotation [`INJECTED_ANNOTATION`], a digest of what was injected, and with
 //!   `spec.alloydb.proxy.prometheus` the [`PROMETHEUS_ANNOTATIONS`] pointing at the first
 //!   proxy's metrics (a value the pod sets itself is kept, with a warning).
@@ -106,6 +108,14 @@ pub const SOCKET_VOLUME: &str = "fedcred-alloydb-sockets";
 
 /// Where the proxies and the application's containers mount [`SOCKET_VOLUME`].
 pub const SOCKET_DIR: &str = "/var/run/fedcred-alloydb";
+
+/// The `emptyDir` volume of the Cloud SQL proxies' Unix sockets
+/// (`spec.cloudsql.proxy.unixSocket`).
+pub const CLOUDSQL_SOCKET_VOLUME: &str = "fedcred-cloudsql-sockets";
+
+/// Where the Cloud SQL proxies and the application's containers mount
+/// [`CLOUDSQL_SOCKET_VOLUME`].
+pub const CLOUDSQL_SOCKET_DIR: &str = "/var/run/fedcred-cloudsql";
 
 /// Pod annotations that tell Prometheus where the proxy's metrics are
 /// (`spec.alloydb.proxy.prometheus`); a value the pod sets itself is kept.
@@ -257,9 +267,11 @@ pub enum Refusal {
         credential: String,
         name: String,
     },
-    /// With Unix sockets: a container of the pod already mounts something at [`SOCKET_DIR`].
+    /// With Unix sockets: a container of the pod already mounts something at [`SOCKET_DIR`]
+    /// (or [`CLOUDSQL_SOCKET_DIR`]; `list` says which: `alloydb` or `cloudsql`).
     SocketDirTaken {
         container: String,
+        list: &'static str,
     },
     NoFreePort,
 }
@@ -367,12 +379,19 @@ impl fmt::Display for Refusal {
                     ),
                 }
             }
-            Refusal::SocketDirTaken { container } => write!(
-                f,
-                "container {container} of the pod already mounts a volume at {SOCKET_DIR}, where \
-                 spec.alloydb.proxy.unixSocket shares the AlloyDB proxies' sockets: move that \
-                 mount, or set unixSocket: false"
-            ),
+            Refusal::SocketDirTaken { container, list } => {
+                let (dir, what) = if *list == "cloudsql" {
+                    (CLOUDSQL_SOCKET_DIR, "Cloud SQL")
+                } else {
+                    (SOCKET_DIR, "AlloyDB")
+                };
+                write!(
+                    f,
+                    "container {container} of the pod already mounts a volume at {dir}, where \
+                     spec.{list}.proxy.unixSocket shares the {what} proxies' sockets: move that \
+                     mount, or set unixSocket: false"
+                )
+            }
             Refusal::NoFreePort => {
                 f.write_str("no free port left in the pod for fedcred's sidecars")
             }

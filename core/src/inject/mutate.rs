@@ -15,9 +15,10 @@ use super::ports::{self, Taken};
 use super::recipe::Recipe;
 use super::sidecars::{self, ProxyPorts, ProxySettings};
 use super::{
-    CLOUDSQL_PROXY_CONTAINER_PREFIX, DEFAULT_HEALTH_PORT, INJECTED_ANNOTATION, InjectConfig,
-    MAX_WARNING_CHARS, METADATA_CONTAINER, Outcome, PROMETHEUS_ANNOTATIONS, PROXY_CONTAINER_PREFIX,
-    PortProblem, Refusal, SOCKET_DIR, SOCKET_VOLUME, TOKEN_VOLUME,
+    CLOUDSQL_PROXY_CONTAINER_PREFIX, CLOUDSQL_SOCKET_DIR, CLOUDSQL_SOCKET_VOLUME,
+    DEFAULT_HEALTH_PORT, INJECTED_ANNOTATION, InjectConfig, MAX_WARNING_CHARS, METADATA_CONTAINER,
+    Outcome, PROMETHEUS_ANNOTATIONS, PROXY_CONTAINER_PREFIX, PortProblem, Refusal, SOCKET_DIR,
+    SOCKET_VOLUME, TOKEN_VOLUME,
 };
 use crate::api::{
     AlloyDbInstance, AlloyDbProxy, CloudSqlInstance, DatabaseEngine, FederatedCredential, READY,
@@ -95,11 +96,10 @@ fn existing_injection(spec: &PodSpec) -> Existing {
     if let Some(c) = containers().find(|c| is_proxy_name(&c.name)) {
         return Existing::NameTaken(format!("a container named {}", c.name));
     }
-    if let Some(v) = spec
-        .volumes
-        .iter()
-        .flatten()
-        .find(|v| v.name == TOKEN_VOLUME || v.name == SOCKET_VOLUME)
+    if let Some(v) =
+        spec.volumes.iter().flatten().find(|v| {
+            [TOKEN_VOLUME, SOCKET_VOLUME, CLOUDSQL_SOCKET_VOLUME].contains(&v.name.as_str())
+        })
     {
         return Existing::NameTaken(format!("a volume named {}", v.name));
     }
@@ -195,9 +195,15 @@ fn claim_chosen(
     Ok(port)
 }
 
-/// Refuses a pod whose own container already mounts something at [`SOCKET_DIR`]: the API
-/// server refuses two mounts at one path, and the application would not see the sockets.
-fn socket_mount_free(pod: &Pod) -> Result<(), Refusal> {
+/// Refuses a pod whose own container already mounts something at `dir` ([`SOCKET_DIR`] for
+/// `alloydb`, [`CLOUDSQL_SOCKET_DIR`] for `cloudsql`): the API server refuses two mounts at one
+/// path, and the application would not see the sockets.
+fn socket_mount_free(pod: &Pod, list: &'static str) -> Result<(), Refusal> {
+    let dir = if list == "cloudsql" {
+        CLOUDSQL_SOCKET_DIR
+    } else {
+        SOCKET_DIR
+    };
     let spec = pod.spec.as_ref().ok_or(Refusal::NoSpec)?;
     let containers = spec
         .init_containers
@@ -208,10 +214,11 @@ fn socket_mount_free(pod: &Pod) -> Result<(), Refusal> {
         if c.volume_mounts
             .iter()
             .flatten()
-            .any(|m| m.mount_path.trim_end_matches('/') == SOCKET_DIR)
+            .any(|m| m.mount_path.trim_end_matches('/') == dir)
         {
             return Err(Refusal::SocketDirTaken {
                 container: c.name.clone(),
+                list,
             });
         }
     }
@@ -262,9 +269,12 @@ fn database_env(
 /// Where each Cloud SQL instance is, for the application. Defaults: the first PostgreSQL
 /// instance gets `PGHOST`, `PGPORT` and `PGUSER` unless the resource has AlloyDB instances
 /// (whose first instance has those); the first MySQL instance gets `MYSQL_HOST`,
-/// `MYSQL_TCP_PORT` (both read by the MySQL client libraries) and `MYSQL_USER`.
+/// `MYSQL_TCP_PORT` (both read by the MySQL client libraries) and `MYSQL_USER`. On Unix
+/// sockets a PostgreSQL instance's host is its socket directory and its port 5432; a MySQL
+/// instance's host is its socket file, by default in `MYSQL_UNIX_PORT`, with no port.
 fn cloudsql_env(
     instances: &[CloudSqlInstance],
+    unix_socket: bool,
     with_alloydb: bool,
     postgres_user: Option<String>,
     mysql_user: Option<String>,
@@ -280,19 +290,32 @@ fn cloudsql_env(
             DatabaseEngine::PostgreSQL if first_postgres == Some(index) => {
                 Some(["PGHOST", "PGPORT", "PGUSER"])
             }
+            DatabaseEngine::MySQL if first_mysql == Some(index) && unix_socket => {
+                Some(["MYSQL_UNIX_PORT", "", "MYSQL_USER"])
+            }
             DatabaseEngine::MySQL if first_mysql == Some(index) => {
                 Some(["MYSQL_HOST", "MYSQL_TCP_PORT", "MYSQL_USER"])
             }
             _ => None,
         };
         let name = |set: &Option<String>, slot: usize| {
-            set.clone().or_else(|| defaults.map(|d| d[slot].to_owned()))
+            set.clone()
+                .or_else(|| defaults.map(|d| d[slot].to_owned()))
+                .filter(|n| !n.is_empty())
+        };
+        let (host, port) = match (unix_socket, instance.port) {
+            (false, Some(port)) => ("127.0.0.1".to_owned(), Some(port.to_string())),
+            _ => (
+                sidecars::cloudsql_socket(&instance.connection_name),
+                (instance.engine == DatabaseEngine::PostgreSQL)
+                    .then(|| sidecars::SOCKET_PORT.to_string()),
+            ),
         };
         if let Some(n) = name(&instance.host_env_name, 0) {
-            env.push((n, "127.0.0.1".to_owned()));
+            env.push((n, host));
         }
-        if let Some(n) = name(&instance.port_env_name, 1) {
-            env.push((n, instance.port.to_string()));
+        if let Some((n, port)) = name(&instance.port_env_name, 1).zip(port) {
+            env.push((n, port));
         }
         let user = match instance.engine {
             DatabaseEngine::PostgreSQL => &postgres_user,
@@ -349,13 +372,21 @@ impl Injection {
             claim_chosen(instance.port, &declared, &mut chosen).map_err(refusal)?;
         }
         let cloudsql = recipe.cloudsql_instances();
+        let cloudsql_socket = recipe
+            .cloudsql
+            .and_then(|c| c.proxy.as_ref())
+            .is_some_and(|p| p.unix_socket);
         for (i, instance) in cloudsql.iter().enumerate() {
-            claim_chosen(instance.port, &declared, &mut chosen).map_err(|problem| {
+            // On Unix sockets the instance's port is not opened.
+            let Some(port) = instance.port.filter(|_| !cloudsql_socket) else {
+                continue;
+            };
+            claim_chosen(port, &declared, &mut chosen).map_err(|problem| {
                 Refusal::InstancePort {
                     credential: credential.to_owned(),
                     list: "cloudsql",
                     index: i,
-                    port: instance.port,
+                    port,
                     problem,
                 }
             })?;
@@ -393,7 +424,10 @@ impl Injection {
             .collect::<Option<_>>()
             .ok_or_else(no_port)?;
         if unix_socket {
-            socket_mount_free(pod)?;
+            socket_mount_free(pod, "alloydb")?;
+        }
+        if cloudsql_socket {
+            socket_mount_free(pod, "cloudsql")?;
         }
 
         let metadata_env = injected_env(&sidecars::listen(metadata_port));
@@ -402,6 +436,7 @@ impl Injection {
         app_env.extend(database_env(instances, unix_socket, recipe.db_user()));
         app_env.extend(cloudsql_env(
             cloudsql,
+            cloudsql_socket,
             !instances.is_empty(),
             recipe.db_user(),
             recipe.mysql_db_user(),
@@ -473,6 +508,7 @@ impl Injection {
                 .and_then(|p| p.resources.as_ref()),
             metadata_env: &metadata_env,
             admin_endpoint: config.cloudsql_admin_endpoint.as_deref(),
+            unix_socket: cloudsql_socket,
         };
         sidecars.extend(cloudsql.iter().zip(&cloudsql_health).enumerate().map(
             |(i, (instance, health))| {
@@ -497,23 +533,30 @@ impl Injection {
             })
             .into_iter()
             .collect();
-        if unix_socket {
-            volumes.push(Volume {
-                name: SOCKET_VOLUME.to_owned(),
-                empty_dir: Some(EmptyDirVolumeSource::default()),
-                ..Volume::default()
-            });
+        let mut app_mounts = Vec::new();
+        for (wanted, volume, mount) in [
+            (unix_socket, SOCKET_VOLUME, sidecars::socket_mount()),
+            (
+                cloudsql_socket,
+                CLOUDSQL_SOCKET_VOLUME,
+                sidecars::cloudsql_socket_mount(),
+            ),
+        ] {
+            if wanted {
+                volumes.push(Volume {
+                    name: volume.to_owned(),
+                    empty_dir: Some(EmptyDirVolumeSource::default()),
+                    ..Volume::default()
+                });
+                app_mounts.push(mount);
+            }
         }
         Ok(Injection {
             native: config.native_sidecars,
             volumes,
             sidecars,
             app_env,
-            app_mounts: if unix_socket {
-                vec![sidecars::socket_mount()]
-            } else {
-                Vec::new()
-            },
+            app_mounts,
             annotations,
             warnings: grace_period_warnings(pod, proxy),
         })
@@ -1100,6 +1143,46 @@ mod tests {
         assert!(message.contains("/var/run/fedcred-alloydb"), "{message}");
         // Without sockets the same pod is fine.
         patch(mutate(&p, Some(&proxy_with(json!({}))), &config()));
+    }
+
+    #[test]
+    fn cloudsql_unix_sockets_need_their_mount_path_free_and_open_no_port() {
+        let fc = |proxy: Value| -> FederatedCredential {
+            let mut fc = serde_json::to_value(credential(json!({"instances": [
+                {"uri": "projects/acme-shop/locations/us-east4/clusters/orders/instances/primary"}
+            ]})))
+            .unwrap();
+            fc["spec"]["cloudsql"] = json!({
+                "instances": [{"connectionName": "acme-shop:europe-west1:orders-pg", "port": 8080}],
+                "proxy": proxy
+            });
+            serde_json::from_value(fc).unwrap()
+        };
+        let taken = pod(json!({"containers": [{"name": "app", "volumeMounts": [
+            {"name": "run", "mountPath": "/var/run/fedcred-cloudsql"}
+        ]}]}));
+        let message = refusal(mutate(
+            &taken,
+            Some(&fc(json!({"unixSocket": true}))),
+            &config(),
+        ));
+        assert!(message.contains("/var/run/fedcred-cloudsql"), "{message}");
+        assert!(
+            message.contains("spec.cloudsql.proxy.unixSocket"),
+            "{message}"
+        );
+        patch(mutate(&taken, Some(&fc(json!({}))), &config()));
+
+        // The port the pod declares is refused on TCP, and not opened on a socket.
+        let declaring =
+            pod(json!({"containers": [{"name": "app", "ports": [{"containerPort": 8080}]}]}));
+        let message = refusal(mutate(&declaring, Some(&fc(json!({}))), &config()));
+        assert!(message.contains("8080"), "{message}");
+        patch(mutate(
+            &declaring,
+            Some(&fc(json!({"unixSocket": true}))),
+            &config(),
+        ));
     }
 
     #[test]

@@ -12,8 +12,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::pod_aws::PodAws;
 use super::{
-    AGENT_CREDENTIAL_ENV, CLOUDSQL_PROXY_CONTAINER_PREFIX, FEDCRED_BINARY, METADATA_CONTAINER,
-    PROXY_CONTAINER_PREFIX, RUN_AS_USER, SOCKET_DIR, SOCKET_VOLUME, TOKEN_MOUNT_PATH, TOKEN_VOLUME,
+    AGENT_CREDENTIAL_ENV, CLOUDSQL_PROXY_CONTAINER_PREFIX, CLOUDSQL_SOCKET_DIR,
+    CLOUDSQL_SOCKET_VOLUME, FEDCRED_BINARY, METADATA_CONTAINER, PROXY_CONTAINER_PREFIX,
+    RUN_AS_USER, SOCKET_DIR, SOCKET_VOLUME, TOKEN_MOUNT_PATH, TOKEN_VOLUME,
 };
 use crate::api::{
     AlloyDbInstance, AlloyDbProxy, CloudSqlConnectivity, CloudSqlInstance, Connectivity,
@@ -256,22 +257,28 @@ pub(super) struct CloudSqlSettings<'a> {
     pub metadata_env: &'a [(String, String)],
     /// `--sqladmin-api-endpoint`; for tests and other universes.
     pub admin_endpoint: Option<&'a str>,
+    /// Listen on Unix sockets in [`CLOUDSQL_SOCKET_DIR`] instead of on ports.
+    pub unix_socket: bool,
 }
 
 /// The Cloud SQL Auth Proxy v2 for Cloud SQL instance `index`, listening on
-/// `127.0.0.1:instance.port` and answering health checks on `health_port` (every address). Like
-/// the AlloyDB proxy, it finds its token through the emulator.
+/// `127.0.0.1:instance.port` (or on a Unix socket in [`CLOUDSQL_SOCKET_DIR`]) and answering
+/// health checks on `health_port` (every address). Like the AlloyDB proxy, it finds its token
+/// through the emulator.
 pub(super) fn cloudsql_proxy(
     index: usize,
     instance: &CloudSqlInstance,
     health_port: u16,
     settings: &CloudSqlSettings<'_>,
 ) -> Container {
-    let mut args = vec![
-        instance.connection_name.clone(),
-        "--address=127.0.0.1".to_owned(),
-        format!("--port={}", instance.port),
-    ];
+    let mut args = vec![instance.connection_name.clone()];
+    match instance.port {
+        Some(port) if !settings.unix_socket => {
+            args.extend(["--address=127.0.0.1".to_owned(), format!("--port={port}")]);
+        }
+        // The CRD requires a port without Unix sockets.
+        _ => args.push(format!("--unix-socket={CLOUDSQL_SOCKET_DIR}")),
+    }
     match instance.connectivity {
         // Public IP is the proxy's default: no flag.
         CloudSqlConnectivity::PublicIp => {}
@@ -287,14 +294,23 @@ pub(super) fn cloudsql_proxy(
     if let Some(endpoint) = settings.admin_endpoint {
         args.push(format!("--sqladmin-api-endpoint={endpoint}"));
     }
-    proxy_container(
+    let mut container = proxy_container(
         format!("{CLOUDSQL_PROXY_CONTAINER_PREFIX}{index}"),
         settings.image,
         args,
         settings.metadata_env,
         settings.resources,
         health_port,
-    )
+    );
+    container.volume_mounts = settings.unix_socket.then(|| vec![cloudsql_socket_mount()]);
+    container
+}
+
+/// The Cloud SQL socket of an instance, as the proxy names it: for PostgreSQL the directory
+/// `CLOUDSQL_SOCKET_DIR/PROJECT:REGION:INSTANCE` (libpq's host, holding `.s.PGSQL.5432`), for
+/// MySQL the socket file of that name.
+pub(super) fn cloudsql_socket(connection_name: &str) -> String {
+    format!("{CLOUDSQL_SOCKET_DIR}/{connection_name}")
 }
 
 /// The flags of `spec.alloydb.proxy`'s settings, each only when set, so that a proxy without
@@ -325,6 +341,14 @@ pub(super) fn socket_mount() -> VolumeMount {
     VolumeMount {
         name: SOCKET_VOLUME.to_owned(),
         mount_path: SOCKET_DIR.to_owned(),
+        ..VolumeMount::default()
+    }
+}
+
+pub(super) fn cloudsql_socket_mount() -> VolumeMount {
+    VolumeMount {
+        name: CLOUDSQL_SOCKET_VOLUME.to_owned(),
+        mount_path: CLOUDSQL_SOCKET_DIR.to_owned(),
         ..VolumeMount::default()
     }
 }
