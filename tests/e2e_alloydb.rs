@@ -30,8 +30,9 @@ use fedcred_doubles::alloydb::{AlloyDbConfig, AlloyDbDoubles, InstanceConfig, Ou
 use fedcred_doubles::cloudsql::{CloudSqlConfig, CloudSqlDoubles, CloudSqlInstance};
 use serde_json::{Value, json};
 use support::alloydb::{
-    Postgres, cloudsql_proxy_binary, issued_token_used, last_iam_login, proxy_binary,
-    select_current_user, select_current_user_within, wait_for_http_probe,
+    MariaDb, Postgres, cloudsql_proxy_binary, issued_token_used, last_iam_login,
+    mysql_current_user, proxy_binary, select_current_user, select_current_user_within,
+    wait_for_http_probe,
 };
 use support::cloud::{Cloud, SA_EMAIL};
 use support::controller::ControllerProcess;
@@ -43,6 +44,10 @@ const FEDCRED_IMAGE: &str = "ghcr.io/example/fedcred";
 const DB_USER: &str = "orders-api@acme-shop.iam";
 /// The Cloud SQL for PostgreSQL instance beside the AlloyDB one.
 const CLOUDSQL_INSTANCE: &str = "acme-shop:europe-west1:orders-pg";
+/// A Cloud SQL for MySQL instance, reached on its own address.
+const MYSQL_INSTANCE: &str = "acme-shop:europe-west1:legacy-mysql";
+/// The service account's MySQL IAM user: its name before the `@`.
+const MYSQL_USER: &str = "orders-api";
 /// The shortest lifetime the CRD allows, asked for by the controller.
 const LIFETIME_SECONDS: u64 = 600;
 /// What the IAM double grants instead, to compress time: refreshed when half of it is left, so
@@ -124,6 +129,7 @@ struct Scene {
     cloudsql: Option<CloudSqlDoubles>,
     cloud: Cloud,
     _postgres: Postgres,
+    _mariadb: Option<MariaDb>,
     ns: TestNamespace,
 }
 
@@ -181,6 +187,11 @@ async fn scene(name: &str, databases: impl FnOnce(u16, u16) -> Value) -> Scene {
             spec[field] = value.clone();
         }
     }
+    // MariaDB behind the MySQL instance, when the resource uses it.
+    let mariadb = databases["cloudsql"]["instances"]
+        .as_array()
+        .is_some_and(|i| i.iter().any(|i| i["engine"] == "MySQL"))
+        .then(|| MariaDb::start(MYSQL_USER));
     // Every address a client may pick leads to the instance double's listener.
     let cloudsql = match databases.get("cloudsql") {
         None => None,
@@ -188,12 +199,18 @@ async fn scene(name: &str, databases: impl FnOnce(u16, u16) -> Value) -> Scene {
             CloudSqlDoubles::start(
                 CloudSqlConfig {
                     postgres: Some(postgres.addr),
+                    mysql: mariadb.as_ref().map(|m| m.addr),
                     ..CloudSqlConfig::default()
                 }
                 .instance(CloudSqlInstance {
                     private_ip_address: Some("127.0.0.1".to_owned()),
                     psc_dns_name: Some("localhost".to_owned()),
                     ..CloudSqlInstance::public(CLOUDSQL_INSTANCE, "127.0.0.1")
+                })
+                .instance(CloudSqlInstance {
+                    database_version: "MYSQL_8_0".to_owned(),
+                    listen: std::net::SocketAddr::from(([127, 0, 0, 2], 3307)),
+                    ..CloudSqlInstance::public(MYSQL_INSTANCE, "127.0.0.2")
                 })
                 .service_account(SA_EMAIL),
                 &cloud.google.tokeninfo_url(),
@@ -225,9 +242,10 @@ async fn scene(name: &str, databases: impl FnOnce(u16, u16) -> Value) -> Scene {
         "fedcred-metadata".to_owned(),
         format!("{PROXY_CONTAINER_PREFIX}0"),
     ];
-    if cloudsql.is_some() {
-        expected.push(format!("{CLOUDSQL_PROXY_CONTAINER_PREFIX}0"));
-    }
+    let cloudsql_count = databases["cloudsql"]["instances"]
+        .as_array()
+        .map_or(0, Vec::len);
+    expected.extend((0..cloudsql_count).map(|i| format!("{CLOUDSQL_PROXY_CONTAINER_PREFIX}{i}")));
     assert_eq!(sidecars, expected);
 
     // The kubelet's part: the Secret volume and the socket directory (an emptyDir, as short a
@@ -332,6 +350,7 @@ async fn scene(name: &str, databases: impl FnOnce(u16, u16) -> Value) -> Scene {
         cloudsql,
         cloud,
         _postgres: postgres,
+        _mariadb: mariadb,
         ns,
     }
 }
@@ -362,6 +381,8 @@ async fn a_pod_reaches_alloydb_and_cloudsql_as_its_iam_user_before_and_after_the
                 "connectionName": CLOUDSQL_INSTANCE, "connectivity": "PSC", "port": cloudsql_port,
                 "hostEnvName": "CLOUDSQL_HOST", "portEnvName": "CLOUDSQL_PORT",
                 "userEnvName": "CLOUDSQL_USER",
+            }, {
+                "connectionName": MYSQL_INSTANCE, "engine": "MySQL", "port": free_port(),
             }]},
         })
     })
@@ -393,7 +414,7 @@ async fn a_pod_reaches_alloydb_and_cloudsql_as_its_iam_user_before_and_after_the
     assert_eq!(app_var("CLOUDSQL_USER").as_deref(), Some(DB_USER));
     let user = tokio::task::block_in_place(|| select_current_user(&cloudsql_env(app_env, None)));
     assert_eq!(user.as_deref(), Ok(DB_USER), "{}", logs(running));
-    let accepted = last_cloudsql_login(cloudsql);
+    let accepted = last_cloudsql_login(cloudsql, CLOUDSQL_INSTANCE, DB_USER);
     assert_eq!(accepted.service_account.as_deref(), Some(SA_EMAIL));
     assert!(accepted.used_token(&first_token));
     for method in ["connectSettings", "generateEphemeralCert"] {
@@ -414,6 +435,27 @@ async fn a_pod_reaches_alloydb_and_cloudsql_as_its_iam_user_before_and_after_the
     assert!(matches!(
         cloudsql.connections().last().map(|c| &c.outcome),
         Some(Outcome::Refused(reason)) if reason.contains("IAM database user")
+    ));
+
+    // Cloud SQL for MySQL, through the MySQL variables, as the service account's name.
+    assert_eq!(app_var("MYSQL_USER").as_deref(), Some(MYSQL_USER));
+    let mysql = |user: &str, seconds: u32| {
+        let (host, port) = (
+            app_var("MYSQL_HOST").unwrap(),
+            app_var("MYSQL_TCP_PORT").unwrap(),
+        );
+        let user = user.to_owned();
+        move || mysql_current_user(&host, &port, &user, seconds)
+    };
+    let account = tokio::task::block_in_place(mysql(MYSQL_USER, 20));
+    assert_eq!(account.as_deref(), Ok("orders-api@%"), "{}", logs(running));
+    let accepted = last_cloudsql_login(cloudsql, MYSQL_INSTANCE, MYSQL_USER);
+    assert!(accepted.used_token(&first_token));
+    let refused = tokio::task::block_in_place(mysql("root", 20));
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(matches!(
+        cloudsql.connections().last().map(|c| &c.outcome),
+        Some(Outcome::Refused(reason)) if reason.contains("IAM database user \"orders-api\"")
     ));
 
     // The controller refreshes long before expiry; wait, keeping the volume in step as the
@@ -463,18 +505,22 @@ async fn a_pod_reaches_alloydb_and_cloudsql_as_its_iam_user_before_and_after_the
     let env = cloudsql_env(app_env, None);
     let user = synced_while(ns, volume, move || select_current_user_within(&env, 60)).await;
     assert_eq!(user.as_deref(), Ok(DB_USER), "{}", logs(running));
-    let last = last_cloudsql_login(cloudsql);
-    let used = cloud
-        .google
-        .issued_tokens()
-        .into_iter()
-        .find(|t| last.used_token(t))
-        .expect("the Cloud SQL certificate was issued for a token the doubles issued");
-    assert!(
-        used != first_token,
-        "the certificate stands for a refreshed token"
-    );
-    assert!(cloud.google.lookup(&used).is_some());
+    let account = synced_while(ns, volume, mysql(MYSQL_USER, 60)).await;
+    assert_eq!(account.as_deref(), Ok("orders-api@%"), "{}", logs(running));
+    for (instance, user) in [(CLOUDSQL_INSTANCE, DB_USER), (MYSQL_INSTANCE, MYSQL_USER)] {
+        let last = last_cloudsql_login(cloudsql, instance, user);
+        let used = cloud
+            .google
+            .issued_tokens()
+            .into_iter()
+            .find(|t| last.used_token(t))
+            .expect("the Cloud SQL certificate was issued for a token the doubles issued");
+        assert!(
+            used != first_token,
+            "{instance}: the certificate stands for a refreshed token"
+        );
+        assert!(cloud.google.lookup(&used).is_some());
+    }
 
     // No token in any log.
     let everything = format!("{}{}", controller.logs(), logs(running));
@@ -536,7 +582,10 @@ async fn a_pod_reaches_alloydb_and_cloudsql_through_the_unix_sockets_its_variabl
         tokio::task::block_in_place(|| select_current_user(&cloudsql_env(&scene.app_env, None)));
     assert_eq!(user.as_deref(), Ok(DB_USER), "{}", logs(&scene.running));
     let cloudsql = scene.cloudsql.as_ref().unwrap();
-    assert!(last_cloudsql_login(cloudsql).used_token(&scene.first["access_token"]));
+    assert!(
+        last_cloudsql_login(cloudsql, CLOUDSQL_INSTANCE, DB_USER)
+            .used_token(&scene.first["access_token"])
+    );
 
     let everything = format!("{}{}", scene.controller.logs(), logs(&scene.running));
     for token in scene.cloud.google.issued_tokens() {
@@ -568,17 +617,21 @@ fn cloudsql_env(app_env: &[(String, String)], user: Option<&str>) -> Vec<(String
     env
 }
 
-/// The last connection the Cloud SQL instance accepted, which must be an IAM login as
-/// [`DB_USER`].
-fn last_cloudsql_login(cloudsql: &CloudSqlDoubles) -> fedcred_doubles::cloudsql::Connection {
+/// The last connection Cloud SQL `instance` accepted, which must be an IAM login of the
+/// service account as `db_user`.
+fn last_cloudsql_login(
+    cloudsql: &CloudSqlDoubles,
+    instance: &str,
+    db_user: &str,
+) -> fedcred_doubles::cloudsql::Connection {
     let connections = cloudsql.connections();
     let last = connections
         .iter()
         .rev()
-        .find(|c| c.outcome == Outcome::Accepted)
-        .unwrap_or_else(|| panic!("no accepted Cloud SQL connection: {connections:?}"));
-    assert_eq!(last.db_user.as_deref(), Some(DB_USER));
-    assert_eq!(last.instance, CLOUDSQL_INSTANCE);
+        .find(|c| c.outcome == Outcome::Accepted && c.instance == instance)
+        .unwrap_or_else(|| panic!("no accepted connection to {instance}: {connections:?}"));
+    assert_eq!(last.db_user.as_deref(), Some(db_user));
+    assert_eq!(last.service_account.as_deref(), Some(SA_EMAIL));
     last.clone()
 }
 

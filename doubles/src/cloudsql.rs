@@ -2,7 +2,8 @@
 //! the Admin API ([`admin`]: `connectSettings` and `generateEphemeralCert` of
 //! `sql/v1beta4`, plain HTTP on loopback) and each instance's server-side proxy
 //! ([`instance`]: TLS 1.3 on port 3307 with the ephemeral client certificate, then the
-//! PostgreSQL startup), which relays accepted connections to a real PostgreSQL server.
+//! PostgreSQL startup or the MySQL handshake), which relays accepted connections to a real
+//! PostgreSQL server, or a MySQL-compatible one (MariaDB) for `MYSQL_*` instances.
 //!
 //! Automatic IAM database login works as in Cloud SQL: the connector sends an access token
 //! with its certificate request; the Admin API checks it with the token issuer (the Google
@@ -10,8 +11,9 @@
 //! certificate's validity with the token's. The instance then accepts only the IAM database
 //! user of that service account, and only while the certificate is valid.
 //!
-//! What is not modelled: MySQL and SQL Server engines (only `POSTGRES_*` instances are served),
-//! built-in database users and passwords (a certificate without an IAM identity is refused at
+//! What is not modelled: SQL Server (only `POSTGRES_*` and `MYSQL_*` instances are served),
+//! MySQL's own TLS inside the connection (refused; the greeting does not offer it), built-in
+//! database users and passwords (a certificate without an IAM identity is refused at
 //! login), the metadata exchange newer instances offer (`mdxProtocolSupport` is not reported,
 //! so clients do not start it), per-instance server CAs and the CAS-based CA modes (one CA
 //! signs every instance's certificate, `serverCaMode` is `GOOGLE_MANAGED_INTERNAL_CA`), the
@@ -31,6 +33,7 @@
 pub mod admin;
 pub mod config;
 pub mod instance;
+pub mod mysql;
 pub mod pki;
 
 use std::collections::HashMap;
@@ -140,9 +143,9 @@ impl CloudSqlDoubles {
                     instance.connection_name
                 )));
             }
-            if !instance.database_version.starts_with("POSTGRES_") {
+            if instance::Engine::of(&instance.database_version).is_none() {
                 return Err(invalid(format!(
-                    "instance {}: only PostgreSQL engines are served, not {}",
+                    "instance {}: only PostgreSQL and MySQL engines are served, not {}",
                     instance.connection_name, instance.database_version
                 )));
             }
@@ -162,7 +165,9 @@ impl CloudSqlDoubles {
         for instance in &config.instances {
             let tls = pki.server_config(instance).map_err(invalid)?;
             let listener = tokio::net::TcpListener::bind(instance.listen).await?;
-            servers.push((instance.connection_name.clone(), listener, tls));
+            let engine = instance::Engine::of(&instance.database_version)
+                .unwrap_or(instance::Engine::PostgreSql);
+            servers.push((instance.connection_name.clone(), engine, listener, tls));
         }
         let shared = Arc::new(Shared {
             config,
@@ -185,7 +190,7 @@ impl CloudSqlDoubles {
         });
         let instances = servers
             .into_iter()
-            .map(|(name, listener, tls)| {
+            .map(|(name, engine, listener, tls)| {
                 eprintln!(
                     "[cloudsql] instance {name} on {}",
                     listener
@@ -194,6 +199,7 @@ impl CloudSqlDoubles {
                 );
                 tokio::spawn(instance::serve(
                     name,
+                    engine,
                     listener,
                     tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
                     shared.clone(),

@@ -1,6 +1,7 @@
 //! What the end-to-end AlloyDB run needs besides a pod run as local processes
-//! ([`super::pod`]): a real PostgreSQL server from Debian, the real `alloydb-auth-proxy`
-//! binary, and the kubelet's `httpGet` startup probe.
+//! ([`super::pod`]): a real PostgreSQL server from Debian (and MariaDB for Cloud SQL for
+//! MySQL), the real `alloydb-auth-proxy` and `cloud-sql-proxy` binaries, and the kubelet's
+//! `httpGet` startup probe.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -203,6 +204,136 @@ impl Drop for Postgres {
             eprintln!("--- postgres log ---\n{}", self.log());
         }
         let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// A real MariaDB server from Debian on 127.0.0.1, the MySQL-compatible peer of the Cloud SQL
+/// for MySQL double, stopped when dropped. As root it runs with `--user=root`.
+pub struct MariaDb {
+    pub addr: SocketAddr,
+    root: PathBuf,
+    server: std::process::Child,
+}
+
+impl MariaDb {
+    /// Initialises a fresh data directory, starts the server and creates `user`, who logs in
+    /// from anywhere without a password (the Cloud SQL instance double has checked who it is).
+    pub fn start(user: &str) -> MariaDb {
+        let root = unique("mariadb");
+        let data = root.join("data");
+        std::fs::create_dir_all(&data).expect("a directory for MariaDB");
+        let as_root: &[&str] = if is_root() { &["--user=root"] } else { &[] };
+        Postgres::run(
+            Command::new("mariadb-install-db")
+                .args([
+                    "--no-defaults",
+                    "--skip-test-db",
+                    "--auth-root-authentication-method=normal",
+                ])
+                .arg(format!("--datadir={}", data.display()))
+                .args(as_root),
+            "mariadb-install-db (hack/install-tools.sh installs the Debian package mariadb-server)",
+        );
+        let port = free_port();
+        let socket = root.join("mysqld.sock");
+        let server = Command::new("/usr/sbin/mariadbd")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", socket.display()))
+            .arg(format!(
+                "--pid-file={}",
+                root.join("mariadbd.pid").display()
+            ))
+            .arg(format!(
+                "--log-error={}",
+                root.join("mariadbd.log").display()
+            ))
+            .args([
+                &format!("--port={port}"),
+                "--bind-address=127.0.0.1",
+                "--skip-log-bin",
+            ])
+            .args(["--innodb-buffer-pool-size=16M", "--skip-name-resolve"])
+            .args(as_root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mariadbd starts (hack/install-tools.sh installs mariadb-server)");
+        let mariadb = MariaDb {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            root,
+            server,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = mariadb.as_root(&format!("CREATE USER IF NOT EXISTS '{user}'@'%'"));
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "MariaDB did not accept connections within 60 s: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                mariadb.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        mariadb
+    }
+
+    /// Runs `sql` as the server's root over its own socket, bypassing every proxy.
+    fn as_root(&self, sql: &str) -> Output {
+        Command::new("mariadb")
+            .arg("--no-defaults")
+            .arg(format!(
+                "--socket={}",
+                self.root.join("mysqld.sock").display()
+            ))
+            .args(["-u", "root", "-N", "-B", "-e", sql])
+            .stdin(Stdio::null())
+            .output()
+            .expect("the mariadb client runs")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("mariadbd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        if std::thread::panicking() {
+            eprintln!("--- mariadb log ---\n{}", self.log());
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// `select current_user()` through the MySQL server at `host:port` as `user`, without a
+/// password, with `seconds` to connect: `Ok(user@host)` as the server names the account, or
+/// the client's error.
+pub fn mysql_current_user(
+    host: &str,
+    port: &str,
+    user: &str,
+    seconds: u32,
+) -> Result<String, String> {
+    let out = Command::new("mariadb")
+        .args(["--no-defaults", "--protocol=TCP"])
+        .arg(format!("--connect-timeout={seconds}"))
+        .args(["-h", host, "-P", port, "-u", user, "-N", "-B"])
+        .args(["-e", "select current_user()"])
+        .env_clear()
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("the mariadb client runs: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
 }
 

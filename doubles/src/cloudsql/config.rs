@@ -30,8 +30,12 @@ pub struct CloudSqlConfig {
     pub service_accounts: Vec<String>,
     /// Address of the Admin API (plain HTTP); port 0 picks a free one.
     pub admin_listen: SocketAddr,
-    /// The PostgreSQL server that accepted connections are relayed to.
+    /// The PostgreSQL server that accepted connections to `POSTGRES_*` instances are relayed
+    /// to.
     pub postgres: Option<SocketAddr>,
+    /// The MySQL-compatible server that accepted connections to `MYSQL_*` instances are
+    /// relayed to.
+    pub mysql: Option<SocketAddr>,
 }
 
 impl Default for CloudSqlConfig {
@@ -41,6 +45,7 @@ impl Default for CloudSqlConfig {
             service_accounts: Vec::new(),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             postgres: None,
+            mysql: None,
         }
     }
 }
@@ -75,7 +80,8 @@ impl CloudSqlConfig {
 pub struct CloudSqlInstance {
     /// `project:region:instance`.
     pub connection_name: String,
-    /// `databaseVersion`, e.g. `POSTGRES_16` (only PostgreSQL engines are served).
+    /// `databaseVersion`, e.g. `POSTGRES_16` or `MYSQL_8_0` (PostgreSQL and MySQL engines are
+    /// served).
     #[serde(default = "default_version")]
     pub database_version: String,
     /// `ipAddresses[type=PRIMARY]`.
