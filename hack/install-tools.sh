@@ -5,8 +5,8 @@
 #     kubectl and helm binaries;
 #   - kubectl and helm unpacked into $FEDCRED_CACHE/bin;
 #   - Debian packages the tests need when missing (PostgreSQL server and psql, MariaDB server
-#     and client, openssl, unzip,
-#     prometheus with promtool for the chart's alerts and dashboard), and the node's runtime
+#     and client, openssl, unzip, prometheus with promtool for the chart's alerts and
+#     dashboard), and the node's runtime
 #     (containerd, runc, the CNI plugins, gcc for its pause program).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

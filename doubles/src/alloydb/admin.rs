@@ -61,7 +61,7 @@ impl ApiError {
     }
 
     /// The same error as another API's.
-    pub(crate) fn from_service(self, service: &'static str) -> Self {
+    pub(crate) fn of_service(self, service: &'static str) -> Self {
         ApiError { service, ..self }
     }
 

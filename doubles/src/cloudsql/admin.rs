@@ -108,7 +108,7 @@ impl CertificateOrder {
 
 /// The body of a `generateEphemeralCert` call, checked.
 pub fn check_certificate_request(body: &[u8]) -> Result<CertificateOrder, ApiError> {
-    let invalid = |m: String| ApiError::invalid_argument(m).from_service(SERVICE);
+    let invalid = |m: String| ApiError::invalid_argument(m).of_service(SERVICE);
     // serde's messages quote unknown field names, never values.
     let request: CertificateRequest = serde_json::from_slice(body)
         .map_err(|e| invalid(format!("Invalid JSON payload received. {e}")))?;
@@ -147,7 +147,7 @@ fn check_query(query: Option<&str>) -> Result<(), ApiError> {
                 return Err(ApiError::invalid_argument(format!(
                     "Invalid query parameter \"{other}\""
                 ))
-                .from_service(SERVICE));
+                .of_service(SERVICE));
             }
         }
     }
@@ -157,7 +157,7 @@ fn check_query(query: Option<&str>) -> Result<(), ApiError> {
 pub(super) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/sql/v1beta4/{*path}", get(get_method).post(post_method))
-        .fallback(|| async { ApiError::not_found("Not found.").from_service(SERVICE) })
+        .fallback(|| async { ApiError::not_found("Not found.").of_service(SERVICE) })
         .with_state(shared)
 }
 
@@ -170,7 +170,7 @@ async fn check_token(shared: &Shared, token: &str) -> Result<Option<TokenFacts>,
             StatusCode::SERVICE_UNAVAILABLE,
             format!("The token could not be checked: {e}"),
         )
-        .from_service(SERVICE)),
+        .of_service(SERVICE)),
     }
 }
 
@@ -183,12 +183,12 @@ async fn authorize<'a>(
     instance: &str,
 ) -> Result<(String, &'a CloudSqlInstance), ApiError> {
     let token =
-        bearer(headers).ok_or_else(|| ApiError::unauthenticated(true).from_service(SERVICE))?;
+        bearer(headers).ok_or_else(|| ApiError::unauthenticated(true).of_service(SERVICE))?;
     let facts = check_token(shared, token)
         .await?
-        .ok_or_else(|| ApiError::unauthenticated(false).from_service(SERVICE))?;
+        .ok_or_else(|| ApiError::unauthenticated(false).of_service(SERVICE))?;
     if !facts.has_scope(CLOUD_PLATFORM) && !facts.has_scope(SQLSERVICE_ADMIN) {
-        return Err(ApiError::insufficient_scopes().from_service(SERVICE));
+        return Err(ApiError::insufficient_scopes().of_service(SERVICE));
     }
     let resource = format!("projects/{project}/instances/{instance}");
     let email = match facts.email {
@@ -196,13 +196,13 @@ async fn authorize<'a>(
         _ => {
             return Err(
                 ApiError::permission_denied("cloudsql.instances.connect", &resource)
-                    .from_service(SERVICE),
+                    .of_service(SERVICE),
             );
         }
     };
     let found = shared.config.find(project, instance).ok_or_else(|| {
         ApiError::not_found(format!("The Cloud SQL instance {resource} does not exist."))
-            .from_service(SERVICE)
+            .of_service(SERVICE)
     })?;
     Ok((email, found))
 }
@@ -215,7 +215,7 @@ async fn get_method(
 ) -> Result<Response, ApiError> {
     let Some(Route::ConnectSettings { project, instance }) = parse_route(&path) else {
         shared.record_admin(&path, StatusCode::NOT_FOUND);
-        return Err(ApiError::not_found("Not found.").from_service(SERVICE));
+        return Err(ApiError::not_found("Not found.").of_service(SERVICE));
     };
     let result = connect_settings(&shared, project, instance, query.as_deref(), &headers).await;
     shared.record_admin(
@@ -284,7 +284,7 @@ async fn post_method(
 ) -> Result<Response, ApiError> {
     let Some(Route::GenerateEphemeralCert { project, instance }) = parse_route(&path) else {
         shared.record_admin(&path, StatusCode::NOT_FOUND);
-        return Err(ApiError::not_found("Not found.").from_service(SERVICE));
+        return Err(ApiError::not_found("Not found.").of_service(SERVICE));
     };
     let result = generate(
         &shared,
@@ -315,7 +315,7 @@ async fn generate(
     check_query(query)?;
     let (_, config) = authorize(shared, headers, project, instance).await?;
     let order = check_certificate_request(body)?;
-    let invalid = |m: String| ApiError::invalid_argument(m).from_service(SERVICE);
+    let invalid = |m: String| ApiError::invalid_argument(m).of_service(SERVICE);
     let mut duration = order.duration;
     let mut iam_user = None;
     let mut token_digest = None;
@@ -351,7 +351,7 @@ async fn generate(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("Signing failed: {e}"),
             )
-            .from_service(SERVICE)
+            .of_service(SERVICE)
         })?;
     shared.bind(
         &certificate.der,
