@@ -301,6 +301,10 @@ mod tests {
             "instances": [instance],
             "proxy": {"image": "mirror.example/cloud-sql-proxy:2.27.0"}
         })));
+        seen.push(with(json!({
+            "instances": [instance],
+            "proxy": {"unixSocket": true}
+        })));
         let count = seen.len();
         seen.sort();
         seen.dedup();
