@@ -196,6 +196,14 @@ struct ControllerArgs {
     /// `spec.cloudsql.proxy.image`.
     #[arg(long, env = "FEDCRED_CLOUDSQL_PROXY_IMAGE", default_value = DEFAULT_CLOUDSQL_PROXY_IMAGE)]
     cloudsql_proxy_image: String,
+    /// AlloyDB Admin API endpoint the injected AlloyDB proxies use
+    /// (`--alloydbadmin-api-endpoint`), for a private or regional endpoint; default Google's.
+    #[arg(long, env = "FEDCRED_ALLOYDB_ADMIN_ENDPOINT")]
+    alloydb_admin_endpoint: Option<String>,
+    /// Cloud SQL Admin API endpoint the injected Cloud SQL proxies use
+    /// (`--sqladmin-api-endpoint`), for a private or regional endpoint; default Google's.
+    #[arg(long, env = "FEDCRED_CLOUDSQL_ADMIN_ENDPOINT")]
+    cloudsql_admin_endpoint: Option<String>,
     /// Watch only these namespaces (comma-separated or repeated; default: all). Its
     /// permissions then need to cover only them (the chart's `watchNamespaces`).
     #[arg(long, env = "FEDCRED_NAMESPACE", value_delimiter = ',')]
@@ -548,6 +556,8 @@ async fn controller(args: ControllerArgs) -> Result<(), Error> {
             fedcred_image,
             proxy_image: args.proxy_image,
             cloudsql_proxy_image: args.cloudsql_proxy_image,
+            alloydb_admin_endpoint: args.alloydb_admin_endpoint,
+            cloudsql_admin_endpoint: args.cloudsql_admin_endpoint,
             max_connections: args.webhook_max_connections as usize,
             body_budget_bytes: args.webhook_body_budget_mib as usize * 1024 * 1024,
         }),

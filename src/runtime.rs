@@ -65,6 +65,10 @@ pub struct WebhookOptions {
     pub fedcred_image: String,
     pub proxy_image: String,
     pub cloudsql_proxy_image: String,
+    /// `--alloydbadmin-api-endpoint` of the injected AlloyDB proxies, when not Google's.
+    pub alloydb_admin_endpoint: Option<String>,
+    /// `--sqladmin-api-endpoint` of the injected Cloud SQL proxies, when not Google's.
+    pub cloudsql_admin_endpoint: Option<String>,
     /// Connections served at once; more wait in the listening socket's backlog.
     pub max_connections: usize,
     /// Bytes of request bodies read at once; requests past it are answered 503.
@@ -243,6 +247,8 @@ async fn start_webhook(
     let mut inject = InjectConfig::new(settings.fedcred_image.clone());
     inject.proxy_image = settings.proxy_image.clone();
     inject.cloudsql_proxy_image = settings.cloudsql_proxy_image.clone();
+    inject.alloydb_admin_endpoint = settings.alloydb_admin_endpoint.clone();
+    inject.cloudsql_admin_endpoint = settings.cloudsql_admin_endpoint.clone();
     inject.native_sidecars = native_sidecars_supported(&version.major, &version.minor);
     let certs = webhook::CertSettings {
         namespace: options.lease_namespace.clone(),
