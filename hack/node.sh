@@ -99,12 +99,17 @@ up() {
   if [[ ! -x "$pause" || "$here/node/pause.c" -nt "$pause" ]]; then
     gcc -static -Os -s -Wall -Wextra -Werror -o "$pause" "$here/node/pause.c" || die "building the pause program failed (gcc with static glibc)"
   fi
+  # Seed 003's report image takes Google's Python clients from the test virtualenv
+  # (hack/install-tools.sh) and the program from tests/python.
+  local site_packages report="$here/../tests/python/bigquery_report.py"
+  site_packages=$(echo "$FEDCRED_CACHE"/venv/lib/python3*/site-packages)
+  [[ -d "$site_packages" ]] || die "no virtualenv at $FEDCRED_CACHE/venv: run hack/install-tools.sh"
   local key
-  key=$(cat "$here/node/images.py" "$pause" "$fedcred_bin" "$BIN_DIR/alloydb-auth-proxy" /usr/bin/python3 | sha256sum | cut -c1-16)
+  key=$( (cat "$here/node/images.py" "$pause" "$fedcred_bin" "$BIN_DIR/alloydb-auth-proxy" /usr/bin/python3 "$report"; ls "$site_packages") | sha256sum | cut -c1-16)
   if [[ "$(cat "$images/key" 2>/dev/null)" != "$key" ]]; then
     log "writing the node's images (OCI archives)"
     python3 "$here/node/images.py" "$images" --pause "$pause" --fedcred "$fedcred_bin" \
-      --alloydb-proxy "$BIN_DIR/alloydb-auth-proxy" >&2
+      --alloydb-proxy "$BIN_DIR/alloydb-auth-proxy" --site-packages "$site_packages" --report "$report" >&2
     echo "$key" >"$images/key"
   fi
   local pause_ref

@@ -204,8 +204,8 @@ async fn query_results(
     .into_response()
 }
 
-/// The BigQuery double on a free loopback port; returns its base URL.
-async fn start_bigquery(bq: BigQuery) -> String {
+/// The BigQuery double on a free port of `bind_ip`; returns its base URL at `host`.
+async fn start_bigquery_at(bq: BigQuery, bind_ip: &str, host: &str) -> String {
     let router = Router::new()
         .route("/bigquery/v2/projects/{project}/jobs", post(insert_job))
         .route("/bigquery/v2/projects/{project}/jobs/{id}", get(get_job))
@@ -221,10 +221,15 @@ async fn start_bigquery(bq: BigQuery) -> String {
             )
         })
         .with_state(bq);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let listener = tokio::net::TcpListener::bind((bind_ip, 0)).await.unwrap();
+    let url = format!("http://{host}:{}", listener.local_addr().unwrap().port());
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     url
+}
+
+/// The BigQuery double on a free loopback port; returns its base URL.
+async fn start_bigquery(bq: BigQuery) -> String {
+    start_bigquery_at(bq, "127.0.0.1", "127.0.0.1").await
 }
 
 fn report_pod(endpoint: &str) -> Value {
@@ -431,4 +436,200 @@ async fn an_unchanged_bigquery_job_reads_with_the_token_fedcred_keeps() {
         vec![(401, "required".to_owned()), (401, "authError".to_owned())],
         "only the two probes above were refused"
     );
+}
+
+/// Seed 003 on the real node, as its users run it: a Job whose pod the webhook injects, the
+/// kubelet starting the fedcred metadata sidecar from its image and then the report image
+/// (Google's BigQuery client and the unchanged program), which reads through the BigQuery
+/// double with the token the sidecar serves from the kubelet-mounted Secret. The Job
+/// completes: the report container exits 0 and the kubelet stops the native sidecar, which
+/// would otherwise keep the pod running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_003_job_completes_on_the_node_while_its_native_sidecar_runs() {
+    use std::time::Instant;
+    support::ensure_crd();
+    let host_ip = std::env::var("FEDCRED_TEST_NODE_HOST_IP")
+        .expect("FEDCRED_TEST_NODE_HOST_IP is set with the node's env");
+    let ns = TestNamespace::new("node-seed003");
+    let cloud = Arc::new(Cloud::start(|c| c).await);
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    // Pods reach the host at the bridge's address, which exists once the node networked a pod.
+    let endpoint = start_bigquery_at(
+        BigQuery {
+            cloud: cloud.clone(),
+            seen: seen.clone(),
+        },
+        "0.0.0.0",
+        &host_ip,
+    )
+    .await;
+    support::cloud::service_account(&ns, "orders-api");
+    let (registration, _controller) =
+        controller_with_webhook(&ns, &cloud, "seed003", &support::node_image("fedcred"));
+    registration.wait_for_ca_bundle();
+    let fc = json!({"apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
+    "metadata": {"name": "bigquery-export"},
+    "spec": {
+        "aws": {"serviceAccount": {"name": "orders-api"}, "region": "us-east-1", "stsEndpoint": cloud.moto.url()},
+        "google": {
+            "audience": AUDIENCE,
+            "serviceAccount": SA_EMAIL,
+            "scopes": [BIGQUERY_SCOPE, "https://www.googleapis.com/auth/devstorage.read_only"],
+            "endpoints": {"sts": cloud.google.sts_url(), "iamCredentials": cloud.google.iam_credentials_url()},
+        },
+        "secret": {"name": "bigquery-token"},
+    }});
+    ns.kubectl(&["apply", "-f", "-"], Some(&fc.to_string()))
+        .success();
+    wait_until(Duration::from_secs(60), || {
+        ns.kubectl(
+            &[
+                "get",
+                "fedcred",
+                "bigquery-export",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ],
+            None,
+        )
+        .stdout
+        .trim()
+            == "True"
+    });
+    // The API server calls the webhook once its configuration is watched: a dry-run pod
+    // naming a missing credential is then refused by the webhook with that name.
+    let mut probe = report_pod(&endpoint);
+    probe["metadata"]["annotations"]["fedcred.io/credential"] = json!("no-such-credential");
+    wait_until(Duration::from_secs(30), || {
+        let out = ns.kubectl(
+            &["create", "--dry-run=server", "-f", "-"],
+            Some(&probe.to_string()),
+        );
+        !out.ok && out.stderr.contains("no-such-credential")
+    });
+
+    let job = json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "bigquery-report"},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "metadata": {
+                    "labels": {"app": "bigquery-report", "fedcred.io/inject": "true"},
+                    "annotations": {"fedcred.io/credential": "bigquery-export"},
+                },
+                "spec": {
+                    "serviceAccountName": "orders-api",
+                    "restartPolicy": "Never",
+                    "containers": [{
+                        "name": "report",
+                        "image": support::node_image("report"),
+                        "env": [{"name": "BIGQUERY_API_ENDPOINT", "value": endpoint}],
+                    }],
+                },
+            },
+        },
+    });
+    let created = Instant::now();
+    ns.kubectl(&["apply", "-f", "-"], Some(&job.to_string()))
+        .success();
+    let job_condition = |kind: &str| {
+        ns.kubectl(
+            &[
+                "get",
+                "job",
+                "bigquery-report",
+                "-o",
+                &format!("jsonpath={{.status.conditions[?(@.type==\"{kind}\")].status}}"),
+            ],
+            None,
+        )
+        .stdout
+        .trim()
+            == "True"
+    };
+    let limit = Instant::now() + Duration::from_secs(120);
+    while !job_condition("Complete") {
+        let pods = ns.kubectl(&["describe", "pods", "-l", "app=bigquery-report"], None);
+        assert!(
+            !job_condition("Failed"),
+            "the Job failed:\n{}\nrefused: {:?}\nlogs: {}",
+            pods.stdout,
+            seen.lock().unwrap().refused,
+            ns.kubectl(&["logs", "-l", "app=bigquery-report", "-c", "report"], None)
+                .stdout
+        );
+        assert!(
+            Instant::now() < limit,
+            "the Job did not complete in 120 s:\n{}",
+            pods.stdout
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let completed = created.elapsed();
+    eprintln!("seed-003 Job complete {completed:?} after apply");
+
+    let pods: Value = serde_json::from_str(
+        &ns.kubectl(
+            &["get", "pods", "-l", "app=bigquery-report", "-o", "json"],
+            None,
+        )
+        .success(),
+    )
+    .unwrap();
+    let pod = &pods["items"][0];
+    let name = pod["metadata"]["name"].as_str().unwrap();
+    assert_eq!(pod["status"]["phase"], "Succeeded");
+    // The sidecar was a native one, and the kubelet stopped it once the report was done.
+    let sidecar = pod["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "fedcred-metadata")
+        .expect("the webhook injected the metadata sidecar");
+    assert_eq!(sidecar["restartPolicy"], "Always");
+    let status = |list: &str, container: &str| {
+        pod["status"][list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == container)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        status("containerStatuses", "report")["state"]["terminated"]["exitCode"],
+        0
+    );
+    assert!(
+        !status("initContainerStatuses", "fedcred-metadata")["state"]["terminated"].is_null(),
+        "the sidecar still runs after the Job completed"
+    );
+
+    let logs = ns.kubectl(&["logs", name, "-c", "report"], None).success();
+    let report: Value = serde_json::from_str(logs.trim()).unwrap();
+    assert_eq!(report["project"], "acme-shop");
+    assert_eq!(
+        report["rows"],
+        json!([{"region": "asia-northeast1", "orders": 1204}, {"region": "us-east4", "orders": 877}])
+    );
+    let kept = secret_data(&ns, "bigquery-token").unwrap();
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.accepted.contains(&kept["access_token"]),
+        "the job used a token other than the Secret's"
+    );
+    assert_eq!(seen.accepted.len(), 1);
+    assert!(seen.refused.is_empty(), "refused: {:?}", seen.refused);
+    assert_eq!(seen.queries.len(), 1);
+    if let Some(dir) = std::env::var_os("FEDCRED_EVIDENCE_DIR") {
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(
+            Path::new(&dir).join("node-seed003.txt"),
+            format!(
+                "Job complete after apply: {:.2} s\n",
+                completed.as_secs_f64()
+            ),
+        );
+    }
 }

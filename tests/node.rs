@@ -16,21 +16,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use support::cloud::{AUDIENCE, Cloud, SA_EMAIL};
 use support::webhook::controller_with_webhook;
-use support::{TestNamespace, wait_until};
-
-/// An image the node has, by its name in hack/node/images.py.
-fn image(name: &str) -> String {
-    let var = format!(
-        "FEDCRED_TEST_NODE_IMAGE_{}",
-        name.replace('-', "_").to_uppercase()
-    );
-    std::env::var(&var).unwrap_or_else(|_| {
-        panic!(
-            "{var} is not set: these tests need the node; run them with `hack/test.sh`, or start \
-             one with `hack/controlplane.sh up DIR --node` and `source DIR/env`"
-        )
-    })
-}
+use support::{TestNamespace, node_image as image, wait_until};
 
 fn phase(ns: &TestNamespace, pod: &str) -> String {
     ns.kubectl(&["get", "pod", pod, "-o", "jsonpath={.status.phase}"], None)
@@ -396,6 +382,344 @@ async fn an_injected_pod_reads_the_token_from_the_kubelet_mounted_secret_and_fol
                 "injected pod ready after {:.2} s\ndelays (s): {:?}\n",
                 ready.as_secs_f64(),
                 delays
+            ),
+        );
+    }
+}
+
+/// The app of the seed-000 Deployment: logs in with `psql` and the injected `PG*` variables
+/// every two seconds and prints, as a JSON line each, the user the server logged in or
+/// psql's error (psql runs from Python: the client image has no shell).
+const PSQL_LOOP: &str = r#"
+import json, os, subprocess, time
+while True:
+    out = subprocess.run(["psql", "-X", "-A", "-t", "-c", "select current_user"],
+                         capture_output=True, text=True,
+                         env=dict(os.environ, PGCONNECT_TIMEOUT="30"))
+    line = {"at": time.time()}
+    if out.returncode == 0:
+        line["user"] = out.stdout.strip()
+    else:
+        line["error"] = out.stderr.strip()[:300]
+    print(json.dumps(line), flush=True)
+    time.sleep(2)
+"#;
+
+/// What the app of `pod` printed: `(at, user)` of each login, and `(at, error)` of each failure.
+fn logins(ns: &TestNamespace, pod: &str) -> (Vec<(f64, String)>, Vec<(f64, String)>) {
+    let out = ns.kubectl(&["logs", pod, "-c", "app"], None);
+    let (mut ok, mut failed) = (Vec::new(), Vec::new());
+    for line in out.stdout.lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let at = v["at"].as_f64().unwrap_or_default();
+        match (v["user"].as_str(), v["error"].as_str()) {
+            (Some(user), _) => ok.push((at, user.to_owned())),
+            (_, Some(error)) => failed.push((at, error.to_owned())),
+            _ => {}
+        }
+    }
+    (ok, failed)
+}
+
+/// The pods of the Deployment `app=orders-api` that are not being deleted, as stored.
+fn deployment_pods(ns: &TestNamespace) -> Vec<Value> {
+    let out = ns
+        .kubectl(&["get", "pods", "-l", "app=orders-api", "-o", "json"], None)
+        .success();
+    let list: Value = serde_json::from_str(&out).unwrap();
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .cloned()
+        .collect()
+}
+
+fn proxy_args(pod: &Value) -> Vec<String> {
+    pod["spec"]["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| {
+            c["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("alloydb-proxy"))
+        })
+        .flat_map(|c| c["args"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Seed 000 on the node, created the way users create it: the example's Deployment → its
+/// ReplicaSet → a pod the webhook injects → the kubelet starts the fedcred metadata sidecar and
+/// the real AlloyDB Auth Proxy from their images, and the app's `psql` logs in through the proxy
+/// (PSC, automatic IAM login) to the AlloyDB instance double in front of a real PostgreSQL, as
+/// the service account's IAM database user — and keeps doing so after the first token has
+/// expired, the refreshed tokens arriving through the kubelet's Secret volume. Then a change of
+/// `spec.alloydb` rolls the Deployment, and the new pod carries the new proxy flag and logs in
+/// too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_000_deployment_logs_in_to_alloydb_through_the_real_proxy_and_rolls_on_change() {
+    use fedcred_doubles::alloydb::{AlloyDbConfig, AlloyDbDoubles, InstanceConfig};
+    use support::alloydb::Postgres;
+    use support::controller::ControllerProcess;
+    use support::webhook::Registration;
+
+    const DB_USER: &str = "orders-api@acme-shop.iam";
+    support::ensure_crd();
+    let host_ip = std::env::var("FEDCRED_TEST_NODE_HOST_IP")
+        .expect("FEDCRED_TEST_NODE_HOST_IP is set with the node's env");
+    let ns = TestNamespace::new("node-seed000");
+    let postgres = Postgres::start(DB_USER);
+    // Tokens of 40 s, refreshed with half left: the first expires about a minute into the
+    // pod's life.
+    let cloud = Cloud::start(|c| Config {
+        impersonated_lifetime_cap_seconds: Some(40),
+        ..c
+    })
+    .await;
+    // Pods reach the host at the bridge's address; it exists only once the node has networked
+    // a pod, so the doubles listen on every address.
+    let alloydb = AlloyDbDoubles::start(
+        AlloyDbConfig {
+            postgres: Some(postgres.addr),
+            admin_listen: "0.0.0.0:0".parse().unwrap(),
+            instance_listen: "0.0.0.0:5433".parse().unwrap(),
+            ..AlloyDbConfig::default()
+        }
+        .instance(InstanceConfig::psc(support::INSTANCE, &host_ip))
+        .service_account(SA_EMAIL),
+        &cloud.google.tokeninfo_url(),
+    )
+    .await
+    .expect("the AlloyDB doubles start (is port 5433 free?)");
+    let admin = format!("http://{host_ip}:{}", alloydb.admin_addr().port());
+
+    support::cloud::service_account(&ns, "orders-api");
+    let port = support::free_port();
+    let registration = Registration::create(&ns, port, None);
+    let _controller = ControllerProcess::start(
+        &ns.name,
+        &cloud,
+        "seed000",
+        &[
+            "--webhook-address",
+            &format!("127.0.0.1:{port}"),
+            "--webhook-dns-names",
+            "127.0.0.1",
+            "--webhook-configuration",
+            &registration.name,
+            "--fedcred-image",
+            &image("fedcred"),
+            "--proxy-image",
+            &image("alloydb-auth-proxy"),
+            "--alloydb-admin-endpoint",
+            &admin,
+        ],
+    );
+    registration.wait_for_ca_bundle();
+
+    let mut fc = serde_json::to_value(cloud.spec(
+        json!({"serviceAccount": {"name": "orders-api"}}),
+        json!({"tokenLifetimeSeconds": 600}),
+    ))
+    .unwrap();
+    fc["alloydb"] = json!({"instances": [
+        {"uri": support::INSTANCE, "connectivity": "PSC", "autoIamAuthn": true, "port": 5432}
+    ]});
+    let resource = json!({"apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
+        "metadata": {"name": "orders-db"}, "spec": fc});
+    ns.kubectl(&["apply", "-f", "-"], Some(&resource.to_string()))
+        .success();
+    wait_until(Duration::from_secs(60), || {
+        ns.kubectl(
+            &[
+                "get",
+                "secret",
+                "orders-db",
+                "-o",
+                "jsonpath={.data.access_token}",
+            ],
+            None,
+        )
+        .stdout
+        .len()
+            > 10
+    });
+    // The API server calls the webhook once its configuration is watched: a dry-run pod
+    // naming a missing credential is then refused by the webhook with that name.
+    let probe = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "probe", "labels": {"fedcred.io/inject": "true"},
+            "annotations": {"fedcred.io/credential": "no-such-credential"}},
+        "spec": {"containers": [{"name": "app", "image": image("client")}]}});
+    wait_until(Duration::from_secs(30), || {
+        let out = ns.kubectl(
+            &["create", "--dry-run=server", "-f", "-"],
+            Some(&probe.to_string()),
+        );
+        !out.ok && out.stderr.contains("no-such-credential")
+    });
+
+    // The example's Deployment, with the app replaced by the psql loop.
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "orders-api"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "orders-api"}},
+            "template": {
+                "metadata": {
+                    "labels": {"app": "orders-api", "fedcred.io/inject": "true"},
+                    "annotations": {"fedcred.io/credential": "orders-db"},
+                },
+                "spec": {
+                    "serviceAccountName": "orders-api",
+                    "terminationGracePeriodSeconds": 2,
+                    "containers": [{
+                        "name": "app",
+                        "image": image("client"),
+                        "command": ["python3", "-c", PSQL_LOOP],
+                        "env": [{"name": "PGDATABASE", "value": "postgres"}],
+                        "securityContext": {"readOnlyRootFilesystem": true, "runAsNonRoot": true,
+                            "allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
+                    }],
+                },
+            },
+        },
+    });
+    let created = Instant::now();
+    let created_at = unix_seconds(SystemTime::now());
+    ns.kubectl(&["apply", "-f", "-"], Some(&deployment.to_string()))
+        .success();
+    let mut first = None;
+    wait_until(Duration::from_secs(60), || {
+        first = deployment_pods(&ns).into_iter().next();
+        first.is_some()
+    });
+    let first = first.unwrap();
+    let first_name = first["metadata"]["name"].as_str().unwrap().to_owned();
+    let sidecars: Vec<&str> = first["spec"]["initContainers"]
+        .as_array()
+        .expect("the webhook injected the ReplicaSet's pod")
+        .iter()
+        .filter(|c| c["restartPolicy"] == "Always")
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        sidecars.len(),
+        2,
+        "metadata and proxy sidecars: {sidecars:?}"
+    );
+    assert!(proxy_args(&first).iter().any(|a| a == "--psc"));
+    wait_ready(&ns, &first_name, Duration::from_secs(120));
+    let ready = created.elapsed();
+    eprintln!(
+        "seed-000 pod (Deployment -> ReplicaSet -> injected pod) ready {ready:?} after apply"
+    );
+
+    // Logins keep working across the first token's expiry: watch until at least three have
+    // succeeded more than 45 s after the first (the first token, issued before the pod,
+    // expired by then).
+    let limit = Instant::now() + Duration::from_secs(150);
+    let (ok, failed) = loop {
+        let (ok, failed) = logins(&ns, &first_name);
+        if let Some(&(t0, _)) = ok.first()
+            && ok.iter().filter(|(at, _)| *at > t0 + 45.0).count() >= 3
+        {
+            break (ok, failed);
+        }
+        assert!(
+            Instant::now() < limit,
+            "the app did not keep logging in: {} logins, errors {failed:?}\nproxy log:\n{}",
+            ok.len(),
+            ns.kubectl(&["logs", &first_name, "-c", "alloydb-proxy-0"], None)
+                .stdout
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    assert!(
+        ok.iter().all(|(_, user)| user == DB_USER),
+        "logged in as someone else: {ok:?}"
+    );
+    let t0 = ok[0].0;
+    let after_first: Vec<_> = failed.iter().filter(|(at, _)| *at > t0).collect();
+    assert!(
+        after_first.is_empty(),
+        "logins failed after the first success: {after_first:?}"
+    );
+    let first_login = t0 - created_at;
+    eprintln!(
+        "first login {first_login:.1} s after apply; {} logins over {:.0} s, {} failures before the first",
+        ok.len(),
+        ok.last().unwrap().0 - t0,
+        failed.len()
+    );
+    // Every login was the double's IAM login on a certificate issued for a live token.
+    assert!(
+        alloydb
+            .connections()
+            .iter()
+            .filter(|c| c.db_user.as_deref() == Some(DB_USER)
+                && c.outcome == fedcred_doubles::alloydb::Outcome::Accepted)
+            .count()
+            >= ok.len(),
+        "the instance double saw fewer IAM logins than the app reports"
+    );
+
+    // A change of spec.alloydb rolls the Deployment: the new pod carries the new flag.
+    ns.kubectl(
+        &[
+            "patch",
+            "federatedcredential",
+            "orders-db",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"alloydb":{"proxy":{"maxConnections":7}}}}"#,
+        ],
+        None,
+    )
+    .success();
+    let rolled = Instant::now();
+    let mut second = None;
+    wait_until(Duration::from_secs(60), || {
+        second = deployment_pods(&ns).into_iter().find(|p| {
+            p["metadata"]["name"] != first_name.as_str()
+                && proxy_args(p).iter().any(|a| a == "--max-connections=7")
+        });
+        second.is_some()
+    });
+    let second_name = second.unwrap()["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_ready(&ns, &second_name, Duration::from_secs(120));
+    wait_until(Duration::from_secs(60), || {
+        !logins(&ns, &second_name).0.is_empty()
+    });
+    // The old pod goes once the new one is available.
+    wait_until(Duration::from_secs(60), || {
+        deployment_pods(&ns)
+            .iter()
+            .all(|p| p["metadata"]["name"] != first_name.as_str())
+    });
+    eprintln!(
+        "spec.alloydb change -> new pod logged in and old pod gone in {:?}",
+        rolled.elapsed()
+    );
+    let (ok, failed) = logins(&ns, &second_name);
+    assert!(ok.iter().all(|(_, u)| u == DB_USER), "{ok:?} {failed:?}");
+    if let Some(dir) = std::env::var_os("FEDCRED_EVIDENCE_DIR") {
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(
+            std::path::Path::new(&dir).join("node-seed000.txt"),
+            format!(
+                "pod ready after apply: {:.2} s\nfirst login after apply: {first_login:.1} s\nrollout to new pod logged in: {:.1} s\n",
+                ready.as_secs_f64(),
+                rolled.elapsed().as_secs_f64()
             ),
         );
     }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the node's container images as OCI archives, without Docker or a registry.
 
-    images.py OUT_DIR --pause BIN --fedcred BIN --alloydb-proxy BIN
+    images.py OUT_DIR --pause BIN --fedcred BIN --alloydb-proxy BIN [--site-packages DIR --report FILE]
 
 Each image is one layer (a tar written in a fixed order with fixed times and owners, so the same
 inputs give the same digests) plus its config, manifest and index, in the layout that
@@ -16,6 +16,10 @@ one `NAME REFERENCE` line each.
 - alloydb-auth-proxy: the proxy with the libraries it links, user 65532, as Google's image runs it.
 - client: Debian's python3 with its standard library and psql, with their libraries, user 65532;
   what the test apps run (no shell either).
+- report (with --site-packages and --report): seed 003's report job as its users ship it: the
+  client image plus Google's client libraries (google-cloud-bigquery, google-cloud-storage and
+  what they import, taken from a virtualenv's site-packages built on the same python3) and the
+  unchanged program at /app/bigquery_report.py.
 """
 
 import argparse
@@ -178,6 +182,36 @@ def write_archive(path, reference, layer, config):
     return manifest_desc["digest"]
 
 
+def imported_from(site_packages):
+    """The top-level entries of `site_packages` (packages, modules, extension modules and the
+    `.libs` directories their extensions load from) that importing the Google clients loads."""
+    venv = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(site_packages))))
+    python = os.path.join(venv, "bin", "python")
+    probe = (
+        "import sys, os\n"
+        "import google.cloud.bigquery, google.cloud.storage, google.auth.compute_engine\n"
+        "import google.api_core.client_options, google.auth.transport.requests\n"
+        "root = os.path.realpath(sys.argv[1])\n"
+        "seen = set()\n"
+        "for m in list(sys.modules.values()):\n"
+        "    f = os.path.realpath(getattr(m, '__file__', None) or '')\n"
+        "    if f.startswith(root + os.sep):\n"
+        "        seen.add(os.path.relpath(f, root).split(os.sep)[0])\n"
+        "print('\\n'.join(sorted(seen)))\n"
+    )
+    out = subprocess.run([python, "-c", probe, site_packages], capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"images.py: importing the Google clients from {site_packages} failed:\n{out.stderr}")
+    tops = set(out.stdout.split())
+    # Extension modules load their bundled libraries from a sibling `NAME.libs` directory; the
+    # libraries read their own and others' versions from the `.dist-info` directories.
+    for name in os.listdir(site_packages):
+        if name.endswith(".dist-info") or (name.endswith(".libs") and name[: -len(".libs")] in tops):
+            tops.add(name)
+    tops.discard("_distutils_hack")  # the virtualenv's own setuptools shim
+    return sorted(tops)
+
+
 def is_static(binary):
     out = subprocess.run(["readelf", "-l", binary], capture_output=True, text=True, check=True)
     return "Requesting program interpreter" not in out.stdout
@@ -189,6 +223,8 @@ def main():
     ap.add_argument("--pause", required=True)
     ap.add_argument("--fedcred", required=True)
     ap.add_argument("--alloydb-proxy", required=True)
+    ap.add_argument("--site-packages", help="a virtualenv's site-packages holding google-cloud-bigquery and google-cloud-storage")
+    ap.add_argument("--report", help="the report program, copied to /app/bigquery_report.py")
     ap.add_argument("--tag", default="dev")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -266,6 +302,42 @@ def main():
             },
         )
     )
+
+    if args.site_packages and args.report:
+        report = Layer()
+        report.entries = dict(client.entries)
+        target = "/usr/local/lib/python3/dist-packages"
+        shared = []
+        for top in imported_from(args.site_packages):
+            src = os.path.join(args.site_packages, top)
+            if os.path.isdir(src):
+                for root, dirs, files in os.walk(src):
+                    dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+                    for name in sorted(files):
+                        path = os.path.join(root, name)
+                        dest = os.path.join(target, os.path.relpath(path, args.site_packages))
+                        report.copy(path, dest)
+                        if ".so" in name:
+                            shared.append(path)
+            else:
+                report.copy(src, os.path.join(target, top))
+                if ".so" in top:
+                    shared.append(src)
+        report.with_libraries(*shared)
+        report.copy(args.report, "/app/bigquery_report.py", 0o644)
+        images.append(
+            (
+                "report",
+                report,
+                {
+                    "User": f"{NONROOT}:{NONROOT}",
+                    "Entrypoint": ["python3", "/app/bigquery_report.py"],
+                    "Env": [f"PATH={PATH}", "HOME=/home/nonroot", "PYTHONDONTWRITEBYTECODE=1",
+                            f"PYTHONPATH={target}"],
+                    "WorkingDir": "/home/nonroot",
+                },
+            )
+        )
 
     lines = []
     for name, layer, config in images:

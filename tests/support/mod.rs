@@ -316,3 +316,18 @@ pub async fn kube_client() -> kube::Client {
     .expect("the test kubeconfig is usable");
     kube::Client::try_from(config).expect("a client for the test control plane")
 }
+
+/// An image the node has (`hack/controlplane.sh up DIR --node`), by its name in
+/// hack/node/images.py.
+pub fn node_image(name: &str) -> String {
+    let var = format!(
+        "FEDCRED_TEST_NODE_IMAGE_{}",
+        name.replace('-', "_").to_uppercase()
+    );
+    std::env::var(&var).unwrap_or_else(|_| {
+        panic!(
+            "{var} is not set: these tests need the node; run them with `hack/test.sh`, or start \
+             one with `hack/controlplane.sh up DIR --node` and `source DIR/env`"
+        )
+    })
+}
