@@ -108,7 +108,9 @@ class Agent:
         self.listen = free_port()
         self.metrics = free_port()
         self.log = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)
-        argv = [fedcred, "agent", "-f", credential, "--listen", f"127.0.0.1:{self.listen}",
+        # `fedcred-agent` is the agent alone; `fedcred` runs it as a subcommand.
+        command = [fedcred] if os.path.basename(fedcred) == "fedcred-agent" else [fedcred, "agent"]
+        argv = command + ["-f", credential, "--listen", f"127.0.0.1:{self.listen}",
                 "--metrics-address", f"127.0.0.1:{self.metrics}", "--log-format", "json"]
         self.started = time.monotonic()
         self.proc = subprocess.Popen(pinned(argv, core), env=env, stdin=subprocess.DEVNULL,
@@ -288,7 +290,8 @@ def fmt(values, digits=3):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--fedcred", required=True)
+    p.add_argument("--fedcred", required=True,
+                   help="the agent: a fedcred-agent binary, or a fedcred binary (run as `fedcred agent`)")
     p.add_argument("--load", required=True)
     p.add_argument("--python", required=True)
     p.add_argument("--baseline", required=True)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the fedcred binary exactly as the Dockerfile's build stage does (same build context
 # after .dockerignore, same profile settings, flags and target), checks that it runs as the
-# image runs it, and fails when the image would exceed the size budget.
+# image runs it, and fails when the image would exceed the size budget. Builds fedcred-agent
+# (the agent alone, what hosts install: docs/agent.md) with the same settings beside it.
 #   hack/build-image-binary.sh
 # Environment: IMAGE_BUDGET_BYTES (default 25000000), BASE_IMAGE_BYTES (see below).
 set -euo pipefail
@@ -40,15 +41,20 @@ while read -r pattern; do
 done <"$repo/.dockerignore"
 tar -C "$repo" "${excludes[@]}" -cf - . | tar -C "$context" -xf -
 
-log "building fedcred for $target as the Dockerfile does"
-(cd "$context" && cargo build --locked --release --target "$target" --bin fedcred)
+log "building fedcred for $target as the Dockerfile does, and fedcred-agent (the agent alone, for hosts) the same way"
+(cd "$context" && cargo build --locked --release --target "$target" --bin fedcred --bin fedcred-agent)
 binary="$CARGO_TARGET_DIR/$target/release/fedcred"
+agent="$CARGO_TARGET_DIR/$target/release/fedcred-agent"
 
 log "checking the binary"
 if readelf -l "$binary" | grep -q 'Requesting program interpreter'; then
   die "$binary is dynamically linked; distroless/static has no libc to load it"
 fi
 "$binary" --help >/dev/null || die "fedcred --help failed"
+if readelf -l "$agent" | grep -q 'Requesting program interpreter'; then
+  die "$agent is dynamically linked; hosts and distroless/static have no matching libc to promise"
+fi
+"$agent" --help >/dev/null || die "fedcred-agent --help failed"
 "$binary" crd | cmp -s - "$repo/crds/fedcred.io_federatedcredentials.yaml" ||
   die "fedcred crd differs from crds/"
 # The injected sidecar's startup probe: must fail while nothing listens.
@@ -86,3 +92,4 @@ if ((total > budget)); then
   die "the image would be $total bytes, over the $budget-byte budget"
 fi
 echo "fedcred binary $size bytes; image about $total bytes (base $base); budget $budget"
+echo "fedcred-agent binary $(stat -c %s "$agent") bytes: $agent"

@@ -101,9 +101,10 @@ enum Command {
     },
 }
 
-/// `fedcred agent`: the exchange where the AWS credentials are, served as GCE metadata.
+/// `fedcred agent` (and the `fedcred-agent` binary): the exchange where the AWS credentials
+/// are, served as GCE metadata.
 #[derive(clap::Args)]
-struct AgentArgs {
+pub struct AgentArgs {
     /// The manifest holding the FederatedCredential (YAML or JSON, one or more documents).
     #[arg(
         short = 'f',
@@ -329,23 +330,7 @@ impl Cli {
                 listen,
                 ..
             } => metadata_check(listen, "/").await,
-            Command::Agent(args) if args.check => metadata_check(args.listen, TOKEN_PATH).await,
-            Command::Agent(args) => {
-                init_logging(&args.log_format)?;
-                let options = crate::agent::Options {
-                    // clap requires one of the two unless --check is given.
-                    manifest: match (args.file, args.credential) {
-                        (Some(file), _) => crate::agent::Manifest::File(file),
-                        (None, text) => crate::agent::Manifest::Text(text.unwrap_or_default()),
-                    },
-                    name: args.name,
-                    listen: args.listen,
-                    region: args.region,
-                    metrics_address: args.metrics_address,
-                    min_token_lifetime: Duration::from_secs(args.min_token_seconds),
-                };
-                Ok(crate::agent::run(options, runtime::shutdown_signal()).await?)
-            }
+            Command::Agent(args) => agent(*args).await,
             Command::MetadataServer {
                 secret_dir,
                 listen,
@@ -364,6 +349,28 @@ impl Cli {
             }
         }
     }
+}
+
+/// Runs `fedcred agent` (or `fedcred-agent`) with `args`: serves until SIGTERM, or with
+/// `--check` asks a running agent for its token.
+pub async fn agent(args: AgentArgs) -> Result<(), Error> {
+    if args.check {
+        return metadata_check(args.listen, TOKEN_PATH).await;
+    }
+    init_logging(&args.log_format)?;
+    let options = crate::agent::Options {
+        // clap requires one of the two unless --check is given.
+        manifest: match (args.file, args.credential) {
+            (Some(file), _) => crate::agent::Manifest::File(file),
+            (None, text) => crate::agent::Manifest::Text(text.unwrap_or_default()),
+        },
+        name: args.name,
+        listen: args.listen,
+        region: args.region,
+        metrics_address: args.metrics_address,
+        min_token_lifetime: Duration::from_secs(args.min_token_seconds),
+    };
+    Ok(crate::agent::run(options, runtime::shutdown_signal()).await?)
 }
 
 /// The CRD as YAML, exactly as `fedcred crd` prints it and `crds/` stores it.

@@ -388,7 +388,10 @@ fn unit_exec_start(path: &str) -> Vec<String> {
         .find_map(|l| l.strip_prefix("ExecStart="))
         .expect("the unit has ExecStart");
     let mut words = line.split_whitespace().map(str::to_owned);
-    assert_eq!(words.next().as_deref(), Some("/usr/local/bin/fedcred"));
+    assert_eq!(
+        words.next().as_deref(),
+        Some("/usr/local/bin/fedcred-agent")
+    );
     words.collect()
 }
 
@@ -470,7 +473,13 @@ struct Agent {
 impl Agent {
     fn start(dir: &Scratch, args: &[String], configure: impl FnOnce(&mut Command)) -> Agent {
         let log = dir.path.join(format!("agent-{}.log", free_port()));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_fedcred"));
+        // `fedcred agent ARGS…`, or the agent's own binary (the systemd unit's) when the
+        // arguments do not start with the subcommand.
+        let binary = match args.first().map(String::as_str) {
+            Some("agent") => env!("CARGO_BIN_EXE_fedcred"),
+            _ => env!("CARGO_BIN_EXE_fedcred-agent"),
+        };
+        let mut command = Command::new(binary);
         isolate(&mut command, dir);
         configure(&mut command);
         let listen = args
@@ -578,4 +587,42 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
     }
+}
+
+/// The long options of a `--help` text, in order.
+fn options(help: &str) -> Vec<String> {
+    help.lines()
+        .filter_map(|l| {
+            l.trim_start()
+                .split([' ', ','])
+                .find(|w| w.starts_with("--"))
+                .map(|w| w.split('=').next().unwrap_or(w).to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn fedcred_agent_is_fedcred_agent_alone_with_the_same_flags() {
+    let help = |binary: &str, args: &[&str]| {
+        let out = Command::new(binary).args(args).output().unwrap();
+        assert!(out.status.success(), "{binary} {args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let sub = options(&help(env!("CARGO_BIN_EXE_fedcred"), &["agent", "--help"]));
+    let own = options(&help(env!("CARGO_BIN_EXE_fedcred-agent"), &["--help"]));
+    assert!(sub.contains(&"--filename".to_owned()), "{sub:?}");
+    // The same flags, plus --version on the binary of its own.
+    let own_without_version: Vec<&String> = own.iter().filter(|o| *o != "--version").collect();
+    assert_eq!(own_without_version, sub.iter().collect::<Vec<_>>());
+    // No other command is in it: `controller` is an unexpected argument.
+    let out = Command::new(env!("CARGO_BIN_EXE_fedcred-agent"))
+        .arg("controller")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unexpected argument"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

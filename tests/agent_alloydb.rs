@@ -130,6 +130,7 @@ async fn seed_000_on_ec2_the_shipped_units_log_psql_in_as_the_iam_user_across_a_
         argv.into_iter()
             .map(|a| match a.as_str() {
                 "/usr/local/bin/fedcred" => fedcred.to_owned(),
+                "/usr/local/bin/fedcred-agent" => env!("CARGO_BIN_EXE_fedcred-agent").to_owned(),
                 "/usr/local/bin/alloydb-auth-proxy" => proxy.display().to_string(),
                 _ => local(&a),
             })
