@@ -405,8 +405,11 @@ while True:
     time.sleep(2)
 "#;
 
+/// `(unix seconds, text)` lines an app printed.
+type Timed = Vec<(f64, String)>;
+
 /// What the app of `pod` printed: `(at, user)` of each login, and `(at, error)` of each failure.
-fn logins(ns: &TestNamespace, pod: &str) -> (Vec<(f64, String)>, Vec<(f64, String)>) {
+fn logins(ns: &TestNamespace, pod: &str) -> (Timed, Timed) {
     let out = ns.kubectl(&["logs", pod, "-c", "app"], None);
     let (mut ok, mut failed) = (Vec::new(), Vec::new());
     for line in out.stdout.lines() {
