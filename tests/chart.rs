@@ -182,6 +182,45 @@ fn the_chart_lints_and_renders_objects_the_api_server_accepts() {
         "{rendered}"
     );
     assert!(!rendered.contains("kind: NetworkPolicy"), "{rendered}");
+    assert!(!rendered.contains("ADMIN_ENDPOINT"), "{rendered}");
+
+    // The proxies' Admin API endpoints reach the controller when set, and a value that is not
+    // a URL is refused by the chart's schema, naming the field.
+    let endpoints = helm(&[
+        "template",
+        "dry",
+        &chart_arg(),
+        "--set",
+        "alloydbProxy.adminEndpoint=https://alloydb.example.internal",
+        "--set",
+        "cloudsqlProxy.adminEndpoint=https://sqladmin.example.internal:8443",
+    ])
+    .success();
+    assert!(
+        endpoints.contains(
+            "- name: FEDCRED_ALLOYDB_ADMIN_ENDPOINT\n              value: \"https://alloydb.example.internal\"\n"
+        ),
+        "{endpoints}"
+    );
+    assert!(
+        endpoints.contains(
+            "- name: FEDCRED_CLOUDSQL_ADMIN_ENDPOINT\n              value: \"https://sqladmin.example.internal:8443\"\n"
+        ),
+        "{endpoints}"
+    );
+    let refused = helm(&[
+        "template",
+        "dry",
+        &chart_arg(),
+        "--set",
+        "alloydbProxy.adminEndpoint=alloydb.example.internal",
+    ]);
+    assert!(!refused.ok);
+    assert!(
+        refused.stderr.contains("adminEndpoint"),
+        "{}",
+        refused.stderr
+    );
 
     // Enabled, the NetworkPolicy admits the given peers to the webhook port and the metrics
     // port, and is accepted by the API server.
