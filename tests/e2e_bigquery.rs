@@ -232,6 +232,39 @@ async fn start_bigquery(bq: BigQuery) -> String {
     start_bigquery_at(bq, "127.0.0.1", "127.0.0.1").await
 }
 
+/// Applies seed 003's FederatedCredential `bigquery-export` (BigQuery scope, the service
+/// account the report job runs as, its token in Secret `bigquery-token`) and waits until it is
+/// Ready.
+fn apply_report_credential(ns: &TestNamespace, cloud: &Cloud) {
+    let fc = json!({"apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
+    "metadata": {"name": "bigquery-export"},
+    "spec": {
+        "aws": {"serviceAccount": {"name": "orders-api"}, "region": "us-east-1", "stsEndpoint": cloud.moto.url()},
+        "google": {
+            "audience": AUDIENCE,
+            "serviceAccount": SA_EMAIL,
+            "scopes": [BIGQUERY_SCOPE, "https://www.googleapis.com/auth/devstorage.read_only"],
+            "endpoints": {"sts": cloud.google.sts_url(), "iamCredentials": cloud.google.iam_credentials_url()},
+        },
+        "secret": {"name": "bigquery-token"},
+    }});
+    ns.kubectl(&["apply", "-f", "-"], Some(&fc.to_string()))
+        .success();
+    wait_until(Duration::from_secs(60), || {
+        let out = ns.kubectl(
+            &[
+                "get",
+                "fedcred",
+                "bigquery-export",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ],
+            None,
+        );
+        out.stdout.trim() == "True"
+    });
+}
+
 fn report_pod(endpoint: &str) -> Value {
     json!({
         "apiVersion": "v1",
@@ -286,34 +319,7 @@ async fn an_unchanged_bigquery_job_reads_with_the_token_fedcred_keeps() {
         controller_with_webhook(&ns, &cloud, "r1", &format!("{FEDCRED_IMAGE}:e2e"));
     registration.wait_for_ca_bundle();
 
-    // Seed 003's credential: BigQuery scope, the service account the report job runs as.
-    let fc = json!({"apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
-    "metadata": {"name": "bigquery-export"},
-    "spec": {
-        "aws": {"serviceAccount": {"name": "orders-api"}, "region": "us-east-1", "stsEndpoint": cloud.moto.url()},
-        "google": {
-            "audience": AUDIENCE,
-            "serviceAccount": SA_EMAIL,
-            "scopes": [BIGQUERY_SCOPE, "https://www.googleapis.com/auth/devstorage.read_only"],
-            "endpoints": {"sts": cloud.google.sts_url(), "iamCredentials": cloud.google.iam_credentials_url()},
-        },
-        "secret": {"name": "bigquery-token"},
-    }});
-    ns.kubectl(&["apply", "-f", "-"], Some(&fc.to_string()))
-        .success();
-    wait_until(Duration::from_secs(60), || {
-        let out = ns.kubectl(
-            &[
-                "get",
-                "fedcred",
-                "bigquery-export",
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-            ],
-            None,
-        );
-        out.stdout.trim() == "True"
-    });
+    apply_report_credential(&ns, &cloud);
 
     // The pod, created for real; the API server calls the webhook and stores the result.
     // The webhook's configuration may take a moment to reach the API server's watch.
@@ -467,46 +473,8 @@ async fn seed_003_job_completes_on_the_node_while_its_native_sidecar_runs() {
     let (registration, _controller) =
         controller_with_webhook(&ns, &cloud, "seed003", &support::node_image("fedcred"));
     registration.wait_for_ca_bundle();
-    let fc = json!({"apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
-    "metadata": {"name": "bigquery-export"},
-    "spec": {
-        "aws": {"serviceAccount": {"name": "orders-api"}, "region": "us-east-1", "stsEndpoint": cloud.moto.url()},
-        "google": {
-            "audience": AUDIENCE,
-            "serviceAccount": SA_EMAIL,
-            "scopes": [BIGQUERY_SCOPE, "https://www.googleapis.com/auth/devstorage.read_only"],
-            "endpoints": {"sts": cloud.google.sts_url(), "iamCredentials": cloud.google.iam_credentials_url()},
-        },
-        "secret": {"name": "bigquery-token"},
-    }});
-    ns.kubectl(&["apply", "-f", "-"], Some(&fc.to_string()))
-        .success();
-    wait_until(Duration::from_secs(60), || {
-        ns.kubectl(
-            &[
-                "get",
-                "fedcred",
-                "bigquery-export",
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-            ],
-            None,
-        )
-        .stdout
-        .trim()
-            == "True"
-    });
-    // The API server calls the webhook once its configuration is watched: a dry-run pod
-    // naming a missing credential is then refused by the webhook with that name.
-    let mut probe = report_pod(&endpoint);
-    probe["metadata"]["annotations"]["fedcred.io/credential"] = json!("no-such-credential");
-    wait_until(Duration::from_secs(30), || {
-        let out = ns.kubectl(
-            &["create", "--dry-run=server", "-f", "-"],
-            Some(&probe.to_string()),
-        );
-        !out.ok && out.stderr.contains("no-such-credential")
-    });
+    apply_report_credential(&ns, &cloud);
+    support::webhook::wait_for_webhook(&ns, &report_pod(&endpoint));
 
     let job = json!({
         "apiVersion": "batch/v1", "kind": "Job",

@@ -13,10 +13,20 @@ use fedcred_doubles::Config;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use support::cloud::{AUDIENCE, Cloud, SA_EMAIL};
 use support::webhook::controller_with_webhook;
-use support::{TestNamespace, node_image as image, wait_until};
+use support::{TestNamespace, node_image as image, sha256_hex, wait_until};
+
+/// The names of the pod's native sidecars (init containers that restart always), in order.
+fn native_sidecars(pod: &Value) -> Vec<&str> {
+    pod["spec"]["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["restartPolicy"] == "Always")
+        .filter_map(|c| c["name"].as_str())
+        .collect()
+}
 
 fn phase(ns: &TestNamespace, pod: &str) -> String {
     ns.kubectl(&["get", "pod", pod, "-o", "jsonpath={.status.phase}"], None)
@@ -36,13 +46,7 @@ fn wait_ready(ns: &TestNamespace, pod: &str, limit: Duration) -> Duration {
                 .filter_map(|k| pod["status"][k].as_array())
                 .flatten()
                 .collect();
-            let sidecar_names: Vec<&str> = pod["spec"]["initContainers"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|c| c["restartPolicy"] == "Always")
-                .filter_map(|c| c["name"].as_str())
-                .collect();
+            let sidecar_names = native_sidecars(&pod);
             let running = pod["status"]["phase"] == "Running";
             let ready = statuses
                 .iter()
@@ -156,13 +160,6 @@ while True:
     time.sleep(0.1)
 "#;
 
-fn sha256_hex(value: &str) -> String {
-    Sha256::digest(value.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 fn unix_seconds(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
@@ -269,14 +266,7 @@ async fn an_injected_pod_reads_the_token_from_the_kubelet_mounted_secret_and_fol
             .success(),
     )
     .unwrap();
-    let sidecars: Vec<&str> = stored["spec"]["initContainers"]
-        .as_array()
-        .expect("the webhook injected init containers")
-        .iter()
-        .filter(|c| c["restartPolicy"] == "Always")
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(sidecars, ["fedcred-metadata"]);
+    assert_eq!(native_sidecars(&stored), ["fedcred-metadata"]);
     wait_ready(&ns, "orders", Duration::from_secs(90));
     let ready = created.elapsed();
     eprintln!("injected pod ready {ready:?} after create (metadata sidecar startup probe passed)");
@@ -468,8 +458,7 @@ fn proxy_args(pod: &Value) -> Vec<String> {
 async fn seed_000_deployment_logs_in_to_alloydb_through_the_real_proxy_and_rolls_on_change() {
     use fedcred_doubles::alloydb::{AlloyDbConfig, AlloyDbDoubles, InstanceConfig};
     use support::alloydb::Postgres;
-    use support::controller::ControllerProcess;
-    use support::webhook::Registration;
+    use support::webhook::controller_with_webhook_and;
 
     const DB_USER: &str = "orders-api@acme-shop.iam";
     support::ensure_crd();
@@ -502,21 +491,12 @@ async fn seed_000_deployment_logs_in_to_alloydb_through_the_real_proxy_and_rolls
     let admin = format!("http://{host_ip}:{}", alloydb.admin_addr().port());
 
     support::cloud::service_account(&ns, "orders-api");
-    let port = support::free_port();
-    let registration = Registration::create(&ns, port, None);
-    let _controller = ControllerProcess::start(
-        &ns.name,
+    let (registration, _controller) = controller_with_webhook_and(
+        &ns,
         &cloud,
         "seed000",
+        &image("fedcred"),
         &[
-            "--webhook-address",
-            &format!("127.0.0.1:{port}"),
-            "--webhook-dns-names",
-            "127.0.0.1",
-            "--webhook-configuration",
-            &registration.name,
-            "--fedcred-image",
-            &image("fedcred"),
             "--proxy-image",
             &image("alloydb-auth-proxy"),
             "--alloydb-admin-endpoint",
@@ -552,19 +532,12 @@ async fn seed_000_deployment_logs_in_to_alloydb_through_the_real_proxy_and_rolls
         .len()
             > 10
     });
-    // The API server calls the webhook once its configuration is watched: a dry-run pod
-    // naming a missing credential is then refused by the webhook with that name.
-    let probe = json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "probe", "labels": {"fedcred.io/inject": "true"},
-            "annotations": {"fedcred.io/credential": "no-such-credential"}},
-        "spec": {"containers": [{"name": "app", "image": image("client")}]}});
-    wait_until(Duration::from_secs(30), || {
-        let out = ns.kubectl(
-            &["create", "--dry-run=server", "-f", "-"],
-            Some(&probe.to_string()),
-        );
-        !out.ok && out.stderr.contains("no-such-credential")
-    });
+    support::webhook::wait_for_webhook(
+        &ns,
+        &json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "probe", "labels": {"fedcred.io/inject": "true"}},
+            "spec": {"containers": [{"name": "app", "image": image("client")}]}}),
+    );
 
     // The example's Deployment, with the app replaced by the psql loop.
     let deployment = json!({
@@ -604,13 +577,7 @@ async fn seed_000_deployment_logs_in_to_alloydb_through_the_real_proxy_and_rolls
     });
     let first = first.unwrap();
     let first_name = first["metadata"]["name"].as_str().unwrap().to_owned();
-    let sidecars: Vec<&str> = first["spec"]["initContainers"]
-        .as_array()
-        .expect("the webhook injected the ReplicaSet's pod")
-        .iter()
-        .filter(|c| c["restartPolicy"] == "Always")
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
+    let sidecars = native_sidecars(&first);
     assert_eq!(
         sidecars.len(),
         2,

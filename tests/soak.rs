@@ -96,14 +96,6 @@ while True:
     time.sleep(0.1)
 "#;
 
-fn sha256_hex(value: &str) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(value.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// What the reader pods saw, judged against the doubles.
 #[derive(Debug, Default)]
 struct InPods {
@@ -140,7 +132,7 @@ fn remember_expiries(
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_secs_f64();
-            expiries.insert(sha256_hex(&token), at);
+            expiries.insert(support::sha256_hex(&token), at);
         }
         known.insert(token);
     }
@@ -335,18 +327,8 @@ async fn soak_with_random_faults() {
         0
     };
     let (_registration, webhook) = if readers > 0 {
-        let port = support::free_port();
-        let registration = support::webhook::Registration::create(&ns, port, None);
-        let args = vec![
-            "--webhook-address".to_owned(),
-            format!("127.0.0.1:{port}"),
-            "--webhook-dns-names".to_owned(),
-            "127.0.0.1".to_owned(),
-            "--webhook-configuration".to_owned(),
-            registration.name.clone(),
-            "--fedcred-image".to_owned(),
-            support::node_image("fedcred"),
-        ];
+        let (registration, args) =
+            support::webhook::Registration::for_controller(&ns, &support::node_image("fedcred"));
         (Some(registration), args)
     } else {
         (None, Vec::new())

@@ -317,6 +317,15 @@ pub async fn kube_client() -> kube::Client {
     kube::Client::try_from(config).expect("a client for the test control plane")
 }
 
+/// The SHA-256 of `value`, in hex: how tests name a token without printing it.
+pub fn sha256_hex(value: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(value.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// An image the node has (`hack/controlplane.sh up DIR --node`), by its name in
 /// hack/node/images.py.
 pub fn node_image(name: &str) -> String {

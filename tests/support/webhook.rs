@@ -107,6 +107,24 @@ impl Registration {
         });
     }
 
+    /// A registration for a controller about to serve the webhook on a free loopback port,
+    /// and the controller arguments that serve it there with `fedcred_image` injected.
+    pub fn for_controller(ns: &TestNamespace, fedcred_image: &str) -> (Registration, Vec<String>) {
+        let port = super::free_port();
+        let registration = Registration::create(ns, port, None);
+        let args = vec![
+            "--webhook-address".to_owned(),
+            format!("127.0.0.1:{port}"),
+            "--webhook-dns-names".to_owned(),
+            "127.0.0.1".to_owned(),
+            "--webhook-configuration".to_owned(),
+            registration.name.clone(),
+            "--fedcred-image".to_owned(),
+            fedcred_image.to_owned(),
+        ];
+        (registration, args)
+    }
+
     pub fn create(ns: &TestNamespace, port: u16, ca_pem: Option<&str>) -> Registration {
         use base64::Engine as _;
         let name = format!("fedcred-test-{}", ns.name);
@@ -173,24 +191,37 @@ pub fn controller_with_webhook(
     identity: &str,
     fedcred_image: &str,
 ) -> (Registration, super::controller::ControllerProcess) {
-    let port = super::free_port();
-    let registration = Registration::create(ns, port, None);
-    let controller = super::controller::ControllerProcess::start(
-        &ns.name,
-        cloud,
-        identity,
-        &[
-            "--webhook-address",
-            &format!("127.0.0.1:{port}"),
-            "--webhook-dns-names",
-            "127.0.0.1",
-            "--webhook-configuration",
-            &registration.name,
-            "--fedcred-image",
-            fedcred_image,
-        ],
-    );
+    controller_with_webhook_and(ns, cloud, identity, fedcred_image, &[])
+}
+
+/// [`controller_with_webhook`] with more controller arguments (proxy images, endpoints).
+pub fn controller_with_webhook_and(
+    ns: &TestNamespace,
+    cloud: &super::cloud::Cloud,
+    identity: &str,
+    fedcred_image: &str,
+    extra: &[&str],
+) -> (Registration, super::controller::ControllerProcess) {
+    let (registration, mut args) = Registration::for_controller(ns, fedcred_image);
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let controller = super::controller::ControllerProcess::start(&ns.name, cloud, identity, &args);
     (registration, controller)
+}
+
+/// Waits (up to 30 s) until the API server calls the webhook for `ns`: a dry-run of `pod`
+/// (opted in) naming a missing FederatedCredential is then refused by the webhook with that
+/// name. The webhook's configuration takes a moment to reach the API server's watch.
+pub fn wait_for_webhook(ns: &TestNamespace, pod: &serde_json::Value) {
+    let mut probe = pod.clone();
+    probe["metadata"]["annotations"]["fedcred.io/credential"] = json!("no-such-credential");
+    super::wait_until(Duration::from_secs(30), || {
+        let out = ns.kubectl(
+            &["create", "--dry-run=server", "-f", "-"],
+            Some(&probe.to_string()),
+        );
+        !out.ok && out.stderr.contains("no-such-credential")
+    });
 }
 
 impl Server {
