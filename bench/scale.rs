@@ -1,17 +1,23 @@
-//! Controller scale benchmark on the real API server: N FederatedCredentials over 50 identities.
+//! Controller scale benchmark on the real API server: N FederatedCredentials over M identities.
 //!
-//! For each N, in the same run:
-//! - floor: a bare client loop writes, for N resources of another namespace, exactly the Secret
+//! For each size, in each round, on namespaces of the round's own:
+//! - floor: a bare client loop writes, for N resources of one namespace, exactly the Secret
 //!   and the status the controller would write (server-side apply, same concurrency), with no
 //!   exchange, cache or decision in between;
-//! - controller: the release `fedcred controller` starts on a namespace holding N resources and
-//!   the clock stops when the last one is Ready.
+//! - controller: the release `fedcred controller` starts on another namespace holding N
+//!   resources and the clock stops when the last one is Ready;
+//! - restart: that controller gets SIGTERM and starts again on the same namespace, whose
+//!   Secrets hold good tokens; the clock stops when it has looked at every resource, and the
+//!   exchanges Google STS saw meanwhile are counted (the goal is none).
 //!
-//! Reported: both times and their ratio, the controller's peak RSS (VmHWM), and the exchanges
-//! Google STS saw; with `FEDCRED_SCALE_ROUNDS` > 1, the median and range of the ratio. With
-//! `FEDCRED_SCALE_BASELINE` (the path of another fedcred binary), that binary runs in every
-//! round too, in alternating order with the current one, against the same floor. Run through
-//! `bench/scale.sh`, which starts the control plane.
+//! The floor runs first in even rounds and last in odd ones, so a machine whose load changes
+//! during a run favours neither. Reported per phase: time, the ratio to the round's floor, the
+//! controller's peak RSS (VmHWM) and CPU, the exchanges Google STS saw, and the CPU seconds and
+//! peak RSS of the API server and etcd (`FEDCRED_SCALE_CONTROLPLANE`, the control plane's
+//! directory), moto and this process, with the API server's request counts; then the median
+//! and range of the ratio per size. With `FEDCRED_SCALE_BASELINE` (the path of another fedcred
+//! binary), that binary runs in every round too. Run through `bench/scale.sh`, which starts the
+//! control plane.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -84,10 +90,19 @@ async fn populate(client: &Client, ns: &str, n: usize, identities: usize, moto: 
             let obj = fc(&format!("cred-{i:05}"), i % identities, moto);
             async move { fcs.create(&PostParams::default(), &obj).await.map(|_| ()) }
         })
-        .buffer_unordered(32)
+        .buffer_unordered(populate_concurrency())
         .try_collect::<Vec<_>>()
         .await
         .expect("resources created");
+}
+
+/// Creates in flight per namespace while populating (`FEDCRED_SCALE_POPULATE_CONCURRENCY`,
+/// default 32); every namespace of a round is populated at once.
+fn populate_concurrency() -> usize {
+    std::env::var("FEDCRED_SCALE_POPULATE_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32)
 }
 
 /// Time from `start` until every one of the `n` resources in `ns` is Ready, as a watch sees it.
@@ -103,7 +118,7 @@ async fn all_ready(
     let mut stream = watcher(fcs, watcher::Config::default())
         .applied_objects()
         .boxed();
-    let deadline = Duration::from_secs(900);
+    let deadline = ready_deadline(n);
     while ready.len() < n {
         let next =
             tokio::time::timeout(deadline.saturating_sub(start.elapsed()), stream.next()).await;
@@ -224,34 +239,262 @@ async fn exchange_floor(
     start.elapsed()
 }
 
-fn peak_rss_kib(pid: u32) -> Option<u64> {
+fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-async fn controller_run(
-    client: &Client,
-    ns: &str,
-    n: usize,
-    google: &GoogleDoubles,
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    proc_status_kib(pid, "VmHWM:")
+}
+
+/// Clock ticks per second of /proc's CPU times.
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// The fields of /proc/PID/stat after the command name (which may hold spaces).
+fn proc_stat(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// User plus system CPU seconds a process has used so far.
+fn cpu_seconds(pid: u32, ticks: f64) -> Option<f64> {
+    let fields = proc_stat(pid)?;
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / ticks)
+}
+
+/// moto's server: the Python child of this process.
+fn moto_pid() -> Option<u32> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc").ok()?.find_map(|entry| {
+        let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        let fields = proc_stat(pid)?;
+        (fields.get(1)? == &me && comm.starts_with("python")).then_some(pid)
+    })
+}
+
+/// The processes that share the machine with the measured client, watched over each phase.
+#[derive(Clone)]
+struct Servers {
+    ticks: f64,
+    /// (label, pid): the API server, etcd, moto, and this process (the floor's client, the
+    /// watch and the Google doubles).
+    pids: Vec<(&'static str, u32)>,
+}
+
+impl Servers {
+    fn find() -> Servers {
+        let mut pids = Vec::new();
+        if let Ok(dir) = std::env::var("FEDCRED_SCALE_CONTROLPLANE") {
+            for (label, file) in [("apiserver", "kube-apiserver.pid"), ("etcd", "etcd.pid")] {
+                if let Some(pid) = std::fs::read_to_string(format!("{dir}/{file}"))
+                    .ok()
+                    .and_then(|p| p.trim().parse().ok())
+                {
+                    pids.push((label, pid));
+                }
+            }
+        }
+        if let Some(pid) = moto_pid() {
+            pids.push(("moto", pid));
+        }
+        pids.push(("bench", std::process::id()));
+        Servers {
+            ticks: clock_ticks(),
+            pids,
+        }
+    }
+
+    fn pid(&self, label: &str) -> Option<u32> {
+        self.pids.iter().find(|(l, _)| *l == label).map(|(_, p)| *p)
+    }
+
+    /// Starts watching: CPU seconds from here, and the peak of each one's resident memory
+    /// (sampled every 250 ms).
+    fn meter(&self) -> Meter {
+        let cpu0 = self
+            .pids
+            .iter()
+            .map(|(_, pid)| cpu_seconds(*pid, self.ticks).unwrap_or(0.0))
+            .collect();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pids: Vec<u32> = self.pids.iter().map(|(_, p)| *p).collect();
+        let sampler = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let mut peak = vec![0u64; pids.len()];
+                loop {
+                    for (i, pid) in pids.iter().enumerate() {
+                        peak[i] = peak[i].max(proc_status_kib(*pid, "VmRSS:").unwrap_or(0));
+                    }
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return peak;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        });
+        Meter {
+            servers: self.clone(),
+            cpu0,
+            stop,
+            sampler,
+        }
+    }
+}
+
+struct Meter {
+    servers: Servers,
+    cpu0: Vec<f64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sampler: tokio::task::JoinHandle<Vec<u64>>,
+}
+
+/// CPU seconds and peak RSS (MiB) of each watched process over one phase.
+struct Usage(Vec<(&'static str, f64, f64)>);
+
+impl Meter {
+    async fn finish(self) -> Usage {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let peak = self.sampler.await.unwrap_or_default();
+        Usage(
+            self.servers
+                .pids
+                .iter()
+                .enumerate()
+                .map(|(i, (label, pid))| {
+                    let cpu = cpu_seconds(*pid, self.servers.ticks).unwrap_or(0.0) - self.cpu0[i];
+                    let rss = peak.get(i).copied().unwrap_or(0) as f64 / 1024.0;
+                    (*label, cpu, rss)
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Usage {
+    fn cpu(&self, label: &str) -> f64 {
+        self.0
+            .iter()
+            .find(|(l, _, _)| *l == label)
+            .map_or(0.0, |(_, c, _)| *c)
+    }
+
+    fn rss(&self, label: &str) -> f64 {
+        self.0
+            .iter()
+            .find(|(l, _, _)| *l == label)
+            .map_or(0.0, |(_, _, r)| *r)
+    }
+}
+
+/// The API server's request counts for FederatedCredentials and Secrets, by resource and verb,
+/// from its own metrics.
+async fn api_requests(client: &Client) -> std::collections::BTreeMap<String, f64> {
+    let mut counts = std::collections::BTreeMap::new();
+    let Ok(request) = http::Request::get("/metrics").body(Vec::new()) else {
+        return counts;
+    };
+    let Ok(text) = client.request_text(request).await else {
+        return counts;
+    };
+    let label = |line: &str, name: &str| -> String {
+        let key = format!("{name}=\"");
+        line.find(&key)
+            .map(|i| {
+                let rest = &line[i + key.len()..];
+                rest[..rest.find('"').unwrap_or(0)].to_owned()
+            })
+            .unwrap_or_default()
+    };
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let resource = label(rest, "resource");
+        if resource != "federatedcredentials" && resource != "secrets" {
+            continue;
+        }
+        let resource = if resource == "secrets" {
+            "secret"
+        } else {
+            "fc"
+        };
+        let sub = label(rest, "subresource");
+        let key = format!(
+            "{resource}{}{} {}",
+            if sub.is_empty() { "" } else { "/" },
+            sub,
+            label(rest, "verb")
+        );
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        *counts.entry(key).or_insert(0.0) += value;
+    }
+    counts
+}
+
+fn requests_since(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+) -> String {
+    after
+        .iter()
+        .filter_map(|(k, v)| {
+            let d = v - before.get(k).copied().unwrap_or(0.0);
+            (d >= 1.0).then(|| format!("{k} {d:.0}"))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn spawn_controller(
     bin: &str,
+    ns: &str,
+    google: &GoogleDoubles,
     concurrency: usize,
-) -> (Duration, u64) {
-    let log_path = std::env::temp_dir().join(format!("fedcred-scale-{ns}.log"));
-    let log_file = std::fs::File::create(&log_path).unwrap();
-    let start = Instant::now();
-    let waiter = tokio::spawn(all_ready(client.clone(), ns.to_owned(), n, start));
-    let mut child = std::process::Command::new(bin)
+    metrics_port: u16,
+    log_path: &std::path::Path,
+) -> std::process::Child {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .unwrap();
+    std::process::Command::new(bin)
         .args([
             "controller",
             "--namespace",
             ns,
             "--leader-election=false",
             "--metrics-address",
-            "127.0.0.1:0",
+            &format!("127.0.0.1:{metrics_port}"),
         ])
         .args(["--concurrency", &concurrency.to_string()])
         // moto is the resources' aws.stsEndpoint: the admin allows it, as for tests.
@@ -276,15 +519,243 @@ async fn controller_run(
         .stdout(log_file.try_clone().unwrap())
         .stderr(log_file)
         .spawn()
-        .expect("the controller starts");
-    let result = waiter.await.expect("watch task");
-    let rss = peak_rss_kib(child.id()).unwrap_or(0);
+        .expect("the controller starts")
+}
+
+/// SIGTERM, as a rollout or a node drain would send, then up to 30 s for a clean exit.
+async fn terminate(child: &mut std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    for _ in 0..300 {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    log("the controller did not stop within 30 s of SIGTERM: killed");
     let _ = child.kill();
     let _ = child.wait();
-    match result {
-        Ok(elapsed) => (elapsed, rss),
-        Err(e) => panic!("{e}; controller log: {}", log_path.display()),
+}
+
+/// What one controller run measured.
+struct ControllerRun {
+    time: Duration,
+    rss_kib: u64,
+    cpu: f64,
+    sts: u64,
+    iam: u64,
+    usage: Usage,
+    requests: String,
+    restart: Option<Restart>,
+}
+
+/// What the restart on the same namespace measured.
+struct Restart {
+    /// Until the restarted controller has looked at every resource (its expiry gauge is set
+    /// for all N), or `None` if it had not within the deadline.
+    resync: Option<Duration>,
+    seen: usize,
+    sts: u64,
+    rss_kib: u64,
+    cpu: f64,
+    usage: Usage,
+    requests: String,
+}
+
+/// How many resources the controller's expiry gauge covers: each one it has looked at since
+/// it started (the gauge is set whether the token is refreshed or is still good).
+async fn resources_seen(http: &reqwest::Client, port: u16) -> Option<usize> {
+    let text = http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    Some(
+        text.lines()
+            .filter(|l| l.starts_with("fedcred_token_seconds_to_expiry{"))
+            .count(),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn controller_run(
+    client: &Client,
+    servers: &Servers,
+    ns: &str,
+    n: usize,
+    google: &GoogleDoubles,
+    bin: &str,
+    concurrency: usize,
+    restart: bool,
+) -> ControllerRun {
+    let log_path = std::env::temp_dir().join(format!("fedcred-scale-{ns}.log"));
+    let _ = std::fs::remove_file(&log_path);
+    let (sts0, iam0) = (google.exchanges(Target::Sts), google.calls(Target::Iam));
+    let requests0 = api_requests(client).await;
+    let meter = servers.meter();
+    let start = Instant::now();
+    let waiter = tokio::spawn(all_ready(client.clone(), ns.to_owned(), n, start));
+    let mut child = spawn_controller(bin, ns, google, concurrency, free_port(), &log_path);
+    let result = waiter.await.expect("watch task");
+    let rss_kib = peak_rss_kib(child.id()).unwrap_or(0);
+    let cpu = cpu_seconds(child.id(), servers.ticks).unwrap_or(0.0);
+    let usage = meter.finish().await;
+    let requests = requests_since(&requests0, &api_requests(client).await);
+    let (sts, iam) = (
+        google.exchanges(Target::Sts) - sts0,
+        google.calls(Target::Iam) - iam0,
+    );
+    let time = match result {
+        Ok(elapsed) => elapsed,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{e}; controller log: {}", log_path.display())
+        }
+    };
+    terminate(&mut child).await;
+    let restart = if restart {
+        Some(restart_run(client, servers, ns, n, google, bin, concurrency, &log_path).await)
+    } else {
+        None
+    };
+    ControllerRun {
+        time,
+        rss_kib,
+        cpu,
+        sts,
+        iam,
+        usage,
+        requests,
+        restart,
     }
+}
+
+/// The controller starts again on a namespace whose Secrets all hold good tokens: the clock
+/// stops when it has looked at every resource, and then `FEDCRED_SCALE_RESTART_SETTLE`
+/// seconds (default 10) more pass before the exchanges are counted, so late ones show.
+#[allow(clippy::too_many_arguments)]
+async fn restart_run(
+    client: &Client,
+    servers: &Servers,
+    ns: &str,
+    n: usize,
+    google: &GoogleDoubles,
+    bin: &str,
+    concurrency: usize,
+    log_path: &std::path::Path,
+) -> Restart {
+    let settle = Duration::from_secs(
+        std::env::var("FEDCRED_SCALE_RESTART_SETTLE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10),
+    );
+    let http = reqwest::Client::new();
+    let port = free_port();
+    let sts0 = google.exchanges(Target::Sts);
+    let requests0 = api_requests(client).await;
+    let meter = servers.meter();
+    let start = Instant::now();
+    let mut child = spawn_controller(bin, ns, google, concurrency, port, log_path);
+    // Polling the metrics costs the controller a render of N series: every 2 s at most.
+    let poll = Duration::from_millis(if n > 10_000 { 2000 } else { 500 });
+    let deadline = ready_deadline(n);
+    let mut seen = 0;
+    let resync = loop {
+        if let Some(s) = resources_seen(&http, port).await {
+            seen = s;
+        }
+        if seen >= n {
+            break Some(start.elapsed());
+        }
+        if start.elapsed() > deadline {
+            break None;
+        }
+        tokio::time::sleep(poll).await;
+    };
+    tokio::time::sleep(settle).await;
+    let rss_kib = peak_rss_kib(child.id()).unwrap_or(0);
+    let cpu = cpu_seconds(child.id(), servers.ticks).unwrap_or(0.0);
+    let usage = meter.finish().await;
+    let requests = requests_since(&requests0, &api_requests(client).await);
+    let sts = google.exchanges(Target::Sts) - sts0;
+    terminate(&mut child).await;
+    Restart {
+        resync,
+        seen,
+        sts,
+        rss_kib,
+        cpu,
+        usage,
+        requests,
+    }
+}
+
+/// How long a size may take to be all Ready before the run gives up.
+fn ready_deadline(n: usize) -> Duration {
+    Duration::from_secs(900.max(n as u64 / 20))
+}
+
+/// Sizes to measure: `FEDCRED_SCALE_SIZES="1000:50 50000:500"` (resources:identities, space or
+/// comma separated), else `FEDCRED_SCALE_COUNTS` over `FEDCRED_SCALE_IDENTITIES` (default 50).
+fn sizes() -> Vec<(usize, usize)> {
+    let identities: usize = std::env::var("FEDCRED_SCALE_IDENTITIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    if let Ok(sizes) = std::env::var("FEDCRED_SCALE_SIZES") {
+        return sizes
+            .split([' ', ','])
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                let (n, ids) = s.split_once(':').unwrap_or((s, ""));
+                let n = n
+                    .trim()
+                    .parse()
+                    .expect("FEDCRED_SCALE_SIZES holds COUNT:IDENTITIES pairs");
+                let ids = if ids.is_empty() {
+                    identities
+                } else {
+                    ids.trim()
+                        .parse()
+                        .expect("FEDCRED_SCALE_SIZES holds COUNT:IDENTITIES pairs")
+                };
+                (n, ids)
+            })
+            .collect();
+    }
+    std::env::var("FEDCRED_SCALE_COUNTS")
+        .unwrap_or_else(|_| "1000,5000".into())
+        .split(',')
+        .map(|c| {
+            let n = c
+                .trim()
+                .parse()
+                .expect("FEDCRED_SCALE_COUNTS is a comma-separated list of numbers");
+            (n, identities)
+        })
+        .collect()
+}
+
+fn median_min_max(mut of: Vec<f64>) -> (f64, f64, f64) {
+    of.sort_by(f64::total_cmp);
+    let median = if of.len() % 2 == 1 {
+        of[of.len() / 2]
+    } else {
+        (of[of.len() / 2 - 1] + of[of.len() / 2]) / 2.0
+    };
+    (median, of[0], of[of.len() - 1])
+}
+
+/// One measured phase of a round, in the order it ran.
+enum Phase<'a> {
+    Floor,
+    Controller(&'a str, &'a str),
 }
 
 #[tokio::main]
@@ -294,23 +765,12 @@ async fn main() {
         log("skipped: run bench/scale.sh (it starts the control plane and sets FEDCRED_BIN)");
         return;
     };
-    let counts: Vec<usize> = std::env::var("FEDCRED_SCALE_COUNTS")
-        .unwrap_or_else(|_| "1000,5000".into())
-        .split(',')
-        .map(|c| {
-            c.trim()
-                .parse()
-                .expect("FEDCRED_SCALE_COUNTS is a comma-separated list of numbers")
-        })
-        .collect();
-    let identities: usize = std::env::var("FEDCRED_SCALE_IDENTITIES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
+    let sizes = sizes();
     let concurrency: usize = std::env::var("FEDCRED_SCALE_CONCURRENCY")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(32);
+    let restart = std::env::var("FEDCRED_SCALE_RESTART").as_deref() != Ok("0");
     let client = Client::try_default()
         .await
         .expect("KUBECONFIG points at the control plane");
@@ -325,6 +785,19 @@ async fn main() {
     )
     .await
     .expect("doubles start");
+    let servers = Servers::find();
+    log(format!(
+        "watching {}",
+        servers
+            .pids
+            .iter()
+            .map(|(l, p)| format!("{l} (pid {p})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    if servers.pid("apiserver").is_none() {
+        log("FEDCRED_SCALE_CONTROLPLANE not set: no API server or etcd figures");
+    }
 
     let rounds: usize = std::env::var("FEDCRED_SCALE_ROUNDS")
         .ok()
@@ -341,39 +814,48 @@ async fn main() {
         binaries.push(("baseline", baseline.as_str()));
     }
 
-    println!(
-        "| round | binary | resources | identities | write floor (s) | exchanges alone (s) | controller (s) | controller / write floor | peak RSS (MiB) | STS exchanges | IAM calls |"
-    );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    // Rows are printed as each round ends, and again all together at the end.
+    let header = "| round | phase | resources | identities | time (s) | controller / write floor | peak RSS (MiB) | STS exchanges | IAM calls | controller CPU (s) | API server CPU (s) | API server peak RSS (MiB) | etcd CPU (s) | etcd peak RSS (MiB) | moto CPU (s) | bench process CPU (s) | API requests (FederatedCredentials, Secrets) |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|";
+    let mut rows: Vec<String> = Vec::new();
     let mut ratios: Vec<(usize, &str, f64)> = Vec::new();
+    let mut restarts: Vec<(usize, &str, Option<f64>, u64)> = Vec::new();
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    for n in counts {
+    let last = (sizes.len(), rounds);
+    let moto_url = moto.url();
+    for (size_index, &(n, identities)) in sizes.iter().enumerate() {
         for round in 0..rounds {
             // Every round has namespaces of its own, and the previous round's are gone before
             // it starts, so it runs on a quiet server.
             let floor_ns = format!("scale-{n}-{round}-floor");
-            let mut order: Vec<(&str, &str, String)> = binaries
-                .iter()
-                .map(|(label, path)| (*label, *path, format!("scale-{n}-{round}-{label}")))
-                .collect();
+            let mut order: Vec<(Phase, String)> = vec![(Phase::Floor, floor_ns.clone())];
+            order.extend(binaries.iter().map(|(label, path)| {
+                (
+                    Phase::Controller(label, path),
+                    format!("scale-{n}-{round}-{label}"),
+                )
+            }));
+            // Round 0 runs the floor first, round 1 last, and so on: a machine that gets
+            // busier or quieter during a round favours neither side across rounds.
             if round % 2 == 1 {
                 order.reverse();
             }
             log(format!(
-                "{n}, round {round}: creating {n} resources in each of {} namespaces",
-                order.len() + 1
+                "{n} over {identities} identities, round {round}: creating {n} resources in each of {} namespaces",
+                order.len()
             ));
-            create_namespace(&client, &floor_ns).await;
-            populate(&client, &floor_ns, n, identities, &moto.url()).await;
-            for (_, _, ns) in &order {
+            let populated = Instant::now();
+            for (_, ns) in &order {
                 create_namespace(&client, ns).await;
-                populate(&client, ns, n, identities, &moto.url()).await;
             }
-            log(format!("{n}, round {round}: floor loop"));
-            let floor_time = floor(&client, &floor_ns, n, concurrency).await;
+            futures::future::join_all(
+                order
+                    .iter()
+                    .map(|(_, ns)| populate(&client, ns, n, identities, &moto_url)),
+            )
+            .await;
             log(format!(
-                "{n}, round {round}: floor {:.2} s",
-                floor_time.as_secs_f64()
+                "{n}, round {round}: created in {:.1} s",
+                populated.elapsed().as_secs_f64()
             ));
             let exchanges_time =
                 exchange_floor(&client, &floor_ns, identities, &moto.url(), &google).await;
@@ -381,30 +863,121 @@ async fn main() {
                 "{n}, round {round}: {identities} exchanges alone {:.2} s",
                 exchanges_time.as_secs_f64()
             ));
-            for (label, path, ns) in &order {
-                let (sts0, iam0) = (google.exchanges(Target::Sts), google.calls(Target::Iam));
-                let (ctl_time, rss) =
-                    controller_run(&client, ns, n, &google, path, concurrency).await;
-                let (sts, iam) = (
-                    google.exchanges(Target::Sts) - sts0,
-                    google.calls(Target::Iam) - iam0,
-                );
-                let ratio = ctl_time.as_secs_f64() / floor_time.as_secs_f64();
-                log(format!(
-                    "{n}, round {round}: {label} controller {:.2} s",
-                    ctl_time.as_secs_f64()
-                ));
-                println!(
-                    "| {round} | {label} | {n} | {identities} | {:.2} | {:.2} | {:.2} | {ratio:.2} | {:.1} | {sts} | {iam} |",
-                    floor_time.as_secs_f64(),
-                    exchanges_time.as_secs_f64(),
-                    ctl_time.as_secs_f64(),
-                    rss as f64 / 1024.0,
-                );
-                ratios.push((n, label, ratio));
+            let mut floor_result: Option<(Duration, Usage, String)> = None;
+            let mut runs: Vec<(&str, ControllerRun)> = Vec::new();
+            for (phase, ns) in &order {
+                match phase {
+                    Phase::Floor => {
+                        log(format!("{n}, round {round}: floor loop"));
+                        let requests0 = api_requests(&client).await;
+                        let meter = servers.meter();
+                        let time = floor(&client, ns, n, concurrency).await;
+                        let usage = meter.finish().await;
+                        let requests = requests_since(&requests0, &api_requests(&client).await);
+                        log(format!(
+                            "{n}, round {round}: floor {:.2} s",
+                            time.as_secs_f64()
+                        ));
+                        floor_result = Some((time, usage, requests));
+                    }
+                    Phase::Controller(label, path) => {
+                        log(format!("{n}, round {round}: {label} controller"));
+                        let run = controller_run(
+                            &client,
+                            &servers,
+                            ns,
+                            n,
+                            &google,
+                            path,
+                            concurrency,
+                            restart,
+                        )
+                        .await;
+                        log(format!(
+                            "{n}, round {round}: {label} controller {:.2} s",
+                            run.time.as_secs_f64()
+                        ));
+                        if let Some(r) = &run.restart {
+                            log(format!(
+                                "{n}, round {round}: {label} restart: {} of {n} looked at in {}, {} exchanges",
+                                r.seen,
+                                r.resync.map_or("-".to_owned(), |d| format!(
+                                    "{:.1} s",
+                                    d.as_secs_f64()
+                                )),
+                                r.sts
+                            ));
+                        }
+                        runs.push((label, run));
+                    }
+                }
             }
-            let mut all = vec![floor_ns];
-            all.extend(order.into_iter().map(|(_, _, ns)| ns));
+            let (floor_time, floor_usage, floor_requests) =
+                floor_result.expect("every round runs the floor");
+            let servers_cols = |u: &Usage| {
+                format!(
+                    "{:.1} | {:.0} | {:.1} | {:.0} | {:.1} | {:.1}",
+                    u.cpu("apiserver"),
+                    u.rss("apiserver"),
+                    u.cpu("etcd"),
+                    u.rss("etcd"),
+                    u.cpu("moto"),
+                    u.cpu("bench"),
+                )
+            };
+            let mut round_rows = vec![format!(
+                "| {round} | write floor{} | {n} | {identities} | {:.2} | | | | | | {} | {floor_requests} |",
+                if round % 2 == 1 {
+                    " (last)"
+                } else {
+                    " (first)"
+                },
+                floor_time.as_secs_f64(),
+                servers_cols(&floor_usage),
+            )];
+            round_rows.push(format!(
+                "| {round} | exchanges alone | {n} | {identities} | {:.2} | | | {identities} | | | | | | | | | |",
+                exchanges_time.as_secs_f64()
+            ));
+            for (label, run) in &runs {
+                let ratio = run.time.as_secs_f64() / floor_time.as_secs_f64();
+                ratios.push((n, label, ratio));
+                round_rows.push(format!(
+                    "| {round} | {label} controller | {n} | {identities} | {:.2} | {ratio:.2} | {:.1} | {} | {} | {:.1} | {} | {} |",
+                    run.time.as_secs_f64(),
+                    run.rss_kib as f64 / 1024.0,
+                    run.sts,
+                    run.iam,
+                    run.cpu,
+                    servers_cols(&run.usage),
+                    run.requests,
+                ));
+                if let Some(r) = &run.restart {
+                    restarts.push((n, label, r.resync.map(|d| d.as_secs_f64()), r.sts));
+                    round_rows.push(format!(
+                        "| {round} | {label} restart ({} of {n} looked at) | {n} | {identities} | {} | | {:.1} | {} | | {:.1} | {} | {} |",
+                        r.seen,
+                        r.resync.map_or("not re-synced".to_owned(), |d| format!("{:.2}", d.as_secs_f64())),
+                        r.rss_kib as f64 / 1024.0,
+                        r.sts,
+                        r.cpu,
+                        servers_cols(&r.usage),
+                        r.requests,
+                    ));
+                }
+            }
+            println!("{header}");
+            for row in &round_rows {
+                println!("{row}");
+            }
+            println!();
+            rows.extend(round_rows);
+
+            // The last round's namespaces go with the control plane.
+            if (size_index + 1, round + 1) == last {
+                continue;
+            }
+            let all: Vec<String> = order.into_iter().map(|(_, ns)| ns).collect();
             for ns in &all {
                 let _ = namespaces.delete(ns, &DeleteParams::default()).await;
             }
@@ -412,7 +985,7 @@ async fn main() {
                 "{n}, round {round}: waiting for the namespaces to be deleted"
             ));
             for ns in &all {
-                let deadline = Instant::now() + Duration::from_secs(600);
+                let deadline = Instant::now() + Duration::from_secs(900);
                 while namespaces
                     .get_opt(ns)
                     .await
@@ -421,7 +994,7 @@ async fn main() {
                 {
                     assert!(
                         Instant::now() < deadline,
-                        "namespace {ns} still exists 10 minutes after its deletion"
+                        "namespace {ns} still exists 15 minutes after its deletion"
                     );
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
@@ -429,29 +1002,45 @@ async fn main() {
         }
     }
 
+    println!("All rounds:");
     println!();
-    println!("| resources | binary | rounds | controller / write floor, median | min | max |");
-    println!("|---:|---|---:|---:|---:|---:|");
-    let mut sizes: Vec<usize> = ratios.iter().map(|(n, _, _)| *n).collect();
-    sizes.dedup();
-    for n in sizes {
+    println!("{header}");
+    for row in &rows {
+        println!("{row}");
+    }
+    println!();
+    println!(
+        "| resources | binary | rounds | controller / write floor, median | min | max | restart re-sync (s), median | restart exchanges, total |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|");
+    let mut ns_sizes: Vec<usize> = ratios.iter().map(|(n, _, _)| *n).collect();
+    ns_sizes.dedup();
+    for n in ns_sizes {
         for (label, _) in &binaries {
-            let mut of: Vec<f64> = ratios
+            let of: Vec<f64> = ratios
                 .iter()
                 .filter(|(m, l, _)| *m == n && l == label)
                 .map(|(_, _, r)| *r)
                 .collect();
-            of.sort_by(f64::total_cmp);
-            let median = if of.len() % 2 == 1 {
-                of[of.len() / 2]
+            let count = of.len();
+            let (median, min, max) = median_min_max(of);
+            let resyncs: Vec<f64> = restarts
+                .iter()
+                .filter(|(m, l, _, _)| *m == n && l == label)
+                .filter_map(|(_, _, t, _)| *t)
+                .collect();
+            let exchanges: u64 = restarts
+                .iter()
+                .filter(|(m, l, _, _)| *m == n && l == label)
+                .map(|(_, _, _, s)| *s)
+                .sum();
+            let resync = if resyncs.is_empty() {
+                "-".to_owned()
             } else {
-                (of[of.len() / 2 - 1] + of[of.len() / 2]) / 2.0
+                format!("{:.1}", median_min_max(resyncs).0)
             };
             println!(
-                "| {n} | {label} | {} | {median:.2} | {:.2} | {:.2} |",
-                of.len(),
-                of[0],
-                of[of.len() - 1]
+                "| {n} | {label} | {count} | {median:.2} | {min:.2} | {max:.2} | {resync} | {exchanges} |"
             );
         }
     }
