@@ -281,6 +281,9 @@ struct Run {
     unknown: usize,
     samples: usize,
     recovery: Option<Duration>,
+    /// When the first Secret, and half of them, held a fresh token after the mend.
+    first_fresh: Option<Duration>,
+    half_fresh: Option<Duration>,
     recovery_calls: (u64, u64),
     outage_cpu: Duration,
     usage: Usage,
@@ -401,6 +404,7 @@ async fn scenario(
     let mended = Instant::now();
     log(format!("{ns}: Google STS mended"));
     let deadline = mended + Duration::from_secs(lifetime);
+    let (mut first_fresh, mut half_fresh) = (None, None);
     let recovery = loop {
         let judged = judge(&secrets, google, Some(&before)).await;
         samples += 1;
@@ -408,6 +412,12 @@ async fn scenario(
         unknown.extend(judged.unknown);
         let items = fcs.list(&ListParams::default()).await.expect("list").items;
         let ready = items.iter().filter(|fc| healthy(fc)).count();
+        if judged.fresh > 0 {
+            first_fresh.get_or_insert(mended.elapsed());
+        }
+        if judged.fresh * 2 >= resources {
+            half_fresh.get_or_insert(mended.elapsed());
+        }
         if judged.fresh == resources && ready == resources {
             break Some(mended.elapsed());
         }
@@ -420,6 +430,12 @@ async fn scenario(
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
+    if let Some(d) = recovery {
+        log(format!(
+            "{ns}: recovered {:.1} s after the mend",
+            d.as_secs_f64()
+        ));
+    }
     let recovery_calls = (
         google.calls(Target::Sts) - calls_at_mend.0,
         google.calls(Target::Iam) - calls_at_mend.1,
@@ -437,6 +453,8 @@ async fn scenario(
         unknown: unknown.len(),
         samples,
         recovery,
+        first_fresh,
+        half_fresh,
         recovery_calls,
         outage_cpu,
         usage,
@@ -450,6 +468,11 @@ fn bound_per_minute(identities: usize) -> u64 {
     let attempts = u64::from(fedcred_core::google::RetryPolicy::default().attempts);
     let per_minute = 60 / fedcred_core::exchange::FAILURE_SHARE.as_secs();
     identities as u64 * attempts * per_minute
+}
+
+fn seconds(d: Option<Duration>) -> String {
+    d.map(|d| format!("{:.0}", d.as_secs_f64()))
+        .unwrap_or_else(|| "-".into())
 }
 
 fn print_run(run: &Run, outage: Duration) {
@@ -525,7 +548,7 @@ async fn main() {
 
     println!();
     println!(
-        "| resources | identities | outage (s) | STS calls in the outage | STS calls per minute, peak | bound (identities × 4 attempts × 12) | IAM calls in the outage | failed refreshes | Secrets judged × samples | expired tokens served | unknown tokens | recovery (s) | STS/IAM calls in recovery | controller CPU in the outage (s) | RSS at the end / peak (MiB) |"
+        "| resources | identities | outage (s) | STS calls in the outage | STS calls per minute, peak | bound (identities × 4 attempts × 12) | IAM calls in the outage | failed refreshes | Secrets judged × samples | expired tokens served | unknown tokens | first / half / all fresh after the mend (s) | STS/IAM calls in recovery | controller CPU in the outage (s) | RSS at the end / peak (MiB) |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut by_identities: HashMap<usize, Vec<u64>> = HashMap::new();
@@ -536,7 +559,7 @@ async fn main() {
         let peak = run.minutes.iter().map(|m| m.sts).max().unwrap_or(0);
         by_identities.entry(run.identities).or_default().push(peak);
         println!(
-            "| {} | {} | {} | {sts} | {peak} | {} | {iam} | {failed} | {} × {} | {} | {} | {} | {} / {} | {:.2} | {:.1} / {:.1} |",
+            "| {} | {} | {} | {sts} | {peak} | {} | {iam} | {failed} | {} × {} | {} | {} | {} / {} / {} | {} / {} | {:.2} | {:.1} / {:.1} |",
             run.resources,
             run.identities,
             outage.as_secs(),
@@ -545,6 +568,8 @@ async fn main() {
             run.samples,
             run.expired,
             run.unknown,
+            seconds(run.first_fresh),
+            seconds(run.half_fresh),
             run.recovery
                 .map(|d| format!("{:.1}", d.as_secs_f64()))
                 .unwrap_or_else(|| "not recovered".into()),
