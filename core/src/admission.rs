@@ -3,7 +3,10 @@
 //! up, and [`answer`] turns the pod and what the lookup found into the review to send back.
 //! What the pod gets is [`crate::inject`]'s decision alone. No I/O here.
 
-use k8s_openapi::api::core::v1::Pod;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 
@@ -24,7 +27,7 @@ pub struct BadReview(pub String);
 #[derive(Clone, Debug)]
 pub struct Parsed {
     /// The request without its object, for the response.
-    request: AdmissionRequest<Pod>,
+    request: AdmissionRequest<ReviewedPod>,
     /// Echoed in the response; the API server matches them.
     pub uid: String,
     /// The pod, its namespace filled from the request when the object lacks it (pods that
@@ -34,17 +37,120 @@ pub struct Parsed {
     pub dry_run: bool,
 }
 
+/// A pod as a review carries it, read as k8s-openapi reads a [`Pod`] (`apiVersion` and `kind`,
+/// when present, must be `v1` and `Pod`; unknown fields are skipped) except for
+/// `metadata.managedFields`, which is skipped unread. The field managers' record is the
+/// largest part of a pod a controller creates (a tree naming every field it set); injection
+/// never reads it, and building it took about a third of the time spent reading a review.
+#[derive(Clone, Debug, Default)]
+pub struct ReviewedPod(Pod);
+
+impl k8s_openapi::Resource for ReviewedPod {
+    const API_VERSION: &'static str = <Pod as k8s_openapi::Resource>::API_VERSION;
+    const GROUP: &'static str = <Pod as k8s_openapi::Resource>::GROUP;
+    const KIND: &'static str = <Pod as k8s_openapi::Resource>::KIND;
+    const VERSION: &'static str = <Pod as k8s_openapi::Resource>::VERSION;
+    const URL_PATH_SEGMENT: &'static str = <Pod as k8s_openapi::Resource>::URL_PATH_SEGMENT;
+    type Scope = <Pod as k8s_openapi::Resource>::Scope;
+}
+
+impl k8s_openapi::Metadata for ReviewedPod {
+    type Ty = ObjectMeta;
+
+    fn metadata(&self) -> &ObjectMeta {
+        &self.0.metadata
+    }
+
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.0.metadata
+    }
+}
+
+impl serde::Serialize for ReviewedPod {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ReviewedPod {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, Unexpected};
+
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct PodIn {
+            api_version: Option<String>,
+            kind: Option<String>,
+            metadata: Option<MetaIn>,
+            spec: Option<PodSpec>,
+            status: Option<PodStatus>,
+        }
+        // ObjectMeta's fields but managedFields, which serde skips as an unknown field.
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct MetaIn {
+            annotations: Option<BTreeMap<String, String>>,
+            creation_timestamp: Option<Time>,
+            deletion_grace_period_seconds: Option<i64>,
+            deletion_timestamp: Option<Time>,
+            finalizers: Option<Vec<String>>,
+            generate_name: Option<String>,
+            generation: Option<i64>,
+            labels: Option<BTreeMap<String, String>>,
+            name: Option<String>,
+            namespace: Option<String>,
+            owner_references: Option<Vec<OwnerReference>>,
+            resource_version: Option<String>,
+            self_link: Option<String>,
+            uid: Option<String>,
+        }
+
+        let pod = PodIn::deserialize(deserializer)?;
+        if let Some(v) = pod.api_version.as_deref().filter(|v| *v != "v1") {
+            return Err(D::Error::invalid_value(Unexpected::Str(v), &"v1"));
+        }
+        if let Some(k) = pod.kind.as_deref().filter(|k| *k != "Pod") {
+            return Err(D::Error::invalid_value(Unexpected::Str(k), &"Pod"));
+        }
+        let metadata = pod
+            .metadata
+            .map(|m| ObjectMeta {
+                annotations: m.annotations,
+                creation_timestamp: m.creation_timestamp,
+                deletion_grace_period_seconds: m.deletion_grace_period_seconds,
+                deletion_timestamp: m.deletion_timestamp,
+                finalizers: m.finalizers,
+                generate_name: m.generate_name,
+                generation: m.generation,
+                labels: m.labels,
+                managed_fields: None,
+                name: m.name,
+                namespace: m.namespace,
+                owner_references: m.owner_references,
+                resource_version: m.resource_version,
+                self_link: m.self_link,
+                uid: m.uid,
+            })
+            .unwrap_or_default();
+        Ok(ReviewedPod(Pod {
+            metadata,
+            spec: pod.spec,
+            status: pod.status,
+        }))
+    }
+}
+
 /// Reads an AdmissionReview of a pod; anything else is a [`BadReview`].
 pub fn parse(body: &[u8]) -> Result<Parsed, BadReview> {
     let bad = |m: &str| BadReview(m.to_owned());
-    let review: AdmissionReview<Pod> = serde_json::from_slice(body)
+    let review: AdmissionReview<ReviewedPod> = serde_json::from_slice(body)
         .map_err(|e| BadReview(format!("the body is not an AdmissionReview of a Pod: {e}")))?;
     if review.types.api_version != API_VERSION || review.types.kind != KIND {
         return Err(bad(
             "expected apiVersion admission.k8s.io/v1 and kind AdmissionReview",
         ));
     }
-    let mut request: AdmissionRequest<Pod> = review
+    let mut request: AdmissionRequest<ReviewedPod> = review
         .try_into()
         .map_err(|_| bad("the review has no request"))?;
     if request.uid.is_empty() {
@@ -59,7 +165,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, BadReview> {
         .clone()
         .filter(|n| !n.is_empty())
         .ok_or_else(|| bad("the request has no namespace"))?;
-    let mut pod = request
+    let ReviewedPod(mut pod) = request
         .object
         .take()
         .ok_or_else(|| bad("the request has no object"))?;
@@ -146,25 +252,50 @@ pub fn answer(
     response(&parsed.request, outcome).into_review()
 }
 
+/// The body to send for `review`. kube's types write the patch's bytes as a JSON array of
+/// numbers; the API server's Go types write `[]byte` as base64, as the `admission.k8s.io/v1`
+/// reference describes the field and other webhooks send it. The API server reads both, but
+/// the array is 2.7 times longer (a 3.5 KB patch becomes 9.4 KB) and costs the webhook and the
+/// API server a number per byte to write and read.
+pub fn encode(mut review: AdmissionReview<DynamicObject>) -> serde_json::Value {
+    use base64::Engine as _;
+    let patch = review.response.as_mut().and_then(|r| r.patch.take());
+    // Serializing kube's review types cannot fail: every map in them has string keys.
+    let mut value = serde_json::to_value(&review).unwrap_or_default();
+    if let (Some(patch), Some(response)) = (
+        patch,
+        value.get_mut("response").and_then(|r| r.as_object_mut()),
+    ) {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(patch);
+        response.insert("patch".to_owned(), serde_json::Value::String(encoded));
+    }
+    value
+}
+
 /// Whether `review` admits the pod.
 pub fn allowed(review: &AdmissionReview<DynamicObject>) -> bool {
     review.response.as_ref().is_some_and(|r| r.allowed)
 }
 
-fn response(request: &AdmissionRequest<Pod>, outcome: Outcome) -> AdmissionResponse {
+fn response(request: &AdmissionRequest<ReviewedPod>, outcome: Outcome) -> AdmissionResponse {
     let admitted = AdmissionResponse::from(request);
     match outcome {
         Outcome::Unchanged => admitted,
         Outcome::Patch { ops, warnings } => {
             // The operations are RFC 6902 operations built by `inject`; one that is not
             // refuses the pod rather than admitting it without its sidecars.
-            let patch = serde_json::from_value::<json_patch::Patch>(serde_json::Value::Array(ops))
-                .map_err(|e| e.to_string())
-                .and_then(|patch| {
-                    admitted
+            let patch = rfc6902(&ops)
+                .and_then(|()| serde_json::to_vec(&ops).map_err(|e| e.to_string()))
+                .and_then(|bytes| {
+                    // kube sets the patch type only with a patch of its own types; the
+                    // operations, already JSON, are written as they are instead of being
+                    // read into those types first.
+                    let mut r = admitted
                         .clone()
-                        .with_patch(patch)
-                        .map_err(|e| e.to_string())
+                        .with_patch(json_patch::Patch(Vec::new()))
+                        .map_err(|e| e.to_string())?;
+                    r.patch = Some(bytes);
+                    Ok(r)
                 });
             match patch {
                 Ok(mut r) => {
@@ -178,6 +309,30 @@ fn response(request: &AdmissionRequest<Pod>, outcome: Outcome) -> AdmissionRespo
         }
         Outcome::Refuse(refusal) => forbidden(admitted, refusal.to_string()),
     }
+}
+
+/// Checks that `ops` is a list of RFC 6902 operations the API server applies: an `op` it
+/// knows, a `path` that is a JSON pointer, and a `value` where the operation needs one.
+fn rfc6902(ops: &[serde_json::Value]) -> Result<(), String> {
+    for op in ops {
+        let kind = op.get("op").and_then(|o| o.as_str()).unwrap_or_default();
+        let pointer = |key: &str| {
+            op.get(key)
+                .and_then(|p| p.as_str())
+                .is_some_and(|p| p.is_empty() || p.starts_with('/'))
+        };
+        let valid = pointer("path")
+            && match kind {
+                "add" | "replace" | "test" => op.get("value").is_some(),
+                "remove" => true,
+                "move" | "copy" => pointer("from"),
+                _ => false,
+            };
+        if !valid {
+            return Err(format!("not an RFC 6902 operation: {op}"));
+        }
+    }
+    Ok(())
 }
 
 fn forbidden(response: AdmissionResponse, message: String) -> AdmissionResponse {
@@ -196,7 +351,7 @@ mod tests {
 
     /// The review to send back, as JSON.
     fn reply(parsed: &Parsed, lookup: Lookup, config: &InjectConfig) -> Value {
-        serde_json::to_value(answer(parsed, lookup, config)).unwrap()
+        encode(answer(parsed, lookup, config))
     }
 
     fn review(pod: Value) -> Value {
@@ -256,10 +411,103 @@ mod tests {
     }
 
     fn decoded_patch(response: &Value) -> Vec<Value> {
-        // kube writes the patch's bytes as a JSON array of numbers, which the API server
-        // reads as its []byte as well as base64.
-        let bytes: Vec<u8> = serde_json::from_value(response["patch"].clone()).unwrap();
+        use base64::Engine as _;
+        let encoded = response["patch"]
+            .as_str()
+            .expect("the patch is a base64 string, as Go writes []byte");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .unwrap();
         serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn the_pod_is_read_without_its_managed_fields_and_with_everything_else() {
+        let mut pod = labelled_pod("orders-db");
+        let meta = json!({
+            "name": "orders-1", "generateName": "orders-", "namespace": "shop",
+            "uid": "0e8f5d8e-3c51-4a5e-8a7e-2d4f5b6c7d8e", "resourceVersion": "7",
+            "generation": 2, "creationTimestamp": "2026-11-20T09:12:45Z",
+            "deletionGracePeriodSeconds": 30, "deletionTimestamp": "2026-11-20T09:13:45Z",
+            "finalizers": ["example.com/keep"], "selfLink": "/api/v1/namespaces/shop/pods/orders-1",
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "orders",
+                "uid": "6b0a4a42-90f1-4a5e-9d3b-7f1c2e8d5a10", "controller": true}],
+        });
+        for (k, v) in meta.as_object().unwrap() {
+            pod["metadata"][k] = v.clone();
+        }
+        pod["status"] = json!({"phase": "Pending"});
+        let as_k8s_openapi_reads_it: Pod = serde_json::from_value(pod.clone()).unwrap();
+        pod["metadata"]["managedFields"] = json!([{"manager": "kube-controller-manager",
+            "operation": "Update", "apiVersion": "v1", "fieldsType": "FieldsV1",
+            "fieldsV1": {"f:metadata": {"f:labels": {".": {}, "f:app": {}}}}}]);
+        let parsed = parse_value(&review(pod.clone())).unwrap();
+        assert_eq!(parsed.pod, as_k8s_openapi_reads_it);
+        assert!(parsed.pod.metadata.managed_fields.is_none());
+
+        // apiVersion and kind are checked as k8s-openapi checks them.
+        for (field, value) in [("apiVersion", "v2"), ("kind", "Service")] {
+            let mut other = pod.clone();
+            other[field] = json!(value);
+            let refused = parse_value(&review(other)).unwrap_err();
+            assert!(refused.0.contains(value), "{refused}");
+        }
+        let mut bare = pod;
+        bare.as_object_mut().unwrap().remove("apiVersion");
+        bare.as_object_mut().unwrap().remove("kind");
+        assert!(parse_value(&review(bare)).is_ok());
+    }
+
+    #[test]
+    fn only_rfc_6902_operations_pass() {
+        assert_eq!(rfc6902(&[]), Ok(()));
+        for ok in [
+            json!({"op": "add", "path": "/spec/volumes/-", "value": {}}),
+            json!({"op": "replace", "path": "/metadata/annotations/a", "value": "b"}),
+            json!({"op": "remove", "path": "/spec/x"}),
+            json!({"op": "copy", "from": "/a", "path": "/b"}),
+        ] {
+            assert_eq!(rfc6902(std::slice::from_ref(&ok)), Ok(()), "{ok}");
+        }
+        for bad in [
+            json!({"op": "add", "path": "/spec/volumes/-"}),
+            json!({"op": "add", "path": "spec", "value": 1}),
+            json!({"op": "merge", "path": "/spec", "value": 1}),
+            json!({"op": "move", "path": "/a"}),
+            json!(["add", "/spec"]),
+        ] {
+            assert!(rfc6902(std::slice::from_ref(&bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_patch_is_sent_as_base64_and_nothing_else_changes() {
+        let parsed = parse_value(&review(labelled_pod("orders-db"))).unwrap();
+        let answered = answer(&parsed, Lookup::Found(Box::new(fc(true))), &config());
+        let as_kube_writes_it = serde_json::to_value(&answered).unwrap();
+        let sent = encode(answered);
+        let patch = decoded_patch(&sent["response"]);
+        let bytes: Vec<u8> =
+            serde_json::from_value(as_kube_writes_it["response"]["patch"].clone()).unwrap();
+        assert_eq!(
+            patch,
+            serde_json::from_slice::<Vec<Value>>(&bytes).unwrap(),
+            "the same operations"
+        );
+        let (mut a, mut b) = (sent.clone(), as_kube_writes_it);
+        a["response"].as_object_mut().unwrap().remove("patch");
+        b["response"].as_object_mut().unwrap().remove("patch");
+        assert_eq!(a, b, "every other field as kube writes it");
+        assert_eq!(sent["response"]["patchType"], "JSONPatch");
+        // A review without a patch gains none.
+        let unlabelled = parse_value(&review(json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "plain"},
+            "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+        })))
+        .unwrap();
+        let sent = encode(answer(&unlabelled, Lookup::NotNeeded, &config()));
+        assert!(sent["response"].get("patch").is_none(), "{sent}");
+        assert_eq!(sent["response"]["allowed"], true);
     }
 
     #[test]

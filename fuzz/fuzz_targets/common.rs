@@ -67,6 +67,7 @@ pub fn apply_patch(mut doc: Value, ops: &[Value]) -> Result<Value, String> {
 /// patch; an admission with a patch says `JSONPatch` and the patch is a JSON array of
 /// operations. Returns the decoded operations (empty when there is no patch).
 pub fn check_answer<T: serde::Serialize>(answer: &T, uid: &str) -> Vec<Value> {
+    use base64::Engine as _;
     // The answer goes back over the wire as JSON.
     let text = serde_json::to_string(answer).expect("the answer serialises");
     let answer: Value = serde_json::from_str(&text).expect("the answer is valid JSON");
@@ -104,9 +105,11 @@ pub fn check_answer<T: serde::Serialize>(answer: &T, uid: &str) -> Vec<Value> {
         return Vec::new();
     };
     assert_eq!(response["patchType"], "JSONPatch", "{answer}");
-    // kube writes the patch's bytes as an array of numbers; the API server reads that as it
-    // reads base64.
-    let bytes: Vec<u8> = serde_json::from_value(patch.clone()).expect("the patch is bytes");
+    // Sent as Go writes []byte: base64.
+    let encoded = patch.as_str().expect("the patch is a base64 string");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .expect("the patch is base64");
     let ops: Value = serde_json::from_slice(&bytes).expect("the patch is JSON");
     let ops = ops.as_array().expect("the patch is a JSON array").clone();
     assert!(!ops.is_empty(), "an empty patch: {answer}");

@@ -10,7 +10,7 @@ use std::sync::LazyLock;
 
 use fedcred_core::api::FederatedCredential;
 use fedcred_core::inject::InjectConfig;
-use fedcred_core::admission::{Lookup, answer, parse};
+use fedcred_core::admission::{Lookup, answer, encode, parse};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
 
@@ -75,6 +75,6 @@ fn check_answers(parsed: &fedcred_core::admission::Parsed) {
         Lookup::Found(Box::new(CREDENTIAL.clone())),
     ] {
         let reply = answer(parsed, lookup, &config);
-        common::check_answer(&reply, &parsed.uid);
+        common::check_answer(&encode(reply), &parsed.uid);
     }
 }

@@ -16,7 +16,7 @@ use std::sync::LazyLock;
 use arbitrary::Arbitrary;
 use fedcred_core::api::FederatedCredential;
 use fedcred_core::inject::{InjectConfig, METADATA_CONTAINER, PROXY_CONTAINER_PREFIX};
-use fedcred_core::admission::{Lookup, answer, parse};
+use fedcred_core::admission::{Lookup, answer, encode, parse};
 use k8s_openapi::api::core::v1::Pod;
 use libfuzzer_sys::fuzz_target;
 use regex::Regex;
@@ -293,7 +293,7 @@ fuzz_target!(|input: Input| {
     };
     let found = matches!(lookup, Lookup::Found(_));
     let reply = answer(&parsed, lookup, &config);
-    let ops = common::check_answer(&reply, &parsed.uid);
+    let ops = common::check_answer(&encode(reply), &parsed.uid);
     if ops.is_empty() {
         return;
     }
@@ -375,9 +375,10 @@ fuzz_target!(|input: Input| {
     // A resubmitted (or reinvoked) pod is admitted as it is.
     let again = parse(&review(&serde_json::to_value(&patched).unwrap(), "CREATE")).expect("parses");
     let reply = answer(&again, Lookup::Found(Box::new(fc)), &config);
-    let ops = common::check_answer(&reply, &again.uid);
+    let admitted = fedcred_core::admission::allowed(&reply);
+    let ops = common::check_answer(&encode(reply), &again.uid);
     assert!(
-        ops.is_empty() && fedcred_core::admission::allowed(&reply),
+        ops.is_empty() && admitted,
         "the injected pod is injected again"
     );
 });

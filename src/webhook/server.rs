@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use fedcred_core::admission::{Lookup, allowed, answer, parse};
+use fedcred_core::admission::{Lookup, allowed, answer, encode, parse};
 use fedcred_core::api::FederatedCredential;
 use fedcred_core::inject::InjectConfig;
 
@@ -308,7 +308,7 @@ async fn review(webhook: &Webhook, headers: HeaderMap, body: Body) -> (Response,
         dry_run = parsed.dry_run,
         "admission review answered"
     );
-    (axum::Json(reply).into_response(), Some(admitted))
+    (axum::Json(encode(reply)).into_response(), Some(admitted))
 }
 
 /// How [`serve`] shares the process among connections.

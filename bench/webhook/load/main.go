@@ -352,7 +352,28 @@ func (g *generator) probe() error {
 		}
 		fmt.Printf("  container %s env: %s\n", c.Name, strings.Join(parts, " "))
 	}
-	fmt.Printf("  annotation fedcred.io/injected: %s\n", pod.Metadata.Annotations["fedcred.io/injected"])
+	parts = nil
+	for k := range pod.Metadata.Annotations {
+		parts = append(parts, k)
+	}
+	sort.Strings(parts)
+	fmt.Printf("  annotations: %s\n", strings.Join(parts, ", "))
+	var ops []struct {
+		Op   string `json:"op"`
+		Path string `json:"path"`
+	}
+	if err := json.Unmarshal(a.Response.Patch, &ops); err != nil {
+		return err
+	}
+	parts = nil
+	for i, op := range ops {
+		if i == 12 {
+			parts = append(parts, "…")
+			break
+		}
+		parts = append(parts, op.Op+" "+op.Path)
+	}
+	fmt.Printf("  patch: %d operations (%s)\n", len(ops), strings.Join(parts, ", "))
 	fmt.Printf("  request %d bytes, answer %d bytes, patch %d bytes, warnings %d\n",
 		len(body), len(raw), len(a.Response.Patch), len(a.Response.Warnings))
 	return nil

@@ -10,7 +10,7 @@ import (
 )
 
 // table prints the markdown tables of a file of result lines: the fixed-rate runs, the
-// closed-loop runs, the rate ladder, and fedcred against the baseline.
+// closed-loop runs, the rate ladder, and fedcred against each anchor.
 func table(path string) error {
 	f, err := os.Open(path)
 	if err != nil {
@@ -104,7 +104,7 @@ func table(path string) error {
 	return nil
 }
 
-// summary compares the first server label (fedcred) with the second (the baseline).
+// summary compares the first server label (fedcred) with each of the others (the anchors).
 func summary(rs []result) {
 	var labels []string
 	seen := map[string]bool{}
@@ -114,10 +114,31 @@ func summary(rs []result) {
 			labels = append(labels, r.Label)
 		}
 	}
-	if len(labels) != 2 {
-		return
+	for _, b := range labels[min(1, len(labels)):] {
+		compare(rs, labels[0], b)
 	}
-	a, b := labels[0], labels[1]
+}
+
+// median of a label's runs in a phase, with the lowest and highest value.
+func median(rs []result, label, phase string, metric func(result) float64) (med, lo, hi float64, ok bool) {
+	var vs []float64
+	for _, r := range rs {
+		if r.Label == label && r.Phase == phase {
+			vs = append(vs, metric(r))
+		}
+	}
+	if len(vs) == 0 {
+		return 0, 0, 0, false
+	}
+	sort.Float64s(vs)
+	med = vs[len(vs)/2]
+	if len(vs)%2 == 0 {
+		med = (vs[len(vs)/2-1] + vs[len(vs)/2]) / 2
+	}
+	return med, vs[0], vs[len(vs)-1], true
+}
+
+func compare(rs []result, a, b string) {
 	best := func(label, phase string, metric func(result) float64, higher bool) (float64, bool) {
 		var v float64
 		found := false
@@ -132,19 +153,6 @@ func summary(rs []result) {
 		}
 		return v, found
 	}
-	mean := func(label, phase string, metric func(result) float64) (float64, bool) {
-		sum, n := 0.0, 0
-		for _, r := range rs {
-			if r.Label == label && r.Phase == phase {
-				sum += metric(r)
-				n++
-			}
-		}
-		if n == 0 {
-			return 0, false
-		}
-		return sum / float64(n), true
-	}
 	maxRate := func(label string) (float64, bool) {
 		return best(label, "ladder", func(r result) float64 {
 			if r.Meets {
@@ -153,37 +161,37 @@ func summary(rs []result) {
 			return 0
 		}, true)
 	}
-	fmt.Printf("#### %s against %s\n\n", a, b)
-	fmt.Printf("| figure | %s | %s | ratio |\n| --- | ---: | ---: | ---: |\n", a, b)
-	row := func(name string, va, vb float64, okA, okB bool, format string) {
+	fmt.Printf("#### %s against %s (median of rounds, lowest–highest)\n\n", a, b)
+	fmt.Printf("| figure | %s | %s | ratio of medians |\n| --- | ---: | ---: | ---: |\n", a, b)
+	row := func(name, phase string, metric func(result) float64, format string) {
+		ma, loA, hiA, okA := median(rs, a, phase, metric)
+		mb, loB, hiB, okB := median(rs, b, phase, metric)
 		if !okA || !okB {
 			return
 		}
 		ratio := "–"
-		if vb != 0 {
-			ratio = fmt.Sprintf("%.3g", va/vb)
+		if mb != 0 {
+			ratio = fmt.Sprintf("%.3g", ma/mb)
 		}
-		fmt.Printf("| %s | "+format+" | "+format+" | %s |\n", name, va, vb, ratio)
+		cell := func(m, lo, hi float64) string {
+			if lo == hi {
+				return fmt.Sprintf(format, m)
+			}
+			return fmt.Sprintf(format+" ("+format+"–"+format+")", m, lo, hi)
+		}
+		fmt.Printf("| %s | %s | %s | %s |\n", name, cell(ma, loA, hiA), cell(mb, loB, hiB), ratio)
 	}
 	p99 := func(r result) float64 { return r.Lat["p99"] / 1000 }
-	va, okA := mean(a, "fixed", p99)
-	vb, okB := mean(b, "fixed", p99)
-	row("p99 ms at the fixed rate (mean of rounds)", va, vb, okA, okB, "%.3f")
-	va, okA = mean(a, "closed", func(r result) float64 { return r.Throughput })
-	vb, okB = mean(b, "closed", func(r result) float64 { return r.Throughput })
-	row("closed-loop req/s (mean of rounds)", va, vb, okA, okB, "%.0f")
-	va, okA = mean(a, "closed", p99)
-	vb, okB = mean(b, "closed", p99)
-	row("closed-loop p99 ms (mean of rounds)", va, vb, okA, okB, "%.3f")
-	va, okA = mean(a, "closed", func(r result) float64 { return r.CPUPerReq })
-	vb, okB = mean(b, "closed", func(r result) float64 { return r.CPUPerReq })
-	row("server CPU µs per review, closed loop (mean of rounds)", va, vb, okA, okB, "%.0f")
+	row("p99 ms at the fixed rate", "fixed", p99, "%.3f")
+	row("server CPU µs per review at the fixed rate", "fixed", func(r result) float64 { return r.CPUPerReq }, "%.0f")
+	row("closed-loop req/s", "closed", func(r result) float64 { return r.Throughput }, "%.0f")
+	row("closed-loop p99 ms", "closed", p99, "%.3f")
+	row("server CPU µs per review, closed loop", "closed", func(r result) float64 { return r.CPUPerReq }, "%.0f")
 	control := func(r result) float64 { return r.AuxCPU["apiserver"] + r.AuxCPU["etcd"] }
-	va, okA = mean(a, "closed", control)
-	vb, okB = mean(b, "closed", control)
-	row("API server + etcd CPU µs per review, closed loop (mean of rounds)", va, vb, okA, okB, "%.0f")
-	va, okA = maxRate(a)
-	vb, okB = maxRate(b)
+	row("API server + etcd CPU µs per review, closed loop", "closed", control, "%.0f")
+	row("peak RSS MiB (VmHWM after each closed loop)", "closed", func(r result) float64 { return float64(r.VmHWMKiB) / 1024 }, "%.1f")
+	va, okA := maxRate(a)
+	vb, okB := maxRate(b)
 	if okA && okB {
 		rate := func(v float64) string {
 			if v == 0 {
@@ -197,9 +205,5 @@ func summary(rs []result) {
 		}
 		fmt.Printf("| highest ladder rate meeting the p99 bound, req/s | %s | %s | %s |\n", rate(va), rate(vb), ratio)
 	}
-	hwm := func(r result) float64 { return float64(r.VmHWMKiB) / 1024 }
-	va, okA = best(a, "closed", hwm, true)
-	vb, okB = best(b, "closed", hwm, true)
-	row("peak RSS MiB (VmHWM after the closed loop)", va, vb, okA, okB, "%.1f")
 	fmt.Println()
 }
