@@ -2,24 +2,28 @@
 //! the shipped systemd unit (EC2, IMDSv2) and of the shipped ECS task definition (container
 //! credentials at a full URI with an authorization token file, as ECS and EKS Pod Identity
 //! serve them), against moto (AWS STS), the verifying Google doubles, fakes of the AWS metadata
-//! endpoints that insist on the real protocol, and Python google-auth reading the token
-//! unchanged. No Kubernetes.
+//! endpoints that insist on the real protocol, Python google-auth reading the token unchanged,
+//! and seed 003's report job (Google's BigQuery client) against a BigQuery double that takes
+//! only live tokens. No Kubernetes.
 //!
 //! The doubles cap impersonated tokens at 30 s, so a refresh happens within a test: the agent
 //! must replace its token before it stops serving it, and never serve one that expired.
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use fedcred_doubles::aws_metadata::ContainerCredentials;
 use fedcred_doubles::{Binding, Provider, Target, role_member};
 use serde_json::{Value, json};
+use support::bigquery::{BigQuery, Seen, start_bigquery};
 use support::cloud::{ASSUMED_ROLE, AUDIENCE, Cloud, HOST_ROLE, ROLE, SA_EMAIL};
 use support::free_port;
-use support::pod::{google_auth_adc, unique};
+use support::pod::{google_auth_adc, unique, venv_python};
 
 const TOKEN: &str = "/computeMetadata/v1/instance/service-accounts/default/token";
 /// What EKS Pod Identity mounts at AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE.
@@ -148,7 +152,7 @@ async fn ecs_agent_from_the_shipped_task_definition_serves_the_app_container() {
         .unwrap()
         .replace(":iam::", ":sts::")
         .replace(":role/", ":assumed-role/");
-    let cloud = cloud(&audience, &email, &role).await;
+    let cloud = Arc::new(cloud(&audience, &email, &role).await);
     credential["spec"]["aws"]["stsEndpoint"] = json!(cloud.moto.url());
     credential["spec"]["google"]["endpoints"] = json!({
         "sts": cloud.google.sts_url(), "iamCredentials": cloud.google.iam_credentials_url()
@@ -213,6 +217,53 @@ async fn ecs_agent_from_the_shipped_task_definition_serves_the_app_container() {
     assert_eq!(found["email"], email.as_str());
     assert_eq!(found["project"], "acme-analytics");
     assert_live_for(&cloud, found["token"].as_str().unwrap(), &email);
+
+    // Seed 003's job itself: the unchanged report program (Google's BigQuery client, nothing
+    // but application-default credentials) with the app container's environment, against a
+    // BigQuery double that takes only live tokens of the task's service account.
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let bigquery = start_bigquery(BigQuery {
+        cloud: cloud.clone(),
+        seen: seen.clone(),
+        email: email.clone(),
+    })
+    .await;
+    let mut job_env = app_env.clone();
+    job_env.push(("HOME".to_owned(), dir.path.display().to_string()));
+    job_env.push(("BIGQUERY_API_ENDPOINT".to_owned(), bigquery));
+    let script = support::repo_root().join("tests/python/bigquery_report.py");
+    let job = tokio::task::spawn_blocking(move || {
+        Command::new(venv_python())
+            .arg(script)
+            .env_clear()
+            .envs(job_env)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&job.stdout);
+    assert!(
+        job.status.success(),
+        "the report job failed:\nstdout: {stdout}\nstderr: {}\nrefused: {:?}\nagent: {}",
+        String::from_utf8_lossy(&job.stderr),
+        seen.lock().unwrap().refused,
+        agent.logs()
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["project"], "acme-analytics");
+    assert_eq!(report["bytes_processed"], 2048);
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.refused, vec![], "the double refused a request");
+        assert_eq!(seen.projects, BTreeSet::from(["acme-analytics".to_owned()]));
+        assert_eq!(seen.queries.len(), 1);
+        for token in &seen.accepted {
+            assert_live_for(&cloud, token, &email);
+        }
+        assert!(!seen.accepted.is_empty());
+    }
+
     assert_eq!(
         cloud.google.seen_principals(),
         vec![format!("{role}/fedcred.analytics")]

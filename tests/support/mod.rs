@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod alloydb;
+pub mod bigquery;
 pub mod cloud;
 pub mod controller;
 pub mod gate;
