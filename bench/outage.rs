@@ -23,17 +23,19 @@ use fedcred_doubles::moto::Moto;
 use fedcred_doubles::{
     Binding, Config, EXTENDED_LIFETIME, Fault, GoogleDoubles, Provider, Target, role_member,
 };
-use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
-use kube::api::{ListParams, PostParams};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
-const AUDIENCE: &str = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/eks-pool/providers/aws-shop";
-const SA_EMAIL: &str = "orders-api@acme-shop.iam.gserviceaccount.com";
-const ROLE: &str = "arn:aws:iam::123456789012:role/shop-orders";
-const ASSUMED_ROLE: &str = "arn:aws:sts::123456789012:assumed-role/shop-orders";
+#[path = "common.rs"]
+mod common;
+
+use common::{
+    ASSUMED_ROLE, AUDIENCE, SA_EMAIL, clock_ticks, cpu_seconds, create_namespace, fc_json,
+    proc_status_kib,
+};
 
 /// Refresh when 80 % of the lifetime is left: due 12–20 % of the lifetime after issue (the
 /// jitter is up to a tenth of the window), so the outage need not wait long for it.
@@ -69,55 +71,17 @@ fn token_lifetime(outage: Duration) -> u64 {
 }
 
 fn fc(name: &str, identity: usize, moto: &str, lifetime: u64) -> FederatedCredential {
-    serde_json::from_value(json!({
-        "apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
-        "metadata": {"name": name},
-        "spec": {
-            "aws": {"serviceAccount": {"name": format!("app-{identity}")}, "region": "us-east-1", "stsEndpoint": moto},
-            "google": {"audience": AUDIENCE, "serviceAccount": SA_EMAIL, "tokenLifetimeSeconds": lifetime},
-            "secret": {"renewBeforePercentage": RENEW_BEFORE_PERCENTAGE}
-        }
-    }))
-    .unwrap()
-}
-
-async fn create_namespace(client: &Client, name: &str) {
-    let api: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    api.create(&PostParams::default(), &ns)
-        .await
-        .expect("namespace created");
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), name);
-    for _ in 0..100 {
-        if sas.get_opt("default").await.ok().flatten().is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut fc = fc_json(name, identity, moto);
+    fc["spec"]["google"]["tokenLifetimeSeconds"] = json!(lifetime);
+    fc["spec"]["secret"] = json!({"renewBeforePercentage": RENEW_BEFORE_PERCENTAGE});
+    serde_json::from_value(fc).unwrap()
 }
 
 async fn populate(client: &Client, ns: &str, n: usize, identities: usize, moto: &str, life: u64) {
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    for i in 0..identities {
-        let sa: ServiceAccount = serde_json::from_value(json!({
-            "metadata": {"name": format!("app-{i}"), "annotations": {"eks.amazonaws.com/role-arn": ROLE}}
-        }))
-        .unwrap();
-        sas.create(&PostParams::default(), &sa)
-            .await
-            .expect("ServiceAccount created");
-    }
-    let fcs: Api<FederatedCredential> = Api::namespaced(client.clone(), ns);
-    futures::stream::iter(0..n)
-        .map(|i| {
-            let fcs = fcs.clone();
-            let obj = fc(&format!("cred-{i:05}"), i % identities, moto, life);
-            async move { fcs.create(&PostParams::default(), &obj).await.map(|_| ()) }
-        })
-        .buffer_unordered(32)
-        .try_collect::<Vec<_>>()
-        .await
-        .expect("resources created");
+    common::populate(client, ns, n, identities, 32, |name, identity| {
+        fc(name, identity, moto, life)
+    })
+    .await;
 }
 
 fn condition(fc: &FederatedCredential, type_: &str) -> bool {
@@ -195,41 +159,11 @@ struct Usage {
     peak_rss_kib: u64,
 }
 
-fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
 fn usage(pid: u32, ticks: f64) -> Usage {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which may hold spaces: utime and stime are 14 and 15.
-    let after: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let field = |i: usize| {
-        after
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let cpu = Duration::from_secs_f64((field(11) + field(12)) as f64 / ticks);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
     Usage {
-        cpu,
-        rss_kib: kib("VmRSS:"),
-        peak_rss_kib: kib("VmHWM:"),
+        cpu: Duration::from_secs_f64(cpu_seconds(pid, ticks).unwrap_or(0.0)),
+        rss_kib: proc_status_kib(pid, "VmRSS:").unwrap_or(0),
+        peak_rss_kib: proc_status_kib(pid, "VmHWM:").unwrap_or(0),
     }
 }
 

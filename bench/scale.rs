@@ -29,71 +29,38 @@ use fedcred_core::sensitive::Sensitive as Token;
 use fedcred_doubles::moto::Moto;
 use fedcred_doubles::{Binding, Config, GoogleDoubles, Provider, Target, role_member};
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
-const AUDIENCE: &str = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/eks-pool/providers/aws-shop";
-const SA_EMAIL: &str = "orders-api@acme-shop.iam.gserviceaccount.com";
-const ROLE: &str = "arn:aws:iam::123456789012:role/shop-orders";
-const ASSUMED_ROLE: &str = "arn:aws:sts::123456789012:assumed-role/shop-orders";
+#[path = "common.rs"]
+mod common;
+
+use common::{
+    ASSUMED_ROLE, AUDIENCE, SA_EMAIL, clock_ticks, cpu_seconds, create_namespace, fc_json,
+    proc_stat, proc_status_kib,
+};
 
 fn log(msg: impl AsRef<str>) {
     eprintln!("[scale] {}", msg.as_ref());
 }
 
-async fn create_namespace(client: &Client, name: &str) {
-    let api: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    api.create(&PostParams::default(), &ns)
-        .await
-        .expect("namespace created");
-    // Wait for the default ServiceAccount so the namespace is fully set up.
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), name);
-    for _ in 0..100 {
-        if sas.get_opt("default").await.ok().flatten().is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn fc(name: &str, identity: usize, moto: &str) -> FederatedCredential {
-    serde_json::from_value(json!({
-        "apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
-        "metadata": {"name": name},
-        "spec": {
-            "aws": {"serviceAccount": {"name": format!("app-{identity}")}, "region": "us-east-1", "stsEndpoint": moto},
-            "google": {"audience": AUDIENCE, "serviceAccount": SA_EMAIL}
-        }
-    }))
-    .unwrap()
+    serde_json::from_value(fc_json(name, identity, moto)).unwrap()
 }
 
 async fn populate(client: &Client, ns: &str, n: usize, identities: usize, moto: &str) {
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    for i in 0..identities {
-        let sa: ServiceAccount = serde_json::from_value(json!({
-            "metadata": {"name": format!("app-{i}"), "annotations": {"eks.amazonaws.com/role-arn": ROLE}}
-        }))
-        .unwrap();
-        sas.create(&PostParams::default(), &sa)
-            .await
-            .expect("ServiceAccount created");
-    }
-    let fcs: Api<FederatedCredential> = Api::namespaced(client.clone(), ns);
-    futures::stream::iter(0..n)
-        .map(|i| {
-            let fcs = fcs.clone();
-            let obj = fc(&format!("cred-{i:05}"), i % identities, moto);
-            async move { fcs.create(&PostParams::default(), &obj).await.map(|_| ()) }
-        })
-        .buffer_unordered(populate_concurrency())
-        .try_collect::<Vec<_>>()
-        .await
-        .expect("resources created");
+    common::populate(
+        client,
+        ns,
+        n,
+        identities,
+        populate_concurrency(),
+        |name, identity| fc(name, identity, moto),
+    )
+    .await;
 }
 
 /// Creates in flight per namespace while populating (`FEDCRED_SCALE_POPULATE_CONCURRENCY`,
@@ -246,43 +213,8 @@ async fn exchange_floor(
     start.elapsed()
 }
 
-fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     proc_status_kib(pid, "VmHWM:")
-}
-
-/// Clock ticks per second of /proc's CPU times.
-fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// The fields of /proc/PID/stat after the command name (which may hold spaces).
-fn proc_stat(pid: u32) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    Some(rest.split_whitespace().map(str::to_owned).collect())
-}
-
-/// User plus system CPU seconds a process has used so far.
-fn cpu_seconds(pid: u32, ticks: f64) -> Option<f64> {
-    let fields = proc_stat(pid)?;
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / ticks)
 }
 
 /// moto's server: the Python child of this process.
