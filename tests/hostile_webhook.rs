@@ -1043,3 +1043,46 @@ async fn connections_past_the_cap_wait_until_one_ends() {
     assert!(turned_away >= 1, "no pause at the cap counted");
     drop(held);
 }
+
+/// The API server keeps an idle connection to a webhook for 90 s and sends its next review on
+/// it. A webhook that closed idle connections after the head's timeout raced those reviews:
+/// the API server saw a reset, and the pod a failed admission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_connection_idle_past_the_head_timeout_serves_the_next_review() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    ensure_crd();
+    let ns = TestNamespace::new("idle-wh");
+    support::create_credential(&ns, "orders-db", true);
+    let server = Server::start("ghcr.io/example/fedcred:t");
+    warm_up(&tls_client(&server), &server, &ns.name).await;
+
+    let body = serde_json::to_vec(&review(&ns.name, pod(None, "orders-db"))).unwrap();
+    let mut request = format!(
+        "POST /mutate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+
+    let mut tls = server.raw_tls().await;
+    for round in ["first", "after idling"] {
+        if round == "after idling" {
+            tokio::time::sleep(fedcred::webhook::conn::HEAD_TIMEOUT + Duration::from_secs(2)).await;
+        }
+        tls.write_all(&request).await.unwrap();
+        tls.flush().await.unwrap();
+        let answered = tokio::time::timeout(Duration::from_secs(30), read_answer(&mut tls))
+            .await
+            .unwrap_or_else(|_| panic!("no answer to the review {round} within 30 s"));
+        let (status, head, body) =
+            answered.unwrap_or_else(|| panic!("the connection was closed {round}"));
+        assert_eq!(status, 200, "{round}: {head}");
+        let answer: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(answer["response"]["allowed"], true, "{round}: {answer}");
+        assert_eq!(
+            answer["response"]["patchType"], "JSONPatch",
+            "{round}: {answer}"
+        );
+    }
+}

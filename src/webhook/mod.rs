@@ -3,12 +3,14 @@
 //!
 //! This module owns the HTTP and TLS side: [`server`] serves reviews over TLS and looks up the
 //! FederatedCredential a pod names ([`fedcred_core::admission`] reads and answers the
-//! reviews), [`tls`] makes the CA and serving certificate, [`certs`] keeps them in a Secret,
-//! renews them and keeps the `caBundle` of the MutatingWebhookConfiguration current (it does
-//! not create the configuration). What a pod gets is decided in the core alone; this module
+//! reviews), [`conn`] keeps each connection's head and idle deadlines, [`tls`] makes the CA
+//! and serving certificate, [`certs`] keeps them in a Secret, renews them and keeps the
+//! `caBundle` of the MutatingWebhookConfiguration current (it does not create the
+//! configuration). What a pod gets is decided in the core alone; this module
 //! must not change it.
 
 pub mod certs;
+pub mod conn;
 pub mod server;
 pub mod tls;
 

@@ -29,6 +29,7 @@ use fedcred_core::api::FederatedCredential;
 use fedcred_core::inject::InjectConfig;
 
 use super::Error;
+use super::conn::Deadlines;
 
 /// The path the MutatingWebhookConfiguration points at.
 pub const MUTATE_PATH: &str = "/mutate";
@@ -44,7 +45,9 @@ pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// `timeoutSeconds` so that the pod gets a message rather than a timeout.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How long a client has to finish the TLS handshake, and then to send request headers.
+/// How long a client has to finish the TLS handshake. Then [`Deadlines`] gives it
+/// [`HEAD_TIMEOUT`](super::conn::HEAD_TIMEOUT) for each request's head and
+/// [`IDLE_TIMEOUT`](super::conn::IDLE_TIMEOUT) between requests.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Longest the whole request body may take to arrive once the head has.
@@ -395,8 +398,9 @@ pub async fn serve(
             };
             let served = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HANDSHAKE_TIMEOUT)
-                .serve_connection(TokioIo::new(tls), service)
+                // hyper's head timeout would also cut idle kept-alive connections short.
+                .header_read_timeout(None)
+                .serve_connection(TokioIo::new(Deadlines::new(tls)), service)
                 .await;
             if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "webhook connection ended with an error");
