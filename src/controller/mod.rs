@@ -213,21 +213,27 @@ impl Context {
         Ok(Action::requeue(until(effects.requeue_at, now())))
     }
 
-    /// What the controller knows of the resource's Secret. The cache holds only Secrets with
-    /// fedcred's label: when it has none of that name, ask whether the name is taken by one
-    /// without it (listing by name reads metadata only, and needs no `get`). The list is
-    /// served from the API server's watch cache (`resourceVersion=0`), without the round trip
-    /// to etcd and the wait for the cache to catch up that a consistent list costs. A namesake
-    /// created in the last moments may be missed, as one created between any check and the
-    /// write after it would be.
-    async fn observe_secret(&self, fc: &FederatedCredential) -> Result<SecretState, Error> {
+    /// What the controller's cache knows of the resource's Secret.
+    fn cached_secret(&self, fc: &FederatedCredential) -> SecretState {
+        let namespace = fc.namespace().unwrap_or_default();
+        let found = self
+            .secrets
+            .get(&ObjectRef::new(&secret_name(fc)).within(&namespace));
+        objects::secret_state(fc, found.as_deref())
+    }
+
+    /// Whether the name of a Secret the cache does not hold is taken. The cache holds only
+    /// Secrets with fedcred's label, so before writing a Secret it has not seen, ask whether
+    /// one without it has the name (listing by name reads metadata only, and needs no `get`).
+    /// The list is served from the API server's watch cache (`resourceVersion=0`), without the
+    /// round trip to etcd and the wait for the cache to catch up that a consistent list costs.
+    /// It is made right before the write, once per write: not on each look of a resource
+    /// waiting for its identity's token, which at scale repeated it several times per resource.
+    /// A namesake created in the last moments may be missed, as one created between any check
+    /// and the write after it would be.
+    async fn uncached_secret(&self, fc: &FederatedCredential) -> Result<SecretState, Error> {
         let namespace = fc.namespace().unwrap_or_default();
         let name = secret_name(fc);
-        let found = self.secrets.get(&ObjectRef::new(&name).within(&namespace));
-        let state = objects::secret_state(fc, found.as_deref());
-        if state != SecretState::Missing {
-            return Ok(state);
-        }
         let listed = Api::<Secret>::namespaced(self.client.clone(), &namespace)
             .list_metadata(
                 &ListParams::default()
@@ -413,7 +419,7 @@ async fn refresh(
     if ctx.secrets.wait_until_ready().await.is_err() {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
-    let secret = ctx.observe_secret(fc).await?;
+    let secret = ctx.cached_secret(fc);
     let observed = Observed {
         fc,
         secret,
@@ -471,6 +477,22 @@ async fn refresh(
             }
         }
     };
+    if observed.secret == SecretState::Missing
+        && effects.secret.is_some()
+        && ctx.uncached_secret(fc).await? == SecretState::ForeignOwner
+    {
+        // The name is taken: what to do with a foreign Secret instead (report, leave it).
+        let foreign = Observed {
+            secret: SecretState::ForeignOwner,
+            now: now(),
+            ..observed
+        };
+        effects = match refresh::next(&foreign, &ctx.defaults) {
+            Next::Write(effects) => *effects,
+            Next::Wait { at, .. } => return Ok(Action::requeue(until(at, foreign.now))),
+            Next::Refresh { .. } => return Ok(Action::requeue(busy_retry())),
+        };
+    }
     if let Some(hash) = unrecorded {
         effects.status.injection_hash = Some(hash);
     }
