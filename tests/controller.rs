@@ -432,6 +432,78 @@ async fn an_sts_outage_keeps_the_old_token_backs_off_and_recovers_without_a_stor
     );
 }
 
+/// After an outage, the resources of one identity do not each wait out their own backoff,
+/// minutes for some: the first whose retry gets a token through wakes the others, and they are
+/// answered with that token, without asking Google again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_outage_the_identity_s_first_token_serves_its_other_resources_at_once() {
+    const N: usize = 8;
+    let ns = TestNamespace::new("wake");
+    let cloud = Cloud::start(|c| c).await;
+    service_account(&ns, "orders-api");
+    cloud.sts_unavailable(1_000_000);
+    let _controller = ControllerProcess::start(&ns.name, &cloud, "r1", &[]);
+    for i in 0..N {
+        apply(
+            &ns,
+            &cloud,
+            &format!("app-{i}"),
+            irsa(),
+            json!({}),
+            json!({}),
+        );
+    }
+    let failures = |fc: &Value| fc["status"]["failureCount"].as_i64().unwrap_or(0);
+    // Four failures each: the next retries are 20 to 40 s away, spread over the resources.
+    eventually("four failures each", Duration::from_secs(150), || {
+        let list = get_json(&ns, &["fedcred"])?;
+        let items = list["items"].as_array()?;
+        (items.len() == N && items.iter().all(|fc| failures(fc) >= 4)).then_some(())
+    })
+    .await;
+    cloud.google.clear_faults();
+    let ended = Instant::now();
+
+    let ready = |fc: &Value| {
+        fc["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    };
+    let mut first = None;
+    let last = loop {
+        let list = get_json(&ns, &["fedcred"]).unwrap();
+        let count = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|fc| ready(fc))
+            .count();
+        if count > 0 && first.is_none() {
+            first = Some(ended.elapsed());
+        }
+        if count == N {
+            break ended.elapsed();
+        }
+        assert!(
+            ended.elapsed() < Duration::from_secs(150),
+            "{count} of {N} Ready 150 s after the outage ended"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let first = first.unwrap();
+    assert!(
+        last - first < Duration::from_secs(8),
+        "the first resource was Ready {first:?} after the outage ended, the last {last:?} after"
+    );
+    assert_eq!(
+        cloud.google.exchanges(Target::Sts),
+        1,
+        "the identity's other resources were answered with its first token"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_controller_resumes_without_an_exchange_burst() {
     let ns = TestNamespace::new("restart");

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use fedcred_core::api::{FederatedCredential, FederatedCredentialStatus};
 use fedcred_core::error::Reason;
-use fedcred_core::exchange::Defaults;
+use fedcred_core::exchange::{Defaults, IdentityKey};
 use fedcred_core::google::truncate;
 use fedcred_core::names::{MANAGED_BY, MANAGED_BY_LABEL, ROLLOUT_ANNOTATION, secret_name};
 use fedcred_core::refresh::decide::SecretState;
@@ -420,10 +420,15 @@ async fn refresh(
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let secret = ctx.cached_secret(fc);
+    // Only a failing resource asks: a healthy one keeps its schedule whatever its peers hold.
+    let peer_token = fc.status.as_ref().is_some_and(|s| s.failure_count > 0)
+        && refresh::identity(fc, &ctx.defaults)
+            .is_some_and(|(key, reuse)| ctx.engine.holds(&key, reuse));
     let observed = Observed {
         fc,
         secret,
         now: now(),
+        peer_token,
     };
     let mut effects = match refresh::next(&observed, &ctx.defaults) {
         Next::Wait {
@@ -652,6 +657,7 @@ where
     )
     .applied_objects()
     .predicate_filter(predicates::generation, PredicateConfig::default());
+    let recoveries = engine.recoveries();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), settings.reporter.clone()),
         client,
@@ -662,8 +668,10 @@ where
         secrets: secret_store,
         budgets: Mutex::new(Budgets::new(Instant::now())),
     });
+    let woken = woken_by_recoveries(recoveries, fc_store.clone(), settings.defaults.clone());
     let run = Controller::for_stream(fc_events, fc_store.clone())
         .owns_stream(secret_events)
+        .reconcile_on(woken)
         .with_config(
             ControllerConfig::default()
                 .concurrency(concurrency)
@@ -673,6 +681,47 @@ where
         .run(reconcile_within_deadline, error_policy, ctx)
         .for_each(|_| futures::future::ready(()));
     (fc_store, run)
+}
+
+/// The resources to look at again when an identity's exchange succeeds after failing: those
+/// of that identity still failing, each waiting out its own backoff, which the identity's
+/// token now answers without asking Google ([`refresh::decide::unless_a_peer_token`]).
+fn woken_by_recoveries(
+    recoveries: tokio::sync::broadcast::Receiver<IdentityKey>,
+    store: Store<FederatedCredential>,
+    defaults: Defaults,
+) -> impl futures::Stream<Item = ObjectRef<FederatedCredential>> + Send + 'static {
+    use tokio::sync::broadcast::error::RecvError;
+    futures::stream::unfold(recoveries, |mut recoveries| async move {
+        loop {
+            match recoveries.recv().await {
+                Ok(key) => return Some((key, recoveries)),
+                // Those resources wait out their backoff, as without this.
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::debug!(missed, "recoveries missed");
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    })
+    .flat_map(move |key| {
+        let woken: Vec<_> = store
+            .state()
+            .iter()
+            .filter(|fc| fc.status.as_ref().is_some_and(|s| s.failure_count > 0))
+            .filter(|fc| refresh::identity(fc, &defaults).is_some_and(|(k, _)| k == key))
+            .map(|fc| ObjectRef::from_obj(fc.as_ref()))
+            .collect();
+        if !woken.is_empty() {
+            tracing::info!(
+                namespace = %key.namespace,
+                identity = %key.describe(),
+                resources = woken.len(),
+                "the identity's exchange succeeds again; retrying its failing resources now"
+            );
+        }
+        futures::stream::iter(woken)
+    })
 }
 
 #[cfg(test)]

@@ -44,6 +44,8 @@ pub struct Engine {
     limits: Limits,
     /// Calls in [`Engine::token`] per namespace, waiting or exchanging.
     in_flight: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    /// Identities whose exchange succeeded after failing ([`Engine::recoveries`]).
+    recovered: tokio::sync::broadcast::Sender<IdentityKey>,
 }
 
 /// One call's place in its namespace's share; given back when dropped.
@@ -76,7 +78,33 @@ impl Engine {
             slots: std::sync::Mutex::new(HashMap::new()),
             limits: Limits::default(),
             in_flight: Arc::default(),
+            recovered: tokio::sync::broadcast::channel(64).0,
         }
+    }
+
+    /// The identities whose exchange succeeds after their last one failed, as they do: the
+    /// other resources of such an identity, backing off, can be answered from its token now.
+    /// A receiver that falls behind misses some and is told so.
+    pub fn recoveries(&self) -> tokio::sync::broadcast::Receiver<IdentityKey> {
+        self.recovered.subscribe()
+    }
+
+    /// Whether a token for `key` that `reuse` accepts is held, so that [`Engine::token`] would
+    /// answer with it without an exchange.
+    pub fn holds(&self, key: &IdentityKey, reuse: Reuse) -> bool {
+        let slot = {
+            let slots = self
+                .slots
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match slots.get(key) {
+                Some(slot) => slot.clone(),
+                None => return false,
+            }
+        };
+        slot.try_lock().is_ok_and(|guard| {
+            matches!(guard.as_ref(), Some((_, Ok(issued))) if reuse.accepts(issued, Timestamp::now()))
+        })
     }
 
     /// The same engine under `limits`.
@@ -166,7 +194,13 @@ impl Engine {
                 ),
             )),
         };
+        let recovered = result.is_ok() && matches!(guard.as_ref(), Some((_, Err(_))));
         *guard = Some((Timestamp::now(), result.clone()));
+        drop(guard);
+        if recovered {
+            // No receiver (no controller) is not an error.
+            let _ = self.recovered.send(key.clone());
+        }
         result
     }
 

@@ -32,6 +32,20 @@ pub struct Schedule {
     pub failure_count: i32,
 }
 
+/// A failing resource waits out its backoff, so that a failing identity is asked no more
+/// often than the schedule allows. Once another resource of the identity has been issued a
+/// token (`peer_token`), this one's retry asks Google nothing: it is answered with that token,
+/// and waits no longer. Without it, the resources of an identity that came back from an
+/// outage would each wait out their own backoff, minutes for some, with a token at hand.
+pub fn unless_a_peer_token(decision: Decision, schedule: &Schedule, peer_token: bool) -> Decision {
+    match decision {
+        Decision::Wait(_) if peer_token && schedule.failure_count > 0 => {
+            Decision::Refresh(Trigger::Retry)
+        }
+        other => other,
+    }
+}
+
 /// Why a refresh runs; its name lands in events and logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Trigger {

@@ -32,6 +32,10 @@ pub struct Observed<'a> {
     pub fc: &'a FederatedCredential,
     pub secret: SecretState,
     pub now: Timestamp,
+    /// Whether a token of the resource's identity is held, one its [`identity`] reuse
+    /// accepts: asking for it costs no exchange (another resource of the identity was just
+    /// issued one).
+    pub peer_token: bool,
 }
 
 /// What to do about a resource before any token is asked for.
@@ -124,7 +128,8 @@ pub fn next(observed: &Observed<'_>, defaults: &Defaults) -> Next {
         return Next::Write(Box::new(in_pod(observed)));
     }
     let schedule = schedule_of(fc.status.as_ref());
-    let trigger = match decide::decide(now, fc.metadata.generation, &schedule, &observed.secret) {
+    let decision = decide::decide(now, fc.metadata.generation, &schedule, &observed.secret);
+    let trigger = match decide::unless_a_peer_token(decision, &schedule, observed.peer_token) {
         Decision::Wait(at) => {
             return Next::Wait {
                 at,
@@ -140,7 +145,7 @@ pub fn next(observed: &Observed<'_>, defaults: &Defaults) -> Next {
         Ok(key) => Next::Refresh {
             trigger,
             key: Box::new(key),
-            reuse: Reuse::refresh_within(decide::refresh_share(renew_before(fc))),
+            reuse: reuse(fc),
             failed_at: fc
                 .status
                 .as_ref()
@@ -278,6 +283,21 @@ fn in_pod(observed: &Observed<'_>) -> Effects {
         seconds_to_expiry: None,
         outcome: Outcome::InPod,
     }
+}
+
+/// The identity a resource's token comes from, and which held token of it the resource
+/// accepts; `None` for a resource whose exchange happens in its pods or whose spec names no
+/// identity (it fails before any exchange).
+pub fn identity(fc: &FederatedCredential, defaults: &Defaults) -> Option<(IdentityKey, Reuse)> {
+    if fc.spec.exchanges_in_pod() {
+        return None;
+    }
+    let key = plan(&namespace(fc), &fc.spec, defaults).ok()?;
+    Some((key, reuse(fc)))
+}
+
+fn reuse(fc: &FederatedCredential) -> Reuse {
+    Reuse::refresh_within(decide::refresh_share(renew_before(fc)))
 }
 
 fn renew_before(fc: &FederatedCredential) -> i32 {

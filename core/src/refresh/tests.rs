@@ -16,7 +16,15 @@ fn after(fc: &FederatedCredential, effects: &Effects) -> FederatedCredential {
 }
 
 fn observe(fc: &FederatedCredential, secret: SecretState, now: Timestamp) -> Next {
-    next(&Observed { fc, secret, now }, &Defaults::default())
+    next(
+        &Observed {
+            fc,
+            secret,
+            now,
+            peer_token: false,
+        },
+        &Defaults::default(),
+    )
 }
 
 fn ours() -> SecretState {
@@ -49,6 +57,7 @@ fn a_new_resource_is_issued_a_token_then_waits_until_its_refresh_window() {
         fc: &fc,
         secret: SecretState::Missing,
         now: t0,
+        peer_token: false,
     };
     let effects = issued(
         &observed,
@@ -92,6 +101,7 @@ fn a_new_resource_is_issued_a_token_then_waits_until_its_refresh_window() {
             fc: &fc,
             secret: ours(),
             now: effects.requeue_at,
+            peer_token: false,
         },
         &key,
         trigger,
@@ -116,6 +126,7 @@ fn a_failure_keeps_a_valid_token_ready_backs_off_and_retries_with_its_own_time()
             fc: &fc,
             secret: ours(),
             now,
+            peer_token: false,
         },
         Some(&key),
         err,
@@ -179,6 +190,7 @@ fn a_lapsed_token_is_not_ready_and_names_what_to_fix() {
             fc: &fc,
             secret: ours(),
             now,
+            peer_token: false,
         },
         Some(&key),
         err,
@@ -291,4 +303,68 @@ fn a_spec_change_refreshes_at_once_even_while_backing_off() {
         observe(&unchanged, SecretState::Missing, now),
         Next::Wait { .. }
     ));
+}
+
+#[test]
+fn a_resource_backing_off_retries_at_once_when_its_identity_holds_a_token_again() {
+    let now = at("2026-01-01T00:41:00Z");
+    let observe_with = |fc: &FederatedCredential, secret, peer_token| {
+        next(
+            &Observed {
+                fc,
+                secret,
+                now,
+                peer_token,
+            },
+            &Defaults::default(),
+        )
+    };
+    // Failing, its next retry minutes away: it waits, unless a peer got a token.
+    let failing = credential("orders-db")
+        .ready_until("2026-01-01T01:00:00Z")
+        .status(serde_json::json!({"failureCount": 6, "nextRefreshTime": "2026-01-01T00:45:00Z"}))
+        .build();
+    assert!(matches!(
+        observe_with(&failing, ours(), false),
+        Next::Wait { .. }
+    ));
+    let (trigger, key, failed_at) = refresh(observe_with(&failing, ours(), true));
+    assert_eq!(trigger, Trigger::Retry);
+    assert_eq!(key.namespace, "shop");
+    assert_eq!(failed_at, None);
+    // Its Secret gone meanwhile: the same.
+    let (trigger, _, _) = refresh(observe_with(&failing, SecretState::Missing, true));
+    assert_eq!(trigger, Trigger::Retry);
+
+    // A healthy resource keeps its own schedule: a peer's token does not make it refresh early.
+    let healthy = credential("orders-db")
+        .ready_until("2026-01-01T01:00:00Z")
+        .build();
+    let early = Observed {
+        fc: &healthy,
+        secret: ours(),
+        now: at("2026-01-01T00:10:00Z"),
+        peer_token: true,
+    };
+    assert!(matches!(
+        next(&early, &Defaults::default()),
+        Next::Wait { .. }
+    ));
+    // A Secret someone else owns is still left alone.
+    assert!(matches!(
+        observe_with(&failing, SecretState::ForeignOwner, true),
+        Next::Write(_)
+    ));
+}
+
+#[test]
+fn the_identity_of_a_resource_is_the_key_its_refresh_asks_for() {
+    let fc = credential("orders-db").build();
+    let (key, _) = identity(&fc, &Defaults::default()).unwrap();
+    let (_, asked, _) = refresh(observe(
+        &fc,
+        SecretState::Missing,
+        at("2026-01-01T00:00:00Z"),
+    ));
+    assert_eq!(key, asked);
 }
