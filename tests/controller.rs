@@ -464,13 +464,8 @@ async fn after_an_outage_the_identity_s_first_token_serves_its_other_resources_a
     cloud.google.clear_faults();
     let ended = Instant::now();
 
-    let ready = |fc: &Value| {
-        fc["status"]["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-    };
+    let ready =
+        |fc: &Value| condition(&fc["status"], "Ready").is_some_and(|c| c["status"] == "True");
     let mut first = None;
     let last = loop {
         let list = get_json(&ns, &["fedcred"]).unwrap();

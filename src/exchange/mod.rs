@@ -35,6 +35,15 @@ struct Presented {
 
 type Slot = Arc<tokio::sync::Mutex<Option<(Timestamp, Result<Issued, ExchangeError>)>>>;
 
+/// The token `slot` holds, if `reuse` accepts it now and no exchange is running for it.
+fn held(slot: &Slot, reuse: Reuse) -> Option<Issued> {
+    let guard = slot.try_lock().ok()?;
+    match guard.as_ref() {
+        Some((_, Ok(issued))) if reuse.accepts(issued, Timestamp::now()) => Some(issued.clone()),
+        _ => None,
+    }
+}
+
 /// Runs exchanges with single-flight and reuse.
 pub struct Engine {
     aws: Aws,
@@ -102,9 +111,7 @@ impl Engine {
                 None => return false,
             }
         };
-        slot.try_lock().is_ok_and(|guard| {
-            matches!(guard.as_ref(), Some((_, Ok(issued))) if reuse.accepts(issued, Timestamp::now()))
-        })
+        held(&slot, reuse).is_some()
     }
 
     /// The same engine under `limits`.
@@ -150,11 +157,8 @@ impl Engine {
         };
         // A token already held is answered without a place in the namespace's share: the share
         // bounds callers that wait on peers, and a cache hit waits on none.
-        if let Ok(guard) = slot.try_lock()
-            && let Some((_, Ok(issued))) = guard.as_ref()
-            && reuse.accepts(issued, Timestamp::now())
-        {
-            return Ok(issued.clone());
+        if let Some(issued) = held(&slot, reuse) {
+            return Ok(issued);
         }
         // A namespace whose peers hang holds at most its share of the callers.
         let _place = self.enter(&key.namespace)?;

@@ -89,6 +89,16 @@ impl<S> Deadlines<S> {
     }
 }
 
+impl<S> Deadlines<S> {
+    /// After a write: an answer (or part of one) went out, so the client may now stay idle.
+    fn wrote(&mut self, written: &io::Result<usize>) {
+        if matches!(written, Ok(n) if *n > 0) {
+            self.phase = Phase::Idle;
+            self.deadline.as_mut().reset(Instant::now() + self.idle);
+        }
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Deadlines<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -130,13 +140,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Deadlines<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let written = ready!(Pin::new(&mut this.inner).poll_write(cx, buf));
-        if matches!(written, Ok(n) if n > 0) {
-            // An answer (or part of one) went out: the client may now stay idle.
-            this.phase = Phase::Idle;
-            this.deadline.as_mut().reset(Instant::now() + this.idle);
-        }
+        let written = ready!(Pin::new(&mut self.inner).poll_write(cx, buf));
+        self.wrote(&written);
         Poll::Ready(written)
     }
 
@@ -145,12 +150,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Deadlines<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let written = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs));
-        if matches!(written, Ok(n) if n > 0) {
-            this.phase = Phase::Idle;
-            this.deadline.as_mut().reset(Instant::now() + this.idle);
-        }
+        let written = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs));
+        self.wrote(&written);
         Poll::Ready(written)
     }
 
