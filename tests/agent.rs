@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use fedcred_doubles::aws_metadata::ContainerCredentials;
 use fedcred_doubles::{Binding, Provider, Target, role_member};
 use serde_json::{Value, json};
-use support::bigquery::{BigQuery, Seen, start_bigquery};
+use support::bigquery::{BigQuery, Seen, assert_exported_and_downloaded, start_bigquery};
 use support::cloud::{ASSUMED_ROLE, AUDIENCE, Cloud, HOST_ROLE, ROLE, SA_EMAIL};
 use support::free_port;
 use support::pod::{google_auth_adc, unique, venv_python};
@@ -218,9 +218,11 @@ async fn ecs_agent_from_the_shipped_task_definition_serves_the_app_container() {
     assert_eq!(found["project"], "acme-analytics");
     assert_live_for(&cloud, found["token"].as_str().unwrap(), &email);
 
-    // Seed 003's job itself: the unchanged report program (Google's BigQuery client, nothing
-    // but application-default credentials) with the app container's environment, against a
-    // BigQuery double that takes only live tokens of the task's service account.
+    // Seed 003's job itself: the unchanged report program (Google's BigQuery and Cloud
+    // Storage clients, nothing but application-default credentials) with the app container's
+    // environment, against a double of both APIs that takes only live tokens of the task's
+    // service account: it queries the view, exports the result to Cloud Storage and
+    // downloads the export.
     let seen = Arc::new(Mutex::new(Seen::default()));
     let bigquery = start_bigquery(BigQuery {
         cloud: cloud.clone(),
@@ -230,7 +232,8 @@ async fn ecs_agent_from_the_shipped_task_definition_serves_the_app_container() {
     .await;
     let mut job_env = app_env.clone();
     job_env.push(("HOME".to_owned(), dir.path.display().to_string()));
-    job_env.push(("BIGQUERY_API_ENDPOINT".to_owned(), bigquery));
+    job_env.push(("BIGQUERY_API_ENDPOINT".to_owned(), bigquery.clone()));
+    job_env.push(("STORAGE_API_ENDPOINT".to_owned(), bigquery));
     let script = support::repo_root().join("tests/python/bigquery_report.py");
     let job = tokio::task::spawn_blocking(move || {
         Command::new(venv_python())
@@ -258,6 +261,7 @@ async fn ecs_agent_from_the_shipped_task_definition_serves_the_app_container() {
         assert_eq!(seen.refused, vec![], "the double refused a request");
         assert_eq!(seen.projects, BTreeSet::from(["acme-analytics".to_owned()]));
         assert_eq!(seen.queries.len(), 1);
+        assert_exported_and_downloaded(&report, &seen);
         for token in &seen.accepted {
             assert_live_for(&cloud, token, &email);
         }

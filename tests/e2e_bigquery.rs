@@ -4,8 +4,9 @@
 //! server, moto and the Google doubles; the pod the API server stored after mutation is then
 //! run as local processes, exactly as stored: the metadata sidecar with its arguments on a
 //! directory laid out like the mounted Secret, the app with exactly its environment. The job
-//! calls a BigQuery double that accepts only live tokens the Google doubles issued to the
-//! right service account with a BigQuery scope.
+//! queries the view, exports the result to Cloud Storage and downloads the export, through a
+//! double of both APIs that accepts only live tokens the Google doubles issued to the right
+//! service account with a scope covering the API called.
 
 mod support;
 
@@ -15,7 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::bigquery::{BIGQUERY_SCOPE, BigQuery, Seen, start_bigquery, start_bigquery_at};
+use support::bigquery::{
+    BIGQUERY_SCOPE, BigQuery, Seen, assert_exported_and_downloaded, start_bigquery,
+    start_bigquery_at,
+};
 use support::cloud::{AUDIENCE, Cloud, SA_EMAIL};
 use support::pod::{
     Process, SecretVolume, StoredPod, map_paths, secret_data, unique, venv_python,
@@ -76,7 +80,10 @@ fn report_pod(endpoint: &str) -> Value {
                 "name": "report",
                 "image": format!("{JOB_IMAGE}:2.0.0"),
                 "command": ["python", "/app/bigquery_report.py"],
-                "env": [{"name": "BIGQUERY_API_ENDPOINT", "value": endpoint}],
+                "env": [
+                    {"name": "BIGQUERY_API_ENDPOINT", "value": endpoint},
+                    {"name": "STORAGE_API_ENDPOINT", "value": endpoint},
+                ],
             }],
         },
     })
@@ -233,6 +240,7 @@ async fn an_unchanged_bigquery_job_reads_with_the_token_fedcred_keeps() {
     assert_eq!(seen.projects, BTreeSet::from(["acme-shop".to_owned()]));
     assert_eq!(seen.queries.len(), 1);
     assert!(seen.queries[0].contains("sales.daily_orders"));
+    assert_exported_and_downloaded(&report, &seen);
     assert_eq!(
         seen.refused,
         vec![(401, "required".to_owned()), (401, "authError".to_owned())],
@@ -242,8 +250,9 @@ async fn an_unchanged_bigquery_job_reads_with_the_token_fedcred_keeps() {
 
 /// Seed 003 on the real node, as its users run it: a Job whose pod the webhook injects, the
 /// kubelet starting the fedcred metadata sidecar from its image and then the report image
-/// (Google's BigQuery client and the unchanged program), which reads through the BigQuery
-/// double with the token the sidecar serves from the kubelet-mounted Secret. The Job
+/// (Google's BigQuery and Cloud Storage clients and the unchanged program), which queries,
+/// exports and downloads through the double with the token the sidecar serves from the
+/// kubelet-mounted Secret. The Job
 /// completes: the report container exits 0 and the kubelet stops the native sidecar, which
 /// would otherwise keep the pod running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,7 +298,10 @@ async fn seed_003_job_completes_on_the_node_while_its_native_sidecar_runs() {
                     "containers": [{
                         "name": "report",
                         "image": support::node_image("report"),
-                        "env": [{"name": "BIGQUERY_API_ENDPOINT", "value": endpoint}],
+                        "env": [
+                            {"name": "BIGQUERY_API_ENDPOINT", "value": endpoint},
+                            {"name": "STORAGE_API_ENDPOINT", "value": endpoint},
+                        ],
                     }],
                 },
             },
@@ -387,6 +399,7 @@ async fn seed_003_job_completes_on_the_node_while_its_native_sidecar_runs() {
     assert_eq!(seen.accepted.len(), 1);
     assert!(seen.refused.is_empty(), "refused: {:?}", seen.refused);
     assert_eq!(seen.queries.len(), 1);
+    assert_exported_and_downloaded(&report, &seen);
     if let Some(dir) = std::env::var_os("FEDCRED_EVIDENCE_DIR") {
         let _ = std::fs::create_dir_all(&dir);
         let _ = std::fs::write(

@@ -189,7 +189,7 @@ def imported_from(site_packages):
     python = os.path.join(venv, "bin", "python")
     probe = (
         "import sys, os\n"
-        "import google.cloud.bigquery, google.cloud.storage, google.auth.compute_engine\n"
+        "import google.cloud.bigquery, google.cloud.storage, google.auth.compute_engine, google_crc32c\n"
         "import google.api_core.client_options, google.auth.transport.requests\n"
         "root = os.path.realpath(sys.argv[1])\n"
         "seen = set()\n"
