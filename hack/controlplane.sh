@@ -40,7 +40,8 @@ pki() {
         -extfile "$1.ext" -out "$1.crt" 2>/dev/null
       rm -f "$1.csr" "$1.ext"
     }
-    leaf apiserver "/CN=kube-apiserver" "IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.0.0.1"
+    # The node's pods reach the API server at the bridge's host address (hack/node.sh).
+    leaf apiserver "/CN=kube-apiserver" "IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.0.0.1,IP:${FEDCRED_NODE_SUBNET_PREFIX:-10.244.77}.1"
     leaf admin "/O=system:masters/CN=fedcred-test-admin"
     # The controller manager runs all its controllers under one identity here (no per-controller
     # ServiceAccounts), so it needs the permissions they would have together.
@@ -91,10 +92,14 @@ wait_for() { # what seconds command...
 start_apiserver() { # dir etcd_port api_port: kube-apiserver in the background, its pid in DIR
   local dir=$1 etcd_port=$2 api_port=$3
   log "starting kube-apiserver $(cat "$BIN_DIR/kube-apiserver.version") on https://127.0.0.1:$api_port"
-  local node_flags=()
+  local node_flags=() bind_address
   if [[ -f "$dir/with-node" ]]; then
     # The kubelet is reached by its name, localhost (it refuses a loopback node IP), and the
     # webhook of a controller running as a pod by its endpoint (there is no kube-proxy).
+    # Pods reach the API server at the bridge's host address, which exists only once the node
+    # networked a pod: the API server listens on every address (clients still need a
+    # certificate or a token).
+    bind_address=0.0.0.0
     node_flags=(
       --kubelet-client-certificate "$dir/pki/apiserver-kubelet-client.crt"
       --kubelet-client-key "$dir/pki/apiserver-kubelet-client.key"
@@ -104,11 +109,12 @@ start_apiserver() { # dir etcd_port api_port: kube-apiserver in the background, 
       --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction
     )
   else
+    bind_address=127.0.0.1
     node_flags=(--authorization-mode RBAC)
   fi
   kube-apiserver \
     --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+    --bind-address "$bind_address" --advertise-address 127.0.0.1 --secure-port "$api_port" \
     --tls-cert-file "$dir/pki/apiserver.crt" --tls-private-key-file "$dir/pki/apiserver.key" \
     --client-ca-file "$dir/pki/ca.crt" \
     "${node_flags[@]}" \

@@ -694,3 +694,323 @@ async fn seed_000_deployment_logs_in_to_alloydb_through_the_real_proxy_and_rolls
         );
     }
 }
+
+/// Reads the token from the metadata server once and prints its digest and the service
+/// account the server names.
+const TOKEN_ONCE: &str = r#"
+import hashlib, json, os, urllib.request
+base = "http://%s/computeMetadata/v1/instance/service-accounts/default/" % os.environ["GCE_METADATA_HOST"]
+def get(path):
+    req = urllib.request.Request(base + path, headers={"Metadata-Flavor": "Google"})
+    return urllib.request.urlopen(req, timeout=5).read().decode()
+token = json.loads(get("token"))
+print(json.dumps({"token_sha256": hashlib.sha256(token["access_token"].encode()).hexdigest(),
+                  "email": get("email")}), flush=True)
+"#;
+
+/// Uninstalls the release when the test ends, so its cluster-wide objects (the webhook
+/// configuration, the ClusterRole) do not outlive it.
+struct Release {
+    name: String,
+    namespace: String,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("helm")
+            .args(["uninstall", &self.name, "--namespace", &self.namespace])
+            .env("KUBECONFIG", support::kubeconfig())
+            .output();
+    }
+}
+
+/// The controller as users run it: `helm install` of the chart puts it on the node as a pod
+/// from the fedcred image, with the chart's ServiceAccount, security context and probes. It
+/// reaches the API server through in-cluster configuration, the API server calls its webhook
+/// at the pod's endpoint, it exchanges through moto and the Google doubles, and a pod it
+/// injected reads the token it wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_runs_as_a_pod_from_the_chart_and_its_webhook_injects_pods() {
+    support::ensure_crd();
+    let host_ip = std::env::var("FEDCRED_TEST_NODE_HOST_IP")
+        .expect("FEDCRED_TEST_NODE_HOST_IP is set with the node's env");
+    // The controller's namespace (its Lease and webhook Secret) and a tenant's.
+    let system = TestNamespace::new("node-helm-system");
+    let ns = TestNamespace::new("node-helm");
+
+    // Pods reach the host only at the bridge's address, and FederatedCredentials name only
+    // https:// endpoints off loopback: moto and the Google doubles are served there over TLS
+    // with a certificate from a test CA, which the controller trusts through the chart's
+    // extraVolumes and SSL_CERT_FILE, as a private CA is trusted. The doubles accept subject
+    // tokens signed for that STS address and send their GetCallerIdentity to moto.
+    let certs = fedcred::webhook::tls::generate(std::slice::from_ref(&host_ip)).unwrap();
+    let tls = fedcred::webhook::tls::server_config(&certs.cert_pem, &certs.key_pem).unwrap();
+    let moto_port = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let google_port = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let moto = format!(
+        "https://{host_ip}:{}",
+        moto_port.local_addr().unwrap().port()
+    );
+    let google = format!(
+        "https://{host_ip}:{}",
+        google_port.local_addr().unwrap().port()
+    );
+    let routed = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let cloud = Cloud::start(|mut c| {
+        c.aws_sts_endpoints.push(moto.clone());
+        let local = c.moto_url.clone().expect("the cloud's doubles know moto");
+        *routed.lock().unwrap() = Some(local.clone());
+        c.aws_sts_routes.push((moto.clone(), local));
+        c
+    })
+    .await;
+    assert_eq!(
+        routed.lock().unwrap().as_deref(),
+        Some(cloud.moto.url().as_str())
+    );
+    support::forward_from_pods(moto_port, tls.clone(), &cloud.moto.url());
+    support::forward_from_pods(google_port, tls, &cloud.google.base_url());
+    let sts = cloud
+        .google
+        .sts_url()
+        .replace(&cloud.google.base_url(), &google);
+    let iam = cloud
+        .google
+        .iam_credentials_url()
+        .replace(&cloud.google.base_url(), &google);
+    let ca = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "test-ca"}, "data": {"ca.crt": certs.ca_pem}});
+    system
+        .kubectl(&["apply", "-f", "-"], Some(&ca.to_string()))
+        .success();
+    support::cloud::service_account(&ns, "orders-api");
+
+    // In-cluster configuration names the API server by the `kubernetes` Service's address,
+    // which nothing routes here (no kube-proxy): the chart's extraEnv points it at the
+    // bridge's host address, as clusters without kube-proxy do.
+    let kubeconfig = std::fs::read_to_string(support::kubeconfig()).unwrap();
+    let api_port = kubeconfig
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: https://127.0.0.1:"))
+        .expect("the kubeconfig names the API server on loopback")
+        .trim()
+        .to_owned();
+    let fedcred_image = image("fedcred");
+    let (repository, tag) = fedcred_image.rsplit_once(':').unwrap();
+    let values = json!({
+        "replicaCount": 1,
+        "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+        "watchNamespaces": [ns.name],
+        "awsRegion": "us-east-1",
+        "endpoints": {"allowed": [moto, google]},
+        "webhook": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns.name}}},
+        "podDisruptionBudget": {"enabled": false},
+        "extraEnv": [
+            {"name": "KUBERNETES_SERVICE_HOST", "value": host_ip},
+            {"name": "KUBERNETES_SERVICE_PORT", "value": api_port},
+            {"name": "SSL_CERT_FILE", "value": "/etc/fedcred/test-ca/ca.crt"},
+        ],
+        "extraVolumes": [{"name": "test-ca", "configMap": {"name": "test-ca"}}],
+        "extraVolumeMounts": [{"name": "test-ca", "mountPath": "/etc/fedcred/test-ca", "readOnly": true}],
+    });
+    let values_file = std::env::temp_dir().join(format!("{}-values.json", system.name));
+    std::fs::write(&values_file, values.to_string()).unwrap();
+    let release = Release {
+        name: system.name.clone(),
+        namespace: system.name.clone(),
+    };
+    let started = Instant::now();
+    let install = tokio::task::spawn_blocking({
+        let (release, namespace, values_file) = (
+            release.name.clone(),
+            system.name.clone(),
+            values_file.clone(),
+        );
+        move || {
+            std::process::Command::new("helm")
+                .args(["install", &release])
+                .arg(support::repo_root().join("charts/fedcred"))
+                .args([
+                    "--namespace",
+                    &namespace,
+                    "--skip-crds",
+                    "--wait",
+                    "--timeout",
+                    "120s",
+                ])
+                .arg("--values")
+                .arg(&values_file)
+                .env("KUBECONFIG", support::kubeconfig())
+                .output()
+                .expect("helm is on PATH (hack/test.sh puts the cached one there)")
+        }
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_file(&values_file);
+    let controller_pods = || {
+        let out = system.kubectl(
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app.kubernetes.io/name=fedcred",
+                "-o",
+                "json",
+            ],
+            None,
+        );
+        serde_json::from_str::<Value>(&out.stdout).unwrap_or(Value::Null)
+    };
+    assert!(
+        install.status.success(),
+        "helm install failed: {}\n{}\n{}",
+        String::from_utf8_lossy(&install.stderr),
+        ns.kubectl(&["describe", "pods"], None).stdout,
+        ns.kubectl(
+            &[
+                "logs",
+                "-l",
+                "app.kubernetes.io/name=fedcred",
+                "--tail",
+                "40"
+            ],
+            None
+        )
+        .stdout
+    );
+    let installed = started.elapsed();
+
+    // The pod runs as the chart says: the image, the ServiceAccount, the security context,
+    // ready through its probes, not restarted.
+    let pods = controller_pods();
+    let pod = &pods["items"][0];
+    let pod_name = pod["metadata"]["name"].as_str().unwrap();
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(container["image"], fedcred_image.as_str());
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(pod["spec"]["securityContext"]["runAsUser"], 65532);
+    assert!(container["readinessProbe"].is_object() && container["livenessProbe"].is_object());
+    let account = pod["spec"]["serviceAccountName"].as_str().unwrap();
+    assert!(
+        system.kubectl(&["get", "serviceaccount", account], None).ok,
+        "the chart's ServiceAccount {account} exists"
+    );
+    let status = &pod["status"]["containerStatuses"][0];
+    assert_eq!(status["ready"], true, "{status}");
+    assert_eq!(status["restartCount"], 0, "{status}");
+
+    // The API server calls the webhook in the pod (by its endpoint), once the controller has
+    // put its CA into the configuration.
+    let app = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": "orders",
+            "labels": {"fedcred.io/inject": "true"},
+            "annotations": {"fedcred.io/credential": "orders"},
+        },
+        "spec": {
+            "serviceAccountName": "orders-api",
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "app",
+                "image": image("client"),
+                "command": ["python3", "-c", TOKEN_ONCE],
+            }],
+        },
+    });
+    support::webhook::wait_for_webhook(&ns, &app);
+
+    // The controller in the pod exchanges and writes the Secret.
+    let fc = json!({"apiVersion": "fedcred.io/v1alpha1", "kind": "FederatedCredential",
+    "metadata": {"name": "orders"},
+    "spec": {
+        "aws": {"serviceAccount": {"name": "orders-api"}, "region": "us-east-1", "stsEndpoint": moto},
+        "google": {
+            "audience": AUDIENCE,
+            "serviceAccount": SA_EMAIL,
+            "endpoints": {"sts": sts, "iamCredentials": iam},
+        },
+        "secret": {"name": "orders-token"},
+    }});
+    ns.kubectl(&["apply", "-f", "-"], Some(&fc.to_string()))
+        .success();
+    let ready = || {
+        ns.kubectl(
+            &[
+                "get",
+                "fedcred",
+                "orders",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ],
+            None,
+        )
+        .stdout
+            == "True"
+    };
+    let limit = Instant::now() + Duration::from_secs(60);
+    while !ready() {
+        assert!(
+            Instant::now() < limit,
+            "the FederatedCredential is not Ready:\n{}\ncontroller: {}",
+            ns.kubectl(&["get", "fedcred", "orders", "-o", "yaml"], None)
+                .stdout,
+            system
+                .kubectl(&["logs", pod_name, "--tail", "40"], None)
+                .stdout
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // A pod the webhook in the pod injected reads the token the controller in the pod wrote.
+    ns.kubectl(&["create", "-f", "-"], Some(&app.to_string()))
+        .success();
+    let limit = Instant::now() + Duration::from_secs(90);
+    while phase(&ns, "orders") != "Succeeded" {
+        assert!(
+            Instant::now() < limit && phase(&ns, "orders") != "Failed",
+            "the app pod did not succeed:\n{}\n{}",
+            ns.kubectl(&["describe", "pod", "orders"], None).stdout,
+            ns.kubectl(&["logs", "orders", "--all-containers"], None)
+                .stdout
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let stored: Value = serde_json::from_str(
+        &ns.kubectl(&["get", "pod", "orders", "-o", "json"], None)
+            .success(),
+    )
+    .unwrap();
+    assert_eq!(native_sidecars(&stored), vec!["fedcred-metadata"]);
+    let seen: Value = serde_json::from_str(
+        ns.kubectl(&["logs", "orders", "-c", "app"], None)
+            .success()
+            .trim(),
+    )
+    .unwrap();
+    assert_eq!(seen["email"], SA_EMAIL);
+    let secrets: Api<Secret> = Api::namespaced(support::kube_client().await, &ns.name);
+    let secret = secrets.get("orders-token").await.unwrap();
+    let token = String::from_utf8(secret.data.unwrap()["access_token"].0.clone()).unwrap();
+    assert_eq!(seen["token_sha256"], sha256_hex(&token));
+    let info = cloud
+        .google
+        .lookup(&token)
+        .expect("the Google doubles issued the token the pod read");
+    assert_eq!(info.email(), Some(SA_EMAIL));
+
+    let restarts = &controller_pods()["items"][0]["status"]["containerStatuses"][0]["restartCount"];
+    assert_eq!(restarts, 0, "the controller pod restarted");
+    if let Some(dir) = std::env::var_os("FEDCRED_EVIDENCE_DIR") {
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(
+            std::path::Path::new(&dir).join("node-helm.txt"),
+            format!(
+                "helm install --wait: {:.2} s (controller pod Ready)\n",
+                installed.as_secs_f64()
+            ),
+        );
+    }
+    drop(release);
+}

@@ -341,3 +341,37 @@ pub fn node_image(name: &str) -> String {
         )
     })
 }
+
+/// Makes a peer on loopback reachable from the node's pods, which reach the host only at the
+/// bridge's address, over TLS as a real endpoint is: every connection to `listener` (bound on
+/// all addresses) is accepted with `tls` and forwarded in the clear to `to`
+/// (`http://127.0.0.1:PORT`).
+pub fn forward_from_pods(
+    listener: std::net::TcpListener,
+    tls: std::sync::Arc<rustls::ServerConfig>,
+    to: &str,
+) {
+    let target = to
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::spawn(async move {
+        loop {
+            let Ok((inbound, _)) = listener.accept().await else {
+                continue;
+            };
+            let (target, acceptor) = (target.clone(), acceptor.clone());
+            tokio::spawn(async move {
+                let Ok(mut inbound) = acceptor.accept(inbound).await else {
+                    return;
+                };
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+}
