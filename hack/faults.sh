@@ -3,8 +3,10 @@
 # plane, collects the figures each prints into markdown tables, ends with the secrecy scan, and
 # with --update writes the tables into RELIABILITY.md (between its faults and soak markers).
 #
-#   hack/faults.sh [--update] [--no-faults] [--no-soak] [--soak-minutes M]
+#   hack/faults.sh [--update] [--no-faults] [--no-soak] [--soak-minutes M] [--without-node]
 #
+# With a real node (the default; it needs root) the stories and the soak also read tokens where a
+# pod reads them, from reader pods' metadata sidecars; --without-node reads the Secrets only.
 # The soak runs 2 minutes unless told otherwise (FEDCRED_SOAK_RESOURCES, FEDCRED_SOAK_IDENTITIES
 # and FEDCRED_SOAK_SEED pass through to it).
 set -euo pipefail
@@ -12,32 +14,44 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/lib.sh"
 cd "$here/.."
 
-update=false run_faults=true run_soak=true soak_minutes=2
+update=false run_faults=true run_soak=true soak_minutes=2 with_node=true
 while (($#)); do
   case "$1" in
     --update) update=true ;;
     --no-faults) run_faults=false ;;
     --no-soak) run_soak=false ;;
     --soak-minutes) soak_minutes=${2:?--soak-minutes needs a number}; shift ;;
-    *) die "usage: $0 [--update] [--no-faults] [--no-soak] [--soak-minutes M]" ;;
+    --without-node) with_node=false ;;
+    *) die "usage: $0 [--update] [--no-faults] [--no-soak] [--soak-minutes M] [--without-node]" ;;
   esac
   shift
 done
+if $with_node && ((EUID != 0)); then
+  die "the node (kubelet, containerd) needs root: run as root, or add --without-node to read the Secrets only"
+fi
 
 "$here/install-tools.sh"
 "$here/build-controlplane.sh"
+if $with_node; then "$here/build-node.sh"; fi
 
 run_dir=$(mktemp -d "${TMPDIR:-/tmp}/fedcred-faults.XXXXXX")
 cleanup() {
   local rc=$?
   "$here/controlplane.sh" down "$run_dir" || true
+  if [[ -f "$run_dir/node/before" ]] && ! "$here/node.sh" leftovers "$run_dir"; then
+    rc=1
+  fi
   rm -rf "$run_dir"
   exit $rc
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-"$here/controlplane.sh" up "$run_dir"
+if $with_node; then
+  "$here/controlplane.sh" up "$run_dir" --node
+else
+  "$here/controlplane.sh" up "$run_dir"
+fi
 source "$run_dir/env"
 export FEDCRED_TEST_VENV="$FEDCRED_CACHE/venv"
 export AWS_EC2_METADATA_DISABLED=true AWS_REGION=us-east-1
@@ -63,8 +77,8 @@ soak_table="$run_dir/soak-table.md"
 {
   echo "Measured $when, by \`hack/faults.sh\`:"
   echo
-  echo "| fault | time to recover | tokens served expired | Secrets lost | exchange calls | notes |"
-  echo "|---|---|---|---|---|---|"
+  echo "| fault | time to recover | tokens served expired (Secret samples) | served expired in a pod | Secrets lost | exchange calls | notes |"
+  echo "|---|---|---|---|---|---|---|"
   sort "$FEDCRED_FAULT_REPORT"
 } >"$faults_table"
 {

@@ -1,19 +1,35 @@
 #!/usr/bin/env bash
-# fedcred's main job on a local default: a real local control plane, AWS STS (the real moto
-# server), the verifying Google and AlloyDB doubles in front of a real PostgreSQL, and
-# `fedcred controller` keeping the example FederatedCredentials' Secrets fresh and injecting
-# pods; then an injected pod's sidecars run on this machine exactly as the API server stored
-# them (the metadata emulator and the real AlloyDB Auth Proxy) and psql logs in through them
-# as the IAM database user.
-#   hack/run.sh [--once]    (--once: show the result and stop instead of waiting for Ctrl-C)
+# fedcred's main job on a local default: a real local control plane with a real node (kubelet,
+# containerd, runc), AWS STS (the real moto server), the verifying Google and AlloyDB doubles in
+# front of a real PostgreSQL, and `fedcred controller` keeping the example FederatedCredentials'
+# Secrets fresh and injecting pods. The example's orders-api Deployment then runs as real pods:
+# the kubelet starts the metadata sidecar and the real AlloyDB Auth Proxy from their images, and
+# psql inside the app container logs in through them as the IAM database user.
+#   hack/run.sh [--once] [--without-node]
+#     --once          show the result and stop instead of waiting for Ctrl-C
+#     --without-node  no node (it needs root): run the stored pod's sidecars as local processes
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/lib.sh"
 cd "$here/.."
 
+once=false with_node=true
+while (($#)); do
+  case "$1" in
+    --once) once=true ;;
+    --without-node) with_node=false ;;
+    *) die "usage: $0 [--once] [--without-node]" ;;
+  esac
+  shift
+done
+if $with_node && ((EUID != 0)); then
+  die "the node (kubelet, containerd) needs root: run as root, or hack/run.sh --without-node to run the pod's sidecars as local processes"
+fi
+
 "$here/install-tools.sh"
 "$here/build-controlplane.sh"
 "$here/build-alloydb-proxy.sh"
+if $with_node; then "$here/build-node.sh"; fi
 log "building fedcred and the Google doubles"
 cargo build --locked --quiet -p fedcred --bin fedcred && cargo build --locked --quiet -p fedcred-doubles --bin fedcred-doubles
 bin="$PWD/target/debug"
@@ -30,12 +46,28 @@ stop() {
   wait 2>/dev/null || true
   if ((${#pg_stop[@]})); then "${pg_stop[@]}" >/dev/null 2>&1 || true; rm -rf "$pg_dir"; fi
   "$here/controlplane.sh" down "$run_dir"
+  if [[ -f "$run_dir/node/before" ]]; then
+    "$here/node.sh" leftovers "$run_dir" || log "the node left the above behind; hack/node.sh down $run_dir tries again"
+  fi
 }
 trap stop EXIT
 trap 'echo; exit 0' INT TERM
 
-"$here/controlplane.sh" up "$run_dir"
+if $with_node; then
+  "$here/controlplane.sh" up "$run_dir" --node
+else
+  "$here/controlplane.sh" up "$run_dir"
+fi
 source "$run_dir/env"
+# Where the proxy reaches the AlloyDB doubles: from a pod, the bridge's host address (the doubles
+# listen on every address, since the bridge exists only once the node has networked a pod);
+# without a node, this machine's loopback.
+if $with_node; then
+  host_ip=$FEDCRED_TEST_NODE_HOST_IP listen_ip=0.0.0.0
+else
+  host_ip=127.0.0.1 listen_ip=127.0.0.1
+fi
+
 log "installing the CRD (printed by \`fedcred crd\`)"
 "$bin/fedcred" crd | kubectl apply --server-side --field-manager=fedcred -f - >/dev/null
 kubectl wait --for=condition=Established --timeout=60s crd/federatedcredentials.fedcred.io >/dev/null
@@ -80,11 +112,11 @@ psql -X -q -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres -c "CREATE ROLE \"
 
 google_port=$(free_port)
 admin_port=$(free_port)
-alloydb_admin="http://127.0.0.1:$admin_port"
-log "starting the Google STS and IAM Credentials doubles on 127.0.0.1:$google_port, the AlloyDB Admin API and instance doubles (instance on 127.0.0.1:5433)"
-python3 - "$moto" "$pg_port" "$admin_port" >"$run_dir/google.json" <<'PY'
+alloydb_admin="http://$host_ip:$admin_port"
+log "starting the Google STS and IAM Credentials doubles on 127.0.0.1:$google_port, the AlloyDB Admin API and instance doubles (instance on $listen_ip:5433, reached at $host_ip)"
+python3 - "$moto" "$pg_port" "$admin_port" "$host_ip" "$listen_ip" >"$run_dir/google.json" <<'PY'
 import json, sys
-moto, pg_port, admin_port = sys.argv[1], sys.argv[2], sys.argv[3]
+moto, pg_port, admin_port, host_ip, listen_ip = sys.argv[1:6]
 shop = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/eks-pool/providers/aws-shop"
 bq = "//iam.googleapis.com/projects/987654321098/locations/global/workloadIdentityPools/bq-pool/providers/aws-analytics"
 def role_member(audience, role):
@@ -104,11 +136,12 @@ print(json.dumps({
     "alloydb": {
         "instances": [{
             "uri": "projects/acme-shop/locations/asia-northeast1/clusters/orders/instances/orders-primary",
-            "psc_dns_name": "localhost",
+            "psc_dns_name": "localhost" if host_ip == "127.0.0.1" else host_ip,
         }],
         "service_accounts": ["orders-api@acme-shop.iam.gserviceaccount.com"],
         "postgres": f"127.0.0.1:{pg_port}",
-        "admin_listen": f"127.0.0.1:{admin_port}",
+        "admin_listen": f"{listen_ip}:{admin_port}",
+        "instance_listen": f"{listen_ip}:5433",
     },
 }, indent=2))
 PY
@@ -116,8 +149,8 @@ PY
 pids+=($!)
 google="http://127.0.0.1:$google_port"
 for _ in $(seq 100); do curl -s "$google/" >/dev/null && break; sleep 0.2; done
-for _ in $(seq 100); do curl -s "$alloydb_admin/" >/dev/null && break; sleep 0.2; done
-curl -s "$alloydb_admin/" >/dev/null || die "the AlloyDB doubles did not start (is 127.0.0.1:5433 free?); see $run_dir/logs/google.log"
+for _ in $(seq 100); do curl -s "http://127.0.0.1:$admin_port/" >/dev/null && break; sleep 0.2; done
+curl -s "http://127.0.0.1:$admin_port/" >/dev/null || die "the AlloyDB doubles did not start (is port 5433 free?); see $run_dir/logs/google.log"
 
 webhook_port=$(free_port)
 log "registering the admission webhook at https://127.0.0.1:$webhook_port/mutate (the controller fills in its caBundle)"
@@ -141,18 +174,129 @@ webhooks:
     timeoutSeconds: 5
 YAML
 
+# The images the webhook puts into pods: on the node, the ones it imported; without one, names
+# only (the sidecars then run from this machine's binaries).
+if $with_node; then
+  image_flags=(--fedcred-image "$FEDCRED_TEST_NODE_IMAGE_FEDCRED" --proxy-image "$FEDCRED_TEST_NODE_IMAGE_ALLOYDB_AUTH_PROXY")
+else
+  image_flags=(--fedcred-image fedcred:dev)
+fi
 log "starting fedcred controller (namespace analytics may lend the controller's identity)"
 AWS_ACCESS_KEY_ID=$(xml AccessKeyId) AWS_SECRET_ACCESS_KEY=$(xml SecretAccessKey) AWS_SESSION_TOKEN=$(xml SessionToken) \
 AWS_ENDPOINT_URL_STS="$moto" AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true \
   "$bin/fedcred" controller --leader-election=false --metrics-address 127.0.0.1:0 \
-  --webhook-address "127.0.0.1:$webhook_port" --webhook-dns-names 127.0.0.1 --fedcred-image fedcred:dev \
-  --allow-controller-identity analytics --log-format text \
+  --webhook-address "127.0.0.1:$webhook_port" --webhook-dns-names 127.0.0.1 "${image_flags[@]}" \
+  --alloydb-admin-endpoint "$alloydb_admin" --allow-controller-identity analytics --log-format text \
   --google-sts-url "$google/v1/token" --google-iam-credentials-url "$google" \
   >"$run_dir/logs/controller.log" 2>&1 &
 pids+=($!)
 
-log "applying the examples"
-kubectl apply -f examples/
+# The two examples of the seeds as users apply them (the others are alternatives to these: the
+# Cloud SQL example has a Deployment of the same name). On the node, workloads whose images are
+# not on this machine are left out (the orders-api Deployment runs later, with the client image
+# as its app), so no pod waits on a registry it cannot reach.
+examples=(-f examples/irsa-alloydb.yaml -f examples/controller-identity-bigquery.yaml)
+apply_examples() {
+  if ! $with_node; then
+    log "applying the examples"
+    kubectl apply "${examples[@]}"
+    return
+  fi
+  kubectl create --dry-run=client -o json "${examples[@]}" >"$run_dir/examples.json"
+  python3 - "$run_dir/examples.json" "$run_dir/examples-node.json" "$run_dir/orders-api.json" \
+    "$FEDCRED_TEST_NODE_IMAGE_CLIENT" <<'PY'
+import json, sys
+source, kept_file, orders_file, client = sys.argv[1:5]
+text, decoder, objects, i = open(source).read(), json.JSONDecoder(), [], 0
+while True:
+    while i < len(text) and text[i].isspace():
+        i += 1
+    if i == len(text):
+        break
+    obj, i = decoder.raw_decode(text, i)
+    objects.extend(obj["items"] if obj.get("kind") == "List" else [obj])
+workloads = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod"}
+name = lambda o: "%s %s/%s" % (o["kind"], o["metadata"].get("namespace", "default"), o["metadata"]["name"])
+json.dump({"apiVersion": "v1", "kind": "List", "items": [o for o in objects if o["kind"] not in workloads]},
+          open(kept_file, "w"))
+orders = next(o for o in objects if name(o) == "Deployment shop/orders-api")
+app = orders["spec"]["template"]["spec"]["containers"][0]
+app["image"] = client
+app["command"] = ["python3", "-c", "import time\nwhile True:\n    time.sleep(3600)"]
+app.setdefault("env", []).append({"name": "PGDATABASE", "value": "postgres"})
+json.dump(orders, open(orders_file, "w"))
+others = [name(o) for o in objects if o["kind"] in workloads and o is not orders]
+print("[not run on this node, their images are not here: %s]" % ", ".join(others), file=sys.stderr)
+PY
+  log "applying the examples (their workloads come after the FederatedCredentials are Ready)"
+  kubectl apply -f "$run_dir/examples-node.json"
+}
+
+# The example's orders-api Deployment as real pods: Deployment → ReplicaSet → pods the webhook
+# injects → the kubelet starts the metadata sidecar and the real AlloyDB Auth Proxy from their
+# images, then the app; psql inside the app container logs in through the proxy.
+pod_on_node() {
+  echo
+  log "the example's Deployment shop/orders-api, its app container on the client image (python3 and psql; ghcr.io/acme/orders-api is not on this machine)"
+  local started=$SECONDS pod
+  kubectl apply -f "$run_dir/orders-api.json"
+  kubectl -n shop rollout status deployment/orders-api --timeout=180s >/dev/null || {
+    kubectl -n shop get pods -o wide
+    kubectl -n shop describe pods -l app=orders-api | tail -n 30
+    die "the orders-api pods did not become Ready; see above, $run_dir/logs/kubelet.log and $run_dir/logs/controller.log"
+  }
+  log "pods Ready $((SECONDS - started)) s after the apply"
+  echo
+  kubectl -n shop get pods -o wide
+  pod=$(kubectl -n shop get pods -l app=orders-api -o jsonpath='{.items[0].metadata.name}')
+  echo
+  log "pod $pod as the kubelet runs it:"
+  kubectl -n shop get pod "$pod" -o json | python3 -c '
+import json, sys
+pod = json.load(sys.stdin)
+status = {s["name"]: s for s in pod["status"].get("initContainerStatuses", []) + pod["status"].get("containerStatuses", [])}
+for c in pod["spec"].get("initContainers", []) + pod["spec"]["containers"]:
+    sidecar = c.get("restartPolicy") == "Always"
+    s = status.get(c["name"], {})
+    print("  %-9s %-17s ready=%-5s %-7s %s" % ("sidecar" if sidecar else "container", c["name"],
+          str(s.get("ready", False)).lower(), next(iter(s.get("state", {})), "?"), c["image"]))
+    if sidecar:
+        print("      " + " ".join(c.get("command", []) + c.get("args", [])))
+    for e in c.get("env", []):
+        if e["name"].startswith(("PG", "GCE_", "GOOGLE_")):
+            print("      %s=%s" % (e["name"], e.get("value", "<from reference>")))'
+  echo
+  log "psql inside the app container (kubectl -n shop exec $pod -c api -- psql), through the proxy sidecar to the AlloyDB instance double:"
+  kubectl -n shop exec "$pod" -c api -- psql -X -c 'select current_user, session_user' ||
+    die "psql could not log in through the proxy; see kubectl -n shop logs $pod -c alloydb-proxy-0, and $run_dir/logs/google.log"
+  log "what a Google client library in the app container finds at \$GCE_METADATA_HOST (token redacted):"
+  kubectl -n shop exec "$pod" -c api -- python3 -c '
+import json, os, urllib.request
+base = "http://%s/computeMetadata/v1/" % os.environ["GCE_METADATA_HOST"]
+def get(path):
+    request = urllib.request.Request(base + path, headers={"Metadata-Flavor": "Google"})
+    return urllib.request.urlopen(request, timeout=5).read().decode()
+token = json.loads(get("instance/service-accounts/default/token"))
+print("  project %s, service account %s: a %s token of %d characters, %d s left"
+      % (get("project/project-id"), get("instance/service-accounts/default/email"),
+         token["token_type"], len(token["access_token"]), token["expires_in"]))' ||
+    die "the app container could not read a token from its metadata sidecar; see kubectl -n shop logs $pod -c fedcred-metadata"
+}
+
+finish() {
+  echo
+  if $with_node; then
+    log "control plane, node and controller running; logs in $run_dir/logs; try: KUBECONFIG=$run_dir/kubeconfig kubectl -n shop get pods"
+  else
+    log "control plane and controller running; logs in $run_dir/logs; try: KUBECONFIG=$run_dir/kubeconfig kubectl get fedcred -A"
+  fi
+  if ! $once; then
+    log "press Ctrl-C to stop"
+    while sleep 3600; do :; done
+  fi
+}
+
+apply_examples
 for fc in shop/orders-db analytics/bigquery-export; do
   log "waiting for ${fc} to become Ready"
   kubectl -n "${fc%/*}" wait --for=condition=Ready --timeout=90s "federatedcredential/${fc#*/}" >/dev/null ||
@@ -172,6 +316,13 @@ for key in sorted(data):
     if key == "access_token":
         value = "<redacted: %d characters>" % len(value)
     print("  %s: %s" % (key, value))'
+if $with_node; then
+  pod_on_node
+  finish
+  exit 0
+fi
+
+# Without a node:
 echo
 log "a pod of the orders-api Deployment as the API server stores it after injection (server-side dry run):"
 kubectl -n shop create --dry-run=server -o json -f - >"$run_dir/pod.json" <<'YAML'
@@ -263,8 +414,8 @@ for _ in $(seq 100); do "$bin/fedcred" "${probe[@]:1}" >/dev/null 2>&1 && break;
 proxy_bin="$BIN_DIR/alloydb-auth-proxy"
 mapfile -d '' px_args < <(container alloydb-proxy-0 args)
 mapfile -d '' px_env < <(container alloydb-proxy-0 env)
-log "starting sidecar alloydb-proxy-0: alloydb-auth-proxy ${px_args[*]} (+ --alloydbadmin-api-endpoint of the Admin API double)"
-env -i PATH="$PATH" "${px_env[@]}" "$proxy_bin" "${px_args[@]}" --alloydbadmin-api-endpoint "$alloydb_admin" \
+log "starting sidecar alloydb-proxy-0: alloydb-auth-proxy ${px_args[*]}"
+env -i PATH="$PATH" "${px_env[@]}" "$proxy_bin" "${px_args[@]}" \
   >"$run_dir/logs/pod-alloydb-proxy-0.log" 2>&1 &
 pids+=($!)
 mapfile -d '' startup < <(container alloydb-proxy-0 http-probe)
@@ -276,9 +427,4 @@ echo
 log "psql in the app container's environment ($(printf '%s ' "${app_env[@]}" | grep -o 'PG[A-Z]*=[^ ]*' | tr '\n' ' '))"
 env -i PATH="$PATH" "${app_env[@]}" psql -X -c 'select current_user, session_user' ||
   die "psql could not log in through the proxy; see $run_dir/logs/pod-alloydb-proxy-0.log and $run_dir/logs/google.log"
-echo
-log "control plane and controller running; logs in $run_dir/logs; try: KUBECONFIG=$run_dir/kubeconfig kubectl get fedcred -A"
-if [[ "${1:-}" != "--once" ]]; then
-  log "press Ctrl-C to stop"
-  while sleep 3600; do :; done
-fi
+finish

@@ -6,6 +6,10 @@
 //!   again) until the Secret holds a token issued after it and the status shows no failure;
 //! - tokens served expired: samples, taken every 100 ms for the whole story, in which the Secret
 //!   held a token whose `expiry` had passed or that the doubles no longer accepted (must be 0);
+//! - served expired in a pod: with the node, the stories that opt in (`World::with_reader`) also
+//!   run a reader pod the controller's webhook injected, which asks its metadata sidecar for the
+//!   token ten times a second through the kubelet's Secret volume; the tokens it was served
+//!   past the expiry the doubles gave them, of its observations (must be 0);
 //! - Secrets lost: Secrets missing once the story is over (must be 0);
 //! - exchange calls: requests Google STS and IAM Credentials received during the episode.
 //!
@@ -36,6 +40,7 @@ use support::cloud::{Cloud, ROLE, federated};
 use support::controller::{ControllerProcess, Launch};
 use support::free_port;
 use support::gate::Gate;
+use support::readers::{self, Expiries, InPods};
 use support::tokens::{Judge, Verdict, decode, report_row};
 
 // ---------------------------------------------------------------------------------------------
@@ -53,6 +58,8 @@ struct Figures {
     fault: &'static str,
     recovery: Option<Duration>,
     expired: u64,
+    /// Served expired in the reader pod, of its observations; "—" without one.
+    in_pod: String,
     lost: u64,
     calls: String,
     notes: String,
@@ -65,8 +72,8 @@ impl Figures {
             None => "n/a".to_owned(),
         };
         format!(
-            "| {} | {} | {} | {} | {} | {} |",
-            self.fault, recovery, self.expired, self.lost, self.calls, self.notes
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            self.fault, recovery, self.expired, self.in_pod, self.lost, self.calls, self.notes
         )
     }
 
@@ -99,6 +106,8 @@ struct Samples {
     closest_to_expiry: Option<i64>,
     /// Secrets of the story missing once it was over.
     lost: u64,
+    /// What the story's reader pod was served, when it had one.
+    in_pods: Option<InPods>,
 }
 
 impl Samples {
@@ -108,6 +117,10 @@ impl Samples {
             fault,
             recovery: None,
             expired: self.expired,
+            in_pod: match &self.in_pods {
+                Some(p) => format!("{} of {} observations", p.expired, p.observations),
+                None => "—".to_owned(),
+            },
             lost: self.lost,
             calls: String::new(),
             notes: String::new(),
@@ -182,8 +195,28 @@ struct World {
     kubeconfig: PathBuf,
     namespace: String,
     cloud: Arc<Cloud>,
+    /// The reader pod of a story that has one ([`World::with_reader`], on the node).
+    readers: Option<Readers>,
     /// Deletes the namespace of the shared control plane when the story ends.
     _ns: Option<support::TestNamespace>,
+}
+
+/// A story's reader pods: the webhook registration the story's first controller serves, the
+/// pods it injected, and the expiries of every token the doubles issued, remembered every
+/// half second while the doubles still know them.
+struct Readers {
+    _registration: support::webhook::Registration,
+    webhook_args: Vec<String>,
+    webhook_taken: AtomicBool,
+    pods: Mutex<Vec<String>>,
+    expiries: Arc<Mutex<Expiries>>,
+    remembering: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Readers {
+    fn drop(&mut self) {
+        self.remembering.abort();
+    }
 }
 
 impl World {
@@ -198,9 +231,43 @@ impl World {
             kubeconfig: support::kubeconfig(),
             namespace: ns.name.clone(),
             cloud,
+            readers: None,
             _ns: Some(ns),
         };
         world.service_account().await;
+        world
+    }
+
+    /// [`World::shared`] and, on the node, a reader pod for the resource of
+    /// [`World::ready_and_sampled`]: the story's first controller also serves the webhook that
+    /// injects it.
+    async fn with_reader(prefix: &str, configure: impl FnOnce(Config) -> Config) -> World {
+        let mut world = World::shared(prefix, configure).await;
+        if !readers::on_node() {
+            return world;
+        }
+        let ns = world
+            ._ns
+            .as_ref()
+            .expect("a namespace of the shared control plane");
+        let (registration, webhook_args) =
+            support::webhook::Registration::for_controller(ns, &support::node_image("fedcred"));
+        let expiries: Arc<Mutex<Expiries>> = Arc::default();
+        let (remembered, cloud) = (expiries.clone(), world.cloud.clone());
+        let remembering = tokio::spawn(async move {
+            loop {
+                remembered.lock().unwrap().remember(&cloud);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        world.readers = Some(Readers {
+            _registration: registration,
+            webhook_args,
+            webhook_taken: AtomicBool::new(false),
+            pods: Mutex::default(),
+            expiries,
+            remembering,
+        });
         world
     }
 
@@ -223,11 +290,18 @@ impl World {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
-    /// `fedcred controller` watching this namespace, with its log in the evidence directory.
+    /// `fedcred controller` watching this namespace, with its log in the evidence directory;
+    /// the story's first also serves the webhook of its reader pod, if it has one.
     fn controller(&self, identity: &str, extra: &[&str]) -> ControllerProcess {
+        let mut args = extra.to_vec();
+        if let Some(r) = &self.readers
+            && !r.webhook_taken.swap(true, Ordering::SeqCst)
+        {
+            args.extend(r.webhook_args.iter().map(String::as_str));
+        }
         Launch::new(&self.cloud)
             .watching(&self.namespace, identity)
-            .args(extra)
+            .args(&args)
             .kubeconfig(&self.kubeconfig)
             .log_stem(format!("faults-{}-{identity}", self.namespace))
             .start()
@@ -296,11 +370,36 @@ impl World {
         Some(token)
     }
 
-    /// Applies `name` with `spec`, waits until it is healthy and starts sampling its Secret.
+    /// Applies `name` with `spec`, waits until it is healthy and starts sampling its Secret
+    /// (and, with a reader, reading it in a pod).
     async fn ready_and_sampled(&self, name: &str, spec: FederatedCredentialSpec) -> Sampler {
         self.apply(name, spec).await;
         self.recovered(name, None, READY).await;
+        self.read_in_pod(name);
         Sampler::start(self.secrets(), vec![name.into()], self.cloud.clone())
+    }
+
+    /// With a reader: starts the reader pod of `name` and waits until it reads.
+    fn read_in_pod(&self, name: &str) {
+        let Some(r) = &self.readers else {
+            return;
+        };
+        let pod = format!("reader-{name}");
+        readers::create(&self.namespace, &pod, name, "orders-api");
+        readers::wait_ready(&self.namespace, &pod);
+        r.pods.lock().unwrap().push(pod);
+    }
+
+    /// What the reader pods were served, judged against the doubles.
+    fn judge_pods(&self) -> Option<InPods> {
+        let r = self.readers.as_ref()?;
+        let pods = r.pods.lock().unwrap().clone();
+        if pods.is_empty() {
+            return None;
+        }
+        let mut expiries = r.expiries.lock().unwrap();
+        expiries.remember(&self.cloud);
+        Some(readers::judge(&self.namespace, &pods, &expiries))
     }
 
     /// Waits until [`World::healthy`]; returns when it was seen.
@@ -377,6 +476,7 @@ impl World {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let mut samples = sampler.finish().await;
         samples.lost = self.lost(&["orders-db"]).await;
+        samples.in_pods = self.judge_pods();
         samples
     }
 
@@ -470,6 +570,26 @@ fn assert_sound(figures: &Figures, samples: &Samples) {
         figures.fault
     );
     assert_eq!(figures.lost, 0, "{}: Secrets lost", figures.fault);
+    assert_pod_sound(figures.fault, samples);
+}
+
+/// The reader pod, if the story had one, was served tokens, kept reading to the end of the
+/// story (it logs at least once a second), and was never served an expired token.
+fn assert_pod_sound(fault: &str, samples: &Samples) {
+    if let Some(p) = &samples.in_pods {
+        assert_eq!(
+            p.expired, 0,
+            "{fault}: the metadata sidecar served expired tokens to the pod: {p:?}"
+        );
+        assert!(
+            p.observations > 0,
+            "{fault}: the reader pod got no token: {p:?}"
+        );
+        assert!(
+            p.idle_seconds().is_some_and(|idle| idle < 5.0),
+            "{fault}: the reader pod stopped reading before the story ended: {p:?}"
+        );
+    }
 }
 
 /// A story where Google misbehaves for a while: the resource is Ready with short tokens,
@@ -482,7 +602,7 @@ async fn google_fault(
     target: Target,
     notes: impl FnOnce(&Samples, Duration) -> String,
 ) -> Figures {
-    let world = World::shared(prefix, federated(60)).await;
+    let world = World::with_reader(prefix, federated(60)).await;
     let controller = world.controller("r1", &[]);
     let google = if impersonate {
         json!({})
@@ -597,7 +717,7 @@ async fn google_sts_requests_hang_past_the_client_timeout() {
 async fn iam_credentials_denies_then_allows() {
     // Impersonated tokens live at least 600 s, so the refresh is forced by a spec change
     // (new scopes) while IAM Credentials denies; the old token stays valid meanwhile.
-    let world = World::shared("f-iam", |c| c).await;
+    let world = World::with_reader("f-iam", |c| c).await;
     let controller = world.controller("r1", &[]);
     let sampler = world
         .ready_and_sampled("orders-db", world.spec(json!({}), json!({})))
@@ -647,7 +767,7 @@ async fn iam_credentials_denies_then_allows() {
 async fn google_sts_down_through_the_last_half_minute_before_expiry() {
     // 60-second tokens refreshed with 30 s left (the default 50 %): the first refresh already
     // falls in the last 30 s, where a failing refresh is retried at least once before expiry.
-    let world = World::shared("f-last", federated(60)).await;
+    let world = World::with_reader("f-last", federated(60)).await;
     let controller = world.controller("r1", &[]);
     let sampler = world
         .ready_and_sampled("orders-db", world.spec(no_impersonation(), json!({})))
@@ -690,12 +810,13 @@ async fn google_sts_down_through_the_last_half_minute_before_expiry() {
 async fn google_sts_down_until_the_token_has_expired() {
     // An outage longer than the time left at the refresh: the token expires while Google is
     // down. Measured: how long after Google is back the resource gets a token again.
-    let world = World::shared("f-expire", federated(60)).await;
+    let world = World::with_reader("f-expire", federated(60)).await;
     let controller = world.controller("r1", &[]);
     world
         .apply("orders-db", world.spec(no_impersonation(), json!({})))
         .await;
     world.recovered("orders-db", None, READY).await;
+    world.read_in_pod("orders-db");
     let Outage {
         expires_at,
         stale,
@@ -732,12 +853,19 @@ async fn google_sts_down_until_the_token_has_expired() {
         .and_then(|t| t.parse().ok())
         .or(next);
     let waiting = next.map(|n| n.as_second() - Timestamp::now().as_second());
+    let in_pod = match &samples.in_pods {
+        Some(p) => format!(
+            "; the reader pod's requests refused {} times (503) while the only token had expired",
+            p.errors
+        ),
+        None => String::new(),
+    };
     let figures = Figures {
         recovery: recovered,
         calls: format!("STS {outage_calls} during the outage"),
         notes: match recovered {
             Some(_) => format!(
-                "{failures} failed refreshes before Google was back; expired samples counted from then on"
+                "{failures} failed refreshes before Google was back; expired samples counted from then on{in_pod}"
             ),
             None => format!(
                 "not recovered 40 s after Google was back: {failures} failed refreshes pushed the next retry to {} s after the outage; the expired token stays in the Secret until then; expired samples counted from Google's return",
@@ -751,6 +879,13 @@ async fn google_sts_down_until_the_token_has_expired() {
     figures.report();
     world.keep_evidence(&[&controller]).await;
     assert_eq!(figures.lost, 0, "the Secret was lost");
+    assert_pod_sound(figures.fault, &samples);
+    if let Some(p) = &samples.in_pods {
+        assert!(
+            p.errors > 0,
+            "the pod was never refused while its only token had expired: {p:?}"
+        );
+    }
     assert!(failures >= 1, "the outage was noticed: {status}");
     assert!(
         recovered.is_some_and(|r| r <= decide::EXPIRED_CAP + Duration::from_secs(5)),
@@ -768,7 +903,7 @@ async fn aws_sts_down_then_back() {
     // Google doubles accept it and send their GetCallerIdentity check straight to moto.
     let gate: Arc<Mutex<Option<Gate>>> = Arc::default();
     let slot = gate.clone();
-    let world = World::shared("f-aws", move |c| {
+    let world = World::with_reader("f-aws", move |c| {
         let mut c = federated(60)(c);
         *slot.lock().unwrap() = Some(Gate::before_moto(&mut c));
         c
@@ -813,7 +948,7 @@ async fn aws_sts_down_then_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_killed_in_the_middle_of_a_refresh() {
-    let world = World::shared("f-kill", federated(60)).await;
+    let world = World::with_reader("f-kill", federated(60)).await;
     let mut controller = world.controller("r1", &[]);
     let sampler = world
         .ready_and_sampled("orders-db", world.spec(no_impersonation(), eager()))
@@ -861,7 +996,7 @@ async fn the_controller_killed_in_the_middle_of_a_refresh() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_failover_between_two_replicas() {
-    let world = World::shared("f-leader", federated(60)).await;
+    let world = World::with_reader("f-leader", federated(60)).await;
     let mut a = world.controller("replica-a", &[]);
     let mut b = world.controller("replica-b", &[]);
     let sampler = world
@@ -1037,7 +1172,7 @@ async fn a_leader_whose_api_server_hangs_stops_before_the_standby_starts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_deleted_or_edited_by_hand() {
-    let world = World::shared("f-hand", |c| c).await;
+    let world = World::with_reader("f-hand", |c| c).await;
     let controller = world.controller("r1", &[]);
     let sampler = world
         .ready_and_sampled("orders-db", world.spec(json!({}), json!({})))
@@ -1081,8 +1216,15 @@ async fn a_secret_deleted_or_edited_by_hand() {
         recovery: Some(restored_at - edited_at),
         calls: edit_calls,
         notes: format!(
-            "edit undone from the cached token; {} samples saw the edited value",
-            samples.foreign
+            "edit undone from the cached token; {} samples saw the edited value{}",
+            samples.foreign,
+            samples.in_pods.as_ref().map_or(String::new(), |p| format!(
+                ", the reader pod {} (an edit undone before the kubelet's next Secret sync never reaches a pod)",
+                match p.foreign {
+                    0 => "never".to_owned(),
+                    n => format!("in {n} observations"),
+                }
+            ))
         ),
         ..samples.figures("Secret edited by hand (token overwritten)")
     };
@@ -1205,6 +1347,7 @@ async fn kube_apiserver_killed_and_restarted() {
         kubeconfig: plane.kubeconfig(),
         namespace: namespace.to_owned(),
         cloud: Arc::new(Cloud::start(federated(60)).await),
+        readers: None,
         _ns: None,
     };
     world.service_account().await;
@@ -1416,6 +1559,7 @@ async fn the_webhook_certificate_reaching_rotation() {
         fault: "webhook serving certificate 5 days from its end at start",
         recovery: Some(renewed_at - started_at),
         expired: 0,
+        in_pod: "—".into(),
         lost: 0,
         calls: "n/a".into(),
         notes: "renewed under the same CA and served; admission through the API server works"
@@ -1484,6 +1628,7 @@ async fn the_webhook_certificate_reaching_rotation() {
             Some(after_restart)
         },
         expired: 0,
+        in_pod: "—".into(),
         lost: 0,
         calls: format!("admission attempts {tried}, failed {failed} in {}", secs(window)),
         notes: if serves_new {
@@ -1692,6 +1837,7 @@ fn secret_files_swapped_under_the_metadata_server() {
         fault: "Secret files swapped under the metadata server (every 20 ms)",
         recovery: None,
         expired: tally.get("200 for an expired token").copied().unwrap_or(0),
+        in_pod: "—".into(),
         lost: 0,
         calls: "n/a".into(),
         notes: format!(

@@ -38,6 +38,7 @@ use serde_json::{Value, json};
 use support::cloud::{Cloud, ROLE};
 use support::controller::{ControllerProcess, Launch};
 use support::gate::Gate;
+use support::readers;
 use support::tokens::{Judge, Verdict, report_row};
 
 /// Token lifetime the doubles issue.
@@ -63,123 +64,6 @@ fn start_controller(namespace: &str, cloud: &Cloud, webhook: &[String]) -> Contr
         .log_stem(format!("soak-{namespace}"))
         .panic_tail(40)
         .start()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Reading tokens where a pod reads them (on the node)
-
-/// The app of a reader pod: asks its metadata sidecar for the token ten times a second and
-/// prints, per token (by digest, never the token) at least once a second and when it changes,
-/// when it first and last saw it; and every error, with when.
-const READER: &str = r#"
-import hashlib, json, os, time, urllib.request
-url = "http://%s/computeMetadata/v1/instance/service-accounts/default/token" % os.environ["GCE_METADATA_HOST"]
-current, first, last, printed = None, 0.0, 0.0, 0.0
-def emit():
-    if current is not None:
-        print(json.dumps({"token_sha256": current, "first": first, "last": last}), flush=True)
-while True:
-    now = time.time()
-    try:
-        req = urllib.request.Request(url, headers={"Metadata-Flavor": "Google"})
-        body = json.load(urllib.request.urlopen(req, timeout=2))
-        digest = hashlib.sha256(body["access_token"].encode()).hexdigest()
-        if digest != current:
-            emit()
-            current, first, printed = digest, now, now
-        last = now
-        if now - printed >= 1.0:
-            emit()
-            printed = now
-    except Exception as e:
-        print(json.dumps({"error": type(e).__name__ + ": " + str(e)[:200], "at": now}), flush=True)
-    time.sleep(0.1)
-"#;
-
-/// What the reader pods saw, judged against the doubles.
-#[derive(Debug, Default)]
-struct InPods {
-    pods: usize,
-    /// Distinct tokens served to the pods.
-    tokens: usize,
-    /// Observations (a token seen in a one-second window).
-    observations: u64,
-    /// Tokens a pod was served at or after the expiry the doubles gave them.
-    expired: u64,
-    /// Tokens the doubles never issued (the soak's hand edits, until repaired and delivered).
-    foreign: u64,
-    /// Requests the sidecar refused or that failed.
-    errors: u64,
-    /// Closest a served token came to its expiry, seconds.
-    closest_to_expiry: Option<f64>,
-}
-
-/// Every token the doubles issued and still accept, by digest, with its expiry (Unix
-/// seconds): the doubles forget a token's expiry once it has passed, so this is kept while
-/// they still know it.
-fn remember_expiries(
-    cloud: &Cloud,
-    expiries: &mut BTreeMap<String, f64>,
-    known: &mut HashSet<String>,
-) {
-    for token in cloud.google.issued_tokens() {
-        if known.contains(&token) {
-            continue;
-        }
-        if let Some(info) = cloud.google.lookup(&token) {
-            let at = info
-                .expires_at
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs_f64();
-            expiries.insert(support::sha256_hex(&token), at);
-        }
-        known.insert(token);
-    }
-}
-
-/// Reads the reader pods' logs and judges every observation.
-fn judge_pods(
-    ns: &support::TestNamespace,
-    pods: &[String],
-    expiries: &BTreeMap<String, f64>,
-) -> InPods {
-    let mut seen = InPods {
-        pods: pods.len(),
-        ..InPods::default()
-    };
-    let mut tokens = HashSet::new();
-    for pod in pods {
-        let logs = ns.kubectl(&["logs", pod, "-c", "app"], None).success();
-        for line in logs.lines() {
-            let Ok(v) = serde_json::from_str::<Value>(line) else {
-                continue;
-            };
-            if v["error"].is_string() {
-                seen.errors += 1;
-                continue;
-            }
-            let (Some(digest), Some(last)) = (v["token_sha256"].as_str(), v["last"].as_f64())
-            else {
-                continue;
-            };
-            seen.observations += 1;
-            tokens.insert(digest.to_owned());
-            match expiries.get(digest) {
-                None => seen.foreign += 1,
-                Some(&expiry) => {
-                    let left = expiry - last;
-                    seen.closest_to_expiry =
-                        Some(seen.closest_to_expiry.map_or(left, |c: f64| c.min(left)));
-                    if left <= 0.0 {
-                        seen.expired += 1;
-                    }
-                }
-            }
-        }
-    }
-    seen.tokens = tokens.len();
-    seen
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -320,13 +204,12 @@ async fn soak_with_random_faults() {
     let client = support::kube_client().await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
     // With the node, the controller also serves the webhook, and reader pods go through it.
-    let node = std::env::var_os("FEDCRED_TEST_NODE_IMAGE_CLIENT").is_some();
-    let readers = if node {
+    let reader_pods = if readers::on_node() {
         env_number("FEDCRED_SOAK_PODS", 2) as usize
     } else {
         0
     };
-    let (_registration, webhook) = if readers > 0 {
+    let (_registration, webhook) = if reader_pods > 0 {
         let (registration, args) =
             support::webhook::Registration::for_controller(&ns, &support::node_image("fedcred"));
         (Some(registration), args)
@@ -354,45 +237,16 @@ async fn soak_with_random_faults() {
     let all_ready_after = setup.elapsed();
 
     // Reader pods, one per resource of the first few, injected by the webhook.
-    let mut expiries: BTreeMap<String, f64> = BTreeMap::new();
-    let mut known: HashSet<String> = HashSet::new();
-    remember_expiries(&cloud, &mut expiries, &mut known);
+    let mut expiries = readers::Expiries::default();
+    expiries.remember(&cloud);
     let mut pods = Vec::new();
-    for (i, name) in names.iter().take(readers).enumerate() {
+    for (i, name) in names.iter().take(reader_pods).enumerate() {
         let pod = format!("reader-{i}");
-        let manifest = json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": pod, "labels": {"fedcred.io/inject": "true"},
-                "annotations": {"fedcred.io/credential": name}},
-            "spec": {
-                "serviceAccountName": format!("app-{}", i % identities),
-                "terminationGracePeriodSeconds": 1,
-                "containers": [{"name": "app", "image": support::node_image("client"),
-                    "command": ["python3", "-c", READER]}],
-            },
-        });
-        // The webhook's configuration may take a moment to reach the API server's watch.
-        support::wait_until(Duration::from_secs(60), || {
-            ns.kubectl(&["create", "-f", "-"], Some(&manifest.to_string()))
-                .ok
-        });
+        readers::create(&ns.name, &pod, name, &format!("app-{}", i % identities));
         pods.push(pod);
     }
     for pod in &pods {
-        support::wait_until(Duration::from_secs(120), || {
-            ns.kubectl(
-                &[
-                    "get",
-                    "pod",
-                    pod,
-                    "-o",
-                    "jsonpath={.status.containerStatuses[0].ready}",
-                ],
-                None,
-            )
-            .stdout
-                == "true"
-        });
+        readers::wait_ready(&ns.name, pod);
     }
 
     let exchanges_before = cloud.google.exchanges(Target::Sts);
@@ -424,7 +278,7 @@ async fn soak_with_random_faults() {
     while start.elapsed() < run {
         if Instant::now() >= next_round {
             sample(&secrets, &names, &cloud, &mut judge, &mut watch).await;
-            remember_expiries(&cloud, &mut expiries, &mut known);
+            expiries.remember(&cloud);
             if let Some(rss) = controller.rss_kib() {
                 watch.peak_rss_kib = watch.peak_rss_kib.max(rss);
             }
@@ -578,8 +432,8 @@ async fn soak_with_random_faults() {
         .map(|fc| fc["metadata"]["name"].as_str().unwrap_or("").to_owned())
         .collect();
 
-    remember_expiries(&cloud, &mut expiries, &mut known);
-    let in_pods = judge_pods(&ns, &pods, &expiries);
+    expiries.remember(&cloud);
+    let in_pods = readers::judge(&ns.name, &pods, &expiries);
 
     let per_resource = exchanges as f64 / resources as f64 / minutes;
     let per_identity = exchanges as f64 / identities as f64 / minutes;
@@ -606,7 +460,7 @@ async fn soak_with_random_faults() {
         watch.missing,
         watch.foreign
     );
-    if readers > 0 {
+    if reader_pods > 0 {
         println!(
             "read where pods read them: {} pods through their metadata sidecars, {} tokens, {} observations (a token in a one-second window), {} expired, {} not issued by the doubles (hand edits delivered before repair), {} refused or failed requests, closest to expiry {:.1} s",
             in_pods.pods,
@@ -633,10 +487,10 @@ async fn soak_with_random_faults() {
         in_pods.expired, 0,
         "pods were served expired tokens by their metadata sidecars: {in_pods:?}"
     );
-    if readers > 0 {
+    if reader_pods > 0 {
         // Every pod kept reading for the whole run: about one observation a second each.
         assert!(
-            in_pods.observations as f64 >= seconds as f64 * 0.5 * readers as f64,
+            in_pods.observations as f64 >= seconds as f64 * 0.5 * reader_pods as f64,
             "{in_pods:?}"
         );
     }

@@ -10,6 +10,7 @@ pub mod gate;
 pub mod metadata;
 pub mod oidc;
 pub mod pod;
+pub mod readers;
 pub mod tokens;
 pub mod webhook;
 
