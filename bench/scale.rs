@@ -743,6 +743,12 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1)
         .max(1);
+    // The first round's number: 1 starts with the floor last (to add such a round to an
+    // earlier run's floor-first one at a size where each round takes long).
+    let first_round: usize = std::env::var("FEDCRED_SCALE_FIRST_ROUND")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     // A baseline binary (an earlier fedcred) runs beside the current one in every round, in
     // alternating order, against the same floor: ratios from one machine at one time.
     let baseline = std::env::var("FEDCRED_SCALE_BASELINE")
@@ -759,10 +765,10 @@ async fn main() {
     let mut ratios: Vec<(usize, &str, f64)> = Vec::new();
     let mut restarts: Vec<(usize, &str, Option<f64>, u64)> = Vec::new();
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let last = (sizes.len(), rounds);
+    let last = (sizes.len(), first_round + rounds);
     let moto_url = moto.url();
     for (size_index, &(n, identities)) in sizes.iter().enumerate() {
-        for round in 0..rounds {
+        for round in first_round..first_round + rounds {
             // Every round has namespaces of its own, and the previous round's are gone before
             // it starts, so it runs on a quiet server.
             let floor_ns = format!("scale-{n}-{round}-floor");

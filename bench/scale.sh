@@ -13,7 +13,8 @@
 # FEDCRED_SCALE_POPULATE_CONCURRENCY (creates in flight per namespace, default 32),
 # FEDCRED_SCALE_NAMESPACE_SHARE (controller --namespace-share), FEDCRED_SCALE_RESTART=0 (no
 # restart check), FEDCRED_SCALE_RESTART_SETTLE (seconds watched after the restarted controller
-# has looked at every resource, default 10).
+# has looked at every resource, default 10), FEDCRED_SCALE_FIRST_ROUND (the first round's number;
+# 1 starts with the floor last).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/../hack/lib.sh"
