@@ -226,7 +226,8 @@ app["command"] = ["python3", "-c", "import time\nwhile True:\n    time.sleep(360
 app.setdefault("env", []).append({"name": "PGDATABASE", "value": "postgres"})
 json.dump(orders, open(orders_file, "w"))
 others = [name(o) for o in objects if o["kind"] in workloads and o is not orders]
-print("[not run on this node, their images are not here: %s]" % ", ".join(others), file=sys.stderr)
+if others:
+    print("[not run on this node, their images are not here: %s]" % ", ".join(others), file=sys.stderr)
 PY
   log "applying the examples (their workloads come after the FederatedCredentials are Ready)"
   kubectl apply -f "$run_dir/examples-node.json"

@@ -1218,13 +1218,10 @@ async fn a_secret_deleted_or_edited_by_hand() {
         notes: format!(
             "edit undone from the cached token; {} samples saw the edited value{}",
             samples.foreign,
-            samples.in_pods.as_ref().map_or(String::new(), |p| format!(
-                ", the reader pod {} (an edit undone before the kubelet's next Secret sync never reaches a pod)",
-                match p.foreign {
-                    0 => "never".to_owned(),
-                    n => format!("in {n} observations"),
-                }
-            ))
+            samples.in_pods.as_ref().map_or(String::new(), |p| match p.foreign {
+                0 => ", the reader pod never (an edit undone before the kubelet's next Secret sync never reaches a pod)".to_owned(),
+                n => format!(", the reader pod in {n} observations"),
+            })
         ),
         ..samples.figures("Secret edited by hand (token overwritten)")
     };
