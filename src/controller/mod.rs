@@ -6,6 +6,7 @@
 //! decisions out with server-side apply under field manager `fedcred`. It never writes a spec.
 
 pub mod rollout;
+mod secrets;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -86,7 +87,7 @@ pub struct Context {
     pub recorder: Recorder,
     /// Roll the workloads that use a resource when what is injected changes.
     pub rollouts: bool,
-    secrets: Store<Secret>,
+    secrets: secrets::SecretCache,
     budgets: Mutex<Budgets<ObjectRef<FederatedCredential>>>,
 }
 
@@ -216,10 +217,8 @@ impl Context {
     /// What the controller's cache knows of the resource's Secret.
     fn cached_secret(&self, fc: &FederatedCredential) -> SecretState {
         let namespace = fc.namespace().unwrap_or_default();
-        let found = self
-            .secrets
-            .get(&ObjectRef::new(&secret_name(fc)).within(&namespace));
-        objects::secret_state(fc, found.as_deref())
+        let found = self.secrets.get(&namespace, &secret_name(fc));
+        objects::secret_state(fc, found.as_ref())
     }
 
     /// Whether the name of a Secret the cache does not hold is taken. The cache holds only
@@ -635,17 +634,7 @@ where
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
-    let (secret_store, secret_writer) = reflector::store();
-    let secret_events = reflector::reflector(
-        secret_writer,
-        watcher(secrets_api, watcher::Config::default().labels(&selector))
-            .default_backoff()
-            .modify(|s: &mut Secret| {
-                slim(s);
-                objects::forget_data(s);
-            }),
-    )
-    .touched_objects();
+    let (secret_cache, secret_events) = secrets::watch(secrets_api, &selector);
     let (fc_store, fc_writer) = reflector::store();
     // Status-only updates (most of them our own) need no reconcile: the schedule is in the
     // requeue, and the store still receives every update.
@@ -665,12 +654,12 @@ where
         defaults: settings.defaults.clone(),
         metrics,
         rollouts: settings.rollouts,
-        secrets: secret_store,
+        secrets: secret_cache,
         budgets: Mutex::new(Budgets::new(Instant::now())),
     });
     let woken = woken_by_recoveries(recoveries, fc_store.clone(), settings.defaults.clone());
     let run = Controller::for_stream(fc_events, fc_store.clone())
-        .owns_stream(secret_events)
+        .reconcile_on(secret_events)
         .reconcile_on(woken)
         .with_config(
             ControllerConfig::default()

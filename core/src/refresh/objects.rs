@@ -26,21 +26,32 @@ pub const SECRET_CONFLICT: &str = "SecretConflict";
 /// Reason of a Ready condition when each pod exchanges for itself (`exchange: Pod`).
 pub const EXCHANGE_IN_POD: &str = "ExchangeInPod";
 
-/// Cache-only annotation: whether the Secret's data matched its content hash when it was
-/// watched. The controller's cache keeps this verdict instead of the data, so tokens never sit
-/// in its memory. Never written to the API server.
-pub const OBSERVED_INTACT: &str = "fedcred.io/observed-intact";
+/// What the controller keeps of a watched Secret: the uid of the object that controls it and
+/// whether its data matched its content hash when it was watched. Never the data, so tokens never
+/// sit in the controller's memory, and a few dozen bytes instead of the object: the cache holds
+/// one per resource.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretSummary {
+    /// uid of the owner reference with `controller: true`, if there is one.
+    pub controller_uid: Option<Box<str>>,
+    /// The data holds a token and matches [`CONTENT_HASH_ANNOTATION`].
+    pub intact: bool,
+}
 
-/// Replaces a watched Secret's data with the verdict of [`OBSERVED_INTACT`].
-pub fn forget_data(secret: &mut Secret) {
-    let intact = data_intact(secret);
-    secret.data = None;
-    secret.string_data = None;
-    secret
-        .metadata
-        .annotations
-        .get_or_insert_with(BTreeMap::new)
-        .insert(OBSERVED_INTACT.to_owned(), intact.to_string());
+impl SecretSummary {
+    pub fn of(secret: &Secret) -> Self {
+        let controller_uid = secret
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|r| r.controller == Some(true))
+            .map(|r| r.uid.as_str().into());
+        SecretSummary {
+            controller_uid,
+            intact: data_intact(secret),
+        }
+    }
 }
 
 fn data_intact(secret: &Secret) -> bool {
@@ -107,19 +118,18 @@ pub fn desired_secret(fc: &FederatedCredential, issued: &Issued) -> Secret {
     }
 }
 
-/// How the Secret found in the cluster relates to `fc`.
-pub fn secret_state(fc: &FederatedCredential, found: Option<&Secret>) -> SecretState {
+/// How the Secret found in the cluster (as the cache summarises it) relates to `fc`.
+pub fn secret_state(fc: &FederatedCredential, found: Option<&SecretSummary>) -> SecretState {
     let Some(secret) = found else {
         return SecretState::Missing;
     };
-    if !owned_by(fc, &secret.metadata) {
-        return SecretState::ForeignOwner;
+    let uid = fc.uid();
+    match (&secret.controller_uid, uid) {
+        (Some(owner), Some(uid)) if **owner == *uid => SecretState::Ours {
+            intact: secret.intact,
+        },
+        _ => SecretState::ForeignOwner,
     }
-    let intact = match secret.annotations().get(OBSERVED_INTACT) {
-        Some(verdict) => verdict == "true",
-        None => data_intact(secret),
-    };
-    SecretState::Ours { intact }
 }
 
 /// How a Secret the cache does not hold relates to `fc`, from its metadata as the API server
@@ -465,35 +475,43 @@ mod tests {
     #[test]
     fn secret_state_tells_ours_edited_foreign_and_missing_apart() {
         let fc = fc();
+        let seen = |s: &Secret| secret_state(&fc, Some(&SecretSummary::of(s)));
         let mut s = desired_secret(&fc, &issued());
         assert_eq!(secret_state(&fc, None), SecretState::Missing);
-        assert_eq!(
-            secret_state(&fc, Some(&s)),
-            SecretState::Ours { intact: true }
-        );
+        assert_eq!(seen(&s), SecretState::Ours { intact: true });
         s.data
             .as_mut()
             .unwrap()
             .insert("access_token".into(), ByteString(b"edited".to_vec()));
-        assert_eq!(
-            secret_state(&fc, Some(&s)),
-            SecretState::Ours { intact: false }
-        );
-        let mut cached = s.clone();
-        forget_data(&mut cached);
-        assert_eq!(cached.data, None, "the cache keeps no token");
-        assert_eq!(
-            secret_state(&fc, Some(&cached)),
-            SecretState::Ours { intact: false }
-        );
-        let mut fresh = desired_secret(&fc, &issued());
-        forget_data(&mut fresh);
-        assert_eq!(
-            secret_state(&fc, Some(&fresh)),
-            SecretState::Ours { intact: true }
-        );
+        assert_eq!(seen(&s), SecretState::Ours { intact: false });
+        let mut emptied = desired_secret(&fc, &issued());
+        emptied.data = None;
+        assert_eq!(seen(&emptied), SecretState::Ours { intact: false });
+        let mut owner = s.metadata.owner_references.clone().unwrap();
+        owner[0].controller = None;
+        s.metadata.owner_references = Some(owner.clone());
+        assert_eq!(seen(&s), SecretState::ForeignOwner, "owned, not controlled");
+        owner[0].controller = Some(true);
+        owner[0].uid = "uid-2".into();
+        s.metadata.owner_references = Some(owner);
+        assert_eq!(seen(&s), SecretState::ForeignOwner, "another resource's");
         s.metadata.owner_references = None;
-        assert_eq!(secret_state(&fc, Some(&s)), SecretState::ForeignOwner);
+        assert_eq!(seen(&s), SecretState::ForeignOwner);
+    }
+
+    #[test]
+    fn the_summary_keeps_no_token() {
+        let fc = fc();
+        let summary = SecretSummary::of(&desired_secret(&fc, &issued()));
+        assert_eq!(
+            summary,
+            SecretSummary {
+                controller_uid: Some("uid-1".into()),
+                intact: true
+            }
+        );
+        let shown = format!("{summary:?}");
+        assert!(!shown.contains(issued().access_token.expose()), "{shown}");
     }
 
     #[test]
