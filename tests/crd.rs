@@ -93,6 +93,49 @@ fn examples_are_accepted() {
     }
 }
 
+/// `kubectl apply -f examples/` takes the files in name order: every namespaced object must
+/// come after its Namespace, and an object two examples share must be the same in both, or the
+/// later file silently rewrites the earlier one's.
+#[test]
+fn the_examples_directory_applies_as_a_whole() {
+    let mut files: Vec<_> = std::fs::read_dir(repo_root().join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    let mut namespaces = std::collections::BTreeSet::new();
+    let mut seen: std::collections::BTreeMap<String, (String, Value)> = Default::default();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        for doc in serde_norway::Deserializer::from_str(&text) {
+            let obj = Value::deserialize(doc).unwrap();
+            let kind = obj["kind"].as_str().unwrap().to_owned();
+            let meta = &obj["metadata"];
+            if kind == "Namespace" {
+                namespaces.insert(meta["name"].as_str().unwrap().to_owned());
+            }
+            if let Some(ns) = meta["namespace"].as_str() {
+                assert!(
+                    namespaces.contains(ns),
+                    "{name}: {kind} {} comes before its Namespace {ns} in `kubectl apply -f examples/`",
+                    meta["name"]
+                );
+            }
+            let key = format!("{kind} {}/{}", meta["namespace"], meta["name"]);
+            if let Some((first, earlier)) = seen.get(&key) {
+                assert_eq!(
+                    earlier, &obj,
+                    "{name} rewrites {key} of {first}: give it a name of its own"
+                );
+            }
+            seen.insert(key, (name.clone(), obj));
+        }
+    }
+    assert!(seen.len() >= 10, "examples hold {} objects", seen.len());
+}
+
 #[test]
 fn the_api_server_fills_in_defaults() {
     ensure_crd();
