@@ -191,8 +191,8 @@ AWS_ENDPOINT_URL_STS="$moto" AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
   >"$run_dir/logs/controller.log" 2>&1 &
 pids+=($!)
 
-# The two examples of the seeds as users apply them (the others show alternatives to these and
-# need instances the local doubles do not hold). On the node, workloads whose images are
+# The two examples of the seeds as users apply them (the others show alternatives to these).
+# On the node, workloads whose images are
 # not on this machine are left out (the orders-api Deployment runs later, with the client image
 # as its app), so no pod waits on a registry it cannot reach.
 examples=(-f examples/irsa-alloydb.yaml -f examples/controller-identity-bigquery.yaml)
