@@ -192,9 +192,9 @@ AWS_ENDPOINT_URL_STS="$moto" AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
 pids+=($!)
 
 # The two examples of the seeds as users apply them (the others show alternatives to these).
-# On the node, workloads whose images are
-# not on this machine are left out (the orders-api Deployment runs later, with the client image
-# as its app), so no pod waits on a registry it cannot reach.
+# On the node, workloads whose images are not on this machine are left out (the orders-api
+# Deployment runs later, with the client image as its app), so no pod waits on a registry it
+# cannot reach.
 examples=(-f examples/irsa-alloydb.yaml -f examples/controller-identity-bigquery.yaml)
 apply_examples() {
   if ! $with_node; then
