@@ -148,13 +148,13 @@ pub struct FederatedCredentialSpec {
     /// AlloyDB instances that injected pods reach through the AlloyDB Auth Proxy, one local
     /// port each.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub alloydb: Option<AlloyDb>,
+    pub alloydb: Option<Box<AlloyDb>>,
 
     /// Cloud SQL instances (PostgreSQL or MySQL) that injected pods reach through the Cloud
     /// SQL Auth Proxy v2, one local port each. The proxy finds its token at the same metadata
     /// emulator as the application.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cloudsql: Option<CloudSql>,
+    pub cloudsql: Option<Box<CloudSql>>,
 }
 
 /// Where the AWS identity comes from. Set exactly one of `serviceAccount` (IRSA, the usual

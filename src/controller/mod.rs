@@ -16,6 +16,7 @@ use fedcred_core::error::Reason;
 use fedcred_core::exchange::{Defaults, IdentityKey};
 use fedcred_core::google::truncate;
 use fedcred_core::names::{MANAGED_BY, MANAGED_BY_LABEL, ROLLOUT_ANNOTATION, secret_name};
+use fedcred_core::refresh::changes::{SpecChanges, trim_cached};
 use fedcred_core::refresh::decide::SecretState;
 use fedcred_core::refresh::events::Budgets;
 use fedcred_core::refresh::{self, Effects, Next, Observed, Outcome, objects};
@@ -26,7 +27,7 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{PredicateConfig, WatchStreamExt, predicates, watcher};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::Mutex;
@@ -519,16 +520,6 @@ fn error_policy(fc: Arc<FederatedCredential>, err: &Error, ctx: Arc<Context>) ->
 /// status older than the Secret and write both again.
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
-/// Drops what the controller never reads from cached objects: field-manager history and
-/// kubectl's copy of the last applied object, which together can double an object's size.
-fn slim<K: Resource>(obj: &mut K) {
-    let meta = obj.meta_mut();
-    meta.managed_fields = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
-    }
-}
-
 /// How the controller runs.
 pub struct Settings {
     /// Watch only these namespaces (all when empty).
@@ -642,10 +633,9 @@ where
         fc_writer,
         watcher(fcs, watcher::Config::default().any_semantic())
             .default_backoff()
-            .modify(slim),
-    )
-    .applied_objects()
-    .predicate_filter(predicates::generation, PredicateConfig::default());
+            .modify(trim_cached),
+    );
+    let fc_events = spec_changes(fc_events);
     let recoveries = engine.recoveries();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), settings.reporter.clone()),
@@ -670,6 +660,40 @@ where
         .run(reconcile_within_deadline, error_policy, ctx)
         .for_each(|_| futures::future::ready(()));
     (fc_store, run)
+}
+
+/// The resources to reconcile from the watch's events: those seen for the first time and those
+/// whose spec changed ([`SpecChanges`]). The store receives every event before this.
+fn spec_changes<S>(
+    events: S,
+) -> impl futures::Stream<Item = Result<FederatedCredential, watcher::Error>> + Send + 'static
+where
+    S: futures::Stream<Item = Result<watcher::Event<FederatedCredential>, watcher::Error>>
+        + Send
+        + 'static,
+{
+    let mut changes = SpecChanges::default();
+    events.filter_map(move |event| {
+        let passed = match event {
+            Ok(watcher::Event::Apply(fc) | watcher::Event::InitApply(fc)) => {
+                changes.applied(fc.meta()).then_some(Ok(fc))
+            }
+            Ok(watcher::Event::Delete(fc)) => {
+                changes.deleted(fc.meta());
+                None
+            }
+            Ok(watcher::Event::Init) => {
+                changes.relist_started();
+                None
+            }
+            Ok(watcher::Event::InitDone) => {
+                changes.relist_done();
+                None
+            }
+            Err(e) => Some(Err(e)),
+        };
+        futures::future::ready(passed)
+    })
 }
 
 /// The resources to look at again when an identity's exchange succeeds after failing: those

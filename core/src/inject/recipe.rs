@@ -42,7 +42,7 @@ pub struct Recipe<'a> {
 impl<'a> Recipe<'a> {
     pub fn of(fc: &'a FederatedCredential) -> Self {
         Recipe {
-            alloydb: fc.spec.alloydb.as_ref(),
+            alloydb: fc.spec.alloydb.as_deref(),
             secret: secret_name(fc),
             service_account: fc.spec.google.service_account.as_deref(),
             agent_credential: fc.spec.exchanges_in_pod().then(|| agent_credential(fc)),
@@ -53,7 +53,7 @@ impl<'a> Recipe<'a> {
                 .as_ref()
                 .and_then(|e| e.iam_credentials.as_deref())
                 .filter(|url| !url.is_empty()),
-            cloudsql: fc.spec.cloudsql.as_ref(),
+            cloudsql: fc.spec.cloudsql.as_deref(),
         }
     }
 

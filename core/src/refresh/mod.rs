@@ -4,6 +4,8 @@
 //! [`failed`] say what to write (the Secret, the status), which event to publish and when to
 //! look again. The controller in the `fedcred` crate carries that out and nothing more.
 //!
+//! - [`changes`]: which watched resources need a reconcile (new ones, changed specs).
+//! - [`changes`]: which watched resources need a reconcile (new ones and changed specs).
 //! - [`decide`]: the ordered checks that say whether a refresh is due, the refresh time with
 //!   its jitter, and the retry backoff.
 //! - [`objects`]: the Secret and the status as written.
@@ -13,6 +15,7 @@
 //! memory of earlier reconciles, so a restarted controller makes the same decisions as the one
 //! before it and resumes without a burst of exchanges.
 
+pub mod changes;
 pub mod decide;
 pub mod events;
 pub mod objects;
