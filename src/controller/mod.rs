@@ -134,11 +134,11 @@ async fn write_status(
 
 impl Context {
     async fn publish(&self, fc: &FederatedCredential, note: refresh::Note) {
-        let allowed =
-            self.budgets
-                .lock()
-                .await
-                .allow(note.budget, ObjectRef::from_obj(fc), Instant::now());
+        let allowed = self
+            .budgets
+            .lock()
+            .await
+            .allow(note.budget, reference(fc), Instant::now());
         if !allowed {
             return;
         }
@@ -259,11 +259,7 @@ pub async fn reconcile(fc: Arc<FederatedCredential>, ctx: Arc<Context>) -> Resul
         // The Secret is owned by the resource; the garbage collector removes it.
         ctx.metrics
             .forget(&fc.namespace().unwrap_or_default(), &fc.name_any());
-        ctx.budgets
-            .lock()
-            .await
-            .routine
-            .forget(&ObjectRef::from_obj(fc.as_ref()));
+        ctx.budgets.lock().await.routine.forget(&reference(&fc));
         return Ok(Action::await_change());
     }
     let api: Api<FederatedCredential> =
@@ -635,7 +631,7 @@ where
             .default_backoff()
             .modify(trim_cached),
     );
-    let fc_events = spec_changes(fc_events);
+    let fc_changes = spec_changes(fc_events);
     let recoveries = engine.recoveries();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), settings.reporter.clone()),
@@ -648,7 +644,10 @@ where
         budgets: Mutex::new(Budgets::new(Instant::now())),
     });
     let woken = woken_by_recoveries(recoveries, fc_store.clone(), settings.defaults.clone());
-    let run = Controller::for_stream(fc_events, fc_store.clone())
+    // The watch's resources come in as references without their resource version and uid
+    // (see `reference`); the stream of objects the controller takes itself stays empty.
+    let run = Controller::for_stream(futures::stream::pending(), fc_store.clone())
+        .reconcile_on(fc_changes)
         .reconcile_on(secret_events)
         .reconcile_on(woken)
         .with_config(
@@ -662,11 +661,18 @@ where
     (fc_store, run)
 }
 
+/// How the controller refers to a resource in its queue, its schedule and its budgets: by
+/// namespace and name only. kube's reference from an object also carries the resource version
+/// and uid, two more strings in each of the schedule's two copies of every resource's entry.
+fn reference(fc: &FederatedCredential) -> ObjectRef<FederatedCredential> {
+    ObjectRef::new(&fc.name_any()).within(&fc.namespace().unwrap_or_default())
+}
+
 /// The resources to reconcile from the watch's events: those seen for the first time and those
 /// whose spec changed ([`SpecChanges`]). The store receives every event before this.
 fn spec_changes<S>(
     events: S,
-) -> impl futures::Stream<Item = Result<FederatedCredential, watcher::Error>> + Send + 'static
+) -> impl futures::Stream<Item = ObjectRef<FederatedCredential>> + Send + 'static
 where
     S: futures::Stream<Item = Result<watcher::Event<FederatedCredential>, watcher::Error>>
         + Send
@@ -676,7 +682,7 @@ where
     events.filter_map(move |event| {
         let passed = match event {
             Ok(watcher::Event::Apply(fc) | watcher::Event::InitApply(fc)) => {
-                changes.applied(fc.meta()).then_some(Ok(fc))
+                changes.applied(fc.meta()).then(|| reference(&fc))
             }
             Ok(watcher::Event::Delete(fc)) => {
                 changes.deleted(fc.meta());
@@ -690,7 +696,11 @@ where
                 changes.relist_done();
                 None
             }
-            Err(e) => Some(Err(e)),
+            // The watch retries with backoff; the store keeps what it had meanwhile.
+            Err(e) => {
+                tracing::warn!(error = %e, "watching FederatedCredentials failed; retrying");
+                None
+            }
         };
         futures::future::ready(passed)
     })
@@ -723,7 +733,7 @@ fn woken_by_recoveries(
             .iter()
             .filter(|fc| fc.status.as_ref().is_some_and(|s| s.failure_count > 0))
             .filter(|fc| refresh::identity(fc, &defaults).is_some_and(|(k, _)| k == key))
-            .map(|fc| ObjectRef::from_obj(fc.as_ref()))
+            .map(|fc| reference(fc))
             .collect();
         if !woken.is_empty() {
             tracing::info!(

@@ -150,9 +150,15 @@ mod tests {
     fn the_first_sight_and_each_new_generation_pass_and_status_updates_do_not() {
         let mut changes = SpecChanges::default();
         assert!(changes.applied(&meta("orders", UID_A, 1)), "first sight");
-        assert!(!changes.applied(&meta("orders", UID_A, 1)), "a status update");
+        assert!(
+            !changes.applied(&meta("orders", UID_A, 1)),
+            "a status update"
+        );
         assert!(!changes.applied(&meta("orders", UID_A, 1)), "another one");
-        assert!(changes.applied(&meta("orders", UID_A, 2)), "the spec changed");
+        assert!(
+            changes.applied(&meta("orders", UID_A, 2)),
+            "the spec changed"
+        );
         assert!(!changes.applied(&meta("orders", UID_A, 2)));
         assert_eq!(changes.len(), 1);
     }
@@ -197,7 +203,11 @@ mod tests {
         changes.relist_started();
         assert!(!changes.applied(&meta("orders", UID_A, 1)), "unchanged");
         changes.relist_done();
-        assert_eq!(changes.len(), 1, "billing was deleted while the watch was down");
+        assert_eq!(
+            changes.len(),
+            1,
+            "billing was deleted while the watch was down"
+        );
         // Had it come back, it would be new.
         assert!(changes.applied(&meta("billing", UID_B, 3)));
     }
