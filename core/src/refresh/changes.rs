@@ -26,8 +26,8 @@ pub struct SpecChanges {
 enum Key {
     /// A uid as the API server writes it, a UUID, as its 128 bits.
     Uuid(u128),
-    /// Any other uid, or none: by namespace, name and uid, hashed. Only resources not made by an API
-    /// server (tests) have one.
+    /// Any other uid, or none: by namespace, name and uid, hashed. Only resources not made by
+    /// an API server (tests) have one.
     Hashed(u64),
 }
 
@@ -99,12 +99,9 @@ impl SpecChanges {
     }
 
     /// How many resources are remembered.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.seen.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
     }
 }
 
@@ -192,7 +189,7 @@ mod tests {
         let mut changes = SpecChanges::default();
         changes.applied(&meta("orders", UID_A, 1));
         changes.deleted(&meta("orders", UID_A, 1));
-        assert!(changes.is_empty());
+        assert_eq!(changes.len(), 0);
     }
 
     #[test]

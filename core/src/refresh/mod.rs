@@ -4,7 +4,6 @@
 //! [`failed`] say what to write (the Secret, the status), which event to publish and when to
 //! look again. The controller in the `fedcred` crate carries that out and nothing more.
 //!
-//! - [`changes`]: which watched resources need a reconcile (new ones, changed specs).
 //! - [`changes`]: which watched resources need a reconcile (new ones and changed specs).
 //! - [`decide`]: the ordered checks that say whether a refresh is due, the refresh time with
 //!   its jitter, and the retry backoff.
