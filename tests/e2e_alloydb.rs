@@ -428,14 +428,17 @@ async fn a_pod_reaches_alloydb_and_cloudsql_as_its_iam_user_before_and_after_the
         );
     }
     // The instance accepts nobody but the certificate's IAM user.
+    let before = cloudsql.connections().len();
     let refused = tokio::task::block_in_place(|| {
         select_current_user(&cloudsql_env(app_env, Some("postgres")))
     });
     assert!(refused.is_err(), "{refused:?}");
-    assert!(matches!(
-        cloudsql.connections().last().map(|c| &c.outcome),
-        Some(Outcome::Refused(reason)) if reason.contains("IAM database user")
-    ));
+    let seen = recorded_after(cloudsql, before).await;
+    assert!(
+        matches!(seen.last().map(|c| &c.outcome),
+            Some(Outcome::Refused(reason)) if reason.contains("IAM database user")),
+        "{seen:?}"
+    );
 
     // Cloud SQL for MySQL, through the MySQL variables, as the service account's name.
     assert_eq!(app_var("MYSQL_USER").as_deref(), Some(MYSQL_USER));
@@ -451,12 +454,15 @@ async fn a_pod_reaches_alloydb_and_cloudsql_as_its_iam_user_before_and_after_the
     assert_eq!(account.as_deref(), Ok("orders-api@%"), "{}", logs(running));
     let accepted = last_cloudsql_login(cloudsql, MYSQL_INSTANCE, MYSQL_USER);
     assert!(accepted.used_token(&first_token));
+    let before = cloudsql.connections().len();
     let refused = tokio::task::block_in_place(mysql("root", 20));
     assert!(refused.is_err(), "{refused:?}");
-    assert!(matches!(
-        cloudsql.connections().last().map(|c| &c.outcome),
-        Some(Outcome::Refused(reason)) if reason.contains("IAM database user \"orders-api\"")
-    ));
+    let seen = recorded_after(cloudsql, before).await;
+    assert!(
+        matches!(seen.last().map(|c| &c.outcome),
+            Some(Outcome::Refused(reason)) if reason.contains("IAM database user \"orders-api\"")),
+        "{seen:?}"
+    );
 
     // The controller refreshes long before expiry; wait, keeping the volume in step as the
     // kubelet does, until the first token is dead.
@@ -615,6 +621,18 @@ fn cloudsql_env(app_env: &[(String, String)], user: Option<&str>) -> Vec<(String
         user.map_or_else(|| value("CLOUDSQL_USER"), str::to_owned),
     ));
     env
+}
+
+/// The instances' connections once one more than `before` is recorded: the client can learn of
+/// a refusal before the instance records it.
+async fn recorded_after(
+    cloudsql: &CloudSqlDoubles,
+    before: usize,
+) -> Vec<fedcred_doubles::cloudsql::Connection> {
+    cloudsql
+        .connections_reaching(before + 1, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The last connection Cloud SQL `instance` accepted, which must be an IAM login of the

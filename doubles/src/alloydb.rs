@@ -94,6 +94,8 @@ pub(crate) struct Shared {
     verifier: tokens::Verifier,
     postgres: Mutex<Option<SocketAddr>>,
     connections: Mutex<Vec<Connection>>,
+    /// Woken after each connection is recorded.
+    connected: tokio::sync::Notify,
     admin_calls: Mutex<Vec<AdminCall>>,
     faults: Mutex<faults::Queues>,
 }
@@ -106,6 +108,7 @@ impl Shared {
 
     fn record_connection(&self, connection: Connection) {
         lock(&self.connections).push(connection);
+        self.connected.notify_waiters();
     }
 
     fn record_admin(&self, method: &str, status: axum::http::StatusCode) {
@@ -157,6 +160,7 @@ impl AlloyDbDoubles {
             pki,
             verifier,
             connections: Mutex::default(),
+            connected: tokio::sync::Notify::new(),
             admin_calls: Mutex::default(),
             faults: Mutex::default(),
         });
@@ -213,6 +217,29 @@ impl AlloyDbDoubles {
     /// Every connection the instance saw, in order of setup completion.
     pub fn connections(&self) -> Vec<Connection> {
         lock(&self.shared.connections).clone()
+    }
+
+    /// The connections once there are at least `count` (a client can learn of a refusal before
+    /// it is recorded), or an error naming what was seen after `within`.
+    pub async fn connections_reaching(
+        &self,
+        count: usize,
+        within: std::time::Duration,
+    ) -> Result<Vec<Connection>, String> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = self.shared.connected.notified();
+            let seen = self.connections();
+            if seen.len() >= count {
+                return Ok(seen);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(format!(
+                    "alloydb: {} connections recorded after {within:?}, expected {count}",
+                    seen.len()
+                ));
+            }
+        }
     }
 
     /// Every Admin API call, in order.

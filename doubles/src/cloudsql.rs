@@ -94,12 +94,15 @@ pub(crate) struct Shared {
     /// Issued certificates by the SHA-256 of their DER.
     bindings: Mutex<HashMap<[u8; 32], Binding>>,
     connections: Mutex<Vec<Connection>>,
+    /// Woken after each connection is recorded.
+    connected: tokio::sync::Notify,
     admin_calls: Mutex<Vec<AdminCall>>,
 }
 
 impl Shared {
     fn record_connection(&self, connection: Connection) {
         lock(&self.connections).push(connection);
+        self.connected.notify_waiters();
     }
 
     fn record_admin(&self, method: &str, status: axum::http::StatusCode) {
@@ -175,6 +178,7 @@ impl CloudSqlDoubles {
             verifier,
             bindings: Mutex::default(),
             connections: Mutex::default(),
+            connected: tokio::sync::Notify::new(),
             admin_calls: Mutex::default(),
         });
 
@@ -229,6 +233,29 @@ impl CloudSqlDoubles {
     /// Every connection the instances saw, in order of setup completion.
     pub fn connections(&self) -> Vec<Connection> {
         lock(&self.shared.connections).clone()
+    }
+
+    /// The connections once there are at least `count` (a client can learn of a refusal before
+    /// it is recorded), or an error naming what was seen after `within`.
+    pub async fn connections_reaching(
+        &self,
+        count: usize,
+        within: std::time::Duration,
+    ) -> Result<Vec<Connection>, String> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = self.shared.connected.notified();
+            let seen = self.connections();
+            if seen.len() >= count {
+                return Ok(seen);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(format!(
+                    "cloudsql: {} connections recorded after {within:?}, expected {count}",
+                    seen.len()
+                ));
+            }
+        }
     }
 
     /// Every Admin API call, in order.
