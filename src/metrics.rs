@@ -1,9 +1,12 @@
 //! Prometheus metrics. Labels carry names and stable reasons only, never token values.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -16,12 +19,6 @@ pub struct ExchangeLabels {
     pub result: &'static str,
     /// Stable failure reason; empty on success.
     pub reason: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResourceLabels {
-    pub namespace: String,
-    pub name: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -60,14 +57,11 @@ pub struct Metrics {
     pub exchanges: Family<ExchangeLabels, Counter>,
     /// Time to obtain a token, cache hits included.
     pub exchange_duration: Histogram,
-    /// Seconds until each resource's token expires.
-    pub seconds_to_expiry: Family<ResourceLabels, Gauge>,
     /// Reconciles that ended in an error, by reason.
     pub reconcile_errors: Family<ReasonLabels, Counter>,
-    /// When each resource's token expires (Unix seconds). Unlike `seconds_to_expiry`, which
-    /// is set when the resource is looked at, this stays true between reconciles, so alerts
-    /// compare it with `time()`.
-    pub expiry_timestamp: Family<ResourceLabels, Gauge>,
+    /// When each resource's token expires, written at each scrape as
+    /// `token_expiry_timestamp_seconds` and `token_seconds_to_expiry`.
+    expiries: Arc<Expiries>,
     /// 1 while this replica holds the leader Lease (or runs without election), else 0.
     pub leader: Gauge,
     /// Admission reviews answered by the webhook, by result.
@@ -79,7 +73,6 @@ pub struct Metrics {
     /// Webhook clients refused or kept waiting to protect the process, by reason
     /// ([`TURNED_AWAY_REASONS`]).
     pub turned_away: Family<ReasonLabels, Counter>,
-    known_resources: std::sync::Mutex<std::collections::HashSet<ResourceLabels>>,
 }
 
 impl Default for Metrics {
@@ -97,23 +90,13 @@ impl Default for Metrics {
             "Time to obtain a token from the cache or an exchange",
             exchange_duration.clone(),
         );
-        let seconds_to_expiry = Family::<ResourceLabels, Gauge>::default();
-        registry.register(
-            "token_seconds_to_expiry",
-            "Seconds until the token in each FederatedCredential's Secret expires",
-            seconds_to_expiry.clone(),
-        );
+        let expiries = Arc::new(Expiries::default());
+        registry.register_collector(Box::new(expiries.clone()));
         let reconcile_errors = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "reconcile_errors",
             "Reconciles that ended in an error",
             reconcile_errors.clone(),
-        );
-        let expiry_timestamp = Family::<ResourceLabels, Gauge>::default();
-        registry.register(
-            "token_expiry_timestamp_seconds",
-            "When the token in each FederatedCredential's Secret expires, in Unix seconds",
-            expiry_timestamp.clone(),
         );
         let leader = Gauge::default();
         registry.register(
@@ -152,15 +135,13 @@ impl Default for Metrics {
             registry,
             exchanges,
             exchange_duration,
-            seconds_to_expiry,
+            expiries,
             reconcile_errors,
-            expiry_timestamp,
             leader,
             admissions,
             admission_duration,
             certificate_expiry,
             turned_away,
-            known_resources: std::sync::Mutex::new(std::collections::HashSet::new()),
         }
     }
 }
@@ -185,33 +166,15 @@ impl Metrics {
         self.exchanges.get_or_create(&labels).inc();
     }
 
+    /// Records that the token of resource `namespace`/`name` expires in `seconds`.
     pub fn set_expiry(&self, namespace: &str, name: &str, seconds: i64) {
-        let labels = ResourceLabels {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        };
-        self.seconds_to_expiry.get_or_create(&labels).set(seconds);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-        self.expiry_timestamp
-            .get_or_create(&labels)
-            .set(now.saturating_add(seconds));
-        if let Ok(mut known) = self.known_resources.lock() {
-            known.insert(labels);
-        }
+        let at = jiff::Timestamp::now().as_second().saturating_add(seconds);
+        self.expiries.set(namespace, name, at);
     }
 
+    /// Drops the expiry series of resource `namespace`/`name`.
     pub fn forget(&self, namespace: &str, name: &str) {
-        let labels = ResourceLabels {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        };
-        self.seconds_to_expiry.remove(&labels);
-        self.expiry_timestamp.remove(&labels);
-        if let Ok(mut known) = self.known_resources.lock() {
-            known.remove(&labels);
-        }
+        self.expiries.remove(namespace, name);
     }
 
     /// Records whether this replica leads.
@@ -250,17 +213,7 @@ impl Metrics {
 
     /// Keeps only the expiry series of resources for which `exists` holds.
     pub fn retain_resources(&self, exists: impl Fn(&str, &str) -> bool) {
-        // prometheus-client cannot list a family's label sets; remember them here instead.
-        let known: Vec<ResourceLabels> = self
-            .known_resources
-            .lock()
-            .map(|k| k.iter().cloned().collect())
-            .unwrap_or_default();
-        for labels in known {
-            if !exists(&labels.namespace, &labels.name) {
-                self.forget(&labels.namespace, &labels.name);
-            }
-        }
+        self.expiries.retain(exists);
     }
 
     /// The text exposition format.
@@ -270,6 +223,85 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// Each resource's token expiry (Unix seconds), kept once per resource and written at each
+/// scrape as two series: `token_expiry_timestamp_seconds` and `token_seconds_to_expiry`, the
+/// seconds left at that moment. Names are kept under their namespace, each string once.
+#[derive(Debug, Default)]
+struct Expiries(std::sync::Mutex<HashMap<Box<str>, ExpiryByName>>);
+
+/// Expiry (Unix seconds) by resource name, in one namespace.
+type ExpiryByName = HashMap<Box<str>, i64>;
+
+impl Expiries {
+    fn set(&self, namespace: &str, name: &str, at: i64) {
+        let mut namespaces = lock(&self.0);
+        match namespaces.get_mut(namespace) {
+            Some(names) => match names.get_mut(name) {
+                Some(known) => *known = at,
+                None => {
+                    names.insert(name.into(), at);
+                }
+            },
+            None => {
+                namespaces.insert(namespace.into(), HashMap::from([(name.into(), at)]));
+            }
+        }
+    }
+
+    fn remove(&self, namespace: &str, name: &str) {
+        let mut namespaces = lock(&self.0);
+        if let Some(names) = namespaces.get_mut(namespace) {
+            names.remove(name);
+            if names.is_empty() {
+                namespaces.remove(namespace);
+            }
+        }
+    }
+
+    fn retain(&self, exists: impl Fn(&str, &str) -> bool) {
+        let mut namespaces = lock(&self.0);
+        namespaces.retain(|namespace, names| {
+            names.retain(|name, _| exists(namespace, name));
+            !names.is_empty()
+        });
+    }
+}
+
+impl Collector for Expiries {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let now = jiff::Timestamp::now().as_second();
+        let namespaces = lock(&self.0);
+        for (name, help, left) in [
+            (
+                "token_seconds_to_expiry",
+                "Seconds until the token in each FederatedCredential's Secret expires",
+                true,
+            ),
+            (
+                "token_expiry_timestamp_seconds",
+                "When the token in each FederatedCredential's Secret expires, in Unix seconds",
+                false,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (namespace, names) in namespaces.iter() {
+                for (resource, at) in names {
+                    let labels = [("namespace", &**namespace), ("name", &**resource)];
+                    let value = if left { at.saturating_sub(now) } else { *at };
+                    family.encode_family(&labels)?.encode_gauge(&value)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -293,22 +325,78 @@ mod tests {
         );
     }
 
+    /// The value of the series that `series` (name and labels) starts, in `text`.
+    fn value(text: &str, series: &str) -> Option<i64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map(|v| v.parse().unwrap())
+    }
+
     #[test]
     fn the_expiry_timestamp_is_now_plus_the_seconds_left() {
         let metrics = Metrics::default();
         let before = jiff::Timestamp::now().as_second();
         metrics.set_expiry("shop", "orders-db", 600);
-        let at = metrics
-            .expiry_timestamp
-            .get_or_create(&ResourceLabels {
-                namespace: "shop".into(),
-                name: "orders-db".into(),
-            })
-            .get();
-        assert!(
-            (before + 600..=before + 602).contains(&at),
-            "{at} vs {before}"
+        let text = metrics.render();
+        let labels = r#"{namespace="shop",name="orders-db"}"#;
+        let at = value(
+            &text,
+            &format!("fedcred_token_expiry_timestamp_seconds{labels}"),
         );
+        let left = value(&text, &format!("fedcred_token_seconds_to_expiry{labels}"));
+        let after = jiff::Timestamp::now().as_second();
+        assert!(
+            at.is_some_and(|at| (before + 600..=after + 600).contains(&at)),
+            "{at:?} vs {before}: {text}"
+        );
+        assert!(
+            left.is_some_and(|left| (599..=600).contains(&left)),
+            "{left:?}: {text}"
+        );
+        assert!(
+            text.contains("# TYPE fedcred_token_seconds_to_expiry gauge"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_seconds_left_are_counted_at_each_scrape_and_an_expired_token_shows_below_zero() {
+        let metrics = Metrics::default();
+        metrics.set_expiry("shop", "stale", -30);
+        let text = metrics.render();
+        let left = value(
+            &text,
+            r#"fedcred_token_seconds_to_expiry{namespace="shop",name="stale"}"#,
+        );
+        assert!(left.is_some_and(|l| (-31..=-30).contains(&l)), "{text}");
+    }
+
+    #[test]
+    fn each_resource_is_one_series_per_family_and_forgetting_it_drops_both() {
+        let metrics = Metrics::default();
+        metrics.set_expiry("shop", "orders-db", 1800);
+        metrics.set_expiry("shop", "orders-db", 3600);
+        metrics.set_expiry("billing", "orders-db", 1800);
+        let text = metrics.render();
+        let count = |family: &str| {
+            text.lines()
+                .filter(|l| l.starts_with(&format!("{family}{{")))
+                .count()
+        };
+        assert_eq!(count("fedcred_token_seconds_to_expiry"), 2, "{text}");
+        assert_eq!(count("fedcred_token_expiry_timestamp_seconds"), 2, "{text}");
+        let left = value(
+            &text,
+            r#"fedcred_token_seconds_to_expiry{namespace="shop",name="orders-db"}"#,
+        );
+        assert!(
+            left.is_some_and(|l| l > 1800),
+            "the later expiry wins: {text}"
+        );
+        metrics.forget("shop", "orders-db");
+        let text = metrics.render();
+        assert!(!text.contains(r#"namespace="shop""#), "{text}");
+        assert!(text.contains(r#"namespace="billing""#), "{text}");
     }
 
     #[test]
