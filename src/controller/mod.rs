@@ -16,7 +16,8 @@ use fedcred_core::error::Reason;
 use fedcred_core::exchange::{Defaults, IdentityKey};
 use fedcred_core::google::truncate;
 use fedcred_core::names::{MANAGED_BY, MANAGED_BY_LABEL, ROLLOUT_ANNOTATION, secret_name};
-use fedcred_core::refresh::changes::{SpecChanges, trim_cached};
+use fedcred_core::refresh::cached::CachedCredential;
+use fedcred_core::refresh::changes::SpecChanges;
 use fedcred_core::refresh::decide::SecretState;
 use fedcred_core::refresh::events::Budgets;
 use fedcred_core::refresh::{self, Effects, Next, Observed, Outcome, objects};
@@ -89,7 +90,7 @@ pub struct Context {
     /// Roll the workloads that use a resource when what is injected changes.
     pub rollouts: bool,
     secrets: secrets::SecretCache,
-    budgets: Mutex<Budgets<ObjectRef<FederatedCredential>>>,
+    budgets: Mutex<Budgets<ObjectRef<CachedCredential>>>,
 }
 
 /// The current time in whole seconds, as status keeps it.
@@ -254,14 +255,27 @@ impl Context {
 }
 
 /// One reconcile: rollouts first, then the token.
-pub async fn reconcile(fc: Arc<FederatedCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
-    if fc.meta().deletion_timestamp.is_some() {
+pub async fn reconcile(cached: Arc<CachedCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if cached.meta().deletion_timestamp.is_some() {
         // The Secret is owned by the resource; the garbage collector removes it.
         ctx.metrics
-            .forget(&fc.namespace().unwrap_or_default(), &fc.name_any());
-        ctx.budgets.lock().await.routine.forget(&reference(&fc));
+            .forget(&cached.namespace().unwrap_or_default(), &cached.name_any());
+        ctx.budgets
+            .lock()
+            .await
+            .routine
+            .forget(&reference(&*cached));
         return Ok(Action::await_change());
     }
+    let fc = match cached.unpack() {
+        Ok(fc) => Arc::new(fc),
+        // What the cache packed itself always unpacks; a resource that did not would wait for
+        // its next change rather than stop the controller.
+        Err(e) => {
+            tracing::error!(namespace = %cached.namespace().unwrap_or_default(), name = %cached.name_any(), error = %e, "the cached resource could not be read back; waiting for its next change");
+            return Ok(Action::await_change());
+        }
+    };
     let api: Api<FederatedCredential> =
         Api::namespaced(ctx.client.clone(), &fc.namespace().unwrap_or_default());
     // Rollouts never hold up a token: a failure is reported and retried soon.
@@ -292,7 +306,7 @@ pub const RECONCILE_DEADLINE: Duration = Duration::from_secs(60);
 /// [`reconcile`] within [`RECONCILE_DEADLINE`]: a peer that never answers cannot hold a
 /// worker for longer.
 async fn reconcile_within_deadline(
-    fc: Arc<FederatedCredential>,
+    fc: Arc<CachedCredential>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
     tokio::time::timeout(RECONCILE_DEADLINE, reconcile(fc, ctx))
@@ -500,7 +514,7 @@ async fn refresh(
     ctx.apply(api, fc, effects).await
 }
 
-fn error_policy(fc: Arc<FederatedCredential>, err: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(fc: Arc<CachedCredential>, err: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics
         .reconcile_errors
         .get_or_create(&crate::metrics::ReasonLabels {
@@ -607,13 +621,13 @@ fn run_scope<S>(
     concurrency: u16,
     shutdown: S,
 ) -> (
-    Store<FederatedCredential>,
+    Store<CachedCredential>,
     impl std::future::Future<Output = ()> + use<S>,
 )
 where
     S: std::future::Future<Output = ()> + Send + Sync + 'static,
 {
-    let (fcs, secrets_api): (Api<FederatedCredential>, Api<Secret>) = match namespace {
+    let (fcs, secrets_api): (Api<CachedCredential>, Api<Secret>) = match namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
             Api::namespaced(client.clone(), ns),
@@ -622,14 +636,13 @@ where
     };
     let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
     let (secret_cache, secret_events) = secrets::watch(secrets_api, &selector);
+    // The cache holds each resource packed (`CachedCredential`), unpacked for its reconciles.
     let (fc_store, fc_writer) = reflector::store();
     // Status-only updates (most of them our own) need no reconcile: the schedule is in the
     // requeue, and the store still receives every update.
     let fc_events = reflector::reflector(
         fc_writer,
-        watcher(fcs, watcher::Config::default().any_semantic())
-            .default_backoff()
-            .modify(trim_cached),
+        watcher(fcs, watcher::Config::default().any_semantic()).default_backoff(),
     );
     let fc_changes = spec_changes(fc_events);
     let recoveries = engine.recoveries();
@@ -664,17 +677,19 @@ where
 /// How the controller refers to a resource in its queue, its schedule and its budgets: by
 /// namespace and name only. kube's reference from an object also carries the resource version
 /// and uid, two more strings in each of the schedule's two copies of every resource's entry.
-fn reference(fc: &FederatedCredential) -> ObjectRef<FederatedCredential> {
-    ObjectRef::new(&fc.name_any()).within(&fc.namespace().unwrap_or_default())
+fn reference(fc: &impl Resource) -> ObjectRef<CachedCredential> {
+    let meta = fc.meta();
+    ObjectRef::new(meta.name.as_deref().unwrap_or_default())
+        .within(meta.namespace.as_deref().unwrap_or_default())
 }
 
 /// The resources to reconcile from the watch's events: those seen for the first time and those
 /// whose spec changed ([`SpecChanges`]). The store receives every event before this.
 fn spec_changes<S>(
     events: S,
-) -> impl futures::Stream<Item = ObjectRef<FederatedCredential>> + Send + 'static
+) -> impl futures::Stream<Item = ObjectRef<CachedCredential>> + Send + 'static
 where
-    S: futures::Stream<Item = Result<watcher::Event<FederatedCredential>, watcher::Error>>
+    S: futures::Stream<Item = Result<watcher::Event<CachedCredential>, watcher::Error>>
         + Send
         + 'static,
 {
@@ -711,9 +726,9 @@ where
 /// token now answers without asking Google ([`refresh::decide::unless_a_peer_token`]).
 fn woken_by_recoveries(
     recoveries: tokio::sync::broadcast::Receiver<IdentityKey>,
-    store: Store<FederatedCredential>,
+    store: Store<CachedCredential>,
     defaults: Defaults,
-) -> impl futures::Stream<Item = ObjectRef<FederatedCredential>> + Send + 'static {
+) -> impl futures::Stream<Item = ObjectRef<CachedCredential>> + Send + 'static {
     use tokio::sync::broadcast::error::RecvError;
     futures::stream::unfold(recoveries, |mut recoveries| async move {
         loop {
@@ -731,9 +746,10 @@ fn woken_by_recoveries(
         let woken: Vec<_> = store
             .state()
             .iter()
-            .filter(|fc| fc.status.as_ref().is_some_and(|s| s.failure_count > 0))
+            .filter(|cached| cached.failing())
+            .filter_map(|cached| cached.unpack().ok())
             .filter(|fc| refresh::identity(fc, &defaults).is_some_and(|(k, _)| k == key))
-            .map(|fc| reference(fc))
+            .map(|fc| reference(&fc))
             .collect();
         if !woken.is_empty() {
             tracing::info!(

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use fedcred_core::api::FederatedCredential;
+use fedcred_core::refresh::cached::CachedCredential;
 use fedcred_core::refresh::objects::SecretSummary;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
@@ -74,7 +75,7 @@ impl Writer {
     }
 
     /// Applies one watch event and returns the resources that control the Secrets it touched.
-    fn apply(&self, event: Event<Secret>) -> Vec<ObjectRef<FederatedCredential>> {
+    fn apply(&self, event: Event<Secret>) -> Vec<ObjectRef<CachedCredential>> {
         let mut summaries = self.summaries.write().unwrap_or_else(|e| e.into_inner());
         match event {
             Event::Init => {
@@ -120,7 +121,7 @@ fn key(secret: &Secret) -> Option<Key> {
 }
 
 /// The FederatedCredentials named as the Secret's controller (at most one).
-fn controllers(secret: &Secret) -> Vec<ObjectRef<FederatedCredential>> {
+fn controllers(secret: &Secret) -> Vec<ObjectRef<CachedCredential>> {
     let namespace = secret.namespace().unwrap_or_default();
     let kind = FederatedCredential::kind(&());
     let api_version = FederatedCredential::api_version(&());
@@ -139,7 +140,7 @@ pub fn watch(
     selector: &str,
 ) -> (
     SecretCache,
-    impl Stream<Item = ObjectRef<FederatedCredential>> + Send + 'static,
+    impl Stream<Item = ObjectRef<CachedCredential>> + Send + 'static,
 ) {
     let (writer, cache) = Writer::new();
     let triggers = watcher(api, watcher::Config::default().labels(selector))

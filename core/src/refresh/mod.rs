@@ -14,6 +14,7 @@
 //! memory of earlier reconciles, so a restarted controller makes the same decisions as the one
 //! before it and resumes without a burst of exchanges.
 
+pub mod cached;
 pub mod changes;
 pub mod decide;
 pub mod events;
