@@ -26,6 +26,7 @@ use tokio_rustls::TlsAcceptor;
 
 use fedcred_core::admission::{Lookup, allowed, answer, encode, parse};
 use fedcred_core::api::FederatedCredential;
+use fedcred_core::refresh::cached::CachedCredential;
 use fedcred_core::inject::InjectConfig;
 
 use super::Error;
@@ -104,7 +105,7 @@ impl Default for BodyBudget {
 #[derive(Clone)]
 pub struct Webhook {
     client: kube::Client,
-    caches: Vec<Store<FederatedCredential>>,
+    caches: Vec<Store<CachedCredential>>,
     config: Arc<InjectConfig>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
     budget: BodyBudget,
@@ -154,18 +155,21 @@ impl Webhook {
     /// created a moment before the pod, is still read from the API server, so a miss is never
     /// answered with a refusal. Called once per watched namespace when the controller watches
     /// several.
-    pub fn with_cache(mut self, cache: Store<FederatedCredential>) -> Self {
+    pub fn with_cache(mut self, cache: Store<CachedCredential>) -> Self {
         self.caches.push(cache);
         self
     }
 
     async fn lookup(&self, namespace: &str, name: &str) -> Lookup {
-        if let Some(fc) = self
+        if let Some(cached) = self
             .caches
             .iter()
             .find_map(|cache| cache.get(&ObjectRef::new(name).within(namespace)))
         {
-            return Lookup::Found(Box::new(FederatedCredential::clone(&fc)));
+            // What the cache packed itself unpacks; if it did not, ask the API server.
+            if let Ok(fc) = cached.unpack() {
+                return Lookup::Found(Box::new(fc));
+            }
         }
         let api: Api<FederatedCredential> = Api::namespaced(self.client.clone(), namespace);
         match tokio::time::timeout(LOOKUP_TIMEOUT, api.get_opt(name)).await {
@@ -181,24 +185,24 @@ impl Webhook {
 
 /// A cache of the FederatedCredentials in `namespace` (all when `None`) for
 /// [`Webhook::with_cache`], and the future that keeps it current; run that future for as long
-/// as the webhook serves. Managed fields are dropped: the webhook never reads them.
+/// as the webhook serves. Each resource is kept packed ([`CachedCredential`]: its spec and
+/// status as JSON, its metadata without managed fields, labels or others' annotations, none of
+/// which the webhook reads) and unpacked for the review that names it.
 pub fn watch_credentials(
     client: kube::Client,
     namespace: Option<&str>,
 ) -> (
-    Store<FederatedCredential>,
+    Store<CachedCredential>,
     impl Future<Output = ()> + Send + use<>,
 ) {
-    let api: Api<FederatedCredential> = match namespace {
+    let api: Api<CachedCredential> = match namespace {
         Some(ns) => Api::namespaced(client, ns),
         None => Api::all(client),
     };
     let (store, writer) = reflector::store();
     let stream = reflector::reflector(
         writer,
-        watcher(api, watcher::Config::default().any_semantic())
-            .default_backoff()
-            .modify(|fc: &mut FederatedCredential| fc.metadata.managed_fields = None),
+        watcher(api, watcher::Config::default().any_semantic()).default_backoff(),
     );
     let drive = async move {
         stream
