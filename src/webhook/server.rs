@@ -26,8 +26,8 @@ use tokio_rustls::TlsAcceptor;
 
 use fedcred_core::admission::{Lookup, allowed, answer, encode, parse};
 use fedcred_core::api::FederatedCredential;
-use fedcred_core::refresh::cached::CachedCredential;
 use fedcred_core::inject::InjectConfig;
+use fedcred_core::refresh::cached::CachedCredential;
 
 use super::Error;
 use super::conn::Deadlines;
