@@ -44,7 +44,7 @@ pub use faults::Target;
 pub use mdx::AuthType;
 
 use crate::faults::Fault;
-use crate::sync::lock;
+use crate::sync::{Records, lock};
 
 /// How a connection to the instance ended its setup.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,9 +93,7 @@ pub(crate) struct Shared {
     pki: pki::Pki,
     verifier: tokens::Verifier,
     postgres: Mutex<Option<SocketAddr>>,
-    connections: Mutex<Vec<Connection>>,
-    /// Woken after each connection is recorded.
-    connected: tokio::sync::Notify,
+    connections: Records<Connection>,
     admin_calls: Mutex<Vec<AdminCall>>,
     faults: Mutex<faults::Queues>,
 }
@@ -107,8 +105,7 @@ impl Shared {
     }
 
     fn record_connection(&self, connection: Connection) {
-        lock(&self.connections).push(connection);
-        self.connected.notify_waiters();
+        self.connections.push(connection);
     }
 
     fn record_admin(&self, method: &str, status: axum::http::StatusCode) {
@@ -159,8 +156,7 @@ impl AlloyDbDoubles {
             config,
             pki,
             verifier,
-            connections: Mutex::default(),
-            connected: tokio::sync::Notify::new(),
+            connections: Records::default(),
             admin_calls: Mutex::default(),
             faults: Mutex::default(),
         });
@@ -216,7 +212,7 @@ impl AlloyDbDoubles {
 
     /// Every connection the instance saw, in order of setup completion.
     pub fn connections(&self) -> Vec<Connection> {
-        lock(&self.shared.connections).clone()
+        self.shared.connections.all()
     }
 
     /// The connections once there are at least `count` (a client can learn of a refusal before
@@ -226,20 +222,10 @@ impl AlloyDbDoubles {
         count: usize,
         within: std::time::Duration,
     ) -> Result<Vec<Connection>, String> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let notified = self.shared.connected.notified();
-            let seen = self.connections();
-            if seen.len() >= count {
-                return Ok(seen);
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(format!(
-                    "alloydb: {} connections recorded after {within:?}, expected {count}",
-                    seen.len()
-                ));
-            }
-        }
+        self.shared
+            .connections
+            .reaching(count, within, "alloydb connections")
+            .await
     }
 
     /// Every Admin API call, in order.

@@ -49,7 +49,7 @@ pub use config::{CloudSqlConfig, CloudSqlInstance, SERVER_PROXY_PORT};
 
 use crate::alloydb::tokens::Verifier;
 use crate::alloydb::{AdminCall, Outcome};
-use crate::sync::lock;
+use crate::sync::{Records, lock};
 
 /// One connection an instance double saw.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,16 +93,13 @@ pub(crate) struct Shared {
     verifier: Verifier,
     /// Issued certificates by the SHA-256 of their DER.
     bindings: Mutex<HashMap<[u8; 32], Binding>>,
-    connections: Mutex<Vec<Connection>>,
-    /// Woken after each connection is recorded.
-    connected: tokio::sync::Notify,
+    connections: Records<Connection>,
     admin_calls: Mutex<Vec<AdminCall>>,
 }
 
 impl Shared {
     fn record_connection(&self, connection: Connection) {
-        lock(&self.connections).push(connection);
-        self.connected.notify_waiters();
+        self.connections.push(connection);
     }
 
     fn record_admin(&self, method: &str, status: axum::http::StatusCode) {
@@ -177,8 +174,7 @@ impl CloudSqlDoubles {
             pki,
             verifier,
             bindings: Mutex::default(),
-            connections: Mutex::default(),
-            connected: tokio::sync::Notify::new(),
+            connections: Records::default(),
             admin_calls: Mutex::default(),
         });
 
@@ -232,7 +228,7 @@ impl CloudSqlDoubles {
 
     /// Every connection the instances saw, in order of setup completion.
     pub fn connections(&self) -> Vec<Connection> {
-        lock(&self.shared.connections).clone()
+        self.shared.connections.all()
     }
 
     /// The connections once there are at least `count` (a client can learn of a refusal before
@@ -242,20 +238,10 @@ impl CloudSqlDoubles {
         count: usize,
         within: std::time::Duration,
     ) -> Result<Vec<Connection>, String> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let notified = self.shared.connected.notified();
-            let seen = self.connections();
-            if seen.len() >= count {
-                return Ok(seen);
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(format!(
-                    "cloudsql: {} connections recorded after {within:?}, expected {count}",
-                    seen.len()
-                ));
-            }
-        }
+        self.shared
+            .connections
+            .reaching(count, within, "cloudsql connections")
+            .await
     }
 
     /// Every Admin API call, in order.

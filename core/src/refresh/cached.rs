@@ -75,7 +75,8 @@ impl CachedCredential {
     }
 
     /// The bytes of the packed spec and status.
-    pub fn packed_len(&self) -> usize {
+    #[cfg(test)]
+    fn packed_len(&self) -> usize {
         self.packed.len()
     }
 }
