@@ -40,7 +40,7 @@ for line in sys.stdin:
         print(m["executable"])
 ')
 [[ -x "$bench_bin" ]] || die "could not find the exchange bench binary"
-doubles_bin="$PWD/target/release/fedcred-doubles"
+doubles_bin="${CARGO_TARGET_DIR:-$PWD/target}/release/fedcred-doubles"
 
 source "$here/peers.sh"
 peers_run_dir exchange

@@ -121,21 +121,22 @@ struct GenerateAccessTokenResponse {
     expire_time: String,
 }
 
-/// The form fields of a Google STS token exchange (DESIGN.md §4), in order.
-pub fn sts_form<'a>(
-    audience: &'a str,
-    scope: &'a str,
-    subject_token_type: &'a str,
-    subject_token: &'a Sensitive,
-) -> [(&'static str, &'a str); 6] {
-    [
+/// The body of a Google STS token exchange (DESIGN.md §4): its form fields, in order, as
+/// `application/x-www-form-urlencoded`. Sensitive: it carries the subject token.
+pub fn sts_form(
+    audience: &str,
+    scope: &str,
+    subject_token_type: &str,
+    subject_token: &Sensitive,
+) -> Sensitive {
+    Sensitive::new(crate::encode::form(&[
         ("grant_type", GRANT_TYPE),
         ("requested_token_type", REQUESTED_TOKEN_TYPE),
         ("audience", audience),
         ("scope", scope),
         ("subject_token_type", subject_token_type),
         ("subject_token", subject_token.expose()),
-    ]
+    ]))
 }
 
 /// The URL of `generateAccessToken` for `service_account` under `iam_base_url`.
@@ -471,6 +472,48 @@ pub fn classify_iam(status: u16, body: &str, service_account: &str) -> ExchangeE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sts_form_carries_each_field_once_in_order_and_decodes_to_what_was_given() {
+        let subject = Sensitive::new("%7B%22url%22%3A%22https%3A%2F%2Fsts%22%7D");
+        let body = sts_form(
+            "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/a",
+            "https://www.googleapis.com/auth/cloud-platform https://www.googleapis.com/auth/bigquery",
+            crate::subject_token::TOKEN_TYPE,
+            &subject,
+        );
+        let fields: Vec<(String, String)> = url::form_urlencoded::parse(body.expose().as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let names: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "grant_type",
+                "requested_token_type",
+                "audience",
+                "scope",
+                "subject_token_type",
+                "subject_token"
+            ]
+        );
+        assert_eq!(fields[0].1, GRANT_TYPE);
+        assert_eq!(fields[1].1, REQUESTED_TOKEN_TYPE);
+        assert!(
+            fields[3].1.contains("cloud-platform https://"),
+            "{:?}",
+            fields[3]
+        );
+        assert_eq!(
+            fields[5].1,
+            subject.expose(),
+            "the subject token comes back as given"
+        );
+        assert!(
+            body.expose().contains("subject_token=%257B%2522url"),
+            "encoded once more"
+        );
+    }
 
     #[test]
     fn backoff_grows_is_jittered_and_bounded() {

@@ -25,12 +25,13 @@
 //! - [`lease`]: leader-election decisions.
 //!
 //! [`error`] holds the stable failure reasons; [`sensitive`] the wrapper that keeps
-//! credentials out of logs.
+//! credentials out of logs; [`encode`] hex and percent-encoding.
 #![forbid(unsafe_code)]
 
 pub mod admission;
 pub mod api;
 pub mod doctor;
+pub mod encode;
 pub mod error;
 pub mod exchange;
 pub mod google;

@@ -169,7 +169,7 @@ pub fn session_name(namespace: &str, service_account: Option<&str>) -> String {
         return clean;
     }
     let digest = Sha256::digest(full.as_bytes());
-    let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let hash = crate::encode::hex(&digest[..16]);
     format!("{}-{hash}", &clean[..31])
 }
 

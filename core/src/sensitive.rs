@@ -35,7 +35,7 @@ impl Sensitive {
     /// A short, stable fingerprint for correlating log lines without revealing the value.
     pub fn fingerprint(&self) -> String {
         let digest = Sha256::digest(self.0.as_bytes());
-        digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+        crate::encode::hex(&digest[..6])
     }
 }
 

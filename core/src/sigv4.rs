@@ -10,6 +10,7 @@ use hmac::{Hmac, Mac};
 use jiff::Timestamp;
 use sha2::{Digest, Sha256};
 
+use crate::encode::{Escape, hex, percent_encode};
 use crate::sensitive::Sensitive;
 
 /// Temporary or long-term AWS credentials.
@@ -104,28 +105,9 @@ fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
     mac.finalize().into_bytes().to_vec()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Trimmed, with runs of spaces folded into one, as SigV4 canonicalises header values.
 fn canonical_value(value: &str) -> String {
     value.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// RFC 3986 unreserved characters pass; everything else is `%XX` (upper case).
-fn uri_encode(text: &str, keep_slash: bool) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
-            b'/' if keep_slash => out.push('/'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
 }
 
 /// The path, each segment encoded (services other than S3 encode the already-encoded path
@@ -134,7 +116,7 @@ fn canonical_path(path: &str) -> String {
     if path.is_empty() {
         return "/".to_owned();
     }
-    uri_encode(path, true)
+    percent_encode(path, Escape::UnreservedAndSlash)
 }
 
 /// Query parameters decoded, re-encoded and sorted by name, then value.
@@ -149,7 +131,10 @@ fn canonical_query(query: &str) -> String {
                     .decode_utf8_lossy()
                     .into_owned()
             };
-            (uri_encode(&decode(k), false), uri_encode(&decode(v), false))
+            (
+                percent_encode(&decode(k), Escape::Unreserved),
+                percent_encode(&decode(v), Escape::Unreserved),
+            )
         })
         .collect();
     pairs.sort();

@@ -10,9 +10,9 @@
 //! provider cannot be replayed against another.
 
 use jiff::Timestamp;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Serialize;
 
+use crate::encode::{Escape, percent_encode};
 use crate::names::is_region;
 use crate::sensitive::Sensitive;
 use crate::sigv4::{self, AwsCredentials};
@@ -82,22 +82,16 @@ struct KeyValue<'a> {
     value: &'a str,
 }
 
-/// Characters left unescaped: RFC 3986's unreserved set, as `encodeURIComponent` would.
-const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
-
 /// Builds the URL-encoded subject token for `credentials`.
 pub fn build(
     credentials: &AwsCredentials,
     req: &SubjectTokenRequest<'_>,
 ) -> Result<Sensitive, SubjectTokenError> {
     let json = signed_request_json(credentials, req)?;
-    Ok(Sensitive::new(
-        utf8_percent_encode(json.expose(), COMPONENT).to_string(),
-    ))
+    Ok(Sensitive::new(percent_encode(
+        json.expose(),
+        Escape::Unreserved,
+    )))
 }
 
 /// The signed request as JSON, before URL encoding.

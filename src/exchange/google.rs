@@ -143,7 +143,13 @@ impl GoogleClient {
         let now = Timestamp::now();
         let (status, body) = self
             .send("Google STS token exchange", || {
-                self.http.post(sts_url).form(&form)
+                self.http
+                    .post(sts_url)
+                    .header(
+                        reqwest::header::CONTENT_TYPE,
+                        "application/x-www-form-urlencoded",
+                    )
+                    .body(form.expose().to_owned())
             })
             .await?;
         if !status.is_success() {

@@ -786,7 +786,7 @@ fn digest(ops: &[Value]) -> String {
     // A Vec of JSON values always serializes.
     let bytes = serde_json::to_vec(ops).unwrap_or_default();
     let hash = Sha256::digest(&bytes);
-    let hex: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let hex = crate::encode::hex(&hash[..8]);
     format!("sha256:{hex}")
 }
 

@@ -101,7 +101,7 @@ impl<'a> Recipe<'a> {
             .expect("a recipe serializes")
             .to_string();
         let digest = Sha256::digest(text.as_bytes());
-        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+        crate::encode::hex(&digest[..8])
     }
 }
 
@@ -141,10 +141,7 @@ mod tests {
                 "secret": secret_name(fc),
             });
             let digest = Sha256::digest(inputs.to_string().as_bytes());
-            digest[..8]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
+            crate::encode::hex(&digest[..8])
         };
         for fc in [
             credential("orders-db").build(),

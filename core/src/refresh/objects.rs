@@ -75,7 +75,7 @@ pub fn content_hash(data: &BTreeMap<String, ByteString>) -> String {
         hasher.update(&v.0);
     }
     let digest = hasher.finalize();
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    crate::encode::hex(&digest)
 }
 
 /// The Secret holding `issued`, owned by `fc`, with the keys of DESIGN.md §2.
