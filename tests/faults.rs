@@ -953,7 +953,6 @@ async fn the_controller_killed_in_the_middle_of_a_refresh() {
     let sampler = world
         .ready_and_sampled("orders-db", world.spec(no_impersonation(), eager()))
         .await;
-    let stale = world.token("orders-db").await;
     // Hold the next exchange open, and kill the controller while it waits for the answer.
     world.cloud.google.inject(
         Target::Sts,
@@ -971,6 +970,10 @@ async fn the_controller_killed_in_the_middle_of_a_refresh() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The token the held refresh would replace: read once that refresh has begun, since the
+    // eager schedule may have finished another refresh between the first token and the fault.
+    // The one resource's refreshes run one after another, so nothing else writes it now.
+    let stale = world.token("orders-db").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     controller.kill();
     let before = world.calls();
