@@ -51,7 +51,7 @@ pub fn percent_encode(text: &str, escape: Escape) -> String {
 }
 
 /// Appends `text`, percent-encoded under `escape`, to `out`.
-pub fn percent_encode_into(out: &mut String, text: &str, escape: Escape) {
+fn percent_encode_into(out: &mut String, text: &str, escape: Escape) {
     // Runs of passing bytes are copied at once. Only ASCII bytes pass, so a non-empty run
     // starts and ends on character boundaries and is a `str` slice.
     let mut run = 0;
@@ -77,7 +77,7 @@ pub fn percent_encode_into(out: &mut String, text: &str, escape: Escape) {
 }
 
 /// The length of `text` once encoded, to size buffers exactly.
-pub fn encoded_len(text: &str, escape: Escape) -> usize {
+fn encoded_len(text: &str, escape: Escape) -> usize {
     text.bytes()
         .map(|b| {
             if escape.passes(b) || (b == b' ' && escape == Escape::Form) {
